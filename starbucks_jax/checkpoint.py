@@ -1,0 +1,84 @@
+"""Orbax checkpoints of a run's workdir, and loading a model from a workdir or an HF directory.
+
+A workdir holds `checkpoints/<step>/` (items: `params`, `opt_state`, `meta`) and `model/`: the
+HF/sentence-transformers description of the model (config, tokenizer, pooling) without weights.
+`load_model(source)` takes either a workdir (its latest step) or anything `hf.load_pretrained` takes.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from starbucks_jax.models import hf
+
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) and os.path.isdir(os.path.join(path, MODEL_DIR))
+
+
+def model_config_dir(source: str) -> str:
+  """The directory holding config.json for `source` (a workdir, HF dir, or Hub id); reads no weights."""
+  if is_workdir(os.path.expanduser(source)):
+    return os.path.join(os.path.expanduser(source), MODEL_DIR)
+  return hf.transformer_dir(hf.resolve_model_dir(source))
+
+
+def manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
+            read_only: bool = False) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+                                         create=not read_only, read_only=read_only,
+                                         enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+                               item_names=("params", "opt_state", "meta"))
+
+
+def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
+         meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+  items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta or {})}
+  if opt_state is not None:
+    items["opt_state"] = ocp.args.StandardSave(opt_state)
+  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any = None, opt_state: Any = None
+            ) -> dict[str, Any]:
+  """Restore `step`; `params`/`opt_state` are targets (arrays or ShapeDtypeStructs with shardings),
+  or None for params as host numpy arrays."""
+  items = {"params": ocp.args.StandardRestore(params), "meta": ocp.args.JsonRestore()}
+  if opt_state is not None:
+    items["opt_state"] = ocp.args.StandardRestore(opt_state)
+  out = mngr.restore(step, args=ocp.args.Composite(**items))
+  return {k: out[k] for k in items}
+
+
+def write_model_dir(workdir: str, pretrained: hf.Pretrained) -> str:
+  """The weightless model description of a run (config, tokenizer, sentence settings)."""
+  return hf.save_pretrained(os.path.join(workdir, MODEL_DIR), pretrained.config, pretrained.params,
+                            pretrained.tokenizer, sentence=pretrained.sentence, weights=False)
+
+
+def load_model(source: str, *, step: int | None = None, dtype: str = "float32") -> hf.Pretrained:
+  """A model from a project workdir (latest or given step) or from an HF / sentence-transformers dir."""
+  if not is_workdir(os.path.expanduser(source)):
+    return hf.load_pretrained(source, dtype=dtype)
+  model_dir = os.path.join(source, MODEL_DIR)
+  mngr = manager(source, read_only=True)
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: the run has no checkpoint yet")
+  if step not in mngr.all_steps():
+    raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: no step {step} (have {mngr.all_steps()})")
+  params = restore(mngr, step)["params"]
+  params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  config = hf.config_from_hf(model_dir, dtype=dtype)
+  sentence = hf.sentence_settings(model_dir)
+  return hf.Pretrained(config=config, params=params, tokenizer=hf.load_tokenizer(model_dir),
+                       sentence=sentence, path=source)

@@ -1,0 +1,132 @@
+"""Config helpers: the `:variant,key=value` argument parser, loading a config file, and validation.
+
+`validate(config)` runs before any compute: enumerated fields, ranges, data specs, and the
+(layer, dim) schedule against the backbone's config.json (read without loading weights). Every
+error is a ConfigError naming the config key.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import os
+from typing import Any
+
+import ml_collections
+
+from starbucks_jax import schedule as schedule_lib
+
+
+class ConfigError(ValueError):
+  """An invalid config value; the message starts with the key."""
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """'demo,task=sts' -> ConfigDict(demo=True, task='sts'), typed and checked against `defaults`.
+
+  A bare name sets a boolean to True; name=value takes the default's type. Unknown names are errors.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  for item in filter(None, (s.strip() for s in (arg or "").split(","))):
+    name, eq, value = item.partition("=")
+    if name not in defaults:
+      raise ConfigError(f"config argument {name!r} is unknown; expected one of {sorted(defaults)}")
+    default = defaults[name]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ConfigError(f"config argument {name!r} needs a value ({name}=...)")
+      out[name] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ConfigError(f"config argument {name}={value!r}: expected true or false")
+      out[name] = value.lower() in ("true", "1")
+    elif isinstance(default, (int, float)):
+      try:
+        out[name] = type(default)(ast.literal_eval(value))
+      except (ValueError, SyntaxError):
+        raise ConfigError(f"config argument {name}={value!r}: expected {type(default).__name__}") from None
+    else:
+      out[name] = value
+  return out
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+  """'configs/ft.py:demo,lr=1' -> the locked ConfigDict, as `--config=` would give it."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"config file {path} not found")
+  module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg or None) if arg else module.get_config()
+  config.lock()
+  return config
+
+
+def _check_choice(config, key: str, choices) -> None:
+  value = _get(config, key)
+  if value not in choices:
+    raise ConfigError(f"{key}={value!r}; expected one of {tuple(choices)}")
+
+
+def _check_range(config, key: str, low=None, high=None, *, low_open=False) -> None:
+  value = _get(config, key)
+  bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
+  if bad:
+    lo = f"> {low}" if low_open else f">= {low}"
+    rng = " and ".join(s for s in (lo if low is not None else "", f"<= {high}" if high is not None else "") if s)
+    raise ConfigError(f"{key}={value!r}; must be {rng}")
+
+
+def _get(config, key: str):
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def parse_eval_sets(value: str, key: str) -> list[tuple[str, str, str]]:
+  """'stsb/test=PATH,sick/test=PATH2' -> [(dataset, split, source spec)]."""
+  out = []
+  for item in filter(None, (s.strip() for s in value.split(","))):
+    name, eq, spec = item.partition("=")
+    dataset, slash, split = name.partition("/")
+    if not eq or not slash or not dataset or not split or not spec:
+      raise ConfigError(f"{key}: {item!r} is not of the form DATASET/SPLIT=SOURCE")
+    out.append((dataset, split, spec))
+  return out
+
+
+def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Check everything that can be checked without compute; returns derived facts (backbone shape,
+  validated schedule, eval sets) for the caller to reuse."""
+  from starbucks_jax.models import hf
+  from starbucks_jax.models.pooling import POOLINGS
+
+  _check_choice(config, "mode", ("train", "eval"))
+  _check_choice(config, "model.pooling", POOLINGS)
+  _check_choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
+  _check_choice(config, "model.param_dtype", ("float32", "bfloat16"))
+  _check_range(config, "model.max_length", 0)
+  from starbucks_jax.checkpoint import model_config_dir
+  try:
+    model_dir = model_config_dir(config.model.init_from)
+    backbone = hf.config_from_hf(model_dir)
+  except (FileNotFoundError, ValueError) as e:
+    raise ConfigError(f"model.init_from={config.model.init_from!r}: {e}") from None
+  if config.model.max_length > backbone.max_position_embeddings:
+    raise ConfigError(f"model.max_length={config.model.max_length} exceeds the backbone's "
+                      f"max_position_embeddings={backbone.max_position_embeddings}")
+  try:
+    pairs = schedule_lib.validate(config.schedule.pairs, backbone.num_hidden_layers,
+                                  backbone.hidden_size, key="schedule.pairs")
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  evals = parse_eval_sets(config.eval.sts, "eval.sts")
+  from starbucks_jax.data.sources import resolve_spec
+  for dataset, split, spec in evals:
+    try:
+      resolve_spec(spec)
+    except ValueError as e:
+      raise ConfigError(f"eval.sts ({dataset}/{split}): {e}") from None
+  return {"model_dir": model_dir, "backbone": backbone, "pairs": pairs, "eval_sets": evals}

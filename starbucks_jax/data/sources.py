@@ -1,0 +1,100 @@
+"""Row sources named in configs. Local files now: JSONL, TSV/CSV (header row), Parquet.
+
+A source spec is a string: a path (`data/train.jsonl`), optionally with a format prefix
+(`jsonl:`, `tsv:`, `csv:`, `parquet:`), or `demo:NAME` for the small data set that ships inside
+the package (starbucks_jax/data/demo, written for the project). Rows come back as dicts with the columns the caller asks
+for, renamed through `columns` ({wanted name: name in the file}); a malformed row or a missing
+column is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from typing import Any, Iterator, Mapping
+
+FORMATS = ("jsonl", "tsv", "csv", "parquet")
+DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
+
+
+class DataError(ValueError):
+  """A problem with input data, naming where it is."""
+
+
+def _format_of(spec: str) -> tuple[str, str]:
+  head, sep, rest = spec.partition(":")
+  if sep and head in FORMATS:
+    return head, rest
+  ext = os.path.splitext(spec)[1].lstrip(".").lower()
+  fmt = {"json": "jsonl", "jsonl": "jsonl", "tsv": "tsv", "csv": "csv", "parquet": "parquet"}.get(ext)
+  if fmt is None:
+    raise DataError(f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet file or a prefix "
+                    f"such as jsonl:{spec}")
+  return fmt, spec
+
+
+def resolve_spec(spec: str) -> tuple[str, str]:
+  """(format, path) of a local-file spec; the file must exist."""
+  if spec.startswith("demo:"):
+    spec = os.path.join(DEMO_DIR, spec[len("demo:"):])
+  fmt, path = _format_of(spec)
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file")
+  return fmt, path
+
+
+def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  if fmt == "jsonl":
+    with open(path, encoding="utf8") as f:
+      for line_no, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except json.JSONDecodeError as e:
+          raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+          raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+        yield line_no, row
+  elif fmt in ("tsv", "csv"):
+    with open(path, encoding="utf8", newline="") as f:
+      reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",",
+                              quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+      for row in reader:
+        if None in row or any(v is None for v in row.values()):
+          raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
+                          f"({', '.join(reader.fieldnames)})")
+        yield reader.line_num, row
+  elif fmt == "parquet":
+    try:
+      import pyarrow.parquet as pq
+    except ImportError:
+      raise DataError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    for i, row in enumerate(pq.read_table(path).to_pylist(), 1):
+      yield i, row
+
+
+def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None
+              ) -> Iterator[dict[str, Any]]:
+  """Rows of a local file with `fields` ({name: type}), columns renamed by `columns`."""
+  fmt, path = resolve_spec(spec)
+  columns = dict(columns or {})
+  where = "row" if fmt == "parquet" else "line"
+  for line_no, row in _raw_rows(fmt, path):
+    out = {}
+    for name, kind in fields.items():
+      col = columns.get(name, name)
+      if col not in row:
+        raise DataError(f"{path}:{line_no}: no column {col!r} (have {sorted(row)}); map it with "
+                        f"columns.{name}=<column>")
+      value = row[col]
+      try:
+        value = kind(value)
+      except (TypeError, ValueError):
+        raise DataError(f"{path}:{line_no}: column {col!r} = {value!r} is not {kind.__name__}") from None
+      if kind is str and not value.strip():
+        raise DataError(f"{path}:{line_no}: column {col!r} is an empty text ({where} {line_no})")
+      out[name] = value
+    yield out

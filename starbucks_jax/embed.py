@@ -1,0 +1,172 @@
+"""Sentence embeddings from any (layer, dim) sub-model of an HF directory or a project workdir.
+
+    from starbucks_jax.embed import Embedder
+    model = Embedder.load("all-MiniLM-L6-v2")          # or an HF dir, or a training workdir
+    vecs = model.encode(texts, layer=2, dim=32)         # runs only 2 layers; numpy [len(texts), 32]
+
+Command line (one text per line in, a .npy matrix out):
+
+    python -m starbucks_jax.embed --model DIR --layer N --dim D --pooling mean \\
+        --input texts.txt --output vecs.npy [--normalize]
+
+Texts are sorted by length and padded to a few bucket lengths, so jit compiles a handful of
+programs; texts longer than the model's maximum length are truncated (reported once per Embedder).
+An empty list gives an empty [0, dim] array.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from starbucks_jax import checkpoint
+from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
+from starbucks_jax.models import hf
+from starbucks_jax.models.bert import BertEncoder
+from starbucks_jax.models.pooling import POOLINGS, pool
+
+log = logging.getLogger(__name__)
+PROGRESS_MIN_BATCHES = 20  # show a progress bar from this many batches on (None: auto)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layers", "pooling"))
+def _pool_layers(params, ids, mask, *, config, layers, pooling):
+  """Pooled [len(layers), B, D] from one forward pass that stops at the deepest layer asked for."""
+  hidden = BertEncoder(config).apply({"params": params}, ids, mask, num_layers=max(layers))
+  return pool(hidden[jnp.array(layers)], mask, pooling)
+
+
+def check_pair(layer: int, dim: int, num_layers: int, hidden_size: int, where: str = "") -> None:
+  """A (layer, dim) sub-model must exist in the model: 1 <= layer <= N, 1 <= dim <= D."""
+  at = f" ({where})" if where else ""
+  if not 1 <= layer <= num_layers:
+    raise ValueError(f"layer={layer}{at} is outside 1..{num_layers}: the model has {num_layers} layers")
+  if not 1 <= dim <= hidden_size:
+    raise ValueError(f"dim={dim}{at} is outside 1..{hidden_size}: the model's hidden size is {hidden_size}")
+
+
+class Embedder:
+  """Encodes texts with a loaded model; defaults come from the model's sentence settings."""
+
+  def __init__(self, pretrained: hf.Pretrained, batch_size: int = 64):
+    self.pretrained = pretrained
+    self.config = pretrained.config
+    self.params = jax.device_put(pretrained.params["bert"])
+    self.tokenizer = pretrained.tokenizer
+    self.batch_size = batch_size
+    self._warned_truncation = False
+
+  @classmethod
+  def load(cls, source: str, *, batch_size: int = 64, dtype: str = "float32") -> "Embedder":
+    return cls(checkpoint.load_model(source, dtype=dtype), batch_size=batch_size)
+
+  @property
+  def max_length(self) -> int:
+    return min(self.pretrained.sentence.max_seq_length, self.config.max_position_embeddings)
+
+  def _defaults(self, layer, dim, pooling, normalize):
+    s = self.pretrained.sentence
+    first = lambda *xs: next(int(x) for x in xs if x is not None)  # noqa: E731
+    layer = first(layer, s.layer, self.config.num_hidden_layers)
+    dim = first(dim, s.dim, self.config.hidden_size)
+    pooling = pooling or s.pooling
+    normalize = s.normalize if normalize is None else bool(normalize)
+    check_pair(layer, dim, self.config.num_hidden_layers, self.config.hidden_size)
+    if pooling not in POOLINGS:
+      raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
+    return layer, dim, pooling, normalize
+
+  def encode(self, texts: list[str], *, layer: int | None = None, dim: int | None = None,
+             pooling: str | None = None, normalize: bool | None = None, batch_size: int | None = None,
+             max_length: int | None = None, show_progress: bool | None = None) -> np.ndarray:
+    """[len(texts), dim] float32 embeddings of the (layer, dim) sub-model (only `layer` layers run)."""
+    layer, dim, pooling, normalize = self._defaults(layer, dim, pooling, normalize)
+    vecs = self.encode_layers(texts, (layer,), pooling=pooling, batch_size=batch_size,
+                              max_length=max_length, show_progress=show_progress)[layer][:, :dim]
+    if normalize:
+      vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+    return vecs
+
+  def encode_layers(self, texts: list[str], layers: tuple[int, ...], *, pooling: str | None = None,
+                    batch_size: int | None = None, max_length: int | None = None,
+                    show_progress: bool | None = None) -> dict[int, np.ndarray]:
+    """{layer: [len(texts), hidden] pooled, unnormalised} for several layers from ONE pass per batch
+    (the encoder stops at the deepest layer asked for). Any (layer, dim) is `out[layer][:, :dim]`."""
+    layers = tuple(sorted({int(x) for x in layers}))
+    for layer in layers:
+      check_pair(layer, 1, self.config.num_hidden_layers, self.config.hidden_size)
+    pooling = self._defaults(None, None, pooling, None)[2]
+    if isinstance(texts, str):
+      raise TypeError("encode() takes a list of texts, not a single string")
+    texts = list(texts)
+    for i, t in enumerate(texts):
+      if not isinstance(t, str):
+        raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+    out = {layer: np.zeros((len(texts), self.config.hidden_size), np.float32) for layer in layers}
+    if not texts:
+      return out
+    max_length = min(max_length or self.max_length, self.config.max_position_embeddings)
+    batch_size = batch_size or self.batch_size
+    ids, truncated = tokenize(self.tokenizer, texts, max_length)
+    if truncated and not self._warned_truncation:
+      log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated "
+                  "(reported once)", truncated, len(texts), max_length)
+      self._warned_truncation = True
+    order = np.argsort([-len(x) for x in ids], kind="stable")
+    starts = range(0, len(texts), batch_size)
+    progress = len(starts) >= PROGRESS_MIN_BATCHES if show_progress is None else show_progress
+    desc = f"encode layers {','.join(map(str, layers))}"
+    for start in tqdm(starts, desc=desc, disable=not progress, file=sys.stderr, mininterval=2.0):
+      rows = order[start:start + batch_size]
+      seqs = [ids[i] for i in rows]
+      length = bucket_length(max(len(x) for x in seqs), max_length)
+      batch_ids, mask = pad_batch(seqs, length, batch_size, self.tokenizer.pad_token_id)
+      pooled = np.asarray(_pool_layers(self.params, batch_ids, mask, config=self.config,
+                                       layers=layers, pooling=pooling))
+      for j, layer in enumerate(layers):
+        out[layer][rows] = pooled[j, : len(rows)]
+    return out
+
+
+def read_lines(path: str) -> list[str]:
+  try:
+    with open(path, encoding="utf8") as f:
+      texts = [line.rstrip("\n") for line in f]
+  except FileNotFoundError:
+    raise FileNotFoundError(f"--input {path}: no such file") from None
+  if not texts:
+    raise ValueError(f"--input {path}: the file has no lines (one text per line expected)")
+  return texts
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.embed", description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True, help="HF / sentence-transformers dir, Hub id, or workdir")
+  p.add_argument("--layer", type=int, help="run this many layers (default: the model's)")
+  p.add_argument("--dim", type=int, help="keep this many dimensions (default: the model's)")
+  p.add_argument("--pooling", choices=POOLINGS, help="default: the model's pooling config, else mean")
+  p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                 help="L2-normalise the vectors (default: as the model says)")
+  p.add_argument("--input", required=True, help="text file, one text per line")
+  p.add_argument("--output", required=True, help="where to write the .npy matrix")
+  p.add_argument("--batch-size", type=int, default=64)
+  p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
+  args = p.parse_args(argv)
+  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+  texts = read_lines(args.input)
+  model = Embedder.load(args.model, batch_size=args.batch_size)
+  vecs = model.encode(texts, layer=args.layer, dim=args.dim, pooling=args.pooling,
+                      normalize=args.normalize, max_length=args.max_length)
+  np.save(args.output, vecs)
+  print(f"wrote {args.output}: {vecs.shape[0]} x {vecs.shape[1]} float32")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,46 @@
+"""Result records `{dataset, split, metric, layer, dim, value}`: written as JSON, printed as a table."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable
+
+RESULTS_DIR = "results"
+
+
+def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: float) -> dict[str, Any]:
+  return {"dataset": dataset, "split": split, "metric": metric, "layer": int(layer), "dim": int(dim),
+          "value": float(value)}
+
+
+def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
+  path = os.path.join(workdir, RESULTS_DIR, f"{name}.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf8") as f:
+    json.dump(records, f, indent=1)
+    f.write("\n")
+  os.replace(tmp, path)
+  return path
+
+
+def table(records: Iterable[dict[str, Any]]) -> str:
+  """Rows = (layer, dim) pairs, columns = dataset/split/metric, plus the mean over pairs."""
+  records = list(records)
+  cols = sorted({(r["dataset"], r["split"], r["metric"]) for r in records})
+  pairs = sorted({(r["layer"], r["dim"]) for r in records})
+  value = {(r["layer"], r["dim"], r["dataset"], r["split"], r["metric"]): r["value"] for r in records}
+  heads = [f"{d}/{s} {m}" for d, s, m in cols]
+  widths = [max(len(h), 7) for h in heads]
+  lines = ["| layer | dim | " + " | ".join(h.rjust(w) for h, w in zip(heads, widths)) + " |",
+           "|---:|---:|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]
+  for layer, dim in pairs:
+    cells = [f"{value[(layer, dim, *c)]:.4f}" if (layer, dim, *c) in value else "" for c in cols]
+    lines.append(f"| {layer} | {dim} | " + " | ".join(x.rjust(w) for x, w in zip(cells, widths)) + " |")
+  means = []
+  for c in cols:
+    vals = [value[(layer, dim, *c)] for layer, dim in pairs if (layer, dim, *c) in value]
+    means.append(f"{sum(vals) / len(vals):.4f}" if vals else "")
+  lines.append("| mean | | " + " | ".join(x.rjust(w) for x, w in zip(means, widths)) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,26 @@
+"""Entry point: `python -m starbucks_jax.main --config=configs/ft.py:demo --workdir=DIR`."""
+
+import logging
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from starbucks_jax import config_lib, train
+
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
+flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  try:
+    train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+  except config_lib.ConfigError as e:
+    sys.exit(f"config error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

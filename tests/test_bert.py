@@ -1,0 +1,158 @@
+"""The Flax encoder against transformers' PyTorch BertModel, early exit, remat, logical axes."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from starbucks_jax.models import bert, hf
+
+torch = pytest.importorskip("torch")
+
+SENTENCES = ["the quick brown fox jumps over the lazy dog.", "a cat sat",
+             "music", "the man plays red guitar on the road with a woman and a dog"]
+
+
+def _batch(tokenizer, texts=SENTENCES):
+  enc = tokenizer(texts, padding=True, return_tensors="np")
+  assert enc["attention_mask"].min() == 0, "the batch must be padded with uneven lengths"
+  return enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+
+
+def _torch_hidden_states(model_dir, ids, mask, types):
+  import transformers
+  model = transformers.BertModel.from_pretrained(model_dir).eval()
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                token_type_ids=torch.tensor(types), output_hidden_states=True)
+  return np.stack([h.numpy() for h in out.hidden_states])
+
+
+def _assert_parity(model_dir):
+  pre = hf.load_pretrained(model_dir)
+  ids, mask, types = _batch(pre.tokenizer)
+  types = types.copy()
+  types[1, 2:] = 1  # exercise the token-type embedding
+  ours = bert.BertEncoder(pre.config).apply({"params": pre.params["bert"]}, ids, mask, types)
+  ref = _torch_hidden_states(model_dir, ids, mask, types)
+  assert ours.shape == ref.shape == (pre.config.num_hidden_layers + 1, *ids.shape,
+                                     pre.config.hidden_size)
+  err = np.abs(np.asarray(ours) - ref).max(axis=(1, 2, 3))
+  assert err.max() <= 1e-4, f"max abs diff per hidden state: {err}"
+  assert np.abs(ref).max() > 1.0  # the comparison is not between near-zero tensors
+
+
+def test_parity_random_large_init(tiny_hf_dir):
+  _assert_parity(tiny_hf_dir)
+
+
+def test_parity_all_minilm(minilm_dir):
+  _assert_parity(minilm_dir)
+
+
+def test_parity_detects_approximate_gelu(tiny_hf_dir, monkeypatch):
+  """The large initializer makes the known traps visible: approximate GELU breaks parity."""
+  real_gelu = jax.nn.gelu
+  monkeypatch.setattr(bert.nn, "gelu", lambda x, approximate=False: real_gelu(x, approximate=True))
+  with pytest.raises(AssertionError, match="max abs diff"):
+    _assert_parity(tiny_hf_dir)
+
+
+def test_parity_detects_query_side_mask(tiny_hf_dir, monkeypatch):
+  """Masking queries as well as keys changes the padded rows; parity must catch it."""
+  orig = jnp.where
+
+  def where_both(cond, x, y):
+    if cond.ndim == 4 and cond.shape[2] == 1:  # the key mask [B, 1, 1, T]
+      cond = cond & jnp.swapaxes(cond, -1, -2)
+    return orig(cond, x, y)
+  monkeypatch.setattr(bert.jnp, "where", where_both)
+  with pytest.raises(AssertionError, match="max abs diff"):
+    _assert_parity(tiny_hf_dir)
+
+
+def test_parity_detects_wrong_layer_norm_eps(tiny_hf_dir, monkeypatch):
+  real = hf.config_from_hf
+  monkeypatch.setattr(hf, "config_from_hf", lambda p, **kw: real(p, **kw).replace(layer_norm_eps=1e-5))
+  with pytest.raises(AssertionError, match="max abs diff"):
+    _assert_parity(tiny_hf_dir)
+
+
+def test_early_exit_equals_slicing():
+  cfg = bert.BertConfig.preset("tiny", initializer_range=0.5)
+  params = bert.init_params(cfg, jax.random.key(1))
+  ids = jax.random.randint(jax.random.key(2), (3, 7), 5, cfg.vocab_size)
+  mask = jnp.array([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
+  model = bert.BertEncoder(cfg)
+  full = model.apply({"params": params}, ids, mask)
+  for n in range(cfg.num_hidden_layers + 1):
+    part = model.apply({"params": params}, ids, mask, num_layers=n)
+    assert part.shape[0] == n + 1
+    np.testing.assert_array_equal(np.asarray(part), np.asarray(full[: n + 1]))
+
+
+def test_early_exit_runs_fewer_layers():
+  """Early exit is a shorter program, not a slice of the full one."""
+  cfg = bert.BertConfig.preset("tiny")
+  params = bert.init_params(cfg, jax.random.key(0))
+  ids = jnp.ones((2, 8), jnp.int32)
+  count = lambda n: jax.jit(lambda p: bert.BertEncoder(cfg).apply(  # noqa: E731
+      {"params": p}, ids, jnp.ones_like(ids), num_layers=n)).lower(params).as_text().count("erf")
+  assert count(1) * cfg.num_hidden_layers == count(cfg.num_hidden_layers) > 0
+
+
+def test_num_layers_out_of_range():
+  cfg = bert.BertConfig.preset("tiny")
+  params = bert.init_params(cfg, jax.random.key(0))
+  ids = jnp.ones((1, 4), jnp.int32)
+  with pytest.raises(ValueError, match="num_layers=5 is outside 0..4"):
+    bert.BertEncoder(cfg).apply({"params": params}, ids, ids, num_layers=5)
+
+
+def test_remat_and_bf16_compute():
+  cfg = bert.BertConfig.preset("tiny", initializer_range=0.2)
+  params = bert.init_params(cfg, jax.random.key(0))
+  ids = jax.random.randint(jax.random.key(2), (2, 6), 5, cfg.vocab_size)
+  mask = jnp.ones_like(ids)
+  ref = bert.BertEncoder(cfg).apply({"params": params}, ids, mask)
+  rem = bert.BertEncoder(cfg.replace(remat=True)).apply({"params": params}, ids, mask)
+  np.testing.assert_allclose(rem, ref, atol=1e-6)
+  loss = lambda c: lambda p: bert.BertEncoder(c).apply({"params": p}, ids, mask).sum()  # noqa: E731
+  g_ref, g_rem = jax.grad(loss(cfg))(params), jax.grad(loss(cfg.replace(remat=True)))(params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_rem)
+  low = bert.BertEncoder(cfg.replace(dtype="bfloat16")).apply({"params": params}, ids, mask)
+  assert low.dtype == jnp.bfloat16
+  assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(low, np.float32), ref, atol=0.1)
+
+
+def test_dropout_is_active_only_when_not_deterministic():
+  cfg = bert.BertConfig.preset("tiny")
+  params = bert.init_params(cfg, jax.random.key(0))
+  ids = jnp.ones((2, 6), jnp.int32)
+  model = bert.BertEncoder(cfg)
+  a = model.apply({"params": params}, ids, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
+  b = model.apply({"params": params}, ids, ids, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  c = model.apply({"params": params}, ids, ids)
+  assert not np.allclose(a, b) and not np.allclose(a, c)
+
+
+def test_every_parameter_has_logical_axes():
+  axes = hf.flatten(bert.param_logical_axes(bert.BertConfig.preset("tiny")))
+  shapes = hf.flatten(jax.eval_shape(lambda: bert.init_params(bert.BertConfig.preset("tiny"),
+                                                              jax.random.key(0))))
+  assert axes.keys() == shapes.keys()
+  for path, spec in axes.items():
+    assert len(spec) == len(shapes[path].shape), path
+  assert tuple(axes["encoder/layer_0/attention/self/query/kernel"]) == ("embed", "heads", "kv")
+  assert tuple(axes["embeddings/word_embeddings/embedding"]) == ("vocab", "embed")
+
+
+def test_presets():
+  assert bert.BertConfig.preset("bert-base").num_hidden_layers == 12
+  mini = bert.BertConfig.preset("minilm-l6-h384")
+  assert (mini.num_hidden_layers, mini.hidden_size) == (6, 384)
+  with pytest.raises(ValueError, match="unknown BertConfig preset"):
+    bert.BertConfig.preset("bert-huge")
+  with pytest.raises(ValueError, match="not divisible"):
+    bert.BertConfig(hidden_size=30, num_attention_heads=4)

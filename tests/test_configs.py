@@ -1,0 +1,110 @@
+"""Configs load, bad values fail before any compute naming the key, and main runs end to end."""
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+from starbucks_jax import config_lib, train
+from starbucks_jax.models import hf
+
+CONFIGS = sorted(glob.glob(str(REPO / "configs" / "*.py")))
+
+
+def _variants(path):
+  """Every variant a config file names in its docstring ('  name  description')."""
+  src = open(path).read()
+  doc = src.split('"""')[1]
+  names = [line.split()[0] for line in doc.split("Variants:")[1].splitlines()
+           if line.startswith("  ") and not line.startswith("   ") and line.strip()]
+  return [None] + names
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_every_config_and_variant_loads(path):
+  for variant in _variants(path):
+    cfg = config_lib.load_config(path + (f":{variant}" if variant else ""))
+    assert cfg.is_locked
+    with pytest.raises(AttributeError):
+      cfg.modle = 1  # a locked config refuses new (misspelt) keys
+
+
+def test_parse_arg():
+  arg = config_lib.parse_arg("demo,steps=3,lr=0.5,name=x", demo=False, steps=0, lr=1.0, name="")
+  assert (arg.demo, arg.steps, arg.lr, arg.name) == (True, 3, 0.5, "x")
+  with pytest.raises(config_lib.ConfigError, match="'dmeo' is unknown"):
+    config_lib.parse_arg("dmeo", demo=False)
+  with pytest.raises(config_lib.ConfigError, match="steps='x': expected int"):
+    config_lib.parse_arg("steps=x", steps=0)
+
+
+@pytest.fixture
+def tiny_config(tiny_hf_dir):
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":eval")
+  with cfg.unlocked():
+    cfg.model.init_from = tiny_hf_dir
+    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
+  return cfg
+
+
+def test_invalid_pairs_fail_before_any_weight_is_read(tiny_config, tmp_path, monkeypatch):
+  def no_weights(*a, **k):
+    raise AssertionError("weights were read before the config was validated")
+  monkeypatch.setattr(hf, "read_state_dict", no_weights)
+  cases = {((1, 8), (5, 16)): r"schedule.pairs\[1\]=\(5, 16\): layer 5 is outside 1..4",
+           ((1, 8), (2, 64)): r"schedule.pairs\[1\]=\(2, 64\): dim 64 is outside 1..32",
+           ((2, 8), (1, 16)): r"schedule.pairs\[0:2\].*strictly increase",
+           (): "schedule.pairs is empty"}
+  for pairs, msg in cases.items():
+    tiny_config.schedule.pairs = pairs
+    with pytest.raises(config_lib.ConfigError, match=msg):
+      train.run(tiny_config, str(tmp_path / "w"))
+  tiny_config.schedule.pairs = ((1, 8),)
+  tiny_config.model.pooling = "max"
+  with pytest.raises(config_lib.ConfigError, match="model.pooling='max'"):
+    train.run(tiny_config, str(tmp_path / "w"))
+  tiny_config.model.pooling = "mean"
+  tiny_config.eval.sts = "demo/test=nowhere.jsonl"
+  with pytest.raises(config_lib.ConfigError, match=r"eval.sts \(demo/test\): nowhere.jsonl: no such file"):
+    train.run(tiny_config, str(tmp_path / "w"))
+  tiny_config.eval.sts = "demo=demo:sts_test.jsonl"
+  with pytest.raises(config_lib.ConfigError, match="DATASET/SPLIT=SOURCE"):
+    train.run(tiny_config, str(tmp_path / "w"))
+  tiny_config.model.init_from = str(tmp_path / "no_model")
+  with pytest.raises(config_lib.ConfigError, match="model.init_from=.*no model directory"):
+    train.run(tiny_config, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")  # nothing was written either
+
+
+def test_eval_mode_writes_results(tiny_config, tmp_path):
+  records = train.run(tiny_config, str(tmp_path / "w"))
+  saved = json.load(open(tmp_path / "w" / "results" / "eval.json"))
+  assert saved == records
+  assert {(r["layer"], r["dim"]) for r in saved} == {(1, 8), (2, 16), (4, 32)}
+  assert set(saved[0]) == {"dataset", "split", "metric", "layer", "dim", "value"}
+  assert json.load(open(tmp_path / "w" / "config.json"))["schedule"]["pairs"] == [[1, 8], [2, 16], [4, 32]]
+  tiny_config.eval.grid = True
+  grid = train.run(tiny_config, str(tmp_path / "g"))
+  assert len(grid) == 4 * 3
+
+
+def _main(*args):
+  env = {**os.environ, "HF_HUB_OFFLINE": "1", "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "-m", "starbucks_jax.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_main_command_line(tiny_hf_dir, tmp_path):
+  ok = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
+             f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))")
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert "| 4 | 32 |" in ok.stdout
+  typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}", "--config.modle.pooling=cls")
+  assert typo.returncode != 0 and "modle" in typo.stderr
+  bad = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
+              f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(9,16))")
+  assert bad.returncode != 0 and "config error: schedule.pairs[1]=(9, 16)" in bad.stderr

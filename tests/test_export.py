@@ -1,0 +1,77 @@
+"""Exported models, loaded by sentence-transformers, give our embeddings; the STS-B reference number."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from starbucks_jax import export
+from starbucks_jax.embed import Embedder
+from starbucks_jax.evaluate import sts
+
+TEXTS = ["the quick brown fox jumps over the lazy dog.", "a cat sat", "music",
+         "the man plays red guitar on the road with a woman and a dog"]
+
+
+def _cos(a, b):
+  return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def st():
+  return pytest.importorskip("sentence_transformers")
+
+
+@pytest.mark.parametrize("layer,dim", [(None, None), (2, 12), (1, 32)])
+def test_random_model_export_matches_sentence_transformers(st, tiny_hf_dir, tmp_path, layer, dim):
+  out = export.export(tiny_hf_dir, str(tmp_path / "out"), layer=layer, dim=dim)
+  ours = Embedder.load(tiny_hf_dir).encode(TEXTS, layer=layer, dim=dim)
+  theirs = st.SentenceTransformer(out, device="cpu").encode(TEXTS)
+  assert theirs.shape == ours.shape == (len(TEXTS), dim or 32)
+  assert _cos(ours, theirs).min() >= 0.99999
+  cfg = json.load(open(os.path.join(out, "config.json")))
+  assert cfg["num_hidden_layers"] == (layer or 4)
+  # ... and our own loader reads the export back as the same sub-model.
+  again = Embedder.load(out).encode(TEXTS)
+  np.testing.assert_allclose(again, ours, atol=1e-5)
+
+
+def test_minilm_sub_model_export(st, minilm_dir, tmp_path):
+  out = export.export(minilm_dir, str(tmp_path / "sub"), layer=3, dim=64)
+  ours = Embedder.load(minilm_dir).encode(TEXTS, layer=3, dim=64)
+  theirs = st.SentenceTransformer(out, device="cpu").encode(TEXTS)
+  assert theirs.shape == (len(TEXTS), 64)
+  assert _cos(ours, theirs).min() >= 0.99999
+  np.testing.assert_allclose(np.linalg.norm(theirs, axis=1), 1.0, atol=1e-5)  # Normalize kept
+
+
+def test_minilm_full_export_matches_original(st, minilm_dir, tmp_path):
+  out = export.export(minilm_dir, str(tmp_path / "full"))
+  a = st.SentenceTransformer(minilm_dir, device="cpu").encode(TEXTS)
+  b = st.SentenceTransformer(out, device="cpu").encode(TEXTS)
+  c = Embedder.load(out).encode(TEXTS)
+  assert _cos(a, b).min() >= 0.99999 and _cos(a, c).min() >= 0.99999
+
+
+def test_exported_minilm_scores_reference_spearman_on_stsb(minilm_dir, shared_data, tmp_path):
+  """all-MiniLM-L6-v2 scores 0.8203 on STS-B test (../shared/data/README.md)."""
+  out = export.export(minilm_dir, str(tmp_path / "full"))
+  s1, s2, gold = sts.read_sts(str(shared_data / "stsb" / "test.jsonl"))
+  assert len(gold) == 1379
+  model = Embedder.load(out)
+  [rec] = sts.evaluate_sts(model, s1, s2, gold, [(6, 384)], dataset="stsb", split="test")
+  assert rec["value"] == pytest.approx(0.8203, abs=5e-4)
+
+
+def test_export_cli_and_bad_pairs(tiny_hf_dir, tmp_path, capsys):
+  export.main(["--model", tiny_hf_dir, "--output", str(tmp_path / "cli"), "--layer", "2", "--dim", "16"])
+  assert "wrote" in capsys.readouterr().out
+  meta = json.load(open(tmp_path / "cli" / "starbucks_jax.json"))
+  assert (meta["layer"], meta["dim"]) == (2, 16)
+  with pytest.raises(ValueError, match="layer=5 .* is outside 1..4"):
+    export.export(tiny_hf_dir, str(tmp_path / "x"), layer=5)
+  with pytest.raises(ValueError, match="dim=33 .* is outside 1..32"):
+    export.export(tiny_hf_dir, str(tmp_path / "x"), dim=33)
+  with pytest.raises(ValueError, match="no MLM head"):
+    export.export(tiny_hf_dir, str(tmp_path / "x"), with_mlm_head=True)
