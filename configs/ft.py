@@ -1,16 +1,33 @@
 """SRL fine-tuning (METHOD.md, "SRL fine-tuning"): one model, every (layer, dim) of the schedule good.
 
-    python -m starbucks_jax.main --config=configs/ft.py:VARIANT[,key=value] --workdir=DIR \
-        [--config.a.b=value ...]
+    python -m starbucks_jax.main --config=configs/ft.py:VARIANT[,method=M][,layer=N,dim=D] \
+        --workdir=DIR [--config.a.b=value ...]
 
 Variants:
-  demo  all-MiniLM-L6-v2 (installed by the README's set-up) evaluated per pair on the STS data
-        that ships in the package; offline, about a minute on 2 CPU cores. Expected table: the
-        (6, 384) pair best, small pairs far worse (no SRL training yet).
-  eval  evaluate `model.init_from` (an HF dir, Hub id, or a workdir) on `eval.sts`, no training.
+  nli       The authors' "full" STS recipe: bert-base-uncased, AllNLI triplets (557,850,
+            hf:sentence-transformers/all-nli:triplet), MNRL (cosine x 20, in-batch + hard negatives),
+            batch 128, 1 epoch (4,358 steps), AdamW lr 5e-5, warmup 10%, linear decay, wd 0, mean
+            pooling, feature KL x0.3, sum over the six pairs. Evaluated on STS-B test, STS12-16 and
+            SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. About 1 h on one
+            H100 / a v4-8 in bf16 (the paper ran fp16 on GPU). Paper (Table A1, BERT + SRL): STS
+            average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
+  sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
+            otherwise as nli. About 10 min on one GPU.
+  sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
+            train/test from ../shared/data (a developer checkout). About 4 min per method on 2
+            CPU cores; recorded in experiments/ft_sts_cpu.
+  demo      all-MiniLM-L6-v2 (installed by the README's set-up) SRL-fine-tuned on the triplets that
+            ship in the package (320 rows, 20 steps of 16), then evaluated per pair on the demo
+            STS pairs; offline, under 3 minutes on 2 CPU cores.
+  eval      Evaluate model.init_from (an HF dir, Hub id, or a workdir) on eval.sts; no training.
+
+Arguments after the variant: method=starbucks|full|mrl|2dmse|2dmse_retrieval|grid|separate (the
+baselines of METHOD.md); for separate also layer=N,dim=D and separate_dim=full|dim (train at full
+width and truncate at evaluation, as the authors, or train at d).
 
 Every run validates the whole config (including the schedule against the backbone's config.json)
-before it touches a weight, and writes WORKDIR/config.json and WORKDIR/results/<name>.json.
+before it touches a weight, and writes WORKDIR/config.json, WORKDIR/metrics.jsonl, orbax
+checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 """
 
 import ml_collections
@@ -18,32 +35,100 @@ import ml_collections
 from starbucks_jax import config_lib
 from starbucks_jax.schedule import STARBUCKS
 
+PAPER_STS_EVAL = ",".join([
+    "stsb/test=hf:sentence-transformers/stsb@test",
+    "sts12/test=hf:mteb/sts12-sts@test", "sts13/test=hf:mteb/sts13-sts@test",
+    "sts14/test=hf:mteb/sts14-sts@test", "sts15/test=hf:mteb/sts15-sts@test",
+    "sts16/test=hf:mteb/sts16-sts@test", "sickr/test=hf:mteb/sickr-sts@test"])
+SHARED = "../shared/data"
+
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, demo=False, eval=False)
+  arg = config_lib.parse_arg(arg, nli=False, sts=False, sts_cpu=False, demo=False, eval=False,
+                             method="starbucks", layer=0, dim=0, separate_dim="full")
   c = ml_collections.ConfigDict()
-  c.mode = "eval"  # 'train': fine-tune, then evaluate; 'eval': evaluate model.init_from only
-  c.seed = 0  # seeds init, dropout and data order
+  c.mode = "train"  # 'train': fine-tune, then evaluate; 'eval': evaluate model.init_from only
+  c.seed = 0  # seeds data order, dropout and the baselines' sampling
 
   c.model = ml_collections.ConfigDict()
   c.model.init_from = "bert-base-uncased"  # HF dir, Hub id, 'all-MiniLM-L6-v2', or a workdir
   c.model.pooling = "mean"  # 'mean' | 'cls'
   c.model.max_length = 0  # tokens per text incl. [CLS]/[SEP]; 0 = the model's max_seq_length
-  c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
-  c.model.param_dtype = "float32"  # parameter storage dtype
-  c.model.remat = False  # recompute each layer in the backward pass
+  c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
+  c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
+  c.model.remat = False  # recompute each layer in the backward pass (less activation memory)
 
   c.schedule = ml_collections.ConfigDict()
+  c.schedule.method = arg.method  # starbucks | full | mrl | 2dmse | 2dmse_retrieval | grid | separate
   c.schedule.pairs = STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large
+  c.schedule.separate_pair = (arg.layer, arg.dim)  # method=separate: the one (layer, dim) trained
+  c.schedule.separate_train_dim = arg.separate_dim  # separate: 'full' width (authors) or 'dim'
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.task = "contrastive"  # 'contrastive' (MNRL / InfoNCE) | 'cosent' (graded pairs)
+  c.loss.similarity = "cosine"  # 'cosine' (truncate then normalise) | 'dot'
+  c.loss.scale = 20.0  # cosine multiplier
+  c.loss.temperature = 1.0  # dot-product divisor
+  c.loss.kl = "features"  # 'features' (authors' STS code) | 'scores' (retrieval code, the paper) | 'none'
+  c.loss.kl_weight = 1.0  # beta
+  c.loss.kl_temperature = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
+  c.loss.reduction = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
+  c.loss.pair_weights = ()  # one weight per pair on its task loss; () = all 1
+
+  c.data = ml_collections.ConfigDict()
+  c.data.train = "hf:sentence-transformers/all-nli:triplet"  # source spec (see data/sources.py)
+  c.data.format = "triplets"  # 'triplets' | 'pairs' | 'scored_pairs'
+  c.data.columns = ml_collections.ConfigDict(dict(  # role -> column name in the source
+      anchor="anchor", positive="positive", negative="negative",
+      sentence1="sentence1", sentence2="sentence2", score="score"))
+  c.data.batch_size = 128  # examples per step (each triplet is 3 texts)
+  c.data.no_duplicates = True  # keep a text from appearing twice in one batch (false negatives)
+
+  c.train = ml_collections.ConfigDict()
+  c.train.epochs = 1  # passes over the data (the last incomplete batch of each is dropped)
+  c.train.max_steps = 0  # > 0: stop after this many steps instead (the lr schedule uses it)
+  c.train.lr = 5e-5  # peak learning rate
+  c.train.warmup_ratio = 0.1  # linear warmup over this fraction of the steps
+  c.train.decay = "linear"  # 'linear' | 'cosine' to 0
+  c.train.weight_decay = 0.0  # AdamW decoupled decay (not on biases and LayerNorm)
+  c.train.adam_b1 = 0.9  # AdamW beta1
+  c.train.adam_b2 = 0.999  # AdamW beta2
+  c.train.adam_eps = 1e-8  # AdamW epsilon (HF Trainer's default)
+  c.train.clip_grad_norm = 1.0  # global-norm clipping (HF Trainer's default); 0 = off
+  c.train.dropout = True  # BERT's dropout during training, as sentence-transformers trains
+  c.train.skip_nonfinite = True  # skip (and count) updates with non-finite gradients; False = stop
+  c.train.max_consecutive_nonfinite = 20  # give up after this many skipped steps in a row
+  c.train.log_every = 10  # steps between metrics.jsonl rows
+  c.train.checkpoint_every = 500  # steps between orbax checkpoints (the last step always saves)
+  c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.sts = "demo/test=demo:sts_test.jsonl"  # DATASET/SPLIT=SOURCE, comma-separated
-  c.eval.grid = False  # also evaluate every layer x every dim of the schedule
-  c.eval.batch_size = 64  # texts per encoding batch
+  c.eval.sts = PAPER_STS_EVAL  # DATASET/SPLIT=SOURCE, comma-separated
+  c.eval.grid = False  # evaluate every layer x every dim of the schedule instead
+  c.eval.batch_size = 128  # texts per encoding batch
 
-  if arg.demo:
+  if arg.sts or arg.sts_cpu:
+    c.data.train = "hf:sentence-transformers/stsb@train"
+    c.data.format = "scored_pairs"
+    c.data.batch_size = 16
+    c.data.no_duplicates = False
+    c.loss.task = "cosent"
+    c.train.epochs = 4
+    c.train.log_every = 20
+  if arg.sts_cpu or arg.demo or arg.eval:
     c.model.init_from = "all-MiniLM-L6-v2"
+    c.model.dtype = "float32"
     c.schedule.pairs = STARBUCKS["minilm-l6-h384"]
+  if arg.sts_cpu:
+    c.data.train = f"{SHARED}/stsb/train.jsonl"
+    c.eval.sts = f"stsb/test={SHARED}/stsb/test.jsonl"
+    c.train.checkpoint_every = 1000
+  if arg.demo:
+    c.data.train = "demo:triplets_train.jsonl"
+    c.data.batch_size = 16
+    c.train.log_every = 5
+    c.eval.sts = "demo/test=demo:sts_test.jsonl"
   if arg.eval:
     c.mode = "eval"
+    c.eval.sts = "demo/test=demo:sts_test.jsonl"
   return c

@@ -122,6 +122,12 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                   backbone.hidden_size, key="schedule.pairs")
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  try:
+    plan = schedule_lib.plan(config.schedule.method, pairs, backbone.num_hidden_layers,
+                             backbone.hidden_size, separate_pair=_separate_pair(config, backbone),
+                             separate_train_dim=config.schedule.separate_train_dim)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
   evals = parse_eval_sets(config.eval.sts, "eval.sts")
   from starbucks_jax.data.sources import resolve_spec
   for dataset, split, spec in evals:
@@ -129,4 +135,57 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
       resolve_spec(spec)
     except ValueError as e:
       raise ConfigError(f"eval.sts ({dataset}/{split}): {e}") from None
-  return {"model_dir": model_dir, "backbone": backbone, "pairs": pairs, "eval_sets": evals}
+  _check_range(config, "eval.batch_size", 1)
+  if config.mode == "train":
+    _validate_training(config, pairs)
+  return {"model_dir": model_dir, "backbone": backbone, "pairs": pairs, "plan": plan, "eval_sets": evals}
+
+
+def _separate_pair(config, backbone):
+  if config.schedule.method != "separate":
+    return None
+  n, d = config.schedule.separate_pair
+  try:
+    schedule_lib.validate([(n, d)], backbone.num_hidden_layers, backbone.hidden_size,
+                          key="schedule.separate_pair")
+  except ValueError as e:
+    raise ConfigError(f"{e} (method=separate trains one pair: set layer=N,dim=D)") from None
+  return (n, d)
+
+
+def _validate_training(config, pairs) -> None:
+  from starbucks_jax import losses
+  from starbucks_jax.data.batching import FORMATS
+  from starbucks_jax.data.sources import resolve_spec
+  _check_choice(config, "loss.task", losses.TASKS)
+  _check_choice(config, "loss.similarity", losses.SIMILARITIES)
+  _check_choice(config, "loss.kl", losses.KL_KINDS)
+  _check_choice(config, "loss.reduction", losses.REDUCTIONS)
+  _check_range(config, "loss.scale", 0, low_open=True)
+  _check_range(config, "loss.temperature", 0, low_open=True)
+  _check_range(config, "loss.kl_weight", 0)
+  _check_range(config, "loss.kl_temperature", 0, low_open=True)
+  if config.loss.pair_weights and len(config.loss.pair_weights) != len(pairs):
+    raise ConfigError(f"loss.pair_weights has {len(config.loss.pair_weights)} weights for "
+                      f"{len(pairs)} pairs in schedule.pairs")
+  _check_choice(config, "data.format", tuple(FORMATS))
+  wants_scores = config.loss.task == "cosent"
+  if wants_scores != (config.data.format == "scored_pairs"):
+    raise ConfigError(f"loss.task={config.loss.task!r} needs data.format="
+                      f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not "
+                      f"{config.data.format!r}")
+  try:
+    resolve_spec(config.data.train)
+  except ValueError as e:
+    raise ConfigError(f"data.train: {e}") from None
+  _check_range(config, "data.batch_size", 2)
+  _check_range(config, "train.epochs", 1)
+  _check_range(config, "train.max_steps", 0)
+  _check_range(config, "train.lr", 0, low_open=True)
+  _check_range(config, "train.warmup_ratio", 0, 1)
+  _check_choice(config, "train.decay", ("linear", "cosine"))
+  _check_range(config, "train.weight_decay", 0)
+  _check_range(config, "train.clip_grad_norm", 0)
+  _check_range(config, "train.log_every", 1)
+  _check_range(config, "train.checkpoint_every", 1)
+  _check_range(config, "train.keep_checkpoints", 1)

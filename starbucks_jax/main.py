@@ -16,6 +16,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   del argv
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+  for noisy in ("absl", "jax._src.xla_bridge"):  # orbax's per-save INFO lines, the TPU probe
+    logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     train.run(flags.FLAGS.config, flags.FLAGS.workdir)
   except config_lib.ConfigError as e:

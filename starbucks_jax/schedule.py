@@ -6,7 +6,8 @@ for the backbones we ship configs for; any other backbone states its own list in
 
 from __future__ import annotations
 
-from typing import Iterable
+import dataclasses
+from typing import Any, Iterable
 
 Pair = tuple[int, int]
 
@@ -45,3 +46,80 @@ def grid(num_layers: int, hidden_size: int, dims: Iterable[int]) -> tuple[Pair, 
   """Every layer 1..N with every dim of `dims` (for the grid evaluation)."""
   dims = sorted({int(d) for d in dims if int(d) <= hidden_size})
   return tuple((n, d) for n in range(1, num_layers + 1) for d in dims)
+
+
+# ---------------------------------------------------------------------------------------------
+# What each method trains on a step (METHOD.md, "SRL fine-tuning" and "Baselines").
+# ---------------------------------------------------------------------------------------------
+METHODS = ("starbucks", "full", "mrl", "2dmse", "2dmse_retrieval", "grid", "separate")
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """A method's per-step selection of (layer, dim) pairs, all static except the sampled part.
+
+  pairs:       trained on every step, each with the task loss (and the KL term when use_kl).
+  teacher:     the pair the KL compares against (the full model; for 'separate' its own (n, D)).
+  layers:      the layers whose pooled vectors a step needs; the forward stops at the deepest.
+  sample_layers / sample_dims: where the sampled methods draw from (empty for fixed methods).
+  """
+  method: str
+  pairs: tuple[Pair, ...]
+  teacher: Pair
+  layers: tuple[int, ...]
+  use_kl: bool
+  sample_layers: tuple[int, ...] = ()
+  sample_dims: tuple[int, ...] = ()
+
+  @property
+  def num_layers(self) -> int:
+    return max(self.layers)
+
+  def __post_init__(self):
+    object.__setattr__(self, "layers", tuple(sorted(set(self.layers))))
+
+
+def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int, *,
+         separate_pair: Pair | None = None, separate_train_dim: str = "full") -> Plan:
+  """The Plan of `method` over the validated schedule `pairs` of an N-layer, D-dim backbone."""
+  N, D = num_layers, hidden_size
+  dims = tuple(d for _, d in pairs)
+  layers = tuple(n for n, _ in pairs)
+  if method == "starbucks":  # every pair, every step, with KL to (N, D)
+    return Plan(method, pairs, (N, D), layers + (N,), use_kl=True)
+  if method == "full":  # the task loss on the last layer at full width
+    return Plan(method, ((N, D),), (N, D), (N,), use_kl=False)
+  if method == "mrl":  # every dim of S on the last layer, no KL (sentence-transformers' MatryoshkaLoss)
+    return Plan(method, tuple((N, d) for d in dims), (N, D), (N,), use_kl=False)
+  if method == "grid":  # every layer of S with every dim of S, KL to (N, D)
+    return Plan(method, tuple((n, d) for n in layers for d in dims), (N, D), layers + (N,), use_kl=True)
+  if method == "2dmse":  # last layer + one sampled earlier layer (1..N-1), one sampled dim of S each
+    return Plan(method, (), (N, D), tuple(range(1, N + 1)), use_kl=True,
+                sample_layers=tuple(range(1, N)), sample_dims=dims)
+  if method == "2dmse_retrieval":  # one sampled layer of S (not N) + N, each with every dim of S
+    return Plan(method, (), (N, D), layers + (N,), use_kl=True,
+                sample_layers=tuple(n for n in layers if n != N), sample_dims=dims)
+  if method == "separate":  # one model per pair: the encoder cut to n layers
+    if separate_pair is None:
+      raise ValueError("schedule.separate_pair: 'separate' trains one (layer, dim) pair; set it")
+    n, d = separate_pair
+    if separate_train_dim not in ("full", "dim"):
+      raise ValueError(f"schedule.separate_train_dim={separate_train_dim!r}; expected 'full' or 'dim'")
+    train_d = D if separate_train_dim == "full" else d
+    return Plan(method, ((n, train_d),), (n, D), (n,), use_kl=False)
+  raise ValueError(f"schedule.method={method!r}; expected one of {METHODS}")
+
+
+def sample(p: Plan, rng) -> dict[str, Any]:
+  """The sampled part of a step (jax, inside jit): indices into p.sample_layers / p.sample_dims.
+
+  2dmse: 'layer' (one earlier layer), 'dim_last' and 'dim_layer' (one dim of S for each call, drawn
+  independently, as Matryoshka2dLoss draws once per loss call). 2dmse_retrieval: 'layer' only.
+  """
+  import jax
+  k1, k2, k3 = jax.random.split(rng, 3)
+  out = {"layer": jax.random.randint(k1, (), 0, len(p.sample_layers))}
+  if p.method == "2dmse":
+    out["dim_last"] = jax.random.randint(k2, (), 0, len(p.sample_dims))
+    out["dim_layer"] = jax.random.randint(k3, (), 0, len(p.sample_dims))
+  return out

@@ -1,18 +1,46 @@
-"""Runs a config: validate everything first, then train (SRL) and/or evaluate per (layer, dim)."""
+"""Runs a config: validate everything first, then train (SRL and its baselines) and evaluate.
+
+One factory builds one pure `train_step(state, batch, rng) -> (state, metrics)`: a single encoder
+forward (stopping at the deepest layer the method needs) over every text of the batch, pooled at
+each needed layer; the loss math is `losses.plan_loss`. The loop is resumable: batches are a pure
+function of (seed, step) and dropout keys are `fold_in(seed, step)`, so a run restored from its
+latest checkpoint ends with the parameters of an uninterrupted run.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import os
+import time
+from typing import Any
 
+import flax
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, config_lib, schedule as schedule_lib
+from starbucks_jax import checkpoint, config_lib, losses, schedule as schedule_lib
+from starbucks_jax.data.batching import Batcher, load_examples
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, sts
+from starbucks_jax.models import hf
+from starbucks_jax.models.bert import BertConfig, BertEncoder
+from starbucks_jax.models.pooling import pool
 
 log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
@@ -23,18 +51,191 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   return path
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, source: str, facts: dict, name: str
-             ) -> list[dict]:
-  """STS Spearman for every pair of the schedule (or the grid) of the model at `source`."""
-  embedder = Embedder.load(source, batch_size=config.eval.batch_size, dtype=config.model.dtype)
+# ---------------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------------
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup over warmup_ratio of the steps, then linear or cosine decay to 0 (HF's schedules)."""
+  warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+  decay_steps = max(total_steps - warmup, 1)
+  if cfg.decay == "linear":
+    decay = optax.linear_schedule(cfg.lr, 0.0, decay_steps)
+  else:
+    decay = optax.cosine_decay_schedule(cfg.lr, decay_steps)
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def decay_mask(params) -> Any:
+  """Weight decay on matrices only: no decay for biases and LayerNorm (as HF's Trainer)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: not (k[-1] == "bias" or "LayerNorm" in k) for k in flat})
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+  chain = []
+  if cfg.clip_grad_norm > 0:
+    chain.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
+  chain.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.adam_b1, b2=cfg.adam_b2,
+                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay, mask=decay_mask))
+  tx = optax.chain(*chain)
+  if cfg.skip_nonfinite:  # a step with a non-finite gradient leaves params and moments unchanged
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=cfg.max_consecutive_nonfinite)
+  return tx
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+def pooled_layers(params, bert_cfg: BertConfig, ids, mask, layers: tuple[int, ...], pooling: str,
+                  *, deterministic: bool, rng=None) -> dict[int, jax.Array]:
+  """ONE encoder forward over all roles [R, B, T] -> {layer: pooled [R, B, D] float32}."""
+  R, B, T = ids.shape
+  flat_ids, flat_mask = ids.reshape(R * B, T), mask.reshape(R * B, T)
+  hidden = BertEncoder(bert_cfg).apply(
+      {"params": params}, flat_ids, flat_mask, num_layers=max(layers), deterministic=deterministic,
+      rngs=None if deterministic else {"dropout": rng})
+  return {n: pool(hidden[n], flat_mask, pooling).reshape(R, B, -1) for n in sorted(set(layers))}
+
+
+def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: losses.LossConfig,
+                    tx: optax.GradientTransformation, pooling: str, dropout: bool = True,
+                    pair_weights: tuple[float, ...] = ()):
+  def loss_fn(params, batch, rng):
+    dropout_rng, sample_rng = jax.random.split(rng)
+    pooled = pooled_layers(params, bert_cfg, batch["ids"], batch["mask"], plan.layers, pooling,
+                           deterministic=not dropout, rng=dropout_rng)
+    return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
+                            weights=pair_weights or None)
+
+  def train_step(state: TrainState, batch, rng):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    if hasattr(opt_state, "total_notfinite"):
+      metrics["skipped_steps"] = opt_state.total_notfinite
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+class MetricsWriter:
+  """JSON lines in WORKDIR/metrics.jsonl (appends, so a resumed run continues the file)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a", encoding="utf8") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def _loss_config(config) -> losses.LossConfig:
+  fields = {f.name for f in dataclasses.fields(losses.LossConfig)}
+  return losses.LossConfig(**{k: v for k, v in config.loss.items() if k in fields})
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple[hf.Pretrained, dict]:
+  """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
+  pre = checkpoint.load_model(config.model.init_from)
+  bert_cfg = pre.config.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                                remat=config.model.remat)
+  max_length = min(config.model.max_length or pre.sentence.max_seq_length, bert_cfg.max_position_embeddings)
+  plan = facts["plan"]
+  examples = load_examples(config.data.train, config.data.format, dict(config.data.columns))
+  batcher = Batcher(examples, pre.tokenizer, batch_size=config.data.batch_size, max_length=max_length,
+                    seed=config.seed, no_duplicates=config.data.no_duplicates)
+  total_steps = config.train.max_steps or batcher.steps_in(config.train.epochs)
+  tx = make_optimizer(config.train, total_steps)
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), pre.params["bert"])
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+  mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                            save_interval_steps=config.train.checkpoint_every)
+  start = mngr.latest_step()
+  if start is not None:
+    restored = checkpoint.restore(mngr, start, params=state.params, opt_state=state.opt_state)
+    state = TrainState(jnp.asarray(start, jnp.int32), restored["params"], restored["opt_state"])
+    log.info("resumed from %s at step %d", mngr.directory, start)
+  else:
+    start = 0
+    sentence = dataclasses.replace(pre.sentence, pooling=config.model.pooling, max_seq_length=max_length,
+                                   layer=None, dim=None)
+    checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
+
+  step_fn = jax.jit(make_train_step(bert_cfg, plan, _loss_config(config), tx, config.model.pooling,
+                                    dropout=config.train.dropout,
+                                    pair_weights=tuple(config.loss.pair_weights)),
+                    donate_argnums=(0,))
+  base_rng = jax.random.key(config.seed)
+  writer = MetricsWriter(workdir)
+  examples_per_step = config.data.batch_size
+  log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
+           total_steps, len(examples), examples_per_step, plan.pairs or "sampled", plan.layers)
+  compiled_shapes = set()
+  t0, last_log = time.time(), start  # the first interval includes compilation
+  progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0, disable=None)
+  for step, batch in batcher.iterate(start, total_steps):
+    rng = jax.random.fold_in(base_rng, step)
+    shape = batch["ids"].shape
+    if not compiled_shapes:  # compile ahead of time once and report the memory it needs
+      compiled = step_fn.lower(state, batch, rng).compile()
+      mem = compiled.memory_analysis()
+      if mem is not None:
+        log.info("compiled step for batch %s: temp %.1f MiB, arguments %.1f MiB, output %.1f MiB", shape,
+                 mem.temp_size_in_bytes / 2**20, mem.argument_size_in_bytes / 2**20,
+                 mem.output_size_in_bytes / 2**20)
+    compiled_shapes.add(shape)
+    state, metrics = step_fn(state, batch, rng)
+    done = step + 1
+    progress.update(1)
+    if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
+      raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
+                               f"checkpoint in {mngr.directory} is intact")
+    if done % config.train.log_every == 0 or done == total_steps:
+      metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
+      elapsed = time.time() - t0
+      metrics["lr"] = learning_rate_schedule(config.train, total_steps)(step)
+      metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
+      writer.write(done, metrics)
+      progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+      t0, last_log = time.time(), done
+    if done % config.train.checkpoint_every == 0 or done == total_steps:
+      checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
+                      meta={"step": done, "epoch_index": list(batcher.position(min(done, total_steps - 1)))},
+                      force=done == total_steps)
+  progress.close()
+  mngr.wait_until_finished()
+  trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
+  return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation and the entry point
+# ---------------------------------------------------------------------------------------------
+def eval_pairs(config: ml_collections.ConfigDict, facts: dict) -> tuple[tuple[int, int], ...]:
+  plan, cfg = facts["plan"], facts["backbone"]
+  if config.eval.grid:
+    return schedule_lib.grid(cfg.num_hidden_layers, cfg.hidden_size, [d for _, d in facts["pairs"]])
+  if plan.method == "separate":
+    return (tuple(config.schedule.separate_pair),)
+  return facts["pairs"]
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrained, facts: dict,
+             name: str) -> list[dict]:
+  """STS Spearman for every pair of the schedule (or the grid) -> WORKDIR/results/<name>.json."""
+  embedder = Embedder(model, batch_size=config.eval.batch_size)
   if config.model.max_length:
     embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
                                                        max_seq_length=config.model.max_length)
-  pairs = facts["pairs"]
-  if config.eval.grid:
-    cfg = facts["backbone"]
-    pairs = schedule_lib.grid(cfg.num_hidden_layers, cfg.hidden_size, [d for _, d in pairs])
-  records = sts.evaluate_sets(embedder, facts["eval_sets"], pairs, pooling=config.model.pooling)
+  records = sts.evaluate_sets(embedder, facts["eval_sets"], eval_pairs(config, facts),
+                              pooling=config.model.pooling)
   path = results.write(workdir, name, records)
   print(results.table(records))
   print(f"results: {path}")
@@ -47,6 +248,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
            facts["backbone"].num_hidden_layers, facts["backbone"].hidden_size, facts["pairs"])
   if config.mode == "eval":
-    return evaluate(config, workdir, config.model.init_from, facts, name="eval")
-  raise config_lib.ConfigError(f"mode={config.mode!r} is not implemented yet")
-
+    return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), facts, name="eval")
+  model, _ = train(config, workdir, facts)
+  return evaluate(config, workdir, model, facts, name="final")

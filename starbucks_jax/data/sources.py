@@ -1,8 +1,13 @@
-"""Row sources named in configs. Local files now: JSONL, TSV/CSV (header row), Parquet.
+"""Row sources named in configs: local files, Hugging Face datasets, TensorFlow Datasets.
 
-A source spec is a string: a path (`data/train.jsonl`), optionally with a format prefix
-(`jsonl:`, `tsv:`, `csv:`, `parquet:`), or `demo:NAME` for the small data set that ships inside
-the package (starbucks_jax/data/demo, written for the project). Rows come back as dicts with the columns the caller asks
+A source spec is a string:
+- a path (`data/train.jsonl`), optionally with a format prefix (`jsonl:`, `tsv:`, `csv:`,
+  `parquet:`); TSV/CSV need a header row;
+- `demo:NAME`: the small data set that ships inside the package (starbucks_jax/data/demo, written
+  for the project);
+- `hf:NAME[:CONFIG][@SPLIT]`: `datasets.load_dataset(NAME, CONFIG, split=SPLIT)` (default split
+  train), e.g. `hf:sentence-transformers/all-nli:triplet`; NAME may be a local dataset folder;
+- `tfds:NAME[/CONFIG][@SPLIT]`: `tfds.data_source(...)`, e.g. `tfds:glue/stsb@validation`. Rows come back as dicts with the columns the caller asks
 for, renamed through `columns` ({wanted name: name in the file}); a malformed row or a missing
 column is an error naming the file and line.
 """
@@ -34,8 +39,24 @@ def _format_of(spec: str) -> tuple[str, str]:
   return fmt, spec
 
 
+def parse_remote(spec: str) -> tuple[str, str, str | None, str]:
+  """'hf:name:config@split' -> ('hf', name, config, split); 'tfds:name/config@split' likewise."""
+  kind, _, rest = spec.partition(":")
+  rest, _, split = rest.partition("@")
+  if kind == "hf":
+    name, _, config = rest.partition(":")
+  else:
+    name, config = rest, None
+  if not name:
+    raise DataError(f"{spec}: expected {kind}:NAME[...][@SPLIT]")
+  return kind, name, config or None, split or "train"
+
+
 def resolve_spec(spec: str) -> tuple[str, str]:
-  """(format, path) of a local-file spec; the file must exist."""
+  """(format, path) of a local-file spec (the file must exist); ('hf'|'tfds', spec) for the others."""
+  if spec.startswith(("hf:", "tfds:")):
+    parse_remote(spec)
+    return spec.split(":", 1)[0], spec
   if spec.startswith("demo:"):
     spec = os.path.join(DEMO_DIR, spec[len("demo:"):])
   fmt, path = _format_of(spec)
@@ -76,13 +97,42 @@ def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
       yield i, row
 
 
+def _remote_rows(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  kind, name, config, split = parse_remote(spec)
+  if kind == "hf":
+    try:
+      import datasets
+    except ImportError:
+      raise DataError(f"{spec}: Hugging Face datasets need `pip install datasets`") from None
+    try:
+      ds = datasets.load_dataset(name, config, split=split)
+    except Exception as e:  # offline, unknown name or split
+      raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
+                      "save the dataset to a local folder or file and point the spec there") from None
+    for i, row in enumerate(ds, 1):
+      yield i, row
+    return
+  try:
+    import tensorflow_datasets as tfds
+  except ImportError:
+    raise DataError(f"{spec}: TensorFlow Datasets need `pip install tensorflow-datasets`") from None
+  try:
+    source = tfds.data_source(name if config is None else f"{name}/{config}", split=split)
+  except Exception as e:
+    raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+  for i in range(len(source)):
+    row = source[i]
+    yield i + 1, {k: v.decode("utf8") if isinstance(v, bytes) else v for k, v in row.items()}
+
+
 def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None
               ) -> Iterator[dict[str, Any]]:
-  """Rows of a local file with `fields` ({name: type}), columns renamed by `columns`."""
+  """Rows of a source with `fields` ({name: type}), columns renamed by `columns`."""
   fmt, path = resolve_spec(spec)
   columns = dict(columns or {})
-  where = "row" if fmt == "parquet" else "line"
-  for line_no, row in _raw_rows(fmt, path):
+  where = "line" if fmt in ("jsonl", "tsv", "csv") else "row"
+  rows = _remote_rows(spec) if fmt in ("hf", "tfds") else _raw_rows(fmt, path)
+  for line_no, row in rows:
     out = {}
     for name, kind in fields.items():
       col = columns.get(name, name)
@@ -95,6 +145,7 @@ def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] 
       except (TypeError, ValueError):
         raise DataError(f"{path}:{line_no}: column {col!r} = {value!r} is not {kind.__name__}") from None
       if kind is str and not value.strip():
-        raise DataError(f"{path}:{line_no}: column {col!r} is an empty text ({where} {line_no})")
+        raise DataError(f"{path}:{line_no}: column {col!r} is an empty text ({where} {line_no}); "
+                        "remove the row or fill it")
       out[name] = value
     yield out

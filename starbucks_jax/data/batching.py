@@ -1,0 +1,167 @@
+"""Training examples and deterministic, resumable batches of token ids.
+
+An example set has R text roles (triplets: anchor, positive, negative; pairs: anchor, positive;
+scored_pairs: sentence1, sentence2 plus a 0..5 score). Batches are a pure function of
+(seed, epoch, index): a resumed run sees exactly the batches the uninterrupted run would have.
+Each epoch is a seeded shuffle; with `no_duplicates`, an example whose text is already in the batch
+waits for a later batch (an in-batch duplicate would be a false negative). The last incomplete
+batch of an epoch is dropped (static shapes). Every batch is padded to a length bucket.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import queue
+import threading
+from typing import Iterator, Mapping
+
+import numpy as np
+
+from starbucks_jax.data.sources import DataError, read_rows
+from starbucks_jax.data.tokenize import bucket_length, tokenize
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"triplets": ("anchor", "positive", "negative"), "pairs": ("anchor", "positive"),
+           "scored_pairs": ("sentence1", "sentence2")}
+
+
+@dataclasses.dataclass
+class Examples:
+  roles: tuple[str, ...]
+  texts: list[list[str]]  # [R][num_examples]
+  scores: np.ndarray | None  # [num_examples] for scored pairs
+
+  def __len__(self) -> int:
+    return len(self.texts[0])
+
+
+def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None) -> Examples:
+  if fmt not in FORMATS:
+    raise DataError(f"data format {fmt!r}; expected one of {sorted(FORMATS)}")
+  roles = FORMATS[fmt]
+  fields = {r: str for r in roles}
+  if fmt == "scored_pairs":
+    fields["score"] = float
+  rows = list(read_rows(spec, fields, columns))
+  if not rows:
+    raise DataError(f"{spec}: no examples")
+  scores = np.array([r["score"] for r in rows], np.float32) if fmt == "scored_pairs" else None
+  return Examples(roles, [[r[role] for r in rows] for role in roles], scores)
+
+
+class Batcher:
+  """Tokenises once, then serves batch(epoch, index) -> {'ids', 'mask': [R, B, T] int32, 'scores'}."""
+
+  def __init__(self, examples: Examples, tokenizer, *, batch_size: int, max_length: int, seed: int,
+               no_duplicates: bool = False):
+    if len(examples) < batch_size:
+      raise DataError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
+    self.examples, self.batch_size, self.max_length = examples, batch_size, max_length
+    self.seed, self.no_duplicates = seed, no_duplicates
+    self.pad_id = tokenizer.pad_token_id
+    self.ids, truncated = [], 0
+    for texts in examples.texts:
+      ids, n = tokenize(tokenizer, texts, max_length)
+      self.ids.append(ids)
+      truncated += n
+    if truncated:
+      log.warning("%d training texts are longer than max_length=%d and were truncated", truncated,
+                  max_length)
+    self._epochs: dict[int, list[np.ndarray]] = {}
+
+  def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+    """The example indices of every batch of `epoch` (cached)."""
+    if epoch not in self._epochs:
+      order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+      B = self.batch_size
+      if not self.no_duplicates:
+        batches = [order[i:i + B] for i in range(0, len(order) - B + 1, B)]
+      else:
+        batches, remaining = [], collections.deque(order.tolist())
+        texts = self.examples.texts
+        while len(remaining) >= B:
+          batch, seen, skipped = [], set(), []
+          while remaining and len(batch) < B:
+            i = remaining.popleft()
+            mine = {t[i] for t in texts}
+            if seen & mine:
+              skipped.append(i)
+            else:
+              batch.append(i)
+              seen |= mine
+          remaining.extendleft(reversed(skipped))
+          if len(batch) < B:
+            break
+          batches.append(np.array(batch))
+      self._epochs = {epoch: batches}  # keep one epoch in memory
+    return self._epochs[epoch]
+
+  def steps_in(self, epochs: int) -> int:
+    return sum(len(self.epoch_batches(e)) for e in range(epochs))
+
+  def position(self, step: int) -> tuple[int, int]:
+    """(epoch, index) of the batch a global step reads."""
+    epoch = 0
+    while step >= len(self.epoch_batches(epoch)):
+      step -= len(self.epoch_batches(epoch))
+      epoch += 1
+    return epoch, step
+
+  def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    seqs = [[ids[i] for i in rows] for ids in self.ids]
+    length = bucket_length(max(len(s) for role in seqs for s in role), self.max_length)
+    R, B = len(seqs), len(rows)
+    ids = np.full((R, B, length), self.pad_id, np.int32)
+    mask = np.zeros((R, B, length), np.int32)
+    for r, role in enumerate(seqs):
+      for b, s in enumerate(role):
+        ids[r, b, :len(s)] = s
+        mask[r, b, :len(s)] = 1
+    batch = {"ids": ids, "mask": mask}
+    if self.examples.scores is not None:
+      batch["scores"] = self.examples.scores[rows]
+    return batch
+
+  def iterate(self, start_step: int, num_steps: int, prefetch: int = 2
+              ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(step, batch) for steps start_step .. num_steps - 1, built on a background thread."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce():
+      try:
+        epoch, index = self.position(start_step)
+        for step in range(start_step, num_steps):
+          batches = self.epoch_batches(epoch)
+          if index >= len(batches):
+            epoch, index = epoch + 1, 0
+            batches = self.epoch_batches(epoch)
+          item = (step, self.make_batch(batches[index]))
+          index += 1
+          while not stop.is_set():
+            try:
+              q.put(item, timeout=0.1)
+              break
+            except queue.Full:
+              continue
+          if stop.is_set():
+            return
+        q.put(None)
+      except BaseException as e:  # surface errors on the consumer side
+        q.put(e)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    try:
+      while True:
+        item = q.get()
+        if item is None:
+          return
+        if isinstance(item, BaseException):
+          raise item
+        yield item
+    finally:
+      stop.set()

@@ -1,0 +1,191 @@
+"""The method's losses as pure functions of pooled embeddings (METHOD.md, "SRL fine-tuning").
+
+Shapes: `pooled` is [R, B, D] for one layer: R text roles (anchor, positive, negatives... or
+sentence1, sentence2), B examples, D features, float32, raw (not normalised). A (layer, dim)
+sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[:, :d] @ p[:, :d].T`.
+
+    L = R( sum over (n, d) of  w[n,d] * L_task(s[n,d]) + beta * KL_term(n, d) )
+
+- task: contrastive (MNRL / InfoNCE; cosine x scale or dot / temperature) or CoSENT.
+- KL 'scores': KL(softmax(s[N,D] / tau) || softmax(s[n,d] / tau)), teacher gradient stopped,
+  summed over candidates, mean over queries (the authors' retrieval code).
+- KL 'features': KL(softmax(e[N][:, :d]) || softmax(e[n][:, :d])) over the features of every input's
+  raw pooled vector, teacher NOT detached, mean over inputs, times `kl_temperature` (0.3) which is a
+  plain multiplier there (the authors' STS code, after sentence-transformers' AdaptiveLayerLoss).
+- reduction R: 'sum' over pairs (the code) or 'mean' (the paper's 1/|S|).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+
+TASKS = ("contrastive", "cosent")
+SIMILARITIES = ("cosine", "dot")
+KL_KINDS = ("features", "scores", "none")
+REDUCTIONS = ("sum", "mean")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  task: str = "contrastive"  # 'contrastive' (MNRL / InfoNCE) | 'cosent'
+  similarity: str = "cosine"  # 'cosine' (truncate, then L2-normalise) | 'dot'
+  scale: float = 20.0  # cosine similarity multiplier (MNRL and CoSENT use 20)
+  temperature: float = 1.0  # dot product divisor
+  kl: str = "features"  # 'features' | 'scores' | 'none'
+  kl_weight: float = 1.0  # beta
+  kl_temperature: float = 0.3  # features: multiplier on the KL; scores: tau of the softmax
+  reduction: str = "sum"  # 'sum' | 'mean' over pairs
+
+
+def truncate_normalise(x, d: int | None = None, eps: float = 1e-12):
+  x = x if d is None else x[..., :d]
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
+def similarity_logits(q, p, cfg: LossConfig):
+  """[Bq, d] x [Bp, d] -> [Bq, Bp] logits: cos * scale, or dot / temperature."""
+  if cfg.similarity == "cosine":
+    return truncate_normalise(q) @ truncate_normalise(p).T * cfg.scale
+  return q @ p.T / cfg.temperature
+
+
+def contrastive_loss(logits, labels):
+  """Mean cross-entropy of each query's row against its positive's column."""
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.take_along_axis(logp, labels[:, None], axis=-1).mean()
+
+
+def cosent_loss(pred, gold):
+  """CoSENT: log(1 + sum over (i, j) with gold_i < gold_j of exp(pred_i - pred_j))."""
+  diff = pred[:, None] - pred[None, :]
+  wanted = gold[:, None] < gold[None, :]
+  diff = jnp.where(wanted, diff, -jnp.inf)
+  return jax.nn.logsumexp(jnp.concatenate([jnp.zeros((1,), diff.dtype), diff.reshape(-1)]))
+
+
+def kl_divergence(teacher_logits, student_logits):
+  """sum_j p_j (log p_j - log q_j) with p = softmax(teacher), q = softmax(student); mean over rows."""
+  logp = jax.nn.log_softmax(teacher_logits, axis=-1)
+  logq = jax.nn.log_softmax(student_logits, axis=-1)
+  return (jnp.exp(logp) * (logp - logq)).sum(-1).mean()
+
+
+def task_logits(pooled, d: int, cfg: LossConfig):
+  """Contrastive logits of one sub-model: role 0 are queries, roles 1.. (flattened) the candidates;
+  query i's positive is candidate i (the first B candidates are the positives)."""
+  q = pooled[0, :, :d]
+  cands = pooled[1:, :, :d].reshape(-1, d)
+  return similarity_logits(q, cands, cfg)
+
+
+def task_loss(pooled, d: int, cfg: LossConfig, scores=None):
+  """The task loss of one (layer, dim) from that layer's pooled [R, B, D]."""
+  if cfg.task == "cosent":
+    pred = (truncate_normalise(pooled[0], d) * truncate_normalise(pooled[1], d)).sum(-1) * cfg.scale
+    return cosent_loss(pred, scores)
+  logits = task_logits(pooled, d, cfg)
+  return contrastive_loss(logits, jnp.arange(logits.shape[0]))
+
+
+def pair_logits(pooled, d: int, cfg: LossConfig):
+  """The score matrix the 'scores' KL compares: contrastive logits, or CoSENT's pairwise cosines."""
+  if cfg.task == "cosent":
+    a, b = truncate_normalise(pooled[0], d), truncate_normalise(pooled[1], d)
+    return a @ b.T * cfg.scale
+  return task_logits(pooled, d, cfg)
+
+
+def kl_scores(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
+  """KL of score distributions; the teacher (N, D) is a constant (stop-gradient)."""
+  t = jax.lax.stop_gradient(pair_logits(teacher_pooled, teacher_pooled.shape[-1], cfg))
+  s = pair_logits(student_pooled, d, cfg)
+  return kl_divergence(t / cfg.kl_temperature, s / cfg.kl_temperature)
+
+
+def kl_features(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
+  """KL of feature distributions of every input's raw pooled vector, teacher not detached, x0.3."""
+  D = teacher_pooled.shape[-1]
+  t = teacher_pooled.reshape(-1, D)[:, :d]
+  s = student_pooled.reshape(-1, D)[:, :d]
+  return kl_divergence(t, s) * cfg.kl_temperature
+
+
+def kl_term(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
+  if cfg.kl == "scores":
+    return kl_scores(teacher_pooled, student_pooled, d, cfg)
+  if cfg.kl == "features":
+    return kl_features(teacher_pooled, student_pooled, d, cfg)
+  return jnp.zeros((), jnp.float32)
+
+
+def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]], full_pair: tuple[int, int],
+             cfg: LossConfig, *, scores=None, weights: Sequence[float] | None = None,
+             use_kl: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Sum (or mean) over `pairs` of w * task + beta * KL to the full pair (N, D); KL of (N, D) skipped.
+
+  `pooled_by_layer[n]` is layer n's pooled [R, B, D] from ONE encoder forward. Returns the loss and
+  per-pair metrics {'task/n_d', 'kl/n_d'}.
+  """
+  n_full, d_full = full_pair
+  teacher = pooled_by_layer[n_full]
+  weights = [1.0] * len(pairs) if not weights else list(weights)
+  total = jnp.zeros((), jnp.float32)
+  metrics = {}
+  for (n, d), w in zip(pairs, weights):
+    task = task_loss(pooled_by_layer[n], d, cfg, scores)
+    metrics[f"task/{n}_{d}"] = task
+    total = total + w * task
+    if use_kl and cfg.kl != "none" and (n, d) != (n_full, d_full):
+      kl = kl_term(teacher, pooled_by_layer[n], d, cfg)
+      metrics[f"kl/{n}_{d}"] = kl
+      total = total + cfg.kl_weight * kl
+  if cfg.reduction == "mean":
+    total = total / len(pairs)
+  return total, metrics
+
+
+def mask_dims(x, d):
+  """Zero the features at and beyond `d` (a traced int): for unit-normalised or dot-product scores this
+  equals truncating to d, without a shape that depends on the sample."""
+  return x * (jnp.arange(x.shape[-1]) < d).astype(x.dtype)
+
+
+def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=None, scores=None,
+              weights: Sequence[float] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The loss of one step of `plan` (schedule.Plan) from one forward's pooled vectors per layer.
+
+  Fixed plans (starbucks, full, mrl, grid, separate) are `srl_loss` over plan.pairs. The sampled
+  baselines draw with `rng` and always sum their terms, as their reference code does:
+  - 2dmse: task(N, d1) + task(n', d2) + beta * KL(N || n') over all D features.
+  - 2dmse_retrieval: task(N, D) + sum over d of S of [task(n', d) + beta KL] + [task(N, d) + beta KL]
+    for d < D.
+  """
+  if not plan.sample_layers:
+    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores, weights=weights,
+                    use_kl=plan.use_kl)
+  from starbucks_jax.schedule import sample
+  draw = sample(plan, rng)
+  teacher = pooled_by_layer[plan.teacher[0]]
+  D = teacher.shape[-1]
+  student = jnp.stack([pooled_by_layer[n] for n in plan.sample_layers])[draw["layer"]]
+  metrics = {"sampled/layer": jnp.asarray(plan.sample_layers)[draw["layer"]]}
+  kl = lambda t, s, d: cfg.kl_weight * kl_term(t, s, d, cfg) if cfg.kl != "none" else 0.0  # noqa: E731
+  if plan.method == "2dmse":
+    dims = jnp.asarray(plan.sample_dims)
+    d_last, d_layer = dims[draw["dim_last"]], dims[draw["dim_layer"]]
+    metrics.update({"sampled/dim_last": d_last, "sampled/dim_layer": d_layer})
+    total = (task_loss(mask_dims(teacher, d_last), D, cfg, scores)
+             + task_loss(mask_dims(student, d_layer), D, cfg, scores) + kl(teacher, student, D))
+  elif plan.method == "2dmse_retrieval":
+    total = task_loss(teacher, D, cfg, scores)
+    for d in plan.sample_dims:
+      total = total + task_loss(student, d, cfg, scores) + kl(teacher, student, d)
+      if d < D:
+        total = total + task_loss(teacher, d, cfg, scores) + kl(teacher, teacher, d)
+  else:
+    raise ValueError(f"no sampled loss for method {plan.method!r}")
+  return total, metrics
