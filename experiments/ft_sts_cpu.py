@@ -5,7 +5,7 @@ all-MiniLM-L6-v2 with the schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384),
 split (1,379 pairs). Methods: starbucks (SRL), 2dmse, mrl, full, and separate (one run per pair,
 encoder cut to n layers, trained at full width, evaluated at d).
 
-    python experiments/ft_sts_cpu.py [--workdirs workdirs/ft_sts_cpu] [--print-only]
+    python experiments/ft_sts_cpu.py [--epochs 4] [--workdirs workdirs/ft_sts_cpu] [--print-only]
 
 Runs one after another through the normal entry point, skips runs whose results exist, then writes
 experiments/ft_sts_cpu.md with the command, the commit and the per-pair table.
@@ -35,11 +35,13 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument("--workdirs", default="workdirs/ft_sts_cpu")
   p.add_argument("--print-only", action="store_true", help="print the commands (for a cluster)")
+  p.add_argument("--epochs", type=int, default=4, help="the recipe's 4, or fewer for a quick sweep")
   args = p.parse_args()
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for name, arg in runs():
     workdir = os.path.join(args.workdirs, name)
-    cmd = [sys.executable, "-m", "starbucks_jax.main", f"--config={CONFIG},{arg}", f"--workdir={workdir}"]
+    cmd = [sys.executable, "-m", "starbucks_jax.main", f"--config={CONFIG},{arg}", f"--workdir={workdir}",
+           f"--config.train.epochs={args.epochs}"]
     if args.print_only:
       print(" ".join(cmd))
       continue
@@ -49,10 +51,10 @@ def main():
     print(f"run {name}: {' '.join(cmd)}", flush=True)
     subprocess.run(cmd, cwd=repo, check=True)
   if not args.print_only:
-    write_report(args.workdirs, repo)
+    write_report(args.workdirs, repo, args.epochs)
 
 
-def write_report(workdirs, repo):
+def write_report(workdirs, repo, epochs):
   table = {}
   for name, _ in runs():
     path = os.path.join(workdirs, name, "results", "final.json")
@@ -77,8 +79,8 @@ def write_report(workdirs, repo):
   out = os.path.join(repo, "experiments", "ft_sts_cpu.md")
   with open(out, "w") as f:
     f.write(f"# SRL vs baselines, sts recipe at CPU scale\n\nCommit `{commit}`. Command: "
-            f"`python experiments/ft_sts_cpu.py` (each run: `python -m starbucks_jax.main "
-            f"--config={CONFIG},method=M --workdir=...`).\n\nSpearman (cosine) x 1 on STS-B test "
+            f"`python experiments/ft_sts_cpu.py --epochs {epochs}` (each run: `python -m starbucks_jax.main "
+            f"--config={CONFIG},method=M --workdir=... --config.train.epochs={epochs}`).\n\nSpearman (cosine) x 1 on STS-B test "
             f"(../shared/data/stsb/test.jsonl, 1,379 pairs) per (layer, dim); best per column in bold.\n\n"
             + "\n".join(lines) + "\n")
   print(open(out).read())

@@ -177,40 +177,44 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   examples_per_step = config.data.batch_size
   log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
            total_steps, len(examples), examples_per_step, plan.pairs or "sampled", plan.layers)
-  compiled_shapes = set()
-  t0, last_log = time.time(), start  # the first interval includes compilation
-  progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0, disable=None)
-  for step, batch in batcher.iterate(start, total_steps):
-    rng = jax.random.fold_in(base_rng, step)
-    shape = batch["ids"].shape
-    if not compiled_shapes:  # compile ahead of time once and report the memory it needs
-      compiled = step_fn.lower(state, batch, rng).compile()
-      mem = compiled.memory_analysis()
-      if mem is not None:
-        log.info("compiled step for batch %s: temp %.1f MiB, arguments %.1f MiB, output %.1f MiB", shape,
-                 mem.temp_size_in_bytes / 2**20, mem.argument_size_in_bytes / 2**20,
-                 mem.output_size_in_bytes / 2**20)
-    compiled_shapes.add(shape)
-    state, metrics = step_fn(state, batch, rng)
-    done = step + 1
-    progress.update(1)
-    if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
-      raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
-                               f"checkpoint in {mngr.directory} is intact")
-    if done % config.train.log_every == 0 or done == total_steps:
-      metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
-      elapsed = time.time() - t0
-      metrics["lr"] = learning_rate_schedule(config.train, total_steps)(step)
-      metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
-      writer.write(done, metrics)
-      progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-      t0, last_log = time.time(), done
-    if done % config.train.checkpoint_every == 0 or done == total_steps:
-      checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
-                      meta={"step": done, "epoch_index": list(batcher.position(min(done, total_steps - 1)))},
-                      force=done == total_steps)
-  progress.close()
-  mngr.wait_until_finished()
+  try:
+    compiled_shapes = set()
+    t0, last_log = time.time(), start  # the first interval includes compilation
+    progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0, disable=None)
+    for step, batch in batcher.iterate(start, total_steps):
+      rng = jax.random.fold_in(base_rng, step)
+      shape = batch["ids"].shape
+      if not compiled_shapes:  # compile ahead of time once and report the memory it needs
+        compiled = step_fn.lower(state, batch, rng).compile()
+        mem = compiled.memory_analysis()
+        if mem is not None:
+          log.info("compiled step for batch %s: temp %.1f MiB, arguments %.1f MiB, output %.1f MiB", shape,
+                   mem.temp_size_in_bytes / 2**20, mem.argument_size_in_bytes / 2**20,
+                   mem.output_size_in_bytes / 2**20)
+      compiled_shapes.add(shape)
+      state, metrics = step_fn(state, batch, rng)
+      done = step + 1
+      progress.update(1)
+      if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
+                                 f"checkpoint in {mngr.directory} is intact")
+      if done % config.train.log_every == 0 or done == total_steps:
+        metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
+        elapsed = time.time() - t0
+        metrics["lr"] = learning_rate_schedule(config.train, total_steps)(step)
+        metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
+        writer.write(done, metrics)
+        progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+        t0, last_log = time.time(), done
+      if done % config.train.checkpoint_every == 0 or done == total_steps:
+        checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
+                        meta={"step": done, "epoch_index": list(batcher.position(min(done, total_steps - 1)))},
+                        force=done == total_steps)
+  finally:  # an interrupted run keeps every checkpoint it started to write
+    progress.close()
+    mngr.wait_until_finished()
+    mngr.close()
+
   trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
   return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
 

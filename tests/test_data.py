@@ -1,0 +1,119 @@
+"""Sources (local files, HF datasets), errors that name file and line, and deterministic batches."""
+
+import json
+
+import numpy as np
+import pytest
+
+from starbucks_jax.data import batching, sources
+from starbucks_jax.data.sources import DataError
+from starbucks_jax.models import hf
+
+
+def _jsonl(path, rows):
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def test_jsonl_tsv_csv_and_column_mapping(tmp_path):
+  rows = [{"premise": f"a {i}", "hypothesis": f"b {i}", "label": i / 2} for i in range(4)]
+  spec = _jsonl(tmp_path / "x.jsonl", rows)
+  got = list(sources.read_rows(spec, {"sentence1": str, "sentence2": str, "score": float},
+                               {"sentence1": "premise", "sentence2": "hypothesis", "score": "label"}))
+  assert got[3] == {"sentence1": "a 3", "sentence2": "b 3", "score": 1.5}
+  (tmp_path / "x.tsv").write_text("sentence1\tsentence2\tscore\nhello\tworld\t2.5\n")
+  assert list(sources.read_rows(str(tmp_path / "x.tsv"), {"sentence1": str, "score": float})) == [
+      {"sentence1": "hello", "score": 2.5}]
+  (tmp_path / "x.csv").write_text('sentence1,sentence2,score\n"a, b",c,1\n')
+  assert next(sources.read_rows(str(tmp_path / "x.csv"), {"sentence1": str}))["sentence1"] == "a, b"
+
+
+def test_errors_name_file_and_line(tmp_path):
+  p = tmp_path / "bad.jsonl"
+  p.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "a", "positive": \n')
+  with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
+    list(sources.read_rows(str(p), {"anchor": str, "positive": str}))
+  p.write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "a"}\n')
+  with pytest.raises(DataError, match=r"bad.jsonl:2: no column 'positive'.*columns.positive="):
+    list(sources.read_rows(str(p), {"anchor": str, "positive": str}))
+  p.write_text('{"anchor": "a", "positive": "  "}\n')
+  with pytest.raises(DataError, match=r"bad.jsonl:1: column 'positive' is an empty text"):
+    list(sources.read_rows(str(p), {"anchor": str, "positive": str}))
+  p.write_text('{"s": "a", "score": "high"}\n')
+  with pytest.raises(DataError, match=r"bad.jsonl:1: column 'score' = 'high' is not float"):
+    list(sources.read_rows(str(p), {"s": str, "score": float}))
+  t = tmp_path / "bad.tsv"
+  t.write_text("sentence1\tsentence2\nx\ty\nonly-one-field\n")
+  with pytest.raises(DataError, match=r"bad.tsv:3: expected 2 fields"):
+    list(sources.read_rows(str(t), {"sentence1": str, "sentence2": str}))
+  with pytest.raises(DataError, match="cannot tell the format"):
+    sources.resolve_spec(str(tmp_path / "data.xml"))
+  with pytest.raises(DataError, match="no such file"):
+    sources.resolve_spec(str(tmp_path / "none.jsonl"))
+
+
+def test_hf_datasets_source_from_a_local_folder(tmp_path):
+  pytest.importorskip("datasets")
+  folder = tmp_path / "my_nli"
+  folder.mkdir()
+  _jsonl(folder / "train.jsonl", [{"anchor": f"a{i}", "positive": f"p{i}", "negative": f"n{i}"}
+                                  for i in range(6)])
+  ex = batching.load_examples(f"hf:{folder}@train", "triplets")
+  assert len(ex) == 6 and ex.texts[2][5] == "n5"
+  with pytest.raises(DataError, match=r"hf:.*could not load"):
+    list(sources.read_rows(f"hf:{folder}@validation", {"anchor": str}))
+
+
+def test_demo_data_ships_in_the_package():
+  ex = batching.load_examples("demo:triplets_train.jsonl", "triplets")
+  assert len(ex) == 320 and ex.roles == ("anchor", "positive", "negative")
+  s1, s2, scores = batching.load_examples("demo:sts_test.jsonl", "scored_pairs").texts + [None]
+  assert len(s1) == 100
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_hf_dir):
+  return hf.load_tokenizer(tiny_hf_dir)
+
+
+def _examples(n, dup_every=0):
+  anchors = [f"the cat {i}" if not dup_every or i % dup_every else "the same text" for i in range(n)]
+  return batching.Examples(("anchor", "positive"), [anchors, [f"a dog {i}" for i in range(n)]], None)
+
+
+def test_batches_are_deterministic_and_resumable(tokenizer):
+  ex = _examples(37)
+  a = batching.Batcher(ex, tokenizer, batch_size=8, max_length=16, seed=3)
+  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=16, seed=3)
+  assert a.steps_in(2) == 8  # 4 full batches per epoch, the partial one dropped
+  full = list(a.iterate(0, 8))
+  tail = list(b.iterate(5, 8))  # a resumed run starting at step 5
+  for (s1, x), (s2, y) in zip(full[5:], tail):
+    assert s1 == s2
+    np.testing.assert_array_equal(x["ids"], y["ids"])
+  assert b.position(5) == (1, 1)
+  first = np.concatenate([a.epoch_batches(0)[i] for i in range(4)])
+  second = np.concatenate([a.epoch_batches(1)[i] for i in range(4)])
+  assert len(set(first)) == 32 and not np.array_equal(first, second)  # reshuffled per epoch
+  c = batching.Batcher(ex, tokenizer, batch_size=8, max_length=16, seed=4)
+  assert not np.array_equal(c.epoch_batches(0)[0], a.epoch_batches(0)[0])
+  batch = full[0][1]
+  assert batch["ids"].shape[:2] == (2, 8) and batch["ids"].shape[2] in (16,)
+  assert batch["mask"].sum(-1).min() >= 3  # [CLS] text [SEP]
+
+
+def test_no_duplicates_keeps_repeated_texts_apart(tokenizer):
+  ex = _examples(40, dup_every=4)  # 10 rows share one anchor text
+  batcher = batching.Batcher(ex, tokenizer, batch_size=5, max_length=16, seed=0, no_duplicates=True)
+  batches = batcher.epoch_batches(0)
+  assert len(batches) >= 6
+  for rows in batches:
+    anchors = [ex.texts[0][i] for i in rows]
+    assert len(set(anchors)) == len(anchors)
+  plain = batching.Batcher(ex, tokenizer, batch_size=5, max_length=16, seed=0)
+  assert any(len({ex.texts[0][i] for i in rows}) < 5 for rows in plain.epoch_batches(0))
+
+
+def test_too_few_examples(tokenizer):
+  with pytest.raises(DataError, match="fewer than one batch of 8"):
+    batching.Batcher(_examples(5), tokenizer, batch_size=8, max_length=16, seed=0)

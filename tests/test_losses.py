@@ -1,0 +1,185 @@
+"""Each loss against an independent float64 numpy computation of METHOD.md's equations."""
+
+import numpy as np
+import pytest
+import jax
+import jax.numpy as jnp
+
+from starbucks_jax import losses, schedule
+
+RNG = np.random.default_rng(0)
+R, B, D = 3, 5, 12
+PAIRS = ((1, 3), (2, 6), (3, 12))
+FULL = (3, 12)
+
+
+# ---- references (numpy, float64, written from the equations) ---------------------------------
+def np_log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def np_unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def np_contrastive(pooled, d, cosine=True, scale=20.0, temperature=1.0):
+  q = pooled[0, :, :d]
+  cands = np.concatenate([pooled[r, :, :d] for r in range(1, pooled.shape[0])])
+  logits = np_unit(q) @ np_unit(cands).T * scale if cosine else q @ cands.T / temperature
+  lp = np_log_softmax(logits)
+  return -np.mean([lp[i, i] for i in range(q.shape[0])]), logits
+
+
+def np_cosent(a, b, gold, d, scale=20.0):
+  pred = (np_unit(a[:, :d]) * np_unit(b[:, :d])).sum(-1) * scale
+  terms = [pred[i] - pred[j] for i in range(len(gold)) for j in range(len(gold)) if gold[i] < gold[j]]
+  return np.log(1.0 + np.sum(np.exp(terms)))
+
+
+def np_kl(teacher_logits, student_logits):
+  logp, logq = np_log_softmax(teacher_logits), np_log_softmax(student_logits)
+  return np.mean((np.exp(logp) * (logp - logq)).sum(-1))
+
+
+def np_srl(pooled, kl, cosine=True, reduction="sum", beta=1.0, kl_t=0.3, tau=1.0):
+  total = 0.0
+  for n, d in PAIRS:
+    task, logits = np_contrastive(pooled[n], d, cosine)
+    total += task
+    if (n, d) == FULL:
+      continue
+    if kl == "features":
+      t = pooled[FULL[0]].reshape(-1, D)[:, :d]
+      s = pooled[n].reshape(-1, D)[:, :d]
+      total += beta * kl_t * np_kl(t, s)
+    else:
+      _, t_logits = np_contrastive(pooled[FULL[0]], D, cosine)
+      total += beta * np_kl(t_logits / tau, logits / tau)
+  return total / len(PAIRS) if reduction == "mean" else total
+
+
+@pytest.fixture
+def pooled():
+  return {n: RNG.normal(size=(R, B, D)) * 2.0 for n in (1, 2, 3)}
+
+
+def _jax(pooled):
+  return {n: jnp.asarray(v) for n, v in pooled.items()}
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "dot"])
+def test_contrastive(pooled, similarity):
+  cfg = losses.LossConfig(similarity=similarity, temperature=0.7)
+  with jax.enable_x64(True):
+    for d in (4, 12):
+      got = float(losses.task_loss(jnp.asarray(pooled[1]), d, cfg))
+      want, _ = np_contrastive(pooled[1], d, similarity == "cosine", temperature=0.7)
+      assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
+
+
+def test_contrastive_labels_with_groups():
+  """Query i's positive is candidate i; every other passage, other queries' included, is a negative."""
+  q = np.eye(3, 8)
+  pos = np.eye(3, 8) * 20
+  neg = np.zeros((3, 8))
+  neg[0, 0] = 100.0  # query 0's hard negative outscores its positive: loss of row 0 must be large
+  pooled = jnp.asarray(np.stack([q, pos, neg]))
+  logits = losses.task_logits(pooled, 8, losses.LossConfig(similarity="dot"))
+  assert logits.shape == (3, 6)
+  per_row = -jax.nn.log_softmax(logits)[jnp.arange(3), jnp.arange(3)]
+  assert per_row[0] > 50 and per_row[1] < 1e-3
+
+
+def test_cosent(pooled):
+  gold = np.array([0.5, 3.0, 3.0, 1.2, 4.8])
+  cfg = losses.LossConfig(task="cosent")
+  with jax.enable_x64(True):
+    for d in (3, 12):
+      got = float(losses.task_loss(jnp.asarray(pooled[2][:2]), d, cfg, scores=jnp.asarray(gold)))
+      assert got == pytest.approx(np_cosent(pooled[2][0], pooled[2][1], gold, d), rel=1e-6)
+
+
+@pytest.mark.parametrize("kl", ["features", "scores"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_srl_loss_equals_the_equation(pooled, kl, reduction):
+  cfg = losses.LossConfig(kl=kl, reduction=reduction, kl_temperature=0.3 if kl == "features" else 1.0)
+  with jax.enable_x64(True):
+    got, metrics = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
+  assert float(got) == pytest.approx(np_srl(pooled, kl, reduction=reduction), rel=1e-6)
+  assert set(metrics) == {f"task/{n}_{d}" for n, d in PAIRS} | {f"kl/{n}_{d}" for n, d in PAIRS[:-1]}
+
+
+def test_score_kl_with_temperature_and_weight(pooled):
+  cfg = losses.LossConfig(kl="scores", kl_temperature=2.0, kl_weight=0.5, similarity="dot")
+  with jax.enable_x64(True):
+    got, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
+  assert float(got) == pytest.approx(np_srl(pooled, "scores", cosine=False, beta=0.5, tau=2.0), rel=1e-6)
+
+
+def test_kl_of_identical_distributions_is_zero(pooled):
+  cfg = losses.LossConfig()
+  p = jnp.asarray(pooled[3])
+  assert float(losses.kl_features(p, p, 12, cfg)) == pytest.approx(0.0, abs=1e-7)
+  assert float(losses.kl_scores(p, p, 12, cfg)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_kl_trains_the_teacher_and_score_kl_does_not(pooled):
+  t, s = jnp.asarray(pooled[3], jnp.float32), jnp.asarray(pooled[1], jnp.float32)
+  for kind, teacher_moves in (("features", True), ("scores", False)):
+    cfg = losses.LossConfig(kl=kind)
+    g_teacher, g_student = jax.grad(lambda a, b: losses.kl_term(a, b, 6, cfg), argnums=(0, 1))(t, s)
+    assert np.abs(np.asarray(g_student)).max() > 1e-6, kind
+    assert (np.abs(np.asarray(g_teacher)).max() > 1e-6) == teacher_moves, kind
+
+
+def test_pair_weights_scale_the_task_term(pooled):
+  cfg = losses.LossConfig(kl="none")
+  base, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
+  weighted, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, weights=[2.0, 0.0, 1.0])
+  want = 2 * m["task/1_3"] + m["task/3_12"]
+  assert float(weighted) == pytest.approx(float(want), rel=1e-6)
+  assert float(base) == pytest.approx(float(sum(m.values())), rel=1e-6)
+
+
+def test_mask_dims_equals_truncation(pooled):
+  cfg = losses.LossConfig()
+  x = jnp.asarray(pooled[2])
+  for d in (1, 5, 12):
+    a = losses.task_loss(losses.mask_dims(x, jnp.int32(d)), D, cfg)
+    b = losses.task_loss(x, d, cfg)
+    assert float(a) == pytest.approx(float(b), rel=1e-5)
+
+
+def test_2dmse_loss_is_the_sampled_terms(pooled):
+  """Given the draw, 2dmse = task(N, d1) + task(n', d2) + 0.3 KL_features(N || n') over D."""
+  plan = schedule.plan("2dmse", PAIRS, 3, 12)
+  cfg = losses.LossConfig()
+  rng = jax.random.key(7)
+  with jax.enable_x64(True):
+    draw = schedule.sample(plan, rng)
+    got, m = losses.plan_loss(plan, _jax(pooled), cfg, rng=rng)
+  n = plan.sample_layers[int(draw["layer"])]
+  d1, d2 = plan.sample_dims[int(draw["dim_last"])], plan.sample_dims[int(draw["dim_layer"])]
+  want = (np_contrastive(pooled[3], d1)[0] + np_contrastive(pooled[n], d2)[0]
+          + 0.3 * np_kl(pooled[3].reshape(-1, D), pooled[n].reshape(-1, D)))
+  assert float(got) == pytest.approx(want, rel=1e-5)
+  assert int(m["sampled/layer"]) == n
+
+
+def test_2dmse_retrieval_loss(pooled):
+  plan = schedule.plan("2dmse_retrieval", PAIRS, 3, 12)
+  cfg = losses.LossConfig(kl="scores", kl_temperature=1.0, similarity="dot")
+  rng = jax.random.key(3)
+  with jax.enable_x64(True):
+    n = plan.sample_layers[int(schedule.sample(plan, rng)["layer"])]
+    got, _ = losses.plan_loss(plan, _jax(pooled), cfg, rng=rng)
+  t_task, t_logits = np_contrastive(pooled[3], D, cosine=False)
+  want = t_task
+  for d in plan.sample_dims:
+    for layer in (n, 3):
+      if (layer, d) == (3, D):
+        continue
+      task, logits = np_contrastive(pooled[layer], d, cosine=False)
+      want += task + np_kl(t_logits, logits)
+  assert float(got) == pytest.approx(want, rel=1e-6)

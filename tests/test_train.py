@@ -1,0 +1,199 @@
+"""The SRL step, the baselines, resume, non-finite steps; on a tiny random BERT."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, make_hf_bert
+from starbucks_jax import checkpoint, config_lib, losses, schedule, train
+from starbucks_jax.models.bert import BertEncoder
+from starbucks_jax.models.pooling import pool
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
+
+
+WORDS = "the a cat dog sat mat man woman play music guitar red blue car road runs fox jumps tree sun".split()
+
+
+def write_triplets(path, n, seed=0):
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for i in range(n):
+      s = lambda k: " ".join(rng.choice(WORDS, size=k)) + f" {WORDS[i % len(WORDS)]}"  # noqa: E731
+      f.write(json.dumps({"anchor": s(4), "positive": s(5), "negative": s(3)}) + "\n")
+  return str(path)
+
+
+def write_scored(path, n, seed=0):
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for i in range(n):
+      f.write(json.dumps({"sentence1": " ".join(rng.choice(WORDS, size=5)),
+                          "sentence2": " ".join(rng.choice(WORDS, size=4)),
+                          "score": float(rng.uniform(0, 5))}) + "\n")
+  return str(path)
+
+
+@pytest.fixture
+def tiny_run(tiny_hf_dir, tmp_path):
+  """A demo-style config on the tiny model: (1,8) (2,16) (4,32), 8 triplets per step."""
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  with cfg.unlocked():
+    cfg.model.init_from = tiny_hf_dir
+    cfg.model.max_length = 32
+    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
+    cfg.data.train = write_triplets(tmp_path / "train.jsonl", 40)
+    cfg.data.batch_size = 8
+    cfg.train.max_steps = 2
+    cfg.train.log_every = 1
+    cfg.train.checkpoint_every = 1
+  return cfg
+
+
+def test_one_forward_equals_separate_forwards(tmp_path):
+  """The SRL loss from ONE encoder pass equals the sum of per-pair losses where every pair runs its
+  own truncated encoder (n layers) - value and gradients. (A well-conditioned random model: the
+  shared tiny fixture's 1e-3 embeddings make float32 gradients through LayerNorm ill-conditioned.)"""
+  make_hf_bert(tmp_path / "m", initializer_range=0.2, embedding_scale=1.0)
+  pre = checkpoint.load_model(str(tmp_path / "m"))
+  cfg = pre.config
+  params = pre.params["bert"]
+  rng = np.random.default_rng(0)
+  ids = jnp.asarray(rng.integers(5, cfg.vocab_size, (3, 4, 10)), jnp.int32)
+  mask = jnp.asarray(np.arange(10)[None, None, :] < rng.integers(3, 11, (3, 4, 1)), jnp.int32)
+  pairs, full = ((1, 8), (2, 16), (4, 32)), (4, 32)
+  plan = schedule.plan("starbucks", pairs, 4, 32)
+  for kl in ("features", "scores"):
+    loss_cfg = losses.LossConfig(kl=kl)
+
+    def one_forward(p):
+      pooled = train.pooled_layers(p, cfg, ids, mask, plan.layers, "mean", deterministic=True)
+      return losses.plan_loss(plan, pooled, loss_cfg)[0]
+
+    def separate_forwards(p):
+      def sub(n):
+        hidden = BertEncoder(cfg).apply({"params": p}, ids.reshape(12, 10), mask.reshape(12, 10),
+                                        num_layers=n)
+        return pool(hidden[n], mask.reshape(12, 10), "mean").reshape(3, 4, -1)
+      teacher = sub(4)
+      total = 0.0
+      for n, d in pairs:
+        student = sub(n)
+        total += losses.task_loss(student, d, loss_cfg)
+        if (n, d) != full:
+          total += losses.kl_term(teacher, student, d, loss_cfg)
+      return total
+
+    a, ga = jax.value_and_grad(one_forward)(params)
+    b, gb = jax.value_and_grad(separate_forwards)(params)
+    assert float(a) == pytest.approx(float(b), rel=1e-6)
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6), ga, gb)
+    assert float(optax_norm(ga)) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["starbucks", "full", "mrl", "2dmse", "2dmse_retrieval", "grid", "separate"])
+def test_every_method_trains_two_steps(tiny_run, tmp_path, method):
+  with tiny_run.unlocked():
+    tiny_run.schedule.method = method
+    tiny_run.schedule.separate_pair = (2, 16)
+  records = train.run(tiny_run, str(tmp_path / method))
+  rows = [json.loads(line) for line in open(tmp_path / method / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2]
+  assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+  pairs = {(r["layer"], r["dim"]) for r in records}
+  assert pairs == ({(2, 16)} if method == "separate" else {(1, 8), (2, 16), (4, 32)})
+  assert checkpoint.manager(str(tmp_path / method), read_only=True).latest_step() == 2
+
+
+def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
+  with tiny_run.unlocked():
+    tiny_run.data.train = write_scored(tmp_path / "sts.jsonl", 30)
+    tiny_run.data.format = "scored_pairs"
+    tiny_run.loss.task = "cosent"
+  train.run(tiny_run, str(tmp_path / "w"))
+  rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  assert set(rows[0]) >= {"task/1_8", "kl/1_8", "task/4_32", "lr", "examples_per_sec"}
+
+
+def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path, monkeypatch):
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 6
+    tiny_run.train.checkpoint_every = 2
+  train.run(tiny_run, str(tmp_path / "straight"))
+
+  real = train.Batcher.iterate
+  def dying(self, start, total, **kw):  # the process is killed while step 5's batch is on its way
+    for step, batch in real(self, start, total, **kw):
+      if step == 4:
+        raise KeyboardInterrupt("killed")
+      yield step, batch
+  monkeypatch.setattr(train.Batcher, "iterate", dying)
+  with pytest.raises(KeyboardInterrupt):
+    train.run(tiny_run, str(tmp_path / "resumed"))
+  assert checkpoint.manager(str(tmp_path / "resumed"), read_only=True).latest_step() == 4
+  monkeypatch.undo()
+  train.run(tiny_run, str(tmp_path / "resumed"))
+  a = checkpoint.load_model(str(tmp_path / "straight")).params
+  b = checkpoint.load_model(str(tmp_path / "resumed")).params
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+  steps = [json.loads(line)["step"] for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+  assert steps == [1, 2, 3, 4, 5, 6]  # 5 was never logged before the crash; the log continues
+  # ... and a finished run is a model source: embed/export can read it.
+  assert os.path.exists(tmp_path / "resumed" / "model" / "config.json")
+
+
+def test_nonfinite_step_is_skipped(tiny_hf_dir):
+  pre = checkpoint.load_model(tiny_hf_dir)
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  tx = train.make_optimizer(cfg.train, 10)
+  params = pre.params["bert"]
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  plan = schedule.plan("full", ((4, 32),), 4, 32)
+  ids = jnp.ones((3, 2, 6), jnp.int32)
+  batch = {"ids": ids, "mask": jnp.ones_like(ids)}
+  bad = train.make_train_step(pre.config, plan, losses.LossConfig(scale=float("nan")), tx, "mean", dropout=False)
+  new, metrics = bad(state, batch, jax.random.key(0))
+  assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped_steps"]) == 1
+  jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, state.params)
+
+
+def test_learning_rate_schedule():
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo").train
+  lr = train.learning_rate_schedule(cfg, 100)
+  assert float(lr(0)) == 0.0
+  assert float(lr(10)) == pytest.approx(cfg.lr)
+  assert float(lr(55)) == pytest.approx(cfg.lr / 2)
+  assert float(lr(100)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_weight_decay_skips_biases_and_layer_norm(tiny_hf_dir):
+  mask = train.decay_mask(checkpoint.load_model(tiny_hf_dir).params["bert"])
+  assert mask["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+  assert not mask["encoder"]["layer_0"]["intermediate"]["dense"]["bias"]
+  assert not mask["embeddings"]["LayerNorm"]["scale"]
+
+
+def test_training_config_errors_name_the_key(tiny_run, tmp_path):
+  cases = [("loss.task", "cosent", "loss.task='cosent' needs data.format=scored_pairs"),
+           ("loss.kl", "both", "loss.kl='both'"),
+           ("schedule.method", "random", "schedule.method='random'"),
+           ("train.warmup_ratio", 1.5, "train.warmup_ratio=1.5; must be >= 0 and <= 1"),
+           ("data.train", "nowhere.jsonl", "data.train: nowhere.jsonl: no such file"),
+           ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 3 pairs")]
+  for key, value, msg in cases:
+    cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+    with cfg.unlocked():
+      cfg.model.init_from = tiny_run.model.init_from
+      cfg.schedule.pairs = tiny_run.schedule.pairs
+      section, name = key.split(".")
+      cfg[section][name] = value
+    with pytest.raises(config_lib.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+      train.run(cfg, str(tmp_path / "w"))
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo,method=separate,layer=9,dim=16")
+  with pytest.raises(config_lib.ConfigError, match=r"schedule.separate_pair\[0\]=\(9, 16\)"):
+    train.run(cfg, str(tmp_path / "w"))
