@@ -114,3 +114,11 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   np.testing.assert_allclose(got, want, atol=1e-6)
   with pytest.raises(FileNotFoundError, match="no step 3"):
     checkpoint.load_model(workdir, step=3)
+  # export from the workdir: a (2, 16) sub-model that sentence-transformers loads
+  st = pytest.importorskip("sentence_transformers")
+  from starbucks_jax import export
+  out = export.export(workdir, str(tmp_path / "sub"), layer=2, dim=16)
+  theirs = st.SentenceTransformer(out, device="cpu").encode(TEXTS[:4])
+  ours = embed.Embedder.load(workdir).encode(TEXTS[:4], layer=2, dim=16)
+  cos = (theirs * ours).sum(1) / np.linalg.norm(theirs, axis=1) / np.linalg.norm(ours, axis=1)
+  assert cos.min() >= 0.99999

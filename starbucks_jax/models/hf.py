@@ -100,34 +100,16 @@ def _is_encoder_key(our_path: str) -> bool:
   return our_path.startswith("bert/") or our_path.startswith("pooler/")
 
 
-def _to_hf(x: np.ndarray, transform: str, cfg: BertConfig) -> np.ndarray:
+def _transforms(cfg: BertConfig) -> dict[str, tuple[Any, Any]]:
+  """name -> (ours -> HF, HF -> ours): HF stores [out, in] matrices, we keep heads as an axis."""
   d, h, k = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-  if transform == "copy":
-    return x
-  if transform == "linear":
-    return x.T
-  if transform == "heads_in":  # [D, H, K] -> [H*K, D]
-    return x.reshape(d, h * k).T
-  if transform == "heads_bias":
-    return x.reshape(h * k)
-  if transform == "heads_out":  # [H, K, D] -> [D, H*K]
-    return x.reshape(h * k, d).T
-  raise AssertionError(transform)
-
-
-def _from_hf(x: np.ndarray, transform: str, cfg: BertConfig) -> np.ndarray:
-  d, h, k = cfg.hidden_size, cfg.num_attention_heads, cfg.head_dim
-  if transform == "copy":
-    return x
-  if transform == "linear":
-    return x.T
-  if transform == "heads_in":
-    return x.T.reshape(d, h, k)
-  if transform == "heads_bias":
-    return x.reshape(h, k)
-  if transform == "heads_out":
-    return x.T.reshape(h, k, d)
-  raise AssertionError(transform)
+  return {
+      "copy": (lambda x: x, lambda x: x),
+      "linear": (lambda x: x.T, lambda x: x.T),
+      "heads_in": (lambda x: x.reshape(d, h * k).T, lambda x: x.T.reshape(d, h, k)),  # [D, H, K]
+      "heads_bias": (lambda x: x.reshape(h * k), lambda x: x.reshape(h, k)),  # [H, K]
+      "heads_out": (lambda x: x.reshape(h * k, d).T, lambda x: x.T.reshape(h, k, d)),  # [H, K, D]
+  }
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -177,18 +159,18 @@ def our_key(hf_name: str) -> tuple[str, str] | None:
 
 def params_to_hf(params: dict[str, Any], config: BertConfig, prefixed: bool) -> dict[str, np.ndarray]:
   """Our tree -> HF state dict (float32 numpy, contiguous)."""
-  out = {}
+  out, transforms = {}, _transforms(config)
   for path, x in flatten(params).items():
     name, transform = hf_key(path, prefixed)
-    out[name] = np.ascontiguousarray(_to_hf(np.asarray(x, np.float32), transform, config))
+    out[name] = np.ascontiguousarray(transforms[transform][0](np.asarray(x, np.float32)))
   return out
 
 
 def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str = "<state dict>"
                    ) -> dict[str, Any]:
   """HF state dict -> our tree. Unknown keys or missing encoder keys raise, listing them."""
-  flat, unknown = {}, []
-  renamed = {}
+  flat, unknown, renamed = {}, [], {}
+  transforms = _transforms(config)
   for name, x in state.items():
     for pat, repl in _LEGACY:
       name = pat.sub(repl, name)
@@ -202,7 +184,7 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str
       continue
     path, transform = mapped
     try:
-      flat[path] = _from_hf(np.asarray(x), transform, config)
+      flat[path] = transforms[transform][1](np.asarray(x))
     except ValueError as e:
       raise ValueError(f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
                        f"(hidden_size={config.hidden_size}, heads={config.num_attention_heads}): {e}")
