@@ -160,7 +160,9 @@ def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=Non
 
   Fixed plans (starbucks, full, mrl, grid, separate) are `srl_loss` over plan.pairs. The sampled
   baselines draw with `rng` and always sum their terms, as their reference code does:
-  - 2dmse: task(N, d1) + task(n', d2) + beta * KL(N || n') over all D features.
+  - 2dmse: task(N, d1) + task(n', d2) + beta * KL(N || n') over all D features (the KL compares
+    full-width pooled vectors, as Matryoshka2dLoss's layer KL does). The earlier layer's weight is
+    1 (uniform, as the 2DMSE and Starbucks papers; sentence-transformers before 5.x used 1/(1+i)).
   - 2dmse_retrieval: task(N, D) + sum over d of S of [task(n', d) + beta KL] + [task(N, d) + beta KL]
     for d < D.
   """

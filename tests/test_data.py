@@ -117,3 +117,13 @@ def test_no_duplicates_keeps_repeated_texts_apart(tokenizer):
 def test_too_few_examples(tokenizer):
   with pytest.raises(DataError, match="fewer than one batch of 8"):
     batching.Batcher(_examples(5), tokenizer, batch_size=8, max_length=16, seed=0)
+
+
+def test_tfds_source_with_mock_data():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=7):
+    s1, s2, scores = __import__("starbucks_jax.evaluate.sts", fromlist=["read_sts"]).read_sts(
+        "tfds:glue/stsb@train", {"score": "label"})
+    ex = batching.load_examples("tfds:glue/stsb@validation", "scored_pairs", {"score": "label"})
+  assert len(s1) == 7 and isinstance(s1[0], str) and scores.dtype == np.float64
+  assert len(ex) == 7 and ex.scores.shape == (7,)
