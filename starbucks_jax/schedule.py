@@ -71,10 +71,6 @@ class Plan:
   sample_layers: tuple[int, ...] = ()
   sample_dims: tuple[int, ...] = ()
 
-  @property
-  def num_layers(self) -> int:
-    return max(self.layers)
-
   def __post_init__(self):
     object.__setattr__(self, "layers", tuple(sorted(set(self.layers))))
 
