@@ -20,7 +20,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from starbucks_jax.data.sources import DataError, read_rows
-from starbucks_jax.data.tokenize import bucket_length, tokenize
+from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +113,8 @@ class Batcher:
   def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
     seqs = [[ids[i] for i in rows] for ids in self.ids]
     length = bucket_length(max(len(s) for role in seqs for s in role), self.max_length)
-    R, B = len(seqs), len(rows)
-    ids = np.full((R, B, length), self.pad_id, np.int32)
-    mask = np.zeros((R, B, length), np.int32)
-    for r, role in enumerate(seqs):
-      for b, s in enumerate(role):
-        ids[r, b, :len(s)] = s
-        mask[r, b, :len(s)] = 1
-    batch = {"ids": ids, "mask": mask}
+    ids, mask = zip(*(pad_batch(role, length, len(rows), self.pad_id) for role in seqs))
+    batch = {"ids": np.stack(ids), "mask": np.stack(mask)}
     if self.examples.scores is not None:
       batch["scores"] = self.examples.scores[rows]
     return batch
