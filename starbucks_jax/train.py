@@ -72,11 +72,13 @@ def decay_mask(params) -> Any:
       {k: not (k[-1] == "bias" or "LayerNorm" in k) for k in flat})
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+                   lr: optax.Schedule | None = None) -> optax.GradientTransformation:
+  lr = learning_rate_schedule(cfg, total_steps) if lr is None else lr
   chain = []
   if cfg.clip_grad_norm > 0:
     chain.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
-  chain.append(optax.adamw(learning_rate_schedule(cfg, total_steps), b1=cfg.adam_b1, b2=cfg.adam_b2,
+  chain.append(optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
                            eps=cfg.adam_eps, weight_decay=cfg.weight_decay, mask=decay_mask))
   tx = optax.chain(*chain)
   if cfg.skip_nonfinite:  # a step with a non-finite gradient leaves params and moments unchanged
@@ -151,7 +153,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   batcher = Batcher(examples, pre.tokenizer, batch_size=config.data.batch_size, max_length=max_length,
                     seed=config.seed, no_duplicates=config.data.no_duplicates)
   total_steps = config.train.max_steps or batcher.steps_in(config.train.epochs)
-  tx = make_optimizer(config.train, total_steps)
+  lr = learning_rate_schedule(config.train, total_steps)
+  tx = make_optimizer(config.train, total_steps, lr)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), pre.params["bert"])
   state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
@@ -201,7 +204,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
       if done % config.train.log_every == 0 or done == total_steps:
         metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
         elapsed = time.time() - t0
-        metrics["lr"] = learning_rate_schedule(config.train, total_steps)(step)
+        metrics["lr"] = lr(step)
         metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
         writer.write(done, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
