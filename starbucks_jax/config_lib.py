@@ -156,6 +156,7 @@ def _separate_pair(config, backbone):
 def _validate_training(config, pairs) -> None:
   from starbucks_jax import losses
   from starbucks_jax.data.batching import FORMATS
+  from starbucks_jax.data.tokenize import BUCKETS
   from starbucks_jax.data.sources import resolve_spec
   _check_choice(config, "loss.task", losses.TASKS)
   _check_choice(config, "loss.similarity", losses.SIMILARITIES)
@@ -169,6 +170,7 @@ def _validate_training(config, pairs) -> None:
     raise ConfigError(f"loss.pair_weights has {len(config.loss.pair_weights)} weights for "
                       f"{len(pairs)} pairs in schedule.pairs")
   _check_choice(config, "data.format", tuple(FORMATS))
+  _check_choice(config, "data.length_buckets", BUCKETS)
   wants_scores = config.loss.task == "cosent"
   if wants_scores != (config.data.format == "scored_pairs"):
     raise ConfigError(f"loss.task={config.loss.task!r} needs data.format="

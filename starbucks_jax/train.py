@@ -151,7 +151,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   plan = facts["plan"]
   examples = load_examples(config.data.train, config.data.format, dict(config.data.columns))
   batcher = Batcher(examples, pre.tokenizer, batch_size=config.data.batch_size, max_length=max_length,
-                    seed=config.seed, no_duplicates=config.data.no_duplicates)
+                    seed=config.seed, no_duplicates=config.data.no_duplicates,
+                    length_buckets=config.data.length_buckets)
   total_steps = config.train.max_steps or batcher.steps_in(config.train.epochs)
   lr = learning_rate_schedule(config.train, total_steps)
   tx = make_optimizer(config.train, total_steps, lr)

@@ -77,6 +77,10 @@ def test_long_texts_are_truncated_and_reported_once(tiny_hf_dir, caplog):
 def test_bucket_lengths():
   assert [bucket_length(n, 256) for n in (1, 16, 17, 33, 200, 256)] == [16, 16, 32, 64, 256, 256]
   assert bucket_length(300, 128) == 128
+  linear = [bucket_length(n, 100, buckets="linear") for n in (1, 16, 17, 33, 49, 99)]
+  assert linear == [16, 16, 32, 48, 64, 100]
+  with pytest.raises(ValueError, match="buckets"):
+    bucket_length(3, 16, buckets="pow3")
 
 
 def test_cli(tiny_hf_dir, tmp_path, capsys):

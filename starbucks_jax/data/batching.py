@@ -56,11 +56,11 @@ class Batcher:
   """Tokenises once, then serves batch(epoch, index) -> {'ids', 'mask': [R, B, T] int32, 'scores'}."""
 
   def __init__(self, examples: Examples, tokenizer, *, batch_size: int, max_length: int, seed: int,
-               no_duplicates: bool = False):
+               no_duplicates: bool = False, length_buckets: str = "pow2"):
     if len(examples) < batch_size:
       raise DataError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
     self.examples, self.batch_size, self.max_length = examples, batch_size, max_length
-    self.seed, self.no_duplicates = seed, no_duplicates
+    self.seed, self.no_duplicates, self.length_buckets = seed, no_duplicates, length_buckets
     self.pad_id = tokenizer.pad_token_id
     self.ids, truncated = [], 0
     for texts in examples.texts:
@@ -112,7 +112,8 @@ class Batcher:
 
   def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
     seqs = [[ids[i] for i in rows] for ids in self.ids]
-    length = bucket_length(max(len(s) for role in seqs for s in role), self.max_length)
+    length = bucket_length(max(len(s) for role in seqs for s in role), self.max_length,
+                           buckets=self.length_buckets)
     ids, mask = zip(*(pad_batch(role, length, len(rows), self.pad_id) for role in seqs))
     batch = {"ids": np.stack(ids), "mask": np.stack(mask)}
     if self.examples.scores is not None:

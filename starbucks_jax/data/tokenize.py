@@ -23,12 +23,23 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[in
   return ids, truncated
 
 
-def bucket_length(length: int, max_length: int, multiple: int = 16) -> int:
-  """Pad length for a batch whose longest row is `length`: the next power of two from `multiple` up,
-  capped at `max_length` (a handful of shapes, so jit compiles a handful of programs)."""
-  bucket = multiple
-  while bucket < length:
-    bucket *= 2
+BUCKETS = ("pow2", "linear")
+
+
+def bucket_length(length: int, max_length: int, multiple: int = 16, buckets: str = "pow2") -> int:
+  """Pad length for a batch whose longest row is `length`, capped at `max_length`.
+
+  'pow2': the next power of two from `multiple` up (a handful of shapes, so jit compiles a handful
+  of programs: the choice for TPU). 'linear': the next multiple of `multiple` (more shapes, ~20%
+  less padding on short-text data such as STS-B: the choice for CPU and GPU)."""
+  if buckets == "linear":
+    bucket = -(-length // multiple) * multiple
+  elif buckets == "pow2":
+    bucket = multiple
+    while bucket < length:
+      bucket *= 2
+  else:
+    raise ValueError(f"buckets must be one of {BUCKETS}, got {buckets!r}")
   return min(bucket, max_length)
 
 
