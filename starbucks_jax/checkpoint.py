@@ -78,6 +78,10 @@ def load_model(source: str, *, step: int | None = None, dtype: str = "float32") 
     raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: no step {step} (have {mngr.all_steps()})")
   params = restore(mngr, step)["params"]
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  if "bert" not in params:  # a fine-tuning run checkpoints the encoder alone
+    params = {"bert": params}
+  # an SMAE run also holds its MAE decoder: not part of the exported model
+  params = {k: v for k, v in params.items() if k in hf.PARAM_GROUPS}
   config = hf.config_from_hf(model_dir, dtype=dtype)
   sentence = hf.sentence_settings(model_dir)
   return hf.Pretrained(config=config, params=params, tokenizer=hf.load_tokenizer(model_dir),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_hf_bert
-from starbucks_jax import checkpoint, config_lib, losses, schedule, train
+from starbucks_jax import checkpoint, config_lib, embed, losses, schedule, train
 from starbucks_jax.models.bert import BertEncoder
 from starbucks_jax.models.pooling import pool
 
@@ -145,6 +145,9 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   assert steps == [1, 2, 3, 4, 5, 6]  # 5 was never logged before the crash; the log continues
   # ... and a finished run is a model source: embed/export can read it.
   assert os.path.exists(tmp_path / "resumed" / "model" / "config.json")
+  trained = embed.Embedder.load(str(tmp_path / "resumed")).encode(["a short text"], layer=2, dim=16)
+  start = embed.Embedder.load(tiny_run.model.init_from).encode(["a short text"], layer=2, dim=16)
+  assert trained.shape == (1, 16) and np.abs(trained - start).max() > 1e-4
 
 
 def test_nonfinite_step_is_skipped(tiny_hf_dir):

@@ -26,6 +26,7 @@ from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
 
+PARAM_GROUPS = ("bert", "pooler", "mlm_head")  # the groups of our tree that HF checkpoints hold
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 # Project metadata written beside an exported (layer, dim) model; read back by `load_pretrained`.
