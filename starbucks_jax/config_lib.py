@@ -1,8 +1,9 @@
 """Config helpers: the `:variant,key=value` argument parser, loading a config file, and validation.
 
-`validate(config)` runs before any compute: enumerated fields, ranges, data specs, and the
-(layer, dim) schedule against the backbone's config.json (read without loading weights). Every
-error is a ConfigError naming the config key.
+`validate(config)` (fine-tuning, configs/ft.py) and `validate_pretrain(config)` (SMAE, configs/pt.py)
+run before any compute: enumerated fields, ranges, data specs, and the (layer, dim) schedule against
+the backbone's config.json (read without loading weights). Every error is a ConfigError naming the
+config key.
 """
 
 from __future__ import annotations
@@ -97,18 +98,14 @@ def parse_eval_sets(value: str, key: str) -> list[tuple[str, str, str]]:
   return out
 
 
-def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """Check everything that can be checked without compute; returns derived facts (backbone shape,
-  validated schedule, eval sets) for the caller to reuse."""
+def _validate_model(config) -> tuple[str, Any, tuple[tuple[int, int], ...]]:
+  """model.* and schedule.pairs against the backbone's config.json -> (model dir, BertConfig, pairs)."""
+  from starbucks_jax.checkpoint import model_config_dir
   from starbucks_jax.models import hf
-  from starbucks_jax.models.pooling import POOLINGS
 
-  _check_choice(config, "mode", ("train", "eval"))
-  _check_choice(config, "model.pooling", POOLINGS)
   _check_choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
   _check_choice(config, "model.param_dtype", ("float32", "bfloat16"))
   _check_range(config, "model.max_length", 0)
-  from starbucks_jax.checkpoint import model_config_dir
   try:
     model_dir = model_config_dir(config.model.init_from)
     backbone = hf.config_from_hf(model_dir)
@@ -122,6 +119,73 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
                                   backbone.hidden_size, key="schedule.pairs")
   except ValueError as e:
     raise ConfigError(str(e)) from None
+  return model_dir, backbone, pairs
+
+
+def _validate_optimizer(config) -> None:
+  _check_range(config, "train.epochs", 1)
+  _check_range(config, "train.max_steps", 0)
+  _check_range(config, "train.lr", 0, low_open=True)
+  _check_range(config, "train.warmup_ratio", 0, 1)
+  _check_choice(config, "train.decay", ("linear", "cosine"))
+  _check_range(config, "train.weight_decay", 0)
+  _check_range(config, "train.clip_grad_norm", 0)
+  _check_range(config, "train.log_every", 1)
+  _check_range(config, "train.checkpoint_every", 1)
+  _check_range(config, "train.keep_checkpoints", 1)
+
+
+def _check_source(config, key: str) -> None:
+  from starbucks_jax.data.sources import resolve_spec
+  try:
+    resolve_spec(_get(config, key))
+  except ValueError as e:
+    raise ConfigError(f"{key}: {e}") from None
+
+
+def validate_pretrain(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The SMAE config (configs/pt.py), before any compute; returns the backbone, schedule and the
+  pairs the mode trains."""
+  from starbucks_jax import losses
+  from starbucks_jax.data.masking import MaskingConfig
+  from starbucks_jax.data.tokenize import BUCKETS
+  from starbucks_jax.pretrain import mode_pairs
+
+  _check_choice(config, "mode", ("pretrain",))
+  model_dir, backbone, pairs = _validate_model(config)
+  _check_choice(config, "smae.mode", losses.SMAE_MODES)
+  try:
+    MaskingConfig(config.smae.encoder_mask_rate, config.smae.decoder_mask_rate,
+                  config.smae.mask_token_prob, config.smae.random_token_prob)
+  except ValueError as e:
+    raise ConfigError(f"smae.*: {e}") from None
+  _check_source(config, "data.train")
+  if config.data.streaming and not config.data.train.startswith("hf:"):
+    raise ConfigError(f"data.streaming=True is for hf: sources, not {config.data.train!r}")
+  if config.data.streaming and not config.train.max_steps:
+    raise ConfigError("train.max_steps=0: a streamed source (data.streaming=True) has no known length; "
+                      "set the number of steps")
+  if config.data.packing and config.data.streaming:
+    raise ConfigError("data.packing=True needs an in-memory source (data.streaming=False)")
+  _check_choice(config, "data.length_buckets", BUCKETS)
+  _check_range(config, "data.batch_size", 1)
+  _validate_optimizer(config)
+  if config.eval.text:
+    _check_source(config, "eval.text")
+  _check_range(config, "eval.batch_size", 1)
+  _check_range(config, "eval.max_batches", 0)
+  return {"model_dir": model_dir, "backbone": backbone, "pairs": pairs,
+          "train_pairs": mode_pairs(config.smae.mode, pairs, backbone)}
+
+
+def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Check everything that can be checked without compute; returns derived facts (backbone shape,
+  validated schedule, eval sets) for the caller to reuse."""
+  from starbucks_jax.models.pooling import POOLINGS
+
+  _check_choice(config, "mode", ("train", "eval"))
+  _check_choice(config, "model.pooling", POOLINGS)
+  model_dir, backbone, pairs = _validate_model(config)
   try:
     plan = schedule_lib.plan(config.schedule.method, pairs, backbone.num_hidden_layers,
                              backbone.hidden_size, separate_pair=_separate_pair(config, backbone),
@@ -157,7 +221,6 @@ def _validate_training(config, pairs) -> None:
   from starbucks_jax import losses
   from starbucks_jax.data.batching import FORMATS
   from starbucks_jax.data.tokenize import BUCKETS
-  from starbucks_jax.data.sources import resolve_spec
   _check_choice(config, "loss.task", losses.TASKS)
   _check_choice(config, "loss.similarity", losses.SIMILARITIES)
   _check_choice(config, "loss.kl", losses.KL_KINDS)
@@ -176,18 +239,6 @@ def _validate_training(config, pairs) -> None:
     raise ConfigError(f"loss.task={config.loss.task!r} needs data.format="
                       f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not "
                       f"{config.data.format!r}")
-  try:
-    resolve_spec(config.data.train)
-  except ValueError as e:
-    raise ConfigError(f"data.train: {e}") from None
+  _check_source(config, "data.train")
   _check_range(config, "data.batch_size", 2)
-  _check_range(config, "train.epochs", 1)
-  _check_range(config, "train.max_steps", 0)
-  _check_range(config, "train.lr", 0, low_open=True)
-  _check_range(config, "train.warmup_ratio", 0, 1)
-  _check_choice(config, "train.decay", ("linear", "cosine"))
-  _check_range(config, "train.weight_decay", 0)
-  _check_range(config, "train.clip_grad_norm", 0)
-  _check_range(config, "train.log_every", 1)
-  _check_range(config, "train.checkpoint_every", 1)
-  _check_range(config, "train.keep_checkpoints", 1)
+  _validate_optimizer(config)

@@ -13,6 +13,10 @@ sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[
   raw pooled vector, teacher NOT detached, mean over inputs, times `kl_temperature` (0.3) which is a
   plain multiplier there (the authors' STS code, after sentence-transformers' AdaptiveLayerLoss).
 - reduction R: 'sum' over pairs (the code) or 'mean' (the paper's 1/|S|).
+
+SMAE (METHOD.md, "SMAE pre-training"): `masked_lm_loss` is the mean cross-entropy over the masked
+positions of a batch (gathered logits [B, K, V], labels [B, K] with -1 for none); `smae_loss` is
+the mean over pairs of (MLM + MAE) / 2 of those, or of MLM alone when there is no MAE term.
 """
 
 from __future__ import annotations
@@ -191,3 +195,31 @@ def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=Non
   else:
     raise ValueError(f"no sampled loss for method {plan.method!r}")
   return total, metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# SMAE pre-training
+# ---------------------------------------------------------------------------------------------
+SMAE_MODES = ("smae", "2d_mlm", "mlm")  # full SMAE | MLM on every pair | plain MLM on the full model
+
+
+def masked_lm_loss(logits, labels):
+  """Mean cross-entropy of gathered logits [..., K, V] at labels [..., K] (-1: padding, ignored)."""
+  valid = labels >= 0
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1)
+
+
+def smae_loss(mlm: dict[tuple[int, int], Any], mae: dict[tuple[int, int], Any] | None = None):
+  """Mean over the pairs of (MLM + MAE) / 2, or of MLM alone without `mae`; per-pair terms in aux.
+  `mlm`/`mae` map each pair to its `masked_lm_loss`."""
+  total, aux = 0.0, {}
+  for n, d in mlm:
+    aux[f"mlm/{n}_{d}"] = mlm[(n, d)]
+    if mae is None:
+      total += mlm[(n, d)]
+    else:
+      aux[f"mae/{n}_{d}"] = mae[(n, d)]
+      total += (mlm[(n, d)] + mae[(n, d)]) / 2
+  return total / len(mlm), aux

@@ -1,4 +1,7 @@
-"""Entry point: `python -m starbucks_jax.main --config=configs/ft.py:demo --workdir=DIR`."""
+"""Entry point: `python -m starbucks_jax.main --config=configs/ft.py:demo --workdir=DIR`.
+
+configs/ft.py runs fine-tuning and evaluation (train.run); configs/pt.py, SMAE pre-training
+(pretrain.run)."""
 
 import logging
 import sys
@@ -6,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from starbucks_jax import config_lib, train
+from starbucks_jax import config_lib, pretrain, train
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -19,7 +22,8 @@ def main(argv):
   for noisy in ("absl", "jax._src.xla_bridge"):  # orbax's per-save INFO lines, the TPU probe
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
-    train.run(flags.FLAGS.config, flags.FLAGS.workdir)
+    config = flags.FLAGS.config
+    (pretrain if config.get("mode") == "pretrain" else train).run(config, flags.FLAGS.workdir)
   except config_lib.ConfigError as e:
     sys.exit(f"config error: {e}")
 

@@ -110,6 +110,12 @@ def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: los
     return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
                             weights=pair_weights or None)
 
+  return make_step(loss_fn, tx)
+
+
+def make_step(loss_fn, tx: optax.GradientTransformation):
+  """`train_step(state, batch, rng) -> (state, metrics)` for `loss_fn(params, batch, rng) -> (loss, aux)`:
+  one gradient, one optimizer update; metrics are the loss, its aux terms and the grad norm."""
   def train_step(state: TrainState, batch, rng):
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -157,8 +163,24 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   lr = learning_rate_schedule(config.train, total_steps)
   tx = make_optimizer(config.train, total_steps, lr)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), pre.params["bert"])
-  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  sentence = dataclasses.replace(pre.sentence, pooling=config.model.pooling, max_seq_length=max_length,
+                                 layer=None, dim=None)
+  checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
+  step_fn = make_train_step(bert_cfg, plan, _loss_config(config), tx, config.model.pooling,
+                            dropout=config.train.dropout, pair_weights=tuple(config.loss.pair_weights))
+  log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
+           total_steps, len(examples), config.data.batch_size, plan.pairs or "sampled", plan.layers)
+  state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
+              batcher, total_steps, lr)
+  trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
+  return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
 
+
+def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
+        total_steps: int, lr: optax.Schedule) -> TrainState:
+  """The loop every run shares: resume from the workdir's latest checkpoint, jit the step (donated
+  state), log metrics every train.log_every steps, checkpoint every train.checkpoint_every steps and
+  at the end. `batcher.iterate(start, total)` yields (step, batch) as a pure function of the step."""
   mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
                             save_interval_steps=config.train.checkpoint_every)
   start = mngr.latest_step()
@@ -168,19 +190,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
     log.info("resumed from %s at step %d", mngr.directory, start)
   else:
     start = 0
-    sentence = dataclasses.replace(pre.sentence, pooling=config.model.pooling, max_seq_length=max_length,
-                                   layer=None, dim=None)
-    checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
-
-  step_fn = jax.jit(make_train_step(bert_cfg, plan, _loss_config(config), tx, config.model.pooling,
-                                    dropout=config.train.dropout,
-                                    pair_weights=tuple(config.loss.pair_weights)),
-                    donate_argnums=(0,))
+  step_fn = jax.jit(train_step, donate_argnums=(0,))
   base_rng = jax.random.key(config.seed)
   writer = MetricsWriter(workdir)
   examples_per_step = config.data.batch_size
-  log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
-           total_steps, len(examples), examples_per_step, plan.pairs or "sampled", plan.layers)
   try:
     compiled_shapes = set()
     t0, last_log = time.time(), start  # the first interval includes compilation
@@ -212,15 +225,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
         t0, last_log = time.time(), done
       if done % config.train.checkpoint_every == 0 or done == total_steps:
         checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
-                        meta={"step": done, "epoch_index": list(batcher.position(min(done, total_steps - 1)))},
-                        force=done == total_steps)
+                        meta={"step": done}, force=done == total_steps)
   finally:  # an interrupted run keeps every checkpoint it started to write
     progress.close()
     mngr.wait_until_finished()
     mngr.close()
-
-  trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
-  return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
+  return state
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,10 +24,14 @@ VOCAB += [f"[unused{i}]" for i in range(128 - len(VOCAB))]
 
 
 def make_tokenizer(path):
+  """A WordPiece tokenizer over VOCAB (transformers 5 takes the vocabulary as `vocab`)."""
   from transformers import BertTokenizerFast
   vocab = pathlib.Path(path) / "vocab.txt"
   vocab.write_text("\n".join(VOCAB) + "\n")
-  return BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True, model_max_length=64)
+  tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True,
+                          model_max_length=64)
+  assert len(tok) == len(set(VOCAB)) and tok("the cat")["input_ids"][1] == VOCAB.index("the"), "vocab lost"
+  return tok
 
 
 def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, seed=0,

@@ -120,43 +120,53 @@ class Batcher:
       batch["scores"] = self.examples.scores[rows]
     return batch
 
+  def batches(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(step, batch) for steps start_step .. num_steps - 1, in order."""
+    epoch, index = self.position(start_step)
+    for step in range(start_step, num_steps):
+      batches = self.epoch_batches(epoch)
+      if index >= len(batches):
+        epoch, index = epoch + 1, 0
+        batches = self.epoch_batches(epoch)
+      yield step, self.make_batch(batches[index])
+      index += 1
+
   def iterate(self, start_step: int, num_steps: int, prefetch: int = 2
               ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """(step, batch) for steps start_step .. num_steps - 1, built on a background thread."""
-    q: queue.Queue = queue.Queue(maxsize=prefetch)
-    stop = threading.Event()
+    """`batches`, built on a background thread."""
+    return in_background(self.batches(start_step, num_steps), prefetch)
 
-    def produce():
-      try:
-        epoch, index = self.position(start_step)
-        for step in range(start_step, num_steps):
-          batches = self.epoch_batches(epoch)
-          if index >= len(batches):
-            epoch, index = epoch + 1, 0
-            batches = self.epoch_batches(epoch)
-          item = (step, self.make_batch(batches[index]))
-          index += 1
-          while not stop.is_set():
-            try:
-              q.put(item, timeout=0.1)
-              break
-            except queue.Full:
-              continue
-          if stop.is_set():
-            return
-        q.put(None)
-      except BaseException as e:  # surface errors on the consumer side
-        q.put(e)
 
-    thread = threading.Thread(target=produce, daemon=True)
-    thread.start()
+def in_background(items: Iterator, prefetch: int = 2) -> Iterator:
+  """Runs `items` on a daemon thread, `prefetch` ahead; its errors surface in the consumer."""
+  q: queue.Queue = queue.Queue(maxsize=prefetch)
+  stop = threading.Event()
+  done = object()
+
+  def produce():
     try:
-      while True:
-        item = q.get()
-        if item is None:
+      for item in items:
+        while not stop.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop.is_set():
           return
-        if isinstance(item, BaseException):
-          raise item
-        yield item
-    finally:
-      stop.set()
+      q.put(done)
+    except BaseException as e:  # surface errors on the consumer side
+      q.put(e)
+
+  thread = threading.Thread(target=produce, daemon=True)
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop.set()

@@ -2,11 +2,13 @@
 
 A source spec is a string:
 - a path (`data/train.jsonl`), optionally with a format prefix (`jsonl:`, `tsv:`, `csv:`,
-  `parquet:`); TSV/CSV need a header row;
+  `parquet:`, `txt:`); TSV/CSV need a header row; a text file (`.txt`) is one document per line
+  (blank lines skipped) in a column named `text`;
 - `demo:NAME`: the small data set that ships inside the package (starbucks_jax/data/demo, written
   for the project);
 - `hf:NAME[:CONFIG][@SPLIT]`: `datasets.load_dataset(NAME, CONFIG, split=SPLIT)` (default split
   train), e.g. `hf:sentence-transformers/all-nli:triplet`; NAME may be a local dataset folder;
+  `read_rows(..., streaming=True)` streams it instead (`hf:HuggingFaceFW/fineweb:sample-100BT`);
 - `tfds:NAME[/CONFIG][@SPLIT]`: `tfds.data_source(...)`, e.g. `tfds:glue/stsb@validation`. Rows come back as dicts with the columns the caller asks
 for, renamed through `columns` ({wanted name: name in the file}); a malformed row or a missing
 column is an error naming the file and line.
@@ -15,11 +17,12 @@ column is an error naming the file and line.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import os
 from typing import Any, Iterator, Mapping
 
-FORMATS = ("jsonl", "tsv", "csv", "parquet")
+FORMATS = ("jsonl", "tsv", "csv", "parquet", "txt")
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
 
 
@@ -32,9 +35,10 @@ def _format_of(spec: str) -> tuple[str, str]:
   if sep and head in FORMATS:
     return head, rest
   ext = os.path.splitext(spec)[1].lstrip(".").lower()
-  fmt = {"json": "jsonl", "jsonl": "jsonl", "tsv": "tsv", "csv": "csv", "parquet": "parquet"}.get(ext)
+  fmt = {"json": "jsonl", "jsonl": "jsonl", "tsv": "tsv", "csv": "csv", "parquet": "parquet",
+         "txt": "txt"}.get(ext)
   if fmt is None:
-    raise DataError(f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet file or a prefix "
+    raise DataError(f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet/.txt file or a prefix "
                     f"such as jsonl:{spec}")
   return fmt, spec
 
@@ -67,7 +71,12 @@ def resolve_spec(spec: str) -> tuple[str, str]:
 
 
 def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  if fmt == "jsonl":
+  if fmt == "txt":
+    with open(path, encoding="utf8") as f:
+      for line_no, line in enumerate(f, 1):
+        if line.strip():
+          yield line_no, {"text": line.rstrip("\n")}
+  elif fmt == "jsonl":
     with open(path, encoding="utf8") as f:
       for line_no, line in enumerate(f, 1):
         if not line.strip():
@@ -97,19 +106,23 @@ def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
       yield i, row
 
 
-def _remote_rows(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
+def _remote_rows(spec: str, streaming: bool = False, skip: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
   kind, name, config, split = parse_remote(spec)
+  if streaming and kind != "hf":
+    raise DataError(f"{spec}: streaming is for hf: sources")
   if kind == "hf":
     try:
       import datasets
     except ImportError:
       raise DataError(f"{spec}: Hugging Face datasets need `pip install datasets`") from None
     try:
-      ds = datasets.load_dataset(name, config, split=split)
+      ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+      if skip:  # a streamed source resumes by skipping what was read
+        ds = ds.skip(skip)
     except Exception as e:  # offline, unknown name or split
       raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
                       "save the dataset to a local folder or file and point the spec there") from None
-    for i, row in enumerate(ds, 1):
+    for i, row in enumerate(ds, 1 + skip):
       yield i, row
     return
   try:
@@ -120,18 +133,24 @@ def _remote_rows(spec: str) -> Iterator[tuple[int, dict[str, Any]]]:
     source = tfds.data_source(name if config is None else f"{name}/{config}", split=split)
   except Exception as e:
     raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-  for i in range(len(source)):
+  for i in range(skip, len(source)):
     row = source[i]
     yield i + 1, {k: v.decode("utf8") if isinstance(v, bytes) else v for k, v in row.items()}
 
 
-def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None
-              ) -> Iterator[dict[str, Any]]:
-  """Rows of a source with `fields` ({name: type}), columns renamed by `columns`."""
+def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None, *,
+              streaming: bool = False, skip: int = 0) -> Iterator[dict[str, Any]]:
+  """Rows of a source with `fields` ({name: type}), columns renamed by `columns`. `streaming` (hf:
+  only) reads lazily; `skip` rows are passed over first (how a streamed source resumes)."""
   fmt, path = resolve_spec(spec)
   columns = dict(columns or {})
-  where = "line" if fmt in ("jsonl", "tsv", "csv") else "row"
-  rows = _remote_rows(spec) if fmt in ("hf", "tfds") else _raw_rows(fmt, path)
+  where = "line" if fmt in ("jsonl", "tsv", "csv", "txt") else "row"
+  if fmt in ("hf", "tfds"):
+    rows = _remote_rows(spec, streaming, skip)
+  else:
+    if streaming:
+      raise DataError(f"{spec}: streaming is for hf: sources; a local file is read whole")
+    rows = itertools.islice(_raw_rows(fmt, path), skip, None)
   for line_no, row in rows:
     out = {}
     for name, kind in fields.items():

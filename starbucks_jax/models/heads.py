@@ -1,8 +1,10 @@
-"""Heads on top of the encoder: HF's pooler and the MLM head with input-dim slicing.
+"""Heads on top of the encoder: HF's pooler, the MLM head with input-dim slicing, the MAE decoder.
 
 The MLM head of a sub-model (n, d) reads `hidden_states[n][..., :d]` and uses only the first d
 input columns of its dense weight (HF's `W[:, :d]`, our kernel `[:d, :]`); GELU, LayerNorm and
-the decoder tied to the word embeddings are shared by every pair (METHOD.md, SMAE).
+the decoder tied to the word embeddings are shared by every pair (METHOD.md, SMAE). The SMAE
+decoder is one BERT layer (initialised from the encoder's layer 0) over the embedded decoder copy
+whose position 0 is replaced by the head transform of the sub-model's `hidden_states[n][:, 0, :d]`.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import BertConfig, _init, _layer_norm, _zeros
+from starbucks_jax.models.bert import BertConfig, BertLayer, _init, _layer_norm, _zeros
 
 
 class SlicedDense(nn.Module):
@@ -71,3 +73,15 @@ class BertPooler(nn.Module):
     dense = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
                      kernel_init=_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)), name="dense")
     return jnp.tanh(dense(hidden[:, 0]))
+
+
+class MaeDecoder(nn.Module):
+  """SMAE's one-layer decoder: `embedded` [B, T, D] (the decoder copy through the shared embeddings)
+  with position 0 replaced by `first` [B, D] (the MLM head transform of the sub-model's position-0
+  vector), through one BERT layer with the text's padding mask -> [B, T, D]."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, embedded, first, attention_mask, deterministic: bool = True):
+    x = embedded.at[:, 0].set(first.astype(embedded.dtype))
+    return BertLayer(self.config, name="layer_0")(x, attention_mask, deterministic)

@@ -1,0 +1,141 @@
+"""Documents for SMAE pre-training and the masked batches built from them.
+
+Rows: each document is cut to a random window of at most max_length - 2 tokens, then [CLS] ...
+[SEP] (METHOD.md; no packing). With `packing`, an epoch's documents are instead concatenated
+([SEP] between them) and cut into full rows. Batches are B consecutive rows, padded to a length
+bucket and masked by `masking.Masker`.
+
+Two kinds of source:
+- in memory (local files, hf: without streaming, tfds:): tokenised once; each epoch is a seeded
+  shuffle and a batch is a pure function of (seed, step), so a resumed run reads exactly the batches
+  of an uninterrupted one; the last incomplete batch of an epoch is dropped;
+- streamed (`hf:` with streaming, the paper's FineWeb): read in order, tokenised on the fly; a
+  resumed run skips the rows already read. Its length is unknown, so the run needs train.max_steps.
+Windows are seeded per (seed, epoch, row) and masks per (seed, step).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterator
+
+import numpy as np
+
+from starbucks_jax.data.batching import in_background
+from starbucks_jax.data.masking import Masker
+from starbucks_jax.data.sources import DataError, read_rows
+from starbucks_jax.data.tokenize import bucket_length
+
+log = logging.getLogger(__name__)
+
+
+def window(ids: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+  """A uniformly placed window of at most `size` tokens (the whole text when it fits)."""
+  if len(ids) <= size:
+    return ids
+  start = int(rng.integers(0, len(ids) - size + 1))
+  return ids[start:start + size]
+
+
+class TextBatcher:
+  """Serves (step, batch) for SMAE: ids, dec_ids, mask [B, T]; mlm_/mae_ positions and labels."""
+
+  def __init__(self, spec: str, tokenizer, masker: Masker, *, batch_size: int, max_length: int,
+               seed: int, column: str = "text", streaming: bool = False, packing: bool = False,
+               length_buckets: str = "pow2", tokenize_batch: int = 1024):
+    if packing and streaming:
+      raise DataError(f"{spec}: packing needs an in-memory source (streaming=False)")
+    self.spec, self.tokenizer, self.masker = spec, tokenizer, masker
+    self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
+    self.column, self.streaming, self.packing = column, streaming, packing
+    self.length_buckets = length_buckets
+    self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    self.tokenize_batch = tokenize_batch
+    self.tokens: list[np.ndarray] | None = None
+    self._packed: dict[int, list[np.ndarray]] = {}
+    if not streaming:
+      texts = [r["text"] for r in read_rows(spec, {"text": str}, {"text": column})]
+      if not texts:
+        raise DataError(f"{spec}: no documents")
+      self.tokens = self._tokenize(texts)
+      if self.rows_per_epoch(0) < batch_size:
+        raise DataError(f"{spec}: {self.rows_per_epoch(0)} rows are fewer than one batch of {batch_size}")
+
+  def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
+    out = []
+    for i in range(0, len(texts), self.tokenize_batch):
+      enc = self.tokenizer(texts[i:i + self.tokenize_batch], add_special_tokens=False, verbose=False,
+                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+      out.extend(np.asarray(x, np.int32) for x in enc)
+    return out
+
+  # ----- rows -----
+  def _order(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self.seed, epoch]).permutation(len(self.tokens))
+
+  def _packed_rows(self, epoch: int) -> list[np.ndarray]:
+    if epoch not in self._packed:
+      size = self.max_length - 2
+      stream = []
+      for i in self._order(epoch):
+        stream.extend((self.tokens[i], np.array([self.sep], np.int32)))
+      stream = np.concatenate(stream)[:-1]
+      self._packed = {epoch: [stream[j:j + size] for j in range(0, len(stream), size)]}
+    return self._packed[epoch]
+
+  def rows_per_epoch(self, epoch: int) -> int:
+    return len(self._packed_rows(epoch)) if self.packing else len(self.tokens)
+
+  def steps_in(self, epochs: int) -> int:
+    if self.streaming:
+      raise DataError(f"{self.spec}: a streamed source has no known length; set train.max_steps")
+    return sum(self.rows_per_epoch(e) // self.batch_size for e in range(epochs))
+
+  def _row(self, epoch: int, index: int, tokens: np.ndarray | None = None) -> np.ndarray:
+    if self.packing:
+      body = self._packed_rows(epoch)[index]
+    else:
+      tokens = self.tokens[self._order(epoch)[index]] if tokens is None else tokens
+      body = window(tokens, self.max_length - 2, np.random.default_rng([self.seed, epoch, index]))
+    return np.concatenate([[self.cls], body, [self.sep]]).astype(np.int32)
+
+  def _rows(self, start_step: int) -> Iterator[list[np.ndarray]]:
+    """The rows of each batch from `start_step` on."""
+    B = self.batch_size
+    if self.streaming:
+      texts = (r["text"] for r in read_rows(self.spec, {"text": str}, {"text": self.column},
+                                            streaming=True, skip=start_step * B))
+      row = start_step * B
+      while True:
+        chunk = [t for _, t in zip(range(B), texts)]
+        if len(chunk) < B:
+          return
+        yield [self._row(0, row + j, tokens) for j, tokens in enumerate(self._tokenize(chunk))]
+        row += B
+    epoch, step = 0, start_step
+    while step >= self.rows_per_epoch(epoch) // B:
+      step -= self.rows_per_epoch(epoch) // B
+      epoch += 1
+    while True:
+      for index in range(step, self.rows_per_epoch(epoch) // B):
+        yield [self._row(epoch, index * B + j) for j in range(B)]
+      epoch, step = epoch + 1, 0
+
+  # ----- batches -----
+  def make_batch(self, step: int, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    length = bucket_length(max(len(r) for r in rows), self.max_length, buckets=self.length_buckets)
+    return self.masker.batch(rows, length, self.pad, np.random.default_rng([self.seed, 1 << 20, step]))
+
+  def batches(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    step = start_step
+    for rows in self._rows(start_step):
+      if step >= num_steps:
+        return
+      yield step, self.make_batch(step, rows)
+      step += 1
+    if step < num_steps:
+      raise DataError(f"{self.spec}: the stream ended after {step} steps of the {num_steps} asked for")
+
+  def iterate(self, start_step: int, num_steps: int, prefetch: int = 4
+              ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    return in_background(self.batches(start_step, num_steps), prefetch)

@@ -1,0 +1,197 @@
+"""SMAE pre-training (METHOD.md, "SMAE pre-training"): the 2D masked-LM step and its run.
+
+The state's params hold three groups: `bert` (the encoder), `mlm_head` (HF's cls.predictions; from
+the starting checkpoint, or fresh when it has none) and `mae_decoder` (one BERT layer, a copy of the
+starting checkpoint's layer 0). One step runs the encoder once up to the deepest layer of the
+schedule; for each pair (n, d):
+- MLM: the head on `hidden_states[n][:, :, :d]` at the encoder-masked positions (gathered first);
+- MAE: the decoder over the embedded decoder copy with position 0 replaced by the head transform
+  of `hidden_states[n][:, 0, :d]`, then the head at the decoder-masked positions.
+The loss is the mean over pairs of (MLM + MAE) / 2 (`losses.smae_loss`); `smae.mode` 2d_mlm drops
+the MAE term and mlm trains the full model only (plain MLM, the control). Each pair's vocabulary
+logits are recomputed in the backward pass (jax.checkpoint), so at most one pair's [B, K, vocab]
+is alive at a time. At the end the run writes WORKDIR/bert_mlm, an HF BertForMaskedLM directory
+that fine-tuning takes as model.init_from (so does the workdir itself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from starbucks_jax import checkpoint, config_lib, losses
+from starbucks_jax.data.corpus import TextBatcher
+from starbucks_jax.data.masking import Masker, MaskingConfig
+from starbucks_jax.models import hf
+from starbucks_jax.models.bert import BertConfig, BertEmbeddings, BertEncoder
+from starbucks_jax.models.heads import MaeDecoder, MlmHead
+from starbucks_jax.evaluate import results
+from starbucks_jax.train import (TrainState, fit, learning_rate_schedule, make_optimizer, make_step,
+                                 write_config)
+
+log = logging.getLogger(__name__)
+EXPORT_DIR = "bert_mlm"
+
+
+def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[tuple[int, int], ...]:
+  """The pairs a mode trains: the schedule, or the full model alone for plain MLM."""
+  return ((config.num_hidden_layers, config.hidden_size),) if mode == "mlm" else tuple(pairs)
+
+
+def init_params(pre: hf.Pretrained, config: BertConfig, rng: jax.Array) -> dict[str, Any]:
+  """{bert, mlm_head, mae_decoder} from a checkpoint; a missing MLM head is initialised fresh."""
+  params = {"bert": pre.params["bert"]}
+  if "mlm_head" in pre.params:
+    params["mlm_head"] = pre.params["mlm_head"]
+  else:
+    log.warning("%s has no MLM head (a sentence model?): initialising a fresh one (normal(%g), "
+                "LayerNorm 1/0, bias 0)", pre.path, config.initializer_range)
+    emb = pre.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    variables = MlmHead(config).init(rng, jnp.zeros((1, config.hidden_size)), emb)
+    params["mlm_head"] = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(variables["params"]))
+  params["mae_decoder"] = {"layer_0": jax.tree_util.tree_map(np.array, params["bert"]["encoder"]["layer_0"])}
+  return params
+
+
+def _gather(x, positions):
+  """x [B, T, D], positions [B, K] -> [B, K, D]."""
+  return jnp.take_along_axis(x, positions[..., None], axis=1)
+
+
+def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, deterministic: bool = True,
+                rng=None) -> tuple[dict, dict | None]:
+  """({pair: MLM loss}, {pair: MAE loss} or None) from one encoder forward."""
+  rngs = lambda i: None if deterministic else {"dropout": jax.random.fold_in(rng, i)}  # noqa: E731
+  hidden = BertEncoder(config).apply({"params": params["bert"]}, batch["ids"], batch["mask"],
+                                     num_layers=max(n for n, _ in pairs), deterministic=deterministic,
+                                     rngs=rngs(0))
+  word_emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  head = MlmHead(config)
+
+  @jax.checkpoint
+  def head_loss(head_params, emb, h, labels):  # [B, K, d] -> scalar; logits rebuilt for the gradient
+    return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels)
+
+  mlm, mae = {}, ({} if mode == "smae" else None)
+  for i, (n, d) in enumerate(pairs):
+    h = hidden[n][:, :, :d]
+    mlm[(n, d)] = head_loss(params["mlm_head"], word_emb, _gather(h, batch["mlm_positions"]),
+                            batch["mlm_labels"])
+    if mae is None:
+      continue
+    first = head.apply({"params": params["mlm_head"]}, h[:, 0], method=lambda m, x: m.transform(x))
+    embedded = BertEmbeddings(config).apply({"params": params["bert"]["embeddings"]}, batch["dec_ids"],
+                                            jnp.zeros_like(batch["dec_ids"]), deterministic,
+                                            rngs=rngs(2 * i + 1))
+    out = MaeDecoder(config).apply({"params": params["mae_decoder"]}, embedded, first, batch["mask"],
+                                   deterministic, rngs=rngs(2 * i + 2))
+    mae[(n, d)] = head_loss(params["mlm_head"], word_emb, _gather(out, batch["mae_positions"]),
+                            batch["mae_labels"])
+  return mlm, mae
+
+
+def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTransformation,
+                   dropout: bool = True):
+  def loss_fn(params, batch, rng):
+    mlm, mae = pair_losses(params, config, batch, pairs, mode, deterministic=not dropout, rng=rng)
+    return losses.smae_loss(mlm, mae)
+
+  return make_step(loss_fn, tx)
+
+
+def masking_config(config: ml_collections.ConfigDict) -> MaskingConfig:
+  m = config.smae
+  return MaskingConfig(encoder_rate=m.encoder_mask_rate, decoder_rate=m.decoder_mask_rate,
+                       mask_prob=m.mask_token_prob, random_prob=m.random_token_prob)
+
+
+def pretrain(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> hf.Pretrained:
+  pre = checkpoint.load_model(config.model.init_from)
+  bert_cfg = pre.config.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
+                                remat=config.model.remat)
+  max_length = min(config.model.max_length or bert_cfg.max_position_embeddings,
+                   bert_cfg.max_position_embeddings)
+  batcher = TextBatcher(config.data.train, pre.tokenizer, Masker(pre.tokenizer, masking_config(config)),
+                        batch_size=config.data.batch_size, max_length=max_length, seed=config.seed,
+                        column=config.data.text_column, streaming=config.data.streaming,
+                        packing=config.data.packing, length_buckets=config.data.length_buckets)
+  total_steps = config.train.max_steps or batcher.steps_in(config.train.epochs)
+  lr = learning_rate_schedule(config.train, total_steps)
+  tx = make_optimizer(config.train, total_steps, lr)
+  params = init_params(pre, bert_cfg, jax.random.key(config.seed))
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), params)
+  sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None)
+  checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
+  pairs = facts["train_pairs"]
+  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, total_steps,
+           config.data.batch_size, max_length, pairs)
+  step_fn = make_smae_step(bert_cfg, pairs, config.smae.mode, tx, dropout=config.train.dropout)
+  state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
+              batcher, total_steps, lr)
+  trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
+  model = dataclasses.replace(pre, config=pre.config, sentence=sentence,
+                              params={k: trained[k] for k in ("bert", "mlm_head")})
+  out = hf.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params, model.tokenizer,
+                           sentence=sentence)
+  print(f"BertForMaskedLM: {out} (fine-tune from it with --config.model.init_from={out})")
+  return model
+
+
+def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, facts: dict, workdir: str,
+                 name: str) -> list[dict]:
+  """Masked-token accuracy and loss of every pair (MLM) on `eval.text` -> WORKDIR/results/<name>.json."""
+  if not config.eval.text:
+    return []
+  max_length = min(config.model.max_length or model.config.max_position_embeddings,
+                   model.config.max_position_embeddings)
+  batcher = TextBatcher(config.eval.text, model.tokenizer, Masker(model.tokenizer, masking_config(config)),
+                        batch_size=config.eval.batch_size, max_length=max_length, seed=config.seed + 1,
+                        column=config.eval.text_column)
+  pairs = facts["pairs"]
+  steps = batcher.steps_in(1)
+  if config.eval.max_batches:
+    steps = min(steps, config.eval.max_batches)
+  params = {k: jax.device_put(v) for k, v in model.params.items()}
+
+  @jax.jit
+  def mlm_stats(params, batch):
+    hidden = BertEncoder(model.config).apply({"params": params["bert"]}, batch["ids"], batch["mask"])
+    emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    out = {}
+    for n, d in pairs:
+      logits = MlmHead(model.config).apply({"params": params["mlm_head"]},
+                                           _gather(hidden[n][:, :, :d], batch["mlm_positions"]), emb)
+      valid = batch["mlm_labels"] >= 0
+      out[(n, d)] = (jnp.sum(jnp.where(valid, logits.argmax(-1) == batch["mlm_labels"], 0)),
+                     losses.masked_lm_loss(logits, batch["mlm_labels"]) * valid.sum(), valid.sum())
+    return out
+
+  totals = {p: np.zeros(3) for p in pairs}
+  for _, batch in batcher.batches(0, steps):
+    for p, v in jax.device_get(mlm_stats(params, batch)).items():
+      totals[p] += np.array([float(x) for x in v])
+  dataset = os.path.splitext(os.path.basename(config.eval.text.removeprefix("demo:")))[0]
+  records = []
+  for (n, d), (correct, loss_sum, count) in totals.items():
+    records.append(results.record(dataset, "eval", "mlm_accuracy", n, d, correct / count))
+    records.append(results.record(dataset, "eval", "mlm_loss", n, d, loss_sum / count))
+  path = results.write(workdir, name, records)
+  print(results.table(records))
+  print(f"results: {path}")
+  return records
+
+
+def run(config: ml_collections.ConfigDict, workdir: str):
+  facts = config_lib.validate_pretrain(config)  # fails before any compute
+  write_config(workdir, config)
+  model = pretrain(config, workdir, facts)
+  return evaluate_mlm(config, model, facts, workdir, name="final")
