@@ -4,17 +4,18 @@
 
 Then fine-tune from it: `--config=configs/ft.py:... --config.model.init_from=DIR/bert_mlm` (or DIR).
 
+Without a variant: the paper's run. bert-base-uncased (needs the Hub or a local copy with its MLM
+head), FineWeb sample-100BT streamed from the Hub (hf:HuggingFaceFW/fineweb:sample-100BT), one pass,
+batch 512, max length 512 (a random window per document, no packing), masking 0.2 / 0.4 whole-word,
+AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 compute, non-finite steps skipped.
+max_steps is an ESTIMATE of one pass (~1e8 documents / 512): check the dataset card and set
+--config.train.max_steps. Cost, estimated: ~3.5e14 FLOPs per step (encoder 1.3e14, six decoder
+passes 0.7e14, the vocabulary projections at the masked positions 1.5e14), so ~0.9 s per step on
+one H100 at 40% MFU and ~2 days for 195k steps; ~6 h on 8 GPUs or a v4-32 once the sharded step
+lands (issue 7). Not measured yet. Paper (Table A1): SMAE + SRL STS average 0.7837 vs
+0.7682 for BERT + SRL.
+
 Variants:
-  (none)    The paper's run: bert-base-uncased (needs the Hub or a local copy with its MLM head),
-            FineWeb sample-100BT streamed from the Hub (hf:HuggingFaceFW/fineweb:sample-100BT), one
-            pass, batch 512, max length 512 (random window per document, no packing), masking
-            0.2 / 0.4 whole-word, AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16
-            compute, non-finite steps skipped. max_steps is an ESTIMATE of one pass (~1e8 documents
-            / 512); check the dataset card and set --config.train.max_steps. Cost: ~2.5e14 FLOPs per
-            step (encoder fwd+bwd on 262k tokens plus six decoder passes), i.e. roughly 0.6 s per
-            step on one H100 at 40% MFU, ~30 h for 195k steps; a v4-32 or 8 GPUs in ~4-5 h once
-            the sharded step lands (issue 7). Paper: SMAE + SRL STS average 0.7837 vs 0.7682 for
-            BERT + SRL (Table A1).
   cpu       The recorded CPU experiment (experiments/smae_cpu.md): all-MiniLM-L6-v2 with a fresh MLM
             head, its schedule (1,16)..(6,384), on ../shared/data/mlm_text/sentences.txt (86,118
             sentences; a developer checkout), batch 32, max length 64, fp32; a few hundred steps.

@@ -179,8 +179,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
 def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
         total_steps: int, lr: optax.Schedule) -> TrainState:
   """The loop every run shares: resume from the workdir's latest checkpoint, jit the step (donated
-  state), log metrics every train.log_every steps, checkpoint every train.checkpoint_every steps and
-  at the end. `batcher.iterate(start, total)` yields (step, batch) as a pure function of the step."""
+  state), log metrics every train.log_every steps (with `data_wait_frac`, the share of the interval
+  spent waiting for input), checkpoint every train.checkpoint_every steps and at the end.
+  `batcher.iterate(start, total)` yields (step, batch) as a pure function of the step."""
   mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
                             save_interval_steps=config.train.checkpoint_every)
   start = mngr.latest_step()
@@ -198,7 +199,14 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
     compiled_shapes = set()
     t0, last_log = time.time(), start  # the first interval includes compilation
     progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0, disable=None)
-    for step, batch in batcher.iterate(start, total_steps):
+    batches, waited = batcher.iterate(start, total_steps), 0.0
+    while True:
+      t_wait = time.time()
+      item = next(batches, None)  # time the loop waits for input: ~0 when the data keeps up
+      waited += time.time() - t_wait
+      if item is None:
+        break
+      step, batch = item
       rng = jax.random.fold_in(base_rng, step)
       shape = batch["ids"].shape
       if not compiled_shapes:  # compile ahead of time once and report the memory it needs
@@ -220,9 +228,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
         elapsed = time.time() - t0
         metrics["lr"] = lr(step)
         metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
+        metrics["data_wait_frac"] = waited / max(elapsed, 1e-9)
         writer.write(done, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-        t0, last_log = time.time(), done
+        t0, last_log, waited = time.time(), done, 0.0
       if done % config.train.checkpoint_every == 0 or done == total_steps:
         checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
                         meta={"step": done}, force=done == total_steps)

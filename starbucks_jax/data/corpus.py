@@ -99,6 +99,10 @@ class TextBatcher:
       body = window(tokens, self.max_length - 2, np.random.default_rng([self.seed, epoch, index]))
     return np.concatenate([[self.cls], body, [self.sep]]).astype(np.int32)
 
+  def stream_rows(self, texts: list[str], first_row: int) -> list[np.ndarray]:
+    """Rows of streamed documents (tokenised now), the first being row `first_row` of the stream."""
+    return [self._row(0, first_row + j, tokens) for j, tokens in enumerate(self._tokenize(texts))]
+
   def _rows(self, start_step: int) -> Iterator[list[np.ndarray]]:
     """The rows of each batch from `start_step` on."""
     B = self.batch_size
@@ -110,7 +114,7 @@ class TextBatcher:
         chunk = [t for _, t in zip(range(B), texts)]
         if len(chunk) < B:
           return
-        yield [self._row(0, row + j, tokens) for j, tokens in enumerate(self._tokenize(chunk))]
+        yield self.stream_rows(chunk, row)
         row += B
     epoch, step = 0, start_step
     while step >= self.rows_per_epoch(epoch) // B:

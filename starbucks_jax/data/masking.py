@@ -41,6 +41,23 @@ def budget(length: int, rate: float) -> int:
   return max(1, int(round(length * rate)))
 
 
+def _greedy(lengths: np.ndarray, limit: int) -> np.ndarray:
+  """Which of the words (in visiting order) the greedy walk takes: a word is taken when it fits in
+  what is left of `limit`, skipped when it does not; the walk stops once the limit is reached.
+  The prefix that fits is found with a cumulative sum; only the few words after it loop in Python."""
+  taken = np.zeros(len(lengths), bool)
+  fits = int(np.searchsorted(np.cumsum(lengths), limit, side="right"))
+  taken[:fits] = True
+  total = int(lengths[:fits].sum())
+  for i in range(fits, len(lengths)):
+    if total >= limit:
+      break
+    if total + lengths[i] <= limit:
+      taken[i] = True
+      total += int(lengths[i])
+  return taken
+
+
 class Masker:
   """Nested whole-word masks and 80/10/10 replacement for one tokenizer's vocabulary."""
 
@@ -57,33 +74,31 @@ class Masker:
       if token.startswith("##") and i < self.vocab_size:
         self.continuation[i] = True
 
-  def words(self, ids: np.ndarray) -> list[np.ndarray]:
-    """Token positions of each maskable word of one unpadded text."""
-    candidate = ~self.special[ids]
-    positions = np.flatnonzero(candidate)
-    if positions.size == 0:
-      return []
+  def words(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, word) of one unpadded text's maskable tokens: `word[i]` numbers the word the
+    token at `positions[i]` belongs to (a token and the `##` pieces after it)."""
+    positions = np.flatnonzero(~self.special[ids])
     starts = ~self.continuation[ids[positions]]
-    starts[0] = True
-    return np.split(positions, np.flatnonzero(starts)[1:])
+    if positions.size:
+      starts[0] = True
+    return positions, np.cumsum(starts) - 1
 
   def word_masks(self, ids: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(encoder, decoder) boolean masks over the tokens of one unpadded text; encoder <= decoder."""
-    words = self.words(ids)
+    positions, word = self.words(ids)
     enc, dec = np.zeros(len(ids), bool), np.zeros(len(ids), bool)
-    enc_budget, dec_budget = budget(len(ids), self.config.encoder_rate), budget(len(ids), self.config.decoder_rate)
-    n_enc = n_dec = 0
-    for w in rng.permutation(len(words)):
-      if n_dec >= dec_budget:
-        break
-      word = words[w]
-      if n_dec + len(word) > dec_budget:
-        continue
-      dec[word] = True
-      n_dec += len(word)
-      if n_enc + len(word) <= enc_budget:
-        enc[word] = True
-        n_enc += len(word)
+    if not positions.size:
+      return enc, dec
+    order = rng.permutation(word[-1] + 1)  # the order words are visited in
+    lengths = np.bincount(word)[order]
+    dec_taken = _greedy(lengths, budget(len(ids), self.config.decoder_rate))
+    enc_taken = np.zeros_like(dec_taken)
+    enc_taken[dec_taken] = _greedy(lengths[dec_taken], budget(len(ids), self.config.encoder_rate))
+    in_dec, in_enc = np.zeros(len(order), bool), np.zeros(len(order), bool)
+    in_dec[order[dec_taken]] = True
+    in_enc[order[enc_taken]] = True
+    dec[positions] = in_dec[word]
+    enc[positions] = in_enc[word]
     return enc, dec
 
   def replace(self, ids: np.ndarray, masked: np.ndarray, rng: np.random.Generator) -> np.ndarray:
