@@ -425,3 +425,14 @@ def test_pt_config_variants_load_and_errors_name_the_key(tiny_pt, tmp_path):
   with cfg.unlocked():
     cfg.smae.mode = "mlm"
   assert config_lib.validate_pretrain(cfg)["train_pairs"] == ((4, 32),)
+
+
+def test_tfds_text_source_with_mock_data(tokenizer):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  masker = masking.Masker(tokenizer, masking.MaskingConfig())
+  with tfds.testing.mock_data(num_examples=12):
+    batcher = corpus.TextBatcher("tfds:imdb_reviews@train", tokenizer, masker, batch_size=4, max_length=32,
+                                 seed=0)
+  assert len(batcher.tokens) == 12 and batcher.steps_in(1) == 3
+  step, batch = next(batcher.batches(0, 1))
+  assert batch["ids"].shape[0] == 4 and (batch["mask"].sum(1) >= 2).all()

@@ -132,7 +132,10 @@ class TextBatcher:
 
   def batches(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     step = start_step
-    for rows in self._rows(start_step):
+    rows_iter = self._rows(start_step)
+    if self.streaming:  # read + tokenise on a thread of its own: it overlaps the masking
+      rows_iter = in_background(rows_iter, prefetch=2)
+    for rows in rows_iter:
       if step >= num_steps:
         return
       yield step, self.make_batch(step, rows)
