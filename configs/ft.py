@@ -107,6 +107,11 @@ def get_config(arg=None):
   c.eval.sts = PAPER_STS_EVAL  # DATASET/SPLIT=SOURCE, comma-separated
   c.eval.grid = False  # evaluate every layer x every dim of the schedule instead
   c.eval.batch_size = 128  # texts per encoding batch
+  c.eval.retrieval = ""  # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
+  c.eval.retrieval_similarity = "cosine"  # 'cosine' (truncate, normalise) | 'dot' (raw, the retrieval recipe)
+  c.eval.query_max_length = 64  # query tokens for retrieval evaluation
+  c.eval.passage_max_length = 256  # passage tokens (title + text) for retrieval evaluation
+  c.eval.retrieval_k = 1000  # documents retrieved per query
 
   if arg.sts or arg.sts_cpu:
     c.data.train = "hf:sentence-transformers/stsb@train"

@@ -200,9 +200,21 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
     except ValueError as e:
       raise ConfigError(f"eval.sts ({dataset}/{split}): {e}") from None
   _check_range(config, "eval.batch_size", 1)
+  retrieval_sets = parse_eval_sets(config.eval.retrieval, "eval.retrieval")
+  for dataset, split, folder in retrieval_sets:
+    qrels = os.path.join(os.path.expanduser(folder), "qrels", f"{split}.tsv")
+    if not os.path.isfile(qrels) or not os.path.isfile(os.path.join(os.path.expanduser(folder), "corpus.jsonl")):
+      raise ConfigError(f"eval.retrieval ({dataset}/{split}): {folder} is not a BEIR folder with corpus.jsonl "
+                        f"and qrels/{split}.tsv")
+  if retrieval_sets:
+    _check_choice(config, "eval.retrieval_similarity", ("dot", "cosine"))
+    _check_range(config, "eval.query_max_length", 1)
+    _check_range(config, "eval.passage_max_length", 1)
+    _check_range(config, "eval.retrieval_k", 1)
   if config.mode == "train":
     _validate_training(config, pairs)
-  return {"model_dir": model_dir, "backbone": backbone, "pairs": pairs, "plan": plan, "eval_sets": evals}
+  return {"model_dir": model_dir, "backbone": backbone, "pairs": pairs, "plan": plan, "eval_sets": evals,
+          "retrieval_sets": retrieval_sets}
 
 
 def _separate_pair(config, backbone):

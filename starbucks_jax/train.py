@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from starbucks_jax import checkpoint, config_lib, losses, schedule as schedule_lib
 from starbucks_jax.data.batching import Batcher, load_examples
 from starbucks_jax.embed import Embedder
-from starbucks_jax.evaluate import results, sts
+from starbucks_jax.data import beir
+from starbucks_jax.evaluate import results, retrieval, sts
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, BertEncoder
 from starbucks_jax.models.pooling import pool
@@ -256,13 +257,19 @@ def eval_pairs(config: ml_collections.ConfigDict, facts: dict) -> tuple[tuple[in
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrained, facts: dict,
              name: str) -> list[dict]:
-  """STS Spearman for every pair of the schedule (or the grid) -> WORKDIR/results/<name>.json."""
+  """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every pair of the schedule (or
+  the grid) -> WORKDIR/results/<name>.json."""
   embedder = Embedder(model, batch_size=config.eval.batch_size)
   if config.model.max_length:
     embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
                                                        max_seq_length=config.model.max_length)
-  records = sts.evaluate_sets(embedder, facts["eval_sets"], eval_pairs(config, facts),
-                              pooling=config.model.pooling)
+  pairs = eval_pairs(config, facts)
+  records = sts.evaluate_sets(embedder, facts["eval_sets"], pairs, pooling=config.model.pooling)
+  for dataset, split, folder in facts["retrieval_sets"]:
+    records += retrieval.evaluate_collection(
+        embedder, beir.load(folder, split, name=dataset), pairs, workdir, pooling=config.model.pooling,
+        normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
+        passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k)
   path = results.write(workdir, name, records)
   print(results.table(records))
   print(f"results: {path}")

@@ -1,0 +1,91 @@
+"""Retrieval collections in the BEIR layout: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.
+
+    corpus.jsonl   {"_id", "title", "text"} per line (title may be empty)
+    queries.jsonl  {"_id", "text"} per line
+    qrels/SPLIT.tsv  header `query-id  corpus-id  score`, then one judgement per line
+
+`load(folder, split)` returns a `Collection` with the judged queries of the split only. A
+passage's text is "title text" (title omitted when empty), as BEIR's dense retrievers join them.
+A malformed line is a DataError naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+
+from starbucks_jax.data.sources import DataError
+
+
+@dataclasses.dataclass
+class Collection:
+  name: str
+  split: str
+  doc_ids: list[str]
+  docs: list[str]  # "title text"
+  query_ids: list[str]
+  queries: list[str]
+  qrels: dict[str, dict[str, int]]  # query id -> {doc id: relevance}
+
+
+def _jsonl(path: str, fields: tuple[str, ...]):
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/)")
+  with open(path, encoding="utf8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+      missing = [k for k in fields if k not in row]
+      if missing:
+        raise DataError(f"{path}:{line_no}: no field {missing[0]!r}")
+      yield line_no, row
+
+
+def read_qrels(path: str) -> dict[str, dict[str, int]]:
+  if not os.path.isfile(path):
+    raise DataError(f"{path}: no such file")
+  qrels: dict[str, dict[str, int]] = {}
+  with open(path, encoding="utf8", newline="") as f:
+    reader = csv.reader(f, delimiter="\t")
+    for line_no, row in enumerate(reader, 1):
+      if line_no == 1 and row and row[0] == "query-id":
+        continue
+      if len(row) != 3:
+        raise DataError(f"{path}:{line_no}: expected 3 tab-separated fields (query-id, corpus-id, score)")
+      try:
+        qrels.setdefault(row[0], {})[row[1]] = int(row[2])
+      except ValueError:
+        raise DataError(f"{path}:{line_no}: score {row[2]!r} is not an integer") from None
+  return qrels
+
+
+def load(folder: str, split: str = "test", name: str | None = None) -> Collection:
+  folder = os.path.expanduser(folder)
+  qrels = read_qrels(os.path.join(folder, "qrels", f"{split}.tsv"))
+  doc_ids, docs, seen = [], [], set()
+  path = os.path.join(folder, "corpus.jsonl")
+  for line_no, row in _jsonl(path, ("_id", "text")):
+    doc_id = str(row["_id"])
+    if doc_id in seen:
+      raise DataError(f"{path}:{line_no}: duplicate _id {doc_id!r}")
+    seen.add(doc_id)
+    title, text = (row.get("title") or "").strip(), str(row["text"]).strip()
+    joined = f"{title} {text}".strip()
+    if not joined:
+      raise DataError(f"{path}:{line_no}: empty title and text")
+    doc_ids.append(doc_id)
+    docs.append(joined)
+  queries = {str(row["_id"]): str(row["text"]) for _, row in _jsonl(os.path.join(folder, "queries.jsonl"),
+                                                                      ("_id", "text"))}
+  missing = sorted(set(qrels) - set(queries))
+  if missing:
+    raise DataError(f"{folder}/qrels/{split}.tsv: query ids {missing[:5]} are not in queries.jsonl")
+  query_ids = sorted(qrels, key=lambda q: (len(q), q))
+  return Collection(name or os.path.basename(os.path.normpath(folder)), split, doc_ids, docs, query_ids,
+                    [queries[q] for q in query_ids], qrels)

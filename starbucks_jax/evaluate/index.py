@@ -1,0 +1,107 @@
+"""Encode a corpus once for every size of the schedule, into sharded files on disk.
+
+One encoder pass per batch stops at the deepest layer of the pairs and keeps the pooled vector of
+every layer the pairs use, truncated to the largest dim that layer is used at (METHOD.md,
+"Evaluation": encode once, truncate at search time). Layout of an index directory:
+
+    index.json               model, weights fingerprint, pooling, max_length, {layer: dim kept}, shard size, count
+    ids.json                 the document ids, in row order
+    layer_<n>/<k>.npy        float32 [rows of shard k, dim kept for layer n]
+
+A shard is written to a temporary name and renamed when complete, so an interrupted run resumes at
+the first missing shard; an existing index built with other settings is an error, not a mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+
+def layer_dims(pairs) -> dict[int, int]:
+  """{layer: the largest dim any pair uses it at}."""
+  out: dict[int, int] = {}
+  for n, d in pairs:
+    out[int(n)] = max(out.get(int(n), 0), int(d))
+  return dict(sorted(out.items()))
+
+
+def fingerprint(params) -> str:
+  """A short hash of the encoder weights (a strided sample of every array): an index belongs to them."""
+  import hashlib
+
+  import jax
+  h = hashlib.sha1()
+  for path, x in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda t: str(t[0])):
+    x = np.asarray(x, np.float32).ravel()
+    h.update(str(path).encode() + x[:: max(1, x.size // 4096)].tobytes())
+  return h.hexdigest()[:16]
+
+
+def _shard_path(folder: str, layer: int, k: int) -> str:
+  return os.path.join(folder, f"layer_{layer}", f"{k:05d}.npy")
+
+
+def encode_corpus(embedder, doc_ids: list[str], docs: list[str], pairs, folder: str, *,
+                  max_length: int | None = None, pooling: str | None = None,
+                  shard_size: int = 50_000) -> dict:
+  """Write (or finish) the index of `docs` in `folder`; returns its metadata."""
+  dims = layer_dims(pairs)
+  meta = {"model": embedder.pretrained.path, "weights": fingerprint(embedder.pretrained.params["bert"]),
+          "pooling": pooling or embedder.pretrained.sentence.pooling,
+          "max_length": max_length or embedder.max_length, "layers": {str(k): v for k, v in dims.items()},
+          "shard_size": shard_size, "count": len(docs)}
+  os.makedirs(folder, exist_ok=True)
+  meta_path = os.path.join(folder, "index.json")
+  if os.path.exists(meta_path):
+    old = json.load(open(meta_path))
+    if old != meta:
+      raise ValueError(f"{meta_path}: an index with other settings is there ({old}); use another folder")
+  else:
+    with open(os.path.join(folder, "ids.json"), "w") as f:
+      json.dump(list(doc_ids), f)
+    with open(meta_path, "w") as f:
+      json.dump(meta, f, indent=1)
+  shards = range(0, len(docs), shard_size)
+  todo = [k for k, _ in enumerate(shards) if not all(os.path.exists(_shard_path(folder, n, k)) for n in dims)]
+  if len(todo) < len(shards):
+    log.info("%s: %d of %d shards already encoded; resuming", folder, len(shards) - len(todo), len(shards))
+  t0, encoded = time.time(), 0
+  for k in tqdm(todo, desc=f"encode corpus ({len(docs)} docs)", disable=len(todo) < 2):
+    texts = docs[k * shard_size:(k + 1) * shard_size]
+    vecs = embedder.encode_layers(texts, tuple(dims), pooling=meta["pooling"], max_length=meta["max_length"])
+    for n, d in dims.items():
+      path = _shard_path(folder, n, k)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      np.save(path + ".tmp.npy", vecs[n][:, :d])
+      os.replace(path + ".tmp.npy", path)
+    encoded += len(texts)
+  if encoded:
+    elapsed = time.time() - t0
+    log.info("encoded %d passages in %.1f s (%.1f passages/s, layers %s)", encoded, elapsed,
+             encoded / max(elapsed, 1e-9), list(dims))
+  return meta
+
+
+def load_ids(folder: str) -> list[str]:
+  return json.load(open(os.path.join(folder, "ids.json")))
+
+
+def shards(folder: str, layer: int, dim: int, mmap: bool = True):
+  """The index's vectors of the (layer, dim) sub-model, shard by shard: (first row, [rows, dim])."""
+  meta = json.load(open(os.path.join(folder, "index.json")))
+  kept = meta["layers"].get(str(layer))
+  if kept is None or dim > kept:
+    raise ValueError(f"{folder}: no vectors for (layer {layer}, dim {dim}); the index keeps {meta['layers']}")
+  start = 0
+  for k in range(-(-meta["count"] // meta["shard_size"])):
+    block = np.load(_shard_path(folder, layer, k), mmap_mode="r" if mmap else None)
+    yield start, block[:, :dim]
+    start += block.shape[0]

@@ -1,0 +1,56 @@
+"""Retrieval evaluation of every (layer, dim) pair: encode the corpus once, search, score with ir-measures.
+
+For a BEIR-layout collection: the corpus is encoded once for all pairs (`index.encode_corpus`,
+cached under WORKDIR/index/<name>, resumable), the queries once for all layers, then each pair
+searches with its truncated vectors (`search.exact_topk`), writes its TREC run file to
+WORKDIR/runs/<name>_<split>_<n>_<d>.trec and is scored with ir-measures (MRR@10 as RR@10, nDCG@10,
+R@100, R@1000) into `{dataset, split, metric, layer, dim, value}` records.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from starbucks_jax.data import beir
+from starbucks_jax.evaluate import index as index_lib
+from starbucks_jax.evaluate import results, search
+
+log = logging.getLogger(__name__)
+METRICS = ("RR@10", "nDCG@10", "R@100", "R@1000")
+
+
+def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
+            metrics=METRICS) -> dict[str, float]:
+  """Mean of each metric over the judged queries (ir-measures; a query with no results scores 0)."""
+  try:
+    import ir_measures
+  except ImportError:
+    raise ImportError("retrieval metrics need ir-measures: pip install ir-measures") from None
+  parsed = [ir_measures.parse_measure(m) for m in metrics]
+  run = {q: run.get(q, {}) for q in qrels}
+  per_query = {str(m): {} for m in parsed}
+  for m in ir_measures.iter_calc(parsed, qrels, run):
+    per_query[str(m.measure)][m.query_id] = m.value
+  return {str(m): sum(per_query[str(m)].get(q, 0.0) for q in qrels) / len(qrels) for m in parsed}
+
+
+def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: str, *,
+                        pooling: str | None = None, normalize: bool = False, query_max_length: int = 64,
+                        passage_max_length: int = 256, k: int = 1000, metrics=METRICS) -> list[dict]:
+  name, split = collection.name, collection.split
+  folder = os.path.join(workdir, "index", name)
+  index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, pairs, folder,
+                          max_length=passage_max_length, pooling=pooling)
+  layers = tuple(sorted({n for n, _ in pairs}))
+  query_vecs = embedder.encode_layers(collection.queries, layers, pooling=pooling, max_length=query_max_length)
+  os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
+  k = min(k, len(collection.doc_ids))
+  records = []
+  for n, d in pairs:
+    scores, rows = search.exact_topk(query_vecs[n][:, :d], index_lib.shards(folder, n, d), k, normalize=normalize)
+    run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
+    search.write_trec(os.path.join(workdir, "runs", f"{name}_{split}_{n}_{d}.trec"), run, f"starbucks_{n}_{d}")
+    for metric, value in measure(collection.qrels, run, metrics).items():
+      records.append(results.record(name, split, metric, n, d, value))
+  return records

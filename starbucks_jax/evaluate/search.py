@@ -1,0 +1,83 @@
+"""Exact top-k search over an index, batched in JAX, memory-bounded; optional FAISS; TREC run files.
+
+`exact_topk(queries, blocks, k)` scores query batches against the corpus one block (index shard) at
+a time and keeps a running top-k, so memory is bounded by query_batch x block rows, not by the
+corpus. Similarity is the inner product of the truncated vectors, or their cosine
+(`normalize=True`: truncate, then L2-normalise, as a Matryoshka cosine model is used).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _normalise(x):
+  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "normalize"))
+def _merge_block(best_scores, best_rows, queries, block, offset, *, k: int, normalize: bool):
+  if normalize:
+    queries, block = _normalise(queries), _normalise(block)
+  scores = jnp.dot(queries, block.T, precision=jax.lax.Precision.HIGHEST)
+  kk = min(k, block.shape[0])
+  top_scores, top_rows = jax.lax.top_k(scores, kk)
+  all_scores = jnp.concatenate([best_scores, top_scores], axis=1)
+  all_rows = jnp.concatenate([best_rows, top_rows + offset], axis=1)
+  keep_scores, pick = jax.lax.top_k(all_scores, k)
+  return keep_scores, jnp.take_along_axis(all_rows, pick, axis=1)
+
+
+def exact_topk(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k: int, *,
+               normalize: bool = False, query_batch: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+  """(scores [Q, k], rows [Q, k]) best first; rows index the corpus. `blocks` yields (first row,
+  [rows, d]) as `index.shards` does; it is read once. Fewer than k documents: rows -1, scores -inf."""
+  queries = np.asarray(queries, np.float32)
+  Q = len(queries)
+  best_scores = np.full((Q, k), -np.inf, np.float32)
+  best_rows = np.full((Q, k), -1, np.int64)
+  for offset, block in blocks:
+    block = jnp.asarray(np.asarray(block, np.float32))
+    for s in range(0, Q, query_batch):
+      sl = slice(s, s + query_batch)
+      sc, rw = _merge_block(jnp.asarray(best_scores[sl]), jnp.asarray(best_rows[sl], jnp.int32),
+                            jnp.asarray(queries[sl]), block, offset, k=k, normalize=normalize)
+      best_scores[sl], best_rows[sl] = np.asarray(sc), np.asarray(rw)
+  return best_scores, best_rows
+
+
+def faiss_topk(queries: np.ndarray, corpus: np.ndarray, k: int, *, normalize: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+  """The same search with FAISS's exact inner-product index (IndexFlatIP), when installed."""
+  try:
+    import faiss
+  except ImportError:
+    raise ImportError("FAISS is optional: pip install faiss-cpu (or faiss-gpu)") from None
+  q, c = np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(corpus, np.float32)
+  if normalize:
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    c = c / np.maximum(np.linalg.norm(c, axis=1, keepdims=True), 1e-12)
+  index = faiss.IndexFlatIP(c.shape[1])
+  index.add(c)
+  return index.search(q, k)
+
+
+def run_dict(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, rows: np.ndarray
+             ) -> dict[str, dict[str, float]]:
+  """{query id: {doc id: score}} from a top-k result (rows -1 dropped)."""
+  return {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
+          for i, q in enumerate(query_ids)}
+
+
+def write_trec(path: str, run: dict[str, dict[str, float]], tag: str) -> str:
+  """A TREC run file: `qid Q0 docid rank score tag`, best first."""
+  with open(path, "w", encoding="utf8") as f:
+    for q, docs in run.items():
+      for rank, (doc, score) in enumerate(sorted(docs.items(), key=lambda t: (-t[1], t[0])), 1):
+        f.write(f"{q} Q0 {doc} {rank} {score:.6f} {tag}\n")
+  return path

@@ -1,0 +1,153 @@
+"""Retrieval evaluation: BEIR loading, one-pass corpus encoding for every size, exact search vs a
+brute-force ranking (and FAISS), IR metrics vs hand-computed values, run files and records."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from starbucks_jax import embed
+from starbucks_jax.data import beir
+from starbucks_jax.data.sources import DataError
+from starbucks_jax.evaluate import index as index_lib
+from starbucks_jax.evaluate import retrieval, search
+
+PAIRS = ((1, 8), (2, 16), (4, 32))
+
+
+def write_beir(folder, n_docs=23, n_queries=5):
+  rng = np.random.default_rng(0)
+  words = "the cat sat on a mat dog runs over lazy fox quick brown red blue car road music".split()
+  os.makedirs(folder / "qrels", exist_ok=True)
+  with open(folder / "corpus.jsonl", "w") as f:
+    for i in range(n_docs):
+      f.write(json.dumps({"_id": f"d{i}", "title": "" if i % 3 else f"title {i}",
+                          "text": " ".join(rng.choice(words, 12))}) + "\n")
+  with open(folder / "queries.jsonl", "w") as f:
+    for i in range(n_queries + 2):  # two unjudged queries are left out
+      f.write(json.dumps({"_id": str(i), "text": " ".join(rng.choice(words, 4))}) + "\n")
+  with open(folder / "qrels" / "test.tsv", "w") as f:
+    f.write("query-id\tcorpus-id\tscore\n")
+    for i in range(n_queries):
+      f.write(f"{i}\td{(3 * i) % n_docs}\t1\n{i}\td{(3 * i + 1) % n_docs}\t2\n")
+  return str(folder)
+
+
+def test_beir_loader_and_errors(tmp_path):
+  col = beir.load(write_beir(tmp_path / "toy"), "test")
+  assert len(col.docs) == 23 and col.query_ids == ["0", "1", "2", "3", "4"]
+  assert col.docs[0].startswith("title 0 ") and not col.docs[1].startswith("title")
+  assert col.qrels["1"] == {"d3": 1, "d4": 2}
+  with open(tmp_path / "toy" / "qrels" / "bad.tsv", "w") as f:
+    f.write("query-id\tcorpus-id\tscore\n1\td3\n")
+  with pytest.raises(DataError, match=r"bad.tsv:2: expected 3 tab-separated"):
+    beir.load(str(tmp_path / "toy"), "bad")
+  with pytest.raises(DataError, match="dev.tsv: no such file"):
+    beir.load(str(tmp_path / "toy"), "dev")
+
+
+def test_scifact_loads(shared_data):
+  col = beir.load(str(shared_data / "beir_scifact"), "test")
+  assert len(col.doc_ids) == 5183 and len(col.query_ids) == 300
+  assert sum(len(v) for v in col.qrels.values()) == 339
+
+
+def test_exact_topk_equals_brute_force_and_faiss():
+  rng = np.random.default_rng(0)
+  corpus = rng.normal(size=(230, 16)).astype(np.float32)
+  queries = rng.normal(size=(37, 16)).astype(np.float32)
+  blocks = lambda d: ((s, corpus[s:s + 50, :d]) for s in range(0, 230, 50))  # noqa: E731
+  for d, normalize in ((16, False), (8, False), (8, True)):
+    q, c = queries[:, :d], corpus[:, :d]
+    if normalize:
+      q = q / np.linalg.norm(q, axis=1, keepdims=True)
+      c = c / np.linalg.norm(c, axis=1, keepdims=True)
+    full = q.astype(np.float64) @ c.T.astype(np.float64)
+    want = np.argsort(-full, axis=1, kind="stable")[:, :60]
+    scores, rows = search.exact_topk(queries[:, :d], blocks(d), 60, normalize=normalize, query_batch=16)
+    np.testing.assert_array_equal(rows, want)
+    np.testing.assert_allclose(scores, np.take_along_axis(full, want, 1), rtol=1e-5, atol=1e-5)
+    if pytest.importorskip("faiss"):
+      f_scores, f_rows = search.faiss_topk(queries[:, :d], corpus[:, :d], 60, normalize=normalize)
+      np.testing.assert_array_equal(f_rows, rows)
+  scores, rows = search.exact_topk(queries[:2], [(0, corpus[:3])], 5)  # fewer documents than k
+  assert (rows[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+
+
+def test_metrics_equal_hand_computed_values(tmp_path):
+  qrels = {"q1": {"a": 1, "b": 0, "c": 2}, "q2": {"x": 1}, "q3": {"n": 1}}
+  run = {"q1": {"a": 0.9, "b": 0.8, "z": 0.5, "c": 0.1}, "q2": {"y": 1.0, "x": 0.5}}  # q3: nothing
+  got = retrieval.measure(qrels, run, ("RR@10", "nDCG@10", "R@100", "RR@1"))
+  # trec_eval conventions: relevance >= 1 counts; nDCG gains are the relevance grades, log2(rank+1)
+  ndcg_q1 = (1 / np.log2(2) + 2 / np.log2(5)) / (2 / np.log2(2) + 1 / np.log2(3))
+  ndcg_q2 = (1 / np.log2(3)) / 1.0
+  assert got["RR@10"] == pytest.approx((1 + 0.5 + 0) / 3)
+  assert got["nDCG@10"] == pytest.approx((ndcg_q1 + ndcg_q2 + 0) / 3)
+  assert got["R@100"] == pytest.approx((1 + 1 + 0) / 3)
+  assert got["RR@1"] == pytest.approx(1 / 3)
+  path = search.write_trec(str(tmp_path / "r.trec"), run, "t")
+  lines = open(path).read().splitlines()
+  assert lines[0] == "q1 Q0 a 1 0.900000 t" and lines[3] == "q1 Q0 c 4 0.100000 t"
+
+
+def test_one_pass_index_equals_each_size_alone_and_resumes(tiny_hf_dir, tmp_path, caplog):
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=4)
+  col = beir.load(write_beir(tmp_path / "toy"), "test")
+  folder = str(tmp_path / "index")
+  meta = index_lib.encode_corpus(embedder, col.doc_ids, col.docs, PAIRS, folder, max_length=32, shard_size=10)
+  assert meta["layers"] == {"1": 8, "2": 16, "4": 32} and index_lib.load_ids(folder) == col.doc_ids
+  for n, d in PAIRS:
+    got = np.concatenate([b for _, b in index_lib.shards(folder, n, d)])
+    alone = embedder.encode(col.docs, layer=n, dim=d, normalize=False, max_length=32)
+    np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-6)
+  # a lost shard is re-encoded, the others are kept
+  os.remove(os.path.join(folder, "layer_2", "00001.npy"))
+  before = os.path.getmtime(os.path.join(folder, "layer_1", "00000.npy"))
+  with caplog.at_level("INFO"):
+    index_lib.encode_corpus(embedder, col.doc_ids, col.docs, PAIRS, folder, max_length=32, shard_size=10)
+  assert "2 of 3 shards already encoded" in caplog.text
+  assert os.path.getmtime(os.path.join(folder, "layer_1", "00000.npy")) == before
+  assert os.path.exists(os.path.join(folder, "layer_2", "00001.npy"))
+  with pytest.raises(ValueError, match="other settings"):
+    index_lib.encode_corpus(embedder, col.doc_ids, col.docs, PAIRS, folder, max_length=16, shard_size=10)
+  with pytest.raises(ValueError, match=r"no vectors for \(layer 3"):
+    next(index_lib.shards(folder, 3, 8))
+
+
+def test_evaluate_collection_writes_runs_and_records(tiny_hf_dir, tmp_path):
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
+  col = beir.load(write_beir(tmp_path / "toy"), "test")
+  records = retrieval.evaluate_collection(embedder, col, PAIRS, str(tmp_path / "w"), passage_max_length=32,
+                                          query_max_length=16, k=10)
+  assert {(r["layer"], r["dim"]) for r in records} == set(PAIRS)
+  assert {r["metric"] for r in records} == set(retrieval.METRICS)
+  assert all(0.0 <= r["value"] <= 1.0 for r in records)
+  run_file = tmp_path / "w" / "runs" / "toy_test_2_16.trec"
+  assert len(open(run_file).read().splitlines()) == 5 * 10
+  # the recorded value is what ir-measures gives for the written run
+  run = {}
+  for line in open(run_file):
+    q, _, doc, _, score, _ = line.split()
+    run.setdefault(q, {})[doc] = float(score)
+  ndcg = [r["value"] for r in records if (r["layer"], r["dim"], r["metric"]) == (2, 16, "nDCG@10")][0]
+  assert retrieval.measure(col.qrels, run, ("nDCG@10",))["nDCG@10"] == pytest.approx(ndcg, abs=1e-6)
+
+
+def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
+  from conftest import REPO
+  from starbucks_jax import config_lib, train
+  cfg = config_lib.load_config(f"{REPO}/configs/ft.py:eval")
+  with cfg.unlocked():
+    cfg.model.init_from = tiny_hf_dir
+    cfg.schedule.pairs = PAIRS
+    cfg.eval.sts = ""
+    cfg.eval.retrieval = f"toy/test={write_beir(tmp_path / 'toy')}"
+    cfg.eval.passage_max_length = 32
+  records = train.run(cfg, str(tmp_path / "w"))
+  assert json.load(open(tmp_path / "w" / "results" / "eval.json")) == records
+  assert {(r["dataset"], r["layer"], r["metric"]) for r in records} >= {("toy", 1, "nDCG@10"), ("toy", 4, "RR@10")}
+  with cfg.unlocked():
+    cfg.eval.retrieval = f"toy/dev={tmp_path / 'toy'}"
+  with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval \(toy/dev\): .* qrels/dev.tsv"):
+    train.run(cfg, str(tmp_path / "w2"))
