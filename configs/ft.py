@@ -77,13 +77,16 @@ def get_config(arg=None):
 
   c.data = ml_collections.ConfigDict()
   c.data.train = "hf:sentence-transformers/all-nli:triplet"  # source spec (see data/sources.py)
-  c.data.format = "triplets"  # 'triplets' | 'pairs' | 'scored_pairs'
+  c.data.format = "triplets"  # 'triplets' | 'pairs' | 'scored_pairs' | 'groups' (retrieval)
   c.data.columns = ml_collections.ConfigDict(dict(  # role -> column name in the source
       anchor="anchor", positive="positive", negative="negative",
       sentence1="sentence1", sentence2="sentence2", score="score"))
   c.data.batch_size = 128  # examples per step (each triplet is 3 texts)
   c.data.no_duplicates = True  # keep a text from appearing twice in one batch (false negatives)
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
+  c.data.group_size = 8  # format=groups: passages per query (1 positive + G-1 negatives)
+  c.data.query_max_length = 32  # format=groups: query tokens
+  c.data.passage_max_length = 196  # format=groups: passage tokens
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # passes over the data (the last incomplete batch of each is dropped)

@@ -244,13 +244,24 @@ def _validate_training(config, pairs) -> None:
   if config.loss.pair_weights and len(config.loss.pair_weights) != len(pairs):
     raise ConfigError(f"loss.pair_weights has {len(config.loss.pair_weights)} weights for "
                       f"{len(pairs)} pairs in schedule.pairs")
-  _check_choice(config, "data.format", tuple(FORMATS))
+  _check_choice(config, "data.format", tuple(FORMATS) + ("groups",))
   _check_choice(config, "data.length_buckets", BUCKETS)
+  if config.data.format == "groups":
+    _check_range(config, "data.group_size", 1)
+    _check_range(config, "data.query_max_length", 3)
+    _check_range(config, "data.passage_max_length", 3)
   wants_scores = config.loss.task == "cosent"
   if wants_scores != (config.data.format == "scored_pairs"):
     raise ConfigError(f"loss.task={config.loss.task!r} needs data.format="
                       f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not "
                       f"{config.data.format!r}")
-  _check_source(config, "data.train")
+  if config.data.train.startswith("beir:"):
+    folder, _, split = config.data.train[len("beir:"):].partition("@")
+    if config.data.format != "groups":
+      raise ConfigError(f"data.train={config.data.train!r} (BEIR qrels) needs data.format='groups'")
+    if not os.path.isfile(os.path.join(os.path.expanduser(folder), "qrels", f"{split or 'train'}.tsv")):
+      raise ConfigError(f"data.train: {folder} has no qrels/{split or 'train'}.tsv")
+  else:
+    _check_source(config, "data.train")
   _check_range(config, "data.batch_size", 2)
   _validate_optimizer(config)

@@ -1,7 +1,8 @@
 """The method's losses as pure functions of pooled embeddings (METHOD.md, "SRL fine-tuning").
 
 Shapes: `pooled` is [R, B, D] for one layer: R text roles (anchor, positive, negatives... or
-sentence1, sentence2), B examples, D features, float32, raw (not normalised). A (layer, dim)
+sentence1, sentence2), B examples, D features, float32, raw (not normalised); or, for retrieval
+groups, a tuple (queries [B, D], passages [B * G, D]) (see `queries_and_candidates`). A (layer, dim)
 sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[:, :d] @ p[:, :d].T`.
 
     L = R( sum over (n, d) of  w[n,d] * L_task(s[n,d]) + beta * KL_term(n, d) )
@@ -78,21 +79,37 @@ def kl_divergence(teacher_logits, student_logits):
   return (jnp.exp(logp) * (logp - logq)).sum(-1).mean()
 
 
+def queries_and_candidates(pooled):
+  """(queries [B, D], candidates [C, D], labels [B]) of one layer's pooled vectors, in either layout:
+  - roles [R, B, D] (anchor, positive, negatives...): candidates role-major, query i's positive is
+    candidate i (the first B candidates are the positives);
+  - groups (queries [B, D], passages [B * G, D]) (retrieval, Tevatron's layout): query i's group is
+    passages i*G .. i*G + G - 1, its positive first, so its label is i * G; every other passage of
+    the batch, its own hard negatives included, is a negative."""
+  if isinstance(pooled, tuple):
+    q, p = pooled
+    group = p.shape[0] // q.shape[0]
+    return q, p, jnp.arange(q.shape[0]) * group
+  q = pooled[0]
+  return q, pooled[1:].reshape(-1, pooled.shape[-1]), jnp.arange(pooled.shape[1])
+
+
+def pooled_dim(pooled) -> int:
+  return (pooled[0] if isinstance(pooled, tuple) else pooled).shape[-1]
+
+
 def task_logits(pooled, d: int, cfg: LossConfig):
-  """Contrastive logits of one sub-model: role 0 are queries, roles 1.. (flattened) the candidates;
-  query i's positive is candidate i (the first B candidates are the positives)."""
-  q = pooled[0, :, :d]
-  cands = pooled[1:, :, :d].reshape(-1, d)
-  return similarity_logits(q, cands, cfg)
+  """Contrastive logits [B, C] of one sub-model: every query against every candidate of the batch."""
+  q, cands, _ = queries_and_candidates(pooled)
+  return similarity_logits(q[:, :d], cands[:, :d], cfg)
 
 
 def task_loss(pooled, d: int, cfg: LossConfig, scores=None):
-  """The task loss of one (layer, dim) from that layer's pooled [R, B, D]."""
+  """The task loss of one (layer, dim) from that layer's pooled vectors (roles or groups)."""
   if cfg.task == "cosent":
     pred = (truncate_normalise(pooled[0], d) * truncate_normalise(pooled[1], d)).sum(-1) * cfg.scale
     return cosent_loss(pred, scores)
-  logits = task_logits(pooled, d, cfg)
-  return contrastive_loss(logits, jnp.arange(logits.shape[0]))
+  return contrastive_loss(task_logits(pooled, d, cfg), queries_and_candidates(pooled)[2])
 
 
 def pair_logits(pooled, d: int, cfg: LossConfig):
@@ -105,16 +122,15 @@ def pair_logits(pooled, d: int, cfg: LossConfig):
 
 def kl_scores(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
   """KL of score distributions; the teacher (N, D) is a constant (stop-gradient)."""
-  t = jax.lax.stop_gradient(pair_logits(teacher_pooled, teacher_pooled.shape[-1], cfg))
+  t = jax.lax.stop_gradient(pair_logits(teacher_pooled, pooled_dim(teacher_pooled), cfg))
   s = pair_logits(student_pooled, d, cfg)
   return kl_divergence(t / cfg.kl_temperature, s / cfg.kl_temperature)
 
 
 def kl_features(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
   """KL of feature distributions of every input's raw pooled vector, teacher not detached, x0.3."""
-  D = teacher_pooled.shape[-1]
-  t = teacher_pooled.reshape(-1, D)[:, :d]
-  s = student_pooled.reshape(-1, D)[:, :d]
+  every = lambda x: jnp.concatenate([v.reshape(-1, v.shape[-1]) for v in jax.tree_util.tree_leaves(x)])  # noqa: E731
+  t, s = every(teacher_pooled)[:, :d], every(student_pooled)[:, :d]
   return kl_divergence(t, s) * cfg.kl_temperature
 
 
@@ -176,16 +192,18 @@ def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=Non
   from starbucks_jax.schedule import sample
   draw = sample(plan, rng)
   teacher = pooled_by_layer[plan.teacher[0]]
-  D = teacher.shape[-1]
-  student = jnp.stack([pooled_by_layer[n] for n in plan.sample_layers])[draw["layer"]]
+  D = pooled_dim(teacher)
+  student = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[draw["layer"]],
+                                   *[pooled_by_layer[n] for n in plan.sample_layers])
   metrics = {"sampled/layer": jnp.asarray(plan.sample_layers)[draw["layer"]]}
   kl = lambda t, s, d: cfg.kl_weight * kl_term(t, s, d, cfg) if cfg.kl != "none" else 0.0  # noqa: E731
   if plan.method == "2dmse":
     dims = jnp.asarray(plan.sample_dims)
     d_last, d_layer = dims[draw["dim_last"]], dims[draw["dim_layer"]]
     metrics.update({"sampled/dim_last": d_last, "sampled/dim_layer": d_layer})
-    total = (task_loss(mask_dims(teacher, d_last), D, cfg, scores)
-             + task_loss(mask_dims(student, d_layer), D, cfg, scores) + kl(teacher, student, D))
+    masked = lambda x, d: jax.tree_util.tree_map(lambda v: mask_dims(v, d), x)  # noqa: E731
+    total = (task_loss(masked(teacher, d_last), D, cfg, scores)
+             + task_loss(masked(student, d_layer), D, cfg, scores) + kl(teacher, student, D))
   elif plan.method == "2dmse_retrieval":
     total = task_loss(teacher, D, cfg, scores)
     for d in plan.sample_dims:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from starbucks_jax import checkpoint, config_lib, losses, schedule as schedule_lib
 from starbucks_jax.data.batching import Batcher, load_examples
+from starbucks_jax.data.groups import GroupBatcher, load_groups
 from starbucks_jax.embed import Embedder
 from starbucks_jax.data import beir
 from starbucks_jax.evaluate import results, retrieval, sts
@@ -105,9 +106,16 @@ def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: los
                     tx: optax.GradientTransformation, pooling: str, dropout: bool = True,
                     pair_weights: tuple[float, ...] = ()):
   def loss_fn(params, batch, rng):
-    dropout_rng, sample_rng = jax.random.split(rng)
-    pooled = pooled_layers(params, bert_cfg, batch["ids"], batch["mask"], plan.layers, pooling,
-                           deterministic=not dropout, rng=dropout_rng)
+    dropout_rng, sample_rng, passage_rng = jax.random.split(rng, 3)
+    if "query_ids" in batch:  # retrieval groups: queries and passages have their own lengths
+      q = pooled_layers(params, bert_cfg, batch["query_ids"][None], batch["query_mask"][None], plan.layers,
+                        pooling, deterministic=not dropout, rng=dropout_rng)
+      p = pooled_layers(params, bert_cfg, batch["passage_ids"][None], batch["passage_mask"][None],
+                        plan.layers, pooling, deterministic=not dropout, rng=passage_rng)
+      pooled = {n: (q[n][0], p[n][0]) for n in q}
+    else:
+      pooled = pooled_layers(params, bert_cfg, batch["ids"], batch["mask"], plan.layers, pooling,
+                             deterministic=not dropout, rng=dropout_rng)
     return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
                             weights=pair_weights or None)
 
@@ -156,10 +164,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
                                 remat=config.model.remat)
   max_length = min(config.model.max_length or pre.sentence.max_seq_length, bert_cfg.max_position_embeddings)
   plan = facts["plan"]
-  examples = load_examples(config.data.train, config.data.format, dict(config.data.columns))
-  batcher = Batcher(examples, pre.tokenizer, batch_size=config.data.batch_size, max_length=max_length,
-                    seed=config.seed, no_duplicates=config.data.no_duplicates,
-                    length_buckets=config.data.length_buckets)
+  if config.data.format == "groups":
+    groups = load_groups(config.data.train)
+    examples = groups.queries
+    batcher = GroupBatcher(groups, pre.tokenizer, batch_size=config.data.batch_size,
+                           group_size=config.data.group_size, query_max_length=config.data.query_max_length,
+                           passage_max_length=config.data.passage_max_length, seed=config.seed,
+                           length_buckets=config.data.length_buckets)
+  else:
+    examples = load_examples(config.data.train, config.data.format, dict(config.data.columns))
+    batcher = Batcher(examples, pre.tokenizer, batch_size=config.data.batch_size, max_length=max_length,
+                      seed=config.seed, no_duplicates=config.data.no_duplicates,
+                      length_buckets=config.data.length_buckets)
   total_steps = config.train.max_steps or batcher.steps_in(config.train.epochs)
   lr = learning_rate_schedule(config.train, total_steps)
   tx = make_optimizer(config.train, total_steps, lr)
@@ -209,7 +225,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
         break
       step, batch = item
       rng = jax.random.fold_in(base_rng, step)
-      shape = batch["ids"].shape
+      shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
       if not compiled_shapes:  # compile ahead of time once and report the memory it needs
         compiled = step_fn.lower(state, batch, rng).compile()
         mem = compiled.memory_analysis()

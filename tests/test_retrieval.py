@@ -151,3 +151,80 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
     cfg.eval.retrieval = f"toy/dev={tmp_path / 'toy'}"
   with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval \(toy/dev\): .* qrels/dev.tsv"):
     train.run(cfg, str(tmp_path / "w2"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training groups
+# ---------------------------------------------------------------------------------------------
+def write_tevatron(path, n=6, negatives=5):
+  rows = []
+  for i in range(n):
+    rows.append({"query_id": str(i), "query": f"query {i} the cat",
+                 "positive_passages": [{"docid": f"p{i}", "title": "t", "text": f"positive {i} dog"}],
+                 "negative_passages": [{"docid": f"n{i}_{j}", "title": "", "text": f"negative {i} {j} mat"}
+                                       for j in range(negatives)]})
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def test_groups_layout_labels_and_rotation(tmp_path, tiny_hf_dir):
+  import jax.numpy as jnp
+  from starbucks_jax import losses
+  from starbucks_jax.data import groups as groups_lib
+  from starbucks_jax.models import hf
+  tok = hf.load_tokenizer(tiny_hf_dir)
+  g = groups_lib.load_tevatron(write_tevatron(tmp_path / "train.jsonl"))
+  batcher = groups_lib.GroupBatcher(g, tok, batch_size=3, group_size=3, query_max_length=8,
+                                    passage_max_length=16, seed=0)
+  step, batch = next(batcher.batches(0, 1))
+  assert batch["query_ids"].shape[0] == 3 and batch["passage_ids"].shape[0] == 9
+  order = np.random.default_rng([0, 0]).permutation(6)[:3]
+  for i, q in enumerate(order):  # passage i*G is query i's positive, then its own negatives
+    texts = [g.passages[j] for j in batcher.group(0, int(q))]
+    assert texts[0] == f"t positive {q} dog" and all(t.startswith(f"negative {q} ") for t in texts[1:])
+  # negatives rotate: over epochs each query sees all of its negatives, two at a time
+  seen = {j for e in range(3) for j in batcher.group(e, 0)[1:]}
+  assert len(seen) == 5 and batcher.group(0, 0)[1:] != batcher.group(1, 0)[1:]
+  # the contrastive loss of a group batch: query i against all 9 passages, label i*G (numpy)
+  rng = np.random.default_rng(1)
+  q, p = rng.normal(size=(3, 8)), rng.normal(size=(9, 8))
+  cfg = losses.LossConfig(similarity="dot", temperature=2.0, kl="none")
+  got = losses.task_loss((jnp.asarray(q, jnp.float32), jnp.asarray(p, jnp.float32)), 8, cfg)
+  logits = q @ p.T / 2.0
+  logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  assert float(got) == pytest.approx(-np.mean([logp[i, i * 3] for i in range(3)]), rel=1e-6)
+
+
+def test_beir_train_groups_draw_random_negatives(tmp_path, tiny_hf_dir):
+  from starbucks_jax.data import groups as groups_lib
+  from starbucks_jax.models import hf
+  g = groups_lib.load_groups(f"beir:{write_beir(tmp_path / 'toy')}@test")
+  assert len(g.queries) == 5 and all(not n for n in g.negatives) and len(g.passages) == 23
+  batcher = groups_lib.GroupBatcher(g, hf.load_tokenizer(tiny_hf_dir), batch_size=2, group_size=4,
+                                    query_max_length=8, passage_max_length=16, seed=0)
+  for i in range(5):
+    grp = batcher.group(0, i)
+    assert grp[0] in g.positives[i] and not set(grp[1:]) & set(g.positives[i]) and len(set(grp)) == 4
+
+
+@pytest.mark.parametrize("source", ["tevatron", "beir"])
+def test_retrieval_config_trains_two_steps(tiny_hf_dir, tmp_path, source):
+  from conftest import REPO
+  from starbucks_jax import config_lib, train
+  cfg = config_lib.load_config(f"{REPO}/configs/retrieval.py:scifact")
+  toy = write_beir(tmp_path / "toy")
+  with cfg.unlocked():
+    cfg.model.init_from = tiny_hf_dir
+    cfg.schedule.pairs = PAIRS
+    cfg.data.train = write_tevatron(tmp_path / "t.jsonl") if source == "tevatron" else f"beir:{toy}@test"
+    cfg.data.batch_size = 2
+    cfg.data.passage_max_length = 32
+    cfg.train.max_steps = 2
+    cfg.train.log_every = 1
+    cfg.eval.retrieval = f"toy/test={toy}"
+    cfg.eval.passage_max_length = 32
+  records = train.run(cfg, str(tmp_path / "w"))
+  rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
+  assert {"task/1_8", "kl/1_8", "task/4_32"} <= set(rows[0])
+  assert {(r["layer"], r["dim"]) for r in records if r["metric"] == "nDCG@10"} == set(PAIRS)

@@ -1,0 +1,80 @@
+"""SRL retrieval training (METHOD.md, "Recipes", retrieval column): groups of 1 positive + G-1 negatives.
+
+    python -m starbucks_jax.main --config=configs/retrieval.py[:VARIANT][,method=M] --workdir=DIR
+
+The fields are configs/ft.py's (this file starts from it); data.format is 'groups' (Tevatron's
+layout, data/groups.py) and evaluation adds eval.retrieval (BEIR folders; nDCG@10, MRR@10,
+R@100, R@1000 per pair, TREC run files in DIR/runs).
+
+Without a variant: the paper's recipe. bert-base-uncased (or an SMAE run: model.init_from), Tevatron
+MS MARCO passage with its BM25 negatives (hf:Tevatron/msmarco-passage, ~400k queries), group 8,
+batch 128 queries, 3 epochs (~9.4k steps), query 32 / passage 196 tokens, CLS pooling, raw dot
+product / temperature 1, score KL (tau 1, teacher detached), summed over the six pairs as the code
+does, AdamW lr 1e-4, warmup 10%, linear decay, wd 0, bf16. Needs the Hub. Estimated 1.1k passages
+of 196 tokens per step: ~8 h on one H100 (not measured). Evaluation on MS MARCO dev / TREC DL needs
+those collections as BEIR folders (eval.retrieval); paper: Starbucks MRR@10 .2282 .2950 .3274 .3369
+.3416 .3403 (SMAE + SRL), BERT + SRL mean .2921.
+
+Variants:
+  scifact   all-MiniLM-L6-v2 and its schedule on ../shared/data/beir_scifact: train on the train
+            qrels (809 queries, random corpus negatives, group 4, batch 16, 3 epochs), evaluate on
+            the 300 test queries. MiniLM keeps its own mean pooling and cosine x 20 (the recipe's
+            CLS + dot suits a BERT that is not yet a sentence model); score KL as the recipe.
+
+Arguments: method=starbucks|full|mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py).
+"""
+
+import os
+
+from starbucks_jax import config_lib
+from starbucks_jax.schedule import STARBUCKS
+
+SHARED = "../shared/data"
+
+
+def get_config(arg=None):
+  arg = config_lib.parse_arg(arg, scifact=False, method="starbucks", layer=0, dim=0)
+  here = os.path.dirname(os.path.abspath(__file__))
+  base = f"method={arg.method},layer={arg.layer},dim={arg.dim}"
+  c = config_lib.load_config(os.path.join(here, "ft.py") + ":" + base)
+  c.unlock()
+  c.model.pooling = "cls"
+  c.data.train = "hf:Tevatron/msmarco-passage@train"
+  c.data.format = "groups"
+  c.data.group_size = 8
+  c.data.query_max_length = 32
+  c.data.passage_max_length = 196
+  c.data.batch_size = 128
+  c.loss.task = "contrastive"
+  c.loss.similarity = "dot"
+  c.loss.temperature = 1.0
+  c.loss.kl = "scores"
+  c.loss.kl_temperature = 1.0
+  c.loss.reduction = "sum"
+  c.train.epochs = 3
+  c.train.lr = 1e-4
+  c.eval.sts = ""
+  c.eval.retrieval = ""
+  c.eval.retrieval_similarity = "dot"
+  c.eval.query_max_length = 32
+  c.eval.passage_max_length = 196
+  if arg.scifact:
+    c.model.init_from = "all-MiniLM-L6-v2"
+    c.model.dtype = "float32"
+    c.model.pooling = "mean"
+    c.schedule.pairs = STARBUCKS["minilm-l6-h384"]
+    c.data.train = f"beir:{SHARED}/beir_scifact@train"
+    c.data.group_size = 4
+    c.data.batch_size = 16
+    c.data.passage_max_length = 256
+    c.data.length_buckets = "linear"
+    c.loss.similarity = "cosine"
+    c.loss.scale = 20.0
+    c.train.lr = 5e-5
+    c.train.log_every = 10
+    c.eval.retrieval = f"scifact/test={SHARED}/beir_scifact"
+    c.eval.retrieval_similarity = "cosine"
+    c.eval.query_max_length = 64
+    c.eval.passage_max_length = 256
+  c.lock()
+  return c
