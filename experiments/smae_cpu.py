@@ -1,7 +1,7 @@
 """Recorded run: SMAE before SRL at CPU scale (issue 5).
 
 1. SMAE pre-training of all-MiniLM-L6-v2 (a fresh MLM head; its schedule (1,16)..(6,384)) on
-   ../shared/data/mlm_text/sentences.txt: `configs/pt.py:cpu` (batch 32, max length 64, 600 steps).
+   ../shared/data/mlm_text/sentences.txt: `configs/pt.py:cpu` (batch 32, max length 64, 400 steps).
 2. The `sts` SRL recipe (configs/ft.py:sts_cpu, 4 epochs) from the SMAE model's BertForMaskedLM
    export, evaluated per pair on STS-B test.
 3. Side by side with the same recipe from the original weights: the `starbucks` run of
