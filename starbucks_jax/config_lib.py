@@ -202,6 +202,8 @@ def validate(config: ml_collections.ConfigDict) -> dict[str, Any]:
   _check_range(config, "eval.batch_size", 1)
   retrieval_sets = parse_eval_sets(config.eval.retrieval, "eval.retrieval")
   for dataset, split, folder in retrieval_sets:
+    if folder.startswith("hf:"):  # a BEIR collection on the Hub (data/beir.py); read when evaluating
+      continue
     qrels = os.path.join(os.path.expanduser(folder), "qrels", f"{split}.tsv")
     if not os.path.isfile(qrels) or not os.path.isfile(os.path.join(os.path.expanduser(folder), "corpus.jsonl")):
       raise ConfigError(f"eval.retrieval ({dataset}/{split}): {folder} is not a BEIR folder with corpus.jsonl "

@@ -228,3 +228,25 @@ def test_retrieval_config_trains_two_steps(tiny_hf_dir, tmp_path, source):
   assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
   assert {"task/1_8", "kl/1_8", "task/4_32"} <= set(rows[0])
   assert {(r["layer"], r["dim"]) for r in records if r["metric"] == "nDCG@10"} == set(PAIRS)
+
+
+def test_hf_beir_collection_mapping(monkeypatch):
+  """hf:BeIR/NAME reads corpus/queries configs and NAME-qrels (here in-memory datasets stand in for
+  the Hub, which tests cannot reach)."""
+  datasets = pytest.importorskip("datasets")
+  tables = {
+      ("BeIR/toy", "corpus"): datasets.Dataset.from_dict(
+          {"_id": ["d1", "d2"], "title": ["T", ""], "text": ["one", "two"]}),
+      ("BeIR/toy", "queries"): datasets.Dataset.from_dict({"_id": ["q1", "q2"], "text": ["first", "second"]}),
+      ("BeIR/toy-qrels", None): datasets.Dataset.from_dict(
+          {"query-id": ["q2"], "corpus-id": ["d1"], "score": [1]}),
+  }
+  seen = []
+  def fake_load(repo, config=None, split=None):
+    seen.append((repo, config, split))
+    return tables[(repo, config)]
+  monkeypatch.setattr(datasets, "load_dataset", fake_load)
+  col = beir.load("hf:BeIR/toy", "dev")
+  assert seen[-1] == ("BeIR/toy-qrels", None, "dev")
+  assert (col.name, col.docs, col.query_ids, col.queries, col.qrels) == (
+      "toy", ["T one", "two"], ["q2"], ["second"], {"q2": {"d1": 1}})

@@ -7,6 +7,11 @@
 `load(folder, split)` returns a `Collection` with the judged queries of the split only. A
 passage's text is "title text" (title omitted when empty), as BEIR's dense retrievers join them.
 A malformed line is a DataError naming the file and line.
+
+`load("hf:BeIR/NAME", split)` reads the same from the Hugging Face Hub: BeIR/NAME (configs
+`corpus` and `queries`) and BeIR/NAME-qrels (the split), e.g. `hf:BeIR/msmarco` with split `dev`
+(MS MARCO dev) or `test` (TREC DL 2019), `hf:BeIR/scifact` with `test`. Needs the network (or the
+datasets cache).
 """
 
 from __future__ import annotations
@@ -65,7 +70,36 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
   return qrels
 
 
+def _load_hf(spec: str, split: str, name: str | None) -> Collection:
+  try:
+    import datasets
+  except ImportError:
+    raise DataError(f"{spec}: Hugging Face datasets need `pip install datasets`") from None
+  repo = spec[len("hf:"):]
+  try:
+    corpus = datasets.load_dataset(repo, "corpus", split="corpus")
+    queries = datasets.load_dataset(repo, "queries", split="queries")
+    qrels_rows = datasets.load_dataset(f"{repo}-qrels", split=split)
+  except Exception as e:  # offline, unknown name or split
+    raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
+                    "download the BEIR folder and point eval.retrieval at it") from None
+  qrels: dict[str, dict[str, int]] = {}
+  for row in qrels_rows:
+    qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+  doc_ids = [str(x) for x in corpus["_id"]]
+  docs = [f"{t or ''} {x or ''}".strip() for t, x in zip(corpus["title"], corpus["text"])]
+  text_of = {str(q): t for q, t in zip(queries["_id"], queries["text"])}
+  missing = sorted(set(qrels) - set(text_of))
+  if missing:
+    raise DataError(f"{repo}-qrels ({split}): query ids {missing[:5]} are not in {repo} queries")
+  query_ids = sorted(qrels, key=lambda q: (len(q), q))
+  return Collection(name or repo.split("/")[-1], split, doc_ids, docs, query_ids,
+                    [text_of[q] for q in query_ids], qrels)
+
+
 def load(folder: str, split: str = "test", name: str | None = None) -> Collection:
+  if folder.startswith("hf:"):
+    return _load_hf(folder, split, name)
   folder = os.path.expanduser(folder)
   qrels = read_qrels(os.path.join(folder, "qrels", f"{split}.tsv"))
   doc_ids, docs, seen = [], [], set()
