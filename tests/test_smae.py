@@ -3,7 +3,6 @@ independent PyTorch/numpy computation, text sources, and the pt.py runs (loss fa
 
 import copy
 import json
-import os
 
 import flax.linen as nn
 import jax

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import os
 
-from starbucks_jax.data.sources import DataError
+from starbucks_jax.data.sources import DataError, jsonl_rows
 
 
 @dataclasses.dataclass
@@ -38,18 +37,11 @@ class Collection:
 def _jsonl(path: str, fields: tuple[str, ...]):
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/)")
-  with open(path, encoding="utf8") as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      missing = [k for k in fields if k not in row]
-      if missing:
-        raise DataError(f"{path}:{line_no}: no field {missing[0]!r}")
-      yield line_no, row
+  for line_no, row in jsonl_rows(path):
+    missing = [k for k in fields if k not in row]
+    if missing:
+      raise DataError(f"{path}:{line_no}: no field {missing[0]!r}")
+    yield line_no, row
 
 
 def read_qrels(path: str) -> dict[str, dict[str, int]]:

@@ -70,6 +70,21 @@ def resolve_spec(spec: str) -> tuple[str, str]:
   return fmt, path
 
 
+def jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+  """(line number, object) of each non-blank line of a JSON-lines file."""
+  with open(path, encoding="utf8") as f:
+    for line_no, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+      if not isinstance(row, dict):
+        raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+      yield line_no, row
+
+
 def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   if fmt == "txt":
     with open(path, encoding="utf8") as f:
@@ -77,17 +92,7 @@ def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
         if line.strip():
           yield line_no, {"text": line.rstrip("\n")}
   elif fmt == "jsonl":
-    with open(path, encoding="utf8") as f:
-      for line_no, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        try:
-          row = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-          raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-        yield line_no, row
+    yield from jsonl_rows(path)
   elif fmt in ("tsv", "csv"):
     with open(path, encoding="utf8", newline="") as f:
       reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",",
