@@ -100,11 +100,30 @@ def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
                       bias_init=_zeros(("norm",)))
 
 
-def _dense(config: BertConfig, features, axes, name: str, axis=-1) -> nn.DenseGeneral:
-  out_axes = axes[-1:] if isinstance(features, int) else axes[-len(features):]
-  return nn.DenseGeneral(features=features, axis=axis, dtype=config.compute_dtype,
-                         param_dtype=config.storage_dtype, kernel_init=_init(config, axes),
-                         bias_init=_zeros(out_axes), name=name)
+class Dense(nn.Module):
+  """A dense layer over the trailing `contract` input axes into `features` (int or tuple) output axes,
+  with its kernel created at its real rank, so the logical axes annotate the array they name (flax's
+  DenseGeneral initialises a flattened 2-D kernel, which breaks logical sharding rules)."""
+  config: BertConfig
+  features: int | tuple[int, ...]
+  axes: tuple[str, ...]  # logical axes of the kernel: contracted input axes, then output axes
+  contract: int = 1  # how many trailing input axes are contracted
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    shape = x.shape[x.ndim - self.contract:] + features
+    kernel = self.param("kernel", _init(cfg, self.axes), shape, cfg.storage_dtype)
+    bias = self.param("bias", _zeros(self.axes[-len(features):]), features, cfg.storage_dtype)
+    x = x.astype(cfg.compute_dtype)
+    y = jax.lax.dot_general(x, jnp.asarray(kernel, cfg.compute_dtype),
+                            ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))), ((), ())))
+    return y + jnp.asarray(bias, cfg.compute_dtype)
+
+
+def _dense(config: BertConfig, features, axes, name: str, contract: int = 1) -> Dense:
+  return Dense(config, features, tuple(axes), contract, name=name)
 
 
 def _constrain(x, axes):
@@ -154,12 +173,12 @@ class BertOutput(nn.Module):
   """dense -> dropout -> LayerNorm(residual + .); HF's BertSelfOutput and BertOutput alike."""
   config: BertConfig
   kernel_axes: tuple[str, ...]
-  contract: tuple[int, ...] = (-1,)
+  contract: int = 1  # trailing input axes contracted (2 for the attention output: heads, kv)
 
   @nn.compact
   def __call__(self, h, residual, deterministic: bool):
     cfg = self.config
-    h = _dense(cfg, cfg.hidden_size, self.kernel_axes, "dense", axis=self.contract)(h)
+    h = _dense(cfg, cfg.hidden_size, self.kernel_axes, "dense", contract=self.contract)(h)
     h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
     return _layer_norm(cfg, "LayerNorm")(residual + h)
 
@@ -170,7 +189,7 @@ class BertAttention(nn.Module):
   @nn.compact
   def __call__(self, x, attention_mask, deterministic: bool):
     context = BertSelfAttention(self.config, name="self")(x, attention_mask, deterministic)
-    return BertOutput(self.config, ("heads", "kv", "embed"), (-2, -1), name="output")(
+    return BertOutput(self.config, ("heads", "kv", "embed"), 2, name="output")(
         context, x, deterministic)
 
 

@@ -1,0 +1,66 @@
+"""Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices (XLA_FLAGS must be set before
+JAX starts): the SRL step on a (data, fsdp, tensor) mesh equals the single-device step."""
+
+import json
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from starbucks_jax import losses, schedule, sharding, train
+from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
+
+
+def main():
+  jax.config.update("jax_default_matmul_precision", "highest")
+  assert jax.device_count() == 8, jax.devices()
+  cfg = BertConfig.preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+  params = init_params(cfg, jax.random.key(0))
+  plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
+  tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=1.0,
+                                        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01,
+                                        skip_nonfinite=False, max_consecutive_nonfinite=1))
+  tx = train.make_optimizer(tcfg, 10)
+  step = train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False)
+  rng = np.random.default_rng(0)
+  batch = {"ids": rng.integers(5, cfg.vocab_size, (3, 8, 12)).astype(np.int32),
+           "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 8, 1))).astype(np.int32)}
+  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  key = jax.random.key(1)
+
+  ref_state, ref_metrics = jax.jit(step)(state, batch, key)
+  grad_fn = jax.grad(lambda p, b, k: step.loss_fn(p, b, k)[0])
+  ref_grads = jax.jit(grad_fn)(params, batch, key)
+  grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(ref_grads))
+  specs = param_logical_axes(cfg)  # metadata only; outside the rules (DenseGeneral's init is flat)
+  results = {}
+  for shape in ((8, 1, 1), (1, 8, 1), (4, 1, 2)):  # data, fsdp, data x tensor
+    mesh = sharding.make_mesh(shape)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      p_sh = sharding.param_shardings(specs, mesh)
+      s_sh = sharding.state_shardings(state, tx, p_sh, mesh)
+      b_sh = sharding.batch_shardings(batch, mesh, {"ids": 1, "mask": 1})
+      sharded_step = jax.jit(step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))
+      new_state, metrics = sharded_step(sharding.shard_state(state, s_sh), sharding.put_batch(batch, b_sh), key)
+      grads = jax.jit(grad_fn, in_shardings=(p_sh, b_sh, None), out_shardings=p_sh)(
+          sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
+    grad_diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+        lambda a, b: float(jnp.max(jnp.abs(a - b))), grads, ref_grads))) / grad_scale
+    kernel = new_state.params["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
+    diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
+    results[str(shape)] = {
+        "loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
+        "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
+        "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
+        "max_grad_diff_rel": grad_diff,
+        "kernel_sharding": str(kernel.sharding.spec),
+        "mu_sharding": str(new_state.opt_state[1][0].mu["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"].sharding.spec),
+    }
+  json.dump(results, sys.stdout)
+
+
+if __name__ == "__main__":
+  main()

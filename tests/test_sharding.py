@@ -1,0 +1,38 @@
+"""The sharded train step on 8 fake CPU devices equals the single-device step (data, fsdp and data x tensor
+meshes), and mesh shapes are checked."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from conftest import REPO
+from starbucks_jax import sharding
+
+
+def test_sharded_step_equals_single_device_step():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  out = subprocess.run([sys.executable, str(REPO / "tests" / "sharded_equivalence.py")], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads(out.stdout)
+  assert set(results) == {"(8, 1, 1)", "(1, 8, 1)", "(4, 1, 2)"}
+  for mesh, r in results.items():
+    sharded, single = r["loss"]
+    assert sharded == pytest.approx(single, rel=1e-5), mesh
+    assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), mesh
+    assert r["max_grad_diff_rel"] < 1e-5, mesh
+    assert r["max_param_diff"] < 1e-5, mesh  # one AdamW step at lr 1e-3
+    assert r["kernel_sharding"] == "P('fsdp', 'tensor')" and r["mu_sharding"] == r["kernel_sharding"]
+
+
+def test_make_mesh_shapes():
+  mesh = sharding.make_mesh((-1, 1, 1))
+  assert mesh.axis_names == sharding.AXES and mesh.devices.size == jax.device_count()
+  with pytest.raises(ValueError, match="needs 2 devices"):
+    sharding.make_mesh((2, 1, 1), devices=jax.devices()[:1])
+  with pytest.raises(ValueError, match="at most one -1"):
+    sharding.make_mesh((-1, -1, 1))
