@@ -32,7 +32,7 @@ checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 
 import ml_collections
 
-from starbucks_jax import config_lib
+from starbucks_jax import config_lib, sharding
 from starbucks_jax.schedule import STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
@@ -87,6 +87,10 @@ def get_config(arg=None):
   c.data.group_size = 8  # format=groups: passages per query (1 positive + G-1 negatives)
   c.data.query_max_length = 32  # format=groups: query tokens
   c.data.passage_max_length = 196  # format=groups: passage tokens
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
+  c.mesh.rules = sharding.RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # passes over the data (the last incomplete batch of each is dropped)

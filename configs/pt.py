@@ -33,7 +33,7 @@ metrics.jsonl (loss, mlm/n_d and mae/n_d per pair, grad norm, lr, examples/s), o
 
 import ml_collections
 
-from starbucks_jax import config_lib
+from starbucks_jax import config_lib, sharding
 from starbucks_jax.schedule import STARBUCKS
 
 SHARED = "../shared/data"
@@ -69,6 +69,10 @@ def get_config(arg=None):
   c.data.packing = False  # concatenate documents into full rows instead of one window each
   c.data.batch_size = 512  # rows per step
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
+  c.mesh.rules = sharding.RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # passes over an in-memory source

@@ -122,7 +122,20 @@ def _validate_model(config) -> tuple[str, Any, tuple[tuple[int, int], ...]]:
   return model_dir, backbone, pairs
 
 
+def _validate_mesh(config) -> None:
+  from starbucks_jax import sharding
+  try:
+    mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  except ValueError as e:
+    raise ConfigError(f"mesh.shape: {e}") from None
+  data = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % data:
+    raise ConfigError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
+                      f"{data} data-parallel devices (mesh.shape={tuple(config.mesh.shape)})")
+
+
 def _validate_optimizer(config) -> None:
+  _validate_mesh(config)
   _check_range(config, "train.epochs", 1)
   _check_range(config, "train.max_steps", 0)
   _check_range(config, "train.lr", 0, low_open=True)

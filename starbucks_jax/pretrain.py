@@ -28,11 +28,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import checkpoint, config_lib, losses
+from starbucks_jax import checkpoint, config_lib, losses, sharding
 from starbucks_jax.data.corpus import TextBatcher
 from starbucks_jax.data.masking import Masker, MaskingConfig
 from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertConfig, BertEmbeddings, BertEncoder
+from starbucks_jax.models.bert import BertConfig, BertEmbeddings, BertEncoder, param_logical_axes
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
 from starbucks_jax.evaluate import results
 from starbucks_jax.train import (TrainState, fit, learning_rate_schedule, make_optimizer, make_step,
@@ -60,6 +60,15 @@ def init_params(pre: hf.Pretrained, config: BertConfig, rng: jax.Array) -> dict[
     params["mlm_head"] = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(variables["params"]))
   params["mae_decoder"] = {"layer_0": jax.tree_util.tree_map(np.array, params["bert"]["encoder"]["layer_0"])}
   return params
+
+
+def param_specs(config: BertConfig) -> dict[str, Any]:
+  """Logical axes of {bert, mlm_head, mae_decoder} (for the mesh shardings)."""
+  x = jnp.zeros((1, 2, config.hidden_size))
+  emb = jnp.zeros((config.vocab_size, config.hidden_size))
+  return {"bert": param_logical_axes(config),
+          "mlm_head": sharding.logical_specs(MlmHead(config), x, emb),
+          "mae_decoder": sharding.logical_specs(MaeDecoder(config), x, x[:, 0], jnp.ones((1, 2), jnp.int32))}
 
 
 def _gather(x, positions):
@@ -136,7 +145,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> hf
            config.data.batch_size, max_length, pairs)
   step_fn = make_smae_step(bert_cfg, pairs, config.smae.mode, tx, dropout=config.train.dropout)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
-              batcher, total_steps, lr)
+              batcher, total_steps, lr, tx=tx, param_specs=param_specs(bert_cfg))
   trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
   model = dataclasses.replace(pre, config=pre.config, sentence=sentence,
                               params={k: trained[k] for k in ("bert", "mlm_head")})

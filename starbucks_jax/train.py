@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,14 +26,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, config_lib, losses, schedule as schedule_lib
+from starbucks_jax import checkpoint, config_lib, losses, schedule as schedule_lib, sharding
 from starbucks_jax.data.batching import Batcher, load_examples
 from starbucks_jax.data.groups import GroupBatcher, load_groups
 from starbucks_jax.embed import Embedder
 from starbucks_jax.data import beir
 from starbucks_jax.evaluate import results, retrieval, sts
 from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertConfig, BertEncoder
+from starbucks_jax.models.bert import BertConfig, BertEncoder, param_logical_axes
 from starbucks_jax.models.pooling import pool
 
 log = logging.getLogger(__name__)
@@ -189,27 +190,43 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
            total_steps, len(examples), config.data.batch_size, plan.pairs or "sampled", plan.layers)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
-              batcher, total_steps, lr)
+              batcher, total_steps, lr, tx=tx, param_specs=param_logical_axes(bert_cfg),
+              batch_axes=None if config.data.format == "groups" else {"ids": 1, "mask": 1})
   trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
   return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
-        total_steps: int, lr: optax.Schedule) -> TrainState:
-  """The loop every run shares: resume from the workdir's latest checkpoint, jit the step (donated
-  state), log metrics every train.log_every steps (with `data_wait_frac`, the share of the interval
-  spent waiting for input), checkpoint every train.checkpoint_every steps and at the end.
-  `batcher.iterate(start, total)` yields (step, batch) as a pure function of the step."""
+        total_steps: int, lr: optax.Schedule, *, tx: optax.GradientTransformation, param_specs,
+        batch_axes: dict[str, int] | None = None) -> TrainState:
+  """The loop every run shares: place the state on the mesh (mesh.shape, mesh.rules; `param_specs`
+  are the params' logical axes), resume from the workdir's latest checkpoint, jit the step with
+  in/out shardings and the state donated, log metrics every train.log_every steps (with
+  `data_wait_frac`, the share of the interval spent waiting for input), checkpoint every
+  train.checkpoint_every steps and at the end. `batcher.iterate(start, total)` yields (step, batch)
+  as a pure function of the step; `batch_axes` names each batch array's examples axis (default 0)."""
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  rules = tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in config.mesh.rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh,
+                sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh),
+                batch_axes)
+
+
+def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
   mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
                             save_interval_steps=config.train.checkpoint_every)
+  state = sharding.shard_state(state, state_sh)
   start = mngr.latest_step()
   if start is not None:
     restored = checkpoint.restore(mngr, start, params=state.params, opt_state=state.opt_state)
-    state = TrainState(jnp.asarray(start, jnp.int32), restored["params"], restored["opt_state"])
+    state = sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
+                                            restored["opt_state"]), state_sh)
     log.info("resumed from %s at step %d", mngr.directory, start)
   else:
     start = 0
-  step_fn = jax.jit(train_step, donate_argnums=(0,))
+  log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
+  step_fn = None
   base_rng = jax.random.key(config.seed)
   writer = MetricsWriter(workdir)
   examples_per_step = config.data.batch_size
@@ -227,6 +244,11 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
       step, batch = item
       rng = jax.random.fold_in(base_rng, step)
       shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
+      batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
+      batch = sharding.put_batch(batch, batch_sh)
+      if step_fn is None:
+        step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
+                          donate_argnums=(0,))
       if not compiled_shapes:  # compile ahead of time once and report the memory it needs
         compiled = step_fn.lower(state, batch, rng).compile()
         mem = compiled.memory_analysis()
