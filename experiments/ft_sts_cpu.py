@@ -8,7 +8,8 @@ encoder cut to n layers, trained at full width, evaluated at d; its full-size ce
     python experiments/ft_sts_cpu.py [--epochs 4] [--workdirs workdirs/ft_sts_cpu] [--print-only]
 
 Runs one after another through the normal entry point, skips runs whose results exist, then writes
-experiments/ft_sts_cpu.md with the command, the commit and the per-pair table.
+experiments/ft_sts_cpu.md (4 epochs, the recipe; ft_sts_cpu_e<N>.md otherwise) with the command, the
+commit and the per-pair table. `--report-only` writes the table of what has finished so far.
 """
 
 import argparse
@@ -36,7 +37,11 @@ def main():
   p.add_argument("--workdirs", default="workdirs/ft_sts_cpu")
   p.add_argument("--print-only", action="store_true", help="print the commands (for a cluster)")
   p.add_argument("--epochs", type=int, default=4, help="the recipe's 4, or fewer for a quick sweep")
+  p.add_argument("--report-only", action="store_true", help="write the table of the finished runs")
   args = p.parse_args()
+  if args.report_only:
+    write_report(args.workdirs, os.path.dirname(os.path.dirname(os.path.abspath(__file__))), args.epochs)
+    return
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   for name, arg in runs():
     workdir = os.path.join(args.workdirs, name)
@@ -78,13 +83,16 @@ def write_report(workdirs, repo, epochs):
     have = [vals[p] for p in PAIRS if p in vals]
     mean = f"{sum(have) / len(have):.4f}" if len(have) == len(PAIRS) else ""
     lines.append(f"| {method} | " + " | ".join(cells) + f" | {mean} |")
-  out = os.path.join(repo, "experiments", "ft_sts_cpu.md")
+  missing = [name for name, _ in runs() if not os.path.exists(os.path.join(workdirs, name, "results", "final.json"))]
+  name = "ft_sts_cpu.md" if epochs == 4 else f"ft_sts_cpu_e{epochs}.md"  # 4 epochs: the recipe
+  out = os.path.join(repo, "experiments", name)
   with open(out, "w") as f:
     f.write(f"# SRL vs baselines, sts recipe at CPU scale\n\nCommit `{commit}`. Command: "
             f"`python experiments/ft_sts_cpu.py --epochs {epochs}` (each run: `python -m starbucks_jax.main "
             f"--config={CONFIG},method=M --workdir=... --config.train.epochs={epochs}`).\n\nSpearman (cosine) x 1 on STS-B test "
             f"(../shared/data/stsb/test.jsonl, 1,379 pairs) per (layer, dim); best per column in bold.\n\n"
-            + "\n".join(lines) + "\n")
+            + "\n".join(lines) + "\n"
+            + (f"\nNot finished yet (the same command resumes them): {', '.join(missing)}.\n" if missing else ""))
   print(open(out).read())
 
 
