@@ -279,4 +279,8 @@ def _validate_training(config, pairs) -> None:
   else:
     _check_source(config, "data.train")
   _check_range(config, "data.batch_size", 2)
+  _check_range(config, "train.grad_cache_chunks", 0)
+  if config.train.grad_cache_chunks and config.data.batch_size % config.train.grad_cache_chunks:
+    raise ConfigError(f"train.grad_cache_chunks={config.train.grad_cache_chunks} does not divide "
+                      f"data.batch_size={config.data.batch_size}")
   _validate_optimizer(config)

@@ -103,31 +103,91 @@ def pooled_layers(params, bert_cfg: BertConfig, ids, mask, layers: tuple[int, ..
   return {n: pool(hidden[n], flat_mask, pooling).reshape(R, B, -1) for n in sorted(set(layers))}
 
 
+def _streams(batch) -> tuple[tuple[str, str], ...]:
+  """The (ids, mask) arrays a batch is encoded from: roles [R, B, T], or queries and passages."""
+  if "query_ids" in batch:
+    return (("query_ids", "query_mask"), ("passage_ids", "passage_mask"))
+  return (("ids", "mask"),)
+
+
+def _assemble(batch, outs: list[dict[int, jax.Array]]) -> dict[int, Any]:
+  """Per-stream pooled rows -> the loss's layout: roles [R, B, D] or (queries, passages)."""
+  if "query_ids" in batch:
+    return {n: (outs[0][n], outs[1][n]) for n in outs[0]}
+  R, B = batch["ids"].shape[:2]
+  return {n: v.reshape(R, B, -1) for n, v in outs[0].items()}
+
+
 def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: losses.LossConfig,
                     tx: optax.GradientTransformation, pooling: str, dropout: bool = True,
-                    pair_weights: tuple[float, ...] = ()):
-  def loss_fn(params, batch, rng):
-    dropout_rng, sample_rng, passage_rng = jax.random.split(rng, 3)
-    if "query_ids" in batch:  # retrieval groups: queries and passages have their own lengths
-      q = pooled_layers(params, bert_cfg, batch["query_ids"][None], batch["query_mask"][None], plan.layers,
-                        pooling, deterministic=not dropout, rng=dropout_rng)
-      p = pooled_layers(params, bert_cfg, batch["passage_ids"][None], batch["passage_mask"][None],
-                        plan.layers, pooling, deterministic=not dropout, rng=passage_rng)
-      pooled = {n: (q[n][0], p[n][0]) for n in q}
-    else:
-      pooled = pooled_layers(params, bert_cfg, batch["ids"], batch["mask"], plan.layers, pooling,
-                             deterministic=not dropout, rng=dropout_rng)
+                    pair_weights: tuple[float, ...] = (), grad_cache_chunks: int = 0):
+  """The SRL step. grad_cache_chunks > 0: the gradient cache (embed every text without gradients,
+  chunk by chunk; take the loss gradient w.r.t. the pooled vectors of every layer; then backprop
+  chunk by chunk), so the contrastive batch is not bounded by activation memory; same gradients."""
+
+  def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
+    return {n: v[0] for n, v in pooled_layers(params, bert_cfg, ids[None], mask[None], plan.layers, pooling,
+                                              deterministic=not dropout, rng=rng).items()}
+
+  def split_rngs(rng):
+    dropout_rng, sample_rng = jax.random.split(rng)
+    return [jax.random.fold_in(dropout_rng, i) for i in range(2)], sample_rng
+
+  def loss_of_pooled(pooled, batch, sample_rng):
     return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
                             weights=pair_weights or None)
 
-  return make_step(loss_fn, tx)
+  def flat(batch, ids_key, mask_key):
+    ids, mask = batch[ids_key], batch[mask_key]
+    return ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+
+  def loss_fn(params, batch, rng):
+    stream_rngs, sample_rng = split_rngs(rng)
+    outs = [embed_rows(params, *flat(batch, *keys), r) for keys, r in zip(_streams(batch), stream_rngs)]
+    return loss_of_pooled(_assemble(batch, outs), batch, sample_rng)
+
+  def cached_value_and_grad(params, batch, rng):
+    stream_rngs, sample_rng = split_rngs(rng)
+    k = grad_cache_chunks
+    chunked = []
+    for keys in _streams(batch):
+      ids, mask = flat(batch, *keys)
+      if ids.shape[0] % k:
+        raise ValueError(f"train.grad_cache_chunks={k} does not divide the {ids.shape[0]} texts of {keys[0]}")
+      chunked.append((ids.reshape(k, -1, ids.shape[-1]), mask.reshape(k, -1, mask.shape[-1])))
+
+    def embed_chunks(p, ids, mask, r):  # [k, rows/k, T] -> {layer: [rows, D]}, one chunk at a time
+      out = jax.lax.map(lambda a: embed_rows(p, a[0], a[1], jax.random.fold_in(r, a[2])),
+                        (ids, mask, jnp.arange(k)))
+      return {n: v.reshape(-1, v.shape[-1]) for n, v in out.items()}
+
+    outs = [embed_chunks(jax.lax.stop_gradient(params), ids, mask, r)
+            for (ids, mask), r in zip(chunked, stream_rngs)]
+    (loss, aux), g_outs = jax.value_and_grad(
+        lambda o: loss_of_pooled(_assemble(batch, o), batch, sample_rng), has_aux=True)(outs)
+
+    def backprop(grads, chunk):  # recompute one chunk's forward and pull its cotangent through it
+      ids, mask, i, cot, r = chunk
+      _, vjp = jax.vjp(lambda p: embed_rows(p, ids, mask, jax.random.fold_in(r, i)), params)
+      return jax.tree_util.tree_map(jnp.add, grads, vjp(cot)[0]), None
+
+    grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for (ids, mask), r, g in zip(chunked, stream_rngs, g_outs):
+      cot = {n: v.reshape(k, -1, v.shape[-1]) for n, v in g.items()}
+      grads, _ = jax.lax.scan(backprop, grads, (ids, mask, jnp.arange(k), cot, jnp.stack([r] * k)))
+    return (loss, aux), grads
+
+  return make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None)
 
 
-def make_step(loss_fn, tx: optax.GradientTransformation):
+def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None):
   """`train_step(state, batch, rng) -> (state, metrics)` for `loss_fn(params, batch, rng) -> (loss, aux)`:
-  one gradient, one optimizer update; metrics are the loss, its aux terms and the grad norm."""
+  one gradient, one optimizer update; metrics are the loss, its aux terms and the grad norm.
+  `value_and_grad(params, batch, rng) -> ((loss, aux), grads)` replaces jax.value_and_grad(loss_fn)."""
+  value_and_grad = value_and_grad or jax.value_and_grad(loss_fn, has_aux=True)
+
   def train_step(state: TrainState, batch, rng):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, rng)
+    (loss, aux), grads = value_and_grad(state.params, batch, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
@@ -136,6 +196,7 @@ def make_step(loss_fn, tx: optax.GradientTransformation):
     return TrainState(state.step + 1, params, opt_state), metrics
 
   train_step.loss_fn = loss_fn  # for tests and benchmarks that need the loss alone
+  train_step.value_and_grad = value_and_grad
   return train_step
 
 
@@ -186,7 +247,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
                                  layer=None, dim=None)
   checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
   step_fn = make_train_step(bert_cfg, plan, _loss_config(config), tx, config.model.pooling,
-                            dropout=config.train.dropout, pair_weights=tuple(config.loss.pair_weights))
+                            dropout=config.train.dropout, pair_weights=tuple(config.loss.pair_weights),
+                            grad_cache_chunks=config.train.grad_cache_chunks)
   log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
            total_steps, len(examples), config.data.batch_size, plan.pairs or "sampled", plan.layers)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,

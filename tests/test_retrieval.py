@@ -221,6 +221,7 @@ def test_retrieval_config_trains_two_steps(tiny_hf_dir, tmp_path, source):
     cfg.data.passage_max_length = 32
     cfg.train.max_steps = 2
     cfg.train.log_every = 1
+    cfg.train.grad_cache_chunks = 2 if source == "beir" else 0  # the gradient cache, end to end
     cfg.eval.retrieval = f"toy/test={toy}"
     cfg.eval.passage_max_length = 32
   records = train.run(cfg, str(tmp_path / "w"))
