@@ -2,11 +2,16 @@
 
 import os
 import pathlib
+import tempfile
 
 import jax
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+# Runs in one test (a run, its interruption, its resume) compile the same programs: a persistent
+# compilation cache for the session turns the repeats into cache hits.
+jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="starbucks_jax_xla_cache_"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
