@@ -94,13 +94,13 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
 # ---------------------------------------------------------------------------------------------
 def pooled_layers(params, bert_cfg: BertConfig, ids, mask, layers: tuple[int, ...], pooling: str,
                   *, deterministic: bool, rng=None) -> dict[int, jax.Array]:
-  """ONE encoder forward over all roles [R, B, T] -> {layer: pooled [R, B, D] float32}."""
-  R, B, T = ids.shape
-  flat_ids, flat_mask = ids.reshape(R * B, T), mask.reshape(R * B, T)
+  """ONE encoder forward over ids [..., T] (e.g. roles [R, B, T]) -> {layer: pooled [..., D] float32}."""
+  lead, T = ids.shape[:-1], ids.shape[-1]
+  flat_ids, flat_mask = ids.reshape(-1, T), mask.reshape(-1, T)
   hidden = BertEncoder(bert_cfg).apply(
       {"params": params}, flat_ids, flat_mask, num_layers=max(layers), deterministic=deterministic,
       rngs=None if deterministic else {"dropout": rng})
-  return {n: pool(hidden[n], flat_mask, pooling).reshape(R, B, -1) for n in sorted(set(layers))}
+  return {n: pool(hidden[n], flat_mask, pooling).reshape(*lead, -1) for n in sorted(set(layers))}
 
 
 def _streams(batch) -> tuple[tuple[str, str], ...]:
@@ -126,8 +126,7 @@ def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: los
   chunk by chunk), so the contrastive batch is not bounded by activation memory; same gradients."""
 
   def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
-    return {n: v[0] for n, v in pooled_layers(params, bert_cfg, ids[None], mask[None], plan.layers, pooling,
-                                              deterministic=not dropout, rng=rng).items()}
+    return pooled_layers(params, bert_cfg, ids, mask, plan.layers, pooling, deterministic=not dropout, rng=rng)
 
   def split_rngs(rng):
     dropout_rng, sample_rng = jax.random.split(rng)
