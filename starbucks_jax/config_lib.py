@@ -129,9 +129,15 @@ def _validate_mesh(config) -> None:
   except ValueError as e:
     raise ConfigError(f"mesh.shape: {e}") from None
   data = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.data.batch_size % data:
-    raise ConfigError(f"data.batch_size={config.data.batch_size} does not split over the mesh's "
-                      f"{data} data-parallel devices (mesh.shape={tuple(config.mesh.shape)})")
+  _check_range(config, "train.microbatches", 1)
+  k = config.train.microbatches
+  if config.data.batch_size % k:
+    raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={config.data.batch_size}")
+  if (config.data.batch_size // k) % data:
+    raise ConfigError(f"data.batch_size={config.data.batch_size}"
+                      + (f" / train.microbatches={k}" if k > 1 else "")
+                      + f" does not split over the mesh's {data} data-parallel devices "
+                      f"(mesh.shape={tuple(config.mesh.shape)})")
 
 
 def _validate_optimizer(config) -> None:

@@ -221,12 +221,14 @@ def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=Non
 SMAE_MODES = ("smae", "2d_mlm", "mlm")  # full SMAE | MLM on every pair | plain MLM on the full model
 
 
-def masked_lm_loss(logits, labels):
-  """Mean cross-entropy of gathered logits [..., K, V] at labels [..., K] (-1: padding, ignored)."""
+def masked_lm_loss(logits, labels, count=None):
+  """Mean cross-entropy of gathered logits [..., K, V] at labels [..., K] (-1: padding, ignored).
+  `count` replaces the number of labelled tokens as the denominator (gradient accumulation divides
+  every microbatch by the whole batch's count, so the sum over microbatches is the batch's mean)."""
   valid = labels >= 0
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum(), 1)
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum() if count is None else count, 1)
 
 
 def smae_loss(mlm: dict[tuple[int, int], Any], mae: dict[tuple[int, int], Any] | None = None):

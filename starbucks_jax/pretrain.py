@@ -87,14 +87,14 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
   head = MlmHead(config)
 
   @jax.checkpoint
-  def head_loss(head_params, emb, h, labels):  # [B, K, d] -> scalar; logits rebuilt for the gradient
-    return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels)
+  def head_loss(head_params, emb, h, labels, count):  # [B, K, d] -> scalar; logits rebuilt for the gradient
+    return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels, count)
 
   mlm, mae = {}, ({} if mode == "smae" else None)
   for i, (n, d) in enumerate(pairs):
     h = hidden[n][:, :, :d]
     mlm[(n, d)] = head_loss(params["mlm_head"], word_emb, _gather(h, batch["mlm_positions"]),
-                            batch["mlm_labels"])
+                            batch["mlm_labels"], batch.get("mlm_count"))
     if mae is None:
       continue
     first = head.apply({"params": params["mlm_head"]}, h[:, 0], method=lambda m, x: m.transform(x))
@@ -104,17 +104,24 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
     out = MaeDecoder(config).apply({"params": params["mae_decoder"]}, embedded, first, batch["mask"],
                                    deterministic, rngs=rngs(2 * i + 2))
     mae[(n, d)] = head_loss(params["mlm_head"], word_emb, _gather(out, batch["mae_positions"]),
-                            batch["mae_labels"])
+                            batch["mae_labels"], batch.get("mae_count"))
   return mlm, mae
 
 
 def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTransformation,
-                   dropout: bool = True):
+                   dropout: bool = True, microbatches: int = 1):
+  """The SMAE step; microbatches > 1 accumulates gradients and equals the whole batch's step: each
+  microbatch's token means divide by the batch's masked-token counts / k (`make_step`'s prepare)."""
   def loss_fn(params, batch, rng):
     mlm, mae = pair_losses(params, config, batch, pairs, mode, deterministic=not dropout, rng=rng)
     return losses.smae_loss(mlm, mae)
 
-  return make_step(loss_fn, tx)
+  def prepare(batch, k):
+    counts = {f"{name}_count": (batch[f"{name}_labels"] >= 0).sum() / k for name in ("mlm", "mae")
+              if f"{name}_labels" in batch}
+    return {**batch, **counts}
+
+  return make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare)
 
 
 def masking_config(config: ml_collections.ConfigDict) -> MaskingConfig:
@@ -143,7 +150,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> hf
   pairs = facts["train_pairs"]
   log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, total_steps,
            config.data.batch_size, max_length, pairs)
-  step_fn = make_smae_step(bert_cfg, pairs, config.smae.mode, tx, dropout=config.train.dropout)
+  step_fn = make_smae_step(bert_cfg, pairs, config.smae.mode, tx, dropout=config.train.dropout,
+                           microbatches=config.train.microbatches)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
               batcher, total_steps, lr, tx=tx, param_specs=param_specs(bert_cfg))
   trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)

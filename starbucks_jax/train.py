@@ -103,6 +103,9 @@ def pooled_layers(params, bert_cfg: BertConfig, ids, mask, layers: tuple[int, ..
   return {n: pool(hidden[n], flat_mask, pooling).reshape(*lead, -1) for n in sorted(set(layers))}
 
 
+ROLE_AXES = {"ids": 1, "mask": 1}  # roles batches are [R, B, T]: examples on axis 1 (groups: axis 0)
+
+
 def _streams(batch) -> tuple[tuple[str, str], ...]:
   """The (ids, mask) arrays a batch is encoded from: roles [R, B, T], or queries and passages."""
   if "query_ids" in batch:
@@ -120,10 +123,12 @@ def _assemble(batch, outs: list[dict[int, jax.Array]]) -> dict[int, Any]:
 
 def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: losses.LossConfig,
                     tx: optax.GradientTransformation, pooling: str, dropout: bool = True,
-                    pair_weights: tuple[float, ...] = (), grad_cache_chunks: int = 0):
+                    pair_weights: tuple[float, ...] = (), grad_cache_chunks: int = 0, microbatches: int = 1):
   """The SRL step. grad_cache_chunks > 0: the gradient cache (embed every text without gradients,
   chunk by chunk; take the loss gradient w.r.t. the pooled vectors of every layer; then backprop
-  chunk by chunk), so the contrastive batch is not bounded by activation memory; same gradients."""
+  chunk by chunk), so the contrastive batch is not bounded by activation memory; same gradients.
+  microbatches > 1: gradient accumulation (`make_step`); each microbatch is its own contrastive
+  batch (fewer in-batch negatives), unlike the gradient cache."""
 
   def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
     return pooled_layers(params, bert_cfg, ids, mask, plan.layers, pooling, deterministic=not dropout, rng=rng)
@@ -176,14 +181,25 @@ def make_train_step(bert_cfg: BertConfig, plan: schedule_lib.Plan, loss_cfg: los
       grads, _ = jax.lax.scan(backprop, grads, (ids, mask, jnp.arange(k), cot, jnp.stack([r] * k)))
     return (loss, aux), grads
 
-  return make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None)
+  return make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None,
+                   microbatches=microbatches, batch_axes=ROLE_AXES)
 
 
-def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None):
+def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *, microbatches: int = 1,
+              batch_axes: dict[str, int] | None = None, prepare=None):
   """`train_step(state, batch, rng) -> (state, metrics)` for `loss_fn(params, batch, rng) -> (loss, aux)`:
   one gradient, one optimizer update; metrics are the loss, its aux terms and the grad norm.
-  `value_and_grad(params, batch, rng) -> ((loss, aux), grads)` replaces jax.value_and_grad(loss_fn)."""
+  `value_and_grad(params, batch, rng) -> ((loss, aux), grads)` replaces jax.value_and_grad(loss_fn).
+
+  microbatches=k > 1: gradient accumulation inside the jitted step. The batch is split into k
+  microbatches (`split_microbatches`), a scan takes each one's loss and gradient (dropout keys folded
+  with the microbatch index), and the update uses their mean: the big batch's gradient exactly when
+  the loss is a mean over examples. `prepare(batch, k) -> batch` runs on the whole batch first (SMAE
+  adds its masked-token counts there, so token-mean losses are exact too); 0-d arrays it adds reach
+  every microbatch whole."""
   value_and_grad = value_and_grad or jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches > 1:
+    value_and_grad = _accumulate(value_and_grad, microbatches, batch_axes or {}, prepare)
 
   def train_step(state: TrainState, batch, rng):
     (loss, aux), grads = value_and_grad(state.params, batch, rng)
@@ -197,6 +213,52 @@ def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None):
   train_step.loss_fn = loss_fn  # for tests and benchmarks that need the loss alone
   train_step.value_and_grad = value_and_grad
   return train_step
+
+
+def split_microbatches(batch, k: int, batch_axes: dict[str, int] | None = None):
+  """{name: [.., N, ..]} -> {name: [k, .., N/k, ..]}, microbatch j = examples j, j+k, j+2k, ...
+
+  Each array's examples axis (`batch_axes`, default 0) is cut in units of N / (the smallest N in the
+  batch): a query and its G passages (units of G rows) stay together, so microbatch j holds queries
+  j, j+k, .. with their groups in the same order (query i's positive at row i*G). Strided, not
+  contiguous, so every microbatch keeps the batch's data-parallel sharding. 0-d arrays are broadcast."""
+  batch_axes = batch_axes or {}
+  sizes = {key: v.shape[batch_axes.get(key, 0)] for key, v in batch.items() if v.ndim}
+  examples = min(sizes.values())
+  if examples % k:
+    raise ValueError(f"train.microbatches={k} does not divide the batch's {examples} examples")
+  out = {}
+  for key, v in batch.items():
+    if not v.ndim:
+      out[key] = jnp.broadcast_to(v, (k,))
+      continue
+    axis, n = batch_axes.get(key, 0), sizes[key]
+    unit = n // examples
+    v = v.reshape(*v.shape[:axis], examples // k, k, unit, *v.shape[axis + 1:])
+    v = jnp.moveaxis(v, axis + 1, 0)  # [k, .., examples/k, unit, ..]
+    out[key] = v.reshape(k, *v.shape[1:axis + 1], (examples // k) * unit, *v.shape[axis + 3:])
+  return out
+
+
+def _accumulate(value_and_grad, k: int, batch_axes: dict[str, int], prepare):
+  def accumulated(params, batch, rng):
+    if prepare is not None:
+      batch = prepare(batch, k)
+    micro = split_microbatches(batch, k, batch_axes)
+
+    def one(carry, xs):
+      i, mb = xs
+      (loss, aux), grads = value_and_grad(params, mb, jax.random.fold_in(rng, i))
+      return jax.tree_util.tree_map(jnp.add, carry, (loss, aux, grads)), None
+
+    first = jax.tree_util.tree_map(lambda v: v[0], micro)
+    (loss, aux), grads = jax.eval_shape(value_and_grad, params, first, rng)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, aux, grads))
+    total, _ = jax.lax.scan(one, zeros, (jnp.arange(k), micro))
+    loss, aux, grads = jax.tree_util.tree_map(lambda x: x / k, total)
+    return (loss, aux), grads
+
+  return accumulated
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,12 +309,18 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
   step_fn = make_train_step(bert_cfg, plan, _loss_config(config), tx, config.model.pooling,
                             dropout=config.train.dropout, pair_weights=tuple(config.loss.pair_weights),
-                            grad_cache_chunks=config.train.grad_cache_chunks)
+                            grad_cache_chunks=config.train.grad_cache_chunks,
+                            microbatches=config.train.microbatches)
+  if config.train.microbatches > 1:
+    log.warning("train.microbatches=%d: each microbatch of %d is its own in-batch contrastive/CoSENT "
+                "batch (fewer negatives than the batch of %d); train.grad_cache_chunks keeps the whole "
+                "batch's negatives at the same memory", config.train.microbatches,
+                config.data.batch_size // config.train.microbatches, config.data.batch_size)
   log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", plan.method,
            total_steps, len(examples), config.data.batch_size, plan.pairs or "sampled", plan.layers)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
               batcher, total_steps, lr, tx=tx, param_specs=param_logical_axes(bert_cfg),
-              batch_axes=None if config.data.format == "groups" else {"ids": 1, "mask": 1})
+              batch_axes=None if config.data.format == "groups" else ROLE_AXES)
   trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
   return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
 

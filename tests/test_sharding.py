@@ -1,5 +1,5 @@
 """The sharded train step on 8 fake CPU devices equals the single-device step (data, fsdp and data x tensor
-meshes), and mesh shapes are checked."""
+meshes; gradient accumulation on the data mesh), and mesh shapes are checked."""
 
 import json
 import os
@@ -19,6 +19,10 @@ def test_sharded_step_equals_single_device_step():
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads(out.stdout)
+  accumulated = results.pop("accumulate (8, 1, 1)")  # 2 microbatches inside the step, data-parallel
+  assert accumulated["loss"][0] == pytest.approx(accumulated["loss"][1], rel=1e-5)
+  assert accumulated["grad_norm"][0] == pytest.approx(accumulated["grad_norm"][1], rel=1e-5)
+  assert accumulated["max_param_diff"] < 1e-5
   assert set(results) == {"(8, 1, 1)", "(1, 8, 1)", "(4, 1, 2)"}
   for mesh, r in results.items():
     sharded, single = r["loss"]
