@@ -88,9 +88,7 @@ def get_config(arg=None):
   c.data.query_max_length = 32  # format=groups: query tokens
   c.data.passage_max_length = 196  # format=groups: passage tokens
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
-  c.mesh.rules = sharding.RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
+  c.mesh = sharding.mesh_config()  # shape (data, fsdp, tensor), rules; coordinator etc. for many hosts
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # passes over the data (the last incomplete batch of each is dropped)

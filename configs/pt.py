@@ -70,9 +70,7 @@ def get_config(arg=None):
   c.data.batch_size = 512  # rows per step
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
 
-  c.mesh = ml_collections.ConfigDict()
-  c.mesh.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
-  c.mesh.rules = sharding.RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
+  c.mesh = sharding.mesh_config()  # shape (data, fsdp, tensor), rules; coordinator etc. for many hosts
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # passes over an in-memory source

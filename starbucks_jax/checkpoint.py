@@ -59,6 +59,15 @@ def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any = None, opt_s
   return {k: out[k] for k in items}
 
 
+def host_target(item_dir: str) -> Any:
+  """A restore target for a saved tree on this process's first device, whatever mesh (devices,
+  hosts) saved it: a TPU pod's checkpoint loads on a laptop."""
+  metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                dict(metadata))
+
+
 def write_model_dir(workdir: str, pretrained: hf.Pretrained) -> str:
   """The weightless model description of a run (config, tokenizer, sentence settings)."""
   return hf.save_pretrained(os.path.join(workdir, MODEL_DIR), pretrained.config, pretrained.params,
@@ -76,7 +85,7 @@ def load_model(source: str, *, step: int | None = None, dtype: str = "float32") 
     raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: the run has no checkpoint yet")
   if step not in mngr.all_steps():
     raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: no step {step} (have {mngr.all_steps()})")
-  params = restore(mngr, step)["params"]
+  params = restore(mngr, step, params=host_target(os.path.join(str(mngr.directory), str(step), "params")))["params"]
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   if "bert" not in params:  # a fine-tuning run checkpoints the encoder alone
     params = {"bert": params}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -120,6 +121,23 @@ def _validate_model(config) -> tuple[str, Any, tuple[tuple[int, int], ...]]:
   except ValueError as e:
     raise ConfigError(str(e)) from None
   return model_dir, backbone, pairs
+
+
+def start_processes(config: ml_collections.ConfigDict) -> None:
+  """Check the mesh block's process keys and start jax.distributed when they ask for several
+  processes; the first thing a run does (nothing in JAX may run before it)."""
+  from starbucks_jax import sharding
+  m = config.mesh
+  coordinator = m.coordinator
+  if coordinator and coordinator != "auto" and not re.fullmatch(r"[^\s:]+:\d+", coordinator):
+    raise ConfigError(f"mesh.coordinator={coordinator!r}: expected 'host:port', 'auto' or '' (one process)")
+  _check_range(config, "mesh.num_processes", 1)
+  if not 0 <= m.process_id < m.num_processes:
+    raise ConfigError(f"mesh.process_id={m.process_id} is not in 0..{m.num_processes - 1} "
+                      f"(mesh.num_processes={m.num_processes})")
+  if m.num_processes > 1 and not coordinator:
+    raise ConfigError(f"mesh.num_processes={m.num_processes} needs mesh.coordinator (host:port of process 0)")
+  sharding.initialize(m)
 
 
 def _validate_mesh(config) -> None:

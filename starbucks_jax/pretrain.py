@@ -146,7 +146,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> hf
   params = init_params(pre, bert_cfg, jax.random.key(config.seed))
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), params)
   sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None)
-  checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
+  if sharding.is_primary():
+    checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
   pairs = facts["train_pairs"]
   log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, total_steps,
            config.data.batch_size, max_length, pairs)
@@ -154,9 +155,11 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> hf
                            microbatches=config.train.microbatches)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
               batcher, total_steps, lr, tx=tx, param_specs=param_specs(bert_cfg))
-  trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
+  trained = jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))
   model = dataclasses.replace(pre, config=pre.config, sentence=sentence,
                               params={k: trained[k] for k in ("bert", "mlm_head")})
+  if not sharding.is_primary():  # the primary process exports
+    return model
   out = hf.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params, model.tokenizer,
                            sentence=sentence)
   print(f"BertForMaskedLM: {out} (fine-tune from it with --config.model.init_from={out})")
@@ -208,7 +211,10 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, facts:
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
+  config_lib.start_processes(config)  # jax.distributed first, when several processes
   facts = config_lib.validate_pretrain(config)  # fails before any compute
   write_config(workdir, config)
   model = pretrain(config, workdir, facts)
+  if not sharding.is_primary():  # the primary process evaluates and writes the results
+    return []
   return evaluate_mlm(config, model, facts, workdir, name="final")

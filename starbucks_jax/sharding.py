@@ -7,6 +7,13 @@ logical constraints (batch, length, ...); the rules below map them to mesh axes,
 FSDP and tensor parallelism are a config change (`mesh.shape`, `mesh.rules`), not a code change.
 The examples' batch dimension is split over (data, fsdp). With one device everything is replicated
 and the step is the single-device step.
+
+Several processes (hosts): `initialize` starts jax.distributed from the config's mesh block
+(coordinator, num_processes, process_id; 'auto' on Cloud TPU / SLURM / Open MPI) before any JAX
+computation. Every process then builds the same host batch (a pure function of the step, so the run
+equals a one-process run on the same global batch) and moves only its own rows to its devices
+(`put_batch`); the primary process writes metrics, exports and results, and every process takes
+part in orbax checkpointing.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 AXES = ("data", "fsdp", "tensor")
@@ -34,6 +43,33 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("vocab", "tensor"),
     ("norm", None),
 )
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  """The `mesh` block every config carries (configs/ft.py, configs/pt.py)."""
+  c = ml_collections.ConfigDict()
+  c.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
+  c.rules = RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
+  c.coordinator = ""  # several processes: 'host:port' of process 0, or 'auto' (TPU pod, SLURM, MPI)
+  c.num_processes = 1  # processes in the run (with a host:port coordinator)
+  c.process_id = 0  # this process's index (with a host:port coordinator)
+  return c
+
+
+def initialize(mesh_cfg) -> None:
+  """jax.distributed.initialize from the mesh block; a no-op for one process. Call before any
+  computation (the entry point does)."""
+  if not mesh_cfg.coordinator or jax.distributed.is_initialized():
+    return
+  if mesh_cfg.coordinator == "auto":
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(mesh_cfg.coordinator, mesh_cfg.num_processes, mesh_cfg.process_id)
+
+
+def is_primary() -> bool:
+  """The process that writes files (metrics, config, exports, results)."""
+  return jax.process_index() == 0
 
 
 def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> jax.sharding.Mesh:
@@ -85,10 +121,19 @@ def batch_shardings(batch: dict[str, np.ndarray], mesh, batch_axis: dict[str, in
 
 
 def put_batch(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Array]:
-  """Host arrays -> global arrays. With several processes each passes its own rows (its data shard)."""
+  """The host batch (the same on every process) -> global arrays; each process transfers only the
+  rows its own devices hold."""
   if jax.process_count() == 1:
     return {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
-  return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in batch.items()}
+  return {k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: v[index])
+          for k, v in batch.items()}
+
+
+def to_host(tree) -> Any:
+  """Global arrays -> numpy on every process (gathers what other processes hold)."""
+  if jax.process_count() == 1:
+    return jax.tree_util.tree_map(np.asarray, tree)
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def shard_state(state, shardings) -> Any:

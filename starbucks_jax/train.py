@@ -49,6 +49,8 @@ class TrainState:
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
+  if not sharding.is_primary():
+    return path
   with open(path, "w", encoding="utf8") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   return path
@@ -271,6 +273,8 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not sharding.is_primary():
+      return
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
     with open(self.path, "a", encoding="utf8") as f:
       f.write(json.dumps(row) + "\n")
@@ -306,7 +310,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), pre.params["bert"])
   sentence = dataclasses.replace(pre.sentence, pooling=config.model.pooling, max_seq_length=max_length,
                                  layer=None, dim=None)
-  checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
+  if sharding.is_primary():
+    checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
   step_fn = make_train_step(bert_cfg, plan, _loss_config(config), tx, config.model.pooling,
                             dropout=config.train.dropout, pair_weights=tuple(config.loss.pair_weights),
                             grad_cache_chunks=config.train.grad_cache_chunks,
@@ -321,7 +326,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
               batcher, total_steps, lr, tx=tx, param_specs=param_logical_axes(bert_cfg),
               batch_axes=None if config.data.format == "groups" else ROLE_AXES)
-  trained = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), state.params)
+  trained = jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))
   return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
 
 
@@ -362,7 +367,8 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
   try:
     compiled_shapes = set()
     t0, last_log = time.time(), start  # the first interval includes compilation
-    progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0, disable=None)
+    progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
+                    disable=None if sharding.is_primary() else True)
     batches, waited = batcher.iterate(start, total_steps), 0.0
     while True:
       t_wait = time.time()
@@ -445,6 +451,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  config_lib.start_processes(config)  # jax.distributed first, when several processes
   facts = config_lib.validate(config)  # fails before any compute
   write_config(workdir, config)
   log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
@@ -452,4 +459,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   if config.mode == "eval":
     return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), facts, name="eval")
   model, _ = train(config, workdir, facts)
+  if not sharding.is_primary():  # the primary process evaluates and writes the results
+    return []
   return evaluate(config, workdir, model, facts, name="final")

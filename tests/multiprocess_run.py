@@ -1,0 +1,36 @@
+"""Run by tests/test_multiprocess.py: one process of a multi-process (or the one-process reference)
+fine-tuning run on the tiny model, through train.run exactly as the entry point calls it.
+
+    python tests/multiprocess_run.py MODEL_DIR TRAIN_JSONL WORKDIR COORDINATOR NUM_PROCESSES PROCESS_ID
+"""
+
+import sys
+
+from starbucks_jax import config_lib, train
+
+REPO = __file__.rsplit("/tests/", 1)[0]
+
+
+def main(model_dir, data, workdir, coordinator, num_processes, process_id):
+  cfg = config_lib.load_config(f"{REPO}/configs/ft.py:demo")
+  with cfg.unlocked():
+    cfg.model.init_from = model_dir
+    cfg.model.max_length = 32
+    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
+    cfg.data.train = data
+    cfg.data.batch_size = 8
+    cfg.train.max_steps = 4
+    cfg.train.log_every = 1
+    cfg.train.checkpoint_every = 2
+    cfg.train.dropout = False
+    cfg.mesh.coordinator = coordinator
+    cfg.mesh.num_processes = int(num_processes)
+    cfg.mesh.process_id = int(process_id)
+  train.run(cfg, workdir)
+  import jax
+  print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
+        f"{jax.device_count()} devices", flush=True)
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])
