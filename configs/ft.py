@@ -56,7 +56,7 @@ def get_config(arg=None):
   c.model.max_length = 0  # tokens per text incl. [CLS]/[SEP]; 0 = the model's max_seq_length
   c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
-  c.model.remat = False  # recompute each layer in the backward pass (less activation memory)
+  c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.method = arg.method  # starbucks | full | mrl | 2dmse | 2dmse_retrieval | grid | separate

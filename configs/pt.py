@@ -50,7 +50,7 @@ def get_config(arg=None):
   c.model.max_length = 512  # tokens per row incl. [CLS]/[SEP]; 0 = max_position_embeddings
   c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
-  c.model.remat = False  # recompute each layer in the backward pass (less activation memory)
+  c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.pairs = STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large

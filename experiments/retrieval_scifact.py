@@ -25,7 +25,7 @@ def commands(workdirs):
   return {
       "untrained": py + ["--config=configs/ft.py:eval", f"--workdir={workdirs}/untrained", "--config.eval.sts=",
                          f"--config.eval.retrieval={EVAL}", "--config.eval.query_max_length=64",
-                         "--config.eval.passage_max_length=256"],
+                         "--config.eval.passage_max_length=128"],
       "SRL (starbucks)": py + ["--config=configs/retrieval.py:scifact", f"--workdir={workdirs}/starbucks"],
       "full only": py + ["--config=configs/retrieval.py:scifact,method=full", f"--workdir={workdirs}/full"],
   }

@@ -106,6 +106,9 @@ def _validate_model(config) -> tuple[str, Any, tuple[tuple[int, int], ...]]:
 
   _check_choice(config, "model.dtype", ("float32", "bfloat16", "float16"))
   _check_choice(config, "model.param_dtype", ("float32", "bfloat16"))
+  from starbucks_jax.models.bert import REMAT_POLICIES
+  if not isinstance(config.model.remat, bool):
+    _check_choice(config, "model.remat", tuple(REMAT_POLICIES))
   _check_range(config, "model.max_length", 0)
   try:
     model_dir = model_config_dir(config.model.init_from)

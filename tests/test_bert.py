@@ -115,11 +115,15 @@ def test_remat_and_bf16_compute():
   ids = jax.random.randint(jax.random.key(2), (2, 6), 5, cfg.vocab_size)
   mask = jnp.ones_like(ids)
   ref = bert.BertEncoder(cfg).apply({"params": params}, ids, mask)
-  rem = bert.BertEncoder(cfg.replace(remat=True)).apply({"params": params}, ids, mask)
-  np.testing.assert_allclose(rem, ref, atol=1e-6)
   loss = lambda c: lambda p: bert.BertEncoder(c).apply({"params": p}, ids, mask).sum()  # noqa: E731
-  g_ref, g_rem = jax.grad(loss(cfg))(params), jax.grad(loss(cfg.replace(remat=True)))(params)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_rem)
+  g_ref = jax.grad(loss(cfg))(params)
+  for policy in (True, "full", "dots", "dots_saveable"):
+    rem = bert.BertEncoder(cfg.replace(remat=policy)).apply({"params": params}, ids, mask)
+    np.testing.assert_allclose(rem, ref, atol=1e-6)
+    g_rem = jax.grad(loss(cfg.replace(remat=policy)))(params)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_rem)
+  with pytest.raises(ValueError, match="BertConfig.remat='some'"):
+    cfg.replace(remat="some")
   low = bert.BertEncoder(cfg.replace(dtype="bfloat16")).apply({"params": params}, ids, mask)
   assert low.dtype == jnp.bfloat16
   assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32

@@ -22,6 +22,11 @@ import jax
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# model.remat: what the backward pass keeps of each layer (the rest is recomputed). "none" keeps
+# everything; "full" keeps only the layer's input; "dots" keeps the matmul outputs that have no
+# batch dimension in their contraction (weights x activations), recomputing the cheap rest.
+REMAT_POLICIES = {"none": None, "full": None, "dots": "dots_with_no_batch_dims_saveable",
+                  "dots_saveable": "dots_saveable"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,9 +47,11 @@ class BertConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # storage dtype of parameters
-  remat: bool = False  # recompute each layer in the backward pass (saves activation memory)
+  remat: bool | str = False  # False/'none', True/'full', 'dots', 'dots_saveable' (REMAT_POLICIES)
 
   def __post_init__(self):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"BertConfig.remat={self.remat!r}; expected True, False or one of {sorted(REMAT_POLICIES)}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
@@ -52,6 +59,12 @@ class BertConfig:
       raise ValueError(
           f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
           f"num_attention_heads={self.num_attention_heads}")
+
+  @property
+  def remat_policy(self) -> str:
+    if isinstance(self.remat, bool):
+      return "full" if self.remat else "none"
+    return self.remat
 
   @property
   def head_dim(self) -> int:
@@ -224,7 +237,12 @@ class BertLayerStack(nn.Module):
   @nn.compact
   def __call__(self, x, attention_mask, num_layers: int, deterministic: bool):
     cfg = self.config
-    layer_cls = nn.remat(BertLayer, static_argnums=(3,)) if cfg.remat else BertLayer
+    policy = cfg.remat_policy
+    layer_cls = BertLayer
+    if policy != "none":
+      saveable = REMAT_POLICIES[policy]
+      layer_cls = nn.remat(BertLayer, static_argnums=(3,),
+                           policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
     hidden_states = [x]
     for i in range(num_layers):  # static Python loop: only the first n layers are traced and run
       x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)

@@ -1,0 +1,146 @@
+"""Our jitted SRL train step vs the authors' PyTorch formulation, side by side in one run.
+
+    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2] [--batch 16] [--length 32] [--steps 10]
+
+The PyTorch side is written from METHOD.md's equations the way the authors' sentence-transformers
+code computes them: a SentenceTransformer model, one forward per text role with every hidden
+state, mean pooling of each layer of the schedule, per pair MNRL on cosine x 20 of the first d
+features plus the feature KL (x0.3, teacher not detached) to the full pair, summed over pairs;
+AdamW (torch.optim), global-norm clipping 1.0. Our side is `train.make_train_step` with the same
+loss config (configs/ft.py defaults), one encoder forward for every role and pair.
+
+Before timing, both losses are computed on the same weights and batch with dropout off and their
+relative difference is printed (they must agree: the same objective). Then training steps (dropout
+on) are timed alternately, ours then theirs, so background load hits both alike; the medians give
+examples/s. Each side also runs the full-only step (the (N, D) task loss alone) for the SRL/full
+ratio.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from starbucks_jax import checkpoint, losses, schedule, train
+from starbucks_jax.config_lib import load_config
+from starbucks_jax.models import hf
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def torch_side(model_dir, pairs, full, lr, clip):
+  """(loss_fn(batch) -> scalar tensor, step(batch) -> float) of the PyTorch formulation."""
+  import torch
+  import torch.nn.functional as F
+  from sentence_transformers import SentenceTransformer
+
+  model = SentenceTransformer(model_dir, device="cpu")
+  bert = model[0].auto_model
+  opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, eps=1e-8)
+
+  def pooled(ids, mask):  # {layer: mean-pooled [B, D]} from one forward of one role
+    hs = bert(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+    m = mask.unsqueeze(-1).float()
+    return {n: (hs[n] * m).sum(1) / m.sum(1).clamp(min=1e-9) for n in {n for n, _ in pairs}}
+
+  def loss_fn(batch, method="starbucks"):
+    ids, mask = torch.as_tensor(batch["ids"], dtype=torch.long), torch.as_tensor(batch["mask"])
+    roles = [pooled(ids[r], mask[r]) for r in range(ids.shape[0])]  # anchor, positive
+    labels = torch.arange(ids.shape[1])
+    total = 0.0
+    for n, d in (pairs if method == "starbucks" else (full,)):
+      a = F.normalize(roles[0][n][:, :d], dim=-1)
+      cands = F.normalize(torch.cat([r[n][:, :d] for r in roles[1:]]), dim=-1)
+      total = total + F.cross_entropy(a @ cands.T * 20.0, labels)
+      if method == "starbucks" and (n, d) != full:
+        teacher = torch.cat([r[full[0]][:, :d] for r in roles])  # every input, not detached
+        student = torch.cat([r[n][:, :d] for r in roles])
+        total = total + 0.3 * F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
+                                       log_target=True, reduction="batchmean")
+    return total
+
+  def step(batch, method):
+    model.train()
+    opt.zero_grad()
+    loss = loss_fn(batch, method)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return float(loss.detach())
+
+  return model, loss_fn, step
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument("--model", default="all-MiniLM-L6-v2")
+  p.add_argument("--batch", type=int, default=16, help="(anchor, positive) pairs per step")
+  p.add_argument("--length", type=int, default=32, help="tokens per text")
+  p.add_argument("--steps", type=int, default=10)
+  args = p.parse_args()
+  import torch
+
+  pre = checkpoint.load_model(args.model)
+  model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
+  cfg = pre.config.replace(dtype="float32")
+  N, D = cfg.num_hidden_layers, cfg.hidden_size
+  pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
+  ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
+  tx = train.make_optimizer(ft.train, 1000)
+  loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
+  rng = np.random.default_rng(0)
+  batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
+           "mask": np.ones((2, args.batch, args.length), np.int64)}
+  batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
+  jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+  print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}; model {args.model} ({N} layers, {D} dims, "
+        f"float32); batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
+
+  torch_model, torch_loss, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
+  torch_model.eval()
+  with torch.no_grad():
+    want = float(torch_loss(batch))
+  params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
+  ours = {m: train.make_train_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean")
+          for m in ("starbucks", "full")}
+  check = train.make_train_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False)
+  got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])
+  print(f"same objective: SRL loss ours {got:.6f}, PyTorch {want:.6f}, relative difference "
+        f"{abs(got - want) / abs(want):.1e}")
+
+  jitted, states = {}, {}
+  for m, fn in ours.items():
+    jitted[m] = jax.jit(fn, donate_argnums=(0,))
+    states[m] = train.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
+                                 tx.init(params))
+    states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(0))  # compile + warm up
+    jax.block_until_ready(metrics)
+    torch_step(batch, m)  # warm up
+  times = {(side, m): [] for side in ("jax", "torch") for m in ours}
+  for i in range(args.steps):
+    for m in ours:
+      t = time.perf_counter()
+      states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(i + 1))
+      jax.block_until_ready(metrics)
+      times[("jax", m)].append(time.perf_counter() - t)
+      t = time.perf_counter()
+      torch_step(batch, m)
+      times[("torch", m)].append(time.perf_counter() - t)
+  rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
+  print(f"{'step':>10} {'ours ex/s':>10} {'PyTorch ex/s':>13} {'ours / PyTorch':>15}")
+  for m in ours:
+    print(f"{m:>10} {rate[('jax', m)]:>10.1f} {rate[('torch', m)]:>13.1f} "
+          f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x")
+  print(f"SRL step time / full-only step time: ours {rate[('jax', 'full')] / rate[('jax', 'starbucks')]:.2f}x, "
+        f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
+  print(json.dumps({"loss": {"ours": got, "torch": want}, "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()}}))
+
+
+if __name__ == "__main__":
+  main()
