@@ -165,6 +165,30 @@ def test_nonfinite_step_is_skipped(tiny_hf_dir):
   jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, state.params)
 
 
+def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
+  """Mixed precision: bf16 matmuls and activations; params, Adam moments, pooled vectors, softmax
+  and loss in float32; the loss stays near the float32 step's."""
+  pre = checkpoint.load_model(tiny_hf_dir)
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  tx = train.make_optimizer(cfg.train, 10)
+  params = pre.params["bert"]
+  plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
+  ids = jax.random.randint(jax.random.key(0), (2, 4, 8), 5, pre.config.vocab_size)
+  batch = {"ids": ids, "mask": jnp.ones_like(ids)}
+  out = {}
+  for dtype in ("float32", "bfloat16"):
+    step = train.make_train_step(pre.config.replace(dtype=dtype), plan, losses.LossConfig(), tx, "mean",
+                                 dropout=False)
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    new, metrics = jax.jit(step)(state, batch, jax.random.key(1))
+    out[dtype] = float(metrics["loss"])
+    assert metrics["loss"].dtype == jnp.float32
+    assert {str(x.dtype) for x in jax.tree_util.tree_leaves(new.params)} == {"float32"}
+    floats = {str(x.dtype) for x in jax.tree_util.tree_leaves(new.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)}
+    assert floats == {"float32"}  # Adam moments (and clipping/skip state) in float32
+  assert out["bfloat16"] == pytest.approx(out["float32"], rel=0.05) and out["bfloat16"] != out["float32"]
+
+
 def test_learning_rate_schedule():
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo").train
   lr = train.learning_rate_schedule(cfg, 100)
