@@ -1,0 +1,55 @@
+"""The CPU-scale sweep (issue 8): every method of the paper's Table A1 at the size this machine runs.
+
+all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) on ../shared/data:
+- sts: the `sts` recipe (configs/ft.py:sts_cpu, CoSENT on STS-B train, 1 epoch here instead of 4)
+  for SRL (starbucks), 2DMSE, MRL, full-only and separate (one run per pair; its (6,384) run is
+  the full-only recipe again, trained as its own run);
+- smae: SMAE pre-training (configs/pt.py:cpu, 400 steps on ../shared/data/mlm_text), then the same
+  sts recipe from its BertForMaskedLM export, next to the recipe from the original weights run by
+  the same code (SMAE + SRL vs SRL);
+- scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only.
+
+    python experiments/sweep_cpu.py [--root workdirs] [--only sts|smae|scifact] [--print-only] [--report-only]
+
+Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
+ones, resumes an interrupted one, then writes experiments/results_cpu/{sts,smae,scifact}/ (table.md,
+sizes.png, curves.png). For the paper's scale see experiments/sweep_paper.py.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from starbucks_jax.sweep import Report, Run, main  # noqa: E402
+
+PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
+STS = "configs/ft.py:sts_cpu"
+EPOCHS = "--config.train.epochs=1"
+SCIFACT = "scifact/test=../shared/data/beir_scifact"
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu")
+
+RUNS = [
+    *(Run(f"ft_sts_cpu_e1/{m}", f"{STS},method={m}", (EPOCHS,)) for m in ("starbucks", "2dmse", "mrl", "full")),
+    *(Run(f"ft_sts_cpu_e1/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}", (EPOCHS,))
+      for n, d in PAIRS),
+    Run("smae_cpu/pt", "configs/pt.py:cpu"),
+    Run("smae_cpu/ft_from_smae", STS, (EPOCHS, "--config.model.init_from={root}/smae_cpu/pt/bert_mlm"),
+        label="SMAE + SRL"),
+    Run("smae_cpu/ft_from_minilm", STS, (EPOCHS,), label="SRL"),
+    Run("retrieval_scifact/untrained", "configs/ft.py:eval",
+        ("--config.eval.sts=", f"--config.eval.retrieval={SCIFACT}", "--config.eval.query_max_length=64",
+         "--config.eval.passage_max_length=128"), label="untrained", result="eval"),
+    Run("retrieval_scifact/starbucks", "configs/retrieval.py:scifact", label="SRL"),
+    Run("retrieval_scifact/full", "configs/retrieval.py:scifact,method=full", label="full only"),
+]
+REPORTS = [
+    Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb", "spearman_cosine",
+           "STS-B test Spearman per size, sts recipe (1 epoch), all-MiniLM-L6-v2"),
+    Report(os.path.join(OUT, "smae"), ("smae_cpu/ft_",), "stsb", "spearman_cosine",
+           "SMAE + SRL vs SRL from the original weights (same code, sts recipe, 1 epoch)"),
+    Report(os.path.join(OUT, "scifact"), ("retrieval_scifact/",), "scifact", "nDCG@10",
+           "SciFact test nDCG@10 per size"),
+]
+
+if __name__ == "__main__":
+  main(RUNS, REPORTS, default_root="workdirs", description=__doc__.split("\n\n")[0])

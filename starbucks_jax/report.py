@@ -1,0 +1,222 @@
+"""Results of many runs as one table and as pictures.
+
+    python -m starbucks_jax.report RUN_OR_SWEEP_DIR [...] --out DIR [--label RUN=LABEL ...]
+        [--dataset stsb] [--metric spearman_cosine]
+
+`collect` reads every `results/<name>.json` under the given directories (a workdir, or a folder of
+workdirs) with the run's config.json, and labels each record with its method (schedule.method;
+`--label` overrides per run directory). The report writes, into --out:
+- table.md: one row per label and a column per (layer, dim), best value per column in bold, and the
+  mean over the sizes (as the paper's Table A1); separate runs (one pair each) share one row;
+- sizes.png: the metric per size, one line per label;
+- grid.png: a layer x dim heatmap per label for runs evaluated on the whole grid (eval.grid=True);
+- curves.png: training loss against step from each run's metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any, Iterable
+
+RESULTS = "results"
+
+
+def _runs(root: str) -> Iterable[str]:
+  """Every directory under `root` (itself included) that holds a results/ folder of JSON files."""
+  for here, dirs, files in os.walk(root):
+    dirs.sort()
+    if os.path.basename(here) == RESULTS and any(f.endswith(".json") for f in files):
+      yield os.path.dirname(here)
+
+
+def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
+  """Every result record under `roots`, each with run (its directory), label, result (file stem)."""
+  labels = {os.path.normpath(k): v for k, v in (labels or {}).items()}
+  out = []
+  for root in roots:
+    if not os.path.isdir(root):
+      raise FileNotFoundError(f"{root}: no such run or sweep directory")
+    for run in _runs(root):
+      method = ""
+      config_path = os.path.join(run, "config.json")
+      if os.path.exists(config_path):
+        config = json.load(open(config_path))
+        method = config.get("schedule", {}).get("method") or config.get("smae", {}).get("mode", "")
+      label = labels.get(os.path.normpath(run), labels.get(os.path.basename(os.path.normpath(run)), method))
+      for name in sorted(os.listdir(os.path.join(run, RESULTS))):
+        if not name.endswith(".json"):
+          continue
+        for r in json.load(open(os.path.join(run, RESULTS, name))):
+          out.append({**r, "run": run, "label": label or os.path.basename(run), "result": name[:-5]})
+  return out
+
+
+def table(records: list[dict[str, Any]], dataset: str, metric: str, pairs=None) -> tuple[list, dict]:
+  """(pairs, {label: {pair: value}}) for one dataset and metric; `pairs` default: the sizes every
+  label shares the most, i.e. all (layer, dim) seen, sorted."""
+  rows: dict[str, dict[tuple[int, int], float]] = {}
+  for r in records:
+    if r["dataset"] == dataset and r["metric"] == metric:
+      rows.setdefault(r["label"], {})[(r["layer"], r["dim"])] = r["value"]
+  if pairs is None:
+    pairs = sorted({p for row in rows.values() for p in row})
+  return list(pairs), rows
+
+
+def markdown(pairs, rows: dict[str, dict], *, digits: int = 4) -> str:
+  best = {p: max((row[p] for row in rows.values() if p in row), default=None) for p in pairs}
+  lines = ["| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
+           "|---|" + "---:|" * (len(pairs) + 1)]
+  for label, row in rows.items():
+    cells = []
+    for p in pairs:
+      v = row.get(p)
+      cells.append("" if v is None else (f"**{v:.{digits}f}**" if v == best[p] else f"{v:.{digits}f}"))
+    mean = f"{sum(row[p] for p in pairs) / len(pairs):.{digits}f}" if all(p in row for p in pairs) else ""
+    lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+  return "\n".join(lines)
+
+
+def _pyplot():
+  try:
+    import matplotlib
+  except ImportError:
+    raise SystemExit("the report's pictures need matplotlib: pip install matplotlib") from None
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_sizes(pairs, rows: dict[str, dict], path: str, ylabel: str) -> str:
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  x = list(range(len(pairs)))
+  for label, row in rows.items():
+    xs = [i for i, p in zip(x, pairs) if p in row]
+    ax.plot(xs, [row[pairs[i]] for i in xs], marker="o", label=label)
+  ax.set_xticks(x, [f"({n},{d})" for n, d in pairs])
+  ax.set_xlabel("(layers, dims)")
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def is_grid(row: dict) -> bool:
+  """A layer x dim evaluation (some layer at several dims), not a schedule's diagonal of pairs."""
+  layers = [n for n, _ in row]
+  return len(set(layers)) > 1 and len(layers) > len(set(layers))
+
+
+def plot_grids(rows: dict[str, dict], path: str, title: str) -> str | None:
+  """A layer x dim heatmap for each label evaluated on the grid."""
+  grids = {label: row for label, row in rows.items() if is_grid(row)}
+  if not grids:
+    return None
+  plt = _pyplot()
+  fig, axes = plt.subplots(1, len(grids), figsize=(4.8 * len(grids), 4.0), squeeze=False)
+  for ax, (label, row) in zip(axes[0], grids.items()):
+    layers, dims = sorted({n for n, _ in row}), sorted({d for _, d in row})
+    values = [[row.get((n, d), float("nan")) for d in dims] for n in layers]
+    im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
+    ax.set_xticks(range(len(dims)), dims)
+    ax.set_yticks(range(len(layers)), layers)
+    ax.set_xlabel("dims")
+    ax.set_ylabel("layers")
+    ax.set_title(f"{label}: {title}", fontsize=9)
+    for i, line in enumerate(values):
+      for j, v in enumerate(line):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6, color="w")
+    fig.colorbar(im, ax=ax)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_curves(runs: dict[str, str], path: str) -> str | None:
+  """Training loss against step for each {label: run dir} with a metrics.jsonl."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  drawn = 0
+  for label, run in runs.items():
+    metrics = os.path.join(run, "metrics.jsonl")
+    if not os.path.exists(metrics):
+      continue
+    rows = [json.loads(line) for line in open(metrics) if line.strip()]
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+    drawn += 1
+  if not drawn:
+    plt.close(fig)
+    return None
+  ax.set_xlabel("step")
+  ax.set_ylabel("training loss")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str, title: str = "",
+          pairs=None) -> dict[str, str]:
+  """table.md, sizes.png, grid.png (when a grid was evaluated) and curves.png into `out`."""
+  if not records:
+    raise ValueError("no result records to report")
+  os.makedirs(out, exist_ok=True)
+  grid_pairs, grid_rows = table(records, dataset, metric)
+  if not grid_rows:
+    have = sorted({(r["dataset"], r["metric"]) for r in records})
+    raise ValueError(f"no records for dataset={dataset!r} metric={metric!r}; the runs have {have}")
+  if pairs is None:  # the schedules' sizes: every pair of a run not evaluated on the whole grid
+    schedules = [row for row in grid_rows.values() if not is_grid(row)] or list(grid_rows.values())
+    pairs = sorted({p for row in schedules for p in row})
+  pairs, rows = table(records, dataset, metric, pairs)
+  rows = {label: {p: v for p, v in row.items() if p in pairs} for label, row in rows.items()}
+  files = {"table": os.path.join(out, "table.md")}
+  with open(files["table"], "w", encoding="utf8") as f:
+    f.write((f"# {title}\n\n" if title else "") + f"{dataset} {metric} per (layer, dim); best per column "
+            "in bold.\n\n" + markdown(pairs, rows) + "\n")
+  files["sizes"] = plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
+  _, full_rows = table(records, dataset, metric)
+  grid = plot_grids(full_rows, os.path.join(out, "grid.png"), f"{dataset} {metric}")
+  if grid:
+    files["grid"] = grid
+  runs = {}
+  for r in records:
+    runs.setdefault(f"{r['label']} ({os.path.basename(r['run'])})" if r["label"] == "separate" else r["label"], r["run"])
+  curves = plot_curves(runs, os.path.join(out, "curves.png"))
+  if curves:
+    files["curves"] = curves
+  return files
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("roots", nargs="+", help="workdirs or folders of workdirs")
+  p.add_argument("--out", required=True)
+  p.add_argument("--dataset", default="stsb")
+  p.add_argument("--metric", default="spearman_cosine")
+  p.add_argument("--title", default="")
+  p.add_argument("--label", action="append", default=[], help="RUN_DIR=LABEL (repeatable)")
+  args = p.parse_args(argv)
+  labels = {}
+  for item in args.label:
+    if "=" not in item:
+      p.error(f"--label {item!r}: expected RUN_DIR=LABEL")
+    run, label = item.split("=", 1)
+    labels[run] = label
+  files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric, title=args.title)
+  print(open(files["table"]).read())
+  for kind, path in files.items():
+    print(f"{kind}: {path}")
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,68 @@
+"""Sweeps and reports: runs listed, skipped when done, printed for a cluster; results collected from
+workdirs into the paper-style table (best in bold, mean) and pictures."""
+
+import json
+import os
+
+import pytest
+
+from starbucks_jax import report, sweep
+from starbucks_jax.evaluate import results
+
+PAIRS = ((1, 16), (2, 32), (4, 64))
+
+
+def fake_run(workdir, method, values, *, dataset="stsb", metric="spearman_cosine", name="final", grid=None):
+  os.makedirs(workdir, exist_ok=True)
+  json.dump({"schedule": {"method": method}}, open(os.path.join(workdir, "config.json"), "w"))
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    for step in (10, 20):
+      f.write(json.dumps({"step": step, "loss": 3.0 - step / 10}) + "\n")
+  pairs = grid or PAIRS
+  results.write(str(workdir), name, [results.record(dataset, "test", metric, n, d, v) for (n, d), v in zip(pairs, values)])
+
+
+def test_collect_table_and_pictures(tmp_path):
+  root = tmp_path / "sweep"
+  fake_run(root / "starbucks", "starbucks", [0.5, 0.7, 0.9])
+  fake_run(root / "full", "full", [0.4, 0.6, 0.91])
+  fake_run(root / "separate_1_16", "separate", [0.45], grid=((1, 16),))
+  fake_run(root / "separate_2_32", "separate", [0.72], grid=((2, 32),))
+  grid = tuple((n, d) for n in (1, 2, 4) for d in (16, 32, 64))
+  fake_run(root / "grid", "starbucks", [n / 100 + d / 10000 for n, d in grid], name="grid", grid=grid)
+  records = report.collect([str(root)], {str(root / "grid"): "starbucks grid"})
+  assert {r["label"] for r in records} == {"starbucks", "full", "separate", "starbucks grid"}
+  files = report.write(records, str(tmp_path / "out"), dataset="stsb", metric="spearman_cosine", title="t")
+  table = open(files["table"]).read()
+  assert "| starbucks | **0.5000** | 0.7000 | 0.9000 | 0.7000 |" in table
+  assert "| full | 0.4000 | 0.6000 | **0.9100** | 0.6367 |" in table
+  assert "| separate | 0.4500 | **0.7200** |  |  |" in table  # one row from its per-pair runs, no mean
+  assert "| starbucks grid | 0.0116 | 0.0232 | 0.0464 | 0.0271 |" in table  # the schedule's cells of the grid
+  assert set(files) == {"table", "sizes", "grid", "curves"}
+  for kind in ("sizes", "grid", "curves"):
+    assert open(files[kind], "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(files[kind]) > 5000
+  with pytest.raises(ValueError, match=r"no records for dataset='scifact'.*\('stsb', 'spearman_cosine'\)"):
+    report.write(records, str(tmp_path / "o2"), dataset="scifact", metric="nDCG@10")
+  with pytest.raises(FileNotFoundError, match="nowhere: no such run"):
+    report.collect([str(tmp_path / "nowhere")])
+
+
+def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
+  root = str(tmp_path / "w")
+  runs = [sweep.Run("a/starbucks", "configs/ft.py:demo", ("--config.train.max_steps=1",), label="SRL"),
+          sweep.Run("a/full", "configs/ft.py:demo,method=full", ("--config.model.init_from={root}/x",))]
+  assert runs[1].command(root, "python")[-1] == f"--config.model.init_from={root}/x"
+  sweep.main(runs, default_root=root, argv=["--print-only"])
+  printed = capsys.readouterr().out.splitlines()
+  assert printed[0].startswith("python") or "starbucks_jax.main --config=configs/ft.py:demo" in printed[0]
+  assert len(printed) == 2 and f"--workdir={root}/a/full" in printed[1]
+  fake_run(os.path.join(root, "a", "starbucks"), "starbucks", [0.5, 0.7, 0.9])
+  fake_run(os.path.join(root, "a", "full"), "full", [0.4, 0.6, 0.8])
+  assert all(r.done(root) for r in runs)
+  out = str(tmp_path / "rep")
+  sweep.main(runs, [sweep.Report(out, ("a/",), "stsb", "spearman_cosine")], default_root=root, argv=[])
+  text = capsys.readouterr().out
+  assert "skip a/starbucks: done" in text and "skip a/full: done" in text
+  assert "| SRL | **0.5000** |" in open(os.path.join(out, "table.md")).read()
+  with pytest.raises(SystemExit):
+    sweep.main(runs, default_root=root, argv=["--only", "b/"])
