@@ -1,0 +1,21 @@
+"""colab/quickstart.ipynb runs top to bottom on CPU (a few training steps) so it cannot rot."""
+
+import pytest
+
+from conftest import REPO
+
+
+def test_quickstart_notebook_runs_top_to_bottom(minilm_dir, tmp_path, monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  monkeypatch.setenv("STARBUCKS_NOTEBOOK_QUICK", "1")  # the kernel inherits it: 3 training steps
+  monkeypatch.setenv("TQDM_DISABLE", "1")
+  nb = nbformat.read(str(REPO / "colab" / "quickstart.ipynb"), as_version=4)
+  nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  text = "\n".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+  assert "(2,32) shape (3, 32)" in text and "(6,384) shape (3, 384)" in text
+  assert "| SRL (demo) |" in text  # the report's table
+  images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+            if "image/png" in o.get("data", {})]
+  assert len(images) == 1
