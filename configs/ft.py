@@ -14,8 +14,8 @@ Variants:
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
             otherwise as nli. About 10 min on one GPU.
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
-            train/test from ../shared/data (a developer checkout). About 4 min per method on 2
-            CPU cores; recorded in experiments/ft_sts_cpu.
+            train/test from ../shared/data (a developer checkout). 15-20 min per epoch on 2
+            CPU cores; recorded by experiments/sweep_cpu.py.
   demo      all-MiniLM-L6-v2 (installed by the README's set-up) SRL-fine-tuned on the triplets that
             ship in the package (320 rows, 20 steps of 16), then evaluated per pair on the demo
             STS pairs; offline, under 3 minutes on 2 CPU cores.

@@ -16,7 +16,7 @@ lands (issue 7). Not measured yet. Paper (Table A1): SMAE + SRL STS average 0.78
 0.7682 for BERT + SRL.
 
 Variants:
-  cpu       The recorded CPU experiment (experiments/smae_cpu.md): all-MiniLM-L6-v2 with a fresh MLM
+  cpu       The recorded CPU experiment (experiments/sweep_cpu.py, smae_cpu/): all-MiniLM-L6-v2 with a fresh MLM
             head, its schedule (1,16)..(6,384), on ../shared/data/mlm_text/sentences.txt (86,118
             sentences; a developer checkout), batch 32, max length 64, fp32; 400 steps (12,800 sentences, ~15% of the file).
   demo      Offline on a fresh machine: all-MiniLM-L6-v2 (the README's set-up) on the anchor

@@ -3,17 +3,19 @@
 all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) on ../shared/data:
 - sts: the `sts` recipe (configs/ft.py:sts_cpu, CoSENT on STS-B train, 1 epoch here instead of 4)
   for SRL (starbucks), 2DMSE, MRL, full-only and separate (one run per pair; its (6,384) run is
-  the full-only recipe again, trained as its own run);
+  the full-only recipe again, trained as its own run); `ft_sts_cpu/`: the same at the recipe's 4
+  epochs (4x the time; separate's (6,384) cell is the full run there);
 - smae: SMAE pre-training (configs/pt.py:cpu, 400 steps on ../shared/data/mlm_text), then the same
   sts recipe from its BertForMaskedLM export, next to the recipe from the original weights run by
   the same code (SMAE + SRL vs SRL);
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only.
 
-    python experiments/sweep_cpu.py [--root workdirs] [--only sts|smae|scifact] [--print-only] [--report-only]
+    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/]
+        [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
-ones, resumes an interrupted one, then writes experiments/results_cpu/{sts,smae,scifact}/ (table.md,
-sizes.png, curves.png). For the paper's scale see experiments/sweep_paper.py.
+ones, resumes an interrupted one, then writes experiments/results_cpu/{sts,sts_4_epochs,smae,scifact}/
+(table.md, sizes.png, curves.png). For the paper's scale see experiments/sweep_paper.py.
 """
 
 import os
@@ -29,9 +31,13 @@ SCIFACT = "scifact/test=../shared/data/beir_scifact"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu")
 
 RUNS = [
+    Run("ft_sts_cpu_e1/untrained", "configs/ft.py:eval", ("--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl",),
+        label="untrained", result="eval"),
     *(Run(f"ft_sts_cpu_e1/{m}", f"{STS},method={m}", (EPOCHS,)) for m in ("starbucks", "2dmse", "mrl", "full")),
     *(Run(f"ft_sts_cpu_e1/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}", (EPOCHS,))
       for n, d in PAIRS),
+    *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}") for m in ("starbucks", "2dmse", "mrl", "full")),
+    *(Run(f"ft_sts_cpu/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}") for n, d in PAIRS[:-1]),
     Run("smae_cpu/pt", "configs/pt.py:cpu"),
     Run("smae_cpu/ft_from_smae", STS, (EPOCHS, "--config.model.init_from={root}/smae_cpu/pt/bert_mlm"),
         label="SMAE + SRL"),
@@ -45,6 +51,8 @@ RUNS = [
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb", "spearman_cosine",
            "STS-B test Spearman per size, sts recipe (1 epoch), all-MiniLM-L6-v2"),
+    Report(os.path.join(OUT, "sts_4_epochs"), ("ft_sts_cpu/",), "stsb", "spearman_cosine",
+           "STS-B test Spearman per size, sts recipe (4 epochs), all-MiniLM-L6-v2"),
     Report(os.path.join(OUT, "smae"), ("smae_cpu/ft_",), "stsb", "spearman_cosine",
            "SMAE + SRL vs SRL from the original weights (same code, sts recipe, 1 epoch)"),
     Report(os.path.join(OUT, "scifact"), ("retrieval_scifact/",), "scifact", "nDCG@10",

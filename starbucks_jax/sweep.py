@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shlex
 import subprocess
@@ -73,8 +74,15 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str) -> 
     records = report.collect([r.workdir(root) for r in finished], labels)
     files = report.write(records, rep.out, dataset=rep.dataset, metric=rep.metric, title=rep.title)
     missing = [r.name for r in chosen if not r.done(root)]
+    commits = {}
+    for r in finished:
+      info = os.path.join(r.workdir(root), "run.json")
+      commit = json.load(open(info))[-1]["commit"] if os.path.exists(info) else "not recorded"
+      commits.setdefault(commit, []).append(r.name)
     with open(files["table"], "a", encoding="utf8") as f:
-      f.write(f"\nRuns: {', '.join(r.name for r in finished)} (under `{root}`).\n")
+      f.write(f"\nRuns: {', '.join(r.name for r in finished)} (under `{root}`). Code: "
+              + "; ".join(f"`{c}`: {', '.join(names)}" for c, names in commits.items()) + ".\n")
+      f.write(f"Command: `{shlex.join(['python', *sys.argv])}`\n")
       if missing:
         f.write(f"Not finished yet (the same command resumes them): {', '.join(missing)}.\n")
     print(open(files["table"]).read())

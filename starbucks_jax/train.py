@@ -47,13 +47,37 @@ class TrainState:
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """WORKDIR/config.json, and WORKDIR/run.json: the code's commit, the command, versions, devices
+  (a resumed run appends its own entry)."""
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "config.json")
   if not sharding.is_primary():
     return path
   with open(path, "w", encoding="utf8") as f:
     f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  run_path = os.path.join(workdir, "run.json")
+  history = json.load(open(run_path)) if os.path.exists(run_path) else []
+  history.append(run_info())
+  with open(run_path, "w", encoding="utf8") as f:
+    json.dump(history, f, indent=1)
   return path
+
+
+def run_info() -> dict[str, Any]:
+  import subprocess
+  import sys
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10).stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    commit, dirty = "", False
+  return {"commit": commit + ("+changes" if dirty else "") if commit else "unknown",
+          "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+          "jax": jax.__version__, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+          "processes": jax.process_count()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -118,6 +118,8 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
   train.run(tiny_run, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   assert set(rows[0]) >= {"task/1_8", "kl/1_8", "task/4_32", "lr", "examples_per_sec"}
+  (info,) = json.load(open(tmp_path / "w" / "run.json"))  # what code and machine made the run
+  assert len(info["commit"]) >= 7 and info["jax"] == jax.__version__ and info["processes"] == 1
 
 
 def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path, monkeypatch):
