@@ -87,3 +87,17 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip("../shared/data is absent (only a developer checkout has it)")
   return SHARED_DATA
+
+
+def kill_at(monkeypatch, batcher_cls, step: int) -> None:
+  """Make `batcher_cls.iterate` raise KeyboardInterrupt when step `step`'s batch is on its way, as
+  if the process were killed mid-run (monkeypatch.undo() lets the resumed run finish)."""
+  real = batcher_cls.iterate
+
+  def dying(self, start, total, **kw):
+    for i, batch in real(self, start, total, **kw):
+      if i == step:
+        raise KeyboardInterrupt("killed")
+      yield i, batch
+
+  monkeypatch.setattr(batcher_cls, "iterate", dying)

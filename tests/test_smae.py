@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, make_hf_bert, make_tokenizer
+from conftest import REPO, kill_at, make_hf_bert, make_tokenizer
 from starbucks_jax import checkpoint, config_lib, losses, pretrain
 from starbucks_jax.data import corpus, masking
 from starbucks_jax.data.sources import DataError
@@ -376,13 +376,7 @@ def test_pretraining_resumes_to_identical_parameters(tiny_pt, tmp_path, monkeypa
     tiny_pt.train.checkpoint_every = 2
     tiny_pt.eval.text = ""
   pretrain.run(tiny_pt, str(tmp_path / "straight"))
-  real = corpus.TextBatcher.iterate
-  def dying(self, start, total, **kw):
-    for step, batch in real(self, start, total, **kw):
-      if step == 3:
-        raise KeyboardInterrupt("killed")
-      yield step, batch
-  monkeypatch.setattr(corpus.TextBatcher, "iterate", dying)
+  kill_at(monkeypatch, corpus.TextBatcher, 3)
   with pytest.raises(KeyboardInterrupt):
     pretrain.run(tiny_pt, str(tmp_path / "resumed"))
   monkeypatch.undo()

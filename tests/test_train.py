@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, make_hf_bert
+from conftest import REPO, kill_at, make_hf_bert
 from starbucks_jax import checkpoint, config_lib, embed, losses, schedule, train
 from starbucks_jax.models.bert import BertEncoder
 from starbucks_jax.models.pooling import pool
@@ -128,13 +128,7 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
     tiny_run.train.checkpoint_every = 2
   train.run(tiny_run, str(tmp_path / "straight"))
 
-  real = train.Batcher.iterate
-  def dying(self, start, total, **kw):  # the process is killed while step 5's batch is on its way
-    for step, batch in real(self, start, total, **kw):
-      if step == 4:
-        raise KeyboardInterrupt("killed")
-      yield step, batch
-  monkeypatch.setattr(train.Batcher, "iterate", dying)
+  kill_at(monkeypatch, train.Batcher, 4)  # the process is killed while step 5's batch is on its way
   with pytest.raises(KeyboardInterrupt):
     train.run(tiny_run, str(tmp_path / "resumed"))
   assert checkpoint.manager(str(tmp_path / "resumed"), read_only=True).latest_step() == 4
