@@ -45,10 +45,12 @@ def main():
       b_sh = sharding.batch_shardings(batch, mesh, {"ids": 1, "mask": 1})
       sharded_step = jax.jit(step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))
       new_state, metrics = sharded_step(sharding.shard_state(state, s_sh), sharding.put_batch(batch, b_sh), key)
-      grads = jax.jit(grad_fn, in_shardings=(p_sh, b_sh, None), out_shardings=p_sh)(
-          sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
-    grad_diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
-        lambda a, b: float(jnp.max(jnp.abs(a - b))), grads, ref_grads))) / grad_scale
+      grad_diff = None
+      if shape == (4, 1, 2):  # gradients on the richest mesh (the others check loss, norm, update)
+        grads = jax.jit(grad_fn, in_shardings=(p_sh, b_sh, None), out_shardings=p_sh)(
+            sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
+        grad_diff = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+            lambda a, b: float(jnp.max(jnp.abs(a - b))), grads, ref_grads))) / grad_scale
     kernel = new_state.params["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
     diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
     results[str(shape)] = {

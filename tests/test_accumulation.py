@@ -74,10 +74,11 @@ def test_smae_accumulation_equals_the_whole_batch(tmp_path, mode="smae"):
   assert rel < 1e-5 and scale > 1e-3
 
 
-@pytest.mark.parametrize("layout", ["roles", "groups"])
-def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path, layout):
+def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path, layout="groups"):
   """In-batch losses do not decompose over examples: the accumulated step is the mean of the plain
-  step on microbatches j, j+k, ... (each with its own negatives), query groups kept whole."""
+  step on microbatches j, j+k, ... (each with its own negatives), query groups kept whole. (The
+  roles layout is checked on the 8-device mesh in tests/sharded_equivalence.py, and its split in
+  test_split_keeps_each_query_with_its_group_and_strides.)"""
   make_hf_bert(tmp_path / "m", initializer_range=0.2, embedding_scale=1.0)
   pre = checkpoint.load_model(str(tmp_path / "m"))
   cfg, params = pre.config, pre.params["bert"]

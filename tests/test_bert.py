@@ -117,7 +117,7 @@ def test_remat_and_bf16_compute():
   ref = bert.BertEncoder(cfg).apply({"params": params}, ids, mask)
   loss = lambda c: lambda p: bert.BertEncoder(c).apply({"params": p}, ids, mask).sum()  # noqa: E731
   g_ref = jax.grad(loss(cfg))(params)
-  for policy in (True, "full", "dots", "dots_saveable"):
+  for policy in (True, "dots"):  # recompute everything; keep the weight matmuls
     rem = bert.BertEncoder(cfg.replace(remat=policy)).apply({"params": params}, ids, mask)
     np.testing.assert_allclose(rem, ref, atol=1e-6)
     g_rem = jax.grad(loss(cfg.replace(remat=policy)))(params)

@@ -24,11 +24,12 @@ def test_sharded_step_equals_single_device_step():
   assert accumulated["grad_norm"][0] == pytest.approx(accumulated["grad_norm"][1], rel=1e-5)
   assert accumulated["max_param_diff"] < 1e-5
   assert set(results) == {"(8, 1, 1)", "(1, 8, 1)", "(4, 1, 2)"}
+  assert results["(4, 1, 2)"]["max_grad_diff_rel"] is not None
   for mesh, r in results.items():
     sharded, single = r["loss"]
     assert sharded == pytest.approx(single, rel=1e-5), mesh
     assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), mesh
-    assert r["max_grad_diff_rel"] < 1e-5, mesh
+    assert r["max_grad_diff_rel"] is None or r["max_grad_diff_rel"] < 1e-5, mesh
     assert r["max_param_diff"] < 1e-5, mesh  # one AdamW step at lr 1e-3
     assert r["kernel_sharding"] == "P('fsdp', 'tensor')" and r["mu_sharding"] == r["kernel_sharding"]
 

@@ -96,7 +96,8 @@ def test_one_forward_equals_separate_forwards(tmp_path):
     assert float(optax_norm(ga)) > 1e-3
 
 
-@pytest.mark.parametrize("method", ["starbucks", "full", "mrl", "2dmse", "2dmse_retrieval", "grid", "separate"])
+# full and mrl are fixed pair lists like starbucks (same step code); the others each have their own path.
+@pytest.mark.parametrize("method", ["starbucks", "2dmse", "2dmse_retrieval", "grid", "separate"])
 def test_every_method_trains_two_steps(tiny_run, tmp_path, method):
   with tiny_run.unlocked():
     tiny_run.schedule.method = method
