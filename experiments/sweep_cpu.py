@@ -14,7 +14,8 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
         [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
-ones, resumes an interrupted one, then writes experiments/results_cpu/{sts,sts_4_epochs,smae,scifact}/
+ones, resumes an interrupted one (`ft_sts_cpu_e1_grid/starbucks` scores the SRL model at every layer
+x dim for the heatmap), then writes experiments/results_cpu/{sts,sts_grid,sts_4_epochs,smae,scifact}/
 (table.md, sizes.png, curves.png). For the paper's scale see experiments/sweep_paper.py.
 """
 
@@ -36,6 +37,10 @@ RUNS = [
     *(Run(f"ft_sts_cpu_e1/{m}", f"{STS},method={m}", (EPOCHS,)) for m in ("starbucks", "2dmse", "mrl", "full")),
     *(Run(f"ft_sts_cpu_e1/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}", (EPOCHS,))
       for n, d in PAIRS),
+    Run("ft_sts_cpu_e1_grid/starbucks", "configs/ft.py:eval",
+        ("--config.model.init_from={root}/ft_sts_cpu_e1/starbucks", "--config.eval.grid=True",
+         "--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl"), label="starbucks, every layer x dim",
+        result="eval"),
     *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}") for m in ("starbucks", "2dmse", "mrl", "full")),
     *(Run(f"ft_sts_cpu/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}") for n, d in PAIRS[:-1]),
     Run("smae_cpu/pt", "configs/pt.py:cpu"),
@@ -51,6 +56,8 @@ RUNS = [
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb", "spearman_cosine",
            "STS-B test Spearman per size, sts recipe (1 epoch), all-MiniLM-L6-v2"),
+    Report(os.path.join(OUT, "sts_grid"), ("ft_sts_cpu_e1_grid/",), "stsb", "spearman_cosine",
+           "The 1-epoch SRL model at every layer x dim (diagonal: the schedule)"),
     Report(os.path.join(OUT, "sts_4_epochs"), ("ft_sts_cpu/",), "stsb", "spearman_cosine",
            "STS-B test Spearman per size, sts recipe (4 epochs), all-MiniLM-L6-v2"),
     Report(os.path.join(OUT, "smae"), ("smae_cpu/ft_",), "stsb", "spearman_cosine",
