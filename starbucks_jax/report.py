@@ -79,6 +79,15 @@ def markdown(pairs, rows: dict[str, dict], *, digits: int = 4) -> str:
   return "\n".join(lines)
 
 
+def grid_markdown(row: dict, *, digits: int = 4) -> str:
+  """A layer x dim grid as a Markdown matrix: rows = layers, columns = dims."""
+  layers, dims = sorted({n for n, _ in row}), sorted({d for _, d in row})
+  lines = ["| layers \\ dims | " + " | ".join(str(d) for d in dims) + " |", "|---|" + "---:|" * len(dims)]
+  for n in layers:
+    lines.append(f"| {n} | " + " | ".join(f"{row[(n, d)]:.{digits}f}" if (n, d) in row else "" for d in dims) + " |")
+  return "\n".join(lines)
+
+
 def _pyplot():
   try:
     import matplotlib
@@ -180,11 +189,13 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   pairs, rows = table(records, dataset, metric, pairs)
   rows = {label: {p: v for p, v in row.items() if p in pairs} for label, row in rows.items()}
   files = {"table": os.path.join(out, "table.md")}
+  _, full_rows = table(records, dataset, metric)
+  grids = "".join(f"\n{label}, every layer x dim:\n\n{grid_markdown(row)}\n" for label, row in full_rows.items()
+                  if is_grid(row))
   with open(files["table"], "w", encoding="utf8") as f:
     f.write((f"# {title}\n\n" if title else "") + f"{dataset} {metric} per (layer, dim); best per column "
-            "in bold.\n\n" + markdown(pairs, rows) + "\n")
+            "in bold.\n\n" + markdown(pairs, rows) + "\n" + grids)
   files["sizes"] = plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
-  _, full_rows = table(records, dataset, metric)
   grid = plot_grids(full_rows, os.path.join(out, "grid.png"), f"{dataset} {metric}")
   if grid:
     files["grid"] = grid

@@ -38,6 +38,7 @@ def test_collect_table_and_pictures(tmp_path):
   assert "| full | 0.4000 | 0.6000 | **0.9100** | 0.6367 |" in table
   assert "| separate | 0.4500 | **0.7200** |  |  |" in table  # one row from its per-pair runs, no mean
   assert "| starbucks grid | 0.0116 | 0.0232 | 0.0464 | 0.0271 |" in table  # the schedule's cells of the grid
+  assert "| layers \\ dims | 16 | 32 | 64 |" in table and "| 2 | 0.0216 | 0.0232 | 0.0264 |" in table
   assert set(files) == {"table", "sizes", "grid", "curves"}
   for kind in ("sizes", "grid", "curves"):
     assert open(files[kind], "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(files[kind]) > 5000
