@@ -39,7 +39,7 @@ RUNS = [
       for n, d in PAIRS),
     Run("ft_sts_cpu_e1_grid/starbucks", "configs/ft.py:eval",
         ("--config.model.init_from={root}/ft_sts_cpu_e1/starbucks", "--config.eval.grid=True",
-         "--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl"), label="starbucks, every layer x dim",
+         "--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl"), label="SRL (starbucks, 1 epoch)",
         result="eval"),
     *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}") for m in ("starbucks", "2dmse", "mrl", "full")),
     *(Run(f"ft_sts_cpu/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}") for n, d in PAIRS[:-1]),

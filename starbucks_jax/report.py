@@ -190,11 +190,13 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   rows = {label: {p: v for p, v in row.items() if p in pairs} for label, row in rows.items()}
   files = {"table": os.path.join(out, "table.md")}
   _, full_rows = table(records, dataset, metric)
-  grids = "".join(f"\n{label}, every layer x dim:\n\n{grid_markdown(row)}\n" for label, row in full_rows.items()
-                  if is_grid(row))
+  grids = "".join(f"\n{label}: {dataset} {metric} at every layer x dim.\n\n{grid_markdown(row)}\n"
+                  for label, row in full_rows.items() if is_grid(row))
+  head = f"# {title}\n\n" if title else ""
+  if not all(is_grid(row) for row in full_rows.values()):  # a grid alone is its matrix only
+    head += f"{dataset} {metric} per (layer, dim); best per column in bold.\n\n" + markdown(pairs, rows) + "\n"
   with open(files["table"], "w", encoding="utf8") as f:
-    f.write((f"# {title}\n\n" if title else "") + f"{dataset} {metric} per (layer, dim); best per column "
-            "in bold.\n\n" + markdown(pairs, rows) + "\n" + grids)
+    f.write(head + grids)
   files["sizes"] = plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
   grid = plot_grids(full_rows, os.path.join(out, "grid.png"), f"{dataset} {metric}")
   if grid:

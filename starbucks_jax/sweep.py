@@ -82,7 +82,8 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str) -> 
     with open(files["table"], "a", encoding="utf8") as f:
       f.write(f"\nRuns: {', '.join(r.name for r in finished)} (under `{root}`). Code: "
               + "; ".join(f"`{c}`: {', '.join(names)}" for c, names in commits.items()) + ".\n")
-      f.write(f"Command: `{shlex.join(['python', *sys.argv])}`\n")
+      script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "SWEEP.py"
+      f.write(f"Reproduce: `python {script} " + " ".join(f"--only {p}" for p in rep.runs) + "`\n")
       if missing:
         f.write(f"Not finished yet (the same command resumes them): {', '.join(missing)}.\n")
     print(open(files["table"]).read())
