@@ -98,6 +98,18 @@ def _pyplot():
   return plt
 
 
+def _save_lines(plt, fig, ax, path: str, xlabel: str, ylabel: str, *, legend_size: int) -> str:
+  """Axis labels, a light grid and the legend of a line plot; saved as PNG and closed."""
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=legend_size)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
 def plot_sizes(pairs, rows: dict[str, dict], path: str, ylabel: str) -> str:
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
@@ -106,14 +118,7 @@ def plot_sizes(pairs, rows: dict[str, dict], path: str, ylabel: str) -> str:
     xs = [i for i, p in zip(x, pairs) if p in row]
     ax.plot(xs, [row[pairs[i]] for i in xs], marker="o", label=label)
   ax.set_xticks(x, [f"({n},{d})" for n, d in pairs])
-  ax.set_xlabel("(layers, dims)")
-  ax.set_ylabel(ylabel)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save_lines(plt, fig, ax, path, "(layers, dims)", ylabel, legend_size=8)
 
 
 def is_grid(row: dict) -> bool:
@@ -163,14 +168,7 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
   if not drawn:
     plt.close(fig)
     return None
-  ax.set_xlabel("step")
-  ax.set_ylabel("training loss")
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save_lines(plt, fig, ax, path, "step", "training loss", legend_size=7)
 
 
 def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str, title: str = "",
@@ -179,17 +177,16 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   if not records:
     raise ValueError("no result records to report")
   os.makedirs(out, exist_ok=True)
-  grid_pairs, grid_rows = table(records, dataset, metric)
-  if not grid_rows:
+  _, full_rows = table(records, dataset, metric)
+  if not full_rows:
     have = sorted({(r["dataset"], r["metric"]) for r in records})
     raise ValueError(f"no records for dataset={dataset!r} metric={metric!r}; the runs have {have}")
   if pairs is None:  # the schedules' sizes: every pair of a run not evaluated on the whole grid
-    schedules = [row for row in grid_rows.values() if not is_grid(row)] or list(grid_rows.values())
+    schedules = [row for row in full_rows.values() if not is_grid(row)] or list(full_rows.values())
     pairs = sorted({p for row in schedules for p in row})
-  pairs, rows = table(records, dataset, metric, pairs)
-  rows = {label: {p: v for p, v in row.items() if p in pairs} for label, row in rows.items()}
+  pairs = list(pairs)
+  rows = {label: {p: row[p] for p in pairs if p in row} for label, row in full_rows.items()}
   files = {"table": os.path.join(out, "table.md")}
-  _, full_rows = table(records, dataset, metric)
   grids = "".join(f"\n{label}: {dataset} {metric} at every layer x dim.\n\n{grid_markdown(row)}\n"
                   for label, row in full_rows.items() if is_grid(row))
   head = f"# {title}\n\n" if title else ""
