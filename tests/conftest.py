@@ -101,3 +101,26 @@ def kill_at(monkeypatch, batcher_cls, step: int) -> None:
       yield i, batch
 
   monkeypatch.setattr(batcher_cls, "iterate", dying)
+
+
+def tiny_srl_case(path, layout: str):
+  """A random tiny BERT saved to `path` and loaded as a sentence model, the (1,8) (2,16) (4,32)
+  Starbucks plan, the loss of `layout` ('roles': feature KL, cosine; 'groups': score KL, dot) and
+  `ids_mask(*shape)`, random ids with a random-length mask per row.
+  Returns (config, params, plan, loss_config, ids_mask)."""
+  import numpy as np
+  from starbucks_jax import checkpoint, losses, schedule
+  make_hf_bert(path, initializer_range=0.2, embedding_scale=1.0)
+  pre = checkpoint.load_model(str(path))
+  cfg = pre.config
+  plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
+  loss_cfg = losses.LossConfig(kl="scores" if layout == "groups" else "features",
+                               similarity="dot" if layout == "groups" else "cosine")
+  rng = np.random.default_rng(0)
+
+  def ids_mask(*shape):
+    ids = rng.integers(5, cfg.vocab_size, shape).astype(np.int32)
+    mask = (np.arange(shape[-1]) < rng.integers(3, shape[-1] + 1, shape[:-1] + (1,))).astype(np.int32)
+    return ids, mask
+
+  return cfg, pre.params["bert"], plan, loss_cfg, ids_mask

@@ -7,8 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, make_hf_bert, make_tokenizer
-from starbucks_jax import checkpoint, config_lib, losses, pretrain, schedule, train
+from conftest import REPO, make_hf_bert, make_tokenizer, tiny_srl_case
+from starbucks_jax import config_lib, pretrain, train
 from starbucks_jax.data import masking
 from starbucks_jax.models import hf
 
@@ -79,18 +79,7 @@ def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path, layout="
   step on microbatches j, j+k, ... (each with its own negatives), query groups kept whole. (The
   roles layout is checked on the 8-device mesh in tests/sharded_equivalence.py, and its split in
   test_split_keeps_each_query_with_its_group_and_strides.)"""
-  make_hf_bert(tmp_path / "m", initializer_range=0.2, embedding_scale=1.0)
-  pre = checkpoint.load_model(str(tmp_path / "m"))
-  cfg, params = pre.config, pre.params["bert"]
-  plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
-  loss_cfg = losses.LossConfig(kl="scores" if layout == "groups" else "features",
-                               similarity="dot" if layout == "groups" else "cosine")
-  rng = np.random.default_rng(0)
-
-  def ids_mask(*shape):
-    ids = rng.integers(5, cfg.vocab_size, shape).astype(np.int32)
-    mask = (np.arange(shape[-1]) < rng.integers(3, shape[-1] + 1, shape[:-1] + (1,))).astype(np.int32)
-    return ids, mask
+  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", layout)
 
   k, B, G = 2, 6, 3
   if layout == "roles":

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, kill_at, make_hf_bert
+from conftest import REPO, kill_at, make_hf_bert, tiny_srl_case
 from starbucks_jax import checkpoint, config_lib, embed, losses, schedule, train
 from starbucks_jax.models.bert import BertEncoder
 from starbucks_jax.models.pooling import pool
@@ -227,17 +227,7 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
 def test_gradient_cache_equals_the_plain_step(tmp_path, layout):
   """The gradient-cache step (embed without gradients chunk by chunk, loss gradient w.r.t. the pooled
   vectors of every layer, backprop chunk by chunk) gives the plain step's loss and gradients."""
-  make_hf_bert(tmp_path / "m", initializer_range=0.2, embedding_scale=1.0)
-  pre = checkpoint.load_model(str(tmp_path / "m"))
-  cfg, params = pre.config, pre.params["bert"]
-  plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
-  loss_cfg = losses.LossConfig(kl="scores" if layout == "groups" else "features",
-                               similarity="dot" if layout == "groups" else "cosine")
-  rng = np.random.default_rng(0)
-  def ids_mask(*shape):
-    ids = rng.integers(5, cfg.vocab_size, shape).astype(np.int32)
-    mask = (np.arange(shape[-1]) < rng.integers(3, shape[-1] + 1, shape[:-1] + (1,))).astype(np.int32)
-    return ids, mask
+  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", layout)
   if layout == "roles":
     ids, mask = ids_mask(3, 4, 10)
     batch, chunks = {"ids": ids, "mask": mask}, 3
