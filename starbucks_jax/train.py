@@ -291,10 +291,18 @@ def _accumulate(value_and_grad, k: int, batch_axes: dict[str, int], prepare):
 # The loop
 # ---------------------------------------------------------------------------------------------
 class MetricsWriter:
-  """JSON lines in WORKDIR/metrics.jsonl (appends, so a resumed run continues the file)."""
+  """JSON lines in WORKDIR/metrics.jsonl. A run resumed at step `start` continues the file after
+  dropping the rows logged past `start` (steps the crash lost and the resumed run logs again; all
+  of them when no checkpoint was saved), so every step appears once."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    if sharding.is_primary() and os.path.exists(self.path):
+      with open(self.path, encoding="utf8") as f:
+        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+      with open(self.path + ".tmp", "w", encoding="utf8") as f:
+        f.writelines(kept)
+      os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not sharding.is_primary():
@@ -386,7 +394,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
   step_fn = None
   base_rng = jax.random.key(config.seed)
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, start)
   examples_per_step = config.data.batch_size
   try:
     compiled_shapes = set()

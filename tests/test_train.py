@@ -129,7 +129,7 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
     tiny_run.train.checkpoint_every = 2
   train.run(tiny_run, str(tmp_path / "straight"))
 
-  kill_at(monkeypatch, train.Batcher, 4)  # the process is killed while step 5's batch is on its way
+  kill_at(monkeypatch, train.Batcher, 5)  # killed while step 6's batch is on its way: 5 is logged, not saved
   with pytest.raises(KeyboardInterrupt):
     train.run(tiny_run, str(tmp_path / "resumed"))
   assert checkpoint.manager(str(tmp_path / "resumed"), read_only=True).latest_step() == 4
@@ -139,7 +139,7 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   b = checkpoint.load_model(str(tmp_path / "resumed")).params
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
   steps = [json.loads(line)["step"] for line in open(tmp_path / "resumed" / "metrics.jsonl")]
-  assert steps == [1, 2, 3, 4, 5, 6]  # 5 was never logged before the crash; the log continues
+  assert steps == [1, 2, 3, 4, 5, 6]  # the lost step 5's row is replaced by the resumed run's
   # ... and a finished run is a model source: embed/export can read it.
   assert os.path.exists(tmp_path / "resumed" / "model" / "config.json")
   trained = embed.Embedder.load(str(tmp_path / "resumed")).encode(["a short text"], layer=2, dim=16)
