@@ -129,7 +129,9 @@ def pooled_layers(params, bert_cfg: BertConfig, ids, mask, layers: tuple[int, ..
   return {n: pool(hidden[n], flat_mask, pooling).reshape(*lead, -1) for n in sorted(set(layers))}
 
 
-ROLE_AXES = {"ids": 1, "mask": 1}  # roles batches are [R, B, T]: examples on axis 1 (groups: axis 0)
+# The examples axis of each batch array: roles batches' ids/mask are [R, B, T] (axis 1); every other
+# array, groups batches' included, has its examples on axis 0.
+ROLE_AXES = {"ids": 1, "mask": 1}
 
 
 def _streams(batch) -> tuple[tuple[str, str], ...]:
@@ -357,7 +359,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> tuple
            total_steps, len(examples), config.data.batch_size, plan.pairs or "sampled", plan.layers)
   state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
               batcher, total_steps, lr, tx=tx, param_specs=param_logical_axes(bert_cfg),
-              batch_axes=None if config.data.format == "groups" else ROLE_AXES)
+              batch_axes=ROLE_AXES)
   trained = jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))
   return dataclasses.replace(pre, params={**pre.params, "bert": trained}), {"total_steps": total_steps}
 
