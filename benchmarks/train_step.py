@@ -4,7 +4,8 @@
         [--length 32] [--steps 10] [--dtype float32] [--methods starbucks,full,2dmse,mrl]
 
 Prints examples/s (median of timed steps, after compile) per method, the ratio to the full-only
-step, and each compiled step's memory (temp + arguments, from XLA's memory analysis). The model
+step, the achieved model FLOP/s (BertConfig.matmul_flops) and, with `--peak-tflops` (the device's
+peak in the run's dtype, e.g. 989 for an H100 SXM in bf16), the MFU, and each compiled step's memory (temp + arguments, from XLA's memory analysis). The model
 is read from any HF dir / workdir; the batch is random token ids of fixed length.
 """
 
@@ -31,6 +32,7 @@ def main():
   p.add_argument("--dtype", default="float32")
   p.add_argument("--methods", default="starbucks,full,2dmse,mrl")
   p.add_argument("--pairs", default="", help="e.g. 1x16,2x32 (default: the backbone's Starbucks list)")
+  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
   args = p.parse_args()
 
   pre = checkpoint.load_model(args.model)
@@ -66,12 +68,17 @@ def main():
       state, m = compiled(state, batch, jax.random.key(i))
       jax.block_until_ready(m)
       times.append(time.perf_counter() - t)
-    results[method] = {"examples_per_sec": args.batch / statistics.median(times), "memory_mib": mib}
+    rate = args.batch / statistics.median(times)
+    tflops = rate * cfg.matmul_flops(args.roles, args.length) / 1e12
+    results[method] = {"examples_per_sec": rate, "tflops_per_sec": tflops, "memory_mib": mib}
+    if args.peak_tflops:
+      results[method]["mfu"] = tflops / args.peak_tflops
   base = results.get("full", {}).get("examples_per_sec")
-  print(f"{'method':>16} {'examples/s':>11} {'vs full':>8} {'memory MiB':>11}")
+  print(f"{'method':>16} {'examples/s':>11} {'vs full':>8} {'TFLOP/s':>9} {'MFU':>6} {'memory MiB':>11}")
   for method, r in results.items():
     ratio = f"{base / r['examples_per_sec']:.2f}x" if base else ""
-    print(f"{method:>16} {r['examples_per_sec']:>11.1f} {ratio:>8} {r['memory_mib']:>11.1f}")
+    mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
+    print(f"{method:>16} {r['examples_per_sec']:>11.1f} {ratio:>8} {r['tflops_per_sec']:>9.3f} {mfu:>6} {r['memory_mib']:>11.1f}")
   print(json.dumps(results))
 
 

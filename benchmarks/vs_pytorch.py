@@ -13,7 +13,9 @@ Before timing, both losses are computed on the same weights and batch with dropo
 relative difference is printed (they must agree: the same objective). Then training steps (dropout
 on) are timed alternately, ours then theirs, so background load hits both alike; the medians give
 examples/s. Each side also runs the full-only step (the (N, D) task loss alone) for the SRL/full
-ratio.
+ratio. Both sides also get the achieved model FLOP/s (BertConfig.matmul_flops: the encoder's
+matmuls, forward and backward) and, given the device's peak (`--peak-tflops`, e.g. 989 for an H100
+SXM in bf16), the MFU.
 """
 
 import argparse
@@ -82,6 +84,7 @@ def main():
   p.add_argument("--batch", type=int, default=16, help="(anchor, positive) pairs per step")
   p.add_argument("--length", type=int, default=32, help="tokens per text")
   p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
   args = p.parse_args()
   import torch
 
@@ -133,13 +136,19 @@ def main():
       torch_step(batch, m)
       times[("torch", m)].append(time.perf_counter() - t)
   rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
-  print(f"{'step':>10} {'ours ex/s':>10} {'PyTorch ex/s':>13} {'ours / PyTorch':>15}")
+  flops_per_example = cfg.matmul_flops(2, args.length)  # the anchor and the positive
+  gflops = {k: r * flops_per_example / 1e9 for k, r in rate.items()}
+  print(f"{'step':>10} {'ours ex/s':>10} {'PyTorch ex/s':>13} {'ours / PyTorch':>15} "
+        f"{'ours GFLOP/s':>13} {'PyTorch GFLOP/s':>16}" + (f" {'MFU ours':>9} {'MFU PyTorch':>12}" if args.peak_tflops else ""))
   for m in ours:
+    mfu = (f" {gflops[('jax', m)] / 1e3 / args.peak_tflops:>9.1%} {gflops[('torch', m)] / 1e3 / args.peak_tflops:>12.1%}"
+           if args.peak_tflops else "")
     print(f"{m:>10} {rate[('jax', m)]:>10.1f} {rate[('torch', m)]:>13.1f} "
-          f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x")
+          f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x {gflops[('jax', m)]:>13.1f} {gflops[('torch', m)]:>16.1f}" + mfu)
   print(f"SRL step time / full-only step time: ours {rate[('jax', 'full')] / rate[('jax', 'starbucks')]:.2f}x, "
         f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
-  print(json.dumps({"loss": {"ours": got, "torch": want}, "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()}}))
+  print(json.dumps({"loss": {"ours": got, "torch": want}, "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},
+                    "gflops_per_sec": {f"{s}/{m}": r for (s, m), r in gflops.items()}}))
 
 
 if __name__ == "__main__":

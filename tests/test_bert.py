@@ -160,3 +160,31 @@ def test_presets():
     bert.BertConfig.preset("bert-huge")
   with pytest.raises(ValueError, match="not divisible"):
     bert.BertConfig(hidden_size=30, num_attention_heads=4)
+
+
+def _dot_flops(jaxpr) -> int:
+  """2 x output size x contracted size of every dot_general in a jaxpr and its sub-jaxprs."""
+  total = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      (contract, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval.shape
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i] for i in contract]))
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          total += _dot_flops(sub.jaxpr)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          total += _dot_flops(sub)
+  return total
+
+
+def test_matmul_flops_count_every_matmul_of_the_program():
+  cfg = bert.BertConfig.preset("tiny")
+  params = bert.init_params(cfg, jax.random.key(0))
+  ids = jnp.ones((3, 10), jnp.int32)
+  encode = lambda p: bert.BertEncoder(cfg).apply({"params": p}, ids, jnp.ones_like(ids))  # noqa: E731
+  forward = _dot_flops(jax.make_jaxpr(encode)(params).jaxpr)
+  assert forward == cfg.matmul_flops(3, 10, train=False) > 0
+  backward = _dot_flops(jax.make_jaxpr(jax.grad(lambda p: encode(p)[-1].sum()))(params).jaxpr)
+  assert backward == cfg.matmul_flops(3, 10) == 3 * forward

@@ -78,6 +78,16 @@ class BertConfig:
   def storage_dtype(self):
     return _DTYPES[self.param_dtype]
 
+  def matmul_flops(self, texts: int, length: int, train: bool = True) -> int:
+    """Matmul FLOPs of encoding `texts` texts of `length` tokens through every layer (forward; x3
+    with `train`: the backward pass does two matmuls per forward matmul). Per token and layer:
+    Q, K, V, output projections 4 x 2D^2, feed-forward 2 x 2DI, attention scores and context
+    2 x 2TD. Embedding lookups, norms, softmax, pooling and the loss are not counted (the usual
+    model-FLOPs accounting for MFU)."""
+    D, I, T = self.hidden_size, self.intermediate_size, length
+    forward = self.num_hidden_layers * texts * T * (8 * D * D + 4 * D * I + 4 * T * D)
+    return 3 * forward if train else forward
+
   def replace(self, **kw) -> "BertConfig":
     return dataclasses.replace(self, **kw)
 
