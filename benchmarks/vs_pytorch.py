@@ -1,6 +1,7 @@
 """Our jitted SRL train step vs the authors' PyTorch formulation, side by side in one run.
 
-    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2] [--batch 16] [--length 32] [--steps 10]
+    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2] [--batch 16] [--length 32] [--steps 10] \
+        [--dtype float32|bfloat16] [--peak-tflops 989]
 
 The PyTorch side is written from METHOD.md's equations the way the authors' sentence-transformers
 code computes them: a SentenceTransformer model, one forward per text role with every hidden
@@ -15,7 +16,9 @@ on) are timed alternately, ours then theirs, so background load hits both alike;
 examples/s. Each side also runs the full-only step (the (N, D) task loss alone) for the SRL/full
 ratio. Both sides also get the achieved model FLOP/s (BertConfig.matmul_flops: the encoder's
 matmuls, forward and backward) and, given the device's peak (`--peak-tflops`, e.g. 989 for an H100
-SXM in bf16), the MFU.
+SXM in bf16), the MFU. On a GPU machine both sides run on the GPU (torch on CUDA, jax on its
+default device); `--dtype bfloat16` times both in bf16 compute with float32 weights and optimizer
+(torch autocast; our model.dtype), the objective check staying in float32.
 """
 
 import argparse
@@ -35,13 +38,18 @@ from starbucks_jax.models import hf
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def torch_side(model_dir, pairs, full, lr, clip):
-  """(loss_fn(batch) -> scalar tensor, step(batch) -> float) of the PyTorch formulation."""
+def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
+  """(model, loss_fn(batch) -> scalar tensor, step(batch, method) -> float) of the PyTorch
+  formulation, on CUDA when torch sees a GPU; `dtype` bfloat16 runs the step under autocast
+  (float32 weights and optimizer, as ours)."""
+  import contextlib
+
   import torch
   import torch.nn.functional as F
   from sentence_transformers import SentenceTransformer
 
-  model = SentenceTransformer(model_dir, device="cpu")
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = SentenceTransformer(model_dir, device=device)
   bert = model[0].auto_model
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, eps=1e-8)
 
@@ -51,9 +59,10 @@ def torch_side(model_dir, pairs, full, lr, clip):
     return {n: (hs[n] * m).sum(1) / m.sum(1).clamp(min=1e-9) for n in {n for n, _ in pairs}}
 
   def loss_fn(batch, method="starbucks"):
-    ids, mask = torch.as_tensor(batch["ids"], dtype=torch.long), torch.as_tensor(batch["mask"])
+    ids = torch.as_tensor(batch["ids"], dtype=torch.long, device=device)
+    mask = torch.as_tensor(batch["mask"], device=device)
     roles = [pooled(ids[r], mask[r]) for r in range(ids.shape[0])]  # anchor, positive
-    labels = torch.arange(ids.shape[1])
+    labels = torch.arange(ids.shape[1], device=device)
     total = 0.0
     for n, d in (pairs if method == "starbucks" else (full,)):
       a = F.normalize(roles[0][n][:, :d], dim=-1)
@@ -69,11 +78,12 @@ def torch_side(model_dir, pairs, full, lr, clip):
   def step(batch, method):
     model.train()
     opt.zero_grad()
-    loss = loss_fn(batch, method)
+    with (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()):
+      loss = loss_fn(batch, method)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
-    return float(loss.detach())
+    return float(loss.detach())  # waits for the device
 
   return model, loss_fn, step
 
@@ -85,12 +95,14 @@ def main():
   p.add_argument("--length", type=int, default=32, help="tokens per text")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                 help="compute dtype of the timed steps (params and optimizer stay float32)")
   args = p.parse_args()
   import torch
 
   pre = checkpoint.load_model(args.model)
   model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
-  cfg = pre.config.replace(dtype="float32")
+  cfg = pre.config.replace(dtype="float32")  # the same-objective check runs in float32
   N, D = cfg.num_hidden_layers, cfg.hidden_size
   pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
@@ -101,16 +113,18 @@ def main():
            "mask": np.ones((2, args.batch, args.length), np.int64)}
   batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
-  print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}; model {args.model} ({N} layers, {D} dims, "
-        f"float32); batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
+  torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+  print(f"machine: {os.cpu_count()} CPU cores; torch {torch.__version__} on {torch_device}; "
+        f"jax {jax.__version__} on {jax.devices()[0].device_kind}; model {args.model} ({N} layers, {D} dims, "
+        f"{args.dtype} compute); batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
 
-  torch_model, torch_loss, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
+  torch_model, torch_loss, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm,
+                                                   args.dtype)
   torch_model.eval()
   with torch.no_grad():
     want = float(torch_loss(batch))
   params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-  ours = {m: train.make_train_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean")
+  ours = {m: train.make_train_step(cfg.replace(dtype=args.dtype), schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean")
           for m in ("starbucks", "full")}
   check = train.make_train_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False)
   got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])
