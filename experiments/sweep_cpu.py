@@ -15,7 +15,7 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
 ones, resumes an interrupted one (`ft_sts_cpu_e1_grid/starbucks` scores the SRL model at every layer
-x dim for the heatmap), then writes experiments/results_cpu/{sts,sts_grid,sts_4_epochs,smae,scifact}/
+x dim for the heatmap), then writes experiments/results_cpu/{sts,sts_grid,sts_4_epochs,smae,smae_pretraining,scifact}/
 (table.md, sizes.png, curves.png). For the paper's scale see experiments/sweep_paper.py.
 """
 
@@ -62,6 +62,8 @@ REPORTS = [
            "STS-B test Spearman per size, sts recipe (4 epochs), all-MiniLM-L6-v2"),
     Report(os.path.join(OUT, "smae"), ("smae_cpu/ft_",), "stsb", "spearman_cosine",
            "SMAE + SRL vs SRL from the original weights (same code, sts recipe, 1 epoch)"),
+    Report(os.path.join(OUT, "smae_pretraining"), ("smae_cpu/pt",), "dev", "mlm_accuracy",
+           "SMAE pre-training: held-out masked-token accuracy per sub-model (400 steps, fresh MLM head)"),
     Report(os.path.join(OUT, "scifact"), ("retrieval_scifact/",), "scifact", "nDCG@10",
            "SciFact test nDCG@10 per size"),
 ]
