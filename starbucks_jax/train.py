@@ -292,16 +292,24 @@ def _accumulate(value_and_grad, k: int, batch_axes: dict[str, int], prepare):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
+def _logged_step(line: str) -> float:
+  """The step of one metrics.jsonl row; a line cut short by a crash counts as past every step."""
+  try:
+    return json.loads(line)["step"]
+  except (ValueError, KeyError, TypeError):
+    return float("inf")
+
+
 class MetricsWriter:
   """JSON lines in WORKDIR/metrics.jsonl. A run resumed at step `start` continues the file after
   dropping the rows logged past `start` (steps the crash lost and the resumed run logs again; all
-  of them when no checkpoint was saved), so every step appears once."""
+  of them when no checkpoint was saved; a row the crash cut short), so every step appears once."""
 
   def __init__(self, workdir: str, start: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
     if sharding.is_primary() and os.path.exists(self.path):
       with open(self.path, encoding="utf8") as f:
-        kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+        kept = [line for line in f if _logged_step(line) <= start]
       with open(self.path + ".tmp", "w", encoding="utf8") as f:
         f.writelines(kept)
       os.replace(self.path + ".tmp", self.path)

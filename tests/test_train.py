@@ -133,6 +133,8 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   with pytest.raises(KeyboardInterrupt):
     train.run(tiny_run, str(tmp_path / "resumed"))
   assert checkpoint.manager(str(tmp_path / "resumed"), read_only=True).latest_step() == 4
+  with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
+    f.write('{"step": 6, "lo')  # a row the kill cut short
   monkeypatch.undo()
   train.run(tiny_run, str(tmp_path / "resumed"))
   a = checkpoint.load_model(str(tmp_path / "straight")).params
