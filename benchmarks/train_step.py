@@ -5,8 +5,9 @@
 
 Prints examples/s (median of timed steps, after compile) per method, the ratio to the full-only
 step, the achieved model FLOP/s (BertConfig.matmul_flops) and, with `--peak-tflops` (the device's
-peak in the run's dtype, e.g. 989 for an H100 SXM in bf16), the MFU, and each compiled step's memory (temp + arguments, from XLA's memory analysis). The model
-is read from any HF dir / workdir; the batch is random token ids of fixed length.
+peak in the run's dtype, e.g. 989 for an H100 SXM in bf16), the MFU, and each compiled step's
+memory (temp + arguments, from XLA's memory analysis). The model is read from any HF dir /
+workdir; the batch is random token ids of fixed length.
 """
 
 import argparse

@@ -74,24 +74,19 @@ def test_smae_accumulation_equals_the_whole_batch(tmp_path, mode="smae"):
   assert rel < 1e-5 and scale > 1e-3
 
 
-def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path, layout="groups"):
+def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path):
   """In-batch losses do not decompose over examples: the accumulated step is the mean of the plain
   step on microbatches j, j+k, ... (each with its own negatives), query groups kept whole. (The
   roles layout is checked on the 8-device mesh in tests/sharded_equivalence.py, and its split in
   test_split_keeps_each_query_with_its_group_and_strides.)"""
-  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", layout)
+  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", "groups")
 
   k, B, G = 2, 6, 3
-  if layout == "roles":
-    ids, mask = ids_mask(3, B, 10)
-    batch = {"ids": ids, "mask": mask}
-    micro = [{"ids": ids[:, j::k], "mask": mask[:, j::k]} for j in range(k)]
-  else:
-    (q, qm), (p, pm) = ids_mask(B, 6), ids_mask(B * G, 10)
-    batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
-    grouped = lambda a, j: a.reshape(B, G, -1)[j::k].reshape(-1, a.shape[-1])  # noqa: E731
-    micro = [{"query_ids": q[j::k], "query_mask": qm[j::k], "passage_ids": grouped(p, j),
-              "passage_mask": grouped(pm, j)} for j in range(k)]
+  (q, qm), (p, pm) = ids_mask(B, 6), ids_mask(B * G, 10)
+  batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
+  grouped = lambda a, j: a.reshape(B, G, -1)[j::k].reshape(-1, a.shape[-1])  # noqa: E731
+  micro = [{"query_ids": q[j::k], "query_mask": qm[j::k], "passage_ids": grouped(p, j),
+            "passage_mask": grouped(pm, j)} for j in range(k)]
   key = jax.random.key(3)
   plain = jax.jit(train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
   accumulated = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, microbatches=k)
