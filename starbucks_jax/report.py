@@ -23,6 +23,20 @@ from typing import Any, Iterable
 RESULTS = "results"
 
 
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl; a row a crash cut short (not JSON, or without a step) is left out."""
+  rows = []
+  with open(path, encoding="utf8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and "step" in row:
+        rows.append(row)
+  return rows
+
+
 def _runs(root: str) -> Iterable[str]:
   """Every directory under `root` (itself included) that holds a results/ folder of JSON files."""
   for here, dirs, files in os.walk(root):
@@ -162,7 +176,7 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
     metrics = os.path.join(run, "metrics.jsonl")
     if not os.path.exists(metrics):
       continue
-    rows = [json.loads(line) for line in open(metrics) if line.strip()]
+    rows = read_metrics(metrics)
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
     drawn += 1
   if not drawn:

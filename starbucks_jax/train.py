@@ -26,7 +26,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, config_lib, losses, schedule as schedule_lib, sharding
+from starbucks_jax import checkpoint, config_lib, losses, report, schedule as schedule_lib, sharding
 from starbucks_jax.data.batching import Batcher, load_examples
 from starbucks_jax.data.groups import GroupBatcher, load_groups
 from starbucks_jax.embed import Embedder
@@ -292,14 +292,6 @@ def _accumulate(value_and_grad, k: int, batch_axes: dict[str, int], prepare):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-def _logged_step(line: str) -> float:
-  """The step of one metrics.jsonl row; a line cut short by a crash counts as past every step."""
-  try:
-    return json.loads(line)["step"]
-  except (ValueError, KeyError, TypeError):
-    return float("inf")
-
-
 class MetricsWriter:
   """JSON lines in WORKDIR/metrics.jsonl. A run resumed at step `start` continues the file after
   dropping the rows logged past `start` (steps the crash lost and the resumed run logs again; all
@@ -308,10 +300,9 @@ class MetricsWriter:
   def __init__(self, workdir: str, start: int = 0):
     self.path = os.path.join(workdir, "metrics.jsonl")
     if sharding.is_primary() and os.path.exists(self.path):
-      with open(self.path, encoding="utf8") as f:
-        kept = [line for line in f if _logged_step(line) <= start]
+      kept = [row for row in report.read_metrics(self.path) if row["step"] <= start]
       with open(self.path + ".tmp", "w", encoding="utf8") as f:
-        f.writelines(kept)
+        f.writelines(json.dumps(row) + "\n" for row in kept)
       os.replace(self.path + ".tmp", self.path)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:

@@ -26,6 +26,9 @@ def test_collect_table_and_pictures(tmp_path):
   root = tmp_path / "sweep"
   fake_run(root / "starbucks", "starbucks", [0.5, 0.7, 0.9])
   fake_run(root / "full", "full", [0.4, 0.6, 0.91])
+  with open(root / "full" / "metrics.jsonl", "a") as f:  # a crash cut the last row; not resumed
+    f.write('{"step": 30, "lo')
+  assert [r["step"] for r in report.read_metrics(str(root / "full" / "metrics.jsonl"))] == [10, 20]
   fake_run(root / "separate_1_16", "separate", [0.45], grid=((1, 16),))
   fake_run(root / "separate_2_32", "separate", [0.72], grid=((2, 32),))
   grid = tuple((n, d) for n in (1, 2, 4) for d in (16, 32, 64))
