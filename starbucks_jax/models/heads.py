@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import BertConfig, BertLayer, _init, _layer_norm, _zeros
+from starbucks_jax.models.bert import BertConfig, BertLayer, _init, _layer_norm, _zeros, gelu
 
 
 class SlicedDense(nn.Module):
@@ -41,7 +41,7 @@ class MlmTransform(nn.Module):
   @nn.compact
   def __call__(self, x):
     h = SlicedDense(self.config, self.config.hidden_size, name="dense")(x)
-    h = nn.gelu(h, approximate=False)
+    h = gelu(h)
     return _layer_norm(self.config, "LayerNorm")(h)
 
 
