@@ -11,10 +11,12 @@ AdamW (torch.optim), global-norm clipping 1.0. Our side is `train.make_train_ste
 loss config (configs/ft.py defaults), one encoder forward for every role and pair.
 
 Before timing, both losses are computed on the same weights and batch with dropout off and their
-relative difference is printed (they must agree: the same objective). Then training steps (dropout
-on) are timed alternately, ours then theirs, so background load hits both alike; the medians give
-examples/s. Each side also runs the full-only step (the (N, D) task loss alone) for the SRL/full
-ratio. Both sides also get the achieved model FLOP/s (BertConfig.matmul_flops: the encoder's
+relative difference is printed (they must agree: the same objective). Then each side times its
+training steps (dropout on) in a process of its own, ours first, the SRL and the full-only step
+(the (N, D) task loss alone, for the SRL/full ratio) alternately; the medians give examples/s.
+Separate processes because two runtimes' thread pools in one process slow each other on a CPU:
+alternating steps in one process measured ours 7.8 and PyTorch 9.8 ex/s (64 x 64 full-only),
+against 10.9 and 13.2 in processes of their own (same commit, same machine). Both sides also get the achieved model FLOP/s (BertConfig.matmul_flops: the encoder's
 matmuls, forward and backward) and, given the device's peak (`--peak-tflops`, e.g. 989 for an H100
 SXM in bf16), the MFU. On a GPU machine both sides run on the GPU (torch on CUDA, jax on its
 default device); `--dtype bfloat16` times both in bf16 compute with float32 weights and optimizer
@@ -25,6 +27,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -36,6 +40,7 @@ from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("starbucks", "full")  # the SRL step and the full-only step
 
 
 def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
@@ -88,6 +93,60 @@ def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
   return model, loss_fn, step
 
 
+def _times(step, steps: int) -> dict[str, list[float]]:
+  """Seconds of each timed call of step(method, i) (after a warm-up), SRL and full-only alternated."""
+  for m in METHODS:
+    step(m, 0)
+  times = {m: [] for m in METHODS}
+  for i in range(steps):
+    for m in METHODS:
+      t = time.perf_counter()
+      step(m, i + 1)
+      times[m].append(time.perf_counter() - t)
+  return times
+
+
+def worker(side: str, args, setup) -> None:
+  """Time one side's steps in this process; print {method: [seconds]} as the last line."""
+  pre, model_dir, pairs, ft, tx, loss_cfg, batch = setup
+  cfg = pre.config.replace(dtype=args.dtype)
+  N, D = cfg.num_hidden_layers, cfg.hidden_size
+  if side == "torch":
+    _, _, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm, args.dtype)
+    times = _times(lambda m, i: torch_step(batch, m), args.steps)
+  else:
+    jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+    params = pre.params["bert"]
+    jitted, states = {}, {}
+    for m in METHODS:
+      jitted[m] = jax.jit(train.make_train_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean"),
+                          donate_argnums=(0,))
+      states[m] = train.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
+                                   tx.init(params))
+
+    def step(m, i):
+      states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(i))
+      jax.block_until_ready(metrics)
+    times = _times(step, args.steps)
+  print(json.dumps(times))
+
+
+def _setup(args):
+  """What both sides and the check share: model, schedule, optimizer config, loss config, batch."""
+  pre = checkpoint.load_model(args.model)
+  model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
+  N, D = pre.config.num_hidden_layers, pre.config.hidden_size
+  pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
+  ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
+  tx = train.make_optimizer(ft.train, 1000)
+  loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
+  rng = np.random.default_rng(0)
+  batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
+           "mask": np.ones((2, args.batch, args.length), np.int64)}
+  batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
+  return pre, model_dir, pairs, ft, tx, loss_cfg, batch
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--model", default="all-MiniLM-L6-v2")
@@ -97,64 +156,47 @@ def main():
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
+  p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)  # one side's timing process
   args = p.parse_args()
+  setup = _setup(args)
+  if args.worker:
+    return worker(args.worker, args, setup)
   import torch
 
-  pre = checkpoint.load_model(args.model)
-  model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
+  pre, model_dir, pairs, ft, tx, loss_cfg, batch = setup
   cfg = pre.config.replace(dtype="float32")  # the same-objective check runs in float32
   N, D = cfg.num_hidden_layers, cfg.hidden_size
-  pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
-  ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
-  tx = train.make_optimizer(ft.train, 1000)
-  loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
-  rng = np.random.default_rng(0)
-  batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
-           "mask": np.ones((2, args.batch, args.length), np.int64)}
-  batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
-  jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
   print(f"machine: {os.cpu_count()} CPU cores; torch {torch.__version__} on {torch_device}; "
         f"jax {jax.__version__} on {jax.devices()[0].device_kind}; model {args.model} ({N} layers, {D} dims, "
         f"{args.dtype} compute); batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
 
-  torch_model, torch_loss, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm,
-                                                   args.dtype)
+  torch_model, torch_loss, _ = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
   torch_model.eval()
   with torch.no_grad():
     want = float(torch_loss(batch))
   params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-  ours = {m: train.make_train_step(cfg.replace(dtype=args.dtype), schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean")
-          for m in ("starbucks", "full")}
   check = train.make_train_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False)
+  jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])
   print(f"same objective: SRL loss ours {got:.6f}, PyTorch {want:.6f}, relative difference "
-        f"{abs(got - want) / abs(want):.1e}")
+        f"{abs(got - want) / abs(want):.1e}", flush=True)
+  del torch_model, check, params
 
-  jitted, states = {}, {}
-  for m, fn in ours.items():
-    jitted[m] = jax.jit(fn, donate_argnums=(0,))
-    states[m] = train.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
-                                 tx.init(params))
-    states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(0))  # compile + warm up
-    jax.block_until_ready(metrics)
-    torch_step(batch, m)  # warm up
-  times = {(side, m): [] for side in ("jax", "torch") for m in ours}
-  for i in range(args.steps):
-    for m in ours:
-      t = time.perf_counter()
-      states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(i + 1))
-      jax.block_until_ready(metrics)
-      times[("jax", m)].append(time.perf_counter() - t)
-      t = time.perf_counter()
-      torch_step(batch, m)
-      times[("torch", m)].append(time.perf_counter() - t)
+  times = {}
+  for side in ("jax", "torch"):
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker", side],
+                         capture_output=True, text=True, check=False)
+    if out.returncode:
+      raise RuntimeError(f"the {side} timing process failed:\n{out.stderr[-3000:]}")
+    for m, seconds in json.loads(out.stdout.strip().splitlines()[-1]).items():
+      times[(side, m)] = seconds
   rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
   flops_per_example = cfg.matmul_flops(2, args.length)  # the anchor and the positive
   gflops = {k: r * flops_per_example / 1e9 for k, r in rate.items()}
   print(f"{'step':>10} {'ours ex/s':>10} {'PyTorch ex/s':>13} {'ours / PyTorch':>15} "
         f"{'ours GFLOP/s':>13} {'PyTorch GFLOP/s':>16}" + (f" {'MFU ours':>9} {'MFU PyTorch':>12}" if args.peak_tflops else ""))
-  for m in ours:
+  for m in METHODS:
     mfu = (f" {gflops[('jax', m)] / 1e3 / args.peak_tflops:>9.1%} {gflops[('torch', m)] / 1e3 / args.peak_tflops:>12.1%}"
            if args.peak_tflops else "")
     print(f"{m:>10} {rate[('jax', m)]:>10.1f} {rate[('torch', m)]:>13.1f} "
