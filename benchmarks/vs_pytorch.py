@@ -1,6 +1,6 @@
 """Our jitted SRL train step vs the authors' PyTorch formulation, side by side in one run.
 
-    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2] [--batch 16] [--length 32] [--steps 10] \
+    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2] [--batch 16] [--length 32] [--steps 10] [--rounds 2] \
         [--dtype float32|bfloat16] [--peak-tflops 989]
 
 The PyTorch side is written from METHOD.md's equations the way the authors' sentence-transformers
@@ -12,8 +12,9 @@ loss config (configs/ft.py defaults), one encoder forward for every role and pai
 
 Before timing, both losses are computed on the same weights and batch with dropout off and their
 relative difference is printed (they must agree: the same objective). Then each side times its
-training steps (dropout on) in a process of its own, ours first, the SRL and the full-only step
-(the (N, D) task loss alone, for the SRL/full ratio) alternately; the medians give examples/s.
+training steps (dropout on) in a process of its own, the SRL and the full-only step (the (N, D)
+task loss alone, for the SRL/full ratio) alternately; `--rounds` such pairs of processes (ours,
+then PyTorch) run in turn, so drifting background load hits both; the medians give examples/s.
 Separate processes because two runtimes' thread pools in one process slow each other on a CPU:
 alternating steps in one process measured ours 7.8 and PyTorch 9.8 ex/s (64 x 64 full-only),
 against 10.9 and 13.2 in processes of their own (same code, same machine). Both sides also get
@@ -152,7 +153,8 @@ def main():
   p.add_argument("--model", default="all-MiniLM-L6-v2")
   p.add_argument("--batch", type=int, default=16, help="(anchor, positive) pairs per step")
   p.add_argument("--length", type=int, default=32, help="tokens per text")
-  p.add_argument("--steps", type=int, default=10)
+  p.add_argument("--steps", type=int, default=10, help="timed steps per method, side and round")
+  p.add_argument("--rounds", type=int, default=2, help="timing processes per side, alternated")
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
@@ -183,14 +185,15 @@ def main():
         f"{abs(got - want) / abs(want):.1e}", flush=True)
   del torch_model, check, params
 
-  times = {}
-  for side in ("jax", "torch"):
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker", side],
-                         capture_output=True, text=True, check=False)
-    if out.returncode:
-      raise RuntimeError(f"the {side} timing process failed:\n{out.stderr[-3000:]}")
-    for m, seconds in json.loads(out.stdout.strip().splitlines()[-1]).items():
-      times[(side, m)] = seconds
+  times = {(side, m): [] for side in ("jax", "torch") for m in METHODS}
+  for _ in range(args.rounds):  # rounds of (ours, PyTorch): background load drifts over minutes
+    for side in ("jax", "torch"):
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker", side],
+                           capture_output=True, text=True, check=False)
+      if out.returncode:
+        raise RuntimeError(f"the {side} timing process failed:\n{out.stderr[-3000:]}")
+      for m, seconds in json.loads(out.stdout.strip().splitlines()[-1]).items():
+        times[(side, m)] += seconds
   rate = {k: args.batch / statistics.median(v) for k, v in times.items()}
   flops_per_example = cfg.matmul_flops(2, args.length)  # the anchor and the positive
   gflops = {k: r * flops_per_example / 1e9 for k, r in rate.items()}
