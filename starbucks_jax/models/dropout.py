@@ -84,4 +84,7 @@ class Dropout(nn.Module):
       return jnp.zeros_like(x)
     keep = 1.0 - self.rate
     mask = keep_mask(self.make_rng("dropout"), x.shape, keep)
-    return jnp.where(mask, x * jnp.asarray(1.0 / keep, x.dtype), jnp.zeros((), x.dtype))
+    # the scale in float32: 1 / 0.9 rounded to bfloat16 (or x / 0.9 with 0.9 so rounded, as in
+    # nn.Dropout) would shrink or grow every kept bfloat16 activation by ~0.2%
+    kept = (x.astype(jnp.float32) * np.float32(1.0 / keep)).astype(x.dtype)
+    return jnp.where(mask, kept, jnp.zeros((), x.dtype))
