@@ -5,7 +5,8 @@ A sweep script (experiments/sweep_*.py) lists `Run`s and calls `main(runs, ...)`
 the command line: `--root DIR` (where the workdirs go), `--only NAME_PREFIX` (a subset),
 `--print-only` (the commands, in order, for a scheduler), `--report-only` (skip training). After
 the runs, each `Report` collects the results under the root (starbucks_jax.report) into a table and
-pictures.
+pictures: in its own folder (the recorded experiments/results_*) for the sweep's default root, in
+ROOT/reports/ for any other root, so a trial elsewhere never overwrites the recorded tables.
 """
 
 from __future__ import annotations
@@ -63,16 +64,18 @@ def launch(runs: Sequence[Run], root: str, *, print_only: bool = False, cwd: str
     subprocess.run(cmd, cwd=cwd, check=True)
 
 
-def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str) -> None:
+def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, into: str | None = None) -> None:
+  """Each report's table and pictures, in its own folder or, given `into`, in into/<its name>."""
   for rep in reports:
+    out = rep.out if into is None else os.path.join(into, os.path.basename(os.path.normpath(rep.out)))
     chosen = [r for r in runs if any(r.name.startswith(prefix) for prefix in rep.runs)]
     finished = [r for r in chosen if r.done(root)]
     if not finished:
-      print(f"report {rep.out}: no finished runs yet")
+      print(f"report {out}: no finished runs yet")
       continue
     labels = {os.path.normpath(r.workdir(root)): r.label for r in finished if r.label}
     records = report.collect([r.workdir(root) for r in finished], labels)
-    files = report.write(records, rep.out, dataset=rep.dataset, metric=rep.metric, title=rep.title)
+    files = report.write(records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title)
     missing = [r.name for r in chosen if not r.done(root)]
     commits = {}
     for r in finished:
@@ -103,4 +106,5 @@ def main(runs: Sequence[Run], reports: Sequence[Report] = (), *, default_root: s
   if not args.report_only:
     launch(chosen, args.root, print_only=args.print_only)
   if not args.print_only:
-    write_reports(runs, reports, args.root)
+    same_root = os.path.abspath(args.root) == os.path.abspath(default_root)
+    write_reports(runs, reports, args.root, None if same_root else os.path.join(args.root, "reports"))

@@ -3,6 +3,7 @@ workdirs into the paper-style table (best in bold, mean) and pictures."""
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -68,5 +69,11 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
   text = capsys.readouterr().out
   assert "skip a/starbucks: done" in text and "skip a/full: done" in text
   assert "| SRL | **0.5000** |" in open(os.path.join(out, "table.md")).read()
+  os.remove(os.path.join(out, "table.md"))  # another root: its reports go under it, not over the recorded ones
+  other = str(tmp_path / "trial")
+  shutil.copytree(root, other)
+  sweep.main(runs, [sweep.Report(out, ("a/",), "stsb", "spearman_cosine")], default_root=root, argv=["--root", other])
+  assert not os.path.exists(os.path.join(out, "table.md"))
+  assert "| SRL | **0.5000** |" in open(os.path.join(other, "reports", "rep", "table.md")).read()
   with pytest.raises(SystemExit):
     sweep.main(runs, default_root=root, argv=["--only", "b/"])
