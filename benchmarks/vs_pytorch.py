@@ -160,6 +160,8 @@ def main():
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
   p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)  # one side's timing process
   args = p.parse_args()
+  if not args.worker:  # the parent only checks the objective: leave the accelerator to the workers
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   setup = _setup(args)
   if args.worker:
     return worker(args.worker, args, setup)
@@ -184,6 +186,8 @@ def main():
   print(f"same objective: SRL loss ours {got:.6f}, PyTorch {want:.6f}, relative difference "
         f"{abs(got - want) / abs(want):.1e}", flush=True)
   del torch_model, check, params
+  if torch.cuda.is_available():
+    torch.cuda.empty_cache()
 
   times = {(side, m): [] for side in ("jax", "torch") for m in METHODS}
   for _ in range(args.rounds):  # rounds of (ours, PyTorch): background load drifts over minutes
