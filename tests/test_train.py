@@ -246,3 +246,34 @@ def test_gradient_cache_equals_the_plain_step(tmp_path, layout):
   scale = max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(g1))
   diff = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree_util.tree_leaves(g1), jax.tree_util.tree_leaves(g2)))
   assert diff / scale < 1e-5 and scale > 1e-3
+
+
+def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
+  """Dropout on: the backprop pass of the gradient cache must see the masks its embedding pass drew
+  (each chunk's key is fold_in(stream key, chunk)); its gradients equal autodiff through a chunked
+  forward with those keys, and differ from the dropout-free ones."""
+  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", "roles")
+  assert cfg.hidden_dropout_prob > 0 and cfg.attention_probs_dropout_prob > 0
+  ids, mask = ids_mask(2, 6, 10)
+  batch, k, key = {"ids": ids, "mask": mask}, 3, jax.random.key(5)
+  cached = train.make_train_step(cfg, plan, loss_cfg, None, "mean", grad_cache_chunks=k)
+  (loss, _), grads = jax.jit(cached.value_and_grad)(params, batch, key)
+
+  def chunked_loss(p):  # the same keys as the step: split, fold in the stream, then the chunk
+    dropout_key, sample_key = jax.random.split(key)
+    stream_key = jax.random.fold_in(dropout_key, 0)
+    flat_ids, flat_mask = ids.reshape(-1, 10), mask.reshape(-1, 10)
+    parts = [train.pooled_layers(p, cfg, a, m, plan.layers, "mean", deterministic=False,
+                                 rng=jax.random.fold_in(stream_key, i))
+             for i, (a, m) in enumerate(zip(np.split(flat_ids, k), np.split(flat_mask, k)))]
+    pooled = {n: jnp.concatenate([q[n] for q in parts]).reshape(2, 6, -1) for n in parts[0]}
+    return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_key)[0]
+
+  want_loss, want = jax.jit(jax.value_and_grad(chunked_loss))(params)
+  assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
+  scale = max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(want))
+  leaves = lambda t: jax.tree_util.tree_leaves(t)  # noqa: E731
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(leaves(want), leaves(grads))) / scale < 1e-5
+  no_dropout = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=k)
+  (_, _), plain = jax.jit(no_dropout.value_and_grad)(params, batch, key)
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(leaves(plain), leaves(grads))) / scale > 1e-3
