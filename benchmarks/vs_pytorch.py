@@ -12,16 +12,17 @@ loss config (configs/ft.py defaults), one encoder forward for every role and pai
 
 Before timing, both losses are computed on the same weights and batch with dropout off and their
 relative difference is printed (they must agree: the same objective). Then each side times its
-training steps (dropout on) in a process of its own, the SRL and the full-only step (the (N, D)
-task loss alone, for the SRL/full ratio) alternately; `--rounds` such pairs of processes (ours,
-then PyTorch) run in turn, so drifting background load hits both; the medians give examples/s.
-Separate processes because two runtimes' thread pools in one process slow each other on a CPU:
-alternating steps in one process measured ours 7.8 and PyTorch 9.8 ex/s (64 x 64 full-only),
-against 10.9 and 13.2 in processes of their own (same code, same machine). Both sides also get
-the achieved model FLOP/s (BertConfig.matmul_flops: the encoder's matmuls, forward and backward)
-and, given the device's peak (`--peak-tflops`, e.g. 989 for an H100 SXM in bf16), the MFU. On a GPU machine both sides run on the GPU (torch on CUDA, jax on its
-default device); `--dtype bfloat16` times both in bf16 compute with float32 weights and optimizer
-(torch autocast; our model.dtype), the objective check staying in float32.
+training steps (dropout on) in a process of its own, the SRL and the full-only step (the (N, D) task
+loss alone, for the SRL/full ratio) alternately; `--rounds` such pairs of processes (ours, then
+PyTorch) run in turn, so drifting background load hits both; the medians give examples/s. Separate
+processes because two runtimes' thread pools in one process slow each other on a CPU: alternating
+steps in one process measured ours 7.8 and PyTorch 9.8 ex/s (64 x 64 full-only), against 10.9 and
+13.2 in processes of their own (same code, same machine). Both sides also get the achieved model
+FLOP/s (BertConfig.matmul_flops: the encoder's matmuls, forward and backward) and, given the
+device's peak (`--peak-tflops`, e.g. 989 for an H100 SXM in bf16), the MFU. On a GPU machine both
+sides run on the GPU (torch on CUDA, jax on its default device); `--dtype bfloat16` times both in
+bf16 compute with float32 weights and optimizer (torch autocast; our model.dtype), the objective
+check staying in float32.
 """
 
 import argparse

@@ -103,6 +103,13 @@ def kill_at(monkeypatch, batcher_cls, step: int) -> None:
   monkeypatch.setattr(batcher_cls, "iterate", dying)
 
 
+def max_rel_diff(a, b):
+  """(max |a - b| over the leaves of two trees / max |b|, max |b|): how far a is from reference b."""
+  scale = max(float(jax.numpy.abs(x).max()) for x in jax.tree_util.tree_leaves(b))
+  diff = max(float(jax.numpy.abs(x - y).max()) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  return diff / scale, scale
+
+
 def tiny_srl_case(path, layout: str):
   """A random tiny BERT saved to `path` and loaded as a sentence model, the (1,8) (2,16) (4,32)
   Starbucks plan, the loss of `layout` ('roles': feature KL, cosine; 'groups': score KL, dot) and

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from conftest import REPO, make_hf_bert, make_tokenizer, tiny_srl_case
+from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
 from starbucks_jax import config_lib, pretrain, train
 from starbucks_jax.data import masking
 from starbucks_jax.models import hf
@@ -18,12 +18,6 @@ def optimizer(steps=10):
                                         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01,
                                         skip_nonfinite=False, max_consecutive_nonfinite=1))
   return train.make_optimizer(tcfg, steps)
-
-
-def max_rel_diff(a, b):
-  scale = max(float(jnp.abs(x).max()) for x in jax.tree_util.tree_leaves(b))
-  diff = max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-  return diff / scale, scale
 
 
 def test_split_keeps_each_query_with_its_group_and_strides():
