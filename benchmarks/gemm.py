@@ -7,7 +7,9 @@ attention output D x D, feed-forward up D x I and down I x D) the forward x @ W,
 gradient g @ W^T and the weight gradient x^T @ g, over texts x length rows. Each is timed on
 arrays already on the device (median of `--repeats`), on both sides with the same shapes and
 float32, so a gap in `benchmarks/vs_pytorch.py` can be told apart: the matmul library, or the rest
-of the step.
+of the step. A second table times attention's batched products (texts x heads small matrices:
+scores q @ k^T, the context p @ v, and the backward's p^T @ g), which XLA:CPU and PyTorch run
+through other kernels than the weight products.
 """
 
 import argparse
@@ -65,6 +67,23 @@ def main():
       print(f"{weight:>10} {name:>20} {flops / xla / 1e9:>12.1f} {flops / ref / 1e9:>16.1f} {ref / xla:>13.2f}x")
   print(f"all of them: XLA {total['xla'] * 1e3:.0f} ms, PyTorch {total['torch'] * 1e3:.0f} ms "
         f"({total['torch'] / total['xla']:.2f}x)")
+
+  heads, L = cfg.num_attention_heads, args.length
+  batch, dh = args.texts * heads, cfg.hidden_size // cfg.num_attention_heads
+  attention = {  # name: (left shape, right shape, the product, contracted size, output size)
+      "scores q @ k^T": ((batch, L, dh), (batch, L, dh), lambda q, k: q @ k.swapaxes(1, 2), dh, L * L),
+      "context p @ v": ((batch, L, L), (batch, L, dh), lambda p, v: p @ v, L, L * dh),
+      "backward p^T @ g": ((batch, L, L), (batch, L, dh), lambda p, g: p.swapaxes(1, 2) @ g, L, L * dh),
+  }
+  print(f"\nattention, {batch} products (texts x heads) of {L} x {L} and {L} x {dh}:")
+  print(f"{'product':>31} {'XLA GFLOP/s':>12} {'PyTorch GFLOP/s':>16} {'XLA / PyTorch':>14}")
+  for name, (a_shape, b_shape, product, k, out) in attention.items():
+    a = rng.standard_normal(a_shape, np.float32)
+    b = rng.standard_normal(b_shape, np.float32)
+    flops = 2 * batch * k * out
+    xla = _median_time(jax.jit(product), (jnp.asarray(a), jnp.asarray(b)), args.repeats, jax.block_until_ready)
+    ref = _median_time(product, (torch.from_numpy(a), torch.from_numpy(b)), args.repeats, lambda x: x)
+    print(f"{name:>31} {flops / xla / 1e9:>12.1f} {flops / ref / 1e9:>16.1f} {ref / xla:>13.2f}x")
 
 
 if __name__ == "__main__":
