@@ -33,6 +33,17 @@ def _median_time(fn, args, repeats, sync):
   return statistics.median(times)
 
 
+def _time_both(product, a_shape, b_shape, rng, repeats):
+  """Seconds for `product` on random float32 operands of these shapes: (XLA, PyTorch)."""
+  import torch
+
+  a = rng.standard_normal(a_shape, np.float32)
+  b = rng.standard_normal(b_shape, np.float32)
+  xla = _median_time(jax.jit(product), (jnp.asarray(a), jnp.asarray(b)), repeats, jax.block_until_ready)
+  ref = _median_time(product, (torch.from_numpy(a), torch.from_numpy(b)), repeats, lambda x: x)
+  return xla, ref
+
+
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--preset", default="minilm-l6-h384", help="a BertConfig preset (its D and I)")
@@ -56,20 +67,16 @@ def main():
   total = {"xla": 0.0, "torch": 0.0}
   for weight, (k, n) in {"D x D": (D, D), "D x I": (D, I), "I x D": (I, D)}.items():
     for name, (shapes, product) in products.items():
-      a_shape, b_shape = shapes(k, n)
-      a = rng.standard_normal(a_shape, np.float32)
-      b = rng.standard_normal(b_shape, np.float32)
       flops = 2 * rows * k * n
-      xla = _median_time(jax.jit(product), (jnp.asarray(a), jnp.asarray(b)), args.repeats, jax.block_until_ready)
-      ref = _median_time(product, (torch.from_numpy(a), torch.from_numpy(b)), args.repeats, lambda x: x)
+      xla, ref = _time_both(product, *shapes(k, n), rng, args.repeats)
       total["xla"] += xla
       total["torch"] += ref
       print(f"{weight:>10} {name:>20} {flops / xla / 1e9:>12.1f} {flops / ref / 1e9:>16.1f} {ref / xla:>13.2f}x")
   print(f"all of them: XLA {total['xla'] * 1e3:.0f} ms, PyTorch {total['torch'] * 1e3:.0f} ms "
         f"({total['torch'] / total['xla']:.2f}x)")
 
-  heads, L = cfg.num_attention_heads, args.length
-  batch, dh = args.texts * heads, cfg.hidden_size // cfg.num_attention_heads
+  L, dh = args.length, cfg.head_dim
+  batch = args.texts * cfg.num_attention_heads
   attention = {  # name: (left shape, right shape, the product, contracted size, output size)
       "scores q @ k^T": ((batch, L, dh), (batch, L, dh), lambda q, k: q @ k.swapaxes(1, 2), dh, L * L),
       "context p @ v": ((batch, L, L), (batch, L, dh), lambda p, v: p @ v, L, L * dh),
@@ -78,11 +85,8 @@ def main():
   print(f"\nattention, {batch} products (texts x heads) of {L} x {L} and {L} x {dh}:")
   print(f"{'product':>31} {'XLA GFLOP/s':>12} {'PyTorch GFLOP/s':>16} {'XLA / PyTorch':>14}")
   for name, (a_shape, b_shape, product, k, out) in attention.items():
-    a = rng.standard_normal(a_shape, np.float32)
-    b = rng.standard_normal(b_shape, np.float32)
     flops = 2 * batch * k * out
-    xla = _median_time(jax.jit(product), (jnp.asarray(a), jnp.asarray(b)), args.repeats, jax.block_until_ready)
-    ref = _median_time(product, (torch.from_numpy(a), torch.from_numpy(b)), args.repeats, lambda x: x)
+    xla, ref = _time_both(product, a_shape, b_shape, rng, args.repeats)
     print(f"{name:>31} {flops / xla / 1e9:>12.1f} {flops / ref / 1e9:>16.1f} {ref / xla:>13.2f}x")
 
 
