@@ -1,7 +1,7 @@
 """Our jitted SRL train step vs the authors' PyTorch formulation, side by side in one run.
 
-    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2] [--batch 16] [--length 32] [--steps 10] [--rounds 2] \
-        [--dtype float32|bfloat16] [--peak-tflops 989]
+    python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2 | DIR | random:bert-base] [--batch 16] [--length 32] \
+        [--steps 10] [--rounds 2] [--dtype float32|bfloat16] [--peak-tflops 989] [--out results.json]
 
 The PyTorch side is written from METHOD.md's equations the way the authors' sentence-transformers
 code computes them: a SentenceTransformer model, one forward per text role with every hidden
@@ -23,6 +23,12 @@ device's peak (`--peak-tflops`, e.g. 989 for an H100 SXM in bf16), the MFU. On a
 sides run on the GPU (torch on CUDA, jax on its default device); `--dtype bfloat16` times both in
 bf16 compute with float32 weights and optimizer (torch autocast; our model.dtype), the objective
 check staying in float32.
+
+`--model random:bert-base` (or `random:minilm-l6-h384`) times a randomly initialised model of that
+shape (HF's init, a placeholder vocabulary laid out as bert-base-uncased's), written as a
+sentence-transformers directory that both sides load: step time does not depend on the weights, so
+BERT-base can be timed on a machine with no network and no room to copy its checkpoint. `--out`
+writes the results (machine, settings, examples/s, FLOP/s, MFU) as JSON.
 """
 
 import argparse
@@ -31,6 +37,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import jax
@@ -39,10 +46,30 @@ import numpy as np
 
 from starbucks_jax import checkpoint, losses, schedule, train
 from starbucks_jax.config_lib import load_config
-from starbucks_jax.models import hf
+from starbucks_jax.models import bert, hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("starbucks", "full")  # the SRL step and the full-only step
+SCHEDULES = {(12, 768): "bert-base", (6, 384): "minilm-l6-h384"}  # (layers, dims) -> STARBUCKS key
+RANDOM = "random:"
+
+
+def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
+  """Write a randomly initialised `preset` (BertConfig.preset; HF's init) as a sentence-transformers
+  directory with a placeholder WordPiece vocabulary of the preset's size, its specials where
+  bert-base-uncased has them ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103)."""
+  from transformers import BertTokenizerFast
+
+  config = bert.BertConfig.preset(preset)
+  if (config.num_hidden_layers, config.hidden_size) not in SCHEDULES:
+    raise ValueError(f"--model {RANDOM}{preset}: no Starbucks schedule for its shape; "
+                     f"use one of {', '.join(RANDOM + SCHEDULES[k] for k in SCHEDULES)}")
+  specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
+  vocab = {specials.get(i, f"[unused{i}]"): i for i in range(config.vocab_size)}
+  tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=config.max_position_embeddings)
+  params = jax.device_get(bert.init_params(config, jax.random.key(seed)))
+  return hf.save_pretrained(out_dir, config, {"bert": params}, tokenizer,
+                            sentence=hf.SentenceSettings(max_seq_length=config.max_position_embeddings))
 
 
 def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
@@ -138,12 +165,16 @@ def _setup(args):
   pre = checkpoint.load_model(args.model)
   model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
   N, D = pre.config.num_hidden_layers, pre.config.hidden_size
-  pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
+  if (N, D) not in SCHEDULES:
+    raise ValueError(f"--model {args.model}: {N} layers x {D} dims has no Starbucks schedule here "
+                     f"(benchmarked shapes: {sorted(SCHEDULES)})")
+  pairs = schedule.STARBUCKS[SCHEDULES[(N, D)]]
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
   tx = train.make_optimizer(ft.train, 1000)
   loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
   rng = np.random.default_rng(0)
-  batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
+  vocab = pre.config.vocab_size
+  batch = {"ids": rng.integers(min(1000, vocab // 2), min(20000, vocab), (2, args.batch, args.length)).astype(np.int64),
            "mask": np.ones((2, args.batch, args.length), np.int64)}
   batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
   return pre, model_dir, pairs, ft, tx, loss_cfg, batch
@@ -151,7 +182,9 @@ def _setup(args):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--model", default="all-MiniLM-L6-v2")
+  p.add_argument("--model", default="all-MiniLM-L6-v2",
+                 help=f"a model directory or name (hf.resolve_model_dir), or {RANDOM}PRESET: a random-init "
+                      "BertConfig preset (bert-base, minilm-l6-h384)")
   p.add_argument("--batch", type=int, default=16, help="(anchor, positive) pairs per step")
   p.add_argument("--length", type=int, default=32, help="tokens per text")
   p.add_argument("--steps", type=int, default=10, help="timed steps per method, side and round")
@@ -159,10 +192,16 @@ def main():
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
+  p.add_argument("--out", help="write the results to this JSON file")
   p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)  # one side's timing process
   args = p.parse_args()
+  if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+    p.error(f"--out {args.out}: its directory does not exist")
   if not args.worker:  # the parent only checks the objective: leave the accelerator to the workers
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  model_label = args.model
+  if args.model.startswith(RANDOM):  # written once here; the workers load the directory
+    args.model = random_model_dir(args.model[len(RANDOM):], tempfile.mkdtemp(prefix="vs_pytorch_model_"))
   setup = _setup(args)
   if args.worker:
     return worker(args.worker, args, setup)
@@ -172,9 +211,10 @@ def main():
   cfg = pre.config.replace(dtype="float32")  # the same-objective check runs in float32
   N, D = cfg.num_hidden_layers, cfg.hidden_size
   torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-  print(f"machine: {os.cpu_count()} CPU cores; torch {torch.__version__} on {torch_device}; "
-        f"jax {jax.__version__} on {jax.devices()[0].device_kind}; model {args.model} ({N} layers, {D} dims, "
-        f"{args.dtype} compute); batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
+  machine = (f"{os.cpu_count()} CPU cores; torch {torch.__version__} on {torch_device}; "
+             f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+  print(f"machine: {machine}; model {model_label} ({N} layers, {D} dims, {args.dtype} compute); "
+        f"batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
 
   torch_model, torch_loss, _ = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
   torch_model.eval()
@@ -193,8 +233,10 @@ def main():
   times = {(side, m): [] for side in ("jax", "torch") for m in METHODS}
   for _ in range(args.rounds):  # rounds of (ours, PyTorch): background load drifts over minutes
     for side in ("jax", "torch"):
-      out = subprocess.run([sys.executable, os.path.abspath(__file__), *sys.argv[1:], "--worker", side],
-                           capture_output=True, text=True, check=False)
+      argv = ["--model", model_dir, "--batch", str(args.batch), "--length", str(args.length),
+              "--steps", str(args.steps), "--dtype", args.dtype, "--worker", side]
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True,
+                           check=False)
       if out.returncode:
         raise RuntimeError(f"the {side} timing process failed:\n{out.stderr[-3000:]}")
       for m, seconds in json.loads(out.stdout.strip().splitlines()[-1]).items():
@@ -211,8 +253,19 @@ def main():
           f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x {gflops[('jax', m)]:>13.1f} {gflops[('torch', m)]:>16.1f}" + mfu)
   print(f"SRL step time / full-only step time: ours {rate[('jax', 'full')] / rate[('jax', 'starbucks')]:.2f}x, "
         f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
-  print(json.dumps({"loss": {"ours": got, "torch": want}, "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},
-                    "gflops_per_sec": {f"{s}/{m}": r for (s, m), r in gflops.items()}}))
+  results = {"machine": machine, "model": model_label, "layers": N, "dims": D, "dtype": args.dtype,
+             "batch_pairs": args.batch, "length": args.length, "steps": args.steps, "rounds": args.rounds,
+             "loss": {"ours": got, "torch": want, "relative_difference": abs(got - want) / abs(want)},
+             "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},
+             "gflops_per_sec": {f"{s}/{m}": r for (s, m), r in gflops.items()}}
+  if args.peak_tflops:
+    results["peak_tflops"] = args.peak_tflops
+    results["mfu"] = {f"{s}/{m}": g / 1e3 / args.peak_tflops for (s, m), g in gflops.items()}
+  print(json.dumps(results))
+  if args.out:
+    with open(args.out, "w", encoding="utf8") as f:
+      json.dump(results, f, indent=1)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

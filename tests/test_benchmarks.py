@@ -1,0 +1,83 @@
+"""benchmarks/vs_pytorch.py: its random-init models are real checkpoints, and its PyTorch
+formulation computes our objective (what the timings compare must be the same training)."""
+
+import importlib.util
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from starbucks_jax import checkpoint, losses, schedule, train
+from starbucks_jax.config_lib import load_config
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def vs_pytorch():
+  spec = importlib.util.spec_from_file_location("vs_pytorch", REPO / "benchmarks" / "vs_pytorch.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="module")
+def random_minilm(vs_pytorch, tmp_path_factory):
+  return vs_pytorch.random_model_dir("minilm-l6-h384", str(tmp_path_factory.mktemp("random_minilm")), seed=1)
+
+
+def test_random_model_dir_is_an_hf_and_sentence_transformers_checkpoint(random_minilm):
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  st = pytest.importorskip("sentence_transformers")
+  pre = checkpoint.load_model(random_minilm)
+  cfg = pre.config
+  assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.vocab_size) == (6, 384, 30522)
+  assert pre.tokenizer.convert_tokens_to_ids(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]) == [0, 100, 101, 102, 103]
+  # HF's init: weights normal(0.02), LayerNorm ones / zeros
+  kernel = np.asarray(pre.params["bert"]["encoder"]["layer_0"]["attention"]["self"]["query"]["kernel"])
+  assert 0.015 < kernel.std() < 0.025
+  ids = np.random.default_rng(0).integers(1000, 20000, (3, 12))
+  ids[:, 0], ids[:, -1] = 101, 102
+  mask = np.ones_like(ids)
+  mask[1, 8:] = 0
+  ref = transformers.AutoModel.from_pretrained(random_minilm).eval()
+  with torch.no_grad():
+    want = ref(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).last_hidden_state.numpy()
+  from starbucks_jax.models import bert
+  got = bert.BertEncoder(cfg).apply({"params": pre.params["bert"]}, jnp.asarray(ids), jnp.asarray(mask))[-1]
+  np.testing.assert_allclose(np.asarray(got) * mask[..., None], want * mask[..., None], rtol=1e-5, atol=1e-5)
+  model = st.SentenceTransformer(random_minilm, device="cpu")
+  assert model.get_embedding_dimension() == 384
+
+
+def test_random_model_without_a_schedule_fails_clearly(vs_pytorch, tmp_path):
+  with pytest.raises(ValueError, match="random:tiny: no Starbucks schedule"):
+    vs_pytorch.random_model_dir("tiny", str(tmp_path / "m"))
+  with pytest.raises(ValueError, match="unknown BertConfig preset"):
+    vs_pytorch.random_model_dir("bert-huge", str(tmp_path / "m"))
+
+
+@pytest.mark.parametrize("method", ["starbucks", "full"])
+def test_pytorch_formulation_computes_our_objective(vs_pytorch, random_minilm, method):
+  pytest.importorskip("sentence_transformers")
+  torch = pytest.importorskip("torch")
+  pre = checkpoint.load_model(random_minilm)
+  N, D = pre.config.num_hidden_layers, pre.config.hidden_size
+  pairs = schedule.STARBUCKS["minilm-l6-h384"]
+  ft = load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  model, loss_fn, _ = vs_pytorch.torch_side(random_minilm, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
+  model.eval()
+  rng = np.random.default_rng(3)
+  batch = {"ids": rng.integers(1000, 20000, (2, 8, 16)), "mask": np.ones((2, 8, 16), np.int64)}
+  batch["mask"][:, 2, 10:] = 0  # padding in both roles
+  with torch.no_grad():
+    want = float(loss_fn(batch, method))
+  tx = train.make_optimizer(ft.train, 10)
+  step = train.make_train_step(pre.config, schedule.plan(method, pairs, N, D), losses.LossConfig(), tx, "mean",
+                               dropout=False)
+  jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
+  got = float(jax.jit(step.loss_fn)(pre.params["bert"], jbatch, jax.random.key(0))[0])
+  assert abs(got - want) / abs(want) < 1e-5, (got, want)
