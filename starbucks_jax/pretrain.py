@@ -82,7 +82,7 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
   rngs = lambda i: None if deterministic else {"dropout": jax.random.fold_in(rng, i)}  # noqa: E731
   hidden = BertEncoder(config).apply({"params": params["bert"]}, batch["ids"], batch["mask"],
                                      num_layers=max(n for n, _ in pairs), deterministic=deterministic,
-                                     rngs=rngs(0))
+                                     rngs=rngs(0), method="hidden_states")
   word_emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
   head = MlmHead(config)
 

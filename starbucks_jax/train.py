@@ -125,7 +125,7 @@ def pooled_layers(params, bert_cfg: BertConfig, ids, mask, layers: tuple[int, ..
   flat_ids, flat_mask = ids.reshape(-1, T), mask.reshape(-1, T)
   hidden = BertEncoder(bert_cfg).apply(
       {"params": params}, flat_ids, flat_mask, num_layers=max(layers), deterministic=deterministic,
-      rngs=None if deterministic else {"dropout": rng})
+      rngs=None if deterministic else {"dropout": rng}, method="hidden_states")
   return {n: pool(hidden[n], flat_mask, pooling).reshape(*lead, -1) for n in sorted(set(layers))}
 
 

@@ -270,12 +270,24 @@ class BertLayerStack(nn.Module):
 
 
 class BertEncoder(nn.Module):
-  """Embeddings + layers; returns all hidden states [num_layers + 1, B, T, D] in HF order."""
+  """Embeddings + layers; returns all hidden states [num_layers + 1, B, T, D] in HF order.
+
+  `apply(..., method="hidden_states")` returns the same states as a tuple of num_layers + 1 arrays
+  [B, T, D], for losses that pick layers: the gradient of `stacked[n]` is a zero-padded copy of the
+  whole stack for every pick, which XLA does not fold away (0.8 s of a 6.4 s SRL step, MiniLM at
+  64 x 64 on CPU; experiments/bench_vs_pytorch.md, session 7), while a tuple element's is the
+  layer's own gradient.
+  """
   config: BertConfig
 
-  @nn.compact
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
                deterministic: bool = True):
+    return jnp.stack(self.hidden_states(input_ids, attention_mask, token_type_ids, num_layers=num_layers,
+                                        deterministic=deterministic))
+
+  @nn.compact
+  def hidden_states(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
+                    deterministic: bool = True) -> tuple[jax.Array, ...]:
     cfg = self.config
     n = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 0 <= n <= cfg.num_hidden_layers:
@@ -286,8 +298,7 @@ class BertEncoder(nn.Module):
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-    hidden_states = BertLayerStack(cfg, name="encoder")(x, attention_mask, n, deterministic)
-    return jnp.stack(hidden_states)
+    return tuple(BertLayerStack(cfg, name="encoder")(x, attention_mask, n, deterministic))
 
 
 def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
