@@ -54,6 +54,14 @@ SCHEDULES = {(12, 768): "bert-base", (6, 384): "minilm-l6-h384"}  # (layers, dim
 RANDOM = "random:"
 
 
+def starbucks_pairs(num_layers: int, hidden_size: int, model: str) -> tuple[tuple[int, int], ...]:
+  """The Starbucks schedule of a benchmarked shape; any other shape fails naming `--model`."""
+  if (num_layers, hidden_size) not in SCHEDULES:
+    raise ValueError(f"--model {model}: no Starbucks schedule for {num_layers} layers x {hidden_size} dims here "
+                     f"(benchmarked shapes: those of {', '.join(RANDOM + name for name in SCHEDULES.values())})")
+  return schedule.STARBUCKS[SCHEDULES[(num_layers, hidden_size)]]
+
+
 def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
   """Write a randomly initialised `preset` (BertConfig.preset; HF's init) as a sentence-transformers
   directory with a placeholder WordPiece vocabulary of the preset's size, its specials where
@@ -61,9 +69,7 @@ def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
   from transformers import BertTokenizerFast
 
   config = bert.BertConfig.preset(preset)
-  if (config.num_hidden_layers, config.hidden_size) not in SCHEDULES:
-    raise ValueError(f"--model {RANDOM}{preset}: no Starbucks schedule for its shape; "
-                     f"use one of {', '.join(RANDOM + SCHEDULES[k] for k in SCHEDULES)}")
+  starbucks_pairs(config.num_hidden_layers, config.hidden_size, RANDOM + preset)  # before the init
   specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
   vocab = {specials.get(i, f"[unused{i}]"): i for i in range(config.vocab_size)}
   tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=config.max_position_embeddings)
@@ -165,16 +171,12 @@ def _setup(args):
   pre = checkpoint.load_model(args.model)
   model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
   N, D = pre.config.num_hidden_layers, pre.config.hidden_size
-  if (N, D) not in SCHEDULES:
-    raise ValueError(f"--model {args.model}: {N} layers x {D} dims has no Starbucks schedule here "
-                     f"(benchmarked shapes: {sorted(SCHEDULES)})")
-  pairs = schedule.STARBUCKS[SCHEDULES[(N, D)]]
+  pairs = starbucks_pairs(N, D, args.model)
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
   tx = train.make_optimizer(ft.train, 1000)
   loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
   rng = np.random.default_rng(0)
-  vocab = pre.config.vocab_size
-  batch = {"ids": rng.integers(min(1000, vocab // 2), min(20000, vocab), (2, args.batch, args.length)).astype(np.int64),
+  batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
            "mask": np.ones((2, args.batch, args.length), np.int64)}
   batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
   return pre, model_dir, pairs, ft, tx, loss_cfg, batch

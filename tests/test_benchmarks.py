@@ -11,6 +11,7 @@ import pytest
 
 from starbucks_jax import checkpoint, losses, schedule, train
 from starbucks_jax.config_lib import load_config
+from starbucks_jax.models import bert
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -46,7 +47,6 @@ def test_random_model_dir_is_an_hf_and_sentence_transformers_checkpoint(random_m
   ref = transformers.AutoModel.from_pretrained(random_minilm).eval()
   with torch.no_grad():
     want = ref(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask)).last_hidden_state.numpy()
-  from starbucks_jax.models import bert
   got = bert.BertEncoder(cfg).apply({"params": pre.params["bert"]}, jnp.asarray(ids), jnp.asarray(mask))[-1]
   np.testing.assert_allclose(np.asarray(got) * mask[..., None], want * mask[..., None], rtol=1e-5, atol=1e-5)
   model = st.SentenceTransformer(random_minilm, device="cpu")
