@@ -37,9 +37,15 @@ def _assert_parity(model_dir):
   ref = _torch_hidden_states(model_dir, ids, mask, types)
   assert ours.shape == ref.shape == (pre.config.num_hidden_layers + 1, *ids.shape,
                                      pre.config.hidden_size)
-  err = np.abs(np.asarray(ours) - ref).max(axis=(1, 2, 3))
-  assert err.max() <= 1e-4, f"max abs diff per hidden state: {err}"
-  assert np.abs(ref).max() > 1.0  # the comparison is not between near-zero tensors
+  diff, scale = np.abs(np.asarray(ours) - ref), np.abs(ref).max(axis=(1, 2, 3))
+  real = mask.astype(bool)
+  err_real = diff[:, real].max(axis=(1, 2)) / scale  # per hidden state, relative to its largest value
+  err_all = diff.max(axis=(1, 2, 3)) / scale  # padded rows too: a query-side mask shows there
+  # float32 through the layers: real tokens agree to ~1e-6 of the scale; padded rows, whose [PAD]
+  # inputs are worse conditioned, drift to ~1e-5 with the kernels' summation order (AVX-512 here)
+  assert err_real.max() <= 1e-5 and err_all.max() <= 1e-4, (
+      f"max abs diff / max |ref| per hidden state: real tokens {err_real}, all rows {err_all}")
+  assert scale.max() > 1.0  # the comparison is not between near-zero tensors
 
 
 def test_parity_random_large_init(tiny_hf_dir):
