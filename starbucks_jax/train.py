@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -380,6 +381,18 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
                 batch_axes)
 
 
+def _warn_if_products_upcast(compiled, dtype: str) -> None:
+  """Warns when model.dtype asks for low-precision compute but the compiled CPU step has no matrix
+  product in it (XLA:CPU converts bf16/f16 dots to float32): slower than float32 there, not faster."""
+  if dtype == "float32" or jax.default_backend() != "cpu":  # GPU/TPU dots are library calls in the HLO
+    return
+  hlo_type = {"bfloat16": "bf16", "float16": "f16"}[dtype]
+  if not re.search(rf"= {hlo_type}\[[^\]]*\]\S* dot\(", compiled.as_text()):
+    log.warning("model.dtype=%s, but XLA computes every matrix product of the compiled step in float32 on "
+                "this CPU (it converts to and from %s around them): slower than model.dtype='float32' here; "
+                "%s compute is for GPU/TPU", dtype, dtype, dtype)
+
+
 def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
   mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
                             save_interval_steps=config.train.checkpoint_every)
@@ -424,6 +437,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
           log.info("compiled step for batch %s: temp %.1f MiB, arguments %.1f MiB, output %.1f MiB", shape,
                    mem.temp_size_in_bytes / 2**20, mem.argument_size_in_bytes / 2**20,
                    mem.output_size_in_bytes / 2**20)
+        _warn_if_products_upcast(compiled, config.model.dtype)
       compiled_shapes.add(shape)
       state, metrics = step_fn(state, batch, rng)
       done = step + 1

@@ -215,6 +215,26 @@ def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
   assert out["bfloat16"] == pytest.approx(out["float32"], rel=0.05) and out["bfloat16"] != out["float32"]
 
 
+def test_low_precision_compute_that_xla_cpu_upcasts_is_reported(caplog):
+  """XLA:CPU converts bf16/f16 products to float32: a bf16 config there is slower, not faster, and
+  the run says so; a program that keeps a bf16 product (as GPU/TPU do) is not reported."""
+  x = jnp.ones((8, 16), jnp.bfloat16)
+  compiled = jax.jit(lambda a: a @ a.T).lower(x).compile()
+  with caplog.at_level("WARNING", logger="starbucks_jax.train"):
+    train._warn_if_products_upcast(compiled, "float32")
+    assert not caplog.records
+    train._warn_if_products_upcast(compiled, "bfloat16")
+  assert "model.dtype=bfloat16, but XLA computes every matrix product" in caplog.text
+
+  class KeepsBf16:  # the HLO text of a program whose product stays in bf16
+    def as_text(self):
+      return "ROOT %dot.1 = bf16[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={1}"
+  caplog.clear()
+  with caplog.at_level("WARNING", logger="starbucks_jax.train"):
+    train._warn_if_products_upcast(KeepsBf16(), "bfloat16")
+  assert not caplog.records
+
+
 def test_learning_rate_schedule():
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo").train
   lr = train.learning_rate_schedule(cfg, 100)
