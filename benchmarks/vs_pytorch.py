@@ -34,6 +34,8 @@ writes the results (machine, settings, examples/s, FLOP/s, MFU) as JSON.
 import argparse
 import json
 import os
+import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -52,6 +54,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("starbucks", "full")  # the SRL step and the full-only step
 SCHEDULES = {(12, 768): "bert-base", (6, 384): "minilm-l6-h384"}  # (layers, dims) -> STARBUCKS key
 RANDOM = "random:"
+VECTOR_ISA = ("avx512_bf16", "avx512f", "amx_bf16", "avx2", "asimd", "sve")  # named in the machine line, when present
+
+
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The CPU's model and its vector extensions of VECTOR_ISA (Linux's cpuinfo; elsewhere platform's
+  name): CPU results differ with them, e.g. PyTorch's oneDNN runs bf16 products on avx512_bf16."""
+  try:
+    with open(cpuinfo, encoding="utf8") as f:
+      info = f.read()
+  except OSError:
+    return platform.processor() or platform.machine()
+  name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
+  flags = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", info, re.M)
+  flags = set(flags.group(1).split()) if flags else set()
+  return ", ".join([name.group(1).strip() if name else platform.machine()] + [f for f in VECTOR_ISA if f in flags])
+
+
+def git_commit() -> str | None:
+  """This checkout's commit (with '+changes' when the tree differs from it), or None outside git."""
+  try:
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError):
+    return None
+  return head + ("+changes" if dirty else "")
 
 
 def starbucks_pairs(num_layers: int, hidden_size: int, model: str) -> tuple[tuple[int, int], ...]:
@@ -213,7 +242,7 @@ def main():
   cfg = pre.config.replace(dtype="float32")  # the same-objective check runs in float32
   N, D = cfg.num_hidden_layers, cfg.hidden_size
   torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-  machine = (f"{os.cpu_count()} CPU cores; torch {torch.__version__} on {torch_device}; "
+  machine = (f"{os.cpu_count()} CPU cores ({cpu_description()}); torch {torch.__version__} on {torch_device}; "
              f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
   print(f"machine: {machine}; model {model_label} ({N} layers, {D} dims, {args.dtype} compute); "
         f"batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
@@ -255,7 +284,8 @@ def main():
           f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x {gflops[('jax', m)]:>13.1f} {gflops[('torch', m)]:>16.1f}" + mfu)
   print(f"SRL step time / full-only step time: ours {rate[('jax', 'full')] / rate[('jax', 'starbucks')]:.2f}x, "
         f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
-  results = {"machine": machine, "model": model_label, "layers": N, "dims": D, "dtype": args.dtype,
+  results = {"command": " ".join(["python", "benchmarks/vs_pytorch.py", *sys.argv[1:]]), "commit": git_commit(),
+             "machine": machine, "model": model_label, "layers": N, "dims": D, "dtype": args.dtype,
              "batch_pairs": args.batch, "length": args.length, "steps": args.steps, "rounds": args.rounds,
              "loss": {"ours": got, "torch": want, "relative_difference": abs(got - want) / abs(want)},
              "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},

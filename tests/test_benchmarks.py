@@ -3,6 +3,7 @@ formulation computes our objective (what the timings compare must be the same tr
 
 import importlib.util
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -81,3 +82,14 @@ def test_pytorch_formulation_computes_our_objective(vs_pytorch, random_minilm, m
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(step.loss_fn)(pre.params["bert"], jbatch, jax.random.key(0))[0])
   assert abs(got - want) / abs(want) < 1e-5, (got, want)
+
+
+def test_machine_line_names_the_cpu_and_its_vector_extensions(vs_pytorch, tmp_path):
+  cpuinfo = tmp_path / "cpuinfo"
+  cpuinfo.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n"
+                     "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse2 avx2 fma avx512f avx512_bf16\n")
+  assert vs_pytorch.cpu_description(str(cpuinfo)) == "AMD EPYC 9R14, avx512_bf16, avx512f, avx2"
+  cpuinfo.write_text("processor\t: 0\nFeatures\t: fp asimd sve\n")  # aarch64: no model name
+  assert vs_pytorch.cpu_description(str(cpuinfo)).endswith(", asimd, sve")
+  if (REPO / ".git").exists():  # a clone (CI, here); an unpacked archive has no commit to name
+    assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?", vs_pytorch.git_commit())
