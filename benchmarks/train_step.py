@@ -1,7 +1,7 @@
 """Training throughput of the SRL step vs the full-only step on the same model and batch.
 
     python benchmarks/train_step.py [--model all-MiniLM-L6-v2] [--batch 16] [--roles 2] \
-        [--length 32] [--steps 10] [--dtype float32] [--methods starbucks,full,2dmse,mrl]
+        [--length 32] [--steps 10] [--dtype float32] [--forward-splits 1] [--methods starbucks,full,2dmse,mrl]
 
 Prints examples/s (median of timed steps, after compile) per method, the ratio to the full-only
 step, the achieved model FLOP/s (BertConfig.matmul_flops) and, with `--peak-tflops` (the device's
@@ -31,6 +31,7 @@ def main():
   p.add_argument("--length", type=int, default=32, help="tokens per text")
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--dtype", default="float32")
+  p.add_argument("--forward-splits", type=int, default=1, help="train.forward_splits of the timed steps")
   p.add_argument("--methods", default="starbucks,full,2dmse,mrl")
   p.add_argument("--pairs", default="", help="e.g. 1x16,2x32 (default: the backbone's Starbucks list)")
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
@@ -51,13 +52,15 @@ def main():
            "mask": jnp.ones((args.roles, args.batch, args.length), jnp.int32)}
   loss_cfg = losses.LossConfig()
   print(f"device: {jax.devices()[0].device_kind} x{jax.device_count()}; model {args.model} ({N} layers, "
-        f"{D} dims, {args.dtype}); batch {args.batch} x {args.roles} texts x {args.length} tokens")
+        f"{D} dims, {args.dtype}); batch {args.batch} x {args.roles} texts x {args.length} tokens, "
+        f"{args.forward_splits} encoder forward(s) per step")
   results = {}
   for method in args.methods.split(","):
     plan = schedule.plan(method, pairs, N, D)
     params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
     state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    step = jax.jit(train.make_train_step(cfg, plan, loss_cfg, tx, "mean"), donate_argnums=(0,))
+    step = jax.jit(train.make_train_step(cfg, plan, loss_cfg, tx, "mean", forward_splits=args.forward_splits),
+                   donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     mem = compiled.memory_analysis()
     mib = (mem.temp_size_in_bytes + mem.argument_size_in_bytes) / 2**20 if mem is not None else float("nan")

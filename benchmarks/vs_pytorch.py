@@ -1,14 +1,16 @@
 """Our jitted SRL train step vs the authors' PyTorch formulation, side by side in one run.
 
     python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2 | DIR | random:bert-base] [--batch 16] [--length 32] \
-        [--steps 10] [--rounds 2] [--dtype float32|bfloat16] [--peak-tflops 989] [--out results.json]
+        [--steps 10] [--rounds 2] [--dtype float32|bfloat16] [--forward-splits 1] [--peak-tflops 989] \
+        [--out results.json]
 
 The PyTorch side is written from METHOD.md's equations the way the authors' sentence-transformers
 code computes them: a SentenceTransformer model, one forward per text role with every hidden
 state, mean pooling of each layer of the schedule, per pair MNRL on cosine x 20 of the first d
 features plus the feature KL (x0.3, teacher not detached) to the full pair, summed over pairs;
 AdamW (torch.optim), global-norm clipping 1.0. Our side is `train.make_train_step` with the same
-loss config (configs/ft.py defaults), one encoder forward for every role and pair.
+loss config (configs/ft.py defaults), one encoder forward for every role and pair, or with
+`--forward-splits K` (train.forward_splits) K independent forwards over strided splits of the texts.
 
 Before timing, both losses are computed on the same weights and batch with dropout off and their
 relative difference is printed (they must agree: the same objective). Then each side times its
@@ -183,7 +185,8 @@ def worker(side: str, args, setup) -> None:
     params = pre.params["bert"]
     jitted, states = {}, {}
     for m in METHODS:
-      jitted[m] = jax.jit(train.make_train_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean"),
+      jitted[m] = jax.jit(train.make_train_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
+                                                forward_splits=args.forward_splits),
                           donate_argnums=(0,))
       states[m] = train.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
                                    tx.init(params))
@@ -221,6 +224,8 @@ def main():
   p.add_argument("--steps", type=int, default=10, help="timed steps per method, side and round")
   p.add_argument("--rounds", type=int, default=2, help="timing processes per side, alternated")
   p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
+  p.add_argument("--forward-splits", type=int, default=1,
+                 help="our step's train.forward_splits: its texts as this many independent encoder forwards")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
   p.add_argument("--out", help="write the results to this JSON file")
@@ -228,6 +233,8 @@ def main():
   args = p.parse_args()
   if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
     p.error(f"--out {args.out}: its directory does not exist")
+  if args.forward_splits < 1 or args.batch % args.forward_splits:
+    p.error(f"--forward-splits {args.forward_splits} must be >= 1 and divide --batch {args.batch}")
   if not args.worker:  # the parent only checks the objective: leave the accelerator to the workers
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   model_label = args.model
@@ -252,7 +259,8 @@ def main():
   with torch.no_grad():
     want = float(torch_loss(batch))
   params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-  check = train.make_train_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False)
+  check = train.make_train_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False,
+                                forward_splits=args.forward_splits)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])
   print(f"same objective: SRL loss ours {got:.6f}, PyTorch {want:.6f}, relative difference "
@@ -265,7 +273,8 @@ def main():
   for _ in range(args.rounds):  # rounds of (ours, PyTorch): background load drifts over minutes
     for side in ("jax", "torch"):
       argv = ["--model", model_dir, "--batch", str(args.batch), "--length", str(args.length),
-              "--steps", str(args.steps), "--dtype", args.dtype, "--worker", side]
+              "--steps", str(args.steps), "--dtype", args.dtype, "--forward-splits", str(args.forward_splits),
+              "--worker", side]
       out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True,
                            check=False)
       if out.returncode:
@@ -286,7 +295,8 @@ def main():
         f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
   results = {"command": " ".join(["python", "benchmarks/vs_pytorch.py", *sys.argv[1:]]), "commit": git_commit(),
              "machine": machine, "model": model_label, "layers": N, "dims": D, "dtype": args.dtype,
-             "batch_pairs": args.batch, "length": args.length, "steps": args.steps, "rounds": args.rounds,
+             "batch_pairs": args.batch, "length": args.length, "forward_splits": args.forward_splits,
+             "steps": args.steps, "rounds": args.rounds,
              "loss": {"ours": got, "torch": want, "relative_difference": abs(got - want) / abs(want)},
              "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},
              "gflops_per_sec": {f"{s}/{m}": r for (s, m), r in gflops.items()}}

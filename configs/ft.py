@@ -103,6 +103,7 @@ def get_config(arg=None):
   c.train.clip_grad_norm = 1.0  # global-norm clipping (HF Trainer's default); 0 = off
   c.train.grad_cache_chunks = 0  # > 0: gradient cache, encode the batch in this many chunks (memory)
   c.train.microbatches = 1  # > 1: gradient accumulation, the batch in this many microbatches per step
+  c.train.forward_splits = 1  # > 1: the step's texts as this many independent encoder forwards (CPU speed)
   c.train.dropout = True  # BERT's dropout during training, as sentence-transformers trains
   c.train.skip_nonfinite = True  # skip (and count) updates with non-finite gradients; False = stop
   c.train.max_consecutive_nonfinite = 20  # give up after this many skipped steps in a row

@@ -151,6 +151,8 @@ def _validate_mesh(config) -> None:
     raise ConfigError(f"mesh.shape: {e}") from None
   data = mesh.shape["data"] * mesh.shape["fsdp"]
   _check_range(config, "train.microbatches", 1)
+  if "forward_splits" in config.train:
+    _check_range(config, "train.forward_splits", 1)
   k = config.train.microbatches
   if config.data.batch_size % k:
     raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={config.data.batch_size}")
@@ -159,6 +161,11 @@ def _validate_mesh(config) -> None:
                       + (f" / train.microbatches={k}" if k > 1 else "")
                       + f" does not split over the mesh's {data} data-parallel devices "
                       f"(mesh.shape={tuple(config.mesh.shape)})")
+  splits = config.train.get("forward_splits", 1)  # fine-tuning only
+  if splits > 1 and (config.data.batch_size // k) % (splits * data):
+    raise ConfigError(f"train.forward_splits={splits}: data.batch_size={config.data.batch_size}"
+                      + (f" / train.microbatches={k}" if k > 1 else "")
+                      + f" does not split into {splits} forwards over the mesh's {data} data-parallel devices")
 
 
 def _validate_optimizer(config) -> None:
@@ -311,3 +318,7 @@ def _validate_training(config, pairs) -> None:
     raise ConfigError(f"train.grad_cache_chunks={config.train.grad_cache_chunks} does not divide "
                       f"data.batch_size={config.data.batch_size}")
   _validate_optimizer(config)
+  chunk = config.data.batch_size // (config.train.grad_cache_chunks or 1)
+  if chunk % config.train.forward_splits:
+    raise ConfigError(f"train.forward_splits={config.train.forward_splits} does not divide the "
+                      f"{chunk} examples of each train.grad_cache_chunks chunk")

@@ -1,5 +1,5 @@
 """The sharded train step on 8 fake CPU devices equals the single-device step (data, fsdp and data x tensor
-meshes; gradient accumulation on the data mesh), and mesh shapes are checked."""
+meshes; gradient accumulation and split forwards on the data mesh), and mesh shapes are checked."""
 
 import json
 import os
@@ -19,10 +19,12 @@ def test_sharded_step_equals_single_device_step():
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads(out.stdout)
-  accumulated = results.pop("accumulate (8, 1, 1)")  # 2 microbatches inside the step, data-parallel
-  assert accumulated["loss"][0] == pytest.approx(accumulated["loss"][1], rel=1e-5)
-  assert accumulated["grad_norm"][0] == pytest.approx(accumulated["grad_norm"][1], rel=1e-5)
-  assert accumulated["max_param_diff"] < 1e-5
+  for case in ("accumulate (8, 1, 1)",  # 2 microbatches inside the step, data-parallel
+               "forward splits (8, 1, 1)"):  # 2 encoder forwards, data-parallel, vs one forward
+    r = results.pop(case)
+    assert r["loss"][0] == pytest.approx(r["loss"][1], rel=1e-5), case
+    assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), case
+    assert r["max_param_diff"] < 1e-5, case
   assert set(results) == {"(8, 1, 1)", "(1, 8, 1)", "(4, 1, 2)"}
   assert results["(4, 1, 2)"]["max_grad_diff_rel"] is not None
   for mesh, r in results.items():

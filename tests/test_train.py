@@ -257,7 +257,9 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
            ("schedule.method", "random", "schedule.method='random'"),
            ("train.warmup_ratio", 1.5, "train.warmup_ratio=1.5; must be >= 0 and <= 1"),
            ("data.train", "nowhere.jsonl", "data.train: nowhere.jsonl: no such file"),
-           ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 3 pairs")]
+           ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 3 pairs"),
+           ("train.forward_splits", 0, "train.forward_splits=0; must be >= 1"),
+           ("train.forward_splits", 3, "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards")]
   for key, value, msg in cases:
     cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
     with cfg.unlocked():
@@ -292,6 +294,52 @@ def test_gradient_cache_equals_the_plain_step(tmp_path, layout):
   assert aux2.keys() == aux1.keys()
   rel, scale = max_rel_diff(g2, g1)
   assert rel < 1e-5 and scale > 1e-3
+
+
+@pytest.mark.parametrize("layout,splits,cache", [("roles", 2, 0), ("roles", 4, 0), ("groups", 2, 0),
+                                                   ("roles", 2, 3)])
+def test_split_forwards_equal_one_forward(tmp_path, layout, splits, cache):
+  """train.forward_splits=k (k independent encoder forwards on strided splits of the texts, the
+  loss over all of them) gives the one-forward step's loss and gradients, alone and inside the
+  gradient cache's chunks; a split that does not divide the texts fails naming the key."""
+  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", layout)
+  if layout == "roles":
+    ids, mask = ids_mask(3, 12, 10)
+    batch = {"ids": ids, "mask": mask}
+  else:
+    (q, qm), (p, pm) = ids_mask(2, 6), ids_mask(6, 10)
+    batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
+  key = jax.random.key(3)
+  plain = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
+  split = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=splits,
+                                grad_cache_chunks=cache)
+  (l1, aux1), g1 = jax.jit(plain.value_and_grad)(params, batch, key)
+  (l2, aux2), g2 = jax.jit(split.value_and_grad)(params, batch, key)
+  assert float(l2) == pytest.approx(float(l1), rel=1e-5)
+  assert aux2.keys() == aux1.keys()
+  rel, scale = max_rel_diff(g2, g1)
+  assert rel < 1e-5 and scale > 1e-3
+  odd = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=5)
+  with pytest.raises(ValueError, match="train.forward_splits=5 does not divide the step's"):
+    jax.eval_shape(odd.value_and_grad, params, batch, key)
+
+
+def test_split_forwards_draw_each_splits_dropout(tmp_path):
+  """Dropout on: split c draws its masks from fold_in(key, c); the step equals the splits encoded
+  one by one with those keys and put back in row order."""
+  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", "roles")
+  ids, mask = ids_mask(2, 8, 10)
+  rows = (ids.reshape(16, 10), mask.reshape(16, 10))
+  key = jax.random.key(5)
+  embed = lambda i, m, r: train.pooled_layers(params, cfg, i, m, plan.layers, "mean",  # noqa: E731
+                                              deterministic=False, rng=r)
+  got = jax.jit(lambda i, m: train.split_forward(embed, i, m, key, 2))(*rows)
+  for c in range(2):  # split c holds rows c, c + 2, c + 4, ...
+    want = embed(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
+    for n in plan.layers:
+      np.testing.assert_allclose(got[n][c::2], want[n], rtol=1e-5, atol=1e-6)
+  nodrop = train.pooled_layers(params, cfg, *rows, plan.layers, "mean", deterministic=True)
+  assert not np.allclose(got[max(plan.layers)], nodrop[max(plan.layers)], atol=1e-4)
 
 
 def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
