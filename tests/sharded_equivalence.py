@@ -64,40 +64,31 @@ def main():
         "kernel_sharding": str(kernel.sharding.spec),
         "mu_sharding": str(new_state.opt_state[1][0].mu["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"].sharding.spec),
     }
-  # Gradient accumulation on the data mesh: 2 strided microbatches of 8, each split over 8 devices.
-  acc_step = train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False,
-                                   microbatches=2)
   big = {"ids": rng.integers(5, cfg.vocab_size, (3, 16, 12)).astype(np.int32),
          "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 16, 1))).astype(np.int32)}
-  ref_state, ref_metrics = jax.jit(acc_step)(state, big, key)
   mesh = sharding.make_mesh((8, 1, 1))
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    p_sh = sharding.param_shardings(specs, mesh)
-    s_sh = sharding.state_shardings(state, tx, p_sh, mesh)
-    b_sh = sharding.batch_shardings(big, mesh, train.ROLE_AXES)
-    new_state, metrics = jax.jit(acc_step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
-        sharding.shard_state(state, s_sh), sharding.put_batch(big, b_sh), key)
-  diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
-  results["accumulate (8, 1, 1)"] = {
-      "loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
-      "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
-      "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
-  }
+
+  def on_data_mesh(step, ref_step):  # `step` data-parallel on 8 devices vs `ref_step` on one, batch `big`
+    ref_state, ref_metrics = jax.jit(ref_step)(state, big, key)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
+      s_sh = sharding.state_shardings(state, tx, sharding.param_shardings(specs, mesh), mesh)
+      b_sh = sharding.batch_shardings(big, mesh, train.ROLE_AXES)
+      new_state, metrics = jax.jit(step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
+          sharding.shard_state(state, s_sh), sharding.put_batch(big, b_sh), key)
+    diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
+    return {"loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
+            "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
+            "max_param_diff": max(jax.tree_util.tree_leaves(diffs))}
+
+  def srl_step(**kw):
+    return train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
+
+  # Gradient accumulation: 2 strided microbatches of 8, each split over 8 devices (vs itself on one).
+  acc_step = srl_step(microbatches=2)
+  results["accumulate (8, 1, 1)"] = on_data_mesh(acc_step, acc_step)
   # Two independent encoder forwards (strided splits of 8 of the 16 examples, each over the 8
   # devices) against the one-forward step on one device.
-  split_step = train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False,
-                                     forward_splits=2)
-  plain_step = train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False)
-  ref_state, ref_metrics = jax.jit(plain_step)(state, big, key)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-    new_state, metrics = jax.jit(split_step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
-        sharding.shard_state(state, s_sh), sharding.put_batch(big, b_sh), key)
-  diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
-  results["forward splits (8, 1, 1)"] = {
-      "loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
-      "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
-      "max_param_diff": max(jax.tree_util.tree_leaves(diffs)),
-  }
+  results["forward splits (8, 1, 1)"] = on_data_mesh(srl_step(forward_splits=2), srl_step())
   json.dump(results, sys.stdout)
 
 

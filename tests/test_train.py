@@ -274,47 +274,26 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
     train.run(cfg, str(tmp_path / "w"))
 
 
-@pytest.mark.parametrize("layout", ["roles", "groups"])
-def test_gradient_cache_equals_the_plain_step(tmp_path, layout):
+@pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),
+                                                   ("roles", 0, 4), ("groups", 0, 2), ("roles", 3, 2)])
+def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout, cache, splits):
   """The gradient-cache step (embed without gradients chunk by chunk, loss gradient w.r.t. the pooled
-  vectors of every layer, backprop chunk by chunk) gives the plain step's loss and gradients."""
+  vectors of every layer, backprop chunk by chunk) and train.forward_splits (independent encoder
+  forwards on strided splits of the texts, the loss over all of them), alone and together, give the
+  plain step's loss and gradients; a split that does not divide the texts fails naming the key."""
   cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", layout)
   if layout == "roles":
     ids, mask = ids_mask(3, 4, 10)
-    batch, chunks = {"ids": ids, "mask": mask}, 3
-  else:
-    (q, qm), (p, pm) = ids_mask(2, 6), ids_mask(6, 10)
-    batch, chunks = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}, 2
-  key = jax.random.key(3)
-  plain = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
-  cached = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=chunks)
-  (l1, aux1), g1 = jax.jit(plain.value_and_grad)(params, batch, key)
-  (l2, aux2), g2 = jax.jit(cached.value_and_grad)(params, batch, key)
-  assert float(l2) == pytest.approx(float(l1), rel=1e-5)
-  assert aux2.keys() == aux1.keys()
-  rel, scale = max_rel_diff(g2, g1)
-  assert rel < 1e-5 and scale > 1e-3
-
-
-@pytest.mark.parametrize("layout,splits,cache", [("roles", 2, 0), ("roles", 4, 0), ("groups", 2, 0),
-                                                   ("roles", 2, 3)])
-def test_split_forwards_equal_one_forward(tmp_path, layout, splits, cache):
-  """train.forward_splits=k (k independent encoder forwards on strided splits of the texts, the
-  loss over all of them) gives the one-forward step's loss and gradients, alone and inside the
-  gradient cache's chunks; a split that does not divide the texts fails naming the key."""
-  cfg, params, plan, loss_cfg, ids_mask = tiny_srl_case(tmp_path / "m", layout)
-  if layout == "roles":
-    ids, mask = ids_mask(3, 12, 10)
     batch = {"ids": ids, "mask": mask}
   else:
     (q, qm), (p, pm) = ids_mask(2, 6), ids_mask(6, 10)
     batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
   key = jax.random.key(3)
   plain = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
-  split = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=splits,
-                                grad_cache_chunks=cache)
+  other = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=cache,
+                                forward_splits=splits)
   (l1, aux1), g1 = jax.jit(plain.value_and_grad)(params, batch, key)
-  (l2, aux2), g2 = jax.jit(split.value_and_grad)(params, batch, key)
+  (l2, aux2), g2 = jax.jit(other.value_and_grad)(params, batch, key)
   assert float(l2) == pytest.approx(float(l1), rel=1e-5)
   assert aux2.keys() == aux1.keys()
   rel, scale = max_rel_diff(g2, g1)
