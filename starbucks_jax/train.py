@@ -135,8 +135,8 @@ def split_forward(embed, ids, mask, rng, k: int) -> dict[int, jax.Array]:
   strided splits (split c = rows c, c+k, c+2k, ..., so each keeps the rows' data-parallel sharding;
   dropout key fold_in(rng, c)), put back in row order: one program with k independent encoder
   graphs. Equal to one call up to float summation order (dropout masks aside). On a CPU host XLA
-  runs the splits' ops side by side and on operands a k-th the size, which measured ~10% faster
-  for a 64 x 64 MiniLM step on 2 cores (experiments/bench_vs_pytorch.md); on GPU/TPU keep k=1."""
+  can run the splits' ops side by side, on operands a k-th the size: a 64 x 64 MiniLM step measured
+  ~10% faster at k=2-4 on 2 cores (experiments/bench_vs_pytorch.md). On GPU/TPU keep k=1."""
   if k == 1:
     return embed(ids, mask, rng)
   rows, T = ids.shape
@@ -405,7 +405,7 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
 
 def _warn_if_products_upcast(compiled, dtype: str) -> None:
   """Warns when model.dtype asks for low-precision compute but the compiled CPU step has no matrix
-  product in it (XLA:CPU converts bf16/f16 dots to float32): slower than float32 there, not faster."""
+  product in that dtype (XLA:CPU converts bf16/f16 dots to float32): slower than float32, not faster."""
   if dtype == "float32" or jax.default_backend() != "cpu":  # GPU/TPU dots are library calls in the HLO
     return
   hlo_type = {"bfloat16": "bf16", "float16": "f16"}[dtype]
