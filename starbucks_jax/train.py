@@ -134,9 +134,10 @@ def split_forward(embed, ids, mask, rng, k: int) -> dict[int, jax.Array]:
   """`embed(ids, mask, rng) -> {layer: [rows, D]}` over ids/mask [rows, T] as k independent calls on
   strided splits (split c = rows c, c+k, c+2k, ..., so each keeps the rows' data-parallel sharding;
   dropout key fold_in(rng, c)), put back in row order: one program with k independent encoder
-  graphs. Equal to one call up to float summation order (dropout masks aside). On a CPU host XLA
-  can run the splits' ops side by side, on operands a k-th the size: a 64 x 64 MiniLM step measured
-  ~10% faster at k=2-4 on 2 cores (experiments/bench_vs_pytorch.md). On GPU/TPU keep k=1."""
+  graphs. Equal to one call up to float summation order (dropout masks aside). On a CPU host XLA's
+  runtime runs the splits' ops side by side, filling cores that one op at a time leaves idle: a
+  64 x 64 MiniLM step measured ~10% faster at k=2-4 on 2 cores (experiments/bench_vs_pytorch.md).
+  On GPU/TPU keep k=1."""
   if k == 1:
     return embed(ids, mask, rng)
   rows, T = ids.shape
