@@ -143,7 +143,8 @@ def start_processes(config: ml_collections.ConfigDict) -> None:
   sharding.initialize(m)
 
 
-def _validate_mesh(config) -> None:
+def _validate_mesh(config) -> int:
+  """Checks the mesh and the batch's split over it; returns the number of data-parallel devices."""
   from starbucks_jax import sharding
   try:
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
@@ -151,8 +152,6 @@ def _validate_mesh(config) -> None:
     raise ConfigError(f"mesh.shape: {e}") from None
   data = mesh.shape["data"] * mesh.shape["fsdp"]
   _check_range(config, "train.microbatches", 1)
-  if "forward_splits" in config.train:
-    _check_range(config, "train.forward_splits", 1)
   k = config.train.microbatches
   if config.data.batch_size % k:
     raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={config.data.batch_size}")
@@ -161,15 +160,12 @@ def _validate_mesh(config) -> None:
                       + (f" / train.microbatches={k}" if k > 1 else "")
                       + f" does not split over the mesh's {data} data-parallel devices "
                       f"(mesh.shape={tuple(config.mesh.shape)})")
-  splits = config.train.get("forward_splits", 1)  # fine-tuning only
-  if splits > 1 and (config.data.batch_size // k) % (splits * data):
-    raise ConfigError(f"train.forward_splits={splits}: data.batch_size={config.data.batch_size}"
-                      + (f" / train.microbatches={k}" if k > 1 else "")
-                      + f" does not split into {splits} forwards over the mesh's {data} data-parallel devices")
+  return data
 
 
-def _validate_optimizer(config) -> None:
-  _validate_mesh(config)
+def _validate_optimizer(config) -> int:
+  """The mesh and the optimizer's keys; returns the number of data-parallel devices."""
+  data = _validate_mesh(config)
   _check_range(config, "train.epochs", 1)
   _check_range(config, "train.max_steps", 0)
   _check_range(config, "train.lr", 0, low_open=True)
@@ -180,6 +176,7 @@ def _validate_optimizer(config) -> None:
   _check_range(config, "train.log_every", 1)
   _check_range(config, "train.checkpoint_every", 1)
   _check_range(config, "train.keep_checkpoints", 1)
+  return data
 
 
 def _check_source(config, key: str) -> None:
@@ -317,8 +314,15 @@ def _validate_training(config, pairs) -> None:
   if config.train.grad_cache_chunks and config.data.batch_size % config.train.grad_cache_chunks:
     raise ConfigError(f"train.grad_cache_chunks={config.train.grad_cache_chunks} does not divide "
                       f"data.batch_size={config.data.batch_size}")
-  _validate_optimizer(config)
-  chunk = config.data.batch_size // (config.train.grad_cache_chunks or 1)
-  if chunk % config.train.forward_splits:
-    raise ConfigError(f"train.forward_splits={config.train.forward_splits} does not divide the "
-                      f"{chunk} examples of each train.grad_cache_chunks chunk")
+  data = _validate_optimizer(config)
+  _check_range(config, "train.forward_splits", 1)
+  splits, k = config.train.forward_splits, config.train.microbatches
+  micro = config.data.batch_size // k  # the examples one step encodes together (a microbatch)
+  if micro % (splits * data):
+    raise ConfigError(f"train.forward_splits={splits}: data.batch_size={config.data.batch_size}"
+                      + (f" / train.microbatches={k}" if k > 1 else "")
+                      + f" does not split into {splits} forwards over the mesh's {data} data-parallel devices")
+  chunk = micro // (config.train.grad_cache_chunks or 1)  # the gradient cache encodes a chunk at a time
+  if chunk % splits:
+    raise ConfigError(f"train.forward_splits={splits} does not divide the {chunk} examples of each "
+                      "train.grad_cache_chunks chunk" + (" of a microbatch" if k > 1 else ""))

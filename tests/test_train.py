@@ -272,6 +272,12 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo,method=separate,layer=9,dim=16")
   with pytest.raises(config_lib.ConfigError, match=r"schedule.separate_pair\[0\]=\(9, 16\)"):
     train.run(cfg, str(tmp_path / "w"))
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")  # 16 = 2 microbatches x 2 chunks x 4
+  with cfg.unlocked():
+    cfg.train.microbatches, cfg.train.grad_cache_chunks, cfg.train.forward_splits = 2, 2, 8
+  with pytest.raises(config_lib.ConfigError, match="train.forward_splits=8 does not divide the 4 examples of each "
+                                                   "train.grad_cache_chunks chunk of a microbatch"):
+    train.run(cfg, str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),
