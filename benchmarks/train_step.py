@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, losses, schedule, train
+from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
 from starbucks_jax.config_lib import load_config
 
 
@@ -46,7 +46,7 @@ def main():
     pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
   pairs = schedule.validate(pairs, N, D)
   train_cfg = load_config("configs/ft.py:demo").train
-  tx = train.make_optimizer(train_cfg, 1000)
+  tx = trainer.make_optimizer(train_cfg, 1000)
   rng = np.random.default_rng(0)
   batch = {"ids": jnp.asarray(rng.integers(1000, 20000, (args.roles, args.batch, args.length)), jnp.int32),
            "mask": jnp.ones((args.roles, args.batch, args.length), jnp.int32)}
@@ -58,8 +58,8 @@ def main():
   for method in args.methods.split(","):
     plan = schedule.plan(method, pairs, N, D)
     params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    step = jax.jit(train.make_train_step(cfg, plan, loss_cfg, tx, "mean", forward_splits=args.forward_splits),
+    state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    step = jax.jit(finetune.make_srl_step(cfg, plan, loss_cfg, tx, "mean", forward_splits=args.forward_splits).update,
                    donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     mem = compiled.memory_analysis()

@@ -4,11 +4,11 @@
         [--steps 10] [--rounds 2] [--dtype float32|bfloat16] [--forward-splits 1] [--peak-tflops 989] \
         [--out results.json]
 
-The PyTorch side is written from METHOD.md's equations the way the authors' sentence-transformers
+The PyTorch side is written from docs/method.md's equations the way the authors' sentence-transformers
 code computes them: a SentenceTransformer model, one forward per text role with every hidden
 state, mean pooling of each layer of the schedule, per pair MNRL on cosine x 20 of the first d
 features plus the feature KL (x0.3, teacher not detached) to the full pair, summed over pairs;
-AdamW (torch.optim), global-norm clipping 1.0. Our side is `train.make_train_step` with the same
+AdamW (torch.optim), global-norm clipping 1.0. Our side is `finetune.make_srl_step` with the same
 loss config (configs/ft.py defaults), one encoder forward for every role and pair, or with
 `--forward-splits K` (train.forward_splits) K independent forwards over strided splits of the texts.
 
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, losses, schedule, train
+from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import bert, hf
 
@@ -185,10 +185,10 @@ def worker(side: str, args, setup) -> None:
     params = pre.params["bert"]
     jitted, states = {}, {}
     for m in METHODS:
-      jitted[m] = jax.jit(train.make_train_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
-                                                forward_splits=args.forward_splits),
+      jitted[m] = jax.jit(finetune.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
+                                                forward_splits=args.forward_splits).update,
                           donate_argnums=(0,))
-      states[m] = train.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
+      states[m] = trainer.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
                                    tx.init(params))
 
     def step(m, i):
@@ -205,7 +205,7 @@ def _setup(args):
   N, D = pre.config.num_hidden_layers, pre.config.hidden_size
   pairs = starbucks_pairs(N, D, args.model)
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
-  tx = train.make_optimizer(ft.train, 1000)
+  tx = trainer.make_optimizer(ft.train, 1000)
   loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
   rng = np.random.default_rng(0)
   batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
@@ -259,7 +259,7 @@ def main():
   with torch.no_grad():
     want = float(torch_loss(batch))
   params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-  check = train.make_train_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False,
+  check = finetune.make_srl_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False,
                                 forward_splits=args.forward_splits)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])

@@ -1,4 +1,4 @@
-"""SRL fine-tuning (METHOD.md, "SRL fine-tuning"): one model, every (layer, dim) of the schedule good.
+"""SRL fine-tuning (docs/method.md, "SRL fine-tuning"): one model, every (layer, dim) of the schedule good.
 
     python -m starbucks_jax.main --config=configs/ft.py:VARIANT[,method=M][,layer=N,dim=D] \
         --workdir=DIR [--config.a.b=value ...]
@@ -22,7 +22,7 @@ Variants:
   eval      Evaluate model.init_from (an HF dir, Hub id, or a workdir) on eval.sts; no training.
 
 Arguments after the variant: method=starbucks|full|mrl|2dmse|2dmse_retrieval|grid|separate (the
-baselines of METHOD.md); for separate also layer=N,dim=D and separate_dim=full|dim (train at full
+baselines of docs/method.md); for separate also layer=N,dim=D and separate_dim=full|dim (train at full
 width and truncate at evaluation, as the authors, or train at d).
 
 Every run validates the whole config (including the schedule against the backbone's config.json)
@@ -32,7 +32,7 @@ checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 
 import ml_collections
 
-from starbucks_jax import config_lib, sharding
+from starbucks_jax import config_lib, losses, sharding
 from starbucks_jax.schedule import STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
@@ -64,16 +64,7 @@ def get_config(arg=None):
   c.schedule.separate_pair = (arg.layer, arg.dim)  # method=separate: the one (layer, dim) trained
   c.schedule.separate_train_dim = arg.separate_dim  # separate: 'full' width (authors) or 'dim'
 
-  c.loss = ml_collections.ConfigDict()
-  c.loss.task = "contrastive"  # 'contrastive' (MNRL / InfoNCE) | 'cosent' (graded pairs)
-  c.loss.similarity = "cosine"  # 'cosine' (truncate then normalise) | 'dot'
-  c.loss.scale = 20.0  # cosine multiplier
-  c.loss.temperature = 1.0  # dot-product divisor
-  c.loss.kl = "features"  # 'features' (authors' STS code) | 'scores' (retrieval code, the paper) | 'none'
-  c.loss.kl_weight = 1.0  # beta
-  c.loss.kl_temperature = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
-  c.loss.reduction = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
-  c.loss.pair_weights = ()  # one weight per pair on its task loss; () = all 1
+  c.loss = losses.loss_config()  # task, similarity, KL variant, reduction, pair weights: losses.LossConfig
 
   c.data = ml_collections.ConfigDict()
   c.data.train = "hf:sentence-transformers/all-nli:triplet"  # source spec (see data/sources.py)
@@ -136,7 +127,7 @@ def get_config(arg=None):
   if arg.sts_cpu:
     c.data.train = f"{SHARED}/stsb/train.jsonl"
     c.eval.sts = f"stsb/test={SHARED}/stsb/test.jsonl"
-    c.data.length_buckets = "linear"  # ~20% fewer padded tokens on STS-B than pow2 (CPU)
+    c.data.length_buckets = "linear"  # less padding than pow2 on short texts (CPU)
     c.train.checkpoint_every = 200
   if arg.demo:
     c.data.train = "demo:triplets_train.jsonl"

@@ -1,4 +1,4 @@
-"""SMAE pre-training (METHOD.md, "SMAE pre-training"): 2D masked LM on every pair + the MAE decoder.
+"""SMAE pre-training (docs/method.md, "SMAE pre-training"): 2D masked LM on every pair + the MAE decoder.
 
     python -m starbucks_jax.main --config=configs/pt.py[:VARIANT] --workdir=DIR [--config.a.b=value ...]
 
@@ -11,8 +11,8 @@ AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 compute, non-fi
 max_steps is an ESTIMATE of one pass (~1e8 documents / 512): check the dataset card and set
 --config.train.max_steps. Cost, estimated: ~3.5e14 FLOPs per step (encoder 1.3e14, six decoder
 passes 0.7e14, the vocabulary projections at the masked positions 1.5e14), so ~0.9 s per step on
-one H100 at 40% MFU and ~2 days for 195k steps; ~6 h on 8 GPUs or a v4-32 once the sharded step
-lands (issue 7). Not measured yet. Paper (Table A1): SMAE + SRL STS average 0.7837 vs
+one H100 at 40% MFU and ~2 days for 195k steps; ~6 h on 8 GPUs or a v4-32 (hand estimates, not
+measured). Paper (Table A1): SMAE + SRL STS average 0.7837 vs
 0.7682 for BERT + SRL.
 
 Variants:

@@ -1,4 +1,4 @@
-"""SRL retrieval training (METHOD.md, "Recipes", retrieval column): groups of 1 positive + G-1 negatives.
+"""SRL retrieval training (docs/method.md, "Recipes", retrieval column): groups of 1 positive + G-1 negatives.
 
     python -m starbucks_jax.main --config=configs/retrieval.py[:VARIANT][,method=M] --workdir=DIR
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from starbucks_jax import checkpoint
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertEncoder
-from starbucks_jax.models.pooling import POOLINGS, pool
+from starbucks_jax.models.pooling import POOLINGS, pooled_layers
+from starbucks_jax.schedule import check_pair
 
 log = logging.getLogger(__name__)
 PROGRESS_MIN_BATCHES = 20  # show a progress bar from this many batches on (None: auto)
@@ -39,17 +39,8 @@ PROGRESS_MIN_BATCHES = 20  # show a progress bar from this many batches on (None
 @functools.partial(jax.jit, static_argnames=("config", "layers", "pooling"))
 def _pool_layers(params, ids, mask, *, config, layers, pooling):
   """Pooled [len(layers), B, D] from one forward pass that stops at the deepest layer asked for."""
-  hidden = BertEncoder(config).apply({"params": params}, ids, mask, num_layers=max(layers))
-  return pool(hidden[jnp.array(layers)], mask, pooling)
-
-
-def check_pair(layer: int, dim: int, num_layers: int, hidden_size: int, where: str = "") -> None:
-  """A (layer, dim) sub-model must exist in the model: 1 <= layer <= N, 1 <= dim <= D."""
-  at = f" ({where})" if where else ""
-  if not 1 <= layer <= num_layers:
-    raise ValueError(f"layer={layer}{at} is outside 1..{num_layers}: the model has {num_layers} layers")
-  if not 1 <= dim <= hidden_size:
-    raise ValueError(f"dim={dim}{at} is outside 1..{hidden_size}: the model's hidden size is {hidden_size}")
+  pooled = pooled_layers(params, config, ids, mask, layers, pooling)
+  return jnp.stack([pooled[n] for n in layers])
 
 
 class Embedder:

@@ -14,9 +14,9 @@ import argparse
 import logging
 
 from starbucks_jax import checkpoint
-from starbucks_jax.embed import check_pair
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS
+from starbucks_jax.schedule import check_pair
 
 
 def export(source: str, output: str, *, layer: int | None = None, dim: int | None = None,
@@ -26,7 +26,7 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   cfg, s = model.config, model.sentence
   layer = cfg.num_hidden_layers if layer is None else layer
   dim = cfg.hidden_size if dim is None else dim
-  check_pair(layer, dim, cfg.num_hidden_layers, cfg.hidden_size, where=f"exporting {source}")
+  check_pair(layer, dim, cfg.num_hidden_layers, cfg.hidden_size, where=f"exporting {source}: ")
   sentence = hf.SentenceSettings(pooling=pooling or s.pooling,
                                  normalize=s.normalize if normalize is None else normalize,
                                  max_seq_length=s.max_seq_length)

@@ -1,4 +1,4 @@
-"""The method's losses as pure functions of pooled embeddings (METHOD.md, "SRL fine-tuning").
+"""The method's losses as pure functions of pooled embeddings (docs/method.md, "SRL fine-tuning").
 
 Shapes: `pooled` is [R, B, D] for one layer: R text roles (anchor, positive, negatives... or
 sentence1, sentence2), B examples, D features, float32, raw (not normalised); or, for retrieval
@@ -15,7 +15,7 @@ sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[
   plain multiplier there (the authors' STS code, after sentence-transformers' AdaptiveLayerLoss).
 - reduction R: 'sum' over pairs (the code) or 'mean' (the paper's 1/|S|).
 
-SMAE (METHOD.md, "SMAE pre-training"): `masked_lm_loss` is the mean cross-entropy over the masked
+SMAE (docs/method.md, "SMAE pre-training"): `masked_lm_loss` is the mean cross-entropy over the masked
 positions of a batch (gathered logits [B, K, V], labels [B, K] with -1 for none); `smae_loss` is
 the mean over pairs of (MLM + MAE) / 2 of those, or of MLM alone when there is no MAE term.
 """
@@ -27,6 +27,10 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from starbucks_jax import schedule
+from starbucks_jax.config_lib import ConfigError, check_choice, check_range
 
 TASKS = ("contrastive", "cosent")
 SIMILARITIES = ("cosine", "dot")
@@ -36,14 +40,39 @@ REDUCTIONS = ("sum", "mean")
 
 @dataclasses.dataclass(frozen=True)
 class LossConfig:
-  task: str = "contrastive"  # 'contrastive' (MNRL / InfoNCE) | 'cosent'
+  """The `loss` block of a fine-tuning config: declared here once (`loss_config()` builds the block
+  with these defaults), checked by `from_config`."""
+  task: str = "contrastive"  # 'contrastive' (MNRL / InfoNCE) | 'cosent' (graded pairs)
   similarity: str = "cosine"  # 'cosine' (truncate, then L2-normalise) | 'dot'
   scale: float = 20.0  # cosine similarity multiplier (MNRL and CoSENT use 20)
-  temperature: float = 1.0  # dot product divisor
-  kl: str = "features"  # 'features' | 'scores' | 'none'
+  temperature: float = 1.0  # dot-product divisor
+  kl: str = "features"  # 'features' (the authors' STS code) | 'scores' (retrieval code, the paper) | 'none'
   kl_weight: float = 1.0  # beta
-  kl_temperature: float = 0.3  # features: multiplier on the KL; scores: tau of the softmax
-  reduction: str = "sum"  # 'sum' | 'mean' over pairs
+  kl_temperature: float = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
+  reduction: str = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
+  pair_weights: tuple[float, ...] = ()  # one weight per pair on its task loss; () = all 1
+
+  @classmethod
+  def from_config(cls, loss_cfg, num_pairs: int) -> "LossConfig":
+    """The checked `loss` block; `num_pairs` is the schedule's length (for pair_weights)."""
+    check_choice("loss.task", loss_cfg.task, TASKS)
+    check_choice("loss.similarity", loss_cfg.similarity, SIMILARITIES)
+    check_choice("loss.kl", loss_cfg.kl, KL_KINDS)
+    check_choice("loss.reduction", loss_cfg.reduction, REDUCTIONS)
+    check_range("loss.scale", loss_cfg.scale, 0, low_open=True)
+    check_range("loss.temperature", loss_cfg.temperature, 0, low_open=True)
+    check_range("loss.kl_weight", loss_cfg.kl_weight, 0)
+    check_range("loss.kl_temperature", loss_cfg.kl_temperature, 0, low_open=True)
+    weights = tuple(float(w) for w in loss_cfg.pair_weights)
+    if weights and len(weights) != num_pairs:
+      raise ConfigError(f"loss.pair_weights has {len(weights)} weights for {num_pairs} pairs in schedule.pairs")
+    fields = {f.name: loss_cfg[f.name] for f in dataclasses.fields(cls)}
+    return cls(**{**fields, "pair_weights": weights})
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  """The `loss` block every fine-tuning config carries, with LossConfig's defaults."""
+  return ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
 
 
 def truncate_normalise(x, d: int | None = None, eps: float = 1e-12):
@@ -174,8 +203,8 @@ def mask_dims(x, d):
   return x * (jnp.arange(x.shape[-1]) < d).astype(x.dtype)
 
 
-def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=None, scores=None,
-              weights: Sequence[float] | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=None,
+              scores=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss of one step of `plan` (schedule.Plan) from one forward's pooled vectors per layer.
 
   Fixed plans (starbucks, full, mrl, grid, separate) are `srl_loss` over plan.pairs. The sampled
@@ -187,10 +216,9 @@ def plan_loss(plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=Non
     for d < D.
   """
   if not plan.sample_layers:
-    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores, weights=weights,
-                    use_kl=plan.use_kl)
-  from starbucks_jax.schedule import sample
-  draw = sample(plan, rng)
+    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores,
+                    weights=cfg.pair_weights or None, use_kl=plan.use_kl)
+  draw = schedule.sample(plan, rng)
   teacher = pooled_by_layer[plan.teacher[0]]
   D = pooled_dim(teacher)
   student = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[draw["layer"]],

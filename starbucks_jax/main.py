@@ -1,7 +1,7 @@
 """Entry point: `python -m starbucks_jax.main --config=configs/ft.py:demo --workdir=DIR`.
 
-configs/ft.py runs fine-tuning and evaluation (train.run); configs/pt.py, SMAE pre-training
-(pretrain.run)."""
+A config whose mode is 'pretrain' (configs/pt.py) runs SMAE pre-training (pretrain.run); any
+other (configs/ft.py, configs/retrieval.py) fine-tunes and evaluates (finetune.run)."""
 
 import logging
 import sys
@@ -9,7 +9,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from starbucks_jax import config_lib, pretrain, train
+from starbucks_jax import config_lib, finetune, pretrain
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -23,7 +23,7 @@ def main(argv):
     logging.getLogger(noisy).setLevel(logging.WARNING)
   try:
     config = flags.FLAGS.config
-    (pretrain if config.get("mode") == "pretrain" else train).run(config, flags.FLAGS.workdir)
+    (pretrain if config.get("mode") == "pretrain" else finetune).run(config, flags.FLAGS.workdir)
   except config_lib.ConfigError as e:
     sys.exit(f"config error: {e}")
 

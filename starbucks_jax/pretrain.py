@@ -1,4 +1,5 @@
-"""SMAE pre-training (METHOD.md, "SMAE pre-training"): the 2D masked-LM step and its run.
+"""SMAE pre-training (docs/method.md, "SMAE pre-training"): the run description, the 2D masked-LM
+step, the run and its masked-token evaluation.
 
 The state's params hold three groups: `bert` (the encoder), `mlm_head` (HF's cls.predictions; from
 the starting checkpoint, or fresh when it has none) and `mae_decoder` (one BERT layer, a copy of the
@@ -28,25 +29,55 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import checkpoint, config_lib, losses, sharding
+from starbucks_jax import losses, schedule, sharding, trainer
+from starbucks_jax.config_lib import check_choice, check_range
+from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
 from starbucks_jax.data.masking import Masker, MaskingConfig
-from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertConfig, BertEmbeddings, BertEncoder, param_logical_axes
-from starbucks_jax.models.heads import MaeDecoder, MlmHead
 from starbucks_jax.evaluate import results
-from starbucks_jax.train import (TrainState, fit, learning_rate_schedule, make_optimizer, make_step,
-                                 write_config)
+from starbucks_jax.models import hf
+from starbucks_jax.models.bert import BertConfig, BertEmbeddings, hidden_states, param_logical_axes
+from starbucks_jax.models.heads import MaeDecoder, MlmHead
 
 log = logging.getLogger(__name__)
 EXPORT_DIR = "bert_mlm"
 
 
-def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[tuple[int, int], ...]:
+# ---------------------------------------------------------------------------------------------
+# The run description
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PretrainRun:
+  """A pre-training config, checked before any compute (configs/pt.py)."""
+  model: trainer.ModelSpec  # backbone, compute settings and schedule.pairs
+  train_pairs: tuple[schedule.Pair, ...]  # the pairs smae.mode trains
+  masking: MaskingConfig  # the smae block's masking rates
+
+
+def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[schedule.Pair, ...]:
   """The pairs a mode trains: the schedule, or the full model alone for plain MLM."""
   return ((config.num_hidden_layers, config.hidden_size),) if mode == "mlm" else tuple(pairs)
 
 
+def describe(config: ml_collections.ConfigDict) -> PretrainRun:
+  """Checks everything that can be checked without compute; a ConfigError names the key."""
+  check_choice("mode", config.mode, ("pretrain",))
+  model = trainer.ModelSpec.from_config(config)
+  check_choice("smae.mode", config.smae.mode, losses.SMAE_MODES)
+  masking = MaskingConfig.from_config(config.smae)
+  corpus.check_config(config.data, config.train.max_steps)
+  trainer.check_train(config, sharding.check_mesh(config.mesh))
+  if config.eval.text:
+    sources.check_spec("eval.text", config.eval.text)
+  check_range("eval.batch_size", config.eval.batch_size, 1)
+  check_range("eval.max_batches", config.eval.max_batches, 0)
+  return PretrainRun(model=model, train_pairs=mode_pairs(config.smae.mode, model.pairs, model.config),
+                     masking=masking)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
 def init_params(pre: hf.Pretrained, config: BertConfig, rng: jax.Array) -> dict[str, Any]:
   """{bert, mlm_head, mae_decoder} from a checkpoint; a missing MLM head is initialised fresh."""
   params = {"bert": pre.params["bert"]}
@@ -80,9 +111,8 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
                 rng=None) -> tuple[dict, dict | None]:
   """({pair: MLM loss}, {pair: MAE loss} or None) from one encoder forward."""
   rngs = lambda i: None if deterministic else {"dropout": jax.random.fold_in(rng, i)}  # noqa: E731
-  hidden = BertEncoder(config).apply({"params": params["bert"]}, batch["ids"], batch["mask"],
-                                     num_layers=max(n for n, _ in pairs), deterministic=deterministic,
-                                     rngs=rngs(0), method="hidden_states")
+  hidden = hidden_states(params["bert"], config, batch["ids"], batch["mask"], num_layers=max(n for n, _ in pairs),
+                         deterministic=deterministic, rng=None if deterministic else jax.random.fold_in(rng, 0))
   word_emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
   head = MlmHead(config)
 
@@ -109,7 +139,7 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
 
 
 def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTransformation,
-                   dropout: bool = True, microbatches: int = 1):
+                   dropout: bool = True, microbatches: int = 1) -> trainer.TrainStep:
   """The SMAE step; microbatches > 1 accumulates gradients and equals the whole batch's step: each
   microbatch's token means divide by the batch's masked-token counts / k (`make_step`'s prepare)."""
   def loss_fn(params, batch, rng):
@@ -121,62 +151,51 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
               if f"{name}_labels" in batch}
     return {**batch, **counts}
 
-  return make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare)
+  return trainer.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare)
 
 
-def masking_config(config: ml_collections.ConfigDict) -> MaskingConfig:
-  m = config.smae
-  return MaskingConfig(encoder_rate=m.encoder_mask_rate, decoder_rate=m.decoder_mask_rate,
-                       mask_prob=m.mask_token_prob, random_prob=m.random_token_prob)
-
-
-def pretrain(config: ml_collections.ConfigDict, workdir: str, facts: dict) -> hf.Pretrained:
-  pre = checkpoint.load_model(config.model.init_from)
-  bert_cfg = pre.config.replace(dtype=config.model.dtype, param_dtype=config.model.param_dtype,
-                                remat=config.model.remat)
-  max_length = min(config.model.max_length or bert_cfg.max_position_embeddings,
-                   bert_cfg.max_position_embeddings)
-  batcher = TextBatcher(config.data.train, pre.tokenizer, Masker(pre.tokenizer, masking_config(config)),
-                        batch_size=config.data.batch_size, max_length=max_length, seed=config.seed,
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) -> hf.Pretrained:
+  """Pre-train from model.init_from (or resume the workdir); exports WORKDIR/bert_mlm."""
+  setup = trainer.setup_model(config, workdir, run.model, default_length=run.model.config.max_position_embeddings)
+  pre = setup.pretrained
+  batcher = TextBatcher(config.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking),
+                        batch_size=config.data.batch_size, max_length=setup.max_length, seed=config.seed,
                         column=config.data.text_column, streaming=config.data.streaming,
                         packing=config.data.packing, length_buckets=config.data.length_buckets)
-  total_steps = config.train.max_steps or batcher.steps_in(config.train.epochs)
-  lr = learning_rate_schedule(config.train, total_steps)
-  tx = make_optimizer(config.train, total_steps, lr)
-  params = init_params(pre, bert_cfg, jax.random.key(config.seed))
-  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, bert_cfg.storage_dtype), params)
-  sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None)
-  if sharding.is_primary():
-    checkpoint.write_model_dir(workdir, dataclasses.replace(pre, sentence=sentence))
-  pairs = facts["train_pairs"]
-  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, total_steps,
-           config.data.batch_size, max_length, pairs)
-  step_fn = make_smae_step(bert_cfg, pairs, config.smae.mode, tx, dropout=config.train.dropout,
-                           microbatches=config.train.microbatches)
-  state = fit(config, workdir, TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), step_fn,
-              batcher, total_steps, lr, tx=tx, param_specs=param_specs(bert_cfg))
-  trained = jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))
-  model = dataclasses.replace(pre, config=pre.config, sentence=sentence,
-                              params={k: trained[k] for k in ("bert", "mlm_head")})
+  steps = trainer.total_steps(config.train, batcher)
+  params = init_params(pre, setup.config, jax.random.key(config.seed))
+  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, steps,
+           config.data.batch_size, setup.max_length, run.train_pairs)
+
+  def step_for(tx):
+    return make_smae_step(setup.config, run.train_pairs, config.smae.mode, tx, dropout=config.train.dropout,
+                          microbatches=config.train.microbatches)
+
+  trained = trainer.train_model(config, workdir, setup, params, step_for, batcher, steps,
+                                param_specs=param_specs(setup.config))
+  model = dataclasses.replace(pre, params={k: trained[k] for k in ("bert", "mlm_head")})
   if not sharding.is_primary():  # the primary process exports
     return model
   out = hf.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params, model.tokenizer,
-                           sentence=sentence)
+                           sentence=model.sentence)
   print(f"BertForMaskedLM: {out} (fine-tune from it with --config.model.init_from={out})")
   return model
 
 
-def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, facts: dict, workdir: str,
+def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, run: PretrainRun, workdir: str,
                  name: str) -> list[dict]:
   """Masked-token accuracy and loss of every pair (MLM) on `eval.text` -> WORKDIR/results/<name>.json."""
   if not config.eval.text:
     return []
   max_length = min(config.model.max_length or model.config.max_position_embeddings,
                    model.config.max_position_embeddings)
-  batcher = TextBatcher(config.eval.text, model.tokenizer, Masker(model.tokenizer, masking_config(config)),
+  batcher = TextBatcher(config.eval.text, model.tokenizer, Masker(model.tokenizer, run.masking),
                         batch_size=config.eval.batch_size, max_length=max_length, seed=config.seed + 1,
                         column=config.eval.text_column)
-  pairs = facts["pairs"]
+  pairs = run.model.pairs
   steps = batcher.steps_in(1)
   if config.eval.max_batches:
     steps = min(steps, config.eval.max_batches)
@@ -184,7 +203,8 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, facts:
 
   @jax.jit
   def mlm_stats(params, batch):
-    hidden = BertEncoder(model.config).apply({"params": params["bert"]}, batch["ids"], batch["mask"])
+    hidden = hidden_states(params["bert"], model.config, batch["ids"], batch["mask"],
+                           num_layers=max(n for n, _ in pairs))
     emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     out = {}
     for n, d in pairs:
@@ -204,17 +224,13 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, facts:
   for (n, d), (correct, loss_sum, count) in totals.items():
     records.append(results.record(dataset, "eval", "mlm_accuracy", n, d, correct / count))
     records.append(results.record(dataset, "eval", "mlm_loss", n, d, loss_sum / count))
-  path = results.write(workdir, name, records)
-  print(results.table(records))
-  print(f"results: {path}")
-  return records
+  return results.report(workdir, name, records)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str):
-  config_lib.start_processes(config)  # jax.distributed first, when several processes
-  facts = config_lib.validate_pretrain(config)  # fails before any compute
-  write_config(workdir, config)
-  model = pretrain(config, workdir, facts)
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Pre-train, export and evaluate masked-token accuracy per pair."""
+  spec = trainer.start(config, workdir, describe)
+  model = pretrain(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []
-  return evaluate_mlm(config, model, facts, workdir, name="final")
+  return evaluate_mlm(config, model, spec, workdir, name="final")

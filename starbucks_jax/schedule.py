@@ -9,18 +9,30 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable
 
+import jax
+
+from starbucks_jax.config_lib import ConfigError, config_errors
+
 Pair = tuple[int, int]
 
-# METHOD.md: Demi, Short, Tall, Grande, Venti, Trenta for BERT-base.
+# docs/method.md: Demi, Short, Tall, Grande, Venti, Trenta for BERT-base.
 STARBUCKS = {
     "bert-base": ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768)),
     "minilm-l6-h384": ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384)),
 }
 
 
+def check_pair(layer: int, dim: int, num_layers: int, hidden_size: int, where: str = "") -> None:
+  """A (layer, dim) sub-model must exist: 1 <= layer <= N, 1 <= dim <= D. `where` starts the message."""
+  if not 1 <= layer <= num_layers:
+    raise ValueError(f"{where}layer={layer} is outside 1..{num_layers} (the model has {num_layers} layers)")
+  if not 1 <= dim <= hidden_size:
+    raise ValueError(f"{where}dim={dim} is outside 1..{hidden_size} (the model's hidden size is {hidden_size})")
+
+
 def validate(pairs: Iterable[Iterable[int]], num_layers: int, hidden_size: int,
              key: str = "schedule.pairs") -> tuple[Pair, ...]:
-  """Pairs as int tuples; each 1 <= n <= N, 1 <= d <= D; n and d strictly increasing. Errors name `key`."""
+  """Pairs as int tuples; each a sub-model of the backbone; n and d strictly increasing. Errors name `key`."""
   try:
     out = tuple((int(n), int(d)) for n, d in pairs)
   except (TypeError, ValueError):
@@ -28,12 +40,7 @@ def validate(pairs: Iterable[Iterable[int]], num_layers: int, hidden_size: int,
   if not out:
     raise ValueError(f"{key} is empty: give at least one (layer, dim) pair")
   for i, (n, d) in enumerate(out):
-    if not 1 <= n <= num_layers:
-      raise ValueError(f"{key}[{i}]=({n}, {d}): layer {n} is outside 1..{num_layers} "
-                       f"(the model has {num_layers} layers)")
-    if not 1 <= d <= hidden_size:
-      raise ValueError(f"{key}[{i}]=({n}, {d}): dim {d} is outside 1..{hidden_size} "
-                       f"(the model's hidden size is {hidden_size})")
+    check_pair(n, d, num_layers, hidden_size, where=f"{key}[{i}]=({n}, {d}): ")
   for i in range(1, len(out)):
     (n0, d0), (n1, d1) = out[i - 1], out[i]
     if not (n1 > n0 and d1 > d0):
@@ -49,7 +56,7 @@ def grid(num_layers: int, hidden_size: int, dims: Iterable[int]) -> tuple[Pair, 
 
 
 # ---------------------------------------------------------------------------------------------
-# What each method trains on a step (METHOD.md, "SRL fine-tuning" and "Baselines").
+# What each method trains on a step (docs/method.md, "SRL fine-tuning" and "Baselines").
 # ---------------------------------------------------------------------------------------------
 METHODS = ("starbucks", "full", "mrl", "2dmse", "2dmse_retrieval", "grid", "separate")
 
@@ -106,13 +113,26 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
   raise ValueError(f"schedule.method={method!r}; expected one of {METHODS}")
 
 
+def plan_from_config(schedule_cfg, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int) -> Plan:
+  """The schedule block's Plan over the validated `pairs`; a ConfigError names the key."""
+  separate = None
+  if schedule_cfg.method == "separate":
+    try:
+      separate = validate([tuple(schedule_cfg.separate_pair)], num_layers, hidden_size,
+                          key="schedule.separate_pair")[0]
+    except ValueError as e:
+      raise ConfigError(f"{e} (method=separate trains one pair: set layer=N,dim=D)") from None
+  with config_errors():
+    return plan(schedule_cfg.method, pairs, num_layers, hidden_size, separate_pair=separate,
+                separate_train_dim=schedule_cfg.separate_train_dim)
+
+
 def sample(p: Plan, rng) -> dict[str, Any]:
   """The sampled part of a step (jax, inside jit): indices into p.sample_layers / p.sample_dims.
 
   2dmse: 'layer' (one earlier layer), 'dim_last' and 'dim_layer' (one dim of S for each call, drawn
   independently, as Matryoshka2dLoss draws once per loss call). 2dmse_retrieval: 'layer' only.
   """
-  import jax
   k1, k2, k3 = jax.random.split(rng, 3)
   out = {"layer": jax.random.randint(k1, (), 0, len(p.sample_layers))}
   if p.method == "2dmse":

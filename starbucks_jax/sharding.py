@@ -8,7 +8,7 @@ FSDP and tensor parallelism are a config change (`mesh.shape`, `mesh.rules`), no
 The examples' batch dimension is split over (data, fsdp). With one device everything is replicated
 and the step is the single-device step.
 
-Several processes (hosts): `initialize` starts jax.distributed from the config's mesh block
+Several processes (hosts): `start_processes` starts jax.distributed from the config's mesh block
 (coordinator, num_processes, process_id; 'auto' on Cloud TPU / SLURM / Open MPI) before any JAX
 computation. Every process then builds the same host batch (a pure function of the step, so the run
 equals a one-process run on the same global batch) and moves only its own rows to its devices
@@ -18,6 +18,7 @@ part in orbax checkpointing.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -28,6 +29,8 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from starbucks_jax.config_lib import ConfigError, check_range, config_errors
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -56,15 +59,35 @@ def mesh_config() -> ml_collections.ConfigDict:
   return c
 
 
-def initialize(mesh_cfg) -> None:
-  """jax.distributed.initialize from the mesh block; a no-op for one process. Call before any
-  computation (the entry point does)."""
-  if not mesh_cfg.coordinator or jax.distributed.is_initialized():
+def start_processes(mesh_cfg) -> None:
+  """Checks the mesh block's process keys and starts jax.distributed when they ask for several
+  processes (a no-op for one). The first thing a run does: nothing in JAX may run before it."""
+  coordinator = mesh_cfg.coordinator
+  if coordinator and coordinator != "auto" and not re.fullmatch(r"[^\s:]+:\d+", coordinator):
+    raise ConfigError(f"mesh.coordinator={coordinator!r}: expected 'host:port', 'auto' or '' (one process)")
+  check_range("mesh.num_processes", mesh_cfg.num_processes, 1)
+  if not 0 <= mesh_cfg.process_id < mesh_cfg.num_processes:
+    raise ConfigError(f"mesh.process_id={mesh_cfg.process_id} is not in 0..{mesh_cfg.num_processes - 1} "
+                      f"(mesh.num_processes={mesh_cfg.num_processes})")
+  if mesh_cfg.num_processes > 1 and not coordinator:
+    raise ConfigError(f"mesh.num_processes={mesh_cfg.num_processes} needs mesh.coordinator (host:port of process 0)")
+  if not coordinator or jax.distributed.is_initialized():
     return
-  if mesh_cfg.coordinator == "auto":
+  if coordinator == "auto":
     jax.distributed.initialize()
   else:
-    jax.distributed.initialize(mesh_cfg.coordinator, mesh_cfg.num_processes, mesh_cfg.process_id)
+    jax.distributed.initialize(coordinator, mesh_cfg.num_processes, mesh_cfg.process_id)
+
+
+def check_mesh(mesh_cfg) -> jax.sharding.Mesh:
+  """The mesh of the mesh block, or a ConfigError naming mesh.shape."""
+  with config_errors("mesh.shape: "):
+    return make_mesh(tuple(mesh_cfg.shape))
+
+
+def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
+  """The devices a batch's examples are split over (data x fsdp)."""
+  return mesh.shape["data"] * mesh.shape["fsdp"]
 
 
 def is_primary() -> bool:
@@ -92,6 +115,11 @@ def logical_specs(module: nn.Module, *args, **kwargs) -> Any:
   """The logical PartitionSpec of every parameter of `module` (from an abstract init: no memory)."""
   abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
   return nn.get_partition_spec(abstract)["params"]
+
+
+def rules_from_config(rules) -> tuple[tuple[str, Any], ...]:
+  """mesh.rules as a tuple of (logical axis, mesh axes) with tuples (a config's JSON form has lists)."""
+  return tuple((k, tuple(v) if isinstance(v, list) else v) for k, v in rules)
 
 
 def param_shardings(specs: Any, mesh: jax.sharding.Mesh, rules=RULES) -> Any:

@@ -6,7 +6,7 @@ fine-tuning run on the tiny model, through train.run exactly as the entry point 
 
 import sys
 
-from starbucks_jax import config_lib, train
+from starbucks_jax import config_lib, finetune
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 
@@ -26,7 +26,7 @@ def main(model_dir, data, workdir, coordinator, num_processes, process_id):
     cfg.mesh.coordinator = coordinator
     cfg.mesh.num_processes = int(num_processes)
     cfg.mesh.process_id = int(process_id)
-  train.run(cfg, workdir)
+  finetune.run(cfg, workdir)
   import jax
   print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
         f"{jax.device_count()} devices", flush=True)

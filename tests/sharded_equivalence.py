@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from starbucks_jax import losses, schedule, sharding, train
+from starbucks_jax import finetune, losses, schedule, sharding, trainer
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
 
 
@@ -26,15 +26,15 @@ def main():
   tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=1.0,
                                         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6, weight_decay=0.01,
                                         skip_nonfinite=False, max_consecutive_nonfinite=1))
-  tx = train.make_optimizer(tcfg, 10)
-  step = train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=True)
+  tx = trainer.make_optimizer(tcfg, 10)
+  step = finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=True)
   rng = np.random.default_rng(0)
   batch = {"ids": rng.integers(5, cfg.vocab_size, (3, 8, 12)).astype(np.int32),
            "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 8, 1))).astype(np.int32)}
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   key = jax.random.key(1)
 
-  ref_state, ref_metrics = jax.jit(step)(state, batch, key)
+  ref_state, ref_metrics = jax.jit(step.update)(state, batch, key)
   grad_fn = jax.grad(lambda p, b, k: step.loss_fn(p, b, k)[0])
   ref_grads = jax.jit(grad_fn)(params, batch, key)
   grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(ref_grads))
@@ -46,7 +46,7 @@ def main():
       p_sh = sharding.param_shardings(specs, mesh)
       s_sh = sharding.state_shardings(state, tx, p_sh, mesh)
       b_sh = sharding.batch_shardings(batch, mesh, {"ids": 1, "mask": 1})
-      sharded_step = jax.jit(step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))
+      sharded_step = jax.jit(step.update, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))
       new_state, metrics = sharded_step(sharding.shard_state(state, s_sh), sharding.put_batch(batch, b_sh), key)
       grad_diff = None
       if shape == (4, 1, 2):  # gradients on the richest mesh (the others check loss, norm, update)
@@ -69,11 +69,11 @@ def main():
   mesh = sharding.make_mesh((8, 1, 1))
 
   def on_data_mesh(step, ref_step):  # `step` data-parallel on 8 devices vs `ref_step` on one, batch `big`
-    ref_state, ref_metrics = jax.jit(ref_step)(state, big, key)
+    ref_state, ref_metrics = jax.jit(ref_step.update)(state, big, key)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       s_sh = sharding.state_shardings(state, tx, sharding.param_shardings(specs, mesh), mesh)
-      b_sh = sharding.batch_shardings(big, mesh, train.ROLE_AXES)
-      new_state, metrics = jax.jit(step, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
+      b_sh = sharding.batch_shardings(big, mesh, finetune.ROLE_AXES)
+      new_state, metrics = jax.jit(step.update, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
           sharding.shard_state(state, s_sh), sharding.put_batch(big, b_sh), key)
     diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
     return {"loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
@@ -81,7 +81,7 @@ def main():
             "max_param_diff": max(jax.tree_util.tree_leaves(diffs))}
 
   def srl_step(**kw):
-    return train.make_train_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
+    return finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
 
   # Gradient accumulation: 2 strided microbatches of 8, each split over 8 devices (vs itself on one).
   acc_step = srl_step(microbatches=2)

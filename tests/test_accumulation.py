@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
-from starbucks_jax import config_lib, pretrain, train
+from starbucks_jax import config_lib, finetune, pretrain, trainer
 from starbucks_jax.data import masking
 from starbucks_jax.models import hf
 
@@ -17,7 +17,7 @@ def optimizer(steps=10):
   tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=0.0,
                                         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01,
                                         skip_nonfinite=False, max_consecutive_nonfinite=1))
-  return train.make_optimizer(tcfg, steps)
+  return trainer.make_optimizer(tcfg, steps)
 
 
 def test_split_keeps_each_query_with_its_group_and_strides():
@@ -26,7 +26,7 @@ def test_split_keeps_each_query_with_its_group_and_strides():
            "passage_ids": np.repeat(np.arange(B), G)[:, None] * 10 + np.arange(4)[None],  # query*10 + col
            "ids": np.arange(2 * B).reshape(2, B, 1) * np.ones((1, 1, 5), int),  # roles layout [R, B, T]
            "count": np.asarray(7)}
-  out = jax.device_get(train.split_microbatches(batch, k, {"ids": 1}))
+  out = jax.device_get(trainer.split_microbatches(batch, k, {"ids": 1}))
   for j in range(k):
     queries = list(range(j, B, k))  # strided: every microbatch sees every data-parallel shard
     assert out["query_ids"][j][:, 0].tolist() == queries
@@ -34,7 +34,7 @@ def test_split_keeps_each_query_with_its_group_and_strides():
     np.testing.assert_array_equal(out["ids"][j][:, :, 0], batch["ids"][:, j::k, 0])
     assert out["count"][j] == 7
   with pytest.raises(ValueError, match="train.microbatches=4 does not divide the batch's 6 examples"):
-    train.split_microbatches(batch, 4, {"ids": 1})
+    trainer.split_microbatches(batch, 4, {"ids": 1})
 
 
 def test_smae_accumulation_equals_the_whole_batch(tmp_path, mode="smae"):
@@ -82,8 +82,8 @@ def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path):
   micro = [{"query_ids": q[j::k], "query_mask": qm[j::k], "passage_ids": grouped(p, j),
             "passage_mask": grouped(pm, j)} for j in range(k)]
   key = jax.random.key(3)
-  plain = jax.jit(train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
-  accumulated = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, microbatches=k)
+  plain = jax.jit(finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
+  accumulated = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, microbatches=k)
   (loss, aux), grads = jax.jit(accumulated.value_and_grad)(params, batch, key)
   parts = [plain(params, m, jax.random.fold_in(key, j)) for j, m in enumerate(micro)]
   want_loss = np.mean([float(part[0][0]) for part in parts])
@@ -97,11 +97,11 @@ def test_microbatches_config_errors_name_the_key():
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
   cfg.train.microbatches = 3
   with pytest.raises(config_lib.ConfigError, match=r"train.microbatches=3 does not divide data.batch_size"):
-    config_lib.validate(cfg)
+    finetune.describe(cfg)
   cfg.train.microbatches = 0
   with pytest.raises(config_lib.ConfigError, match=r"train.microbatches"):
-    config_lib.validate(cfg)
+    finetune.describe(cfg)
   pt = config_lib.load_config(str(REPO / "configs" / "pt.py") + ":demo")
   pt.train.microbatches = 32
   with pytest.raises(config_lib.ConfigError, match=r"train.microbatches=32 does not divide data.batch_size=16"):
-    config_lib.validate_pretrain(pt)
+    pretrain.describe(pt)

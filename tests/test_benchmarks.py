@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from starbucks_jax import checkpoint, losses, schedule, train
+from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import bert
 
@@ -76,8 +76,8 @@ def test_pytorch_formulation_computes_our_objective(vs_pytorch, random_minilm, m
   batch["mask"][:, 2, 10:] = 0  # padding in both roles
   with torch.no_grad():
     want = float(loss_fn(batch, method))
-  tx = train.make_optimizer(ft.train, 10)
-  step = train.make_train_step(pre.config, schedule.plan(method, pairs, N, D), losses.LossConfig(), tx, "mean",
+  tx = trainer.make_optimizer(ft.train, 10)
+  step = finetune.make_srl_step(pre.config, schedule.plan(method, pairs, N, D), losses.LossConfig(), tx, "mean",
                                dropout=False)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(step.loss_fn)(pre.params["bert"], jbatch, jax.random.key(0))[0])

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import REPO
-from starbucks_jax import config_lib, train
+from starbucks_jax import config_lib, finetune
 from starbucks_jax.models import hf
 
 CONFIGS = sorted(glob.glob(str(REPO / "configs" / "*.py")))
@@ -55,40 +55,40 @@ def test_invalid_pairs_fail_before_any_weight_is_read(tiny_config, tmp_path, mon
   def no_weights(*a, **k):
     raise AssertionError("weights were read before the config was validated")
   monkeypatch.setattr(hf, "read_state_dict", no_weights)
-  cases = {((1, 8), (5, 16)): r"schedule.pairs\[1\]=\(5, 16\): layer 5 is outside 1..4",
-           ((1, 8), (2, 64)): r"schedule.pairs\[1\]=\(2, 64\): dim 64 is outside 1..32",
+  cases = {((1, 8), (5, 16)): r"schedule.pairs\[1\]=\(5, 16\): layer=5 is outside 1..4",
+           ((1, 8), (2, 64)): r"schedule.pairs\[1\]=\(2, 64\): dim=64 is outside 1..32",
            ((2, 8), (1, 16)): r"schedule.pairs\[0:2\].*strictly increase",
            (): "schedule.pairs is empty"}
   for pairs, msg in cases.items():
     tiny_config.schedule.pairs = pairs
     with pytest.raises(config_lib.ConfigError, match=msg):
-      train.run(tiny_config, str(tmp_path / "w"))
+      finetune.run(tiny_config, str(tmp_path / "w"))
   tiny_config.schedule.pairs = ((1, 8),)
   tiny_config.model.pooling = "max"
   with pytest.raises(config_lib.ConfigError, match="model.pooling='max'"):
-    train.run(tiny_config, str(tmp_path / "w"))
+    finetune.run(tiny_config, str(tmp_path / "w"))
   tiny_config.model.pooling = "mean"
   tiny_config.eval.sts = "demo/test=nowhere.jsonl"
   with pytest.raises(config_lib.ConfigError, match=r"eval.sts \(demo/test\): nowhere.jsonl: no such file"):
-    train.run(tiny_config, str(tmp_path / "w"))
+    finetune.run(tiny_config, str(tmp_path / "w"))
   tiny_config.eval.sts = "demo=demo:sts_test.jsonl"
   with pytest.raises(config_lib.ConfigError, match="DATASET/SPLIT=SOURCE"):
-    train.run(tiny_config, str(tmp_path / "w"))
+    finetune.run(tiny_config, str(tmp_path / "w"))
   tiny_config.model.init_from = str(tmp_path / "no_model")
   with pytest.raises(config_lib.ConfigError, match="model.init_from=.*no model directory"):
-    train.run(tiny_config, str(tmp_path / "w"))
+    finetune.run(tiny_config, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")  # nothing was written either
 
 
 def test_eval_mode_writes_results(tiny_config, tmp_path):
-  records = train.run(tiny_config, str(tmp_path / "w"))
+  records = finetune.run(tiny_config, str(tmp_path / "w"))
   saved = json.load(open(tmp_path / "w" / "results" / "eval.json"))
   assert saved == records
   assert {(r["layer"], r["dim"]) for r in saved} == {(1, 8), (2, 16), (4, 32)}
   assert set(saved[0]) == {"dataset", "split", "metric", "layer", "dim", "value"}
   assert json.load(open(tmp_path / "w" / "config.json"))["schedule"]["pairs"] == [[1, 8], [2, 16], [4, 32]]
   tiny_config.eval.grid = True
-  grid = train.run(tiny_config, str(tmp_path / "g"))
+  grid = finetune.run(tiny_config, str(tmp_path / "g"))
   assert len(grid) == 4 * 3
 
 

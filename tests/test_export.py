@@ -69,9 +69,9 @@ def test_export_cli_and_bad_pairs(tiny_hf_dir, tmp_path, capsys):
   assert "wrote" in capsys.readouterr().out
   meta = json.load(open(tmp_path / "cli" / "starbucks_jax.json"))
   assert (meta["layer"], meta["dim"]) == (2, 16)
-  with pytest.raises(ValueError, match="layer=5 .* is outside 1..4"):
+  with pytest.raises(ValueError, match="exporting .*: layer=5 is outside 1..4"):
     export.export(tiny_hf_dir, str(tmp_path / "x"), layer=5)
-  with pytest.raises(ValueError, match="dim=33 .* is outside 1..32"):
+  with pytest.raises(ValueError, match="exporting .*: dim=33 is outside 1..32"):
     export.export(tiny_hf_dir, str(tmp_path / "x"), dim=33)
   with pytest.raises(ValueError, match="no MLM head"):
     export.export(tiny_hf_dir, str(tmp_path / "x"), with_mlm_head=True)

@@ -1,4 +1,4 @@
-"""Each loss against an independent float64 numpy computation of METHOD.md's equations."""
+"""Each loss against an independent float64 numpy computation of docs/method.md's equations."""
 
 import numpy as np
 import pytest

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from test_train import write_triplets
+from test_finetune import write_triplets
 from starbucks_jax import checkpoint, config_lib, sharding
 
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
@@ -69,5 +69,5 @@ def test_process_keys_fail_by_name(key, value, match):
     cfg.mesh.coordinator, cfg.mesh.num_processes = "localhost:1234", 2
     setattr(cfg.mesh, key, value)
   with pytest.raises(config_lib.ConfigError, match=match):
-    config_lib.start_processes(cfg)
+    sharding.start_processes(cfg.mesh)
   assert not jax.distributed.is_initialized() and sharding.is_primary()

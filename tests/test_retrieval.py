@@ -136,7 +136,7 @@ def test_evaluate_collection_writes_runs_and_records(tiny_hf_dir, tmp_path):
 
 def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   from conftest import REPO
-  from starbucks_jax import config_lib, train
+  from starbucks_jax import config_lib, finetune
   cfg = config_lib.load_config(f"{REPO}/configs/ft.py:eval")
   with cfg.unlocked():
     cfg.model.init_from = tiny_hf_dir
@@ -144,13 +144,13 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
     cfg.eval.sts = ""
     cfg.eval.retrieval = f"toy/test={write_beir(tmp_path / 'toy')}"
     cfg.eval.passage_max_length = 32
-  records = train.run(cfg, str(tmp_path / "w"))
+  records = finetune.run(cfg, str(tmp_path / "w"))
   assert json.load(open(tmp_path / "w" / "results" / "eval.json")) == records
   assert {(r["dataset"], r["layer"], r["metric"]) for r in records} >= {("toy", 1, "nDCG@10"), ("toy", 4, "RR@10")}
   with cfg.unlocked():
     cfg.eval.retrieval = f"toy/dev={tmp_path / 'toy'}"
   with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval \(toy/dev\): .* qrels/dev.tsv"):
-    train.run(cfg, str(tmp_path / "w2"))
+    finetune.run(cfg, str(tmp_path / "w2"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +210,7 @@ def test_beir_train_groups_draw_random_negatives(tmp_path, tiny_hf_dir):
 @pytest.mark.parametrize("source", ["tevatron", "beir"])
 def test_retrieval_config_trains_two_steps(tiny_hf_dir, tmp_path, source):
   from conftest import REPO
-  from starbucks_jax import config_lib, train
+  from starbucks_jax import config_lib, finetune
   cfg = config_lib.load_config(f"{REPO}/configs/retrieval.py:scifact")
   toy = write_beir(tmp_path / "toy")
   with cfg.unlocked():
@@ -224,7 +224,7 @@ def test_retrieval_config_trains_two_steps(tiny_hf_dir, tmp_path, source):
     cfg.train.grad_cache_chunks = 2 if source == "beir" else 0  # the gradient cache, end to end
     cfg.eval.retrieval = f"toy/test={toy}"
     cfg.eval.passage_max_length = 32
-  records = train.run(cfg, str(tmp_path / "w"))
+  records = finetune.run(cfg, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
   assert {"task/1_8", "kl/1_8", "task/4_32"} <= set(rows[0])

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, kill_at, make_hf_bert, make_tokenizer
-from starbucks_jax import checkpoint, config_lib, losses, pretrain
+from starbucks_jax import checkpoint, config_lib, finetune, losses, pretrain
 from starbucks_jax.data import corpus, masking
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.models import hf
@@ -43,7 +43,7 @@ def encoded(tokenizer, texts):
 # Masking
 # ---------------------------------------------------------------------------------------------
 def reference_word_masks(tokens, order, enc_rate, dec_rate):
-  """The whole-word nested masking of METHOD.md written out over token strings (the published
+  """The whole-word nested masking of docs/method.md written out over token strings (the published
   algorithm, independently of the implementation): visit words in `order`, skip what overflows."""
   words = []
   for i, t in enumerate(tokens):
@@ -366,7 +366,7 @@ def test_tiny_run_loss_falls_and_exports_a_masked_lm(tiny_pt, tmp_path):
     with ft.unlocked():
       ft.model.init_from = source
       ft.schedule.pairs = ((1, 8), (2, 16), (4, 32))
-    config_lib.validate(ft)
+    finetune.describe(ft)
   assert set(checkpoint.load_model(str(tmp_path / "w")).params) == {"bert", "mlm_head"}
 
 
@@ -392,8 +392,7 @@ def test_pt_config_variants_load_and_errors_name_the_key(tiny_pt, tmp_path):
   for variant in ("", ":demo", ":tiny", ":cpu", ":tiny,mode=mlm"):
     cfg = config_lib.load_config(f"{REPO}/configs/pt.py{variant}")
     assert cfg.mode == "pretrain"
-  facts = config_lib.validate_pretrain(tiny_pt)
-  assert facts["train_pairs"] == ((1, 8), (2, 16), (4, 32))
+  assert pretrain.describe(tiny_pt).train_pairs == ((1, 8), (2, 16), (4, 32))
   cases = [("smae.mode", "mae", "smae.mode='mae'"),
            ("smae.encoder_mask_rate", 0.6, "smae"),
            ("data.streaming", True, "data.streaming=True is for hf"),
@@ -406,18 +405,18 @@ def test_pt_config_variants_load_and_errors_name_the_key(tiny_pt, tmp_path):
       section, field = key.split(".")
       cfg[section][field] = value
     with pytest.raises(config_lib.ConfigError, match=match):
-      config_lib.validate_pretrain(cfg)
+      pretrain.describe(cfg)
   cfg = copy.deepcopy(tiny_pt)
   with cfg.unlocked():
     cfg.data.train = "hf:HuggingFaceFW/fineweb:sample-100BT"
     cfg.data.streaming = True
     cfg.train.max_steps = 0
   with pytest.raises(config_lib.ConfigError, match="train.max_steps"):
-    config_lib.validate_pretrain(cfg)
+    pretrain.describe(cfg)
   cfg = copy.deepcopy(tiny_pt)
   with cfg.unlocked():
     cfg.smae.mode = "mlm"
-  assert config_lib.validate_pretrain(cfg)["train_pairs"] == ((4, 32),)
+  assert pretrain.describe(cfg).train_pairs == ((4, 32),)
 
 
 def test_tfds_text_source_with_mock_data(tokenizer):

@@ -19,13 +19,22 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from starbucks_jax.data.sources import DataError, read_rows
-from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
+from starbucks_jax.config_lib import ConfigError, check_choice
+from starbucks_jax.data.sources import DataError, check_spec, read_rows
+from starbucks_jax.data.tokenize import BUCKETS, bucket_length, pad_batch, tokenize
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"triplets": ("anchor", "positive", "negative"), "pairs": ("anchor", "positive"),
            "scored_pairs": ("sentence1", "sentence2")}
+
+
+def check_config(data_cfg) -> None:
+  """The data block of a run on examples (data.format triplets, pairs or scored_pairs)."""
+  check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
+  if data_cfg.train.startswith("beir:"):
+    raise ConfigError(f"data.train={data_cfg.train!r} (BEIR qrels) needs data.format='groups'")
+  check_spec("data.train", data_cfg.train)
 
 
 @dataclasses.dataclass

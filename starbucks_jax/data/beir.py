@@ -20,7 +20,18 @@ import csv
 import dataclasses
 import os
 
+from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.data.sources import DataError, jsonl_rows
+
+
+def check_folder(key: str, folder: str, split: str, *, corpus: bool) -> None:
+  """A ConfigError naming `key` unless `folder` has qrels/<split>.tsv (and corpus.jsonl with `corpus`)."""
+  path = os.path.expanduser(folder)
+  has_qrels = os.path.isfile(os.path.join(path, "qrels", f"{split}.tsv"))
+  if corpus and not (has_qrels and os.path.isfile(os.path.join(path, "corpus.jsonl"))):
+    raise ConfigError(f"{key}: {folder} is not a BEIR folder with corpus.jsonl and qrels/{split}.tsv")
+  if not has_qrels:
+    raise ConfigError(f"{key}: {folder} has no qrels/{split}.tsv")
 
 
 @dataclasses.dataclass

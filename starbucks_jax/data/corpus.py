@@ -1,7 +1,7 @@
 """Documents for SMAE pre-training and the masked batches built from them.
 
 Rows: each document is cut to a random window of at most max_length - 2 tokens, then [CLS] ...
-[SEP] (METHOD.md; no packing). With `packing`, an epoch's documents are instead concatenated
+[SEP] (docs/method.md; no packing). With `packing`, an epoch's documents are instead concatenated
 ([SEP] between them) and cut into full rows. Batches are B consecutive rows, padded to a length
 bucket and masked by `masking.Masker`.
 
@@ -21,12 +21,27 @@ from typing import Iterator
 
 import numpy as np
 
+from starbucks_jax.config_lib import ConfigError, check_choice, check_range
 from starbucks_jax.data.batching import in_background
 from starbucks_jax.data.masking import Masker
-from starbucks_jax.data.sources import DataError, read_rows
-from starbucks_jax.data.tokenize import bucket_length
+from starbucks_jax.data.sources import DataError, check_spec, read_rows
+from starbucks_jax.data.tokenize import BUCKETS, bucket_length
 
 log = logging.getLogger(__name__)
+
+
+def check_config(data_cfg, max_steps: int) -> None:
+  """The data block of a pre-training run; `max_steps` is train.max_steps (a stream needs it)."""
+  check_spec("data.train", data_cfg.train)
+  if data_cfg.streaming and not data_cfg.train.startswith("hf:"):
+    raise ConfigError(f"data.streaming=True is for hf: sources, not {data_cfg.train!r}")
+  if data_cfg.streaming and not max_steps:
+    raise ConfigError("train.max_steps=0: a streamed source (data.streaming=True) has no known length; "
+                      "set the number of steps")
+  if data_cfg.packing and data_cfg.streaming:
+    raise ConfigError("data.packing=True needs an in-memory source (data.streaming=False)")
+  check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
+  check_range("data.batch_size", data_cfg.batch_size, 1)
 
 
 def window(ids: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:

@@ -22,11 +22,27 @@ from typing import Iterator
 
 import numpy as np
 
+from starbucks_jax.config_lib import check_choice, check_range
+from starbucks_jax.data import beir
 from starbucks_jax.data.batching import in_background
-from starbucks_jax.data.sources import DataError, read_rows
+from starbucks_jax.data.sources import DataError, check_spec, read_rows
+from starbucks_jax.data.tokenize import BUCKETS
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 
 log = logging.getLogger(__name__)
+
+
+def check_config(data_cfg) -> None:
+  """The data block of a retrieval run (data.format='groups')."""
+  check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
+  check_range("data.group_size", data_cfg.group_size, 1)
+  check_range("data.query_max_length", data_cfg.query_max_length, 3)
+  check_range("data.passage_max_length", data_cfg.passage_max_length, 3)
+  if data_cfg.train.startswith("beir:"):
+    folder, _, split = data_cfg.train[len("beir:"):].partition("@")
+    beir.check_folder("data.train", folder, split or "train", corpus=False)
+  else:
+    check_spec("data.train", data_cfg.train)
 
 
 @dataclasses.dataclass
@@ -70,7 +86,6 @@ def load_tevatron(spec: str) -> Groups:
 
 def load_beir_train(spec: str) -> Groups:
   """'beir:FOLDER@SPLIT' -> Groups of the split's judged pairs; negatives drawn from the corpus."""
-  from starbucks_jax.data import beir
   folder, _, split = spec[len("beir:"):].partition("@")
   col = beir.load(folder, split or "train")
   row_of = {d: i for i, d in enumerate(col.doc_ids)}

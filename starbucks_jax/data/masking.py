@@ -1,4 +1,4 @@
-"""SMAE masking (METHOD.md, "SMAE pre-training"): two nested whole-word masks of each text.
+"""SMAE masking (docs/method.md, "SMAE pre-training"): two nested whole-word masks of each text.
 
 Per text of L tokens (with [CLS] and [SEP]): the words (a token and the `##` pieces after it;
 special tokens are never candidates) are visited in a random order and taken greedily while they
@@ -19,6 +19,8 @@ import dataclasses
 
 import numpy as np
 
+from starbucks_jax.config_lib import config_errors
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
@@ -34,6 +36,13 @@ class MaskingConfig:
     if min(self.mask_prob, self.random_prob) < 0 or self.mask_prob + self.random_prob > 1:
       raise ValueError(f"mask_prob ({self.mask_prob}) + random_prob ({self.random_prob}) must be "
                        "within 0..1")
+
+  @classmethod
+  def from_config(cls, smae_cfg) -> "MaskingConfig":
+    """The masking keys of a pre-training config's smae block; a ConfigError names them."""
+    with config_errors("smae.*: "):
+      return cls(encoder_rate=smae_cfg.encoder_mask_rate, decoder_rate=smae_cfg.decoder_mask_rate,
+                 mask_prob=smae_cfg.mask_token_prob, random_prob=smae_cfg.random_token_prob)
 
 
 def budget(length: int, rate: float) -> int:

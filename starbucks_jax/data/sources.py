@@ -22,6 +22,8 @@ import json
 import os
 from typing import Any, Iterator, Mapping
 
+from starbucks_jax.config_lib import ConfigError
+
 FORMATS = ("jsonl", "tsv", "csv", "parquet", "txt")
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
 
@@ -68,6 +70,14 @@ def resolve_spec(spec: str) -> tuple[str, str]:
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
   return fmt, path
+
+
+def check_spec(key: str, spec: str) -> None:
+  """A ConfigError naming `key` when `spec` does not resolve (a missing file, a malformed hf:/tfds: spec)."""
+  try:
+    resolve_spec(spec)
+  except ValueError as e:
+    raise ConfigError(f"{key}: {e}") from None
 
 
 def jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:

@@ -30,8 +30,8 @@ def bucket_length(length: int, max_length: int, multiple: int = 16, buckets: str
   """Pad length for a batch whose longest row is `length`, capped at `max_length`.
 
   'pow2': the next power of two from `multiple` up (a handful of shapes, so jit compiles a handful
-  of programs: the choice for TPU). 'linear': the next multiple of `multiple` (more shapes, ~20%
-  less padding on short-text data such as STS-B: the choice for CPU and GPU)."""
+  of programs: the choice for TPU). 'linear': the next multiple of `multiple` (more shapes, less
+  padding on short texts such as STS-B: the choice for CPU and GPU)."""
   if buckets == "linear":
     bucket = -(-length // multiple) * multiple
   elif buckets == "pow2":

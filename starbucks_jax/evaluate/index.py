@@ -1,7 +1,7 @@
 """Encode a corpus once for every size of the schedule, into sharded files on disk.
 
 One encoder pass per batch stops at the deepest layer of the pairs and keeps the pooled vector of
-every layer the pairs use, truncated to the largest dim that layer is used at (METHOD.md,
+every layer the pairs use, truncated to the largest dim that layer is used at (docs/method.md,
 "Evaluation": encode once, truncate at search time). Layout of an index directory:
 
     index.json               model, weights fingerprint, pooling, max_length, {layer: dim kept}, shard size, count

@@ -25,6 +25,14 @@ def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
   return path
 
 
+def report(workdir: str, name: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Writes WORKDIR/results/<name>.json and prints the table and the path; returns the records."""
+  path = write(workdir, name, records)
+  print(table(records))
+  print(f"results: {path}")
+  return records
+
+
 def table(records: Iterable[dict[str, Any]]) -> str:
   """Rows = (layer, dim) pairs, columns = dataset/split/metric, plus the mean over pairs."""
   records = list(records)

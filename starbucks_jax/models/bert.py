@@ -272,11 +272,9 @@ class BertLayerStack(nn.Module):
 class BertEncoder(nn.Module):
   """Embeddings + layers; returns all hidden states [num_layers + 1, B, T, D] in HF order.
 
-  `apply(..., method="hidden_states")` returns the same states as a tuple of num_layers + 1 arrays
-  [B, T, D], for losses that pick layers: the gradient of `stacked[n]` is a zero-padded copy of the
-  whole stack for every pick, which XLA does not fold away (0.8 s of a 6.4 s SRL step, MiniLM at
-  64 x 64 on CPU; experiments/bench_vs_pytorch.md, session 7), while a tuple element's is the
-  layer's own gradient.
+  `apply(..., method="hidden_states")` (or the function `hidden_states`) returns the same states as
+  a tuple of num_layers + 1 arrays [B, T, D]: losses pick layers from the tuple, since the gradient
+  of `stacked[n]` is a zero-padded copy of the whole stack, which XLA does not fold away.
   """
   config: BertConfig
 
@@ -299,6 +297,15 @@ class BertEncoder(nn.Module):
       token_type_ids = jnp.zeros_like(input_ids)
     x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
     return tuple(BertLayerStack(cfg, name="encoder")(x, attention_mask, n, deterministic))
+
+
+def hidden_states(params, config: BertConfig, input_ids, attention_mask, *, num_layers: int | None = None,
+                  deterministic: bool = True, rng: jax.Array | None = None) -> tuple[jax.Array, ...]:
+  """The encoder's forward as a function: num_layers + 1 hidden states [B, T, D] (HF order), only
+  the first num_layers layers run; `rng` is the dropout key when not deterministic."""
+  return BertEncoder(config).apply({"params": params}, input_ids, attention_mask, num_layers=num_layers,
+                                   deterministic=deterministic,
+                                   rngs=None if deterministic else {"dropout": rng}, method="hidden_states")
 
 
 def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:

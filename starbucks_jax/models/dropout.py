@@ -6,10 +6,9 @@ by 1 / (1 - rate), as nn.Dropout and PyTorch do. An element keeps its value when
 element's index (two uint32 counters, `_counters`) to a word below (1 - rate) * 2^32.
 
 Why not nn.Dropout: jax.random.bernoulli draws through the threefry primitive, which XLA:CPU runs
-as a rolled loop over the whole array (about 11 ns per element on this project's CPU; ~0.5 s of a
-7.5 s MiniLM training step at batch 64 x 64 tokens). Here the 20 rounds are written as jnp integer
-ops that XLA fuses with the mask and the scaling into one element-wise pass on every backend (about
-1 ns per element on the same CPU). The mask of an element depends only on the key and its index
+as a rolled loop over the whole array (its cost: experiments/bench_vs_pytorch.md). Here the 20
+rounds are written as jnp integer ops that XLA fuses with the mask and the scaling into one
+element-wise pass on every backend. The mask of an element depends only on the key and its index
 (an iota, which SPMD partitions), so it is the same on one device or any mesh.
 """
 

@@ -2,7 +2,7 @@
 
 The MLM head of a sub-model (n, d) reads `hidden_states[n][..., :d]` and uses only the first d
 input columns of its dense weight (HF's `W[:, :d]`, our kernel `[:d, :]`); GELU, LayerNorm and
-the decoder tied to the word embeddings are shared by every pair (METHOD.md, SMAE). The SMAE
+the decoder tied to the word embeddings are shared by every pair (docs/method.md, SMAE). The SMAE
 decoder is one BERT layer (initialised from the encoder's layer 0) over the embedded decoder copy
 whose position 0 is replaced by the head transform of the sub-model's `hidden_states[n][:, 0, :d]`.
 """

@@ -1,4 +1,4 @@
-"""The SRL step, the baselines, resume, non-finite steps; on a tiny random BERT."""
+"""The fine-tuning step, the baselines, resume and config errors; on a tiny random BERT."""
 
 import json
 import os
@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, kill_at, make_hf_bert, max_rel_diff, tiny_srl_case
-from starbucks_jax import checkpoint, config_lib, embed, losses, schedule, train
+from starbucks_jax import checkpoint, config_lib, embed, finetune, losses, schedule
+from starbucks_jax.data import batching
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
-from starbucks_jax.models.pooling import pool
+from starbucks_jax.models.pooling import pool, pooled_layers
 
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
@@ -72,7 +73,7 @@ def test_one_forward_equals_separate_forwards(tmp_path):
     loss_cfg = losses.LossConfig(kl=kl)
 
     def one_forward(p):
-      pooled = train.pooled_layers(p, cfg, ids, mask, plan.layers, "mean", deterministic=True)
+      pooled = pooled_layers(p, cfg, ids, mask, plan.layers, "mean", deterministic=True)
       return losses.plan_loss(plan, pooled, loss_cfg)[0]
 
     def separate_forwards(p):
@@ -109,7 +110,7 @@ def test_srl_gradient_holds_no_copy_of_the_hidden_state_stack():
   stack = "f32[5,8,8,32]"  # (layers + 1, 2 roles x 4 examples, 8 tokens, 32 dims)
 
   def ours(p):
-    pooled = train.pooled_layers(p, cfg, ids, ids, plan.layers, "mean", deterministic=True)
+    pooled = pooled_layers(p, cfg, ids, ids, plan.layers, "mean", deterministic=True)
     return losses.plan_loss(plan, pooled, losses.LossConfig())[0]
 
   def from_stack(p):
@@ -129,7 +130,7 @@ def test_every_method_trains_two_steps(tiny_run, tmp_path, method):
   with tiny_run.unlocked():
     tiny_run.schedule.method = method
     tiny_run.schedule.separate_pair = (2, 16)
-  records = train.run(tiny_run, str(tmp_path / method))
+  records = finetune.run(tiny_run, str(tmp_path / method))
   rows = [json.loads(line) for line in open(tmp_path / method / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
@@ -143,7 +144,7 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
     tiny_run.data.train = write_scored(tmp_path / "sts.jsonl", 30)
     tiny_run.data.format = "scored_pairs"
     tiny_run.loss.task = "cosent"
-  train.run(tiny_run, str(tmp_path / "w"))
+  finetune.run(tiny_run, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   assert set(rows[0]) >= {"task/1_8", "kl/1_8", "task/4_32", "lr", "examples_per_sec"}
   (info,) = json.load(open(tmp_path / "w" / "run.json"))  # what code and machine made the run
@@ -154,16 +155,16 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   with tiny_run.unlocked():
     tiny_run.train.max_steps = 6
     tiny_run.train.checkpoint_every = 2
-  train.run(tiny_run, str(tmp_path / "straight"))
+  finetune.run(tiny_run, str(tmp_path / "straight"))
 
-  kill_at(monkeypatch, train.Batcher, 5)  # killed while step 6's batch is on its way: 5 is logged, not saved
+  kill_at(monkeypatch, batching.Batcher, 5)  # killed while step 6's batch is on its way: 5 is logged, not saved
   with pytest.raises(KeyboardInterrupt):
-    train.run(tiny_run, str(tmp_path / "resumed"))
+    finetune.run(tiny_run, str(tmp_path / "resumed"))
   assert checkpoint.manager(str(tmp_path / "resumed"), read_only=True).latest_step() == 4
   with open(tmp_path / "resumed" / "metrics.jsonl", "a") as f:
     f.write('{"step": 6, "lo')  # a row the kill cut short
   monkeypatch.undo()
-  train.run(tiny_run, str(tmp_path / "resumed"))
+  finetune.run(tiny_run, str(tmp_path / "resumed"))
   a = checkpoint.load_model(str(tmp_path / "straight")).params
   b = checkpoint.load_model(str(tmp_path / "resumed")).params
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
@@ -174,81 +175,6 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   trained = embed.Embedder.load(str(tmp_path / "resumed")).encode(["a short text"], layer=2, dim=16)
   start = embed.Embedder.load(tiny_run.model.init_from).encode(["a short text"], layer=2, dim=16)
   assert trained.shape == (1, 16) and np.abs(trained - start).max() > 1e-4
-
-
-def test_nonfinite_step_is_skipped(tiny_hf_dir):
-  pre = checkpoint.load_model(tiny_hf_dir)
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
-  tx = train.make_optimizer(cfg.train, 10)
-  params = pre.params["bert"]
-  state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-  plan = schedule.plan("full", ((4, 32),), 4, 32)
-  ids = jnp.ones((3, 2, 6), jnp.int32)
-  batch = {"ids": ids, "mask": jnp.ones_like(ids)}
-  bad = train.make_train_step(pre.config, plan, losses.LossConfig(scale=float("nan")), tx, "mean", dropout=False)
-  new, metrics = bad(state, batch, jax.random.key(0))
-  assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped_steps"]) == 1
-  jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, state.params)
-
-
-def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
-  """Mixed precision: bf16 matmuls and activations; params, Adam moments, pooled vectors, softmax
-  and loss in float32; the loss stays near the float32 step's."""
-  pre = checkpoint.load_model(tiny_hf_dir)
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
-  tx = train.make_optimizer(cfg.train, 10)
-  params = pre.params["bert"]
-  plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
-  ids = jax.random.randint(jax.random.key(0), (2, 4, 8), 5, pre.config.vocab_size)
-  batch = {"ids": ids, "mask": jnp.ones_like(ids)}
-  out = {}
-  for dtype in ("float32", "bfloat16"):
-    step = train.make_train_step(pre.config.replace(dtype=dtype), plan, losses.LossConfig(), tx, "mean",
-                                 dropout=False)
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    new, metrics = jax.jit(step)(state, batch, jax.random.key(1))
-    out[dtype] = float(metrics["loss"])
-    assert metrics["loss"].dtype == jnp.float32
-    assert {str(x.dtype) for x in jax.tree_util.tree_leaves(new.params)} == {"float32"}
-    floats = {str(x.dtype) for x in jax.tree_util.tree_leaves(new.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)}
-    assert floats == {"float32"}  # Adam moments (and clipping/skip state) in float32
-  assert out["bfloat16"] == pytest.approx(out["float32"], rel=0.05) and out["bfloat16"] != out["float32"]
-
-
-def test_low_precision_compute_that_xla_cpu_upcasts_is_reported(caplog):
-  """XLA:CPU converts bf16/f16 products to float32: a bf16 config there is slower, not faster, and
-  the run says so; a program that keeps a bf16 product (as GPU/TPU do) is not reported."""
-  x = jnp.ones((8, 16), jnp.bfloat16)
-  compiled = jax.jit(lambda a: a @ a.T).lower(x).compile()
-  with caplog.at_level("WARNING", logger="starbucks_jax.train"):
-    train._warn_if_products_upcast(compiled, "float32")
-    assert not caplog.records
-    train._warn_if_products_upcast(compiled, "bfloat16")
-  assert "model.dtype=bfloat16, but XLA computes every matrix product" in caplog.text
-
-  class KeepsBf16:  # the HLO text of a program whose product stays in bf16
-    def as_text(self):
-      return "ROOT %dot.1 = bf16[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={1}"
-  caplog.clear()
-  with caplog.at_level("WARNING", logger="starbucks_jax.train"):
-    train._warn_if_products_upcast(KeepsBf16(), "bfloat16")
-  assert not caplog.records
-
-
-def test_learning_rate_schedule():
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo").train
-  lr = train.learning_rate_schedule(cfg, 100)
-  assert float(lr(0)) == 0.0
-  assert float(lr(10)) == pytest.approx(cfg.lr)
-  assert float(lr(55)) == pytest.approx(cfg.lr / 2)
-  assert float(lr(100)) == pytest.approx(0.0, abs=1e-12)
-
-
-def test_weight_decay_skips_biases_and_layer_norm(tiny_hf_dir):
-  mask = train.decay_mask(checkpoint.load_model(tiny_hf_dir).params["bert"])
-  assert mask["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
-  assert not mask["encoder"]["layer_0"]["intermediate"]["dense"]["bias"]
-  assert not mask["embeddings"]["LayerNorm"]["scale"]
 
 
 def test_training_config_errors_name_the_key(tiny_run, tmp_path):
@@ -268,16 +194,16 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
       section, name = key.split(".")
       cfg[section][name] = value
     with pytest.raises(config_lib.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
-      train.run(cfg, str(tmp_path / "w"))
+      finetune.run(cfg, str(tmp_path / "w"))
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo,method=separate,layer=9,dim=16")
   with pytest.raises(config_lib.ConfigError, match=r"schedule.separate_pair\[0\]=\(9, 16\)"):
-    train.run(cfg, str(tmp_path / "w"))
+    finetune.run(cfg, str(tmp_path / "w"))
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")  # 16 = 2 microbatches x 2 chunks x 4
   with cfg.unlocked():
     cfg.train.microbatches, cfg.train.grad_cache_chunks, cfg.train.forward_splits = 2, 2, 8
   with pytest.raises(config_lib.ConfigError, match="train.forward_splits=8 does not divide the 4 examples of each "
                                                    "train.grad_cache_chunks chunk of a microbatch"):
-    train.run(cfg, str(tmp_path / "w"))
+    finetune.run(cfg, str(tmp_path / "w"))
 
 
 @pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),
@@ -295,8 +221,8 @@ def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout
     (q, qm), (p, pm) = ids_mask(2, 6), ids_mask(6, 10)
     batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
   key = jax.random.key(3)
-  plain = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
-  other = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=cache,
+  plain = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
+  other = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=cache,
                                 forward_splits=splits)
   (l1, aux1), g1 = jax.jit(plain.value_and_grad)(params, batch, key)
   (l2, aux2), g2 = jax.jit(other.value_and_grad)(params, batch, key)
@@ -304,7 +230,7 @@ def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout
   assert aux2.keys() == aux1.keys()
   rel, scale = max_rel_diff(g2, g1)
   assert rel < 1e-5 and scale > 1e-3
-  odd = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=5)
+  odd = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=5)
   with pytest.raises(ValueError, match="train.forward_splits=5 does not divide the step's"):
     jax.eval_shape(odd.value_and_grad, params, batch, key)
 
@@ -316,14 +242,14 @@ def test_split_forwards_draw_each_splits_dropout(tmp_path):
   ids, mask = ids_mask(2, 8, 10)
   rows = (ids.reshape(16, 10), mask.reshape(16, 10))
   key = jax.random.key(5)
-  embed = lambda i, m, r: train.pooled_layers(params, cfg, i, m, plan.layers, "mean",  # noqa: E731
+  embed = lambda i, m, r: pooled_layers(params, cfg, i, m, plan.layers, "mean",  # noqa: E731
                                               deterministic=False, rng=r)
-  got = jax.jit(lambda i, m: train.split_forward(embed, i, m, key, 2))(*rows)
+  got = jax.jit(lambda i, m: finetune.split_forward(embed, i, m, key, 2))(*rows)
   for c in range(2):  # split c holds rows c, c + 2, c + 4, ...
     want = embed(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
     for n in plan.layers:
       np.testing.assert_allclose(got[n][c::2], want[n], rtol=1e-5, atol=1e-6)
-  nodrop = train.pooled_layers(params, cfg, *rows, plan.layers, "mean", deterministic=True)
+  nodrop = pooled_layers(params, cfg, *rows, plan.layers, "mean", deterministic=True)
   assert not np.allclose(got[max(plan.layers)], nodrop[max(plan.layers)], atol=1e-4)
 
 
@@ -335,14 +261,14 @@ def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
   assert cfg.hidden_dropout_prob > 0 and cfg.attention_probs_dropout_prob > 0
   ids, mask = ids_mask(2, 6, 10)
   batch, k, key = {"ids": ids, "mask": mask}, 3, jax.random.key(5)
-  cached = train.make_train_step(cfg, plan, loss_cfg, None, "mean", grad_cache_chunks=k)
+  cached = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", grad_cache_chunks=k)
   (loss, _), grads = jax.jit(cached.value_and_grad)(params, batch, key)
 
   def chunked_loss(p):  # the same keys as the step: split, fold in the stream, then the chunk
     dropout_key, sample_key = jax.random.split(key)
     stream_key = jax.random.fold_in(dropout_key, 0)
     flat_ids, flat_mask = ids.reshape(-1, 10), mask.reshape(-1, 10)
-    parts = [train.pooled_layers(p, cfg, a, m, plan.layers, "mean", deterministic=False,
+    parts = [pooled_layers(p, cfg, a, m, plan.layers, "mean", deterministic=False,
                                  rng=jax.random.fold_in(stream_key, i))
              for i, (a, m) in enumerate(zip(np.split(flat_ids, k), np.split(flat_mask, k)))]
     pooled = {n: jnp.concatenate([q[n] for q in parts]).reshape(2, 6, -1) for n in parts[0]}
@@ -351,6 +277,6 @@ def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
   want_loss, want = jax.jit(jax.value_and_grad(chunked_loss))(params)
   assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
   assert max_rel_diff(grads, want)[0] < 1e-5
-  no_dropout = train.make_train_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=k)
+  no_dropout = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=k)
   (_, _), plain = jax.jit(no_dropout.value_and_grad)(params, batch, key)
   assert max_rel_diff(plain, want)[0] > 1e-3

@@ -1,0 +1,299 @@
+"""SRL fine-tuning and its baselines (docs/method.md, "SRL fine-tuning"): the run description, the
+step, the run and its per-(layer, dim) evaluation.
+
+The step is one encoder forward (stopping at the deepest layer the method needs) over every text
+of the batch, pooled at each needed layer; the loss is `losses.plan_loss` over the schedule's plan.
+The gradient cache and split forwards change how the texts are encoded, never the loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from starbucks_jax import checkpoint, losses, schedule, sharding, trainer
+from starbucks_jax.config_lib import ConfigError, check_choice, check_range, parse_eval_sets
+from starbucks_jax.data import batching, beir, groups, sources
+from starbucks_jax.embed import Embedder
+from starbucks_jax.evaluate import results, retrieval, sts
+from starbucks_jax.models import hf
+from starbucks_jax.models.bert import BertConfig, param_logical_axes
+from starbucks_jax.models.pooling import POOLINGS, pooled_layers
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run description
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class FinetuneRun:
+  """A fine-tuning config, checked before any compute (configs/ft.py, configs/retrieval.py)."""
+  model: trainer.ModelSpec  # backbone, compute settings and schedule.pairs
+  plan: schedule.Plan  # what each step trains (schedule.method)
+  loss: losses.LossConfig | None  # the loss block (None in mode=eval)
+  sts_sets: tuple[tuple[str, str, str], ...]  # eval.sts as (dataset, split, source)
+  retrieval_sets: tuple[tuple[str, str, str], ...]  # eval.retrieval as (dataset, split, BEIR folder)
+  eval_pairs: tuple[schedule.Pair, ...]  # the pairs evaluated: the schedule, the grid, or the separate pair
+
+
+def describe(config: ml_collections.ConfigDict) -> FinetuneRun:
+  """Checks everything that can be checked without compute; a ConfigError names the key."""
+  check_choice("mode", config.mode, ("train", "eval"))
+  check_choice("model.pooling", config.model.pooling, POOLINGS)
+  model = trainer.ModelSpec.from_config(config)
+  N, D = model.config.num_hidden_layers, model.config.hidden_size
+  plan = schedule.plan_from_config(config.schedule, model.pairs, N, D)
+  sts_sets, retrieval_sets = check_eval(config.eval)
+  loss = None
+  if config.mode == "train":
+    loss = losses.LossConfig.from_config(config.loss, len(model.pairs))
+    check_data(config)
+    mesh = sharding.check_mesh(config.mesh)
+    trainer.check_train(config, mesh)
+    check_encoding_splits(config, sharding.data_parallel_size(mesh))
+  if config.eval.grid:
+    eval_pairs = schedule.grid(N, D, [d for _, d in model.pairs])
+  elif plan.method == "separate":
+    eval_pairs = (tuple(config.schedule.separate_pair),)
+  else:
+    eval_pairs = model.pairs
+  return FinetuneRun(model=model, plan=plan, loss=loss, sts_sets=sts_sets, retrieval_sets=retrieval_sets,
+                     eval_pairs=eval_pairs)
+
+
+def check_eval(eval_cfg) -> tuple[tuple, tuple]:
+  """The eval block: STS sets whose sources resolve, BEIR folders with a corpus and the split's qrels."""
+  sts_sets = parse_eval_sets(eval_cfg.sts, "eval.sts")
+  for dataset, split, spec in sts_sets:
+    sources.check_spec(f"eval.sts ({dataset}/{split})", spec)
+  check_range("eval.batch_size", eval_cfg.batch_size, 1)
+  retrieval_sets = parse_eval_sets(eval_cfg.retrieval, "eval.retrieval")
+  for dataset, split, folder in retrieval_sets:
+    if not folder.startswith("hf:"):  # a BEIR collection on the Hub is read when evaluating
+      beir.check_folder(f"eval.retrieval ({dataset}/{split})", folder, split, corpus=True)
+  if retrieval_sets:
+    check_choice("eval.retrieval_similarity", eval_cfg.retrieval_similarity, ("dot", "cosine"))
+    check_range("eval.query_max_length", eval_cfg.query_max_length, 1)
+    check_range("eval.passage_max_length", eval_cfg.passage_max_length, 1)
+    check_range("eval.retrieval_k", eval_cfg.retrieval_k, 1)
+  return sts_sets, retrieval_sets
+
+
+def check_data(config: ml_collections.ConfigDict) -> None:
+  """The data block for the loss: examples (triplets, pairs, scored pairs) or retrieval groups."""
+  d = config.data
+  check_choice("data.format", d.format, tuple(batching.FORMATS) + ("groups",))
+  if d.format == "groups":
+    groups.check_config(d)
+  else:
+    batching.check_config(d)
+  wants_scores = config.loss.task == "cosent"
+  if wants_scores != (d.format == "scored_pairs"):
+    raise ConfigError(f"loss.task={config.loss.task!r} needs data.format="
+                      f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not {d.format!r}")
+  check_range("data.batch_size", d.batch_size, 2)
+
+
+def check_encoding_splits(config: ml_collections.ConfigDict, data_devices: int) -> None:
+  """train.grad_cache_chunks and train.forward_splits against the texts the step encodes together:
+  a microbatch (data.batch_size / train.microbatches) is cut into gradient-cache chunks, each chunk
+  into forward splits, and every split keeps the data-parallel sharding."""
+  t, batch = config.train, config.data.batch_size
+  check_range("train.grad_cache_chunks", t.grad_cache_chunks, 0)
+  if t.grad_cache_chunks and batch % t.grad_cache_chunks:
+    raise ConfigError(f"train.grad_cache_chunks={t.grad_cache_chunks} does not divide data.batch_size={batch}")
+  check_range("train.forward_splits", t.forward_splits, 1)
+  splits, k = t.forward_splits, t.microbatches
+  micro = batch // k
+  if micro % (splits * data_devices):
+    raise ConfigError(f"train.forward_splits={splits}: data.batch_size={batch}"
+                      + (f" / train.microbatches={k}" if k > 1 else "")
+                      + f" does not split into {splits} forwards over the mesh's {data_devices} data-parallel devices")
+  chunk = micro // (t.grad_cache_chunks or 1)
+  if chunk % splits:
+    raise ConfigError(f"train.forward_splits={splits} does not divide the {chunk} examples of each "
+                      "train.grad_cache_chunks chunk" + (" of a microbatch" if k > 1 else ""))
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+def split_forward(embed, ids, mask, rng, k: int) -> dict[int, jax.Array]:
+  """`embed(ids, mask, rng) -> {layer: [rows, D]}` over ids/mask [rows, T] as k independent calls on
+  strided splits (split c = rows c, c+k, c+2k, ..., so each keeps the rows' data-parallel sharding;
+  dropout key fold_in(rng, c)), put back in row order: one program with k independent encoder
+  graphs, equal to one call up to float summation order (dropout masks aside). A CPU throughput
+  setting: XLA's CPU runtime runs the splits' operations side by side (experiments/bench_vs_pytorch.md)."""
+  if k == 1:
+    return embed(ids, mask, rng)
+  rows, T = ids.shape
+  if rows % k:
+    raise ValueError(f"train.forward_splits={k} does not divide the step's {rows} texts")
+  ids, mask = ids.reshape(rows // k, k, T), mask.reshape(rows // k, k, T)
+  parts = [embed(ids[:, c], mask[:, c], jax.random.fold_in(rng, c)) for c in range(k)]
+  return {n: jnp.stack([p[n] for p in parts], axis=1).reshape(rows, -1) for n in parts[0]}
+
+
+# The examples axis of each batch array: roles batches' ids/mask are [R, B, T] (axis 1); every other
+# array, groups batches' included, has its examples on axis 0.
+ROLE_AXES = {"ids": 1, "mask": 1}
+
+
+def _streams(batch) -> tuple[tuple[str, str], ...]:
+  """The (ids, mask) arrays a batch is encoded from: roles [R, B, T], or queries and passages."""
+  if "query_ids" in batch:
+    return (("query_ids", "query_mask"), ("passage_ids", "passage_mask"))
+  return (("ids", "mask"),)
+
+
+def _assemble(batch, outs: list[dict[int, jax.Array]]) -> dict[int, Any]:
+  """Per-stream pooled rows -> the loss's layout: roles [R, B, D] or (queries, passages)."""
+  if "query_ids" in batch:
+    return {n: (outs[0][n], outs[1][n]) for n in outs[0]}
+  R, B = batch["ids"].shape[:2]
+  return {n: v.reshape(R, B, -1) for n, v in outs[0].items()}
+
+
+def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
+                  tx: optax.GradientTransformation, pooling: str, dropout: bool = True, grad_cache_chunks: int = 0,
+                  microbatches: int = 1, forward_splits: int = 1) -> trainer.TrainStep:
+  """The fine-tuning step of any plan (SRL or a baseline). grad_cache_chunks > 0: the gradient cache
+  (embed every text without gradients, chunk by chunk; take the loss gradient w.r.t. the pooled
+  vectors of every layer; then backprop chunk by chunk), so the contrastive batch is not bounded by
+  activation memory; same gradients. microbatches > 1: gradient accumulation (`trainer.make_step`);
+  each microbatch is its own contrastive batch (fewer in-batch negatives), unlike the gradient cache.
+  forward_splits > 1: the texts run as that many independent encoder forwards (`split_forward`)."""
+
+  def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
+    return split_forward(
+        lambda i, m, r: pooled_layers(params, bert_cfg, i, m, plan.layers, pooling, deterministic=not dropout, rng=r),
+        ids, mask, rng, forward_splits)
+
+  def split_rngs(rng):
+    dropout_rng, sample_rng = jax.random.split(rng)
+    return [jax.random.fold_in(dropout_rng, i) for i in range(2)], sample_rng
+
+  def loss_of_pooled(pooled, batch, sample_rng):
+    return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"))
+
+  def flat(batch, ids_key, mask_key):
+    ids, mask = batch[ids_key], batch[mask_key]
+    return ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
+
+  def loss_fn(params, batch, rng):
+    stream_rngs, sample_rng = split_rngs(rng)
+    outs = [embed_rows(params, *flat(batch, *keys), r) for keys, r in zip(_streams(batch), stream_rngs)]
+    return loss_of_pooled(_assemble(batch, outs), batch, sample_rng)
+
+  def cached_value_and_grad(params, batch, rng):
+    stream_rngs, sample_rng = split_rngs(rng)
+    k = grad_cache_chunks
+    chunked = []
+    for keys in _streams(batch):
+      ids, mask = flat(batch, *keys)
+      if ids.shape[0] % k:
+        raise ValueError(f"train.grad_cache_chunks={k} does not divide the {ids.shape[0]} texts of {keys[0]}")
+      chunked.append((ids.reshape(k, -1, ids.shape[-1]), mask.reshape(k, -1, mask.shape[-1])))
+
+    def embed_chunks(p, ids, mask, r):  # [k, rows/k, T] -> {layer: [rows, D]}, one chunk at a time
+      out = jax.lax.map(lambda a: embed_rows(p, a[0], a[1], jax.random.fold_in(r, a[2])),
+                        (ids, mask, jnp.arange(k)))
+      return {n: v.reshape(-1, v.shape[-1]) for n, v in out.items()}
+
+    outs = [embed_chunks(jax.lax.stop_gradient(params), ids, mask, r)
+            for (ids, mask), r in zip(chunked, stream_rngs)]
+    (loss, aux), g_outs = jax.value_and_grad(
+        lambda o: loss_of_pooled(_assemble(batch, o), batch, sample_rng), has_aux=True)(outs)
+
+    def backprop(grads, chunk):  # recompute one chunk's forward and pull its cotangent through it
+      ids, mask, i, cot, r = chunk
+      _, vjp = jax.vjp(lambda p: embed_rows(p, ids, mask, jax.random.fold_in(r, i)), params)
+      return jax.tree_util.tree_map(jnp.add, grads, vjp(cot)[0]), None
+
+    grads = jax.tree_util.tree_map(jnp.zeros_like, params)
+    for (ids, mask), r, g in zip(chunked, stream_rngs, g_outs):
+      cot = {n: v.reshape(k, -1, v.shape[-1]) for n, v in g.items()}
+      grads, _ = jax.lax.scan(backprop, grads, (ids, mask, jnp.arange(k), cot, jnp.stack([r] * k)))
+    return (loss, aux), grads
+
+  return trainer.make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None,
+                           microbatches=microbatches, batch_axes=ROLE_AXES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
+  """(batcher, number of training examples) of the data block."""
+  d = config.data
+  if d.format == "groups":
+    data = groups.load_groups(d.train)
+    return groups.GroupBatcher(data, tokenizer, batch_size=d.batch_size, group_size=d.group_size,
+                               query_max_length=d.query_max_length, passage_max_length=d.passage_max_length,
+                               seed=config.seed, length_buckets=d.length_buckets), len(data.queries)
+  examples = batching.load_examples(d.train, d.format, dict(d.columns))
+  return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=config.seed,
+                          no_duplicates=d.no_duplicates, length_buckets=d.length_buckets), len(examples)
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> hf.Pretrained:
+  """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
+  setup = trainer.setup_model(config, workdir, run.model, pooling=config.model.pooling)
+  batcher, num_examples = make_batcher(config, setup.pretrained.tokenizer, setup.max_length)
+  steps = trainer.total_steps(config.train, batcher)
+  t = config.train
+  if t.microbatches > 1:
+    log.warning("train.microbatches=%d: each microbatch of %d is its own in-batch contrastive/CoSENT "
+                "batch (fewer negatives than the batch of %d); train.grad_cache_chunks keeps the whole "
+                "batch's negatives at the same memory", t.microbatches, config.data.batch_size // t.microbatches,
+                config.data.batch_size)
+  log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", run.plan.method,
+           steps, num_examples, config.data.batch_size, run.plan.pairs or "sampled", run.plan.layers)
+
+  def step_for(tx):
+    return make_srl_step(setup.config, run.plan, run.loss, tx, config.model.pooling, dropout=t.dropout,
+                         grad_cache_chunks=t.grad_cache_chunks, microbatches=t.microbatches,
+                         forward_splits=t.forward_splits)
+
+  pre = setup.pretrained
+  trained = trainer.train_model(config, workdir, setup, pre.params["bert"], step_for, batcher, steps,
+                                param_specs=param_logical_axes(setup.config), batch_axes=ROLE_AXES)
+  return dataclasses.replace(pre, params={**pre.params, "bert": trained})
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrained, run: FinetuneRun,
+             name: str) -> list[dict]:
+  """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
+  WORKDIR/results/<name>.json."""
+  embedder = Embedder(model, batch_size=config.eval.batch_size)
+  if config.model.max_length:
+    embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
+                                                       max_seq_length=config.model.max_length)
+  pooling = config.model.pooling
+  records = sts.evaluate_sets(embedder, run.sts_sets, run.eval_pairs, pooling=pooling)
+  for dataset, split, folder in run.retrieval_sets:
+    records += retrieval.evaluate_collection(
+        embedder, beir.load(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
+        normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
+        passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k)
+  return results.report(workdir, name, records)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Fine-tune and evaluate (mode=train), or evaluate model.init_from (mode=eval)."""
+  spec = trainer.start(config, workdir, describe)
+  log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
+           spec.model.config.num_hidden_layers, spec.model.config.hidden_size, spec.model.pairs)
+  if config.mode == "eval":
+    return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
+  model = train(config, workdir, spec)
+  if not sharding.is_primary():  # the primary process evaluates and writes the results
+    return []
+  return evaluate(config, workdir, model, spec, name="final")

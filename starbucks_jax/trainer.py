@@ -1,0 +1,432 @@
+"""What every objective shares: the model and train blocks of a config, the optimizer, the step
+factory with gradient accumulation, and the fit loop (sharding, resume, metrics, checkpoints).
+
+An objective (finetune.py: SRL and its baselines; pretrain.py: SMAE) supplies a
+`loss_fn(params, batch, rng) -> (loss, aux)` and a batcher; `make_step` turns the loss into one pure
+`update(state, batch, rng) -> (state, metrics)` and `train_model` runs it. The loop is resumable:
+batches are a pure function of the step and dropout keys are `fold_in(seed, step)`, so a run
+restored from its latest checkpoint ends with the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+from typing import Any, Callable, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from starbucks_jax import checkpoint, report, schedule, sharding
+from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
+from starbucks_jax.models import hf
+from starbucks_jax.models.bert import BertConfig
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+class TrainStep(NamedTuple):
+  """A step factory's product: `update` is what the loop jits; the loss and its gradient alone are
+  there for tests and benchmarks."""
+  update: Callable  # (state, batch, rng) -> (state, metrics)
+  loss_fn: Callable  # (params, batch, rng) -> (loss, aux)
+  value_and_grad: Callable  # (params, batch, rng) -> ((loss, aux), grads), accumulation included
+
+
+# ---------------------------------------------------------------------------------------------
+# The model and train blocks
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """The checked `model` block and schedule: what a run trains, read from config.json alone."""
+  dir: str  # the directory holding the backbone's config.json
+  config: BertConfig  # the backbone as the run computes it (model.dtype, param_dtype, remat)
+  pairs: tuple[schedule.Pair, ...]  # schedule.pairs, checked against the backbone
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict) -> "ModelSpec":
+    m = config.model
+    check_choice("model.param_dtype", m.param_dtype, ("float32", "bfloat16"))  # AdamW state in float16 underflows
+    check_range("model.max_length", m.max_length, 0)
+    try:
+      model_dir = checkpoint.model_config_dir(m.init_from)
+      backbone = hf.config_from_hf(model_dir)
+    except (FileNotFoundError, ValueError) as e:
+      raise ConfigError(f"model.init_from={m.init_from!r}: {e}") from None
+    for key in ("dtype", "param_dtype", "remat"):
+      with config_errors(f"model.{key}: "):
+        backbone = backbone.replace(**{key: m[key]})
+    if m.max_length > backbone.max_position_embeddings:
+      raise ConfigError(f"model.max_length={m.max_length} exceeds the backbone's "
+                        f"max_position_embeddings={backbone.max_position_embeddings}")
+    with config_errors():
+      pairs = schedule.validate(config.schedule.pairs, backbone.num_hidden_layers, backbone.hidden_size,
+                                key="schedule.pairs")
+    return cls(dir=model_dir, config=backbone, pairs=pairs)
+
+
+def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """The `train` block's optimizer and loop keys, and the batch's split into microbatches over the
+  mesh's data-parallel devices."""
+  t = config.train
+  check_range("train.epochs", t.epochs, 1)
+  check_range("train.max_steps", t.max_steps, 0)
+  check_range("train.lr", t.lr, 0, low_open=True)
+  check_range("train.warmup_ratio", t.warmup_ratio, 0, 1)
+  check_choice("train.decay", t.decay, ("linear", "cosine"))
+  check_range("train.weight_decay", t.weight_decay, 0)
+  check_range("train.clip_grad_norm", t.clip_grad_norm, 0)
+  check_range("train.log_every", t.log_every, 1)
+  check_range("train.checkpoint_every", t.checkpoint_every, 1)
+  check_range("train.keep_checkpoints", t.keep_checkpoints, 1)
+  check_range("train.microbatches", t.microbatches, 1)
+  k, batch = t.microbatches, config.data.batch_size
+  if batch % k:
+    raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={batch}")
+  data = sharding.data_parallel_size(mesh)
+  if (batch // k) % data:
+    raise ConfigError(f"data.batch_size={batch}" + (f" / train.microbatches={k}" if k > 1 else "")
+                      + f" does not split over the mesh's {data} data-parallel devices "
+                      f"(mesh.shape={tuple(config.mesh.shape)})")
+
+
+def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[ml_collections.ConfigDict], Any]):
+  """A run's first steps: jax.distributed (when several processes), `describe(config)` (the
+  objective's checks, before any compute; its result is the run's description), WORKDIR/config.json."""
+  sharding.start_processes(config.mesh)
+  run = describe(config)
+  write_config(workdir, config)
+  return run
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """WORKDIR/config.json, and WORKDIR/run.json: the code's commit, the command, versions, devices
+  (a resumed run appends its own entry)."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, "config.json")
+  if not sharding.is_primary():
+    return path
+  with open(path, "w", encoding="utf8") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  run_path = os.path.join(workdir, "run.json")
+  history = json.load(open(run_path)) if os.path.exists(run_path) else []
+  history.append(run_info())
+  with open(run_path, "w", encoding="utf8") as f:
+    json.dump(history, f, indent=1)
+  return path
+
+
+def run_info() -> dict[str, Any]:
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10).stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    commit, dirty = "", False
+  return {"commit": commit + ("+changes" if dirty else "") if commit else "unknown",
+          "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+          "jax": jax.__version__, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+          "processes": jax.process_count()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Model set-up
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  pretrained: hf.Pretrained  # the starting checkpoint, with this run's sentence settings
+  config: BertConfig  # as the run computes it (ModelSpec.config)
+  max_length: int  # tokens per text
+
+
+def setup_model(config: ml_collections.ConfigDict, workdir: str, spec: ModelSpec, *, default_length: int | None = None,
+                pooling: str | None = None) -> Setup:
+  """Loads model.init_from with this run's sentence settings. Max length: model.max_length, else
+  `default_length`, else the checkpoint's max_seq_length, capped at max_position_embeddings.
+  `pooling` replaces the checkpoint's (None keeps it)."""
+  pre = checkpoint.load_model(config.model.init_from)
+  limit = spec.config.max_position_embeddings
+  max_length = min(config.model.max_length or default_length or pre.sentence.max_seq_length, limit)
+  sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None,
+                                 **({"pooling": pooling} if pooling else {}))
+  return Setup(pretrained=dataclasses.replace(pre, sentence=sentence), config=spec.config, max_length=max_length)
+
+
+def total_steps(train_cfg: ml_collections.ConfigDict, batcher) -> int:
+  """train.max_steps, else train.epochs passes over the batcher's data."""
+  return train_cfg.max_steps or batcher.steps_in(train_cfg.epochs)
+
+
+def train_model(config: ml_collections.ConfigDict, workdir: str, setup: Setup, params,
+                step_for: Callable[[optax.GradientTransformation], TrainStep], batcher, steps: int, *,
+                param_specs, batch_axes: dict[str, int] | None = None):
+  """Writes the run's weightless model description (WORKDIR/model), builds the optimizer for
+  `steps`, fits `step_for(optimizer)` on the batcher's batches from `params` (cast to the storage
+  dtype) and returns the trained parameters as float32 numpy on every process."""
+  if sharding.is_primary():
+    checkpoint.write_model_dir(workdir, setup.pretrained)
+  lr = learning_rate_schedule(config.train, steps)
+  tx = make_optimizer(config.train, steps, lr)
+  params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, setup.config.storage_dtype), params)
+  state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state = fit(config, workdir, state, step_for(tx).update, batcher, steps, lr, tx=tx,
+              param_specs=param_specs, batch_axes=batch_axes)
+  return jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer
+# ---------------------------------------------------------------------------------------------
+def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+  """Linear warmup over warmup_ratio of the steps, then linear or cosine decay to 0 (HF's schedules)."""
+  warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
+  decay_steps = max(total_steps - warmup, 1)
+  if cfg.decay == "linear":
+    decay = optax.linear_schedule(cfg.lr, 0.0, decay_steps)
+  else:
+    decay = optax.cosine_decay_schedule(cfg.lr, decay_steps)
+  return optax.join_schedules([optax.linear_schedule(0.0, cfg.lr, warmup), decay], [warmup])
+
+
+def decay_mask(params) -> Any:
+  """Weight decay on matrices only: no decay for biases and LayerNorm (as HF's Trainer)."""
+  flat = flax.traverse_util.flatten_dict(params)
+  return flax.traverse_util.unflatten_dict(
+      {k: not (k[-1] == "bias" or "LayerNorm" in k) for k in flat})
+
+
+def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
+                   lr: optax.Schedule | None = None) -> optax.GradientTransformation:
+  lr = learning_rate_schedule(cfg, total_steps) if lr is None else lr
+  chain = []
+  if cfg.clip_grad_norm > 0:
+    chain.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
+  chain.append(optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
+                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay, mask=decay_mask))
+  tx = optax.chain(*chain)
+  if cfg.skip_nonfinite:  # a step with a non-finite gradient leaves params and moments unchanged
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=cfg.max_consecutive_nonfinite)
+  return tx
+
+
+# ---------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------
+def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *, microbatches: int = 1,
+              batch_axes: dict[str, int] | None = None, prepare=None) -> TrainStep:
+  """The TrainStep of `loss_fn(params, batch, rng) -> (loss, aux)`: one gradient, one optimizer
+  update; metrics are the loss, its aux terms and the grad norm. `value_and_grad(params, batch, rng)
+  -> ((loss, aux), grads)` replaces jax.value_and_grad(loss_fn).
+
+  microbatches=k > 1: gradient accumulation inside the jitted step. The batch is split into k
+  microbatches (`split_microbatches`), a scan takes each one's loss and gradient (dropout keys folded
+  with the microbatch index), and the update uses their mean: the big batch's gradient exactly when
+  the loss is a mean over examples. `prepare(batch, k) -> batch` runs on the whole batch first (SMAE
+  adds its masked-token counts there, so token-mean losses are exact too); 0-d arrays it adds reach
+  every microbatch whole."""
+  value_and_grad = value_and_grad or jax.value_and_grad(loss_fn, has_aux=True)
+  if microbatches > 1:
+    value_and_grad = _accumulate(value_and_grad, microbatches, batch_axes or {}, prepare)
+
+  def update(state: TrainState, batch, rng):
+    (loss, aux), grads = value_and_grad(state.params, batch, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    if hasattr(opt_state, "total_notfinite"):
+      metrics["skipped_steps"] = opt_state.total_notfinite
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return TrainStep(update=update, loss_fn=loss_fn, value_and_grad=value_and_grad)
+
+
+def split_microbatches(batch, k: int, batch_axes: dict[str, int] | None = None):
+  """{name: [.., N, ..]} -> {name: [k, .., N/k, ..]}, microbatch j = examples j, j+k, j+2k, ...
+
+  Each array's examples axis (`batch_axes`, default 0) is cut in units of N / (the smallest N in the
+  batch): a query and its G passages (units of G rows) stay together, so microbatch j holds queries
+  j, j+k, .. with their groups in the same order (query i's positive at row i*G). Strided, not
+  contiguous, so every microbatch keeps the batch's data-parallel sharding. 0-d arrays are broadcast."""
+  batch_axes = batch_axes or {}
+  sizes = {key: v.shape[batch_axes.get(key, 0)] for key, v in batch.items() if v.ndim}
+  examples = min(sizes.values())
+  if examples % k:
+    raise ValueError(f"train.microbatches={k} does not divide the batch's {examples} examples")
+  out = {}
+  for key, v in batch.items():
+    if not v.ndim:
+      out[key] = jnp.broadcast_to(v, (k,))
+      continue
+    axis, n = batch_axes.get(key, 0), sizes[key]
+    unit = n // examples
+    v = v.reshape(*v.shape[:axis], examples // k, k, unit, *v.shape[axis + 1:])
+    v = jnp.moveaxis(v, axis + 1, 0)  # [k, .., examples/k, unit, ..]
+    out[key] = v.reshape(k, *v.shape[1:axis + 1], (examples // k) * unit, *v.shape[axis + 3:])
+  return out
+
+
+def _accumulate(value_and_grad, k: int, batch_axes: dict[str, int], prepare):
+  def accumulated(params, batch, rng):
+    if prepare is not None:
+      batch = prepare(batch, k)
+    micro = split_microbatches(batch, k, batch_axes)
+
+    def one(carry, xs):
+      i, mb = xs
+      (loss, aux), grads = value_and_grad(params, mb, jax.random.fold_in(rng, i))
+      return jax.tree_util.tree_map(jnp.add, carry, (loss, aux, grads)), None
+
+    first = jax.tree_util.tree_map(lambda v: v[0], micro)
+    (loss, aux), grads = jax.eval_shape(value_and_grad, params, first, rng)
+    zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), (loss, aux, grads))
+    total, _ = jax.lax.scan(one, zeros, (jnp.arange(k), micro))
+    loss, aux, grads = jax.tree_util.tree_map(lambda x: x / k, total)
+    return (loss, aux), grads
+
+  return accumulated
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+class MetricsWriter:
+  """JSON lines in WORKDIR/metrics.jsonl. A run resumed at step `start` continues the file after
+  dropping the rows logged past `start` (steps the crash lost and the resumed run logs again; all
+  of them when no checkpoint was saved; a row the crash cut short), so every step appears once."""
+
+  def __init__(self, workdir: str, start: int = 0):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if sharding.is_primary() and os.path.exists(self.path):
+      kept = [row for row in report.read_metrics(self.path) if row["step"] <= start]
+      with open(self.path + ".tmp", "w", encoding="utf8") as f:
+        f.writelines(json.dumps(row) + "\n" for row in kept)
+      os.replace(self.path + ".tmp", self.path)
+
+  def write(self, step: int, metrics: dict[str, Any]) -> None:
+    if not sharding.is_primary():
+      return
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    with open(self.path, "a", encoding="utf8") as f:
+      f.write(json.dumps(row) + "\n")
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
+        total_steps: int, lr: optax.Schedule, *, tx: optax.GradientTransformation, param_specs,
+        batch_axes: dict[str, int] | None = None) -> TrainState:
+  """The loop every run shares: place the state on the mesh (mesh.shape, mesh.rules; `param_specs`
+  are the params' logical axes), resume from the workdir's latest checkpoint, jit the step with
+  in/out shardings and the state donated, log metrics every train.log_every steps (with
+  `data_wait_frac`, the share of the interval spent waiting for input), checkpoint every
+  train.checkpoint_every steps and at the end. `batcher.iterate(start, total)` yields (step, batch)
+  as a pure function of the step; `batch_axes` names each batch array's examples axis (default 0)."""
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  rules = sharding.rules_from_config(config.mesh.rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh,
+                sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh),
+                batch_axes)
+
+
+def warn_if_products_upcast(compiled, dtype: str) -> None:
+  """Warns when model.dtype asks for low-precision compute but the compiled CPU step has no matrix
+  product in that dtype (XLA:CPU converts bf16/f16 dots to float32): slower than float32, not faster."""
+  if dtype == "float32" or jax.default_backend() != "cpu":  # GPU/TPU dots are library calls in the HLO
+    return
+  hlo_type = {"bfloat16": "bf16", "float16": "f16"}[dtype]
+  if not re.search(rf"= {hlo_type}\[[^\]]*\]\S* dot\(", compiled.as_text()):
+    log.warning("model.dtype=%s, but XLA computes every matrix product of the compiled step in float32 on "
+                "this CPU (it converts to and from %s around them): slower than model.dtype='float32' here; "
+                "%s compute is for GPU/TPU", dtype, dtype, dtype)
+
+
+def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
+  mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                            save_interval_steps=config.train.checkpoint_every)
+  state = sharding.shard_state(state, state_sh)
+  start = mngr.latest_step()
+  if start is not None:
+    restored = checkpoint.restore(mngr, start, params=state.params, opt_state=state.opt_state)
+    state = sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
+                                            restored["opt_state"]), state_sh)
+    log.info("resumed from %s at step %d", mngr.directory, start)
+  else:
+    start = 0
+  log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
+  step_fn = None
+  base_rng = jax.random.key(config.seed)
+  writer = MetricsWriter(workdir, start)
+  examples_per_step = config.data.batch_size
+  try:
+    compiled_shapes = set()
+    t0, last_log = time.time(), start  # the first interval includes compilation
+    progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
+                    disable=None if sharding.is_primary() else True)
+    batches, waited = batcher.iterate(start, total_steps), 0.0
+    while True:
+      t_wait = time.time()
+      item = next(batches, None)  # time the loop waits for input: ~0 when the data keeps up
+      waited += time.time() - t_wait
+      if item is None:
+        break
+      step, batch = item
+      rng = jax.random.fold_in(base_rng, step)
+      shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
+      batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
+      batch = sharding.put_batch(batch, batch_sh)
+      if step_fn is None:
+        step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
+                          donate_argnums=(0,))
+      if not compiled_shapes:  # compile ahead of time once and report the memory it needs
+        compiled = step_fn.lower(state, batch, rng).compile()
+        mem = compiled.memory_analysis()
+        if mem is not None:
+          log.info("compiled step for batch %s: temp %.1f MiB, arguments %.1f MiB, output %.1f MiB", shape,
+                   mem.temp_size_in_bytes / 2**20, mem.argument_size_in_bytes / 2**20,
+                   mem.output_size_in_bytes / 2**20)
+        warn_if_products_upcast(compiled, config.model.dtype)
+      compiled_shapes.add(shape)
+      state, metrics = step_fn(state, batch, rng)
+      done = step + 1
+      progress.update(1)
+      if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
+                                 f"checkpoint in {mngr.directory} is intact")
+      if done % config.train.log_every == 0 or done == total_steps:
+        metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
+        elapsed = time.time() - t0
+        metrics["lr"] = lr(step)
+        metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
+        metrics["data_wait_frac"] = waited / max(elapsed, 1e-9)
+        writer.write(done, metrics)
+        progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+        t0, last_log, waited = time.time(), done, 0.0
+      if done % config.train.checkpoint_every == 0 or done == total_steps:
+        checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
+                        meta={"step": done}, force=done == total_steps)
+  finally:  # an interrupted run keeps every checkpoint it started to write
+    progress.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  return state
