@@ -70,15 +70,22 @@ def main():
 
   def on_data_mesh(step, ref_step):  # `step` data-parallel on 8 devices vs `ref_step` on one, batch `big`
     ref_state, ref_metrics = jax.jit(ref_step.update)(state, big, key)
+    ref_grads = jax.jit(ref_step.value_and_grad)(params, big, key)[1]
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
-      s_sh = sharding.state_shardings(state, tx, sharding.param_shardings(specs, mesh), mesh)
+      p_sh = sharding.param_shardings(specs, mesh)
+      s_sh = sharding.state_shardings(state, tx, p_sh, mesh)
       b_sh = sharding.batch_shardings(big, mesh, finetune.ROLE_AXES)
       new_state, metrics = jax.jit(step.update, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
           sharding.shard_state(state, s_sh), sharding.put_batch(big, b_sh), key)
-    diffs = jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new_state.params, ref_state.params)
+      grads = jax.jit(lambda *a: step.value_and_grad(*a)[1], in_shardings=(p_sh, b_sh, None), out_shardings=p_sh)(
+          sharding.shard_state(params, p_sh), sharding.put_batch(big, b_sh), key)
+    max_diff = lambda x, y: max(jax.tree_util.tree_leaves(  # noqa: E731
+        jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), x, y)))
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(ref_grads))
     return {"loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
             "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
-            "max_param_diff": max(jax.tree_util.tree_leaves(diffs))}
+            "max_grad_diff_rel": max_diff(grads, ref_grads) / scale,
+            "max_param_diff": max_diff(new_state.params, ref_state.params)}
 
   def srl_step(**kw):
     return finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
