@@ -17,9 +17,8 @@ relative difference is printed (they must agree: the same objective). Then each 
 training steps (dropout on) in a process of its own, the SRL and the full-only step (the (N, D) task
 loss alone, for the SRL/full ratio) alternately; `--rounds` such pairs of processes (ours, then
 PyTorch) run in turn, so drifting background load hits both; the medians give examples/s. Separate
-processes because two runtimes' thread pools in one process slow each other on a CPU: alternating
-steps in one process measured ours 7.8 and PyTorch 9.8 ex/s (64 x 64 full-only), against 10.9 and
-13.2 in processes of their own (same code, same machine). Both sides also get the achieved model
+processes because two runtimes' thread pools in one process slow each other on a CPU
+(experiments/bench_vs_pytorch.md, session 5). Both sides also get the achieved model
 FLOP/s (BertConfig.matmul_flops: the encoder's matmuls, forward and backward) and, given the
 device's peak (`--peak-tflops`, e.g. 989 for an H100 SXM in bf16), the MFU. On a GPU machine both
 sides run on the GPU (torch on CUDA, jax on its default device); `--dtype bfloat16` times both in

@@ -245,7 +245,7 @@ def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
 
 def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> hf.Pretrained:
   """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
-  setup = trainer.setup_model(config, workdir, run.model, pooling=config.model.pooling)
+  setup = trainer.setup_model(config, run.model, pooling=config.model.pooling)
   batcher, num_examples = make_batcher(config, setup.pretrained.tokenizer, setup.max_length)
   steps = trainer.total_steps(config.train, batcher)
   t = config.train

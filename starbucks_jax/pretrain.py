@@ -159,7 +159,7 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
 # ---------------------------------------------------------------------------------------------
 def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) -> hf.Pretrained:
   """Pre-train from model.init_from (or resume the workdir); exports WORKDIR/bert_mlm."""
-  setup = trainer.setup_model(config, workdir, run.model, default_length=run.model.config.max_position_embeddings)
+  setup = trainer.setup_model(config, run.model, default_length=run.model.config.max_position_embeddings)
   pre = setup.pretrained
   batcher = TextBatcher(config.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking),
                         batch_size=config.data.batch_size, max_length=setup.max_length, seed=config.seed,

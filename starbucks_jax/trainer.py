@@ -161,7 +161,7 @@ class Setup:
   max_length: int  # tokens per text
 
 
-def setup_model(config: ml_collections.ConfigDict, workdir: str, spec: ModelSpec, *, default_length: int | None = None,
+def setup_model(config: ml_collections.ConfigDict, spec: ModelSpec, *, default_length: int | None = None,
                 pooling: str | None = None) -> Setup:
   """Loads model.init_from with this run's sentence settings. Max length: model.max_length, else
   `default_length`, else the checkpoint's max_seq_length, capped at max_position_embeddings.
