@@ -37,7 +37,7 @@ PROGRESS_MIN_BATCHES = 20  # show a progress bar from this many batches on (None
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layers", "pooling"))
-def _pool_layers(params, ids, mask, *, config, layers, pooling):
+def pool_layers(params, ids, mask, *, config, layers, pooling):
   """Pooled [len(layers), B, D] from one forward pass that stops at the deepest layer asked for."""
   pooled = pooled_layers(params, config, ids, mask, layers, pooling)
   return jnp.stack([pooled[n] for n in layers])
@@ -119,7 +119,7 @@ class Embedder:
       seqs = [ids[i] for i in rows]
       length = bucket_length(max(len(x) for x in seqs), max_length)
       batch_ids, mask = pad_batch(seqs, length, batch_size, self.tokenizer.pad_token_id)
-      pooled = np.asarray(_pool_layers(self.params, batch_ids, mask, config=self.config,
+      pooled = np.asarray(pool_layers(self.params, batch_ids, mask, config=self.config,
                                        layers=layers, pooling=pooling))
       for j, layer in enumerate(layers):
         out[layer][rows] = pooled[j, : len(rows)]

@@ -43,11 +43,13 @@ class FinetuneRun:
   eval_pairs: tuple[schedule.Pair, ...]  # the pairs evaluated: the schedule, the grid, or the separate pair
 
 
-def describe(config: ml_collections.ConfigDict) -> FinetuneRun:
-  """Checks everything that can be checked without compute; a ConfigError names the key."""
+def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> FinetuneRun:
+  """Checks everything that can be checked without compute; a ConfigError names the key.
+  `backbone` stands in for the checkpoint's config.json and `devices` for this host's devices
+  (compiling for another machine: starbucks_jax.compile)."""
   check_choice("mode", config.mode, ("train", "eval"))
   check_choice("model.pooling", config.model.pooling, POOLINGS)
-  model = trainer.ModelSpec.from_config(config)
+  model = trainer.ModelSpec.from_config(config, backbone=backbone)
   N, D = model.config.num_hidden_layers, model.config.hidden_size
   plan = schedule.plan_from_config(config.schedule, model.pairs, N, D)
   sts_sets, retrieval_sets = check_eval(config.eval)
@@ -55,7 +57,7 @@ def describe(config: ml_collections.ConfigDict) -> FinetuneRun:
   if config.mode == "train":
     loss = losses.LossConfig.from_config(config.loss, len(model.pairs))
     check_data(config)
-    mesh = sharding.check_mesh(config.mesh)
+    mesh = sharding.check_mesh(config.mesh, devices)
     trainer.check_train(config, mesh)
     check_encoding_splits(config, sharding.data_parallel_size(mesh))
   if config.eval.grid:
@@ -230,6 +232,32 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
+def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.GradientTransformation) -> trainer.TrainStep:
+  """The step a fine-tuning run trains with, as its config sets it."""
+  t = config.train
+  return make_srl_step(run.model.config, run.plan, run.loss, tx, config.model.pooling, dropout=t.dropout,
+                       grad_cache_chunks=t.grad_cache_chunks, microbatches=t.microbatches,
+                       forward_splits=t.forward_splits)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length: int | None = None,
+                   passage_length: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a training batch padded to `length` (groups: query and passage lengths,
+  default data.query_max_length / passage_max_length), as the data block's batcher makes it."""
+  d, i32 = config.data, jnp.int32
+  if d.format == "groups":
+    q, p = query_length or d.query_max_length, passage_length or d.passage_max_length
+    rows = d.batch_size * d.group_size
+    return {"query_ids": jax.ShapeDtypeStruct((d.batch_size, q), i32),
+            "query_mask": jax.ShapeDtypeStruct((d.batch_size, q), i32),
+            "passage_ids": jax.ShapeDtypeStruct((rows, p), i32), "passage_mask": jax.ShapeDtypeStruct((rows, p), i32)}
+  shape = (len(batching.FORMATS[d.format]), d.batch_size, length)
+  batch = {"ids": jax.ShapeDtypeStruct(shape, i32), "mask": jax.ShapeDtypeStruct(shape, i32)}
+  if d.format == "scored_pairs":
+    batch["scores"] = jax.ShapeDtypeStruct((d.batch_size,), jnp.float32)
+  return batch
+
+
 def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
   """(batcher, number of training examples) of the data block."""
   d = config.data
@@ -257,13 +285,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> 
   log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", run.plan.method,
            steps, num_examples, config.data.batch_size, run.plan.pairs or "sampled", run.plan.layers)
 
-  def step_for(tx):
-    return make_srl_step(setup.config, run.plan, run.loss, tx, config.model.pooling, dropout=t.dropout,
-                         grad_cache_chunks=t.grad_cache_chunks, microbatches=t.microbatches,
-                         forward_splits=t.forward_splits)
-
   pre = setup.pretrained
-  trained = trainer.train_model(config, workdir, setup, pre.params["bert"], step_for, batcher, steps,
+  trained = trainer.train_model(config, workdir, setup, pre.params["bert"], lambda tx: run_step(config, run, tx),
+                                batcher, steps,
                                 param_specs=param_logical_axes(setup.config), batch_axes=ROLE_AXES)
   return dataclasses.replace(pre, params={**pre.params, "bert": trained})
 

@@ -33,10 +33,11 @@ from starbucks_jax import losses, schedule, sharding, trainer
 from starbucks_jax.config_lib import check_choice, check_range
 from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
-from starbucks_jax.data.masking import Masker, MaskingConfig
+from starbucks_jax.data.masking import Masker, MaskingConfig, budget
 from starbucks_jax.evaluate import results
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, BertEmbeddings, hidden_states, param_logical_axes
+from starbucks_jax.models.bert import init_params as init_bert_params
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,15 @@ def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[schedule.Pair, ...
   return ((config.num_hidden_layers, config.hidden_size),) if mode == "mlm" else tuple(pairs)
 
 
-def describe(config: ml_collections.ConfigDict) -> PretrainRun:
-  """Checks everything that can be checked without compute; a ConfigError names the key."""
+def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> PretrainRun:
+  """Checks everything that can be checked without compute; a ConfigError names the key.
+  `backbone` and `devices` stand in for config.json and this host's devices (as finetune.describe)."""
   check_choice("mode", config.mode, ("pretrain",))
-  model = trainer.ModelSpec.from_config(config)
+  model = trainer.ModelSpec.from_config(config, backbone=backbone)
   check_choice("smae.mode", config.smae.mode, losses.SMAE_MODES)
   masking = MaskingConfig.from_config(config.smae)
   corpus.check_config(config.data, config.train.max_steps)
-  trainer.check_train(config, sharding.check_mesh(config.mesh))
+  trainer.check_train(config, sharding.check_mesh(config.mesh, devices))
   if config.eval.text:
     sources.check_spec("eval.text", config.eval.text)
   check_range("eval.batch_size", config.eval.batch_size, 1)
@@ -154,6 +156,50 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
   return trainer.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare)
 
 
+def run_step(config: ml_collections.ConfigDict, run: PretrainRun, tx: optax.GradientTransformation) -> trainer.TrainStep:
+  """The step a pre-training run trains with, as its config sets it."""
+  return make_smae_step(run.model.config, run.train_pairs, config.smae.mode, tx, dropout=config.train.dropout,
+                        microbatches=config.train.microbatches)
+
+
+def abstract_params(config: BertConfig) -> dict[str, Any]:
+  """Shapes and dtypes of {bert, mlm_head, mae_decoder} (no memory), as init_params builds them."""
+  def build():
+    bert = init_bert_params(config, jax.random.key(0))
+    emb = bert["embeddings"]["word_embeddings"]["embedding"]
+    head = nn.meta.unbox(MlmHead(config).init(jax.random.key(0), jnp.zeros((1, config.hidden_size)), emb)["params"])
+    return {"bert": bert, "mlm_head": head, "mae_decoder": {"layer_0": bert["encoder"]["layer_0"]}}
+  return jax.eval_shape(build)
+
+
+def abstract_batch(config: ml_collections.ConfigDict, run: PretrainRun, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes and dtypes of a batch padded to `length`, as the masker makes it."""
+  B, i32 = config.data.batch_size, jnp.int32
+  ke, kd = budget(length, run.masking.encoder_rate), budget(length, run.masking.decoder_rate)
+  return {"ids": jax.ShapeDtypeStruct((B, length), i32), "dec_ids": jax.ShapeDtypeStruct((B, length), i32),
+          "mask": jax.ShapeDtypeStruct((B, length), i32),
+          "mlm_positions": jax.ShapeDtypeStruct((B, ke), i32), "mlm_labels": jax.ShapeDtypeStruct((B, ke), i32),
+          "mae_positions": jax.ShapeDtypeStruct((B, kd), i32), "mae_labels": jax.ShapeDtypeStruct((B, kd), i32)}
+
+
+def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, masked: tuple[int, int]) -> int:
+  """Model matmul FLOPs of one SMAE training step (forward and backward) over `rows` texts of
+  `length` tokens with `masked` = (encoder, decoder) gathered positions per row: the encoder to the
+  deepest pair; per pair the MLM head on the encoder-masked positions (dense d x D, vocabulary
+  projection) and, for smae, the decoder layer over every position and the head on the
+  decoder-masked ones. The heads' logits are recomputed in the backward pass (x4, not x3)."""
+  D, V, I = config.hidden_size, config.vocab_size, config.intermediate_size
+  encoder = config.replace(num_hidden_layers=max(n for n, _ in pairs)).matmul_flops(rows, length)
+  head = lambda d, k: 2 * rows * k * (d * D + D * V)  # noqa: E731
+  layer = rows * length * (8 * D * D + 4 * D * I + 4 * length * D)
+  total = encoder
+  for _, d in pairs:
+    total += 4 * head(d, masked[0])
+    if mode == "smae":
+      total += 3 * layer + 4 * head(D, masked[1])
+  return total
+
+
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
@@ -170,11 +216,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) 
   log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, steps,
            config.data.batch_size, setup.max_length, run.train_pairs)
 
-  def step_for(tx):
-    return make_smae_step(setup.config, run.train_pairs, config.smae.mode, tx, dropout=config.train.dropout,
-                          microbatches=config.train.microbatches)
-
-  trained = trainer.train_model(config, workdir, setup, params, step_for, batcher, steps,
+  trained = trainer.train_model(config, workdir, setup, params, lambda tx: run_step(config, run, tx), batcher, steps,
                                 param_specs=param_specs(setup.config))
   model = dataclasses.replace(pre, params={k: trained[k] for k in ("bert", "mlm_head")})
   if not sharding.is_primary():  # the primary process exports

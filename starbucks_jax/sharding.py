@@ -79,10 +79,10 @@ def start_processes(mesh_cfg) -> None:
     jax.distributed.initialize(coordinator, mesh_cfg.num_processes, mesh_cfg.process_id)
 
 
-def check_mesh(mesh_cfg) -> jax.sharding.Mesh:
-  """The mesh of the mesh block, or a ConfigError naming mesh.shape."""
+def check_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
+  """The mesh block's mesh over `devices` (default: all), or a ConfigError naming mesh.shape."""
   with config_errors("mesh.shape: "):
-    return make_mesh(tuple(mesh_cfg.shape))
+    return make_mesh(tuple(mesh_cfg.shape), devices)
 
 
 def data_parallel_size(mesh: jax.sharding.Mesh) -> int:
@@ -142,7 +142,7 @@ def batch_shardings(batch: dict[str, np.ndarray], mesh, batch_axis: dict[str, in
   out = {}
   for k, v in batch.items():
     axis = (batch_axis or {}).get(k, 0)
-    spec = [None] * np.ndim(v)
+    spec = [None] * len(np.shape(v))
     spec[axis] = BATCH
     out[k] = NamedSharding(mesh, P(*spec))
   return out

@@ -64,15 +64,18 @@ class ModelSpec:
   pairs: tuple[schedule.Pair, ...]  # schedule.pairs, checked against the backbone
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> "ModelSpec":
+  def from_config(cls, config: ml_collections.ConfigDict, backbone: BertConfig | None = None) -> "ModelSpec":
+    """`backbone` replaces reading model.init_from's config.json (dir is then '')."""
     m = config.model
     check_choice("model.param_dtype", m.param_dtype, ("float32", "bfloat16"))  # AdamW state in float16 underflows
     check_range("model.max_length", m.max_length, 0)
-    try:
-      model_dir = checkpoint.model_config_dir(m.init_from)
-      backbone = hf.config_from_hf(model_dir)
-    except (FileNotFoundError, ValueError) as e:
-      raise ConfigError(f"model.init_from={m.init_from!r}: {e}") from None
+    model_dir = ""
+    if backbone is None:
+      try:
+        model_dir = checkpoint.model_config_dir(m.init_from)
+        backbone = hf.config_from_hf(model_dir)
+      except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"model.init_from={m.init_from!r}: {e}") from None
     for key in ("dtype", "param_dtype", "remat"):
       with config_errors(f"model.{key}: "):
         backbone = backbone.replace(**{key: m[key]})
@@ -344,9 +347,15 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   rules = sharding.rules_from_config(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh,
-                sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh),
-                batch_axes)
+    state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh)
+    return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes)
+
+
+def jit_step(update, state_sh, batch_sh):
+  """The step as every run jits it: sharded in and out, the state donated (also what
+  starbucks_jax.compile compiles for a TPU topology)."""
+  return jax.jit(update, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
+                 donate_argnums=(0,))
 
 
 def warn_if_products_upcast(compiled, dtype: str) -> None:
@@ -396,8 +405,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
       batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
       batch = sharding.put_batch(batch, batch_sh)
       if step_fn is None:
-        step_fn = jax.jit(train_step, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
-                          donate_argnums=(0,))
+        step_fn = jit_step(train_step, state_sh, batch_sh)
       if not compiled_shapes:  # compile ahead of time once and report the memory it needs
         compiled = step_fn.lower(state, batch, rng).compile()
         mem = compiled.memory_analysis()

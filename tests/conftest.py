@@ -4,8 +4,9 @@ import os
 import pathlib
 import tempfile
 
-import jax
-import pytest
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # with libtpu installed (the tpu extra), jax would probe for a TPU
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 # Runs in one test (a run, its interruption, its resume) compile the same programs: a persistent

@@ -1,0 +1,89 @@
+"""Compile every paper recipe for TPU topologies on this CPU and tabulate memory, FLOPs and rooflines.
+
+    python experiments/compile_tpu.py [--only nli] [--topologies v5e-8,v6e-1] [--length 128]
+
+One `python -m starbucks_jax.compile` process per (recipe, topology), each writing
+experiments/results_tpu/<recipe>_<topology>.json (an existing file is skipped, so an interrupted
+sweep resumes); then experiments/results_tpu/table.md from every JSON there. Needs the tpu extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+OUT = os.path.join(HERE, "results_tpu")
+RECIPES = {  # name -> (config, overrides)
+    "nli": ("configs/ft.py:nli", []),
+    "sts": ("configs/ft.py:sts", []),
+    "retrieval": ("configs/retrieval.py", []),
+    "smae": ("configs/pt.py", []),
+    "nli_full": ("configs/ft.py:nli,method=full", []),  # the SRL / full-only FLOPs and bytes ratio
+}
+TOPOLOGIES = ("v5e-1", "v6e-1", "v5e-8", "v6e-8", "v4-8", "v5p-8", "v5e-32")
+
+
+def compile_one(name: str, topology: str, length: int | None) -> str:
+  config, overrides = RECIPES[name]
+  suffix = f"_{length}" if length else ""
+  out = os.path.join(OUT, f"{name}_{topology}{suffix}.json")
+  if os.path.exists(out):
+    return out
+  cmd = [sys.executable, "-m", "starbucks_jax.compile", f"--config={config}", f"--topology={topology}", f"--out={out}",
+         *overrides] + ([f"--length={length}"] if length else [])
+  t = time.time()
+  done = subprocess.run(cmd, cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True)
+  lines = [x for x in done.stdout.splitlines() if x.startswith("|") or x.startswith("  ")]
+  print(f"{name} {topology}: {time.time() - t:.0f} s, rc {done.returncode}\n" + "\n".join(lines[2:]), flush=True)
+  if done.returncode:
+    print(done.stderr.strip().splitlines()[-1], flush=True)
+  return out
+
+
+def write_table() -> str:
+  rows = ["| recipe | topology | program | batch | mesh | per-device GiB: args / temp / total (HBM) | fits | "
+          "TFLOP per device: XLA / model | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+  for path in sorted(glob.glob(os.path.join(OUT, "*.json"))):
+    record = json.load(open(path))
+    name = os.path.basename(path).rsplit("_", 1)[0] if "_v" in os.path.basename(path) else path
+    for r in record["programs"]:
+      gib = 2**30
+      if "compiler" in r:  # the compiler refused it: more than HBM
+        rows.append(f"| {name.split('_v')[0]} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
+                    f"{'x'.join(str(v) for v in r['mesh'].values())} | needs {r['total_bytes'] / gib:.2f} "
+                    f"({r['hbm_bytes'] / gib:.0f}) | NO | - | - | - |")
+        continue
+      rows.append(f"| {name.split('_v')[0]} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
+                  f"{'x'.join(str(v) for v in r['mesh'].values())} | {r['argument_bytes'] / gib:.2f} / "
+                  f"{r['temp_bytes'] / gib:.2f} / {r['total_bytes'] / gib:.2f} ({r['hbm_bytes'] / gib:.0f}) | "
+                  f"{'yes' if r['fits'] else 'NO'} | {r['xla_flops'] / 1e12:.2f} / {r['model_matmul_flops'] / 1e12:.2f} | "
+                  f"{r['roofline_seconds'] * 1e3:.0f} ({r['bound']}) | {r['mfu_bound']:.2f} |")
+  path = os.path.join(OUT, "table.md")
+  with open(path, "w") as f:
+    f.write("Compiled, not measured (python experiments/compile_tpu.py; commands and commits in each JSON).\n\n")
+    f.write("\n".join(rows) + "\n")
+  return path
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--only", action="append", choices=sorted(RECIPES), help="recipes (default: all)")
+  p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+  p.add_argument("--length", type=int, help="tokens per text (default: each run's maximum length)")
+  args = p.parse_args()
+  os.makedirs(OUT, exist_ok=True)
+  for name in args.only or RECIPES:
+    for topology in args.topologies.split(","):
+      compile_one(name, topology, args.length)
+  print(write_table())
+
+
+if __name__ == "__main__":
+  main()

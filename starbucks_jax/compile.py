@@ -1,0 +1,332 @@
+"""Compile a run's train step for a TPU topology on this machine: memory per chip, FLOPs, roofline.
+
+    python -m starbucks_jax.compile --config=configs/ft.py:nli --topology=v5e-8 [--out F.json] \\
+        [--length 128] [--config.train.microbatches=2 ...]
+
+Needs libtpu (`pip install -e .[tpu]`); no TPU, no weights and no data are read. The program is the
+one `main` would jit (trainer.jit_step over the objective's run_step, with the run's mesh, rules,
+shardings, donation and dtypes), over abstract parameters and optimizer state: shapes come from the
+checkpoint's config.json when model.init_from is a local directory, else from the BertConfig preset
+named by --preset (default: guessed from model.init_from). The batch is padded to --length tokens
+(default: the run's maximum length, the largest shape a run can meet). Retrieval configs also
+compile the evaluation encoder (eval.batch_size passages of eval.passage_max_length on one chip).
+
+For every program it prints and writes (--out, JSON): devices and mesh; per-device argument, output
+and temporary bytes against the chip's HBM, and whether it fits; XLA's FLOPs and bytes accessed per
+device against the model's matmul FLOPs; the roofline lower bound on the step time,
+max(FLOPs / peak, bytes / bandwidth), and the MFU that bound implies. These are compiled figures,
+not measurements. A step that does not fit names the settings that lower its memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import sys
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from starbucks_jax import checkpoint, finetune, pretrain, sharding, trainer
+from starbucks_jax.config_lib import ConfigError
+from starbucks_jax.embed import pool_layers
+from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
+from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
+
+log = logging.getLogger(__name__)
+GiB = 2**30
+
+# Per chip: HBM bytes, peak bf16 FLOP/s, HBM bytes/s. Sources: Cloud TPU system architecture pages
+# (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), as published in 2026.
+CHIPS = {
+    "TPU v4": (32 * GiB, 275e12, 1228e9),
+    "TPU v5 lite": (16 * GiB, 197e12, 819e9),  # v5e
+    "TPU v5": (95 * GiB, 459e12, 2765e9),  # v5p
+    "TPU v6 lite": (32 * GiB, 918e12, 1640e9),  # v6e (Trillium)
+}
+# Cloud names (TensorCores for v4 / v5p, chips for v5e / v6e) -> JAX topology names.
+TOPOLOGIES = {
+    "v4-8": "v4:2x2x1", "v4-32": "v4:2x2x4",
+    "v5e-1": "v5e:1x1", "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-32": "v5e:4x8",
+    "v5p-8": "v5p:2x2x1", "v5p-32": "v5p:2x2x4",
+    "v6e-1": "v6e:1x1", "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4",
+}
+PRESETS = {"bert-base-uncased": "bert-base", "bert-base-cased": "bert-base", "all-MiniLM-L6-v2": "minilm-l6-h384"}
+
+
+class CompileError(ValueError):
+  """What stops a compilation, in one line that says what to do."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Topologies and chips
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Topology:
+  name: str  # as given
+  devices: tuple  # jax devices of the topology (abstract: nothing runs on them)
+  chip: str  # device_kind
+  devices_per_chip: int  # 2 where each TensorCore is its own device (v4 as JAX sees it here)
+
+  @property
+  def hbm_bytes(self) -> float:  # per device
+    return CHIPS[self.chip][0] / self.devices_per_chip
+
+  @property
+  def peak_flops(self) -> float:  # per device, bf16
+    return CHIPS[self.chip][1] / self.devices_per_chip
+
+  @property
+  def hbm_bandwidth(self) -> float:  # per device
+    return CHIPS[self.chip][2] / self.devices_per_chip
+
+
+def topology(name: str) -> Topology:
+  """A named topology ('v5e-8' or JAX's 'v5e:2x4'); errors say what to install or which names exist."""
+  try:
+    from jax.experimental import topologies
+    import libtpu  # noqa: F401  (the TPU compiler; jax imports it lazily)
+  except ImportError:
+    raise CompileError("compiling for a TPU needs libtpu: pip install -e '.[tpu]' (or "
+                       f"pip install 'jax[tpu]=={jax.__version__}')") from None
+  jax_name = TOPOLOGIES.get(name, name)
+  if ":" not in jax_name:
+    raise CompileError(f"--topology={name!r} is unknown; expected one of {sorted(TOPOLOGIES)} or JAX's "
+                       "'v5e:2x4' form")
+  options = {"chips_per_host_bounds": (1, 1, 1)} if jax_name.endswith(":1x1") else {}
+  # libtpu locks /tmp/libtpu_lockfile for one process per host (a TPU VM's chips); compiling only, any
+  # number of processes may load it
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  try:
+    desc = topologies.get_topology_desc(topology_name=jax_name, platform="tpu", **options)
+  except Exception as e:  # noqa: BLE001 (the plugin raises its own runtime errors)
+    raise CompileError(f"--topology={name!r}: {str(e).splitlines()[0]}") from None
+  devices = tuple(desc.devices)
+  chip = devices[0].device_kind
+  if chip not in CHIPS:
+    raise CompileError(f"--topology={name!r}: no HBM / peak figures for {chip!r} (compile.CHIPS)")
+  return Topology(name, devices, chip, len({getattr(d, "core_on_chip", 0) for d in devices}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Programs
+# ---------------------------------------------------------------------------------------------
+def backbone_of(config: ml_collections.ConfigDict, preset: str | None) -> BertConfig | None:
+  """None when model.init_from is a local model or workdir (its config.json is read); else the preset."""
+  source = config.model.init_from
+  if preset is None:
+    try:
+      checkpoint.model_config_dir(source)
+      return None
+    except (FileNotFoundError, ValueError, OSError):
+      preset = PRESETS.get(source.split("/")[-1])
+      if preset is None:
+        raise CompileError(f"model.init_from={source!r} is not a local model directory and has no known "
+                           f"preset: pass --preset (one of {sorted(BERT_PRESETS)})") from None
+  return BertConfig.preset(preset)
+
+
+def _abstract(tree, dtype=None):
+  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype), tree)
+
+
+def _compile_step(config, topo: Topology, run, step, params, param_specs, batch, batch_axes):
+  """Lower and compile `step.update` exactly as trainer.fit jits it, over topology devices."""
+  mesh = sharding.make_mesh(tuple(config.mesh.shape), topo.devices)
+  rules = sharding.rules_from_config(config.mesh.rules)
+  tx = trainer.make_optimizer(config.train, max(config.train.max_steps, 1000))
+  params = _abstract(params, run.model.config.storage_dtype)
+  state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params))
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  # outside the mesh context: optax builds a placeholder state with concrete (host) zeros
+  state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh)
+  batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    lowered = trainer.jit_step(step(tx).update, state_sh, batch_sh).lower(state, batch, key)
+  return _compiled_or_oom(lowered), mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class OutOfMemory:
+  """A program the TPU compiler refused: what it said it needs and has, per device."""
+  required_bytes: float
+  available_bytes: float
+  message: str
+
+
+def _compiled_or_oom(lowered):
+  """The compiled program, or OutOfMemory when the compiler finds it does not fit in HBM."""
+  try:
+    return lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    text = str(e)
+    sizes = re.findall(r"\(([0-9.]+)([KMGT])\)", text)
+    if "RESOURCE_EXHAUSTED" not in text or len(sizes) < 2:
+      raise
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    required, available = (float(v) * scale[u] for v, u in sizes[:2])
+    return OutOfMemory(required, available, text.splitlines()[0])
+
+
+def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str | None = None,
+             length: int | None = None) -> list[dict[str, Any]]:
+  """Compile the run's train step (and a retrieval run's evaluation encoder) for `topo`; one report each."""
+  backbone = backbone_of(config, preset)
+  out = []
+  if config.get("mode") == "pretrain":
+    run = pretrain.describe(config, backbone=backbone, devices=topo.devices)
+    cfg = run.model.config
+    T = length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
+    batch = pretrain.abstract_batch(config, run, T)
+    compiled, mesh = _compile_step(config, topo, run, lambda tx: pretrain.run_step(config, run, tx),
+                                   pretrain.abstract_params(cfg), pretrain.param_specs(cfg), batch, None)
+    masked = (batch["mlm_positions"].shape[1], batch["mae_positions"].shape[1])
+    flops = pretrain.matmul_flops(cfg, config.data.batch_size, T, run.train_pairs, config.smae.mode, masked)
+    out.append(report("train_step", compiled, mesh, topo, flops, f"batch {config.data.batch_size} x {T} tokens"))
+    return out
+  if config.mode != "train":
+    raise CompileError(f"mode={config.mode!r}: only training runs (mode=train or pretrain) have a step to compile")
+  run = finetune.describe(config, backbone=backbone, devices=topo.devices)
+  cfg = run.model.config
+  T = length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
+  batch = finetune.abstract_batch(config, T)
+  compiled, mesh = _compile_step(config, topo, run, lambda tx: finetune.run_step(config, run, tx),
+                                 init_shapes(cfg), param_logical_axes(cfg), batch, finetune.ROLE_AXES)
+  encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
+  if "query_ids" in batch:
+    (B, Tq), (P, Tp) = batch["query_ids"].shape, batch["passage_ids"].shape
+    flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
+  else:
+    R, B, T = batch["ids"].shape
+    flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
+  out.append(report("train_step", compiled, mesh, topo, flops, shape))
+  if run.retrieval_sets:
+    out.append(_eval_encoder(config, run, topo))
+  return out
+
+
+def init_shapes(config: BertConfig):
+  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
+  """The corpus encoder of retrieval evaluation (Embedder: float32, one chip), one batch of passages."""
+  cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False)
+  B, T = config.eval.batch_size, config.eval.passage_max_length
+  mesh = sharding.make_mesh((1, 1, 1), topo.devices[:1])
+  layers = tuple(sorted({n for n, _ in run.eval_pairs}))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), init_shapes(cfg))
+  ids = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=replicated)
+  compiled = pool_layers.lower(params, ids, ids, config=cfg, layers=layers, pooling=config.model.pooling).compile()
+  flops = cfg.replace(num_hidden_layers=max(layers)).matmul_flops(B, T, train=False)
+  return report("eval_encoder", compiled, mesh, topo, flops, f"{B} passages x {T} tokens, float32")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch: str) -> dict[str, Any]:
+  """Memory, FLOPs and the roofline of one compiled program, per device (memory alone, from the
+  compiler's refusal, for a program that does not fit)."""
+  devices = mesh.devices.size
+  if isinstance(compiled, OutOfMemory):
+    return {"program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
+            "mesh": dict(mesh.shape), "batch": batch, "total_bytes": compiled.required_bytes,
+            "hbm_bytes": topo.hbm_bytes, "fits": False, "compiler": compiled.message,
+            "model_matmul_flops": model_flops / devices}
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+  flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  model = model_flops / devices
+  bound = max(flops / topo.peak_flops, bytes_accessed / topo.hbm_bandwidth)
+  return {
+      "program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
+      "mesh": dict(mesh.shape), "batch": batch,
+      "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+      "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes, "total_bytes": used,
+      "hbm_bytes": topo.hbm_bytes, "fits": used <= topo.hbm_bytes,
+      "xla_flops": flops, "xla_bytes_accessed": bytes_accessed, "model_matmul_flops": model,
+      "xla_over_model_flops": flops / model if model else None,
+      "roofline_seconds": bound, "bound": "compute" if flops / topo.peak_flops >= bytes_accessed / topo.hbm_bandwidth else "memory",
+      "mfu_bound": model / (bound * topo.peak_flops) if bound else None,
+  }
+
+
+def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
+  """Overrides that lower a step's memory, for one that does not fit."""
+  over = (r["total_bytes"] - r["hbm_bytes"]) / GiB
+  what = "temporaries alone (the compiler's count)" if "compiler" in r else "in all"
+  tips = [f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['hbm_bytes'] / GiB:.2f} GiB per device "
+          f"({over:.2f} GiB over); try:"]
+  if config.model.remat in ("none", False):
+    tips.append("--config.model.remat=full (recompute each layer in the backward pass: activations)")
+  if config.get("mode") != "pretrain" and not config.train.grad_cache_chunks:
+    tips.append("--config.train.grad_cache_chunks=4 (SRL: the whole batch's negatives at a chunk's activation memory)")
+  tips.append(f"--config.train.microbatches={2 * config.train.microbatches} (gradient accumulation)")
+  if tuple(config.mesh.shape)[1] == 1 and r["devices"] > 1:
+    tips.append("--config.mesh.shape='(1,-1,1)' (FSDP: parameters and optimizer state sharded)")
+  return tips
+
+
+def table(reports: list[dict[str, Any]]) -> str:
+  lines = ["| program | topology | mesh | per-device GiB (args / temp / total of HBM) | fits | TFLOP per device "
+           "(XLA / model) | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|"]
+  for r in reports:
+    mesh = "x".join(str(v) for v in r["mesh"].values())
+    if "compiler" in r:  # refused by the compiler: it needs more than HBM
+      lines.append(f"| {r['program']} | {r['topology']} ({r['devices']} x {r['chip']}) | {mesh} | needs "
+                   f"{r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} | NO | - | - | - |")
+      continue
+    lines.append(f"| {r['program']} | {r['topology']} ({r['devices']} x {r['chip']}) | {mesh} | "
+                 f"{r['argument_bytes'] / GiB:.2f} / {r['temp_bytes'] / GiB:.2f} / {r['total_bytes'] / GiB:.2f} of "
+                 f"{r['hbm_bytes'] / GiB:.0f} | {'yes' if r['fits'] else 'NO'} | "
+                 f"{r['xla_flops'] / 1e12:.2f} / {r['model_matmul_flops'] / 1e12:.2f} | "
+                 f"{r['roofline_seconds'] * 1e3:.1f} ({r['bound']}) | {r['mfu_bound'] or 0:.2f} |")
+  return "\n".join(lines)
+
+
+def main(argv) -> None:
+  from absl import flags
+  del argv
+  FLAGS = flags.FLAGS
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  config = FLAGS.config
+  try:
+    topo = topology(FLAGS.topology)
+    reports = programs(config, topo, preset=FLAGS.preset, length=FLAGS.length)
+  except (ConfigError, CompileError) as e:
+    sys.exit(f"error: {e}")
+  print(table(reports))
+  for r in reports:
+    if not r["fits"]:
+      print("\n".join([f"{r['program']}:"] + [f"  {t}" for t in advice(config, r)]))
+  if FLAGS.out:
+    record = {"command": " ".join(sys.argv),
+              "commit": trainer.run_info()["commit"], "jax": jax.__version__, "programs": reports,
+              "advice": {r["program"]: advice(config, r) for r in reports if not r["fits"]}}
+    os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
+    with open(FLAGS.out, "w", encoding="utf8") as f:
+      json.dump(record, f, indent=1, default=str)
+    print(f"wrote {FLAGS.out}")
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:nli", lock_config=True)
+  flags.DEFINE_string("topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form")
+  flags.DEFINE_string("out", None, "write the reports as JSON here")
+  flags.DEFINE_string("preset", None, "BertConfig preset for a model.init_from that is not a local directory")
+  flags.DEFINE_integer("length", None, "tokens per text (default: the run's maximum length)")
+  flags.mark_flags_as_required(["config", "topology"])
+  app.run(main)

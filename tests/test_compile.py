@@ -1,0 +1,104 @@
+"""Ahead-of-time compilation of the real train steps for a TPU topology on this CPU (libtpu needed;
+skipped without it): memory analysis present, FSDP lowers per-device argument bytes, errors."""
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from starbucks_jax import config_lib, finetune, pretrain
+
+C = pytest.importorskip("starbucks_jax.compile")
+pytest.importorskip("libtpu")
+
+
+@pytest.fixture(scope="module")
+def topology():
+  return C.topology("v5e:2x2")
+
+
+def tiny(path, **overrides):
+  cfg = config_lib.load_config(str(REPO / "configs" / path))
+  with cfg.unlocked():
+    cfg.model.init_from = "nowhere/tiny"  # not a local model: shapes from --preset
+    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
+    for key, value in overrides.items():
+      section, name = key.split(".")
+      cfg[section][name] = value
+  return cfg
+
+
+def test_srl_step_compiles_data_parallel_and_fsdp(topology):
+  dp = C.programs(tiny("ft.py:demo"), topology, preset="tiny", length=16)[0]
+  fsdp = C.programs(tiny("ft.py:demo", **{"mesh.shape": (1, -1, 1)}), topology, preset="tiny", length=16)[0]
+  for r in (dp, fsdp):
+    assert r["program"] == "train_step" and r["chip"] == "TPU v5 lite" and r["devices"] == 4
+    assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"]
+    assert r["xla_flops"] > r["model_matmul_flops"] > 0 and 0 < r["mfu_bound"] <= 1
+  assert dp["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and fsdp["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+  # parameters and Adam moments sharded four ways: the arguments (the state) shrink
+  assert fsdp["argument_bytes"] < 0.8 * dp["argument_bytes"]
+
+
+def test_smae_step_compiles(topology):
+  r = C.programs(tiny("pt.py:tiny"), topology, preset="tiny", length=16)[0]
+  assert r["temp_bytes"] > 0 and r["fits"] and r["xla_flops"] > r["model_matmul_flops"] > 0
+
+
+def test_bad_topology_and_mesh_fail_in_one_line(topology):
+  with pytest.raises(C.CompileError, match="--topology='v9x-8' is unknown"):
+    C.topology("v9x-8")
+  with pytest.raises(C.CompileError, match="--topology='v5e:3x3'"):
+    C.topology("v5e:3x3")
+  with pytest.raises(config_lib.ConfigError, match=r"mesh.shape: .*\(3, 1, 1\)"):
+    C.programs(tiny("ft.py:demo", **{"mesh.shape": (3, 1, 1)}), topology, preset="tiny")
+  with pytest.raises(C.CompileError, match="pass --preset"):
+    C.programs(tiny("ft.py:demo"), topology)
+
+
+def test_abstract_batches_match_the_batchers(tiny_hf_dir):
+  """The shapes compiled for are the batchers' (keys, dtypes, ranks; lengths as padded)."""
+  import numpy as np
+  from starbucks_jax import checkpoint
+  from starbucks_jax.data.corpus import TextBatcher
+  from starbucks_jax.data.masking import Masker
+  pre = checkpoint.load_model(tiny_hf_dir)
+  ft = tiny("ft.py:demo")
+  with ft.unlocked():
+    ft.model.init_from = tiny_hf_dir
+  batcher, _ = finetune.make_batcher(ft, pre.tokenizer, 32)
+  _, batch = next(batcher.batches(0, 1))
+  length = batch["ids"].shape[-1]
+  want = finetune.abstract_batch(ft, length)
+  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+  pt = tiny("pt.py:tiny")
+  with pt.unlocked():
+    pt.model.init_from = tiny_hf_dir
+  run = pretrain.describe(pt)
+  texts = TextBatcher(pt.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking), batch_size=pt.data.batch_size,
+                      max_length=32, seed=0, column=pt.data.text_column)
+  _, batch = next(texts.batches(0, 1))
+  want = pretrain.abstract_batch(pt, run, batch["ids"].shape[1])
+  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+
+
+def test_a_refused_program_is_reported_with_what_it_needs(topology):
+  """The TPU compiler refuses a program larger than HBM; the report says by how much and what to try."""
+  class Refused:
+    def compile(self):
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+                                       "for HLO temporaries (77.83G) exceeds available HBM (15.75G).")
+  oom = C._compiled_or_oom(Refused())
+  assert oom.required_bytes == pytest.approx(77.83 * 2**30) and oom.available_bytes == pytest.approx(15.75 * 2**30)
+  mesh = jax.sharding.Mesh(np.array(topology.devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  r = C.report("train_step", oom, mesh, topology, 10**12, "batch")
+  assert not r["fits"] and "needs 77.83 of 16" in C.table([r])
+  tips = C.advice(tiny("ft.py:demo"), r)
+  assert "61.83 GiB over" in tips[0] and any("remat=full" in t for t in tips)
+  assert not any("mesh.shape" in t for t in tips)  # FSDP does not help one device
+
+  class Broken:
+    def compile(self):
+      raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+  with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
+    C._compiled_or_oom(Broken())
