@@ -9,8 +9,12 @@ Variants:
             batch 128, 1 epoch (4,358 steps), AdamW lr 5e-5, warmup 10%, linear decay, wd 0, mean
             pooling, feature KL x0.3, sum over the six pairs. Evaluated on STS-B test, STS12-16 and
             SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. About 1 h on one
-            H100 / a v4-8 in bf16 (the paper ran fp16 on GPU). Paper (Table A1, BERT + SRL): STS
-            average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
+            H100 / a v4-8 in bf16 (a hand estimate; the paper ran fp16 on GPU). Compiled (python -m
+            starbucks_jax.compile, experiments/results_tpu/; not measured): on v5e-8, data
+            parallel, texts of 128 tokens, 3.2 GiB per chip of 16; on one v5e or v6e chip the step
+            at 512 tokens needs ~78 GiB of temporaries, with model.max_length=128 and
+            train.grad_cache_chunks=4 it needs 5.4 GiB of a v5e's 16. Paper (Table A1, BERT + SRL):
+            STS average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
             otherwise as nli. About 10 min on one GPU.
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B

@@ -48,19 +48,20 @@ def compile_one(name: str, topology: str, length: int | None) -> str:
 
 
 def write_table() -> str:
-  rows = ["| recipe | topology | program | batch | mesh | per-device GiB: args / temp / total (HBM) | fits | "
-          "TFLOP per device: XLA / model | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|---|---|"]
+  rows = ["| recipe | settings | topology | program | batch | mesh | per-device GiB: args / temp / total (HBM) | fits | "
+          "TFLOP per device: XLA / model | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for path in sorted(glob.glob(os.path.join(OUT, "*.json"))):
     record = json.load(open(path))
-    name = os.path.basename(path).rsplit("_", 1)[0] if "_v" in os.path.basename(path) else path
+    name = os.path.basename(path)
+    settings = " ".join(a.replace("--config.", "") for a in record["command"].split() if a.startswith("--config."))
     for r in record["programs"]:
       gib = 2**30
       if "compiler" in r:  # the compiler refused it: more than HBM
-        rows.append(f"| {name.split('_v')[0]} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
+        rows.append(f"| {name.split('_v')[0]} | {settings} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
                     f"{'x'.join(str(v) for v in r['mesh'].values())} | needs {r['total_bytes'] / gib:.2f} "
                     f"({r['hbm_bytes'] / gib:.0f}) | NO | - | - | - |")
         continue
-      rows.append(f"| {name.split('_v')[0]} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
+      rows.append(f"| {name.split('_v')[0]} | {settings} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
                   f"{'x'.join(str(v) for v in r['mesh'].values())} | {r['argument_bytes'] / gib:.2f} / "
                   f"{r['temp_bytes'] / gib:.2f} / {r['total_bytes'] / gib:.2f} ({r['hbm_bytes'] / gib:.0f}) | "
                   f"{'yes' if r['fits'] else 'NO'} | {r['xla_flops'] / 1e12:.2f} / {r['model_matmul_flops'] / 1e12:.2f} | "

@@ -247,7 +247,10 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
   used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
   flops, bytes_accessed = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   model = model_flops / devices
-  bound = max(flops / topo.peak_flops, bytes_accessed / topo.hbm_bandwidth)
+  # XLA's cost analysis counts a loop body once (the gradient cache's and accumulation's scans), so
+  # the bound uses the model's count where it is larger
+  work = max(flops, model)
+  bound = max(work / topo.peak_flops, bytes_accessed / topo.hbm_bandwidth)
   return {
       "program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
       "mesh": dict(mesh.shape), "batch": batch,
@@ -256,7 +259,8 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
       "hbm_bytes": topo.hbm_bytes, "fits": used <= topo.hbm_bytes,
       "xla_flops": flops, "xla_bytes_accessed": bytes_accessed, "model_matmul_flops": model,
       "xla_over_model_flops": flops / model if model else None,
-      "roofline_seconds": bound, "bound": "compute" if flops / topo.peak_flops >= bytes_accessed / topo.hbm_bandwidth else "memory",
+      "loops_counted_once": flops < model,
+      "roofline_seconds": bound, "bound": "compute" if work / topo.peak_flops >= bytes_accessed / topo.hbm_bandwidth else "memory",
       "mfu_bound": model / (bound * topo.peak_flops) if bound else None,
   }
 
