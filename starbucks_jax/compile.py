@@ -8,7 +8,7 @@ one `main` would jit (trainer.jit_step over the objective's run_step, with the r
 shardings, donation and dtypes), over abstract parameters and optimizer state: shapes come from the
 checkpoint's config.json when model.init_from is a local directory, else from the BertConfig preset
 named by --preset (default: guessed from model.init_from). The batch is padded to --length tokens
-(default: the run's maximum length, the largest shape a run can meet). Retrieval configs also
+(default: model.max_length, else max_position_embeddings: the largest shape a run can meet). Retrieval configs also
 compile the evaluation encoder (eval.batch_size passages of eval.passage_max_length on one chip).
 
 For every program it prints and writes (--out, JSON): devices and mesh; per-device argument, output
@@ -182,7 +182,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   if config.get("mode") == "pretrain":
     run = pretrain.describe(config, backbone=backbone, devices=topo.devices)
     cfg = run.model.config
-    T = length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
+    T = _length(config, cfg, length)
     batch = pretrain.abstract_batch(config, run, T)
     compiled, mesh = _compile_step(config, topo, run, lambda tx: pretrain.run_step(config, run, tx),
                                    pretrain.abstract_params(cfg), pretrain.param_specs(cfg), batch, None)
@@ -194,7 +194,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
     raise CompileError(f"mode={config.mode!r}: only training runs (mode=train or pretrain) have a step to compile")
   run = finetune.describe(config, backbone=backbone, devices=topo.devices)
   cfg = run.model.config
-  T = length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
+  T = _length(config, cfg, length)
   batch = finetune.abstract_batch(config, T)
   compiled, mesh = _compile_step(config, topo, run, lambda tx: finetune.run_step(config, run, tx),
                                  init_shapes(cfg), param_logical_axes(cfg), batch, finetune.ROLE_AXES)
@@ -209,6 +209,12 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   if run.retrieval_sets:
     out.append(_eval_encoder(config, run, topo))
   return out
+
+
+def _length(config: ml_collections.ConfigDict, cfg: BertConfig, length: int | None) -> int:
+  """--length, else model.max_length, else max_position_embeddings (a fine-tuning run's own default,
+  the checkpoint's max_seq_length, needs the checkpoint)."""
+  return length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
 
 
 def init_shapes(config: BertConfig):
@@ -331,6 +337,6 @@ if __name__ == "__main__":
   flags.DEFINE_string("topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form")
   flags.DEFINE_string("out", None, "write the reports as JSON here")
   flags.DEFINE_string("preset", None, "BertConfig preset for a model.init_from that is not a local directory")
-  flags.DEFINE_integer("length", None, "tokens per text (default: the run's maximum length)")
+  flags.DEFINE_integer("length", None, "tokens per text (default: model.max_length, else max_position_embeddings)")
   flags.mark_flags_as_required(["config", "topology"])
   app.run(main)
