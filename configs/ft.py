@@ -53,6 +53,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.mode = "train"  # 'train': fine-tune, then evaluate; 'eval': evaluate model.init_from only
   c.seed = 0  # seeds data order, dropout and the baselines' sampling
+  c.resume = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
 
   c.model = ml_collections.ConfigDict()
   c.model.init_from = "bert-base-uncased"  # HF dir, Hub id, 'all-MiniLM-L6-v2', or a workdir
@@ -76,6 +77,7 @@ def get_config(arg=None):
   c.data.columns = ml_collections.ConfigDict(dict(  # role -> column name in the source
       anchor="anchor", positive="positive", negative="negative",
       sentence1="sentence1", sentence2="sentence2", score="score"))
+  c.data.score_range = (0.0, 5.0)  # format=scored_pairs: every score must lie in [low, high] (STS-B: 0..5)
   c.data.batch_size = 128  # examples per step (each triplet is 3 texts)
   c.data.no_duplicates = True  # keep a text from appearing twice in one batch (false negatives)
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..

@@ -44,6 +44,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.mode = "pretrain"  # this file's runs pre-train (configs/ft.py fine-tunes)
   c.seed = 0  # seeds data order, windows, masks, dropout and a fresh MLM head
+  c.resume = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
 
   c.model = ml_collections.ConfigDict()
   c.model.init_from = "bert-base-uncased"  # HF dir (ideally with an MLM head), Hub id, or a workdir

@@ -7,7 +7,9 @@ HF/sentence-transformers description of the model (config, tokenizer, pooling) w
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -16,7 +18,9 @@ import orbax.checkpoint as ocp
 
 from starbucks_jax.models import hf
 
+log = logging.getLogger(__name__)
 CHECKPOINT_DIR = "checkpoints"
+UNREADABLE_DIR = "checkpoints_unreadable"  # steps that did not read back, kept for inspection
 MODEL_DIR = "model"
 
 
@@ -46,6 +50,35 @@ def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any 
   if opt_state is not None:
     items["opt_state"] = ocp.args.StandardSave(opt_state)
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore_latest(mngr: ocp.CheckpointManager, *, params: Any, opt_state: Any = None
+                   ) -> tuple[int | None, dict[str, Any] | None]:
+  """(step, restored) of the newest checkpoint that reads back, or (None, None) when there is none.
+  Unreadable newer steps (a truncated or corrupt file) are logged with their error and moved to
+  WORKDIR/checkpoints_unreadable/ (kept, out of the way of the step's next save). A run none of
+  whose checkpoints reads is an error that moves nothing, never a silent start from scratch."""
+  steps = sorted(mngr.all_steps(), reverse=True)
+  failed = []
+  for step in steps:
+    try:
+      restored = restore(mngr, step, params=params, opt_state=opt_state)
+    except Exception as e:  # noqa: BLE001 (orbax, tensorstore and JSON raise their own errors)
+      failed.append(step)
+      log.warning("checkpoint step %d is unreadable: %s: %s", step, type(e).__name__, " ".join(str(e).split())[:300])
+      continue
+    for bad in failed if jax.process_index() == 0 else ():  # one process moves them (shared storage)
+      aside = os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR, f"{bad}-{int(time.time())}")
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      os.rename(os.path.join(str(mngr.directory), str(bad)), aside)
+      log.warning("moved unreadable step %d to %s; resuming from step %d", bad, aside, step)
+    if failed:
+      mngr.reload()
+    return step, restored
+  if steps:
+    raise hf.ModelError(f"{mngr.directory}: no checkpoint reads back (steps {steps}; the log has each "
+                        "error); restore the files or start a new --workdir")
+  return None, None
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, *, params: Any = None, opt_state: Any = None
@@ -87,6 +120,8 @@ def load_model(source: str, *, step: int | None = None, dtype: str = "float32") 
     raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: no step {step} (have {mngr.all_steps()})")
   params = restore(mngr, step, params=host_target(os.path.join(str(mngr.directory), str(step), "params")))["params"]
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
+  for name, x in hf.flatten(params).items():
+    hf.check_finite_weight(f"{source}/{CHECKPOINT_DIR}/{step}", name, x)
   if "bert" not in params:  # a fine-tuning run checkpoints the encoder alone
     params = {"bert": params}
   # an SMAE run also holds its MAE decoder: not part of the exported model

@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from starbucks_jax import checkpoint, finetune, pretrain, sharding, trainer
-from starbucks_jax.config_lib import ConfigError
+from starbucks_jax import checkpoint, cli, finetune, pretrain, sharding, trainer
+from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
@@ -60,7 +60,7 @@ TOPOLOGIES = {
 PRESETS = {"bert-base-uncased": "bert-base", "bert-base-cased": "bert-base", "all-MiniLM-L6-v2": "minilm-l6-h384"}
 
 
-class CompileError(ValueError):
+class CompileError(InputError):
   """What stops a compilation, in one line that says what to do."""
 
 
@@ -310,11 +310,8 @@ def main(argv) -> None:
   FLAGS = flags.FLAGS
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   config = FLAGS.config
-  try:
-    topo = topology(FLAGS.topology)
-    reports = programs(config, topo, preset=FLAGS.preset, length=FLAGS.length)
-  except (ConfigError, CompileError) as e:
-    sys.exit(f"error: {e}")
+  topo = topology(FLAGS.topology)
+  reports = programs(config, topo, preset=FLAGS.preset, length=FLAGS.length)
   print(table(reports))
   for r in reports:
     if not r["fits"]:
@@ -339,4 +336,4 @@ if __name__ == "__main__":
   flags.DEFINE_string("preset", None, "BertConfig preset for a model.init_from that is not a local directory")
   flags.DEFINE_integer("length", None, "tokens per text (default: model.max_length, else max_position_embeddings)")
   flags.mark_flags_as_required(["config", "topology"])
-  app.run(main)
+  cli.run(lambda: (cli.check_config_args(sys.argv[1:]), app.run(main)))

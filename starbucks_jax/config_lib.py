@@ -1,5 +1,5 @@
-"""Config plumbing: the `:variant,key=value` argument parser, loading a config file, and the checks
-that every config section's validator uses.
+"""Config plumbing: the `:variant,key=value` argument parser, loading a config file, the checks
+that every config section's validator uses, and the user-input error types.
 
 Each section of a config is validated where it is consumed (loss: losses.py, schedule: schedule.py,
 mesh: sharding.py, model and train: trainer.py, data: data/, eval and the objective's own keys:
@@ -12,13 +12,20 @@ from __future__ import annotations
 import ast
 import contextlib
 import importlib.util
+import math
+import numbers
 import os
 from typing import Any, Iterator
 
 import ml_collections
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+  """Something the user gave is wrong (a config key, a data row, a model directory, an argument);
+  the message names where. The command-line tools print it as one line (starbucks_jax.cli)."""
+
+
+class ConfigError(InputError):
   """An invalid config value; the message starts with the key."""
 
 
@@ -70,11 +77,26 @@ def check_choice(key: str, value, choices) -> None:
 
 
 def check_range(key: str, value, low=None, high=None, *, low_open: bool = False) -> None:
-  bad = (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high)
-  if bad:
-    lo = f"> {low}" if low_open else f">= {low}"
-    rng = " and ".join(s for s in (lo if low is not None else "", f"<= {high}" if high is not None else "") if s)
+  """`value` a finite number in the range (NaN and infinities fail every range)."""
+  lo = f"> {low}" if low_open else f">= {low}"
+  rng = " and ".join(s for s in (lo if low is not None else "", f"<= {high}" if high is not None else "") if s)
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    raise ConfigError(f"{key}={value!r}; must be a finite number" + (f" {rng}" if rng else ""))
+  if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
     raise ConfigError(f"{key}={value!r}; must be {rng}")
+
+
+def check_finite(config: ml_collections.ConfigDict, prefix: str = "") -> None:
+  """Every float in the config (nested blocks, tuples) finite: a NaN or inf anywhere is an error
+  naming its key, whatever checks the key's consumer makes."""
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, ml_collections.ConfigDict):
+      check_finite(value, f"{name}.")
+      continue
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(v, float) and not math.isfinite(v):
+        raise ConfigError(f"{name}={value!r}; must be finite (no NaN or infinity)")
 
 
 @contextlib.contextmanager

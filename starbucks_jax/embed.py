@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import sys
 
 import jax
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint
+from starbucks_jax import checkpoint, cli
+from starbucks_jax.config_lib import InputError
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS, pooled_layers
@@ -104,7 +106,9 @@ class Embedder:
     if not texts:
       return out
     max_length = min(max_length or self.max_length, self.config.max_position_embeddings)
-    batch_size = batch_size or self.batch_size
+    batch_size = self.batch_size if batch_size is None else batch_size
+    if batch_size < 1:
+      raise InputError(f"batch_size={batch_size}: must be >= 1")
     ids, truncated = tokenize(self.tokenizer, texts, max_length)
     if truncated and not self._warned_truncation:
       log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated "
@@ -126,15 +130,38 @@ class Embedder:
     return out
 
 
-def read_lines(path: str) -> list[str]:
+def read_lines(path: str, skip_empty: bool = False) -> list[str]:
+  """One text per line; a blank line is an error naming it (a row of the output would be a vector of
+  nothing), or with `skip_empty` left out and counted."""
   try:
     with open(path, encoding="utf8") as f:
-      texts = [line.rstrip("\n") for line in f]
+      lines = [line.rstrip("\n").rstrip("\r") for line in f]
   except FileNotFoundError:
     raise FileNotFoundError(f"--input {path}: no such file") from None
+  except UnicodeDecodeError as e:
+    raise InputError(f"--input {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+  blank = [i + 1 for i, t in enumerate(lines) if not t.strip()]
+  if blank and not skip_empty:
+    raise InputError(f"--input {path}:{blank[0]}: blank line ({len(blank)} in all); remove them or pass "
+                     "--skip-empty")
+  if blank:
+    print(f"skipped {len(blank)} blank line(s) of {path}; the output has one row per non-blank line",
+          file=sys.stderr)
+  texts = [t for t in lines if t.strip()]
   if not texts:
-    raise ValueError(f"--input {path}: the file has no lines (one text per line expected)")
+    raise InputError(f"--input {path}: no texts (one text per line expected)")
   return texts
+
+
+def check_output_path(path: str) -> None:
+  """The .npy can be written there, checked before any encoding."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"--output {path}: is a directory; name a .npy file")
+  if not os.path.isdir(folder):
+    raise FileNotFoundError(f"--output {path}: the folder {folder} does not exist")
+  if not os.access(folder, os.W_OK):
+    raise PermissionError(f"--output {path}: the folder {folder} is not writable")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -149,15 +176,25 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--output", required=True, help="where to write the .npy matrix")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
+  p.add_argument("--skip-empty", action="store_true", help="leave out blank lines (counted) instead of failing")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  texts = read_lines(args.input)
+  if args.batch_size < 1:
+    raise InputError(f"--batch-size={args.batch_size}: must be >= 1")
+  if args.max_length is not None and args.max_length < 3:
+    raise InputError(f"--max-length={args.max_length}: must be >= 3 ([CLS], a token, [SEP])")
+  check_output_path(args.output)
+  texts = read_lines(args.input, args.skip_empty)
   model = Embedder.load(args.model, batch_size=args.batch_size)
   vecs = model.encode(texts, layer=args.layer, dim=args.dim, pooling=args.pooling,
                       normalize=args.normalize, max_length=args.max_length)
+  bad = int((~np.isfinite(vecs).all(axis=1)).sum())
+  if bad:
+    raise hf.ModelError(f"--model {args.model}: {bad} of {len(vecs)} embeddings are not finite (NaN or "
+                        "infinite); the model's weights or dtype are broken")
   np.save(args.output, vecs)
   print(f"wrote {args.output}: {vecs.shape[0]} x {vecs.shape[1]} float32")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

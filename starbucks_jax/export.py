@@ -5,23 +5,46 @@
 SRC is an HF / sentence-transformers directory (or Hub id) or a project workdir (its latest
 checkpoint, or --step). With --layer/--dim the result is a standalone model of N layers whose
 sentence-transformers pipeline keeps the first D dimensions; `transformers.AutoModel` and
-`sentence_transformers.SentenceTransformer` load it offline.
+`sentence_transformers.SentenceTransformer` load it offline. --output must be new or empty
+(--overwrite replaces it); it is never the source model or a training workdir.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shutil
+import tempfile
 
-from starbucks_jax import checkpoint
+from starbucks_jax import checkpoint, cli
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS
 from starbucks_jax.schedule import check_pair
 
 
+def check_output(source: str, output: str, overwrite: bool = False) -> None:
+  """`output` may be written: never the source model or a folder inside it (or holding it), never a
+  training workdir, and, unless `overwrite`, a new or empty directory."""
+  out = os.path.realpath(os.path.expanduser(output))
+  src = os.path.realpath(os.path.expanduser(source))
+  if os.path.exists(src) and (out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep)):
+    raise FileExistsError(f"--output {output}: is (or holds, or is inside) the source model {source}; "
+                          "export to another directory")
+  if checkpoint.is_workdir(out):
+    raise FileExistsError(f"--output {output}: is a training workdir; export to another directory")
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise FileExistsError(f"--output {output}: is a file")
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise FileExistsError(f"--output {output}: is not empty; pass --overwrite to replace it")
+
+
 def export(source: str, output: str, *, layer: int | None = None, dim: int | None = None,
            step: int | None = None, pooling: str | None = None, normalize: bool | None = None,
-           with_mlm_head: bool = False) -> str:
+           with_mlm_head: bool = False, overwrite: bool = False) -> str:
+  """Writes the model to a temporary sibling of `output`, renamed into place at the end (a crash
+  leaves `output` as it was); files get the usual permissions (0644, folders 0755)."""
+  check_output(source, output, overwrite)
   model = checkpoint.load_model(source, step=step)
   cfg, s = model.config, model.sentence
   layer = cfg.num_hidden_layers if layer is None else layer
@@ -34,9 +57,28 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   if not with_mlm_head:
     params.pop("mlm_head", None)
   elif "mlm_head" not in params:
-    raise ValueError(f"{source} has no MLM head to export (--with-mlm-head)")
-  return hf.save_pretrained(output, cfg, params, model.tokenizer, sentence=sentence, layer=layer,
-                            dim=dim, extra_meta={"source": str(source), "step": step})
+    raise hf.ModelError(f"{source} has no MLM head to export (--with-mlm-head)")
+  output = os.path.realpath(os.path.expanduser(output))
+  os.makedirs(os.path.dirname(output), exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=os.path.dirname(output))
+  try:
+    hf.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer, dim=dim,
+                       extra_meta={"source": str(source), "step": step})
+    for folder, dirs, files in os.walk(tmp):
+      os.chmod(folder, 0o755)
+      for name in files:
+        os.chmod(os.path.join(folder, name), 0o644)
+    old = None
+    if os.path.exists(output):  # empty, or --overwrite: moved aside until the new one is in place
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old.", dir=os.path.dirname(output))
+      os.rename(output, os.path.join(old, "model"))
+    os.rename(tmp, output)
+    if old:
+      shutil.rmtree(old)
+  finally:
+    if os.path.exists(tmp):
+      shutil.rmtree(tmp)
+  return output
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,12 +91,14 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--pooling", choices=POOLINGS, help="default: the source's")
   p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
   p.add_argument("--with-mlm-head", action="store_true", help="write BertForMaskedLM (SMAE runs)")
+  p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   out = export(args.model, args.output, layer=args.layer, dim=args.dim, step=args.step,
-               pooling=args.pooling, normalize=args.normalize, with_mlm_head=args.with_mlm_head)
+               pooling=args.pooling, normalize=args.normalize, with_mlm_head=args.with_mlm_head,
+               overwrite=args.overwrite)
   print(f"wrote {out}")
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)

@@ -18,7 +18,7 @@ import ml_collections
 import optax
 
 from starbucks_jax import checkpoint, losses, schedule, sharding, trainer
-from starbucks_jax.config_lib import ConfigError, check_choice, check_range, parse_eval_sets
+from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
 from starbucks_jax.data import batching, beir, groups, sources
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, sts
@@ -48,6 +48,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   `backbone` stands in for the checkpoint's config.json and `devices` for this host's devices
   (compiling for another machine: starbucks_jax.compile)."""
   check_choice("mode", config.mode, ("train", "eval"))
+  check_finite(config)
   check_choice("model.pooling", config.model.pooling, POOLINGS)
   model = trainer.ModelSpec.from_config(config, backbone=backbone)
   N, D = model.config.num_hidden_layers, model.config.hidden_size
@@ -266,7 +267,7 @@ def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
     return groups.GroupBatcher(data, tokenizer, batch_size=d.batch_size, group_size=d.group_size,
                                query_max_length=d.query_max_length, passage_max_length=d.passage_max_length,
                                seed=config.seed, length_buckets=d.length_buckets), len(data.queries)
-  examples = batching.load_examples(d.train, d.format, dict(d.columns))
+  examples = batching.load_examples(d.train, d.format, dict(d.columns), batching.score_range(d))
   return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=config.seed,
                           no_duplicates=d.no_duplicates, length_buckets=d.length_buckets), len(examples)
 
@@ -316,7 +317,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
            spec.model.config.num_hidden_layers, spec.model.config.hidden_size, spec.model.pairs)
   if config.mode == "eval":
+    trainer.write_config(workdir, config)
     return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
+  for _, _, source in spec.sts_sets:  # every STS row read and checked before training, not after it
+    sts.read_sts(source)
   model = train(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []

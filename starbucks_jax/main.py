@@ -1,7 +1,8 @@
 """Entry point: `python -m starbucks_jax.main --config=configs/ft.py:demo --workdir=DIR`.
 
 A config whose mode is 'pretrain' (configs/pt.py) runs SMAE pre-training (pretrain.run); any
-other (configs/ft.py, configs/retrieval.py) fine-tunes and evaluates (finetune.run)."""
+other (configs/ft.py, configs/retrieval.py) fine-tunes and evaluates (finetune.run). A bad config,
+data row or model prints one line, `error: ...`, and exits 2 (starbucks_jax.cli)."""
 
 import logging
 import sys
@@ -9,7 +10,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from starbucks_jax import config_lib, finetune, pretrain
+from starbucks_jax import cli, config_lib, finetune, pretrain
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -21,12 +22,11 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge"):  # orbax's per-save INFO lines, the TPU probe
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  try:
-    config = flags.FLAGS.config
-    (pretrain if config.get("mode") == "pretrain" else finetune).run(config, flags.FLAGS.workdir)
-  except config_lib.ConfigError as e:
-    sys.exit(f"config error: {e}")
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if not workdir.strip():
+    raise config_lib.ConfigError("--workdir is empty; name the run's directory")
+  (pretrain if config.get("mode") == "pretrain" else finetune).run(config, workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(lambda: (cli.check_config_args(sys.argv[1:]), app.run(main)))

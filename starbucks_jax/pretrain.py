@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from starbucks_jax import losses, schedule, sharding, trainer
-from starbucks_jax.config_lib import check_choice, check_range
+from starbucks_jax.config_lib import check_choice, check_finite, check_range
 from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
 from starbucks_jax.data.masking import Masker, MaskingConfig, budget
@@ -64,6 +64,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` and `devices` stand in for config.json and this host's devices (as finetune.describe)."""
   check_choice("mode", config.mode, ("pretrain",))
+  check_finite(config)
   model = trainer.ModelSpec.from_config(config, backbone=backbone)
   check_choice("smae.mode", config.smae.mode, losses.SMAE_MODES)
   masking = MaskingConfig.from_config(config.smae)

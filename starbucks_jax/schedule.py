@@ -11,7 +11,7 @@ from typing import Any, Iterable
 
 import jax
 
-from starbucks_jax.config_lib import ConfigError, config_errors
+from starbucks_jax.config_lib import ConfigError, InputError, config_errors
 
 Pair = tuple[int, int]
 
@@ -25,9 +25,9 @@ STARBUCKS = {
 def check_pair(layer: int, dim: int, num_layers: int, hidden_size: int, where: str = "") -> None:
   """A (layer, dim) sub-model must exist: 1 <= layer <= N, 1 <= dim <= D. `where` starts the message."""
   if not 1 <= layer <= num_layers:
-    raise ValueError(f"{where}layer={layer} is outside 1..{num_layers} (the model has {num_layers} layers)")
+    raise InputError(f"{where}layer={layer} is outside 1..{num_layers} (the model has {num_layers} layers)")
   if not 1 <= dim <= hidden_size:
-    raise ValueError(f"{where}dim={dim} is outside 1..{hidden_size} (the model's hidden size is {hidden_size})")
+    raise InputError(f"{where}dim={dim} is outside 1..{hidden_size} (the model's hidden size is {hidden_size})")
 
 
 def validate(pairs: Iterable[Iterable[int]], num_layers: int, hidden_size: int,

@@ -92,6 +92,7 @@ def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
   """The `train` block's optimizer and loop keys, and the batch's split into microbatches over the
   mesh's data-parallel devices."""
   t = config.train
+  check_choice("resume", config.get("resume", "check"), ("check", "force"))
   check_range("train.epochs", t.epochs, 1)
   check_range("train.max_steps", t.max_steps, 0)
   check_range("train.lr", t.lr, 0, low_open=True)
@@ -113,13 +114,53 @@ def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
                       f"(mesh.shape={tuple(config.mesh.shape)})")
 
 
+# Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated, laid out in
+# memory or extended; every other key changes what the checkpoints mean.
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_steps",
+                     "train.microbatches", "train.grad_cache_chunks", "train.forward_splits", "model.remat",
+                     "mesh.", "eval.", "resume")
+
+
 def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[ml_collections.ConfigDict], Any]):
   """A run's first steps: jax.distributed (when several processes), `describe(config)` (the
-  objective's checks, before any compute; its result is the run's description), WORKDIR/config.json."""
+  objective's checks, before any compute; its result is the run's description), and, in a workdir
+  that has a run, the check that this config continues it. Writes nothing (fit writes the config
+  once the model, the data and any checkpoint have loaded)."""
   sharding.start_processes(config.mesh)
   run = describe(config)
-  write_config(workdir, config)
+  check_resume(workdir, config)
   return run
+
+
+def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+  """(key, saved value, new value) for every key whose value differs, blocks flattened to dotted keys."""
+  def flat(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+    return out
+  old, new = flat(saved), flat(json.loads(config.to_json_best_effort()))
+  return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(old.keys() | new.keys())
+          if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """A rerun in a workdir must keep the run's meaning: a ConfigError lists the changed keys outside
+  RESUMABLE_CHANGES, unless resume='force'."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding="utf8") as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
+  changed = [c for c in config_changes(saved, config) if not c[0].startswith(RESUMABLE_CHANGES)]
+  if changed and config.get("resume", "check") != "force":
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:8])
+    more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+    raise ConfigError(f"{workdir} holds a run with another config: {listed}{more}. Use a new --workdir, or "
+                      "--config.resume=force to continue it anyway")
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
@@ -260,6 +301,7 @@ def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *,
     metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
     if hasattr(opt_state, "total_notfinite"):
       metrics["skipped_steps"] = opt_state.total_notfinite
+      metrics["consecutive_skipped"] = opt_state.notfinite_count
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return TrainStep(update=update, loss_fn=loss_fn, value_and_grad=value_and_grad)
@@ -330,9 +372,15 @@ class MetricsWriter:
   def write(self, step: int, metrics: dict[str, Any]) -> None:
     if not sharding.is_primary():
       return
-    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    row = {"step": int(step), **{k: finite_or_none(v) for k, v in metrics.items()}}
     with open(self.path, "a", encoding="utf8") as f:
-      f.write(json.dumps(row) + "\n")
+      f.write(json.dumps(row, allow_nan=False) + "\n")
+
+
+def finite_or_none(value) -> float | None:
+  """A metric as JSON allows it: a non-finite value is null (JSON has no NaN)."""
+  value = float(value)
+  return value if math.isfinite(value) else None
 
 
 def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
@@ -370,18 +418,34 @@ def warn_if_products_upcast(compiled, dtype: str) -> None:
                 "%s compute is for GPU/TPU", dtype, dtype, dtype)
 
 
+def check_skipped(train_cfg, metrics, done: int, mngr) -> None:
+  """Stops a run, before it logs or saves, whose last train.max_consecutive_nonfinite steps (or every
+  step so far) had non-finite gradients: optax would apply the next one anyway, so a poisoned state
+  never reaches a checkpoint, and an untrained model never reaches a result."""
+  if "consecutive_skipped" not in metrics:
+    return
+  skipped = int(metrics["consecutive_skipped"])
+  if skipped >= min(train_cfg.max_consecutive_nonfinite, done):
+    last = mngr.latest_step()
+    raise FloatingPointError(
+        f"the last {skipped} steps (to step {done}) had a non-finite loss or gradient "
+        f"(train.max_consecutive_nonfinite={train_cfg.max_consecutive_nonfinite}); stopped. "
+        + (f"The checkpoint at step {last} in {mngr.directory} is intact." if last is not None else
+           "No checkpoint was written.") + " Check the data, train.lr and model.dtype.")
+
+
 def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
   mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
                             save_interval_steps=config.train.checkpoint_every)
   state = sharding.shard_state(state, state_sh)
-  start = mngr.latest_step()
+  start, restored = checkpoint.restore_latest(mngr, params=state.params, opt_state=state.opt_state)
   if start is not None:
-    restored = checkpoint.restore(mngr, start, params=state.params, opt_state=state.opt_state)
     state = sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
                                             restored["opt_state"]), state_sh)
     log.info("resumed from %s at step %d", mngr.directory, start)
   else:
     start = 0
+  write_config(workdir, config)  # the model, the data and the checkpoint have all loaded
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
   step_fn = None
   base_rng = jax.random.key(config.seed)
@@ -421,7 +485,11 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
       if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
                                  f"checkpoint in {mngr.directory} is intact")
-      if done % config.train.log_every == 0 or done == total_steps:
+      logging_now = done % config.train.log_every == 0 or done == total_steps
+      saving_now = done % config.train.checkpoint_every == 0 or done == total_steps
+      if logging_now or saving_now:
+        check_skipped(config.train, metrics, done, mngr)
+      if logging_now:
         metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
         elapsed = time.time() - t0
         metrics["lr"] = lr(step)
@@ -430,7 +498,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
         writer.write(done, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
         t0, last_log, waited = time.time(), done, 0.0
-      if done % config.train.checkpoint_every == 0 or done == total_steps:
+      if saving_now:
         checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
                         meta={"step": done}, force=done == total_steps)
   finally:  # an interrupted run keeps every checkpoint it started to write

@@ -1,11 +1,13 @@
 """Shared fixtures: tiny random HF BERT directories, the installed all-MiniLM-L6-v2, ../shared/data."""
 
+import json
 import os
 import pathlib
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # with libtpu installed (the tpu extra), jax would probe for a TPU
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
@@ -132,3 +134,32 @@ def tiny_srl_case(path, layout: str):
     return ids, mask
 
   return cfg, pre.params["bert"], plan, loss_cfg, ids_mask
+
+
+WORDS = "the a cat dog sat mat man woman play music guitar red blue car road runs fox jumps tree sun".split()
+
+
+def write_triplets(path, n, seed=0):
+  rng = np.random.default_rng(seed)
+  with open(path, "w") as f:
+    for i in range(n):
+      s = lambda k: " ".join(rng.choice(WORDS, size=k)) + f" {WORDS[i % len(WORDS)]}"  # noqa: E731
+      f.write(json.dumps({"anchor": s(4), "positive": s(5), "negative": s(3)}) + "\n")
+  return str(path)
+
+
+@pytest.fixture
+def tiny_run(tiny_hf_dir, tmp_path):
+  """A demo-style config on the tiny model: (1,8) (2,16) (4,32), 8 triplets per step."""
+  from starbucks_jax import config_lib
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  with cfg.unlocked():
+    cfg.model.init_from = tiny_hf_dir
+    cfg.model.max_length = 32
+    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
+    cfg.data.train = write_triplets(tmp_path / "train.jsonl", 40)
+    cfg.data.batch_size = 8
+    cfg.train.max_steps = 2
+    cfg.train.log_every = 1
+    cfg.train.checkpoint_every = 1
+  return cfg

@@ -107,9 +107,9 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
   assert typo.returncode != 0 and "modle" in typo.stderr
   bad = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
               f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(9,16))")
-  assert bad.returncode != 0 and "config error: schedule.pairs[1]=(9, 16)" in bad.stderr
+  assert bad.returncode != 0 and "error: schedule.pairs[1]=(9, 16)" in bad.stderr
   # configs/pt.py goes to SMAE pre-training; a bad masking rate fails before any compute
   smae = _main("--config=configs/pt.py:tiny", f"--workdir={tmp_path / 'pt'}",
                f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))",
                "--config.smae.decoder_mask_rate=0.1")
-  assert smae.returncode != 0 and "config error: smae.*: masking rates" in smae.stderr
+  assert smae.returncode != 0 and "error: smae.*: masking rates" in smae.stderr

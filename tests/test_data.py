@@ -37,10 +37,10 @@ def test_errors_name_file_and_line(tmp_path):
   with pytest.raises(DataError, match=r"bad.jsonl:2: no column 'positive'.*columns.positive="):
     list(sources.read_rows(str(p), {"anchor": str, "positive": str}))
   p.write_text('{"anchor": "a", "positive": "  "}\n')
-  with pytest.raises(DataError, match=r"bad.jsonl:1: column 'positive' is an empty text"):
+  with pytest.raises(DataError, match=r"bad.jsonl:1: column 'positive' = '  ' is an empty text"):
     list(sources.read_rows(str(p), {"anchor": str, "positive": str}))
   p.write_text('{"s": "a", "score": "high"}\n')
-  with pytest.raises(DataError, match=r"bad.jsonl:1: column 'score' = 'high' is not float"):
+  with pytest.raises(DataError, match=r"bad.jsonl:1: column 'score' = 'high' is not a number"):
     list(sources.read_rows(str(p), {"s": str, "score": float}))
   t = tmp_path / "bad.tsv"
   t.write_text("sentence1\tsentence2\nx\ty\nonly-one-field\n")

@@ -96,7 +96,7 @@ def test_cli(tiny_hf_dir, tmp_path, capsys):
                                                 normalize=True)
   np.testing.assert_allclose(vecs, ref, atol=1e-6)
   (tmp_path / "empty.txt").write_text("")
-  with pytest.raises(ValueError, match="empty.txt: the file has no lines"):
+  with pytest.raises(ValueError, match="empty.txt: no texts"):
     embed.main(["--model", tiny_hf_dir, "--input", str(tmp_path / "empty.txt"), "--output", str(out)])
   with pytest.raises(FileNotFoundError, match="nope.txt: no such file"):
     embed.main(["--model", tiny_hf_dir, "--input", str(tmp_path / "nope.txt"), "--output", str(out)])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, kill_at, make_hf_bert, max_rel_diff, tiny_srl_case
+from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tiny_srl_case
 from starbucks_jax import checkpoint, config_lib, embed, finetune, losses, schedule
 from starbucks_jax.data import batching
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
@@ -16,18 +16,6 @@ from starbucks_jax.models.pooling import pool, pooled_layers
 
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
-
-
-WORDS = "the a cat dog sat mat man woman play music guitar red blue car road runs fox jumps tree sun".split()
-
-
-def write_triplets(path, n, seed=0):
-  rng = np.random.default_rng(seed)
-  with open(path, "w") as f:
-    for i in range(n):
-      s = lambda k: " ".join(rng.choice(WORDS, size=k)) + f" {WORDS[i % len(WORDS)]}"  # noqa: E731
-      f.write(json.dumps({"anchor": s(4), "positive": s(5), "negative": s(3)}) + "\n")
-  return str(path)
 
 
 def write_scored(path, n, seed=0):
@@ -38,22 +26,6 @@ def write_scored(path, n, seed=0):
                           "sentence2": " ".join(rng.choice(WORDS, size=4)),
                           "score": float(rng.uniform(0, 5))}) + "\n")
   return str(path)
-
-
-@pytest.fixture
-def tiny_run(tiny_hf_dir, tmp_path):
-  """A demo-style config on the tiny model: (1,8) (2,16) (4,32), 8 triplets per step."""
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
-  with cfg.unlocked():
-    cfg.model.init_from = tiny_hf_dir
-    cfg.model.max_length = 32
-    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
-    cfg.data.train = write_triplets(tmp_path / "train.jsonl", 40)
-    cfg.data.batch_size = 8
-    cfg.train.max_steps = 2
-    cfg.train.log_every = 1
-    cfg.train.checkpoint_every = 1
-  return cfg
 
 
 def test_one_forward_equals_separate_forwards(tmp_path):

@@ -12,8 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO
-from test_finetune import write_triplets
+from conftest import REPO, write_triplets
 from starbucks_jax import checkpoint, config_lib, sharding
 
 ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")

@@ -1,7 +1,7 @@
 """Training examples and deterministic, resumable batches of token ids.
 
 An example set has R text roles (triplets: anchor, positive, negative; pairs: anchor, positive;
-scored_pairs: sentence1, sentence2 plus a 0..5 score). Batches are a pure function of
+scored_pairs: sentence1, sentence2 plus a score, 0..5 unless data.score_range says otherwise). Batches are a pure function of
 (seed, epoch, index): a resumed run sees exactly the batches the uninterrupted run would have.
 Each epoch is a seeded shuffle; with `no_duplicates`, an example whose text is already in the batch
 waits for a later batch (an in-batch duplicate would be a false negative). The last incomplete
@@ -19,19 +19,32 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-from starbucks_jax.config_lib import ConfigError, check_choice
-from starbucks_jax.data.sources import DataError, check_spec, read_rows
+from starbucks_jax.config_lib import ConfigError, check_choice, check_range
+from starbucks_jax.data.sources import DataError, check_spec, read_rows, typed
 from starbucks_jax.data.tokenize import BUCKETS, bucket_length, pad_batch, tokenize
 
 log = logging.getLogger(__name__)
 
+SCORE_RANGE = (0.0, 5.0)  # STS-B's similarity scale
 FORMATS = {"triplets": ("anchor", "positive", "negative"), "pairs": ("anchor", "positive"),
            "scored_pairs": ("sentence1", "sentence2")}
+
+
+def score_range(data_cfg) -> tuple[float, float]:
+  """data.score_range as (low, high); STS-B's 0..5 where a config has no such key."""
+  value = tuple(data_cfg.get("score_range", SCORE_RANGE))
+  if len(value) != 2:
+    raise ConfigError(f"data.score_range={value!r}; expected (low, high)")
+  for v in value:
+    check_range("data.score_range", v)
+  return value
 
 
 def check_config(data_cfg) -> None:
   """The data block of a run on examples (data.format triplets, pairs or scored_pairs)."""
   check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
+  low, high = score_range(data_cfg)
+  check_range("data.score_range", high, low, low_open=True)
   if data_cfg.train.startswith("beir:"):
     raise ConfigError(f"data.train={data_cfg.train!r} (BEIR qrels) needs data.format='groups'")
   check_spec("data.train", data_cfg.train)
@@ -47,13 +60,22 @@ class Examples:
     return len(self.texts[0])
 
 
-def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None) -> Examples:
+def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None,
+                  score_range: tuple[float, float] = SCORE_RANGE) -> Examples:
+  """Rows of `spec` as examples of `fmt`; scored pairs' scores must lie in `score_range` (data.score_range)."""
   if fmt not in FORMATS:
     raise DataError(f"data format {fmt!r}; expected one of {sorted(FORMATS)}")
   roles = FORMATS[fmt]
   fields = {r: str for r in roles}
   if fmt == "scored_pairs":
-    fields["score"] = float
+    low, high = score_range
+
+    def score(value) -> float:
+      x = typed(value, float)
+      if not low <= x <= high:
+        raise ValueError(f"is outside data.score_range [{low:g}, {high:g}]")
+      return x
+    fields["score"] = score
   rows = list(read_rows(spec, fields, columns))
   if not rows:
     raise DataError(f"{spec}: no examples")

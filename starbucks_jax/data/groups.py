@@ -25,7 +25,7 @@ import numpy as np
 from starbucks_jax.config_lib import check_choice, check_range
 from starbucks_jax.data import beir
 from starbucks_jax.data.batching import in_background
-from starbucks_jax.data.sources import DataError, check_spec, read_rows
+from starbucks_jax.data.sources import DataError, check_spec, read_rows, typed
 from starbucks_jax.data.tokenize import BUCKETS
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 
@@ -53,10 +53,24 @@ class Groups:
   passages: list[str]
 
 
-def _passage_text(p) -> str:
-  if isinstance(p, str):
-    return p
-  return f"{p.get('title') or ''} {p.get('text') or ''}".strip()
+def passage_texts(value) -> list[str]:
+  """A Tevatron passage list: each item a text or a {'title', 'text'} object (docid and others ignored)."""
+  texts = []
+  for j, p in enumerate(typed(value, list)):
+    if isinstance(p, dict) and isinstance(p.get("text", ""), str) and isinstance(p.get("title") or "", str):
+      texts.append(f"{p.get('title') or ''} {p.get('text') or ''}".strip())
+    elif isinstance(p, str):
+      texts.append(p.strip())
+    else:
+      raise TypeError(f"has item {j} = {p!r:.40}, not a passage text or a {{'title', 'text'}} object")
+  return texts
+
+
+def positive_texts(value) -> list[str]:
+  texts = passage_texts(value)
+  if not texts or not all(texts):
+    raise ValueError("needs at least one positive passage, none empty")
+  return texts
 
 
 def load_tevatron(spec: str) -> Groups:
@@ -71,14 +85,11 @@ def load_tevatron(spec: str) -> Groups:
       passages.append(text)
     return table[text]
 
-  fields = {"query": str, "positive_passages": list, "negative_passages": list}
-  for i, row in enumerate(read_rows(spec, fields), 1):
-    pos = [_passage_text(p) for p in row["positive_passages"]]
-    if not pos or not all(pos):
-      raise DataError(f"{spec}: row {i} ({row['query'][:40]!r}) has no positive passage or an empty one")
+  fields = {"query": str, "positive_passages": positive_texts, "negative_passages": passage_texts}
+  for row in read_rows(spec, fields):
     out.queries.append(row["query"])
-    out.positives.append([index(t) for t in pos])
-    out.negatives.append([index(t) for t in map(_passage_text, row["negative_passages"]) if t])
+    out.positives.append([index(t) for t in row["positive_passages"]])
+    out.negatives.append([index(t) for t in row["negative_passages"] if t])  # an empty negative is dropped
   if not out.queries:
     raise DataError(f"{spec}: no training groups")
   return out

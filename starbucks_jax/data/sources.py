@@ -19,16 +19,19 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import os
 from typing import Any, Iterator, Mapping
 
-from starbucks_jax.config_lib import ConfigError
+import numpy as np
+
+from starbucks_jax.config_lib import ConfigError, InputError
 
 FORMATS = ("jsonl", "tsv", "csv", "parquet", "txt")
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
 
 
-class DataError(ValueError):
+class DataError(InputError):
   """A problem with input data, naming where it is."""
 
 
@@ -159,7 +162,6 @@ def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] 
   only) reads lazily; `skip` rows are passed over first (how a streamed source resumes)."""
   fmt, path = resolve_spec(spec)
   columns = dict(columns or {})
-  where = "line" if fmt in ("jsonl", "tsv", "csv", "txt") else "row"
   if fmt in ("hf", "tfds"):
     rows = _remote_rows(spec, streaming, skip)
   else:
@@ -173,13 +175,47 @@ def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] 
       if col not in row:
         raise DataError(f"{path}:{line_no}: no column {col!r} (have {sorted(row)}); map it with "
                         f"columns.{name}=<column>")
-      value = row[col]
       try:
-        value = kind(value)
-      except (TypeError, ValueError):
-        raise DataError(f"{path}:{line_no}: column {col!r} = {value!r} is not {kind.__name__}") from None
-      if kind is str and not value.strip():
-        raise DataError(f"{path}:{line_no}: column {col!r} is an empty text ({where} {line_no}); "
-                        "remove the row or fill it")
-      out[name] = value
+        out[name] = typed(row[col], kind)
+      except (TypeError, ValueError) as e:
+        raise DataError(f"{path}:{line_no}: column {col!r} = {_short(row[col])} {e}"
+                        + ("; remove the row or fill it" if kind is str else "")) from None
     yield out
+
+
+def typed(value: Any, kind) -> Any:
+  """`value` as a field of `kind`: str (a non-empty text, never a number or null made into one),
+  float (finite; a CSV's text is parsed), list (a list, never a string split into characters), or a
+  callable that returns the value or raises ValueError / TypeError saying what is wrong."""
+  if kind is str:
+    if not isinstance(value, str):
+      raise TypeError(f"is {_kind_name(value)}, not a text")
+    if not value.strip():
+      raise ValueError("is an empty text")
+    return value
+  if kind is float:
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # TensorFlow Datasets' scalars
+      value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, np.number)):
+      raise TypeError(f"is {_kind_name(value)}, not a number")
+    try:
+      number = float(value)
+    except ValueError:
+      raise ValueError("is not a number") from None
+    if not math.isfinite(number):
+      raise ValueError("is not a finite number")
+    return number
+  if kind is list:
+    if not isinstance(value, (list, tuple, np.ndarray)):
+      raise TypeError(f"is {_kind_name(value)}, not a list")
+    return list(value)
+  return kind(value)
+
+
+def _kind_name(value: Any) -> str:
+  return "null" if value is None else f"a {type(value).__name__}"
+
+
+def _short(value: Any, limit: int = 60) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit - 3] + "..."

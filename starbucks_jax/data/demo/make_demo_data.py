@@ -53,7 +53,7 @@ def sts_pairs(rng, n):
     if v1 == v2:
       v2 = (v2 + 1) % 6
     out.append({"sentence1": scene(rng, s, a, p, v1), "sentence2": scene(rng, s2, a2, p2, v2),
-                "score": round(score + rng.uniform(-0.4, 0.4), 2)})
+                "score": min(5.0, max(0.0, round(score + rng.uniform(-0.4, 0.4), 2)))})  # on the 0..5 scale
   return out
 
 

@@ -1,0 +1,65 @@
+"""How the command-line tools report a user's mistake: `error: <where>: <what>` on one line and exit
+status 2, no traceback (STARBUCKS_DEBUG=1 shows it). Library calls keep raising the typed errors."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from typing import Callable, Iterable
+
+import ml_collections
+
+from starbucks_jax.config_lib import ConfigError, InputError, load_config
+
+EXIT_USAGE = 2
+DEBUG_ENV = "STARBUCKS_DEBUG"
+
+
+def run(main: Callable[[], object]) -> None:
+  """Calls `main`; an InputError (config, data, model, argument), a file-system error naming its path
+  (missing, exists, permission) or a stopped training run becomes one line on stderr and exit 2."""
+  try:
+    main()
+  except (InputError, OSError, FloatingPointError) as e:
+    if os.environ.get(DEBUG_ENV):
+      raise
+    sys.stderr.write(f"error: {one_line(e)}\n")
+    sys.exit(EXIT_USAGE)
+
+
+def one_line(e: BaseException) -> str:
+  text = str(e)
+  if isinstance(e, OSError) and e.filename and e.strerror:  # open()'s own errors: path, then why
+    text = f"{e.filename}: {e.strerror}"
+  return " ".join(text.split()) or type(e).__name__
+
+
+def check_config_args(argv: Iterable[str]) -> None:
+  """The `--config=FILE[:ARGS]` of a command line loads, and every `--config.KEY=` names one of its
+  keys; otherwise a ConfigError names the flag (and the closest key): absl would print a traceback."""
+  argv = list(argv)
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if spec is None:
+    return
+  try:
+    config = load_config(spec)
+  except FileNotFoundError as e:
+    raise ConfigError(f"--config={spec}: {e}") from None
+  except ConfigError as e:
+    raise ConfigError(f"--config={spec}: {e}") from None
+  overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  known = sorted(keys(config))
+  for key in overrides:
+    if key not in known and not any(k.startswith(key + ".") for k in known):
+      close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+      hint = f"; did you mean --config.{close[0]}?" if close else ""
+      raise ConfigError(f"--config.{key}: no such key in {spec.split(':')[0]}{hint}")
+
+
+def keys(config: ml_collections.ConfigDict, prefix: str = "") -> Iterable[str]:
+  """Dotted names of every key in a config (blocks and leaves)."""
+  for name, value in config.items():
+    yield prefix + name
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from keys(value, f"{prefix}{name}.")

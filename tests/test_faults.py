@@ -1,0 +1,322 @@
+"""Bad inputs and faults: each gets one line naming the file, line or key, before any compute, and
+changes nothing it should not (docs: README "Reliability")."""
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import REPO
+from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, trainer
+from starbucks_jax.data import batching, groups
+from starbucks_jax.data.sources import DataError
+from starbucks_jax.evaluate import results
+from starbucks_jax.models import hf
+
+
+def tree_digest(path) -> dict[str, str]:
+  """{relative file: sha256} of a directory tree (what a fault must leave as it was)."""
+  out = {}
+  for folder, _, files in os.walk(path):
+    for name in files:
+      full = os.path.join(folder, name)
+      out[os.path.relpath(full, path)] = hashlib.sha256(open(full, "rb").read()).hexdigest()
+  return out
+
+
+def cli_error(capsys, main, argv) -> str:
+  """The one line a command-line tool printed for a fault, after checking it exited with status 2."""
+  with pytest.raises(SystemExit) as done:
+    cli.run(lambda: main(argv))
+  assert done.value.code == cli.EXIT_USAGE
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) >= 1 and err[-1].startswith("error: ") and "Traceback" not in "".join(err)
+  return err[-1]
+
+
+# ---------------------------------------------------------------------------------------------
+# export: never over a model, a workdir or someone's files
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def model_copy(tiny_hf_dir, tmp_path):
+  path = tmp_path / "source"
+  shutil.copytree(tiny_hf_dir, path)
+  return str(path)
+
+
+@pytest.mark.parametrize("where", ["source", "inside_source", "workdir", "non_empty", "file"])
+def test_export_refuses_an_output_it_would_destroy(model_copy, tmp_path, capsys, where):
+  target = {"source": model_copy, "inside_source": os.path.join(model_copy, "sub"),
+            "workdir": str(tmp_path / "run"), "non_empty": str(tmp_path / "mine"),
+            "file": str(tmp_path / "notes.txt")}[where]
+  os.makedirs(tmp_path / "run" / checkpoint.CHECKPOINT_DIR)
+  os.makedirs(tmp_path / "run" / checkpoint.MODEL_DIR)
+  os.makedirs(tmp_path / "mine")
+  (tmp_path / "mine" / "keep.txt").write_text("mine")
+  (tmp_path / "notes.txt").write_text("notes")
+  before = tree_digest(tmp_path)
+  line = cli_error(capsys, export.main, ["--model", model_copy, "--output", target, "--layer", "2"])
+  assert f"--output {target}" in line
+  assert {"source": "source model", "inside_source": "source model", "workdir": "training workdir",
+          "non_empty": "--overwrite", "file": "is a file"}[where] in line
+  assert tree_digest(tmp_path) == before
+
+
+def test_export_overwrite_replaces_and_writes_readable_files(model_copy, tmp_path):
+  out = tmp_path / "mine"
+  out.mkdir()
+  (out / "old.txt").write_text("old")
+  export.main(["--model", model_copy, "--output", str(out), "--layer", "2", "--dim", "16", "--overwrite"])
+  assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
+  modes = {os.path.relpath(os.path.join(d, f), out): os.stat(os.path.join(d, f)).st_mode & 0o777
+           for d, _, fs in os.walk(out) for f in fs}
+  assert set(modes.values()) == {0o644}, modes
+  assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["blank_line", "batch_size_0", "no_output_folder", "output_is_folder",
+                                  "no_input", "bad_layer"])
+def test_embed_bad_inputs_fail_before_encoding(tiny_hf_dir, tmp_path, capsys, case):
+  texts = tmp_path / "in.txt"
+  texts.write_text("a cat\n\nthe dog\n" if case == "blank_line" else "a cat\nthe dog\n")
+  out = tmp_path / "v.npy"
+  argv = ["--model", tiny_hf_dir, "--input", str(texts), "--output", str(out)]
+  argv += {"batch_size_0": ["--batch-size", "0"], "no_output_folder": ["--output", str(tmp_path / "x" / "v.npy")],
+           "output_is_folder": ["--output", str(tmp_path)], "no_input": ["--input", str(tmp_path / "none.txt")],
+           "bad_layer": ["--layer", "9"]}.get(case, [])
+  line = cli_error(capsys, embed.main, argv)
+  want = {"blank_line": f"--input {texts}:2: blank line", "batch_size_0": "--batch-size=0: must be >= 1",
+          "no_output_folder": "does not exist", "output_is_folder": "is a directory",
+          "no_input": "none.txt: no such file", "bad_layer": "layer=9 is outside 1..4"}[case]
+  assert want in line
+  assert not out.exists()
+
+
+def test_embed_skip_empty_counts_and_drops_blank_lines(tiny_hf_dir, tmp_path, capsys):
+  texts = tmp_path / "in.txt"
+  texts.write_text("a cat\n   \nthe dog\n\n")
+  embed.main(["--model", tiny_hf_dir, "--input", str(texts), "--output", str(tmp_path / "v.npy"), "--skip-empty"])
+  assert "skipped 2 blank line(s)" in capsys.readouterr().err
+  assert np.load(tmp_path / "v.npy").shape == (2, 32)
+
+
+def test_nan_weights_fail_at_load_naming_the_tensor(model_copy, tmp_path, capsys):
+  from safetensors.numpy import load_file, save_file
+  file = os.path.join(model_copy, "model.safetensors")
+  state = load_file(file)
+  name = next(k for k in state if k.endswith("encoder.layer.1.output.dense.weight"))
+  state[name][0, 0] = np.nan
+  save_file(state, file, metadata={"format": "pt"})
+  with pytest.raises(hf.ModelError, match=rf"{name}' has 1 NaN or infinite value"):
+    hf.load_pretrained(model_copy)
+  texts = tmp_path / "in.txt"
+  texts.write_text("a cat\n")
+  line = cli_error(capsys, embed.main, ["--model", model_copy, "--input", str(texts), "--output", str(tmp_path / "v.npy")])
+  assert name in line and model_copy in line
+
+
+# ---------------------------------------------------------------------------------------------
+# config values: NaN and infinity fail everywhere, as does a value of the wrong kind
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("key,value", [
+    ("train.lr", float("nan")), ("train.lr", float("inf")), ("train.warmup_ratio", float("nan")),
+    ("loss.scale", float("nan")), ("loss.kl_weight", float("-inf")), ("train.adam_eps", float("nan")),
+    ("data.score_range", (0.0, float("nan"))), ("loss.pair_weights", (1.0, float("nan"), 1.0)),
+])
+def test_non_finite_config_values_name_the_key(tiny_run, key, value):
+  """Whatever the key's own checks, a NaN or infinity anywhere in the config fails before compute."""
+  section, name = key.split(".")
+  with tiny_run.unlocked():
+    tiny_run[section][name] = value
+  with pytest.raises(config_lib.ConfigError, match=rf"^{key}=.*; must be finite \(no NaN or infinity\)"):
+    finetune.describe(tiny_run)
+
+
+def test_check_range_rejects_nan_and_non_numbers():
+  for value in (float("nan"), "1e-4", None, True):
+    with pytest.raises(config_lib.ConfigError, match="must be a finite number"):
+      config_lib.check_range("train.lr", value, 0, low_open=True)
+  config_lib.check_range("train.lr", 1e-4, 0, low_open=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# data rows: every text a non-empty string, every score finite and in range, passages as documented
+# ---------------------------------------------------------------------------------------------
+GOOD_TRIPLET = {"anchor": "a cat", "positive": "the cat", "negative": "a dog"}
+
+
+@pytest.mark.parametrize("row,message", [
+    ({**GOOD_TRIPLET, "anchor": None}, "column 'anchor' = None is null, not a text"),
+    ({**GOOD_TRIPLET, "positive": 3}, "column 'positive' = 3 is a int, not a text"),
+    ({**GOOD_TRIPLET, "negative": ["a", "b"]}, "column 'negative' = ['a', 'b'] is a list, not a text"),
+    ({**GOOD_TRIPLET, "anchor": "  "}, "column 'anchor' = '  ' is an empty text"),
+    ({"anchor": "a cat", "positive": "the cat"}, "no column 'negative'"),
+])
+def test_bad_triplet_rows_name_file_and_line(tmp_path, row, message):
+  path = tmp_path / "train.jsonl"
+  path.write_text(json.dumps(GOOD_TRIPLET) + "\n" + json.dumps(row) + "\n")
+  with pytest.raises(DataError) as e:
+    batching.load_examples(str(path), "triplets")
+  assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value)
+
+
+@pytest.mark.parametrize("score,message", [
+    ("NaN", "is not a finite number"), ("Infinity", "is not a finite number"),
+    ("7.5", "is outside data.score_range [0, 5]"), ("-1", "is outside data.score_range [0, 5]"),
+    ('"high"', "is not a number"), ("null", "is null, not a number"), ("true", "is a bool, not a number"),
+])
+def test_bad_scores_name_file_line_and_value(tmp_path, score, message):
+  path = tmp_path / "sts.jsonl"
+  good = '{"sentence1": "a cat", "sentence2": "the cat", "score": 4.2}'
+  path.write_text(good + "\n" + good.replace("4.2", score) + "\n")
+  with pytest.raises(DataError) as e:
+    batching.load_examples(str(path), "scored_pairs")
+  assert str(e.value).startswith(f"{path}:2: column 'score'") and message in str(e.value)
+
+
+def test_score_range_is_the_configs(tmp_path):
+  path = tmp_path / "sts.jsonl"
+  path.write_text('{"sentence1": "a cat", "sentence2": "the cat", "score": 0.9}\n')
+  assert batching.load_examples(str(path), "scored_pairs", score_range=(0.0, 1.0)).scores.tolist() == [pytest.approx(0.9)]
+  with pytest.raises(DataError, match=r"outside data.score_range \[0, 0.5\]"):
+    batching.load_examples(str(path), "scored_pairs", score_range=(0.0, 0.5))
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("positive_passages", "a passage", "is a str, not a list"),
+    ("negative_passages", "a passage", "is a str, not a list"),
+    ("positive_passages", [], "needs at least one positive passage"),
+    ("positive_passages", [{"text": ""}], "needs at least one positive passage, none empty"),
+    ("negative_passages", [7], "has item 0 = 7, not a passage text"),
+    ("negative_passages", [{"title": 3, "text": "x"}], "has item 0"),
+])
+def test_bad_passage_lists_name_file_and_line(tmp_path, field, value, message):
+  good = {"query": "what is a cat", "positive_passages": [{"title": "Cat", "text": "a cat is an animal"}],
+          "negative_passages": ["a dog is an animal"]}
+  path = tmp_path / "groups.jsonl"
+  path.write_text(json.dumps(good) + "\n" + json.dumps({**good, field: value}) + "\n")
+  with pytest.raises(DataError) as e:
+    groups.load_tevatron(str(path))
+  assert str(e.value).startswith(f"{path}:2: column '{field}'") and message in str(e.value)
+  path.write_text(json.dumps(good) + "\n")
+  assert groups.load_tevatron(str(path)).passages == ["Cat a cat is an animal", "a dog is an animal"]
+
+
+# ---------------------------------------------------------------------------------------------
+# runs: a workdir's run is never overwritten by another config, never poisoned, never restarted
+# ---------------------------------------------------------------------------------------------
+def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
+  work = str(tmp_path / "run")
+  finetune.run(tiny_run, work)
+  before = tree_digest(work)
+  with tiny_run.unlocked():
+    tiny_run.train.lr = 1e-3
+    tiny_run.data.batch_size = 4
+  with pytest.raises(config_lib.ConfigError) as e:
+    finetune.run(tiny_run, work)
+  assert "train.lr: 5e-05 -> 0.001" in str(e.value) and "data.batch_size: 8 -> 4" in str(e.value)
+  assert "--config.resume=force" in str(e.value)
+  assert tree_digest(work) == before
+  # what does not change the run's meaning is allowed (here: extending it and logging less often)
+  with tiny_run.unlocked():
+    tiny_run.train.lr, tiny_run.data.batch_size = 5e-5, 8
+    tiny_run.train.max_steps, tiny_run.train.log_every = 3, 3
+  finetune.run(tiny_run, work)
+  assert checkpoint.manager(work, read_only=True).latest_step() == 3
+  assert json.load(open(os.path.join(work, "config.json")))["train"]["max_steps"] == 3
+
+
+def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path):
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 3
+  finetune.run(tiny_run, str(tmp_path / "straight"))
+  work = str(tmp_path / "run")
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 2
+  finetune.run(tiny_run, work)
+  newest = os.path.join(work, checkpoint.CHECKPOINT_DIR, "2", "params")
+  for folder, _, files in os.walk(newest):  # every data file of step 2's params cut short
+    for name in files:
+      if not name.endswith(".json") and "_METADATA" not in name:
+        path = os.path.join(folder, name)
+        with open(path, "r+b") as f:
+          f.truncate(os.path.getsize(path) // 2)
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 3
+  finetune.run(tiny_run, work)  # resumes from step 1: steps 2 and 3 again
+  assert os.listdir(os.path.join(work, checkpoint.UNREADABLE_DIR))[0].startswith("2-")
+  a = checkpoint.load_model(str(tmp_path / "straight")).params
+  b = checkpoint.load_model(work).params
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+
+
+def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tiny_run, tmp_path):
+  work = str(tmp_path / "run")
+  with tiny_run.unlocked():
+    tiny_run.train.keep_checkpoints = 1
+  finetune.run(tiny_run, work)
+  for folder, _, files in os.walk(os.path.join(work, checkpoint.CHECKPOINT_DIR)):
+    for name in files:
+      if not name.endswith(".json") and "_METADATA" not in name:
+        open(os.path.join(folder, name), "wb").close()
+  before = tree_digest(work)
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 3
+  with pytest.raises(hf.ModelError, match="no checkpoint reads back"):
+    finetune.run(tiny_run, work)
+  assert tree_digest(work) == before
+
+
+def test_a_run_whose_steps_are_all_non_finite_stops_without_results(tiny_run, tmp_path, monkeypatch):
+  """A loss that is NaN from the start (as a broken dtype or data would make it): the run stops at
+  the first log, writes no checkpoint and no result (never an untrained model reported as trained)."""
+  real = finetune.run_step
+  monkeypatch.setattr(finetune, "run_step", lambda config, run, tx: real(
+      config, dataclasses.replace(run, loss=dataclasses.replace(run.loss, scale=float("nan"))), tx))
+  work = tmp_path / "run"
+  with pytest.raises(FloatingPointError, match=r"the last 1 steps \(to step 1\) had a non-finite"):
+    finetune.run(tiny_run, str(work))
+  assert not (work / results.RESULTS_DIR).exists()
+  assert checkpoint.manager(str(work), read_only=True).latest_step() is None
+
+
+def test_a_bad_eval_set_fails_before_training(tiny_run, tmp_path):
+  bad = tmp_path / "sts.jsonl"
+  bad.write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "sentence2": null, "score": 2}\n')
+  with tiny_run.unlocked():
+    tiny_run.eval.sts = f"mine/test={bad}"
+  work = tmp_path / "run"
+  with pytest.raises(DataError, match=rf"{bad}:2: column 'sentence2' = None is null"):
+    finetune.run(tiny_run, str(work))
+  assert not (work / checkpoint.CHECKPOINT_DIR).exists() and not (work / "config.json").exists()
+
+
+def test_results_and_metrics_never_hold_a_bare_nan(tmp_path):
+  recs = [results.record("stsb", "test", "spearman", 1, 8, float("nan")), results.record("stsb", "test", "spearman", 2, 16, 0.5)]
+  path = results.write(str(tmp_path), "final", recs)
+  strict = json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"bare {c} in {path}"))
+  assert strict[0]["value"] is None and strict[1]["value"] == 0.5
+  assert "| 1 | 8 |" in results.table(recs)
+  writer = trainer.MetricsWriter(str(tmp_path))
+  writer.write(1, {"loss": float("nan"), "grad_norm": 2.0})
+  row = json.loads(open(tmp_path / "metrics.jsonl").read(), parse_constant=lambda c: pytest.fail(c))
+  assert row == {"step": 1, "loss": None, "grad_norm": 2.0}
+
+
+def test_config_args_name_the_flag_and_the_closest_key(monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(config_lib.ConfigError, match=r"--config.train.lrr: no such key in configs/ft.py; did you mean --config.train.lr\?"):
+    cli.check_config_args(["--config=configs/ft.py:demo", "--config.train.lrr=1"])
+  with pytest.raises(config_lib.ConfigError, match="--config=configs/nope.py: config file configs/nope.py not found"):
+    cli.check_config_args(["--config=configs/nope.py"])
+  with pytest.raises(config_lib.ConfigError, match="config argument 'dmeo' is unknown"):
+    cli.check_config_args(["--config=configs/ft.py:dmeo"])
+  cli.check_config_args(["--config=configs/ft.py:demo", "--config.train.lr=1e-4", "--config.mesh.shape=(1,1,1)"])
