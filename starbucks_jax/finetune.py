@@ -319,8 +319,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   if config.mode == "eval":
     trainer.write_config(workdir, config)
     return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
-  for _, _, source in spec.sts_sets:  # every STS row read and checked before training, not after it
+  # every evaluation row read and checked before training, not after it (read again to evaluate: a
+  # corpus is not held in memory through training)
+  for _, _, source in spec.sts_sets:
     sts.read_sts(source)
+  for dataset, split, folder in spec.retrieval_sets:
+    beir.load(folder, split, name=dataset)
   model = train(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []

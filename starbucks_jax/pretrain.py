@@ -273,6 +273,9 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, run: P
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Pre-train, export and evaluate masked-token accuracy per pair."""
   spec = trainer.start(config, workdir, describe)
+  if config.eval.text:  # every evaluation row read and checked before training, not after it
+    for _ in sources.read_rows(config.eval.text, {"text": str}, {"text": config.eval.text_column}):
+      pass
   model = pretrain(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []

@@ -155,7 +155,10 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
       saved = json.load(f)
   except ValueError as e:
     raise ConfigError(f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
-  changed = [c for c in config_changes(saved, config) if not c[0].startswith(RESUMABLE_CHANGES)]
+  changes = config_changes(saved, config)
+  changed = [c for c in changes if not c[0].startswith(RESUMABLE_CHANGES)]
+  if changes:  # recorded: the log here, the new config.json and run.json once the run starts
+    log.info("continuing %s with changed keys: %s", workdir, "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
   if changed and config.get("resume", "check") != "force":
     listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:8])
     more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""

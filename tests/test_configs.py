@@ -104,7 +104,10 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "| 4 | 32 |" in ok.stdout
   typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}", "--config.modle.pooling=cls")
-  assert typo.returncode != 0 and "modle" in typo.stderr
+  assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
+      "error: --config.modle.pooling: no such key in configs/ft.py; did you mean --config.model.pooling?")
+  empty = _main("--config=configs/ft.py:eval", "--workdir=", f"--config.model.init_from={tiny_hf_dir}")
+  assert empty.returncode == 2 and "error: --workdir is empty" in empty.stderr and "Traceback" not in empty.stderr
   bad = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
               f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(9,16))")
   assert bad.returncode != 0 and "error: schedule.pairs[1]=(9, 16)" in bad.stderr

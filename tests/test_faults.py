@@ -320,3 +320,19 @@ def test_config_args_name_the_flag_and_the_closest_key(monkeypatch):
   with pytest.raises(config_lib.ConfigError, match="config argument 'dmeo' is unknown"):
     cli.check_config_args(["--config=configs/ft.py:dmeo"])
   cli.check_config_args(["--config=configs/ft.py:demo", "--config.train.lr=1e-4", "--config.mesh.shape=(1,1,1)"])
+
+
+@pytest.mark.parametrize("file,row,message", [
+    ("corpus.jsonl", {"_id": "d2", "title": "T", "text": 5}, "corpus.jsonl:2: title and text must be strings"),
+    ("corpus.jsonl", {"_id": "d2", "title": None, "text": ""}, "corpus.jsonl:2: empty title and text"),
+    ("queries.jsonl", {"_id": "q2", "text": None}, "queries.jsonl:2: text None is not a non-empty string"),
+])
+def test_bad_beir_rows_name_file_and_line(tmp_path, file, row, message):
+  from starbucks_jax.data import beir
+  (tmp_path / "qrels").mkdir()
+  (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+  good = {"corpus.jsonl": {"_id": "d1", "title": "A", "text": "a cat"}, "queries.jsonl": {"_id": "q1", "text": "cat?"}}
+  for name, first in good.items():
+    (tmp_path / name).write_text(json.dumps(first) + "\n" + (json.dumps(row) + "\n" if name == file else ""))
+  with pytest.raises(DataError, match=message):
+    beir.load(str(tmp_path), "test")

@@ -112,14 +112,20 @@ def load(folder: str, split: str = "test", name: str | None = None) -> Collectio
     if doc_id in seen:
       raise DataError(f"{path}:{line_no}: duplicate _id {doc_id!r}")
     seen.add(doc_id)
-    title, text = (row.get("title") or "").strip(), str(row["text"]).strip()
-    joined = f"{title} {text}".strip()
+    title, text = row.get("title") or "", row["text"] if row["text"] is not None else ""
+    if not isinstance(title, str) or not isinstance(text, str):
+      raise DataError(f"{path}:{line_no}: title and text must be strings, got {type(title).__name__} and "
+                      f"{type(text).__name__}")
+    joined = f"{title.strip()} {text.strip()}".strip()
     if not joined:
       raise DataError(f"{path}:{line_no}: empty title and text")
     doc_ids.append(doc_id)
     docs.append(joined)
-  queries = {str(row["_id"]): str(row["text"]) for _, row in _jsonl(os.path.join(folder, "queries.jsonl"),
-                                                                      ("_id", "text"))}
+  queries = {}
+  for line_no, row in _jsonl(os.path.join(folder, "queries.jsonl"), ("_id", "text")):
+    if not isinstance(row["text"], str) or not row["text"].strip():
+      raise DataError(f"{folder}/queries.jsonl:{line_no}: text {row['text']!r} is not a non-empty string")
+    queries[str(row["_id"])] = row["text"]
   missing = sorted(set(qrels) - set(queries))
   if missing:
     raise DataError(f"{folder}/qrels/{split}.tsv: query ids {missing[:5]} are not in queries.jsonl")
