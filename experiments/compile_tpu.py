@@ -32,6 +32,8 @@ RECIPES = {  # name -> (config, overrides, tokens per text; None = the config's 
     "nli_full": ("configs/ft.py:nli,method=full", [], 128),  # the SRL / full-only FLOPs and bytes ratio
     "nli_512": ("configs/ft.py:nli", [], None),
     "nli_gc4": ("configs/ft.py:nli", ["--config.train.grad_cache_chunks=4"], 128),
+    "smae_remat": ("configs/pt.py", ["--config.model.remat=full"], None),  # SMAE where it does not fit
+    "smae_remat_mb4": ("configs/pt.py", ["--config.model.remat=full", "--config.train.microbatches=4"], None),
 }
 TOPOLOGIES = ("v5e-1", "v6e-1", "v5e-8", "v4-8", "v5p-8")  # + v5e-32 (multi-host) for nli, smae
 

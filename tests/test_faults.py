@@ -235,27 +235,24 @@ def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
 
 
 def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path):
-  with tiny_run.unlocked():
-    tiny_run.train.max_steps = 3
-  finetune.run(tiny_run, str(tmp_path / "straight"))
   work = str(tmp_path / "run")
   with tiny_run.unlocked():
-    tiny_run.train.max_steps = 2
+    tiny_run.train.max_steps = 3
   finetune.run(tiny_run, work)
-  newest = os.path.join(work, checkpoint.CHECKPOINT_DIR, "2", "params")
-  for folder, _, files in os.walk(newest):  # every data file of step 2's params cut short
+  straight = checkpoint.load_model(work).params  # the uninterrupted run's step 3
+  newest = os.path.join(work, checkpoint.CHECKPOINT_DIR, "3", "params")
+  for folder, _, files in os.walk(newest):  # every data file of step 3's params cut short
     for name in files:
       if not name.endswith(".json") and "_METADATA" not in name:
         path = os.path.join(folder, name)
         with open(path, "r+b") as f:
           f.truncate(os.path.getsize(path) // 2)
-  with tiny_run.unlocked():
-    tiny_run.train.max_steps = 3
-  finetune.run(tiny_run, work)  # resumes from step 1: steps 2 and 3 again
-  assert os.listdir(os.path.join(work, checkpoint.UNREADABLE_DIR))[0].startswith("2-")
-  a = checkpoint.load_model(str(tmp_path / "straight")).params
-  b = checkpoint.load_model(work).params
-  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
+  finetune.run(tiny_run, work)  # resumes from step 2: step 3 again
+  assert os.listdir(os.path.join(work, checkpoint.UNREADABLE_DIR))[0].startswith("3-")
+  resumed = checkpoint.load_model(work).params
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), resumed, straight)
+  steps = [json.loads(line)["step"] for line in open(os.path.join(work, "metrics.jsonl"))]
+  assert steps == [1, 2, 3]  # the lost step's row replaced, not repeated
 
 
 def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tiny_run, tmp_path):
