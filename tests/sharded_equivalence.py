@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from starbucks_jax import finetune, losses, schedule, sharding, trainer
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
@@ -68,24 +69,20 @@ def main():
          "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 16, 1))).astype(np.int32)}
   mesh = sharding.make_mesh((8, 1, 1))
 
-  def on_data_mesh(step, ref_step):  # `step` data-parallel on 8 devices vs `ref_step` on one, batch `big`
-    ref_state, ref_metrics = jax.jit(ref_step.update)(state, big, key)
-    ref_grads = jax.jit(ref_step.value_and_grad)(params, big, key)[1]
+  def on_data_mesh(step, ref_step):  # `step`'s loss and gradients data-parallel on 8 devices vs `ref_step`'s on one
+    # (the optimizer update given the gradients is checked on the meshes above: not compiled again here)
+    (ref_loss, _), ref_grads = jax.jit(ref_step.value_and_grad)(params, big, key)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       p_sh = sharding.param_shardings(specs, mesh)
-      s_sh = sharding.state_shardings(state, tx, p_sh, mesh)
       b_sh = sharding.batch_shardings(big, mesh, finetune.ROLE_AXES)
-      new_state, metrics = jax.jit(step.update, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))(
-          sharding.shard_state(state, s_sh), sharding.put_batch(big, b_sh), key)
-      grads = jax.jit(lambda *a: step.value_and_grad(*a)[1], in_shardings=(p_sh, b_sh, None), out_shardings=p_sh)(
+      (loss, _), grads = jax.jit(step.value_and_grad, in_shardings=(p_sh, b_sh, None), out_shardings=(None, p_sh))(
           sharding.shard_state(params, p_sh), sharding.put_batch(big, b_sh), key)
     max_diff = lambda x, y: max(jax.tree_util.tree_leaves(  # noqa: E731
         jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), x, y)))
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(ref_grads))
-    return {"loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
-            "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
-            "max_grad_diff_rel": max_diff(grads, ref_grads) / scale,
-            "max_param_diff": max_diff(new_state.params, ref_state.params)}
+    return {"loss": [float(loss), float(ref_loss)],
+            "grad_norm": [float(optax.global_norm(grads)), float(optax.global_norm(ref_grads))],
+            "max_grad_diff_rel": max_diff(grads, ref_grads) / scale}
 
   def srl_step(**kw):
     return finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
