@@ -35,7 +35,8 @@ def differences(a: str, b: str) -> tuple[list[str], float]:
   if [strip(r) for r in fa] != [strip(r) for r in fb]:
     return problems + ["results/final.json records differ in dataset, metric or pair"], float("inf")
   for ra, rb in zip(fa, fb):
-    worst = max(worst, abs(ra["value"] - rb["value"]))
+    a, b = ra["value"], rb["value"]  # null: a non-finite metric
+    worst = max(worst, 0.0 if a is None and b is None else float("inf") if a is None or b is None else abs(a - b))
   return problems, worst
 
 

@@ -20,6 +20,8 @@ import json
 import os
 from typing import Any, Iterable
 
+from starbucks_jax import cli
+
 RESULTS = "results"
 
 
@@ -63,6 +65,8 @@ def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[
         if not name.endswith(".json"):
           continue
         for r in json.load(open(os.path.join(run, RESULTS, name))):
+          if r.get("value") is None:  # a non-finite metric: an empty cell, not a number
+            continue
           out.append({**r, "run": run, "label": label or os.path.basename(run), "result": name[:-5]})
   return out
 
@@ -243,4 +247,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  cli.run(main)
