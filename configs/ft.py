@@ -8,15 +8,19 @@ Variants:
             hf:sentence-transformers/all-nli:triplet), MNRL (cosine x 20, in-batch + hard negatives),
             batch 128, 1 epoch (4,358 steps), AdamW lr 5e-5, warmup 10%, linear decay, wd 0, mean
             pooling, feature KL x0.3, sum over the six pairs. Evaluated on STS-B test, STS12-16 and
-            SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. About 1 h on one
-            H100 / a v4-8 in bf16 (a hand estimate; the paper ran fp16 on GPU). Compiled (python -m
-            starbucks_jax.compile, experiments/results_tpu/; not measured): on v5e-8, data
-            parallel, texts of 128 tokens, 3.2 GiB per chip of 16; on one v5e or v6e chip the step
-            at 512 tokens needs ~78 GiB of temporaries, with model.max_length=128 and
-            train.grad_cache_chunks=4 it needs 5.4 GiB of a v5e's 16. Paper (Table A1, BERT + SRL):
-            STS average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
+            SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. Compiled for TPU
+            (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not
+            measured), texts of 128 tokens (the bucket AllNLI batches reach): v5e-8 data parallel
+            3.2 GiB per chip of 16, roofline bound 57 ms a step (memory), MFU bound 0.29, so at
+            least 4 min for the epoch; one v5e 13.4 GiB, 181 ms, MFU bound 0.72. A 512-token batch
+            needs ~78 GiB on one chip: there set model.max_length=128 (train.grad_cache_chunks=4
+            for headroom: 5.4 GiB). The SRL step costs what the full-only step costs (v5e-8: FLOPs
+            x1.000, bytes accessed x1.017, memory x1.008). Paper (Table A1, BERT + SRL): STS
+            average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
-            otherwise as nli. About 10 min on one GPU.
+            otherwise as nli. Compiled (not measured), 64 tokens: one v5e chip 2.9 GiB, roofline
+            39 ms a step, MFU bound 0.14 (16 pairs do not fill a chip), at least 1 min for the 1,436
+            steps; over v5e-8 each chip gets 2 pairs (MFU bound 0.03): use one chip.
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
             train/test from ../shared/data (a developer checkout). 15-20 min per epoch on 2
             CPU cores; recorded by experiments/sweep_cpu.py.
