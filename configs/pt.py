@@ -9,11 +9,13 @@ head), FineWeb sample-100BT streamed from the Hub (hf:HuggingFaceFW/fineweb:samp
 batch 512, max length 512 (a random window per document, no packing), masking 0.2 / 0.4 whole-word,
 AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 compute, non-finite steps skipped.
 max_steps is an ESTIMATE of one pass (~1e8 documents / 512): check the dataset card and set
---config.train.max_steps. Cost, estimated: ~3.5e14 FLOPs per step (encoder 1.3e14, six decoder
-passes 0.7e14, the vocabulary projections at the masked positions 1.5e14), so ~0.9 s per step on
-one H100 at 40% MFU and ~2 days for 195k steps; ~6 h on 8 GPUs or a v4-32 (hand estimates, not
-measured). Paper (Table A1): SMAE + SRL STS average 0.7837 vs
-0.7682 for BERT + SRL.
+--config.train.max_steps. Model matmul FLOPs 4.0e14 a step (pretrain.matmul_flops: encoder 1.5e14,
+six decoder layers and the vocabulary projections at the masked positions the rest). Compiled for
+TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not measured):
+the step does not fit a v5e-8 as is (34.8 GiB per chip of 16; 17.4 with model.remat=full);
+model.remat=full with train.microbatches=4 fits in 7.9 GiB, 59 TFLOP per chip a step, roofline
+bound 299 ms (compute), MFU bound 0.85, so at least 16 h for 195k steps. One v5e chip would need
+249 GiB. Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:
   cpu       The recorded CPU experiment (experiments/sweep_cpu.py, smae_cpu/): all-MiniLM-L6-v2 with a fresh MLM
