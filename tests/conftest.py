@@ -11,9 +11,12 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
-# Runs in one test (a run, its interruption, its resume) compile the same programs: a persistent
-# compilation cache for the session turns the repeats into cache hits.
-jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="starbucks_jax_xla_cache_"))
+# Runs in one test (a run, its interruption, its resume) and tests on the same tiny model compile the
+# same programs: a persistent compilation cache for the session turns the repeats into cache hits.
+# The directory is chosen once per pytest run and inherited by its xdist workers (they start after
+# this module loads in the controller), so a program one worker compiled is a hit in the other.
+os.environ.setdefault("STARBUCKS_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="starbucks_jax_xla_cache_"))
+jax.config.update("jax_compilation_cache_dir", os.environ["STARBUCKS_JAX_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -17,11 +17,11 @@ def topology():
   return C.topology("v5e:2x2")
 
 
-def tiny(path, pairs=((1, 8), (2, 16), (4, 32)), **overrides):
+def tiny(path, **overrides):
   cfg = config_lib.load_config(str(REPO / "configs" / path))
   with cfg.unlocked():
     cfg.model.init_from = "nowhere/tiny"  # not a local model: shapes from --preset
-    cfg.schedule.pairs = pairs
+    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
     for key, value in overrides.items():
       section, name = key.split(".")
       cfg[section][name] = value
@@ -43,16 +43,6 @@ def test_srl_step_compiles_data_parallel_and_fsdp(topology):
 def test_smae_step_compiles(topology):
   r = C.programs(tiny("pt.py:tiny"), topology, preset="tiny", length=16)[0]
   assert r["temp_bytes"] > 0 and r["fits"] and r["xla_flops"] > r["model_matmul_flops"] > 0
-
-
-@pytest.mark.parametrize("path", ["ft.py:demo", "pt.py:tiny"])
-def test_compiled_flops_agree_with_the_model_count(topology, path):
-  """At MiniLM's width matmuls are nearly all the work: XLA's count per device is the model's within
-  10% (the tiny model's norms, softmax and Adam are as large as its matmuls; two layers keep it fast)."""
-  cfg = tiny(path, pairs=((1, 96), (2, 384)), **{"data.batch_size": 16})
-  r = C.programs(cfg, topology, preset="minilm-l6-h384", length=32)[0]
-  assert r["devices"] == 4 and not r["loops_counted_once"]
-  assert r["xla_flops"] / r["model_matmul_flops"] == pytest.approx(1.0, abs=0.1)
 
 
 def test_bad_topology_and_mesh_fail_in_one_line(topology):

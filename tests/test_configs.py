@@ -111,6 +111,13 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
   bad = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
               f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(9,16))")
   assert bad.returncode != 0 and "error: schedule.pairs[1]=(9, 16)" in bad.stderr
+  rows = tmp_path / "train.jsonl"
+  rows.write_text('{"anchor": "a", "positive": "b", "negative": "c"}\n{"anchor": null, "positive": "b", "negative": "c"}\n')
+  data = _main("--config=configs/ft.py:demo", f"--workdir={tmp_path / 'd'}", f"--config.model.init_from={tiny_hf_dir}",
+               "--config.schedule.pairs=((1,8),(4,32))", f"--config.data.train={rows}")
+  assert data.returncode == 2 and data.stderr.strip().splitlines()[-1] == (
+      f"error: {rows}:2: column 'anchor' = None is null, not a text; remove the row or fill it")
+  assert not (tmp_path / "d" / "config.json").exists()
   # configs/pt.py goes to SMAE pre-training; a bad masking rate fails before any compute
   smae = _main("--config=configs/pt.py:tiny", f"--workdir={tmp_path / 'pt'}",
                f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))",

@@ -225,13 +225,12 @@ def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
   assert "train.lr: 5e-05 -> 0.001" in str(e.value) and "data.batch_size: 8 -> 4" in str(e.value)
   assert "--config.resume=force" in str(e.value)
   assert tree_digest(work) == before
-  # what does not change the run's meaning is allowed (here: extending it and logging less often)
+  # what does not change the run's meaning is allowed (here: extending it and logging less often;
+  # test_truncated_newest_checkpoint... runs such an extension)
   with tiny_run.unlocked():
     tiny_run.train.lr, tiny_run.data.batch_size = 5e-5, 8
     tiny_run.train.max_steps, tiny_run.train.log_every = 3, 3
-  finetune.run(tiny_run, work)
-  assert checkpoint.manager(work, read_only=True).latest_step() == 3
-  assert json.load(open(os.path.join(work, "config.json")))["train"]["max_steps"] == 3
+  trainer.check_resume(work, tiny_run)
 
 
 def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path):
@@ -253,20 +252,14 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_p
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), resumed, straight)
   steps = [json.loads(line)["step"] for line in open(os.path.join(work, "metrics.jsonl"))]
   assert steps == [1, 2, 3]  # the lost step's row replaced, not repeated
-
-
-def test_no_readable_checkpoint_is_an_error_that_moves_nothing(tiny_run, tmp_path):
-  work = str(tmp_path / "run")
-  with tiny_run.unlocked():
-    tiny_run.train.keep_checkpoints = 1
-  finetune.run(tiny_run, work)
+  # none readable: an error that moves nothing, never a silent restart
   for folder, _, files in os.walk(os.path.join(work, checkpoint.CHECKPOINT_DIR)):
     for name in files:
       if not name.endswith(".json") and "_METADATA" not in name:
         open(os.path.join(folder, name), "wb").close()
   before = tree_digest(work)
   with tiny_run.unlocked():
-    tiny_run.train.max_steps = 3
+    tiny_run.train.max_steps = 4
   with pytest.raises(hf.ModelError, match="no checkpoint reads back"):
     finetune.run(tiny_run, work)
   assert tree_digest(work) == before
