@@ -157,13 +157,13 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
   changes = config_changes(saved, config)
   changed = [c for c in changes if not c[0].startswith(RESUMABLE_CHANGES)]
-  if changes:  # recorded: the log here, the new config.json and run.json once the run starts
-    log.info("continuing %s with changed keys: %s", workdir, "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes))
+  listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)  # noqa: E731
   if changed and config.get("resume", "check") != "force":
-    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed[:8])
     more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
-    raise ConfigError(f"{workdir} holds a run with another config: {listed}{more}. Use a new --workdir, or "
-                      "--config.resume=force to continue it anyway")
+    raise ConfigError(f"{workdir} holds a run with another config: {listed(changed[:8])}{more}. Use a new "
+                      "--workdir, or --config.resume=force to continue it anyway")
+  if changes:  # recorded: the log here, the new config.json and run.json once the run starts
+    log.info("continuing %s with changed keys: %s", workdir, listed(changes))
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
