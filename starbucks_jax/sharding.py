@@ -108,7 +108,12 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> jax.sharding.M
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices; there are {len(devices)}")
-  return jax.make_mesh(tuple(shape), AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
+  types = (jax.sharding.AxisType.Auto,) * 3
+  try:
+    return jax.make_mesh(tuple(shape), AXES, axis_types=types, devices=devices)
+  except AssertionError:
+    # compile-only v4 topologies list each TensorCore as a device, which mesh_utils refuses: device order
+    return jax.sharding.Mesh(np.array(devices).reshape(shape), AXES, axis_types=types)
 
 
 def logical_specs(module: nn.Module, *args, **kwargs) -> Any:
