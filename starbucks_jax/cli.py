@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import resource
 import sys
 from typing import Callable, Iterable
 
@@ -14,6 +15,7 @@ from starbucks_jax.config_lib import ConfigError, InputError, load_config
 
 EXIT_USAGE = 2
 DEBUG_ENV = "STARBUCKS_DEBUG"
+STACK_ENV = "STARBUCKS_STACK_RAISED"
 
 
 def run(main: Callable[[], object]) -> None:
@@ -26,6 +28,19 @@ def run(main: Callable[[], object]) -> None:
       raise
     sys.stderr.write(f"error: {one_line(e)}\n")
     sys.exit(EXIT_USAGE)
+
+
+def raise_stack_limit() -> None:
+  """Re-executes this command with the stack limit raised to the hard limit (as `ulimit -s
+  unlimited`) when it is lower: XLA's TPU compiler overflows 8 MiB thread stacks on some steps (the
+  retrieval gradient cache: SIGSEGV), and threads take their stack size from the limit at start-up.
+  Call it as a command's first statement, before jax loads."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+  if soft == hard or os.environ.get(STACK_ENV):
+    return
+  resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
+  os.environ[STACK_ENV] = "1"  # once: a limit that does not take is not retried
+  os.execv(sys.executable, sys.orig_argv)
 
 
 def one_line(e: BaseException) -> str:

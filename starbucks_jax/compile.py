@@ -20,6 +20,11 @@ not measurements. A step that does not fit names the settings that lower its mem
 
 from __future__ import annotations
 
+from starbucks_jax import cli
+
+if __name__ == "__main__":
+  cli.raise_stack_limit()  # before jax loads
+
 import dataclasses
 import json
 import logging
@@ -33,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from starbucks_jax import checkpoint, cli, finetune, pretrain, sharding, trainer
+from starbucks_jax import checkpoint, finetune, pretrain, sharding, trainer
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS

@@ -4,13 +4,18 @@ A config whose mode is 'pretrain' (configs/pt.py) runs SMAE pre-training (pretra
 other (configs/ft.py, configs/retrieval.py) fine-tunes and evaluates (finetune.run). A bad config,
 data row or model prints one line, `error: ...`, and exits 2 (starbucks_jax.cli)."""
 
+from starbucks_jax import cli
+
+if __name__ == "__main__":
+  cli.raise_stack_limit()  # before jax loads
+
 import logging
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from starbucks_jax import cli, config_lib, finetune, pretrain
+from starbucks_jax import config_lib, finetune, pretrain
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")

@@ -326,3 +326,21 @@ def test_bad_beir_rows_name_file_and_line(tmp_path, file, row, message):
     (tmp_path / name).write_text(json.dumps(first) + "\n" + (json.dumps(row) + "\n" if name == file else ""))
   with pytest.raises(DataError, match=message):
     beir.load(str(tmp_path), "test")
+
+
+def test_commands_raise_the_stack_limit_before_jax_loads():
+  """XLA's TPU compiler overflows an 8 MiB stack on the retrieval gradient-cache step (SIGSEGV):
+  the commands re-execute themselves with the soft stack limit raised to the hard one, once."""
+  import resource
+  import subprocess
+  import sys
+  code = ("from starbucks_jax import cli; import resource, sys; cli.raise_stack_limit(); "
+          "print(resource.getrlimit(resource.RLIMIT_STACK), 'jax' in sys.modules)")
+  hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
+  if hard != resource.RLIM_INFINITY and hard <= 8 << 20:
+    pytest.skip("the hard stack limit leaves nothing to raise")
+  lower = lambda: resource.setrlimit(resource.RLIMIT_STACK, (8 << 20, hard))  # noqa: E731
+  env = {k: v for k, v in os.environ.items() if k != cli.STACK_ENV}
+  out = subprocess.run([sys.executable, "-c", code], preexec_fn=lower, env=env, cwd=REPO, capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == f"({hard}, {hard}) False"
