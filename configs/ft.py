@@ -10,17 +10,20 @@ Variants:
             pooling, feature KL x0.3, sum over the six pairs. Evaluated on STS-B test, STS12-16 and
             SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. Compiled for TPU
             (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not
-            measured), texts of 128 tokens (the bucket AllNLI batches reach): v5e-8 data parallel
-            3.2 GiB per chip of 16, roofline bound 57 ms a step (memory), MFU bound 0.29, so at
-            least 4 min for the epoch; one v5e 13.4 GiB, 181 ms, MFU bound 0.72. A 512-token batch
-            needs ~78 GiB on one chip: there set model.max_length=128 (train.grad_cache_chunks=4
-            for headroom: 5.4 GiB). The SRL step costs what the full-only step costs (v5e-8: FLOPs
-            x1.000, bytes accessed x1.017, memory x1.008). Paper (Table A1, BERT + SRL): STS
-            average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
+            measured) at 128 tokens (the bucket AllNLI batches reach), data parallel, as is; per
+            chip GiB used of HBM, roofline step bound, MFU bound: v5e-1 13.4/16, 181 ms, 0.72;
+            v6e-1 13.4/32, 95 ms, 0.29; v5e-8 3.2/16, 57 ms, 0.29 (the epoch in >= 4 min); v6e-8
+            3.1/32, 31 ms, 0.11; v4-8 3.2/16 per TensorCore, 78 ms, 0.30; v5p-8 5.6/95, 23 ms,
+            0.62; v5e-32 (4 hosts) 2.7/16, 31 ms, 0.13. A 512-token batch needs ~78 GiB on one
+            chip: there set model.max_length=128 (train.grad_cache_chunks=4 for headroom: 5.4 GiB).
+            The SRL step costs what the full-only step costs (v5e-8: FLOPs x1.000, bytes accessed
+            x1.017, memory x1.008). Paper (Table A1, BERT + SRL): STS average Spearman 0.7682 over
+            the six sizes; with SMAE 0.7837.
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
-            otherwise as nli. Compiled (not measured), 64 tokens: one v5e chip 2.9 GiB, roofline
-            39 ms a step, MFU bound 0.14 (16 pairs do not fill a chip), at least 1 min for the 1,436
-            steps; over v5e-8 each chip gets 2 pairs (MFU bound 0.03): use one chip.
+            otherwise as nli. Compiled (not measured), 64 tokens, as is: v5e-1 2.9/16 GiB, 39 ms,
+            MFU bound 0.14 (16 pairs do not fill a chip; the 1,436 steps in >= 1 min); v6e-1
+            2.9/32, 21 ms, 0.06; v5p-8 2.8/95, 8 ms, 0.07; over v5e-8 (2.7 GiB, 23 ms, 0.03) or
+            v4-8 (2.9, 42 ms, 0.02) each device gets 2 pairs: use one chip.
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
             train/test from ../shared/data (a developer checkout). 15-20 min per epoch on 2
             CPU cores; recorded by experiments/sweep_cpu.py.

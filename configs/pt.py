@@ -11,11 +11,13 @@ AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 compute, non-fi
 max_steps is an ESTIMATE of one pass (~1e8 documents / 512): check the dataset card and set
 --config.train.max_steps. Model matmul FLOPs 4.0e14 a step (pretrain.matmul_flops: encoder 1.5e14,
 six decoder layers and the vocabulary projections at the masked positions the rest). Compiled for
-TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not measured):
-the step does not fit a v5e-8 as is (34.8 GiB per chip of 16; 17.4 with model.remat=full);
-model.remat=full with train.microbatches=4 fits in 7.9 GiB, 59 TFLOP per chip a step, roofline
-bound 299 ms (compute), MFU bound 0.85, so at least 16 h for 195k steps. One v5e chip would need
-249 GiB. Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
+TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not measured),
+data parallel; per chip GiB used of HBM, roofline step bound, MFU bound. As is it fits only v5p-8
+(92.2/95, 265 ms, 0.83: >= 14 h for 195k steps); v5e-8 needs 34.8 of 16 (17.4 with
+model.remat=full), v4-8 38.4 of a TensorCore's 16, one v5e or v6e ~250. With model.remat=full and
+train.microbatches=4: v5e-8 7.9/16, 299 ms (compute), 0.85 (>= 16 h); v6e-8 7.5/32, 88 ms, 0.63
+(>= 4.8 h); v5e-32 (4 hosts) 4.6/16, 108 ms, 0.59 (>= 5.9 h).
+Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:
   cpu       The recorded CPU experiment (experiments/sweep_cpu.py, smae_cpu/): all-MiniLM-L6-v2 with a fresh MLM

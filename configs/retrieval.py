@@ -14,10 +14,13 @@ does, AdamW lr 1e-4, warmup 10%, linear decay, wd 0, bf16. Needs the Hub. Evalua
 (6,980 queries, 8.8M passages) and TREC DL 2019 from the Hub (hf:BeIR/msmarco; encoding the corpus
 once for all six sizes is the long part). Compiled for TPU (python -m starbucks_jax.compile;
 experiments/results_tpu/table.md; compiled, not measured), 1,024 passages of 196 tokens and 128
-queries of 32 a step: v5e-8 data parallel 11.9 GiB per chip of 16, roofline bound 192 ms a step
-(memory), MFU bound 0.36, so at least 30 min for the 9.4k steps; one v5e chip needs 86 GiB (set
-train.grad_cache_chunks=8 there). The evaluation encoder (128 passages of 196 tokens, float32, one
-chip) needs 1.0 GiB and at least 56 ms a batch: at least 64 min for the 8.8M passages on one chip. Paper: Starbucks MRR@10 .2282 .2950 .3274 .3369 .3416 .3403
+queries of 32 a step, data parallel; per chip GiB used of HBM, roofline step bound, MFU bound:
+v5e-8 11.9/16, 192 ms, 0.36 (the 9.4k steps in >= 30 min); v4-8 12.3/16 per TensorCore, 242 ms,
+0.41; v5p-8 26.0/95, 88 ms, 0.67 (>= 14 min). One chip does not hold the step as is (v5e-1 86 GiB,
+v6e-1 72 of 32): set train.grad_cache_chunks=8 (v5e-1: 12.5/16 GiB, 767 ms, compute-bound, MFU
+bound 0.72, >= 2 h). The evaluation encoder (128 passages of 196 tokens, float32, one chip) needs
+1.0 GiB and at least 56 ms a batch on a v5e: at least 64 min for the 8.8M passages on one chip.
+Paper: Starbucks MRR@10 .2282 .2950 .3274 .3369 .3416 .3403
 (SMAE + SRL), BERT + SRL mean .2921.
 
 Variants:

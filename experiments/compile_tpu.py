@@ -57,10 +57,11 @@ def compile_one(name: str, topology: str) -> str:
 
 def rescored(r: dict, command: str) -> dict:
   """A report's roofline as compile.roofline computes it now (JSON written before loop trips were
-  counted included): trips = microbatches x gradient-cache chunks of the command's overrides."""
+  counted included): a train step's trips = microbatches x gradient-cache chunks of the command's
+  overrides; the evaluation encoder has no loop."""
   from starbucks_jax import compile as tpu_compile
   setting = lambda key, default: int(next((a.split("=")[1] for a in command.split() if a.startswith(f"--config.train.{key}=")), default))  # noqa: E731
-  trips = setting("microbatches", 1) * max(setting("grad_cache_chunks", 0), 1)
+  trips = setting("microbatches", 1) * max(setting("grad_cache_chunks", 0), 1) if r["program"] == "train_step" else 1
   hbm, peak, bandwidth = tpu_compile.CHIPS[r["chip"]]
   per_chip = round(hbm / r["hbm_bytes"])  # devices per chip (v4: one per TensorCore)
   return tpu_compile.roofline({**r, "loop_trips": trips}, peak / per_chip, bandwidth / per_chip)

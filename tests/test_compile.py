@@ -62,7 +62,8 @@ def test_compiled_flops_are_the_models_matmul_flops(topology, wide_bert, path, b
   with cfg.unlocked():
     cfg.schedule.pairs = ((1, 256), (2, 512))
   r = C.programs(cfg, topology, length=length)[0]
-  assert r["program"] == "train_step" and r["temp_bytes"] > 0 and r["fits"]
+  assert r["program"] == "train_step" and r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"]
+  assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and 0 < r["mfu_bound"] <= 1
   assert 1.0 < r["xla_flops"] / r["model_matmul_flops"] < 1.1, (path, r["xla_flops"], r["model_matmul_flops"])
 
 
