@@ -15,8 +15,9 @@ TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled
 data parallel; per chip GiB used of HBM, roofline step bound, MFU bound. As is it fits only v5p-8
 (92.2/95, 265 ms, 0.83: >= 14 h for 195k steps); v5e-8 needs 34.8 of 16 (17.4 with
 model.remat=full), v4-8 38.4 of a TensorCore's 16, one v5e or v6e ~250. With model.remat=full and
-train.microbatches=4: v5e-8 7.9/16, 299 ms (compute), 0.85 (>= 16 h); v6e-8 7.5/32, 88 ms, 0.63
-(>= 4.8 h); v5e-32 (4 hosts) 4.6/16, 108 ms, 0.59 (>= 5.9 h).
+train.microbatches=4: v5e-8 7.9/16, 299 ms (compute), 0.85 (>= 16 h); v4-8 7.6/16 per
+TensorCore, 427 ms, 0.86 (>= 23 h); v6e-8 7.5/32, 88 ms, 0.63 (>= 4.8 h); v5e-32 (4 hosts)
+4.6/16, 108 ms, 0.59 (>= 5.9 h).
 Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:
