@@ -54,17 +54,22 @@ def wide_bert(tmp_path_factory):
   return str(path)
 
 
-@pytest.mark.parametrize("path, batch, length", [("ft.py:demo", 16, 16), ("pt.py:tiny", 8, 32)])
-def test_compiled_flops_are_the_models_matmul_flops(topology, wide_bert, path, batch, length):
-  """XLA's FLOPs for the whole step (forward, backward, loss, AdamW) exceed BertConfig.matmul_flops
-  (SRL) / pretrain.matmul_flops (SMAE) only by the elementwise work: under 10% at this width."""
-  cfg = tiny(path, **{"model.init_from": wide_bert, "data.batch_size": batch})
+def test_compiled_flops_are_the_models_matmul_flops(topology, wide_bert):
+  """XLA's FLOPs for the whole SRL step (forward, backward, loss, AdamW) exceed BertConfig.matmul_flops
+  only by the elementwise work: under 10% at this width (SMAE: 1.065 at 8 x 32 tokens, in
+  experiments/README; its compile here costs another minute of CI)."""
+  cfg = tiny("ft.py:demo", **{"model.init_from": wide_bert, "data.batch_size": 16})
   with cfg.unlocked():
     cfg.schedule.pairs = ((1, 256), (2, 512))
-  r = C.programs(cfg, topology, length=length)[0]
+  r = C.programs(cfg, topology, length=16)[0]
   assert r["program"] == "train_step" and r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"]
   assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and 0 < r["mfu_bound"] <= 1
-  assert 1.0 < r["xla_flops"] / r["model_matmul_flops"] < 1.1, (path, r["xla_flops"], r["model_matmul_flops"])
+  assert 1.0 < r["xla_flops"] / r["model_matmul_flops"] < 1.1, (r["xla_flops"], r["model_matmul_flops"])
+
+
+def test_smae_step_compiles(topology):
+  r = C.programs(tiny("pt.py:tiny"), topology, preset="tiny", length=16)[0]
+  assert r["temp_bytes"] > 0 and r["fits"] and r["xla_flops"] > r["model_matmul_flops"] > 0
 
 
 def test_bad_topology_and_mesh_fail_in_one_line(topology):
