@@ -15,7 +15,6 @@ from starbucks_jax.config_lib import ConfigError, InputError, load_config
 
 EXIT_USAGE = 2
 DEBUG_ENV = "STARBUCKS_DEBUG"
-STACK_ENV = "STARBUCKS_STACK_RAISED"
 
 
 def run(main: Callable[[], object]) -> None:
@@ -36,11 +35,9 @@ def raise_stack_limit() -> None:
   retrieval gradient cache: SIGSEGV), and threads take their stack size from the limit at start-up.
   Call it as a command's first statement, before jax loads."""
   soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
-  if soft == hard or os.environ.get(STACK_ENV):
-    return
-  resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
-  os.environ[STACK_ENV] = "1"  # once: a limit that does not take is not retried
-  os.execv(sys.executable, sys.orig_argv)
+  if soft != hard:  # the new process starts with soft == hard: it returns here
+    resource.setrlimit(resource.RLIMIT_STACK, (hard, hard))
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def one_line(e: BaseException) -> str:

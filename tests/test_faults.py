@@ -5,7 +5,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -331,16 +334,12 @@ def test_bad_beir_rows_name_file_and_line(tmp_path, file, row, message):
 def test_commands_raise_the_stack_limit_before_jax_loads():
   """XLA's TPU compiler overflows an 8 MiB stack on the retrieval gradient-cache step (SIGSEGV):
   the commands re-execute themselves with the soft stack limit raised to the hard one, once."""
-  import resource
-  import subprocess
-  import sys
   code = ("import resource, sys; print(resource.getrlimit(resource.RLIMIT_STACK)[0], flush=True); "
           "from starbucks_jax import cli; cli.raise_stack_limit(); print('jax' in sys.modules)")
   hard = resource.getrlimit(resource.RLIMIT_STACK)[1]
   if hard != resource.RLIM_INFINITY and hard <= 8 << 20:
     pytest.skip("the hard stack limit leaves nothing to raise")
-  env = {k: v for k, v in os.environ.items() if k != cli.STACK_ENV}
   # the soft limit lowered by the shell (a preexec_fn would fork this multithreaded process)
-  out = subprocess.run(["bash", "-c", 'ulimit -S -s 8192 && exec "$0" -c "$1"', sys.executable, code], env=env,
+  out = subprocess.run(["bash", "-c", 'ulimit -S -s 8192 && exec "$0" -c "$1"', sys.executable, code],
                        cwd=REPO, capture_output=True, text=True, check=True).stdout
   assert out.split() == [str(8 << 20), str(hard), "False"]  # the limit at each start: re-executed once
