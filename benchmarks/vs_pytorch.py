@@ -115,7 +115,6 @@ def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
   import contextlib
 
   import torch
-  import torch.nn.functional as F
   from sentence_transformers import SentenceTransformer
 
   device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,27 +122,11 @@ def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
   bert = model[0].auto_model
   opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, eps=1e-8)
 
-  def pooled(ids, mask):  # {layer: mean-pooled [B, D]} from one forward of one role
-    hs = bert(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
-    m = mask.unsqueeze(-1).float()
-    return {n: (hs[n] * m).sum(1) / m.sum(1).clamp(min=1e-9) for n in {n for n, _ in pairs}}
-
   def loss_fn(batch, method="starbucks"):
     ids = torch.as_tensor(batch["ids"], dtype=torch.long, device=device)
     mask = torch.as_tensor(batch["mask"], device=device)
-    roles = [pooled(ids[r], mask[r]) for r in range(ids.shape[0])]  # anchor, positive
-    labels = torch.arange(ids.shape[1], device=device)
-    total = 0.0
-    for n, d in (pairs if method == "starbucks" else (full,)):
-      a = F.normalize(roles[0][n][:, :d], dim=-1)
-      cands = F.normalize(torch.cat([r[n][:, :d] for r in roles[1:]]), dim=-1)
-      total = total + F.cross_entropy(a @ cands.T * 20.0, labels)
-      if method == "starbucks" and (n, d) != full:
-        teacher = torch.cat([r[full[0]][:, :d] for r in roles])  # every input, not detached
-        student = torch.cat([r[n][:, :d] for r in roles])
-        total = total + 0.3 * F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
-                                       log_target=True, reduction="batchmean")
-    return total
+    roles = [torch_pooled(bert, ids[r], mask[r], pairs) for r in range(ids.shape[0])]  # anchor, positive
+    return torch_srl_loss(roles, pairs if method == "starbucks" else (full,), full)
 
   def step(batch, method):
     model.train()
@@ -156,6 +139,41 @@ def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
     return float(loss.detach())  # waits for the device
 
   return model, loss_fn, step
+
+
+def torch_pooled(bert, ids, mask, pairs):
+  """{layer: mean-pooled [B, D]} of the schedule's layers from one forward of one role's texts."""
+  hs = bert(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states
+  m = mask.unsqueeze(-1).float()
+  return {n: (hs[n] * m).sum(1) / m.sum(1).clamp(min=1e-9) for n in {n for n, _ in pairs}}
+
+
+def torch_srl_loss(roles, pairs, full, task="contrastive", scores=None):
+  """The authors' SRL loss in PyTorch from each role's {layer: mean-pooled [B, D]}: per (n, d) the task
+  loss on the first d features (MNRL: anchor against every positive and negative, cosine x 20;
+  CoSENT on the two roles' cosines x 20) plus 0.3 x KL from the full layer's first d features to
+  layer n's (every input, teacher not detached), summed; the full pair has no KL term."""
+  import torch
+  import torch.nn.functional as F
+
+  total = 0.0
+  for n, d in pairs:
+    if task == "cosent":
+      pred = F.cosine_similarity(roles[0][n][:, :d], roles[1][n][:, :d], dim=-1) * 20.0
+      diff = pred[:, None] - pred[None, :]
+      diff = diff[scores[:, None] < scores[None, :]]
+      total = total + torch.logsumexp(torch.cat([torch.zeros(1, dtype=diff.dtype, device=diff.device), diff]), 0)
+    else:
+      a = F.normalize(roles[0][n][:, :d], dim=-1)
+      cands = F.normalize(torch.cat([r[n][:, :d] for r in roles[1:]]), dim=-1)
+      labels = torch.arange(a.shape[0], device=a.device)
+      total = total + F.cross_entropy(a @ cands.T * 20.0, labels)
+    if (n, d) != tuple(full):
+      teacher = torch.cat([r[full[0]][:, :d] for r in roles])  # every input, not detached
+      student = torch.cat([r[n][:, :d] for r in roles])
+      total = total + 0.3 * F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
+                                     log_target=True, reduction="batchmean")
+  return total
 
 
 def _times(step, steps: int) -> dict[str, list[float]]:

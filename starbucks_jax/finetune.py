@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from starbucks_jax import checkpoint, losses, schedule, sharding, trainer
+from starbucks_jax import checkpoint, losses, schedule, sharding, timing, trainer
 from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
 from starbucks_jax.data import batching, beir, groups, sources
 from starbucks_jax.embed import Embedder
@@ -269,7 +269,8 @@ def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
                                seed=config.seed, length_buckets=d.length_buckets), len(data.queries)
   examples = batching.load_examples(d.train, d.format, dict(d.columns), batching.score_range(d))
   return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=config.seed,
-                          no_duplicates=d.no_duplicates, length_buckets=d.length_buckets), len(examples)
+                          no_duplicates=d.no_duplicates, length_buckets=d.length_buckets,
+                          num_buckets=d.get("num_buckets", 3)), len(examples)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> hf.Pretrained:
@@ -318,7 +319,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
            spec.model.config.num_hidden_layers, spec.model.config.hidden_size, spec.model.pairs)
   if config.mode == "eval":
     trainer.write_config(workdir, config)
-    return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
+    with timing.current().phase("eval"):
+      return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
   # every evaluation row read and checked before training, not after it (read again to evaluate: a
   # corpus is not held in memory through training)
   for _, _, source in spec.sts_sets:
@@ -328,4 +330,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   model = train(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []
-  return evaluate(config, workdir, model, spec, name="final")
+  with timing.current().phase("eval"):
+    return evaluate(config, workdir, model, spec, name="final")

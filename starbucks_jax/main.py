@@ -15,7 +15,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from starbucks_jax import config_lib, finetune, pretrain
+from starbucks_jax import config_lib, finetune, pretrain, sharding, timing
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -30,7 +30,10 @@ def main(argv):
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if not workdir.strip():
     raise config_lib.ConfigError("--workdir is empty; name the run's directory")
+  timing.begin()
   (pretrain if config.get("mode") == "pretrain" else finetune).run(config, workdir)
+  if sharding.is_primary():
+    timing.current().finish(workdir)  # WORKDIR/timing.json: start-up, compiles, training, evaluation
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import losses, schedule, sharding, trainer
+from starbucks_jax import losses, schedule, sharding, timing, trainer
 from starbucks_jax.config_lib import check_choice, check_finite, check_range
 from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
@@ -279,4 +279,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   model = pretrain(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []
-  return evaluate_mlm(config, model, spec, workdir, name="final")
+  with timing.current().phase("eval"):
+    return evaluate_mlm(config, model, spec, workdir, name="final")

@@ -159,7 +159,7 @@ def put_batch(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
   """The host batch (the same on every process) -> global arrays; each process transfers only the
   rows its own devices hold."""
   if jax.process_count() == 1:
-    return {k: jax.device_put(v, shardings[k]) for k, v in batch.items()}
+    return jax.device_put(batch, {k: shardings[k] for k in batch})  # one call for every array
   return {k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: v[index])
           for k, v in batch.items()}
 

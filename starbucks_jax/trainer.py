@@ -30,8 +30,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, report, schedule, sharding
+from starbucks_jax import checkpoint, report, schedule, sharding, timing
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
+from starbucks_jax.data import batching
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig
 
@@ -393,8 +394,10 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
   are the params' logical axes), resume from the workdir's latest checkpoint, jit the step with
   in/out shardings and the state donated, log metrics every train.log_every steps (with
   `data_wait_frac`, the share of the interval spent waiting for input), checkpoint every
-  train.checkpoint_every steps and at the end. `batcher.iterate(start, total)` yields (step, batch)
-  as a pure function of the step; `batch_axes` names each batch array's examples axis (default 0)."""
+  train.checkpoint_every steps and at the end. `batcher.batches(start, total)` yields (step, batch)
+  as a pure function of the step, prepared and transferred ahead of the step (`device_batches`);
+  each batch shape is compiled once, on its first step; `batch_axes` names each batch array's
+  examples axis (default 0). Start-up, compile, train and checkpoint seconds go to timing.current()."""
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   rules = sharding.rules_from_config(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -450,38 +453,40 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     start = 0
   write_config(workdir, config)  # the model, the data and the checkpoint have all loaded
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
-  step_fn = None
+  timer = timing.current()
   base_rng = jax.random.key(config.seed)
   writer = MetricsWriter(workdir, start)
   examples_per_step = config.data.batch_size
+  executables = {}  # batch shapes -> the step compiled for them: each shape compiles once, ahead of its step
+  real = padded = 0
+  lr_at = jax.jit(lr)  # compiled once: evaluated op by op, the schedule costs ~5 ms per log row
   try:
-    compiled_shapes = set()
     t0, last_log = time.time(), start  # the first interval includes compilation
     progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
                     disable=None if sharding.is_primary() else True)
-    batches, waited = batcher.iterate(start, total_steps), 0.0
+    batches, waited = device_batches(batcher, start, total_steps, mesh, batch_axes, base_rng), 0.0
+    timer.add("startup", timer.since_start())
+    loop_t0 = time.perf_counter()
     while True:
       t_wait = time.time()
       item = next(batches, None)  # time the loop waits for input: ~0 when the data keeps up
       waited += time.time() - t_wait
       if item is None:
         break
-      step, batch = item
-      rng = jax.random.fold_in(base_rng, step)
+      step, batch, batch_sh, rng, tokens = item
+      real, padded = real + tokens[0], padded + tokens[1]
       shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
-      batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
-      batch = sharding.put_batch(batch, batch_sh)
+      step_fn = executables.get(shape)
       if step_fn is None:
-        step_fn = jit_step(train_step, state_sh, batch_sh)
-      if not compiled_shapes:  # compile ahead of time once and report the memory it needs
-        compiled = step_fn.lower(state, batch, rng).compile()
-        mem = compiled.memory_analysis()
-        if mem is not None:
-          log.info("compiled step for batch %s: temp %.1f MiB, arguments %.1f MiB, output %.1f MiB", shape,
-                   mem.temp_size_in_bytes / 2**20, mem.argument_size_in_bytes / 2**20,
-                   mem.output_size_in_bytes / 2**20)
-        warn_if_products_upcast(compiled, config.model.dtype)
-      compiled_shapes.add(shape)
+        jax.block_until_ready(state)  # the steps before run first: the compile's time is its own
+        with timer.phase("compile"):
+          step_fn = executables[shape] = jit_step(train_step, state_sh, batch_sh).lower(state, batch, rng).compile()
+        mem = step_fn.memory_analysis()
+        log.info("compiled step %d for batch %s%s", len(executables), shape, "" if mem is None else
+                 f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
+                 f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
+        if len(executables) == 1:
+          warn_if_products_upcast(step_fn, config.model.dtype)
       state, metrics = step_fn(state, batch, rng)
       done = step + 1
       progress.update(1)
@@ -495,17 +500,49 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
       if logging_now:
         metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
         elapsed = time.time() - t0
-        metrics["lr"] = lr(step)
+        metrics["lr"] = float(lr_at(step))
         metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
         metrics["data_wait_frac"] = waited / max(elapsed, 1e-9)
         writer.write(done, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
         t0, last_log, waited = time.time(), done, 0.0
       if saving_now:
-        checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
-                        meta={"step": done}, force=done == total_steps)
+        with timer.phase("checkpoint"):
+          checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
+                          meta={"step": done}, force=done == total_steps)
+    jax.block_until_ready(state)
+    with timer.phase("checkpoint"):
+      mngr.wait_until_finished()
+    loop_s = time.perf_counter() - loop_t0
+    steps_run = done - start if executables else 0
+    train_s = loop_s - timer.seconds.get("compile", 0.0) - timer.seconds.get("checkpoint", 0.0)
+    timer.add("train", train_s)
+    timer.set(steps=steps_run, compiles=len(executables), examples_per_s=steps_run * examples_per_step / loop_s,
+              steady_examples_per_s=steps_run * examples_per_step / max(train_s, 1e-9),
+              padded_frac=1 - real / padded if padded else 0.0)
   finally:  # an interrupted run keeps every checkpoint it started to write
     progress.close()
     mngr.wait_until_finished()
     mngr.close()
   return state
+
+
+def device_batches(batcher, start: int, total: int, mesh, batch_axes, base_rng, prefetch: int = 2):
+  """(step, batch on the mesh, its shardings, dropout key, (real tokens, padded tokens)) for steps
+  start .. total - 1 in order, prepared on one background thread `prefetch` steps ahead of the loop:
+  the host batch, its shardings (built once per layout), the transfer and the step's key
+  fold_in(seed, step)."""
+  layouts = {}
+  fold_in = jax.jit(jax.random.fold_in)  # one dispatch; op by op it costs ~0.3 ms a step
+
+  def prepare():
+    for step, batch in batcher.batches(start, total):
+      layout = tuple((k, np.ndim(v)) for k, v in batch.items())
+      if layout not in layouts:
+        layouts[layout] = sharding.batch_shardings(batch, mesh, batch_axes)
+      masks = [v for k, v in batch.items() if k == "mask" or k.endswith("_mask")]
+      tokens = (sum(int(m.sum()) for m in masks), sum(m.size for m in masks))
+      yield (step, sharding.put_batch(batch, layouts[layout]), layouts[layout], fold_in(base_rng, step),
+             tokens)
+
+  return batching.in_background(prepare(), prefetch)

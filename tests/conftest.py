@@ -96,9 +96,9 @@ def shared_data():
 
 
 def kill_at(monkeypatch, batcher_cls, step: int) -> None:
-  """Make `batcher_cls.iterate` raise KeyboardInterrupt when step `step`'s batch is on its way, as
+  """Make `batcher_cls.batches` raise KeyboardInterrupt when step `step`'s batch is on its way, as
   if the process were killed mid-run (monkeypatch.undo() lets the resumed run finish)."""
-  real = batcher_cls.iterate
+  real = batcher_cls.batches
 
   def dying(self, start, total, **kw):
     for i, batch in real(self, start, total, **kw):
@@ -106,7 +106,7 @@ def kill_at(monkeypatch, batcher_cls, step: int) -> None:
         raise KeyboardInterrupt("killed")
       yield i, batch
 
-  monkeypatch.setattr(batcher_cls, "iterate", dying)
+  monkeypatch.setattr(batcher_cls, "batches", dying)
 
 
 def max_rel_diff(a, b):

@@ -93,3 +93,40 @@ def test_machine_line_names_the_cpu_and_its_vector_extensions(vs_pytorch, tmp_pa
   assert vs_pytorch.cpu_description(str(cpuinfo)).endswith(", asimd, sve")
   if (REPO / ".git").exists():  # a clone (CI, here); an unpacked archive has no commit to name
     assert re.fullmatch(r"[0-9a-f]{7,}(\+changes)?", vs_pytorch.git_commit())
+
+
+@pytest.mark.parametrize("task", ["cosent", "contrastive"])
+def test_recipe_benchmarks_sentence_transformers_loss_is_our_objective(random_minilm, task):
+  """recipe_vs_pytorch.py trains the PyTorch side with this loss module: on the same weights and
+  texts (each side tokenising and padding its own way) it must compute our SRL loss."""
+  pytest.importorskip("sentence_transformers")
+  torch = pytest.importorskip("torch")
+  from sentence_transformers import SentenceTransformer
+
+  spec = importlib.util.spec_from_file_location("recipe_vs_pytorch", REPO / "benchmarks" / "recipe_vs_pytorch.py")
+  recipe = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(recipe)
+  pre = checkpoint.load_model(random_minilm)
+  N, D = pre.config.num_hidden_layers, pre.config.hidden_size
+  pairs = schedule.STARBUCKS["minilm-l6-h384"]
+  roles = 2 if task == "cosent" else 3
+  texts = [[f"[unused{10 * r + i}] " * (3 + (i * 7 + r) % 9) for i in range(8)] for r in range(roles)]
+  scores = np.array([0.5, 4.0, 2.5, 2.5, 1.0, 5.0, 3.0, 0.0], np.float32)
+  model = SentenceTransformer(random_minilm, device="cpu")
+  model.eval()
+  with torch.no_grad():
+    want = float(recipe.StarbucksLoss(model, pairs, task)([model.preprocess(t) for t in texts],
+                                                          torch.tensor(scores) if task == "cosent" else None))
+  seqs = [[pre.tokenizer(t)["input_ids"] for t in role] for role in texts]
+  T = max(len(s) for role in seqs for s in role) + 3  # padded further than either side's longest
+  batch = {"ids": np.zeros((roles, 8, T), np.int32), "mask": np.zeros((roles, 8, T), np.int32)}
+  for r, role in enumerate(seqs):
+    for i, s in enumerate(role):
+      batch["ids"][r, i, :len(s)], batch["mask"][r, i, :len(s)] = s, 1
+  if task == "cosent":
+    batch["scores"] = scores
+  ft = load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  step = finetune.make_srl_step(pre.config, schedule.plan("starbucks", pairs, N, D), losses.LossConfig(task=task),
+                               trainer.make_optimizer(ft.train, 10), "mean", dropout=False)
+  got = float(jax.jit(step.loss_fn)(pre.params["bert"], batch, jax.random.key(0))[0])
+  assert abs(got - want) / abs(want) < 1e-5, (got, want)

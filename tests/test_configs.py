@@ -103,6 +103,7 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
              f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))")
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "| 4 | 32 |" in ok.stdout
+  assert json.load(open(tmp_path / "w" / "timing.json"))["eval_s"] > 0  # where the time went
   typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}", "--config.modle.pooling=cls")
   assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
       "error: --config.modle.pooling: no such key in configs/ft.py; did you mean --config.model.pooling?")

@@ -1,11 +1,12 @@
 """Sources (local files, HF datasets), errors that name file and line, and deterministic batches."""
 
+import itertools
 import json
 
 import numpy as np
 import pytest
 
-from starbucks_jax.data import batching, sources
+from starbucks_jax.data import batching, sources, tokenize
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.models import hf
 
@@ -86,8 +87,8 @@ def test_batches_are_deterministic_and_resumable(tokenizer):
   a = batching.Batcher(ex, tokenizer, batch_size=8, max_length=16, seed=3)
   b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=16, seed=3)
   assert a.steps_in(2) == 8  # 4 full batches per epoch, the partial one dropped
-  full = list(a.iterate(0, 8))
-  tail = list(b.iterate(5, 8))  # a resumed run starting at step 5
+  full = list(a.batches(0, 8))
+  tail = list(b.batches(5, 8))  # a resumed run starting at step 5
   for (s1, x), (s2, y) in zip(full[5:], tail):
     assert s1 == s2
     np.testing.assert_array_equal(x["ids"], y["ids"])
@@ -127,3 +128,38 @@ def test_tfds_source_with_mock_data():
     ex = batching.load_examples("tfds:glue/stsb@validation", "scored_pairs", {"score": "label"})
   assert len(s1) == 7 and isinstance(s1[0], str) and scores.dtype == np.float64
   assert len(ex) == 7 and ex.scores.shape == (7,)
+
+
+def test_fitted_buckets_are_the_fewest_padded_tokens_and_hold_every_length():
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    lengths = rng.integers(3, 60, rng.integers(1, 40))
+    top = int(-(-lengths.max() // 8) * 8)
+    count = int(rng.integers(1, 4))
+    got = tokenize.fit_buckets(lengths, top, count)
+    assert len(got) <= count and got[-1] == top and all(b % 8 == 0 for b in got)
+    padded = lambda bs: sum(min(b for b in bs if b >= n) for n in lengths)  # noqa: E731
+    # brute force over every choice of count - 1 smaller multiples of 8: none pads fewer tokens
+    smaller = list(range(8, top, 8))
+    best = min(padded(tuple(c) + (top,)) for k in range(count) for c in itertools.combinations(smaller, k))
+    assert padded(got) == best
+  with pytest.raises(ValueError, match="does not fit the top bucket 16"):
+    tokenize.fit_buckets([20], 16, 2)
+
+
+def test_auto_buckets_keep_every_example_and_its_tokens(tokenizer):
+  ex = batching.Examples(("anchor", "positive"), [[("word " * (i % 23 + 1)).strip() for i in range(64)],
+                                                  [f"a dog {i}" for i in range(64)]], None)
+  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=256, seed=0, length_buckets="auto", num_buckets=2)
+  longest = max(len(tokenizer(t)["input_ids"]) for role in ex.texts for t in role)
+  assert len(b.buckets) == 2 and b.buckets[-1] == -(-longest // 8) * 8  # the top holds the longest text
+  seen = []
+  for _, batch in b.batches(0, b.steps_in(1)):
+    assert batch["ids"].shape[-1] in b.buckets
+    for r, texts in enumerate(ex.texts):
+      for row, i in zip(range(8), b.epoch_batches(0)[len(seen) // 8]):
+        want = tokenizer(texts[i])["input_ids"]
+        n = int(batch["mask"][r, row].sum())
+        assert batch["ids"][r, row, :n].tolist() == want and (batch["ids"][r, row, n:] == tokenizer.pad_token_id).all()
+    seen += list(b.epoch_batches(0)[len(seen) // 8])
+  assert sorted(seen) == list(range(64))  # every example once per epoch

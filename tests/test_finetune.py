@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tiny_srl_case
-from starbucks_jax import checkpoint, config_lib, embed, finetune, losses, schedule
+from starbucks_jax import checkpoint, config_lib, embed, finetune, losses, schedule, timing
 from starbucks_jax.data import batching
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
 from starbucks_jax.models.pooling import pool, pooled_layers
@@ -116,8 +116,13 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
     tiny_run.data.train = write_scored(tmp_path / "sts.jsonl", 30)
     tiny_run.data.format = "scored_pairs"
     tiny_run.loss.task = "cosent"
+  timer = timing.begin()
   finetune.run(tiny_run, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  spent = timer.record()  # the run's time, itemised (main writes it to WORKDIR/timing.json)
+  assert spent["steps"] == rows[-1]["step"] and spent["compiles"] >= 1 and 0 < spent["padded_frac"] < 1
+  assert all(spent[k] > 0 for k in ("startup_s", "compile_s", "train_s", "eval_s", "checkpoint_s"))
+  assert spent["total_s"] >= spent["startup_s"] + spent["compile_s"] + spent["train_s"] + spent["eval_s"]
   assert set(rows[0]) >= {"task/1_8", "kl/1_8", "task/4_32", "lr", "examples_per_sec"}
   (info,) = json.load(open(tmp_path / "w" / "run.json"))  # what code and machine made the run
   assert len(info["commit"]) >= 7 and info["jax"] == jax.__version__ and info["processes"] == 1

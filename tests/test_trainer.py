@@ -1,4 +1,5 @@
-"""The shared trainer: optimizer and schedule, skipped non-finite updates, mixed precision."""
+"""The shared trainer: optimizer and schedule, skipped non-finite updates, mixed precision, the
+prefetched batches."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from starbucks_jax import checkpoint, config_lib, finetune, losses, schedule, trainer
+from starbucks_jax import checkpoint, config_lib, finetune, losses, schedule, sharding, trainer
+from starbucks_jax.data import batching
+from starbucks_jax.models import hf
 
 
 def test_nonfinite_step_is_skipped(tiny_hf_dir):
@@ -82,3 +85,19 @@ def test_weight_decay_skips_biases_and_layer_norm(tiny_hf_dir):
   assert mask["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
   assert not mask["encoder"]["layer_0"]["intermediate"]["dense"]["bias"]
   assert not mask["embeddings"]["LayerNorm"]["scale"]
+
+
+def test_prefetched_batches_keep_the_order_the_data_and_the_keys(tiny_hf_dir):
+  ex = batching.Examples(("anchor", "positive"), [[f"the cat {i}" for i in range(40)], [f"a dog {i}" for i in range(40)]],
+                         None)
+  batcher = batching.Batcher(ex, hf.load_tokenizer(tiny_hf_dir), batch_size=8, max_length=16, seed=1)
+  mesh = sharding.make_mesh((1, 1, 1))
+  base = jax.random.key(7)
+  for start in (0, 6):  # a fresh run and one resumed at step 6 (into the second epoch)
+    got = list(trainer.device_batches(batcher, start, 12, mesh, None, base))
+    want = list(batcher.batches(start, 12))
+    assert [g[0] for g in got] == [w[0] for w in want] == list(range(start, 12))
+    for (step, batch, _, key, tokens), (_, host) in zip(got, want):
+      assert set(batch) == set(host) and all(np.array_equal(np.asarray(batch[k]), host[k]) for k in host)
+      assert np.array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.fold_in(base, step)))
+      assert tokens == (int(host["mask"].sum()), host["mask"].size)

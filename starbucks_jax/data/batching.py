@@ -21,7 +21,7 @@ import numpy as np
 
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range
 from starbucks_jax.data.sources import DataError, check_spec, read_rows, typed
-from starbucks_jax.data.tokenize import BUCKETS, bucket_length, pad_batch, tokenize
+from starbucks_jax.data.tokenize import BUCKETS, bucket_length, fit_buckets, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,8 @@ def score_range(data_cfg) -> tuple[float, float]:
 
 def check_config(data_cfg) -> None:
   """The data block of a run on examples (data.format triplets, pairs or scored_pairs)."""
-  check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
+  check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS + ("auto",))
+  check_range("data.num_buckets", data_cfg.get("num_buckets", 3), 1)
   low, high = score_range(data_cfg)
   check_range("data.score_range", high, low, low_open=True)
   if data_cfg.train.startswith("beir:"):
@@ -87,21 +88,44 @@ class Batcher:
   """Tokenises once, then serves batch(epoch, index) -> {'ids', 'mask': [R, B, T] int32, 'scores'}."""
 
   def __init__(self, examples: Examples, tokenizer, *, batch_size: int, max_length: int, seed: int,
-               no_duplicates: bool = False, length_buckets: str = "pow2"):
+               no_duplicates: bool = False, length_buckets: str = "pow2", num_buckets: int = 3):
     if len(examples) < batch_size:
       raise DataError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
     self.examples, self.batch_size, self.max_length = examples, batch_size, max_length
     self.seed, self.no_duplicates, self.length_buckets = seed, no_duplicates, length_buckets
+    self.num_buckets = num_buckets
     self.pad_id = tokenizer.pad_token_id
-    self.ids, truncated = [], 0
+    flat, lengths, truncated = [], [], 0  # each role's token ids end to end, and each text's length
     for texts in examples.texts:
       ids, n = tokenize(tokenizer, texts, max_length)
-      self.ids.append(ids)
+      lengths.append(np.fromiter(map(len, ids), np.int64, len(ids)))
+      flat.append(np.fromiter((t for s in ids for t in s), np.int32, int(lengths[-1].sum())))
       truncated += n
+    self.flat, self.lengths = flat, np.stack(lengths)  # [R] x [sum of lengths], [R, N]
+    self.starts = np.concatenate([np.zeros((len(flat), 1), np.int64), np.cumsum(self.lengths, 1)[:, :-1]], 1)
     if truncated:
       log.warning("%d training texts are longer than max_length=%d and were truncated", truncated,
                   max_length)
     self._epochs: dict[int, list[np.ndarray]] = {}
+    self._buckets = None
+
+  @property
+  def buckets(self) -> str | tuple[int, ...]:
+    """length_buckets, or for 'auto' the num_buckets pad lengths that pad epoch 0's batches least,
+    the largest holding the longest text of the data (so no epoch needs another shape)."""
+    if self.length_buckets != "auto":
+      return self.length_buckets
+    if self._buckets is None:
+      batches = self.epoch_batches(0)
+      longest = [int(self.lengths[:, rows].max()) for rows in batches]
+      top = min(-(-int(self.lengths.max()) // 8) * 8, self.max_length)
+      self._buckets = fit_buckets(longest, top, self.num_buckets)
+      padded = sum(self.lengths.shape[0] * self.batch_size * bucket_length(n, self.max_length, buckets=self._buckets)
+                   for n in longest)
+      real = sum(int(self.lengths[:, rows].sum()) for rows in batches)
+      log.info("length buckets %s fitted to epoch 0 (data.num_buckets=%d): %.3f of its tokens are padding",
+               self._buckets, self.num_buckets, 1 - real / padded)
+    return self._buckets
 
   def epoch_batches(self, epoch: int) -> list[np.ndarray]:
     """The example indices of every batch of `epoch` (cached)."""
@@ -142,11 +166,14 @@ class Batcher:
     return epoch, step
 
   def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
-    seqs = [[ids[i] for i in rows] for ids in self.ids]
-    length = bucket_length(max(len(s) for role in seqs for s in role), self.max_length,
-                           buckets=self.length_buckets)
-    ids, mask = zip(*(pad_batch(role, length, len(rows), self.pad_id) for role in seqs))
-    batch = {"ids": np.stack(ids), "mask": np.stack(mask)}
+    rows = np.asarray(rows)
+    lengths = self.lengths[:, rows]  # [R, B]
+    length = bucket_length(int(lengths.max()), self.max_length, buckets=self.buckets)
+    mask = np.arange(length) < lengths[..., None]  # [R, B, T]
+    ids = np.full(mask.shape, self.pad_id, np.int32)
+    for r, flat in enumerate(self.flat):  # each row's tokens gathered from the role's flat ids
+      ids[r][mask[r]] = flat[(self.starts[r, rows][:, None] + np.arange(length))[mask[r]]]
+    batch = {"ids": ids, "mask": mask.astype(np.int32)}
     if self.examples.scores is not None:
       batch["scores"] = self.examples.scores[rows]
     return batch
@@ -161,11 +188,6 @@ class Batcher:
         batches = self.epoch_batches(epoch)
       yield step, self.make_batch(batches[index])
       index += 1
-
-  def iterate(self, start_step: int, num_steps: int, prefetch: int = 2
-              ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """`batches`, built on a background thread."""
-    return in_background(self.batches(start_step, num_steps), prefetch)
 
 
 def in_background(items: Iterator, prefetch: int = 2) -> Iterator:

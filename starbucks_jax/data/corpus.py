@@ -157,7 +157,3 @@ class TextBatcher:
       step += 1
     if step < num_steps:
       raise DataError(f"{self.spec}: the stream ended after {step} steps of the {num_steps} asked for")
-
-  def iterate(self, start_step: int, num_steps: int, prefetch: int = 4
-              ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    return in_background(self.batches(start_step, num_steps), prefetch)

@@ -24,7 +24,6 @@ import numpy as np
 
 from starbucks_jax.config_lib import check_choice, check_range
 from starbucks_jax.data import beir
-from starbucks_jax.data.batching import in_background
 from starbucks_jax.data.sources import DataError, check_spec, read_rows, typed
 from starbucks_jax.data.tokenize import BUCKETS
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
@@ -166,6 +165,3 @@ class GroupBatcher:
       epoch, index = divmod(step, per_epoch)
       order = np.random.default_rng([self.seed, epoch]).permutation(len(self.groups.queries))
       yield step, self.make_batch(epoch, order[index * self.B:(index + 1) * self.B])
-
-  def iterate(self, start_step: int, num_steps: int, prefetch: int = 2):
-    return in_background(self.batches(start_step, num_steps), prefetch)
