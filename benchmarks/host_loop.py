@@ -8,7 +8,8 @@ around a step that does next to nothing: it adds the batch's token count to a on
 is left is the host's work per step, which on an accelerator, where a MiniLM or BERT-base step
 takes milliseconds, decides whether the device waits. Prints ms per step: the wall time of fit over
 `--steps` steps minus that over a quarter of them, divided by the difference (start-up, the compile
-and the final checkpoint cancel), and the loop's data_wait_frac; `--out` writes them as JSON. The examples are synthetic pairs of 8..`--length` words (a real tokenizer, offline)."""
+and the final checkpoint cancel), and the loop's data_wait_frac; `--out` writes them as JSON. The
+examples are synthetic pairs of 8..`--length` words (a real tokenizer, offline)."""
 
 import argparse
 import json
