@@ -465,7 +465,8 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
                     disable=None if sharding.is_primary() else True)
     batches, waited = device_batches(batcher, start, total_steps, mesh, batch_axes, base_rng), 0.0
-    timer.add("startup", timer.since_start())
+    timer.seconds.setdefault("startup", timer.since_start())  # the process's first fit
+    before = {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}  # earlier fits' seconds
     loop_t0 = time.perf_counter()
     while True:
       t_wait = time.time()
@@ -515,7 +516,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
       mngr.wait_until_finished()
     loop_s = time.perf_counter() - loop_t0
     steps_run = done - start if executables else 0
-    train_s = loop_s - timer.seconds.get("compile", 0.0) - timer.seconds.get("checkpoint", 0.0)
+    train_s = loop_s - sum(timer.seconds.get(k, 0.0) - v for k, v in before.items())  # this fit's only
     timer.add("train", train_s)
     timer.set(steps=steps_run, compiles=len(executables), examples_per_s=steps_run * examples_per_step / loop_s,
               steady_examples_per_s=steps_run * examples_per_step / max(train_s, 1e-9),
