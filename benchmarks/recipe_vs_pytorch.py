@@ -12,11 +12,13 @@ decay, clipping and epsilon, then the same evaluation (every text encoded once w
 states, longest first as model.encode sorts them; Spearman of the cosine at each pair). Both read the
 same examples in the same order: the parent lays out our batcher's batches and the PyTorch side's
 sampler takes them in sequence, so each step sees the same examples on both sides (each pads its
-own way: ours to the batch's length bucket, theirs each role to its longest text).
+own way: ours to the batch's length bucket or into packed rows, theirs each role to its longest text).
 
 Before timing, both losses are computed on the first batch with the same weights, dropout off; the
 relative difference is printed and must be under 1e-4. Each side then runs in its own process,
-alternated over `--rounds` (ours, theirs, ours, ...), so drifting machine load hits both. Printed per
+alternated over `--rounds` (ours, theirs, ours, ...), so drifting machine load hits both. Our runs
+share a compilation cache made fresh for the benchmark: round 1 compiles (a user's first run), later
+rounds load (a rerun, a resume, a sweep); `--cold` gives every run its own. Printed per
 run: whole-process wall time (launch to exit), training examples/s (steps x batch over the training
 loop's wall time, compiles included), the steady rate (without compiles: ours from WORKDIR/timing.json),
 start-up, compile time and count, evaluation time, padded-token fraction; then the medians and the
@@ -61,9 +63,9 @@ def layout(config, steps: int) -> dict:
     idx = batcher.epoch_batches(epoch)[index]
     rows.append([int(i) for i in idx])
     batch = batcher.make_batch(idx)
-    lengths = batch["mask"].sum(-1)  # [R, B]
+    lengths = batcher.lengths[:, idx]  # [R, B] tokens of each text
     real += int(lengths.sum())
-    ours_padded += batch["mask"].size
+    ours_padded += batch["segments" if "segments" in batch else "mask"].size  # packed rows, or [R, B, T]
     theirs_padded += int(lengths.max(-1).sum()) * lengths.shape[1]
   ex = batcher.examples
   sts = [s.split("=", 1)[1] for s in config.eval.sts.split(",") if s]
@@ -167,13 +169,15 @@ def theirs(lay: dict) -> dict:
           "compile_s": 0.0, "compiles": 0, "spearman": results}
 
 
-def ours(recipe: str, steps: int, extra: list[str]) -> dict:
-  """Our side: the user's command in its own process; its timings from WORKDIR/timing.json."""
+def ours(recipe: str, steps: int, extra: list[str], cache: str) -> dict:
+  """Our side: the user's command in its own process; its timings from WORKDIR/timing.json.
+  `cache`: its compilation cache (a fresh directory: the first run a user makes)."""
   workdir = tempfile.mkdtemp(prefix="recipe_ours_")
   cmd = [sys.executable, "-m", "starbucks_jax.main", f"--config={os.path.join(REPO, 'configs', 'ft.py')}:{recipe}",
-         f"--workdir={workdir}", f"--config.train.max_steps={steps}", *extra]
+         f"--workdir={workdir}", f"--config.train.max_steps={steps}", f"--compilation_cache={cache}", *extra]
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   t = time.perf_counter()
-  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
   wall = time.perf_counter() - t
   if proc.returncode:
     raise SystemExit(f"our run failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
@@ -218,6 +222,9 @@ def main():
   p.add_argument("--steps", type=int, default=200, help="training steps on each side")
   p.add_argument("--rounds", type=int, default=2, help="processes per side, alternated")
   p.add_argument("--ours-arg", action="append", default=[], help="extra --config.KEY=VALUE for our run")
+  p.add_argument("--cold", action="store_true",
+                 help="every run of ours compiles from scratch (default: one compilation cache for the "
+                      "benchmark, so round 1 is a first run and later rounds are reruns)")
   p.add_argument("--out", help="write every run and the ratios to this JSON file")
   p.add_argument("--worker", help=argparse.SUPPRESS)  # theirs: a layout JSON to train on
   args = p.parse_args()
@@ -232,8 +239,12 @@ def main():
   with open(lay_path, "w", encoding="utf8") as f:
     json.dump(lay, f)
   runs = {"ours": [], "theirs": []}
+  cache = tempfile.mkdtemp(prefix="recipe_xla_cache_")
   for r in range(args.rounds):
-    runs["ours"].append(ours(args.recipe, args.steps, args.ours_arg))
+    if args.cold:
+      cache = tempfile.mkdtemp(prefix="recipe_xla_cache_")
+    runs["ours"].append({**ours(args.recipe, args.steps, args.ours_arg, cache),
+                         "cache": "cold" if args.cold or r == 0 else "warm"})
     t = time.perf_counter()
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lay_path], cwd=REPO,
                           capture_output=True, text=True)
@@ -242,7 +253,7 @@ def main():
     runs["theirs"].append({"wall_s": time.perf_counter() - t, **json.loads(proc.stdout.strip().splitlines()[-1])})
     for side in ("ours", "theirs"):
       x = runs[side][-1]
-      print(f"round {r + 1} {side:6s}: wall {x['wall_s']:6.1f} s | train {x['examples_per_s']:5.1f} ex/s "
+      print(f"round {r + 1} {side:6s}{' (' + x['cache'] + ')' if 'cache' in x else ''}: wall {x['wall_s']:6.1f} s | train {x['examples_per_s']:5.1f} ex/s "
             f"(steady {x['steady_examples_per_s']:5.1f}) in {x['train_s']:6.1f} s | start-up {x['startup_s']:5.1f} s | "
             f"compile {x['compile_s']:5.1f} s x{x['compiles']} | eval {x['eval_s']:5.1f} s", flush=True)
   med = {side: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "examples_per_s", "steady_examples_per_s")}

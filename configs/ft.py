@@ -25,8 +25,9 @@ Variants:
             2.9/32, 21 ms, 0.06; v5p-8 2.8/95, 8 ms, 0.07; over v5e-8 (2.7 GiB, 23 ms, 0.03) or
             v4-8 (2.9, 42 ms, 0.02) each device gets 2 pairs: use one chip.
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
-            train/test from ../shared/data (a developer checkout). 15-20 min per epoch on 2
-            CPU cores; recorded by experiments/sweep_cpu.py.
+            train/test from ../shared/data (a developer checkout). Packed rows (data.packing,
+            eval.packing). 15-20 min per epoch on 2 CPU cores (before packing; 200 steps
+            packed: ~4 min, experiments/bench_recipe.md); recorded by experiments/sweep_cpu.py.
   nli_cpu   The nli recipe at CPU scale: all-MiniLM-L6-v2 and its schedule, MNRL on the SNLI dev
             triplets of ../shared/data (3,172; a developer checkout), batch 32, 1 epoch (99 steps),
             evaluated on STS-B dev. benchmarks/recipe_vs_pytorch.py times it against the authors'
@@ -92,7 +93,9 @@ def get_config(arg=None):
   c.data.batch_size = 128  # examples per step (each triplet is 3 texts)
   c.data.no_duplicates = True  # keep a text from appearing twice in one batch (false negatives)
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,.. | 'auto'
-  c.data.num_buckets = 3  # length_buckets='auto': this many pad lengths (compiles), fitted to the data
+  c.data.num_buckets = 3  # length_buckets='auto' or packing: this many pad lengths / row counts (compiles)
+  c.data.packing = False  # several texts per row, each attending only to itself (no padding to the longest)
+  c.data.pack_length = 0  # packing: tokens per row; 0 = the longest training text (rounded up to 8)
   c.data.group_size = 8  # format=groups: passages per query (1 positive + G-1 negatives)
   c.data.query_max_length = 32  # format=groups: query tokens
   c.data.passage_max_length = 196  # format=groups: passage tokens
@@ -123,7 +126,8 @@ def get_config(arg=None):
   c.eval = ml_collections.ConfigDict()
   c.eval.sts = PAPER_STS_EVAL  # DATASET/SPLIT=SOURCE, comma-separated
   c.eval.grid = False  # evaluate every layer x every dim of the schedule instead
-  c.eval.batch_size = 128  # texts per encoding batch
+  c.eval.batch_size = 128  # texts per encoding batch (eval.packing: rows per batch)
+  c.eval.packing = False  # encode texts packed into shared rows (one compile, little padding)
   c.eval.retrieval = ""  # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
   c.eval.retrieval_similarity = "cosine"  # 'cosine' (truncate, normalise) | 'dot' (raw, the retrieval recipe)
   c.eval.query_max_length = 64  # query tokens for retrieval evaluation
@@ -145,12 +149,18 @@ def get_config(arg=None):
   if arg.sts_cpu:
     c.data.train = f"{SHARED}/stsb/train.jsonl"
     c.eval.sts = f"stsb/test={SHARED}/stsb/test.jsonl"
-    c.data.length_buckets = "linear"  # less padding than pow2 on short texts (CPU); 'auto' measured slower
+    c.data.packing = True  # texts share rows: a step pays for real tokens, not the batch's longest text
+    c.data.num_buckets = 2  # row counts, so 2 compiles (experiments/bench_recipe.md)
+    c.eval.packing = True
+    c.eval.batch_size = 32  # packed rows of ~72 tokens, up to 4 texts each
     c.train.checkpoint_every = 200
   if arg.nli_cpu:
     c.data.train = f"{SHARED}/snli/dev_triplets.jsonl"
     c.data.batch_size = 32
-    c.data.length_buckets = "linear"
+    c.data.packing = True
+    c.data.num_buckets = 2
+    c.eval.packing = True
+    c.eval.batch_size = 32
     c.eval.sts = f"stsb/dev={SHARED}/stsb/dev.jsonl"
     c.train.log_every = 10
   if arg.demo:

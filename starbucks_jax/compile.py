@@ -201,11 +201,14 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   run = finetune.describe(config, backbone=backbone, devices=topo.devices)
   cfg = run.model.config
   T = _length(config, cfg, length)
-  batch = finetune.abstract_batch(config, T)
+  batch = finetune.abstract_batch(config, T, shards=run.data_shards)
   compiled, mesh = _compile_step(config, topo, run, lambda tx: finetune.run_step(config, run, tx),
-                                 init_shapes(cfg), param_logical_axes(cfg), batch, finetune.ROLE_AXES)
+                                 init_shapes(cfg), param_logical_axes(cfg), batch, finetune.batch_axes(config))
   encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
-  if "query_ids" in batch:
+  if "segments" in batch:
+    P, L = batch["ids"].shape
+    flops, shape = encoder.matmul_flops(P, L), f"{config.data.batch_size} examples in {P} packed rows x {L} tokens"
+  elif "query_ids" in batch:
     (B, Tq), (P, Tp) = batch["query_ids"].shape, batch["passage_ids"].shape
     flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
   else:

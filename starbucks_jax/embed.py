@@ -10,8 +10,9 @@ Command line (one text per line in, a .npy matrix out):
         --input texts.txt --output vecs.npy [--normalize]
 
 Texts are sorted by length and padded to a few bucket lengths, so jit compiles a handful of
-programs; texts longer than the model's maximum length are truncated (reported once per Embedder).
-An empty list gives an empty [0, dim] array.
+programs; with `pack=True` they share rows instead (each text attending only to itself), one
+program and few padded tokens. Texts longer than the model's maximum length are truncated (reported
+once per Embedder). An empty list gives an empty [0, dim] array.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ from tqdm.auto import tqdm
 
 from starbucks_jax import checkpoint, cli
 from starbucks_jax.config_lib import InputError
+from starbucks_jax.data.batching import pack_in_order
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 from starbucks_jax.models import hf
-from starbucks_jax.models.pooling import POOLINGS, pooled_layers
+from starbucks_jax.models.pooling import POOLINGS, pooled_layers, pooled_layers_packed
 from starbucks_jax.schedule import check_pair
 
 log = logging.getLogger(__name__)
@@ -45,20 +47,32 @@ def pool_layers(params, ids, mask, *, config, layers, pooling):
   return jnp.stack([pooled[n] for n in layers])
 
 
-class Embedder:
-  """Encodes texts with a loaded model; defaults come from the model's sentence settings."""
+@functools.partial(jax.jit, static_argnames=("config", "layers", "pooling", "texts"))
+def pool_packed_layers(params, ids, segments, positions, *, config, layers, pooling, texts):
+  """`pool_layers` for packed rows holding up to `texts` texts -> [len(layers), texts, D]."""
+  pooled = pooled_layers_packed(params, config, ids, segments, positions, layers, pooling, texts)
+  return jnp.stack([pooled[n][0] for n in layers])
 
-  def __init__(self, pretrained: hf.Pretrained, batch_size: int = 64):
+
+PACKED_TEXTS_PER_ROW = 4  # pack=True: at most this many texts per row on average (bounds the pooling matmul)
+
+
+class Embedder:
+  """Encodes texts with a loaded model; defaults come from the model's sentence settings. `pack`:
+  texts share rows of `batch_size` x (longest text) tokens instead of one padded row each."""
+
+  def __init__(self, pretrained: hf.Pretrained, batch_size: int = 64, pack: bool = False):
     self.pretrained = pretrained
     self.config = pretrained.config
     self.params = jax.device_put(pretrained.params["bert"])
     self.tokenizer = pretrained.tokenizer
     self.batch_size = batch_size
+    self.pack = pack
     self._warned_truncation = False
 
   @classmethod
-  def load(cls, source: str, *, batch_size: int = 64, dtype: str = "float32") -> "Embedder":
-    return cls(checkpoint.load_model(source, dtype=dtype), batch_size=batch_size)
+  def load(cls, source: str, *, batch_size: int = 64, dtype: str = "float32", pack: bool = False) -> "Embedder":
+    return cls(checkpoint.load_model(source, dtype=dtype), batch_size=batch_size, pack=pack)
 
   @property
   def max_length(self) -> int:
@@ -115,6 +129,8 @@ class Embedder:
                   "(reported once)", truncated, len(texts), max_length)
       self._warned_truncation = True
     order = np.argsort([-len(x) for x in ids], kind="stable")
+    if self.pack:
+      return self._encode_packed(ids, order, out, layers, pooling, batch_size)
     starts = range(0, len(texts), batch_size)
     progress = len(starts) >= PROGRESS_MIN_BATCHES if show_progress is None else show_progress
     desc = f"encode layers {','.join(map(str, layers))}"
@@ -127,6 +143,28 @@ class Embedder:
                                        layers=layers, pooling=pooling))
       for j, layer in enumerate(layers):
         out[layer][rows] = pooled[j, : len(rows)]
+    return out
+
+  def _encode_packed(self, ids, order, out, layers, pooling, rows: int) -> dict[int, np.ndarray]:
+    """Texts longest first into batches of `rows` packed rows as long as the longest text: one shape."""
+    lengths = np.array([len(ids[i]) for i in order])
+    L = min(-(-int(lengths[0]) // 8) * 8, self.config.max_position_embeddings)
+    cap = PACKED_TEXTS_PER_ROW * rows
+    flat = np.fromiter((t for i in order for t in ids[i]), np.int32, int(lengths.sum()))
+    starts = np.cumsum(lengths) - lengths
+    for chosen, row, offset in pack_in_order(lengths, L, rows, cap):
+      count = lengths[chosen]
+      within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+      dst = np.repeat(row * L + offset, count) + within
+      batch_ids = np.full(rows * L, self.tokenizer.pad_token_id, np.int32)
+      segments, positions = np.full(rows * L, -1, np.int32), np.zeros(rows * L, np.int32)
+      batch_ids[dst] = flat[np.repeat(starts[chosen], count) + within]
+      segments[dst], positions[dst] = np.repeat(np.arange(len(chosen)), count), within
+      pooled = np.asarray(pool_packed_layers(
+          self.params, *(x.reshape(rows, L) for x in (batch_ids, segments, positions)), config=self.config,
+          layers=layers, pooling=pooling, texts=cap))
+      for j, layer in enumerate(layers):
+        out[layer][order[chosen]] = pooled[j, : len(chosen)]
     return out
 
 

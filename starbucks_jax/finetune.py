@@ -24,7 +24,7 @@ from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, sts
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, param_logical_axes
-from starbucks_jax.models.pooling import POOLINGS, pooled_layers
+from starbucks_jax.models.pooling import POOLINGS, pooled_layers, pooled_layers_packed
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class FinetuneRun:
   sts_sets: tuple[tuple[str, str, str], ...]  # eval.sts as (dataset, split, source)
   retrieval_sets: tuple[tuple[str, str, str], ...]  # eval.retrieval as (dataset, split, BEIR folder)
   eval_pairs: tuple[schedule.Pair, ...]  # the pairs evaluated: the schedule, the grid, or the separate pair
+  data_shards: int = 1  # devices a batch's examples are split over (packed batches pack each on its own)
 
 
 def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> FinetuneRun:
@@ -54,13 +55,15 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   N, D = model.config.num_hidden_layers, model.config.hidden_size
   plan = schedule.plan_from_config(config.schedule, model.pairs, N, D)
   sts_sets, retrieval_sets = check_eval(config.eval)
-  loss = None
+  loss, shards = None, 1
   if config.mode == "train":
     loss = losses.LossConfig.from_config(config.loss, len(model.pairs))
     check_data(config)
     mesh = sharding.check_mesh(config.mesh, devices)
     trainer.check_train(config, mesh)
-    check_encoding_splits(config, sharding.data_parallel_size(mesh))
+    shards = sharding.data_parallel_size(mesh)
+    check_encoding_splits(config, shards)
+    check_packing(config, shards)
   if config.eval.grid:
     eval_pairs = schedule.grid(N, D, [d for _, d in model.pairs])
   elif plan.method == "separate":
@@ -68,7 +71,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   else:
     eval_pairs = model.pairs
   return FinetuneRun(model=model, plan=plan, loss=loss, sts_sets=sts_sets, retrieval_sets=retrieval_sets,
-                     eval_pairs=eval_pairs)
+                     eval_pairs=eval_pairs, data_shards=shards)
 
 
 def check_eval(eval_cfg) -> tuple[tuple, tuple]:
@@ -125,6 +128,24 @@ def check_encoding_splits(config: ml_collections.ConfigDict, data_devices: int) 
                       "train.grad_cache_chunks chunk" + (" of a microbatch" if k > 1 else ""))
 
 
+def check_packing(config: ml_collections.ConfigDict, data_devices: int) -> None:
+  """data.packing: texts of roles (not retrieval groups), each shard's examples packed on their own,
+  the whole batch encoded in one forward (the splitting settings cut a batch by examples)."""
+  d, t = config.data, config.train
+  if not d.get("packing", False):
+    return
+  if d.format == "groups":
+    raise ConfigError("data.packing=True packs triplets, pairs and scored_pairs; data.format='groups' "
+                      "pads queries and passages")
+  for key, off in (("grad_cache_chunks", 0), ("microbatches", 1), ("forward_splits", 1)):
+    if t[key] != off:
+      raise ConfigError(f"data.packing=True encodes the batch in one forward; train.{key}={t[key]} "
+                        f"needs data.packing=False (or train.{key}={off})")
+  if d.batch_size % data_devices:
+    raise ConfigError(f"data.packing=True: data.batch_size={d.batch_size} does not split over the mesh's "
+                      f"{data_devices} data-parallel devices")
+
+
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
@@ -145,8 +166,26 @@ def split_forward(embed, ids, mask, rng, k: int) -> dict[int, jax.Array]:
 
 
 # The examples axis of each batch array: roles batches' ids/mask are [R, B, T] (axis 1); every other
-# array, groups batches' included, has its examples on axis 0.
+# array, groups batches' and packed rows included, has its examples on axis 0.
 ROLE_AXES = {"ids": 1, "mask": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+  """A packed batch's texts: `roles` x `batch` examples, each of `shards` shards packed on its own."""
+  roles: int
+  batch: int
+  shards: int = 1
+
+
+def batch_axes(config: ml_collections.ConfigDict) -> dict[str, int]:
+  return {} if config.data.get("packing", False) else ROLE_AXES
+
+
+def packing(config: ml_collections.ConfigDict, shards: int) -> Packing | None:
+  if not config.data.get("packing", False):
+    return None
+  return Packing(len(batching.FORMATS[config.data.format]), config.data.batch_size, shards)
 
 
 def _streams(batch) -> tuple[tuple[str, str], ...]:
@@ -166,13 +205,17 @@ def _assemble(batch, outs: list[dict[int, jax.Array]]) -> dict[int, Any]:
 
 def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
                   tx: optax.GradientTransformation, pooling: str, dropout: bool = True, grad_cache_chunks: int = 0,
-                  microbatches: int = 1, forward_splits: int = 1) -> trainer.TrainStep:
+                  microbatches: int = 1, forward_splits: int = 1, packed: Packing | None = None) -> trainer.TrainStep:
   """The fine-tuning step of any plan (SRL or a baseline). grad_cache_chunks > 0: the gradient cache
   (embed every text without gradients, chunk by chunk; take the loss gradient w.r.t. the pooled
   vectors of every layer; then backprop chunk by chunk), so the contrastive batch is not bounded by
   activation memory; same gradients. microbatches > 1: gradient accumulation (`trainer.make_step`);
   each microbatch is its own contrastive batch (fewer in-batch negatives), unlike the gradient cache.
-  forward_splits > 1: the texts run as that many independent encoder forwards (`split_forward`)."""
+  forward_splits > 1: the texts run as that many independent encoder forwards (`split_forward`).
+  `packed`: batches of packed rows (`batching.Batcher` with pack_length), one forward; the loss sees
+  the same [R, B, D] vectors as unpacked."""
+  if packed and (grad_cache_chunks or microbatches > 1 or forward_splits > 1):
+    raise ValueError("packed batches are encoded in one forward: no gradient cache, microbatches or splits")
 
   def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
     return split_forward(
@@ -190,8 +233,16 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
     ids, mask = batch[ids_key], batch[mask_key]
     return ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
 
+  def embed_packed(params, batch, rng):  # packed rows -> {layer: [R, B, D]}
+    R, B, S = packed.roles, packed.batch, packed.shards
+    out = pooled_layers_packed(params, bert_cfg, batch["ids"], batch["segments"], batch["positions"], plan.layers,
+                               pooling, R * B // S, S, deterministic=not dropout, rng=rng)
+    return {n: v.reshape(S, R, B // S, -1).transpose(1, 0, 2, 3).reshape(R, B, -1) for n, v in out.items()}
+
   def loss_fn(params, batch, rng):
     stream_rngs, sample_rng = split_rngs(rng)
+    if packed:
+      return loss_of_pooled(embed_packed(params, batch, stream_rngs[0]), batch, sample_rng)
     outs = [embed_rows(params, *flat(batch, *keys), r) for keys, r in zip(_streams(batch), stream_rngs)]
     return loss_of_pooled(_assemble(batch, outs), batch, sample_rng)
 
@@ -238,14 +289,25 @@ def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.Grad
   t = config.train
   return make_srl_step(run.model.config, run.plan, run.loss, tx, config.model.pooling, dropout=t.dropout,
                        grad_cache_chunks=t.grad_cache_chunks, microbatches=t.microbatches,
-                       forward_splits=t.forward_splits)
+                       forward_splits=t.forward_splits, packed=packing(config, run.data_shards))
 
 
 def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length: int | None = None,
-                   passage_length: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+                   passage_length: int | None = None, *, shards: int = 1,
+                   rows: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a training batch padded to `length` (groups: query and passage lengths,
-  default data.query_max_length / passage_max_length), as the data block's batcher makes it."""
+  default data.query_max_length / passage_max_length), as the data block's batcher makes it. Packed
+  (data.packing): `rows` rows of `length` tokens, by default one row per text (the most a batch of
+  `shards` shards can need: its memory bound)."""
   d, i32 = config.data, jnp.int32
+  if d.get("packing", False):
+    rows = rows or len(batching.FORMATS[d.format]) * d.batch_size
+    if rows % shards:
+      raise ValueError(f"{rows} packed rows do not split over {shards} data-parallel shards")
+    batch = {k: jax.ShapeDtypeStruct((rows, length), i32) for k in ("ids", "segments", "positions")}
+    if d.format == "scored_pairs":
+      batch["scores"] = jax.ShapeDtypeStruct((d.batch_size,), jnp.float32)
+    return batch
   if d.format == "groups":
     q, p = query_length or d.query_max_length, passage_length or d.passage_max_length
     rows = d.batch_size * d.group_size
@@ -259,8 +321,9 @@ def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length:
   return batch
 
 
-def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
-  """(batcher, number of training examples) of the data block."""
+def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int, shards: int | None = None):
+  """(batcher, number of training examples) of the data block; packed batches are laid out for
+  `shards` data-parallel devices (default: this host's mesh.shape)."""
   d = config.data
   if d.format == "groups":
     data = groups.load_groups(d.train)
@@ -268,15 +331,18 @@ def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int):
                                query_max_length=d.query_max_length, passage_max_length=d.passage_max_length,
                                seed=config.seed, length_buckets=d.length_buckets), len(data.queries)
   examples = batching.load_examples(d.train, d.format, dict(d.columns), batching.score_range(d))
+  packed = d.get("packing", False)
   return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=config.seed,
                           no_duplicates=d.no_duplicates, length_buckets=d.length_buckets,
-                          num_buckets=d.get("num_buckets", 3)), len(examples)
+                          num_buckets=d.get("num_buckets", 3), pack_length=d.pack_length if packed else None,
+                          shards=(shards or sharding.data_parallel_size(sharding.check_mesh(config.mesh)))
+                          if packed else 1), len(examples)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> hf.Pretrained:
   """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
   setup = trainer.setup_model(config, run.model, pooling=config.model.pooling)
-  batcher, num_examples = make_batcher(config, setup.pretrained.tokenizer, setup.max_length)
+  batcher, num_examples = make_batcher(config, setup.pretrained.tokenizer, setup.max_length, run.data_shards)
   steps = trainer.total_steps(config.train, batcher)
   t = config.train
   if t.microbatches > 1:
@@ -290,7 +356,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> 
   pre = setup.pretrained
   trained = trainer.train_model(config, workdir, setup, pre.params["bert"], lambda tx: run_step(config, run, tx),
                                 batcher, steps,
-                                param_specs=param_logical_axes(setup.config), batch_axes=ROLE_AXES)
+                                param_specs=param_logical_axes(setup.config), batch_axes=batch_axes(config))
   return dataclasses.replace(pre, params={**pre.params, "bert": trained})
 
 
@@ -298,7 +364,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
              name: str) -> list[dict]:
   """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
   WORKDIR/results/<name>.json."""
-  embedder = Embedder(model, batch_size=config.eval.batch_size)
+  embedder = Embedder(model, batch_size=config.eval.batch_size, pack=config.eval.get("packing", False))
   if config.model.max_length:
     embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
                                                        max_seq_length=config.model.max_length)

@@ -10,6 +10,7 @@ if __name__ == "__main__":
   cli.raise_stack_limit()  # before jax loads
 
 import logging
+import os
 import sys
 
 from absl import app, flags
@@ -19,7 +20,20 @@ from starbucks_jax import config_lib, finetune, pretrain, sharding, timing
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
+flags.DEFINE_string("compilation_cache", os.path.join("~", ".cache", "starbucks_jax", "xla"),
+                    "Persistent XLA compilation cache: a rerun, a resume or a sweep loads the compiled "
+                    "steps instead of compiling them again ('' = off; JAX_COMPILATION_CACHE_DIR wins).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def use_compilation_cache(path: str) -> None:
+  """Points JAX's persistent cache at `path` (keyed by program, backend and versions, so a changed
+  step never loads a stale executable); every compile of 1 s or more is stored."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or not path:
+    return
+  import jax
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
 def main(argv):
@@ -31,6 +45,7 @@ def main(argv):
   if not workdir.strip():
     raise config_lib.ConfigError("--workdir is empty; name the run's directory")
   timing.begin()
+  use_compilation_cache(flags.FLAGS.compilation_cache)
   (pretrain if config.get("mode") == "pretrain" else finetune).run(config, workdir)
   if sharding.is_primary():
     timing.current().finish(workdir)  # WORKDIR/timing.json: start-up, compiles, training, evaluation

@@ -542,6 +542,7 @@ def device_batches(batcher, start: int, total: int, mesh, batch_axes, base_rng, 
       if layout not in layouts:
         layouts[layout] = sharding.batch_shardings(batch, mesh, batch_axes)
       masks = [v for k, v in batch.items() if k == "mask" or k.endswith("_mask")]
+      masks += [batch["segments"] >= 0] if "segments" in batch else []  # packed rows
       tokens = (sum(int(m.sum()) for m in masks), sum(m.size for m in masks))
       yield (step, sharding.put_batch(batch, layouts[layout]), layouts[layout], fold_in(base_rng, step),
              tokens)

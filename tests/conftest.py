@@ -17,6 +17,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # this module loads in the controller), so a program one worker compiled is a hit in the other.
 os.environ.setdefault("STARBUCKS_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="starbucks_jax_xla_cache_"))
 jax.config.update("jax_compilation_cache_dir", os.environ["STARBUCKS_JAX_TEST_XLA_CACHE"])
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["STARBUCKS_JAX_TEST_XLA_CACHE"])  # runs of main
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

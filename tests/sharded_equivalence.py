@@ -69,14 +69,15 @@ def main():
          "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 16, 1))).astype(np.int32)}
   mesh = sharding.make_mesh((8, 1, 1))
 
-  def on_data_mesh(step, ref_step):  # `step`'s loss and gradients data-parallel on 8 devices vs `ref_step`'s on one
+  def on_data_mesh(step, ref_step, batch=big, axes=finetune.ROLE_AXES):
+    # `step`'s loss and gradients data-parallel on 8 devices vs `ref_step`'s on one (on `big`)
     # (the optimizer update given the gradients is checked on the meshes above: not compiled again here)
     (ref_loss, _), ref_grads = jax.jit(ref_step.value_and_grad)(params, big, key)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       p_sh = sharding.param_shardings(specs, mesh)
-      b_sh = sharding.batch_shardings(big, mesh, finetune.ROLE_AXES)
+      b_sh = sharding.batch_shardings(batch, mesh, axes)
       (loss, _), grads = jax.jit(step.value_and_grad, in_shardings=(p_sh, b_sh, None), out_shardings=(None, p_sh))(
-          sharding.shard_state(params, p_sh), sharding.put_batch(big, b_sh), key)
+          sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
     max_diff = lambda x, y: max(jax.tree_util.tree_leaves(  # noqa: E731
         jax.tree_util.tree_map(lambda a, b: float(jnp.max(jnp.abs(a - b))), x, y)))
     scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(ref_grads))
@@ -93,7 +94,32 @@ def main():
   # Two independent encoder forwards (strided splits of 8 of the 16 examples, each over the 8
   # devices) against the one-forward step on one device.
   results["forward splits (8, 1, 1)"] = on_data_mesh(srl_step(forward_splits=2), srl_step())
+  # Packed rows: each device's 2 examples (6 texts) packed into its own rows of 24 tokens, against
+  # the padded batch on one device.
+  results["packed (8, 1, 1)"] = on_data_mesh(srl_step(packed=finetune.Packing(3, 16, 8)), srl_step(),
+                                             packed(big, 8, 24), {})
   json.dump(results, sys.stdout)
+
+
+def packed(batch, shards: int, length: int) -> dict:
+  """The padded roles batch as packed rows, shard by shard (texts numbered role by role)."""
+  from starbucks_jax.data.batching import pack_texts
+  ids, mask = batch["ids"], batch["mask"]
+  R, B, _ = ids.shape
+  per = B // shards
+  placed = []
+  for s in range(shards):
+    texts = [(r, b) for r in range(R) for b in range(s * per, (s + 1) * per)]
+    lengths = np.array([mask[r, b].sum() for r, b in texts])
+    placed.append((texts, lengths, *pack_texts(lengths, length)))
+  P = max(p[-1] for p in placed)
+  out = {"ids": np.zeros((shards * P, length), np.int32), "segments": np.full((shards * P, length), -1, np.int32),
+         "positions": np.zeros((shards * P, length), np.int32)}
+  for s, (texts, lengths, row, offset, _) in enumerate(placed):
+    for n, ((r, b), k, i, o) in enumerate(zip(texts, lengths, row, offset)):
+      at = (s * P + i, slice(o, o + k))
+      out["ids"][at], out["segments"][at], out["positions"][at] = ids[r, b, :k], n, np.arange(k)
+  return out
 
 
 if __name__ == "__main__":

@@ -83,6 +83,41 @@ def test_parity_detects_wrong_layer_norm_eps(tiny_hf_dir, monkeypatch):
     _assert_parity(tiny_hf_dir)
 
 
+def _packed(tokenizer, texts, row_length):
+  """SENTENCES packed into rows as the batcher packs them: ids, segments, positions, and each text's
+  (row, offset, length)."""
+  from starbucks_jax.data.batching import pack_texts
+  seqs = [tokenizer(t)["input_ids"] for t in texts]
+  lengths = np.array([len(s) for s in seqs])
+  row, offset, rows = pack_texts(lengths, row_length)
+  ids = np.zeros((rows, row_length), np.int32)
+  segments = np.full((rows, row_length), -1, np.int32)
+  positions = np.zeros((rows, row_length), np.int32)
+  for i, s in enumerate(seqs):
+    span = slice(offset[i], offset[i] + len(s))
+    ids[row[i], span], segments[row[i], span], positions[row[i], span] = s, i, np.arange(len(s))
+  return ids, segments, positions, list(zip(row, offset, lengths))
+
+
+def test_packed_rows_equal_each_text_alone_in_pytorch(tiny_hf_dir):
+  """Texts sharing a row (segments, positions) give every hidden state of every text as PyTorch's
+  BertModel gives it for the text in its own padded row; without the segment mask they do not."""
+  pre = hf.load_pretrained(tiny_hf_dir)
+  ids, mask, types = _batch(pre.tokenizer)
+  ref = _torch_hidden_states(tiny_hf_dir, ids, mask, np.zeros_like(types))
+  p_ids, segments, positions, where = _packed(pre.tokenizer, SENTENCES, 24)
+  assert p_ids.shape[0] < len(SENTENCES) and max(r for r, _, _ in where) < p_ids.shape[0]
+  run = lambda seg: np.asarray(bert.BertEncoder(pre.config).apply(  # noqa: E731
+      {"params": pre.params["bert"]}, p_ids, None, segments=seg, positions=positions))
+  ours, unmasked = run(segments), run(np.where(segments >= 0, 0, -1))
+  scale = np.abs(ref).max()
+  for i, (r, o, n) in enumerate(where):
+    np.testing.assert_allclose(ours[:, r, o:o + n], ref[:, i, :n], atol=1e-5 * scale, rtol=0)
+  shared = [i for i, (r, _, _) in enumerate(where) if sum(w[0] == r for w in where) > 1]
+  r, o, n = where[shared[0]]
+  assert np.abs(unmasked[-1, r, o:o + n] - ref[-1, shared[0], :n]).max() > 1e-2 * scale
+
+
 def test_early_exit_equals_slicing():
   cfg = bert.BertConfig.preset("tiny", initializer_range=0.5)
   params = bert.init_params(cfg, jax.random.key(1))

@@ -163,3 +163,51 @@ def test_auto_buckets_keep_every_example_and_its_tokens(tokenizer):
         assert batch["ids"][r, row, :n].tolist() == want and (batch["ids"][r, row, n:] == tokenizer.pad_token_id).all()
     seen += list(b.epoch_batches(0)[len(seen) // 8])
   assert sorted(seen) == list(range(64))  # every example once per epoch
+
+
+def test_pack_texts_places_every_text_in_a_row_without_overlap():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    lengths = rng.integers(1, 33, rng.integers(1, 40))
+    row, offset, rows = batching.pack_texts(lengths, 32)
+    used = np.zeros((rows, 32), np.int64)
+    for r, o, n in zip(row, offset, lengths):
+      used[r, o:o + n] += 1
+    assert used.max() == 1 and used.sum() == lengths.sum()  # every token once, inside its row
+    assert rows <= -(-2 * lengths.sum() // 32) + 1  # first fit: at most one row is under half full
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_packed_batches_keep_every_text_and_its_positions(tokenizer, shards):
+  """Each shard's rows hold exactly its examples' texts, role by role, with positions 0..n-1; every
+  example of the epoch appears once; the rows per shard are one of the fitted counts."""
+  ex = batching.Examples(("anchor", "positive", "negative"),
+                         [[("word " * (i % 13 + 1)).strip() for i in range(48)], [f"a dog {i}" for i in range(48)],
+                          [("cat " * (i % 5 + 1)).strip() for i in range(48)]], None)
+  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=64, seed=0, pack_length=0, shards=shards,
+                       num_buckets=2)
+  longest = max(len(tokenizer(t)["input_ids"]) for role in ex.texts for t in role)
+  assert b.pack_length == -(-longest // 8) * 8 and len(b.buckets) <= 2
+  seen = []
+  for step, batch in b.batches(0, b.steps_in(1)):
+    rows = b.epoch_batches(0)[step]
+    P = batch["ids"].shape[0] // shards
+    assert set(batch) == {"ids", "segments", "positions"} and P in b.buckets
+    for s in range(shards):
+      ids, seg, pos = (batch[k][s * P:(s + 1) * P] for k in ("ids", "segments", "positions"))
+      assert (ids[seg < 0] == tokenizer.pad_token_id).all()
+      per = len(rows) // shards
+      for r, texts in enumerate(ex.texts):
+        for j, i in enumerate(rows[s * per:(s + 1) * per]):
+          mine = seg == r * per + j
+          assert ids[mine].tolist() == tokenizer(texts[i])["input_ids"]
+          assert pos[mine].tolist() == list(range(mine.sum()))
+      assert seg.max() == len(ex.texts) * per - 1
+    seen += list(rows)
+  assert sorted(seen) == list(range(48))
+
+
+def test_pack_length_shorter_than_a_text_is_an_error(tokenizer):
+  ex = batching.Examples(("anchor", "positive"), [["a dog " * 10, "a cat"], ["x", "y"]], None)
+  with pytest.raises(DataError, match="data.pack_length=8 is shorter than the longest training text"):
+    batching.Batcher(ex, tokenizer, batch_size=2, max_length=64, seed=0, pack_length=8)

@@ -21,8 +21,12 @@ def model(tiny_hf_dir):
   return embed.Embedder.load(tiny_hf_dir, batch_size=4)
 
 
-def test_encode_equals_direct_forward(model):
-  """Bucketing, sorting and batch padding change nothing: compare with one plain padded forward."""
+@pytest.mark.parametrize("pack", [False, True])
+def test_encode_equals_direct_forward(model, pack):
+  """Bucketing, sorting and batch padding change nothing, nor does packing texts into shared rows
+  (2 rows a batch: several batches): compare with one plain padded forward."""
+  if pack:
+    model = embed.Embedder(model.pretrained, batch_size=2, pack=True)
   ids, _ = tokenize(model.tokenizer, TEXTS, 64)
   width = max(map(len, ids))
   arr = np.zeros((len(ids), width), np.int32)
@@ -126,3 +130,18 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   ours = embed.Embedder.load(workdir).encode(TEXTS[:4], layer=2, dim=16)
   cos = (theirs * ours).sum(1) / np.linalg.norm(theirs, axis=1) / np.linalg.norm(ours, axis=1)
   assert cos.min() >= 0.99999
+
+
+def test_pack_in_order_fills_rows_and_closes_full_batches():
+  from starbucks_jax.data.batching import pack_in_order
+  rng = np.random.default_rng(1)
+  lengths = np.sort(rng.integers(3, 40, 300))[::-1]
+  seen = []
+  for texts, row, offset in pack_in_order(lengths, 40, rows=8, max_texts=20):
+    assert len(texts) <= 20 and row.max() < 8
+    used = np.zeros((8, 40), np.int64)
+    for r, o, n in zip(row, offset, lengths[texts]):
+      used[r, o:o + n] += 1
+    assert used.max() == 1
+    seen += texts.tolist()
+  assert seen == list(range(300))  # every text once, in order

@@ -162,7 +162,8 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
            ("data.train", "nowhere.jsonl", "data.train: nowhere.jsonl: no such file"),
            ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 3 pairs"),
            ("train.forward_splits", 0, "train.forward_splits=0; must be >= 1"),
-           ("train.forward_splits", 3, "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards")]
+           ("train.forward_splits", 3, "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards"),
+           ("data.pack_length", -1, "data.pack_length=-1; must be >= 0")]
   for key, value, msg in cases:
     cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
     with cfg.unlocked():
@@ -181,6 +182,15 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
   with pytest.raises(config_lib.ConfigError, match="train.forward_splits=8 does not divide the 4 examples of each "
                                                    "train.grad_cache_chunks chunk of a microbatch"):
     finetune.run(cfg, str(tmp_path / "w"))
+  with cfg.unlocked():
+    cfg.train.microbatches, cfg.train.forward_splits, cfg.data.packing = 1, 1, True
+  with pytest.raises(config_lib.ConfigError, match="data.packing=True encodes the batch in one forward; "
+                                                   "train.grad_cache_chunks=2 needs data.packing=False"):
+    finetune.run(cfg, str(tmp_path / "w"))
+  with cfg.unlocked():
+    cfg.data.format = "groups"
+  with pytest.raises(config_lib.ConfigError, match="data.format='groups' pads queries and passages"):
+    finetune.check_packing(cfg, 1)
 
 
 @pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),
@@ -210,6 +220,29 @@ def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout
   odd = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=5)
   with pytest.raises(ValueError, match="train.forward_splits=5 does not divide the step's"):
     jax.eval_shape(odd.value_and_grad, params, batch, key)
+
+
+@pytest.mark.parametrize("pooling,shards", [("mean", 2), ("cls", 1)])
+def test_packed_step_equals_the_padded_step(tmp_path, pooling, shards):
+  """The same examples as packed rows (data.packing: several texts a row, each shard's texts in its
+  own rows) and as padded [R, B, T] roles: the same loss and gradients."""
+  from conftest import write_triplets
+  cfg, params, plan, loss_cfg, _ = tiny_srl_case(tmp_path / "m", "roles")
+  tokenizer = checkpoint.load_model(str(tmp_path / "m")).tokenizer
+  ex = batching.load_examples(write_triplets(tmp_path / "t.jsonl", 16), "triplets")
+  make = lambda **kw: batching.Batcher(ex, tokenizer, batch_size=8, max_length=32, seed=0, **kw)  # noqa: E731
+  padded, packed = make(), make(pack_length=0, shards=shards)
+  rows = padded.epoch_batches(0)[0]
+  assert packed.make_batch(rows)["ids"].size < padded.make_batch(rows)["ids"].size
+  key = jax.random.key(3)
+  plain = finetune.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False)
+  packing = finetune.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False,
+                                   packed=finetune.Packing(3, 8, shards))
+  (l1, _), g1 = jax.jit(plain.value_and_grad)(params, padded.make_batch(rows), key)
+  (l2, _), g2 = jax.jit(packing.value_and_grad)(params, packed.make_batch(rows), key)
+  assert float(l2) == pytest.approx(float(l1), rel=1e-5)
+  rel, scale = max_rel_diff(g2, g1)
+  assert rel < 1e-5 and scale > 1e-3
 
 
 def test_split_forwards_draw_each_splits_dropout(tmp_path):

@@ -23,7 +23,8 @@ def test_sharded_step_equals_single_device_step():
   # 1e-5 of the gradients' scale) equal the one-device step's; the update that follows from the
   # gradients is the meshes' check below.
   for case in ("accumulate (8, 1, 1)",  # 2 microbatches inside the step, data-parallel
-               "forward splits (8, 1, 1)"):  # 2 encoder forwards, data-parallel, vs one
+               "forward splits (8, 1, 1)",  # 2 encoder forwards, data-parallel, vs one
+               "packed (8, 1, 1)"):  # each device's texts packed in its rows, vs padded on one
     r = results.pop(case)
     assert r["loss"][0] == pytest.approx(r["loss"][1], rel=1e-5), case
     assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), case

@@ -15,7 +15,7 @@ from starbucks_jax import checkpoint, config_lib, finetune, losses, pretrain
 from starbucks_jax.data import corpus, masking
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertConfig, BertLayer
+from starbucks_jax.models.bert import BertConfig, BertLayer, attention_bias_mask
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
 
 WORDS = "the quick brown fox jumps over lazy dog playing music sleeps house cat sat mat".split()
@@ -158,9 +158,9 @@ def test_mae_decoder_input_is_the_transformed_vector_then_the_decoder_copy():
   params = nn.meta.unbox(MaeDecoder(cfg).init(jax.random.key(2), embedded, first, mask)["params"])
   got = MaeDecoder(cfg).apply({"params": params}, embedded, first, mask)
   manual = jnp.concatenate([first[:, None], embedded[:, 1:]], axis=1)
-  want = BertLayer(cfg).apply({"params": params["layer_0"]}, manual, mask, True)
+  want = BertLayer(cfg).apply({"params": params["layer_0"]}, manual, attention_bias_mask(mask), True)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  other = BertLayer(cfg).apply({"params": params["layer_0"]}, embedded, mask, True)
+  other = BertLayer(cfg).apply({"params": params["layer_0"]}, embedded, attention_bias_mask(mask), True)
   assert np.abs(np.asarray(got - other)).max() > 1e-3
 
 

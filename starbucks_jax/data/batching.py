@@ -5,7 +5,9 @@ scored_pairs: sentence1, sentence2 plus a score, 0..5 unless data.score_range sa
 (seed, epoch, index): a resumed run sees exactly the batches the uninterrupted run would have.
 Each epoch is a seeded shuffle; with `no_duplicates`, an example whose text is already in the batch
 waits for a later batch (an in-batch duplicate would be a false negative). The last incomplete
-batch of an epoch is dropped (static shapes). Every batch is padded to a length bucket.
+batch of an epoch is dropped (static shapes). Every batch is padded to a length bucket, or with
+`pack_length` packed: its texts share rows of that many tokens (`pack_texts`), each text attending
+only to itself, so a step pays for the tokens it has rather than for the batch's longest text.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def check_config(data_cfg) -> None:
   """The data block of a run on examples (data.format triplets, pairs or scored_pairs)."""
   check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS + ("auto",))
   check_range("data.num_buckets", data_cfg.get("num_buckets", 3), 1)
+  check_range("data.pack_length", data_cfg.get("pack_length", 0), 0)
   low, high = score_range(data_cfg)
   check_range("data.score_range", high, low, low_open=True)
   if data_cfg.train.startswith("beir:"):
@@ -84,16 +87,59 @@ def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None,
   return Examples(roles, [[r[role] for r in rows] for role in roles], scores)
 
 
+def pack_texts(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """First-fit decreasing: each text (longest first) goes to the first row with room for it.
+  Returns (row, offset) of every text and the number of rows used; every length <= row_length."""
+  n = len(lengths)
+  free = np.full(n + 1, row_length)  # never more rows than texts
+  row, offset, used = np.empty(n, np.int64), np.empty(n, np.int64), 0
+  for i in np.argsort(-lengths, kind="stable"):
+    r = int(np.argmax(free[:used + 1] >= lengths[i]))  # row `used` is empty: it always fits
+    row[i], offset[i] = r, row_length - free[r]
+    free[r] -= lengths[i]
+    used = max(used, r + 1)
+  return row, offset, used
+
+
+def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """Texts in the given order (longest first packs best) into batches of `rows` rows of `row_length`
+  tokens: each text goes to the first row of the open batch with room; the batch closes when a text
+  fits no row and every row is taken, or at `max_texts` texts. Yields (texts, row, offset) per batch."""
+  texts, row, offset = [], [], []
+  free = np.full(rows, row_length)
+  used = 0
+  for i, n in enumerate(lengths):
+    r = int(np.argmax(free[:used] >= n)) if used and (free[:used] >= n).any() else used
+    if r == rows or len(texts) == max_texts:  # the batch is full: emit it, start the next
+      yield np.array(texts), np.array(row), np.array(offset)
+      texts, row, offset, used = [], [], [], 0
+      free[:] = row_length
+      r = 0
+    texts.append(i)
+    row.append(r)
+    offset.append(row_length - free[r])
+    free[r] -= n
+    used = max(used, r + 1)
+  if texts:
+    yield np.array(texts), np.array(row), np.array(offset)
+
+
 class Batcher:
-  """Tokenises once, then serves batch(epoch, index) -> {'ids', 'mask': [R, B, T] int32, 'scores'}."""
+  """Tokenises once, then serves batch(epoch, index) -> {'ids', 'mask': [R, B, T] int32, 'scores'};
+  packed (`pack_length`), {'ids', 'segments', 'positions': [P, pack_length] int32, 'scores'}: the
+  texts of shard s (its B/shards examples, role by role) fill rows s*P/shards .. (s+1)*P/shards - 1;
+  `segments` numbers a token's text within its shard (role r, example b: r * B/shards + b), -1 padding."""
 
   def __init__(self, examples: Examples, tokenizer, *, batch_size: int, max_length: int, seed: int,
-               no_duplicates: bool = False, length_buckets: str = "pow2", num_buckets: int = 3):
+               no_duplicates: bool = False, length_buckets: str = "pow2", num_buckets: int = 3,
+               pack_length: int | None = None, shards: int = 1):
     if len(examples) < batch_size:
       raise DataError(f"{len(examples)} examples are fewer than one batch of {batch_size}")
+    if batch_size % shards:
+      raise DataError(f"batch of {batch_size} does not split over {shards} data-parallel shards")
     self.examples, self.batch_size, self.max_length = examples, batch_size, max_length
     self.seed, self.no_duplicates, self.length_buckets = seed, no_duplicates, length_buckets
-    self.num_buckets = num_buckets
+    self.num_buckets, self.shards = num_buckets, shards
     self.pad_id = tokenizer.pad_token_id
     flat, lengths, truncated = [], [], 0  # each role's token ids end to end, and each text's length
     for texts in examples.texts:
@@ -108,11 +154,31 @@ class Batcher:
                   max_length)
     self._epochs: dict[int, list[np.ndarray]] = {}
     self._buckets = None
+    self.pack_length = None
+    if pack_length is not None:  # 0: the longest text, rounded up to a multiple of 8
+      longest = int(self.lengths.max())
+      self.pack_length = pack_length or -(-longest // 8) * 8
+      if longest > self.pack_length:
+        raise DataError(f"data.pack_length={pack_length} is shorter than the longest training text "
+                        f"({longest} tokens with max_length={max_length}); raise it or set it to 0")
+      self.flat_all = np.concatenate(flat)  # every role's ids end to end, and each text's start there
+      self.starts_all = self.starts + np.cumsum([0] + [len(f) for f in flat[:-1]])[:, None]
 
   @property
   def buckets(self) -> str | tuple[int, ...]:
     """length_buckets, or for 'auto' the num_buckets pad lengths that pad epoch 0's batches least,
-    the largest holding the longest text of the data (so no epoch needs another shape)."""
+    the largest holding the longest text of the data (so no epoch needs another shape). Packed: the
+    num_buckets row counts (per shard) that pad epoch 0's batches least."""
+    if self.pack_length is not None:
+      if self._buckets is None:
+        needs = [self._placement(rows)[2] for rows in self.epoch_batches(0)]
+        self._buckets = fit_buckets(needs, max(needs), self.num_buckets, multiple=1)
+        slots = sum(self.shards * self.pack_length * min(b for b in self._buckets if b >= n) for n in needs)
+        real = sum(int(self.lengths[:, rows].sum()) for rows in self.epoch_batches(0))
+        log.info("packed rows of %d tokens, %s rows per shard fitted to epoch 0 (data.num_buckets=%d): "
+                 "%.3f of its tokens are padding", self.pack_length, self._buckets, self.num_buckets,
+                 1 - real / slots)
+      return self._buckets
     if self.length_buckets != "auto":
       return self.length_buckets
     if self._buckets is None:
@@ -165,8 +231,43 @@ class Batcher:
       epoch += 1
     return epoch, step
 
+  def _placement(self, rows: np.ndarray):
+    """Packing of a batch: per-shard text lengths [S, R * B/S] (role-major) and the (row, offset) of
+    each text within its shard, and the most rows a shard needs."""
+    R, S = self.lengths.shape[0], self.shards
+    texts = self.lengths[:, rows].reshape(R, S, -1).transpose(1, 0, 2).reshape(S, -1)
+    packed = [pack_texts(t, self.pack_length) for t in texts]
+    return texts, packed, max(p[2] for p in packed)
+
+  def _packed_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    S, L = self.shards, self.pack_length
+    lengths, packed, need = self._placement(rows)
+    fits = [b for b in self.buckets if b >= need]
+    per_shard = min(fits) if fits else lengths.shape[1]  # beyond epoch 0's largest: one text a row
+    if not fits:
+      log.warning("a batch needs %d packed rows per shard, more than the fitted %s: padded to %d rows "
+                  "(one more compile)", need, self.buckets, per_shard)
+    ids = np.full((S * per_shard, L), self.pad_id, np.int32)
+    segments = np.full((S * per_shard, L), -1, np.int32)
+    positions = np.zeros((S * per_shard, L), np.int32)
+    n = lengths.shape[1]  # texts per shard
+    examples = np.asarray(rows).reshape(S, -1)
+    src = self.starts_all[:, examples].transpose(1, 0, 2).reshape(S, n)  # [S, n] start in flat_all
+    dst = np.stack([(s * per_shard + p[0]) * L + p[1] for s, p in enumerate(packed)])
+    count = lengths.ravel()
+    within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
+    ids.flat[np.repeat(dst.ravel(), count) + within] = self.flat_all[np.repeat(src.ravel(), count) + within]
+    segments.flat[np.repeat(dst.ravel(), count) + within] = np.repeat(np.tile(np.arange(n), S), count)
+    positions.flat[np.repeat(dst.ravel(), count) + within] = within
+    batch = {"ids": ids, "segments": segments, "positions": positions}
+    if self.examples.scores is not None:
+      batch["scores"] = self.examples.scores[rows]
+    return batch
+
   def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
     rows = np.asarray(rows)
+    if self.pack_length is not None:
+      return self._packed_batch(rows)
     lengths = self.lengths[:, rows]  # [R, B]
     length = bucket_length(int(lengths.max()), self.max_length, buckets=self.buckets)
     mask = np.arange(length) < lengths[..., None]  # [R, B, T]

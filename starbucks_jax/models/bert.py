@@ -2,7 +2,8 @@
 
 `BertEncoder.apply({'params': p}, input_ids, attention_mask, token_type_ids, num_layers=n)`
 returns `[n + 1, batch, length, hidden]`: the embedding output followed by the output of each of
-the first n layers, in Hugging Face order. Running with `num_layers=n` executes only n layers
+the first n layers, in Hugging Face order. With `segments` and `positions` a row holds several
+texts (packing), each encoded as if alone. Running with `num_layers=n` executes only n layers
 (early exit); its result equals the first n + 1 entries of a full run.
 
 Parameter names mirror Hugging Face BERT (embeddings/word_embeddings, encoder/layer_3/attention/
@@ -166,12 +167,13 @@ class BertEmbeddings(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+  def __call__(self, input_ids, token_type_ids, deterministic: bool, positions=None):
     cfg = self.config
     embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.compute_dtype,  # noqa: E731
                                            param_dtype=cfg.storage_dtype,
                                            embedding_init=_init(cfg, axes), name=n)
-    positions = jnp.arange(input_ids.shape[1])[None, :]
+    if positions is None:
+      positions = jnp.arange(input_ids.shape[1])[None, :]
     x = (embed("word_embeddings", cfg.vocab_size, ("vocab", "embed"))(input_ids)
          + embed("position_embeddings", cfg.max_position_embeddings, (None, "embed"))(positions)
          + embed("token_type_embeddings", cfg.type_vocab_size, (None, "embed"))(token_type_ids))
@@ -180,8 +182,17 @@ class BertEmbeddings(nn.Module):
     return _constrain(x, ("batch", "length", "embed"))
 
 
+def attention_bias_mask(attention_mask, segments=None):
+  """Which keys each query sees, broadcastable to [B, heads, Tq, Tk]. Unpacked: the padding mask
+  masks keys only (as in HF). Packed rows (`segments` [B, T]: each token's text, -1 padding): a token
+  sees the tokens of its own text only, so each text is encoded as if it were alone in its row."""
+  if segments is None:
+    return attention_mask[:, None, None, :].astype(bool)
+  return ((segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] >= 0))[:, None]
+
+
 class BertSelfAttention(nn.Module):
-  """Multi-head attention; the padding mask masks keys only (as in HF)."""
+  """Multi-head attention under `attention_bias_mask`'s [B, 1, Tq or 1, Tk] key mask."""
   config: BertConfig
 
   @nn.compact
@@ -193,8 +204,7 @@ class BertSelfAttention(nn.Module):
     k = _constrain(k, ("batch", "length", "heads", "kv"))
     v = _constrain(v, ("batch", "length", "heads", "kv"))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
-    key_mask = attention_mask[:, None, None, :].astype(bool)
-    scores = jnp.where(key_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
+    scores = jnp.where(attention_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     probs = Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
     context = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
@@ -237,7 +247,7 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-  """One post-LN transformer block, named as HF's BertLayer."""
+  """One post-LN transformer block, named as HF's BertLayer; its mask is `attention_bias_mask`'s."""
   config: BertConfig
 
   @nn.compact
@@ -279,13 +289,13 @@ class BertEncoder(nn.Module):
   config: BertConfig
 
   def __call__(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
-               deterministic: bool = True):
+               deterministic: bool = True, segments=None, positions=None):
     return jnp.stack(self.hidden_states(input_ids, attention_mask, token_type_ids, num_layers=num_layers,
-                                        deterministic=deterministic))
+                                        deterministic=deterministic, segments=segments, positions=positions))
 
   @nn.compact
   def hidden_states(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
-                    deterministic: bool = True) -> tuple[jax.Array, ...]:
+                    deterministic: bool = True, segments=None, positions=None) -> tuple[jax.Array, ...]:
     cfg = self.config
     n = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 0 <= n <= cfg.num_hidden_layers:
@@ -295,16 +305,21 @@ class BertEncoder(nn.Module):
                        f"{cfg.max_position_embeddings}")
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
-    x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-    return tuple(BertLayerStack(cfg, name="encoder")(x, attention_mask, n, deterministic))
+    if (segments is None) != (positions is None):
+      raise ValueError("packed rows need both segments and positions")
+    x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic, positions)
+    keys = attention_bias_mask(attention_mask, segments)
+    return tuple(BertLayerStack(cfg, name="encoder")(x, keys, n, deterministic))
 
 
 def hidden_states(params, config: BertConfig, input_ids, attention_mask, *, num_layers: int | None = None,
-                  deterministic: bool = True, rng: jax.Array | None = None) -> tuple[jax.Array, ...]:
+                  deterministic: bool = True, rng: jax.Array | None = None, segments=None,
+                  positions=None) -> tuple[jax.Array, ...]:
   """The encoder's forward as a function: num_layers + 1 hidden states [B, T, D] (HF order), only
-  the first num_layers layers run; `rng` is the dropout key when not deterministic."""
+  the first num_layers layers run; `rng` is the dropout key when not deterministic. Packed rows
+  (several texts per row): `segments` and `positions` [B, T] (`attention_bias_mask`)."""
   return BertEncoder(config).apply({"params": params}, input_ids, attention_mask, num_layers=num_layers,
-                                   deterministic=deterministic,
+                                   deterministic=deterministic, segments=segments, positions=positions,
                                    rngs=None if deterministic else {"dropout": rng}, method="hidden_states")
 
 

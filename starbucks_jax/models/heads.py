@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import BertConfig, BertLayer, _init, _layer_norm, _zeros, gelu
+from starbucks_jax.models.bert import BertConfig, BertLayer, _init, _layer_norm, _zeros, attention_bias_mask, gelu
 
 
 class SlicedDense(nn.Module):
@@ -84,4 +84,4 @@ class MaeDecoder(nn.Module):
   @nn.compact
   def __call__(self, embedded, first, attention_mask, deterministic: bool = True):
     x = embedded.at[:, 0].set(first.astype(embedded.dtype))
-    return BertLayer(self.config, name="layer_0")(x, attention_mask, deterministic)
+    return BertLayer(self.config, name="layer_0")(x, attention_bias_mask(attention_mask), deterministic)
