@@ -41,7 +41,7 @@ def main():
   grad_scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree_util.tree_leaves(ref_grads))
   specs = param_logical_axes(cfg)  # metadata only; outside the rules (DenseGeneral's init is flat)
   results = {}
-  for shape in ((8, 1, 1), (1, 8, 1), (4, 1, 2)):  # data, fsdp, data x tensor
+  for shape in ((1, 8, 1), (4, 1, 2)):  # fsdp, data x tensor (data parallel: the cases below)
     mesh = sharding.make_mesh(shape)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       p_sh = sharding.param_shardings(specs, mesh)

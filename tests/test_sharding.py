@@ -29,7 +29,7 @@ def test_sharded_step_equals_single_device_step():
     assert r["loss"][0] == pytest.approx(r["loss"][1], rel=1e-5), case
     assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), case
     assert r["max_grad_diff_rel"] < 1e-5, case
-  assert set(results) == {"(8, 1, 1)", "(1, 8, 1)", "(4, 1, 2)"}
+  assert set(results) == {"(1, 8, 1)", "(4, 1, 2)"}
   assert results["(4, 1, 2)"]["max_grad_diff_rel"] is not None
   for mesh, r in results.items():
     sharded, single = r["loss"]
