@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from starbucks_jax import checkpoint, cli
 from starbucks_jax.config_lib import InputError
-from starbucks_jax.data.batching import pack_in_order
+from starbucks_jax.data.batching import fill_rows, pack_in_order
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS, pooled_layers, pooled_layers_packed
@@ -153,15 +153,10 @@ class Embedder:
     flat = np.fromiter((t for i in order for t in ids[i]), np.int32, int(lengths.sum()))
     starts = np.cumsum(lengths) - lengths
     for chosen, row, offset in pack_in_order(lengths, L, rows, cap):
-      count = lengths[chosen]
-      within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-      dst = np.repeat(row * L + offset, count) + within
-      batch_ids = np.full(rows * L, self.tokenizer.pad_token_id, np.int32)
-      segments, positions = np.full(rows * L, -1, np.int32), np.zeros(rows * L, np.int32)
-      batch_ids[dst] = flat[np.repeat(starts[chosen], count) + within]
-      segments[dst], positions[dst] = np.repeat(np.arange(len(chosen)), count), within
+      batch = fill_rows(flat, starts[chosen], lengths[chosen], row * L + offset, np.arange(len(chosen)), rows * L,
+                        self.tokenizer.pad_token_id)
       pooled = np.asarray(pool_packed_layers(
-          self.params, *(x.reshape(rows, L) for x in (batch_ids, segments, positions)), config=self.config,
+          self.params, *(batch[k].reshape(rows, L) for k in ("ids", "segments", "positions")), config=self.config,
           layers=layers, pooling=pooling, texts=cap))
       for j, layer in enumerate(layers):
         out[layer][order[chosen]] = pooled[j, : len(chosen)]

@@ -63,7 +63,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
     trainer.check_train(config, mesh)
     shards = sharding.data_parallel_size(mesh)
     check_encoding_splits(config, shards)
-    check_packing(config, shards)
+    check_packing(config)
   if config.eval.grid:
     eval_pairs = schedule.grid(N, D, [d for _, d in model.pairs])
   elif plan.method == "separate":
@@ -128,9 +128,9 @@ def check_encoding_splits(config: ml_collections.ConfigDict, data_devices: int) 
                       "train.grad_cache_chunks chunk" + (" of a microbatch" if k > 1 else ""))
 
 
-def check_packing(config: ml_collections.ConfigDict, data_devices: int) -> None:
-  """data.packing: texts of roles (not retrieval groups), each shard's examples packed on their own,
-  the whole batch encoded in one forward (the splitting settings cut a batch by examples)."""
+def check_packing(config: ml_collections.ConfigDict) -> None:
+  """data.packing: texts of roles (not retrieval groups), the whole batch encoded in one forward (the
+  splitting settings cut a batch by examples; check_encoding_splits has split it over the mesh)."""
   d, t = config.data, config.train
   if not d.get("packing", False):
     return
@@ -141,9 +141,6 @@ def check_packing(config: ml_collections.ConfigDict, data_devices: int) -> None:
     if t[key] != off:
       raise ConfigError(f"data.packing=True encodes the batch in one forward; train.{key}={t[key]} "
                         f"needs data.packing=False (or train.{key}={off})")
-  if d.batch_size % data_devices:
-    raise ConfigError(f"data.packing=True: data.batch_size={d.batch_size} does not split over the mesh's "
-                      f"{data_devices} data-parallel devices")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,7 +190,7 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
   with cfg.unlocked():
     cfg.data.format = "groups"
   with pytest.raises(config_lib.ConfigError, match="data.format='groups' pads queries and passages"):
-    finetune.check_packing(cfg, 1)
+    finetune.check_packing(cfg)
 
 
 @pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),

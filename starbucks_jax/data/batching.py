@@ -90,15 +90,12 @@ def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None,
 def pack_texts(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray, int]:
   """First-fit decreasing: each text (longest first) goes to the first row with room for it.
   Returns (row, offset) of every text and the number of rows used; every length <= row_length."""
-  n = len(lengths)
-  free = np.full(n + 1, row_length)  # never more rows than texts
-  row, offset, used = np.empty(n, np.int64), np.empty(n, np.int64), 0
-  for i in np.argsort(-lengths, kind="stable"):
-    r = int(np.argmax(free[:used + 1] >= lengths[i]))  # row `used` is empty: it always fits
-    row[i], offset[i] = r, row_length - free[r]
-    free[r] -= lengths[i]
-    used = max(used, r + 1)
-  return row, offset, used
+  lengths = np.asarray(lengths)
+  order = np.argsort(-lengths, kind="stable")
+  _, placed_row, placed_offset = next(pack_in_order(lengths[order], row_length, len(lengths), len(lengths)))
+  row, offset = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64)
+  row[order], offset[order] = placed_row, placed_offset
+  return row, offset, int(placed_row.max()) + 1
 
 
 def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -109,7 +106,8 @@ def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterat
   free = np.full(rows, row_length)
   used = 0
   for i, n in enumerate(lengths):
-    r = int(np.argmax(free[:used] >= n)) if used and (free[:used] >= n).any() else used
+    fits = free[:used] >= n
+    r = int(fits.argmax()) if fits.any() else used
     if r == rows or len(texts) == max_texts:  # the batch is full: emit it, start the next
       yield np.array(texts), np.array(row), np.array(offset)
       texts, row, offset, used = [], [], [], 0
@@ -122,6 +120,19 @@ def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterat
     used = max(used, r + 1)
   if texts:
     yield np.array(texts), np.array(row), np.array(offset)
+
+
+def fill_rows(flat: np.ndarray, starts, counts, slots, segments, size: int, pad_id: int) -> dict[str, np.ndarray]:
+  """Flat packed arrays of `size` tokens: text i's `counts[i]` tokens, read from `flat` at
+  `starts[i]`, written from slot `slots[i]` on with segment id `segments[i]` and positions 0.."""
+  counts = np.asarray(counts)
+  within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+  dst = np.repeat(slots, counts) + within
+  out = {"ids": np.full(size, pad_id, np.int32), "segments": np.full(size, -1, np.int32),
+         "positions": np.zeros(size, np.int32)}
+  out["ids"][dst] = flat[np.repeat(starts, counts) + within]
+  out["segments"][dst], out["positions"][dst] = np.repeat(segments, counts), within
+  return out
 
 
 class Batcher:
@@ -247,19 +258,13 @@ class Batcher:
     if not fits:
       log.warning("a batch needs %d packed rows per shard, more than the fitted %s: padded to %d rows "
                   "(one more compile)", need, self.buckets, per_shard)
-    ids = np.full((S * per_shard, L), self.pad_id, np.int32)
-    segments = np.full((S * per_shard, L), -1, np.int32)
-    positions = np.zeros((S * per_shard, L), np.int32)
     n = lengths.shape[1]  # texts per shard
     examples = np.asarray(rows).reshape(S, -1)
     src = self.starts_all[:, examples].transpose(1, 0, 2).reshape(S, n)  # [S, n] start in flat_all
     dst = np.stack([(s * per_shard + p[0]) * L + p[1] for s, p in enumerate(packed)])
-    count = lengths.ravel()
-    within = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count)
-    ids.flat[np.repeat(dst.ravel(), count) + within] = self.flat_all[np.repeat(src.ravel(), count) + within]
-    segments.flat[np.repeat(dst.ravel(), count) + within] = np.repeat(np.tile(np.arange(n), S), count)
-    positions.flat[np.repeat(dst.ravel(), count) + within] = within
-    batch = {"ids": ids, "segments": segments, "positions": positions}
+    batch = {k: v.reshape(S * per_shard, L) for k, v in fill_rows(
+        self.flat_all, src.ravel(), lengths.ravel(), dst.ravel(), np.tile(np.arange(n), S), S * per_shard * L,
+        self.pad_id).items()}
     if self.examples.scores is not None:
       batch["scores"] = self.examples.scores[rows]
     return batch
