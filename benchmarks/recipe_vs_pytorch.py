@@ -16,7 +16,8 @@ own way: ours to the batch's length bucket or into packed rows, theirs each role
 
 Before timing, both losses are computed on the first batch with the same weights, dropout off; the
 relative difference is printed and must be under 1e-4. Each side then runs in its own process,
-alternated over `--rounds` (ours, theirs, ours, ...), so drifting machine load hits both. Our runs
+in `--rounds` rounds ordered ABBA (ours then theirs, then theirs then ours, ...), so a machine that
+drifts over the benchmark slows both sides alike instead of whichever runs last. Our runs
 share a compilation cache made fresh for the benchmark: round 1 compiles (a user's first run), later
 rounds load (a rerun, a resume, a sweep); `--cold` gives every run its own. Printed per
 run: whole-process wall time (launch to exit), training examples/s (steps x batch over the training
@@ -243,19 +244,26 @@ def main():
   for r in range(args.rounds):
     if args.cold:
       cache = tempfile.mkdtemp(prefix="recipe_xla_cache_")
-    runs["ours"].append({**ours(args.recipe, args.steps, args.ours_arg, cache),
-                         "cache": "cold" if args.cold or r == 0 else "warm"})
-    t = time.perf_counter()
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lay_path], cwd=REPO,
-                          capture_output=True, text=True)
-    if proc.returncode:
-      raise SystemExit(f"the PyTorch side failed:\n{proc.stderr[-3000:]}")
-    runs["theirs"].append({"wall_s": time.perf_counter() - t, **json.loads(proc.stdout.strip().splitlines()[-1])})
-    for side in ("ours", "theirs"):
+    for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
+      if side == "ours":
+        runs["ours"].append({**ours(args.recipe, args.steps, args.ours_arg, cache),
+                             "cache": "cold" if args.cold or r == 0 else "warm"})
+      else:
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lay_path], cwd=REPO,
+                              capture_output=True, text=True)
+        if proc.returncode:
+          raise SystemExit(f"the PyTorch side failed:\n{proc.stderr[-3000:]}")
+        runs["theirs"].append({"wall_s": time.perf_counter() - t,
+                               **json.loads(proc.stdout.strip().splitlines()[-1])})
       x = runs[side][-1]
+      x["order"] = len(runs["ours"]) + len(runs["theirs"])  # position in the benchmark's sequence
       print(f"round {r + 1} {side:6s}{' (' + x['cache'] + ')' if 'cache' in x else ''}: wall {x['wall_s']:6.1f} s | train {x['examples_per_s']:5.1f} ex/s "
             f"(steady {x['steady_examples_per_s']:5.1f}) in {x['train_s']:6.1f} s | start-up {x['startup_s']:5.1f} s | "
             f"compile {x['compile_s']:5.1f} s x{x['compiles']} | eval {x['eval_s']:5.1f} s", flush=True)
+    o, t_ = runs["ours"][-1], runs["theirs"][-1]
+    print(f"round {r + 1} ours / theirs: training examples/s {o['examples_per_s'] / t_['examples_per_s']:.2f}x, "
+          f"wall {t_['wall_s'] / o['wall_s']:.2f}x", flush=True)
   med = {side: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "examples_per_s", "steady_examples_per_s")}
          for side, rs in runs.items()}
   ratio = {"examples_per_s": med["ours"]["examples_per_s"] / med["theirs"]["examples_per_s"],

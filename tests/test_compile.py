@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the real train steps for a TPU topology on this CPU (libtpu needed;
 skipped without it): memory analysis present, FSDP lowers per-device argument bytes, the compiled
-FLOPs are the model's matmul count, errors."""
+FLOPs are the model's matmul count, errors. (Each TPU compile costs 15-50 s here: few, small ones.)"""
 
 import json
 
@@ -31,44 +31,40 @@ def tiny(path, **overrides):
   return cfg
 
 
-def test_srl_step_compiles_data_parallel_and_fsdp(topology):
-  dp = C.programs(tiny("ft.py:demo"), topology, preset="tiny", length=16)[0]
-  fsdp = C.programs(tiny("ft.py:demo", **{"mesh.shape": (1, -1, 1)}), topology, preset="tiny", length=16)[0]
+def bert_json(path, layers: int, hidden: int) -> str:
+  """A BERT as config.json only (shapes, no weights): what the compiler needs."""
+  json.dump({"model_type": "bert", "vocab_size": 128, "hidden_size": hidden, "num_hidden_layers": layers,
+             "num_attention_heads": 8, "intermediate_size": 4 * hidden, "max_position_embeddings": 64,
+             "type_vocab_size": 2}, open(path / "config.json", "w"))
+  return str(path)
+
+
+def test_srl_step_compiles_data_parallel_and_fsdp(topology, tmp_path):
+  """The SRL step (forward, backward, loss, AdamW) of a 2-layer, 256-wide BERT, whose matmuls
+  dominate its FLOPs, on 4 chips: XLA's FLOPs exceed BertConfig.matmul_flops only by the elementwise
+  work (x1.11 at this width, x1.06 at 512, x1.0001 for bert-base: experiments/results_tpu; the TPU
+  compile time grows with the width, ~45 s a program here at 256), and FSDP shrinks the arguments."""
+  cfg = tiny("ft.py:demo", **{"model.init_from": bert_json(tmp_path, 2, 256), "data.batch_size": 16})
+  with cfg.unlocked():
+    cfg.schedule.pairs = ((1, 128), (2, 256))
+  dp = C.programs(cfg, topology, length=16)[0]
+  with cfg.unlocked():
+    cfg.mesh.shape = (1, -1, 1)
+  fsdp = C.programs(cfg, topology, length=16)[0]
   for r in (dp, fsdp):
     assert r["program"] == "train_step" and r["chip"] == "TPU v5 lite" and r["devices"] == 4
-    assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"]
-    assert r["xla_flops"] > r["model_matmul_flops"] > 0 and 0 < r["mfu_bound"] <= 1
+    assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"] and 0 < r["mfu_bound"] <= 1
+    assert 1.0 < r["xla_flops"] / r["model_matmul_flops"] < 1.15, (r["xla_flops"], r["model_matmul_flops"])
   assert dp["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and fsdp["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   # parameters and Adam moments sharded four ways: the arguments (the state) shrink
   assert fsdp["argument_bytes"] < 0.8 * dp["argument_bytes"]
 
 
-@pytest.fixture(scope="module")
-def wide_bert(tmp_path_factory):
-  """A 2-layer, 512-wide BERT (config.json only: shapes, no weights) whose matmuls dominate its FLOPs
-  (the tiny preset's layer norms, softmax and GELU outweigh its 32-wide matmuls), small enough to
-  compile in about a minute."""
-  path = tmp_path_factory.mktemp("wide_bert")
-  json.dump({"model_type": "bert", "vocab_size": 128, "hidden_size": 512, "num_hidden_layers": 2, "num_attention_heads": 8,
-             "intermediate_size": 2048, "max_position_embeddings": 64, "type_vocab_size": 2}, open(path / "config.json", "w"))
-  return str(path)
-
-
-def test_compiled_flops_are_the_models_matmul_flops(topology, wide_bert):
-  """XLA's FLOPs for the whole SRL step (forward, backward, loss, AdamW) exceed BertConfig.matmul_flops
-  only by the elementwise work: under 10% at this width (SMAE: 1.065 at 8 x 32 tokens, in
-  experiments/README; its compile here costs another minute of CI)."""
-  cfg = tiny("ft.py:demo", **{"model.init_from": wide_bert, "data.batch_size": 16})
+def test_smae_step_compiles(topology, tmp_path):
+  cfg = tiny("pt.py:tiny", **{"model.init_from": bert_json(tmp_path, 2, 32)})
   with cfg.unlocked():
-    cfg.schedule.pairs = ((1, 256), (2, 512))
+    cfg.schedule.pairs = ((1, 16), (2, 32))
   r = C.programs(cfg, topology, length=16)[0]
-  assert r["program"] == "train_step" and r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"]
-  assert r["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and 0 < r["mfu_bound"] <= 1
-  assert 1.0 < r["xla_flops"] / r["model_matmul_flops"] < 1.1, (r["xla_flops"], r["model_matmul_flops"])
-
-
-def test_smae_step_compiles(topology):
-  r = C.programs(tiny("pt.py:tiny"), topology, preset="tiny", length=16)[0]
   assert r["temp_bytes"] > 0 and r["fits"] and r["xla_flops"] > r["model_matmul_flops"] > 0
 
 
