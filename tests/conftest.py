@@ -110,13 +110,17 @@ def kill_at(monkeypatch, batcher_cls, step: int) -> None:
   monkeypatch.setattr(batcher_cls, "batches", dying)
 
 
+def max_abs_diff(a, b) -> float:
+  """max |a - b| over the leaves of two trees, in NumPy (eager jnp ops would compile a program for
+  every leaf shape)."""
+  return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
+             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
 def max_rel_diff(a, b):
   """(max |a - b| over the leaves of two trees / max |b|, max |b|): how far a is from reference b."""
-  # in NumPy: eager jnp ops would compile a program for every leaf shape
   scale = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree_util.tree_leaves(b))
-  diff = max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
-  return diff / scale, scale
+  return max_abs_diff(a, b) / scale, scale
 
 
 def tiny_srl_case(path, layout: str):

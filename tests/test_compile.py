@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of the real train steps for a TPU topology on this CPU (libtpu needed;
 skipped without it): memory analysis present, FSDP lowers per-device argument bytes, the compiled
-FLOPs are the model's matmul count, errors. (Each TPU compile costs 15-50 s here: few, small ones.)"""
+FLOPs are the model's matmul count, errors. (TPU compiles are most of this file's CI time: few, small.)"""
 
 import json
 
@@ -42,8 +42,8 @@ def bert_json(path, layers: int, hidden: int) -> str:
 def test_srl_step_compiles_data_parallel_and_fsdp(topology, tmp_path):
   """The SRL step (forward, backward, loss, AdamW) of a 2-layer, 256-wide BERT, whose matmuls
   dominate its FLOPs, on 4 chips: XLA's FLOPs exceed BertConfig.matmul_flops only by the elementwise
-  work (x1.11 at this width, x1.06 at 512, x1.0001 for bert-base: experiments/results_tpu; the TPU
-  compile time grows with the width, ~45 s a program here at 256), and FSDP shrinks the arguments."""
+  work (x1.11 at this width, x1.06 at 512, x1.0001 for bert-base: experiments/README; a wider model
+  compiles longer), and FSDP shrinks the arguments."""
   cfg = tiny("ft.py:demo", **{"model.init_from": bert_json(tmp_path, 2, 256), "data.batch_size": 16})
   with cfg.unlocked():
     cfg.schedule.pairs = ((1, 128), (2, 256))
