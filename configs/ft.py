@@ -37,9 +37,15 @@ Variants:
             STS pairs; offline, under 3 minutes on 2 CPU cores.
   eval      Evaluate model.init_from (an HF dir, Hub id, or a workdir) on eval.sts; no training.
 
-Arguments after the variant: method=starbucks|full|mrl|2dmse|2dmse_retrieval|grid|separate (the
-baselines of docs/method.md); for separate also layer=N,dim=D and separate_dim=full|dim (train at full
-width and truncate at evaluation, as the authors, or train at d).
+Arguments after the variant: method=starbucks|full|mrl|2dmse|2dmse_st6|2dmse_retrieval|grid|separate
+(the baselines of docs/method.md); for separate also layer=N,dim=D and separate_dim=full|dim (train at
+full width and truncate at evaluation, as the authors, or train at d). The two 2DMSE presets are
+sentence-transformers' Matryoshka2dLoss in two versions (one sampled earlier hidden state 0..N-1,
+0 the embedding output; one sampled dim per call; KL over softmax(e / 0.3) x 0.3):
+    2dmse      the version behind the papers' 2DMSE numbers (sentence-transformers 2.x-3.x, 2024):
+               the sampled layer i's loss weighted 1/(1+i), the KL's teacher not detached
+               (loss.layer_weighting='linear', loss.kl='tempered_features', loss.kl_detach=False);
+    2dmse_st6  today's (sentence-transformers 6.x, after its issue #3757): weight 1, teacher detached.
 
 Every run validates the whole config (including the schedule against the backbone's config.json)
 before it touches a weight, and writes WORKDIR/config.json, WORKDIR/metrics.jsonl, orbax
@@ -76,7 +82,7 @@ def get_config(arg=None):
   c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.method = arg.method  # starbucks | full | mrl | 2dmse | 2dmse_retrieval | grid | separate
+  c.schedule.method = "2dmse" if arg.method == "2dmse_st6" else arg.method  # schedule.METHODS
   c.schedule.pairs = STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large
   c.schedule.separate_pair = (arg.layer, arg.dim)  # method=separate: the one (layer, dim) trained
   c.schedule.separate_train_dim = arg.separate_dim  # separate: 'full' width (authors) or 'dim'
@@ -91,7 +97,9 @@ def get_config(arg=None):
       sentence1="sentence1", sentence2="sentence2", score="score"))
   c.data.score_range = (0.0, 5.0)  # format=scored_pairs: every score must lie in [low, high] (STS-B: 0..5)
   c.data.batch_size = 128  # examples per step (each triplet is 3 texts)
-  c.data.no_duplicates = True  # keep a text from appearing twice in one batch (false negatives)
+  # True keeps a text from appearing twice in a batch (a false in-batch negative for MNRL); False as
+  # the authors' runs (sentence-transformers' default batch sampler keeps duplicates)
+  c.data.no_duplicates = False
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,.. | 'auto'
   c.data.num_buckets = 3  # length_buckets='auto' or packing: this many pad lengths / row counts (compiles)
   c.data.packing = False  # several texts per row, each attending only to itself (no padding to the longest)
@@ -138,7 +146,6 @@ def get_config(arg=None):
     c.data.train = "hf:sentence-transformers/stsb@train"
     c.data.format = "scored_pairs"
     c.data.batch_size = 16
-    c.data.no_duplicates = False
     c.loss.task = "cosent"
     c.train.epochs = 4
     c.train.log_every = 20
@@ -168,6 +175,10 @@ def get_config(arg=None):
     c.data.batch_size = 16
     c.train.log_every = 5
     c.eval.sts = "demo/test=demo:sts_test.jsonl"
+  if arg.method in ("2dmse", "2dmse_st6"):  # Matryoshka2dLoss as the authors ran it, or as today
+    c.loss.kl = "tempered_features"
+    c.loss.layer_weighting = "linear" if arg.method == "2dmse" else "uniform"
+    c.loss.kl_detach = arg.method == "2dmse_st6"
   if arg.eval:
     c.mode = "eval"
     c.eval.sts = "demo/test=demo:sts_test.jsonl"

@@ -60,6 +60,7 @@ def get_config(arg=None):
   c.loss.similarity = "dot"
   c.loss.temperature = 1.0
   c.loss.kl = "scores"
+  c.loss.kl_detach = True  # the teacher's scores are a constant, as in the authors' retrieval code
   c.loss.kl_temperature = 1.0
   c.loss.reduction = "sum"
   c.train.epochs = 3

@@ -4,7 +4,8 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
 - sts: the `sts` recipe (configs/ft.py:sts_cpu, CoSENT on STS-B train, 1 epoch here instead of 4)
   for SRL (starbucks), 2DMSE, MRL, full-only and separate (one run per pair; its (6,384) run is
   the full-only recipe again, trained as its own run); `ft_sts_cpu/`: the same at the recipe's 4
-  epochs (4x the time; separate's (6,384) cell is the full run there);
+  epochs (4x the time; separate's (6,384) cell is the full run there), with 2DMSE in both
+  sentence-transformers versions (2dmse: as the authors ran it; 2dmse_st6: today's);
 - smae: SMAE pre-training (configs/pt.py:cpu, 400 steps on ../shared/data/mlm_text), then the same
   sts recipe from its BertForMaskedLM export, next to the recipe from the original weights run by
   the same code (SMAE + SRL vs SRL);
@@ -41,7 +42,7 @@ RUNS = [
         ("--config.model.init_from={root}/ft_sts_cpu_e1/starbucks", "--config.eval.grid=True",
          "--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl"), label="SRL (starbucks, 1 epoch)",
         result="eval"),
-    *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}") for m in ("starbucks", "2dmse", "mrl", "full")),
+    *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}") for m in ("starbucks", "2dmse", "2dmse_st6", "mrl", "full")),
     *(Run(f"ft_sts_cpu/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}") for n, d in PAIRS[:-1]),
     Run("smae_cpu/pt", "configs/pt.py:cpu"),
     Run("smae_cpu/ft_from_smae", STS, (EPOCHS, "--config.model.init_from={root}/smae_cpu/pt/bert_mlm"),

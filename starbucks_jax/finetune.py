@@ -57,7 +57,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   sts_sets, retrieval_sets = check_eval(config.eval)
   loss, shards = None, 1
   if config.mode == "train":
-    loss = losses.LossConfig.from_config(config.loss, len(model.pairs))
+    loss = losses.LossConfig.from_config(config.loss, len(model.pairs), plan.method)
     check_data(config)
     mesh = sharding.check_mesh(config.mesh, devices)
     trainer.check_train(config, mesh)

@@ -8,11 +8,14 @@ sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[
     L = R( sum over (n, d) of  w[n,d] * L_task(s[n,d]) + beta * KL_term(n, d) )
 
 - task: contrastive (MNRL / InfoNCE; cosine x scale or dot / temperature) or CoSENT.
-- KL 'scores': KL(softmax(s[N,D] / tau) || softmax(s[n,d] / tau)), teacher gradient stopped,
-  summed over candidates, mean over queries (the authors' retrieval code).
+- KL 'scores': KL(softmax(s[N,D] / tau) || softmax(s[n,d] / tau)), summed over candidates, mean
+  over queries (the authors' retrieval code, with `kl_detach`: the teacher's gradient stopped).
 - KL 'features': KL(softmax(e[N][:, :d]) || softmax(e[n][:, :d])) over the features of every input's
-  raw pooled vector, teacher NOT detached, mean over inputs, times `kl_temperature` (0.3) which is a
-  plain multiplier there (the authors' STS code, after sentence-transformers' AdaptiveLayerLoss).
+  raw pooled vector, mean over inputs, times `kl_temperature` (0.3) which is a plain multiplier
+  there (the authors' STS code; teacher not detached).
+- KL 'tempered_features': the same over softmax(e / 0.3), times 0.3 (sentence-transformers'
+  AdaptiveLayerLoss, every version; its teacher is detached since the fix of its issue #3757).
+- `kl_detach`: stop the teacher's gradient through the KL (any kind).
 - reduction R: 'sum' over pairs (the code) or 'mean' (the paper's 1/|S|).
 
 SMAE (docs/method.md, "SMAE pre-training"): `masked_lm_loss` is the mean cross-entropy over the masked
@@ -34,8 +37,9 @@ from starbucks_jax.config_lib import ConfigError, check_choice, check_range
 
 TASKS = ("contrastive", "cosent")
 SIMILARITIES = ("cosine", "dot")
-KL_KINDS = ("features", "scores", "none")
+KL_KINDS = ("features", "tempered_features", "scores", "none")
 REDUCTIONS = ("sum", "mean")
+LAYER_WEIGHTINGS = ("uniform", "linear", "log")  # sentence-transformers' AdaptiveLayerLoss names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,19 +50,28 @@ class LossConfig:
   similarity: str = "cosine"  # 'cosine' (truncate, then L2-normalise) | 'dot'
   scale: float = 20.0  # cosine similarity multiplier (MNRL and CoSENT use 20)
   temperature: float = 1.0  # dot-product divisor
-  kl: str = "features"  # 'features' (the authors' STS code) | 'scores' (retrieval code, the paper) | 'none'
+  kl: str = "features"  # 'features' (authors' STS code) | 'tempered_features' (sentence-transformers) | 'scores' (retrieval, the paper) | 'none'
+  kl_detach: bool = False  # stop the teacher's gradient through the KL (the paper's retrieval code: True)
   kl_weight: float = 1.0  # beta
   kl_temperature: float = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
   reduction: str = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
   pair_weights: tuple[float, ...] = ()  # one weight per pair on its task loss; () = all 1
+  layer_weighting: str = "uniform"  # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
 
   @classmethod
-  def from_config(cls, loss_cfg, num_pairs: int) -> "LossConfig":
-    """The checked `loss` block; `num_pairs` is the schedule's length (for pair_weights)."""
+  def from_config(cls, loss_cfg, num_pairs: int, method: str = "starbucks") -> "LossConfig":
+    """The checked `loss` block; `num_pairs` is the schedule's length (for pair_weights), `method`
+    the schedule's (layer_weighting weighs 2dmse's sampled layer only)."""
     check_choice("loss.task", loss_cfg.task, TASKS)
     check_choice("loss.similarity", loss_cfg.similarity, SIMILARITIES)
     check_choice("loss.kl", loss_cfg.kl, KL_KINDS)
     check_choice("loss.reduction", loss_cfg.reduction, REDUCTIONS)
+    check_choice("loss.layer_weighting", loss_cfg.layer_weighting, LAYER_WEIGHTINGS)
+    if loss_cfg.layer_weighting != "uniform" and method != "2dmse":
+      raise ConfigError(f"loss.layer_weighting={loss_cfg.layer_weighting!r} weighs the sampled layer of "
+                        f"schedule.method='2dmse'; schedule.method={method!r} has none: set it to 'uniform'")
+    if not isinstance(loss_cfg.kl_detach, bool):
+      raise ConfigError(f"loss.kl_detach={loss_cfg.kl_detach!r}; expected True or False")
     check_range("loss.scale", loss_cfg.scale, 0, low_open=True)
     check_range("loss.temperature", loss_cfg.temperature, 0, low_open=True)
     check_range("loss.kl_weight", loss_cfg.kl_weight, 0)
@@ -149,26 +162,44 @@ def pair_logits(pooled, d: int, cfg: LossConfig):
   return task_logits(pooled, d, cfg)
 
 
+def _teacher(x, cfg: LossConfig):
+  return jax.lax.stop_gradient(x) if cfg.kl_detach else x
+
+
 def kl_scores(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
-  """KL of score distributions; the teacher (N, D) is a constant (stop-gradient)."""
-  t = jax.lax.stop_gradient(pair_logits(teacher_pooled, pooled_dim(teacher_pooled), cfg))
+  """KL of the score distributions of (N, D) and (n, d), both over tau."""
+  t = _teacher(pair_logits(teacher_pooled, pooled_dim(teacher_pooled), cfg), cfg)
   s = pair_logits(student_pooled, d, cfg)
   return kl_divergence(t / cfg.kl_temperature, s / cfg.kl_temperature)
 
 
 def kl_features(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
-  """KL of feature distributions of every input's raw pooled vector, teacher not detached, x0.3."""
+  """KL of the feature distributions of every input's raw pooled vector (first d features), x0.3;
+  'tempered_features' also divides the features by 0.3 inside the softmax."""
   every = lambda x: jnp.concatenate([v.reshape(-1, v.shape[-1]) for v in jax.tree_util.tree_leaves(x)])  # noqa: E731
-  t, s = every(teacher_pooled)[:, :d], every(student_pooled)[:, :d]
+  t, s = _teacher(every(teacher_pooled)[:, :d], cfg), every(student_pooled)[:, :d]
+  if cfg.kl == "tempered_features":
+    t, s = t / cfg.kl_temperature, s / cfg.kl_temperature
   return kl_divergence(t, s) * cfg.kl_temperature
 
 
 def kl_term(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
   if cfg.kl == "scores":
     return kl_scores(teacher_pooled, student_pooled, d, cfg)
-  if cfg.kl == "features":
+  if cfg.kl in ("features", "tempered_features"):
     return kl_features(teacher_pooled, student_pooled, d, cfg)
   return jnp.zeros((), jnp.float32)
+
+
+def layer_weight(layer, weighting: str):
+  """The task weight of a sampled layer (hidden-state index; 0 is the embedding output), as
+  sentence-transformers' AdaptiveLayerLoss: 'uniform' 1, 'linear' 1/(1+i), 'log' 1/(1+ln(1+i))."""
+  i = jnp.asarray(layer, jnp.float32)
+  if weighting == "linear":
+    return 1.0 / (1.0 + i)
+  if weighting == "log":
+    return 1.0 / (1.0 + jnp.log1p(i))
+  return jnp.ones((), jnp.float32)
 
 
 def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]], full_pair: tuple[int, int],
@@ -209,9 +240,9 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
 
   Fixed plans (starbucks, full, mrl, grid, separate) are `srl_loss` over plan.pairs. The sampled
   baselines draw with `rng` and always sum their terms, as their reference code does:
-  - 2dmse: task(N, d1) + task(n', d2) + beta * KL(N || n') over all D features (the KL compares
-    full-width pooled vectors, as Matryoshka2dLoss's layer KL does). The earlier layer's weight is
-    1 (uniform, as the 2DMSE and Starbucks papers; sentence-transformers before 5.x used 1/(1+i)).
+  - 2dmse: task(N, d1) + w(n') task(n', d2) + beta * KL(N || n') over all D features (the KL
+    compares full-width pooled vectors, as Matryoshka2dLoss's layer KL does), n' one of the
+    hidden states 0..N-1 (0: the embedding output), w = `layer_weight(n', cfg.layer_weighting)`.
   - 2dmse_retrieval: task(N, D) + sum over d of S of [task(n', d) + beta KL] + [task(N, d) + beta KL]
     for d < D.
   """
@@ -223,7 +254,8 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
   D = pooled_dim(teacher)
   student = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[draw["layer"]],
                                    *[pooled_by_layer[n] for n in plan.sample_layers])
-  metrics = {"sampled/layer": jnp.asarray(plan.sample_layers)[draw["layer"]]}
+  layer = jnp.asarray(plan.sample_layers)[draw["layer"]]
+  metrics = {"sampled/layer": layer}
   kl = lambda t, s, d: cfg.kl_weight * kl_term(t, s, d, cfg) if cfg.kl != "none" else 0.0  # noqa: E731
   if plan.method == "2dmse":
     dims = jnp.asarray(plan.sample_dims)
@@ -231,7 +263,8 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
     metrics.update({"sampled/dim_last": d_last, "sampled/dim_layer": d_layer})
     masked = lambda x, d: jax.tree_util.tree_map(lambda v: mask_dims(v, d), x)  # noqa: E731
     total = (task_loss(masked(teacher, d_last), D, cfg, scores)
-             + task_loss(masked(student, d_layer), D, cfg, scores) + kl(teacher, student, D))
+             + layer_weight(layer, cfg.layer_weighting) * task_loss(masked(student, d_layer), D, cfg, scores)
+             + kl(teacher, student, D))
   elif plan.method == "2dmse_retrieval":
     total = task_loss(teacher, D, cfg, scores)
     for d in plan.sample_dims:

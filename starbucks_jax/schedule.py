@@ -96,9 +96,9 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
     return Plan(method, tuple((N, d) for d in dims), (N, D), (N,), use_kl=False)
   if method == "grid":  # every layer of S with every dim of S, KL to (N, D)
     return Plan(method, tuple((n, d) for n in layers for d in dims), (N, D), layers + (N,), use_kl=True)
-  if method == "2dmse":  # last layer + one sampled earlier layer (1..N-1), one sampled dim of S each
-    return Plan(method, (), (N, D), tuple(range(1, N + 1)), use_kl=True,
-                sample_layers=tuple(range(1, N)), sample_dims=dims)
+  if method == "2dmse":  # last layer + one sampled earlier hidden state (0..N-1), one sampled dim of S each
+    return Plan(method, (), (N, D), tuple(range(N + 1)), use_kl=True,
+                sample_layers=tuple(range(N)), sample_dims=dims)
   if method == "2dmse_retrieval":  # one sampled layer of S (not N) + N, each with every dim of S
     return Plan(method, (), (N, D), layers + (N,), use_kl=True,
                 sample_layers=tuple(n for n in layers if n != N), sample_dims=dims)

@@ -1,5 +1,5 @@
 """Run by tests/test_multiprocess.py: one process of a multi-process (or the one-process reference)
-fine-tuning run on the tiny model, through train.run exactly as the entry point calls it.
+fine-tuning run on the 2-layer tiny model, through train.run exactly as the entry point calls it.
 
     python tests/multiprocess_run.py MODEL_DIR TRAIN_JSONL WORKDIR COORDINATOR NUM_PROCESSES PROCESS_ID
 """
@@ -16,7 +16,7 @@ def main(model_dir, data, workdir, coordinator, num_processes, process_id):
   with cfg.unlocked():
     cfg.model.init_from = model_dir
     cfg.model.max_length = 32
-    cfg.schedule.pairs = ((1, 8), (2, 16), (4, 32))
+    cfg.schedule.pairs = ((1, 8), (2, 32))
     cfg.data.train = data
     cfg.data.batch_size = 8
     cfg.train.max_steps = 4

@@ -33,6 +33,20 @@ def test_every_config_and_variant_loads(path):
       cfg.modle = 1  # a locked config refuses new (misspelt) keys
 
 
+def test_paper_recipes_keep_duplicate_texts_in_a_batch():
+  """As the authors' runs (sentence-transformers' default batch sampler); no_duplicates is an option."""
+  for variant in _variants(str(REPO / "configs" / "ft.py")):
+    cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + (f":{variant}" if variant else ""))
+    assert cfg.data.no_duplicates is False, variant
+
+
+@pytest.mark.parametrize("method,weighting,detach", [("2dmse", "linear", False), ("2dmse_st6", "uniform", True)])
+def test_2dmse_presets(method, weighting, detach):
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + f":sts,method={method}")
+  assert (cfg.schedule.method, cfg.loss.kl) == ("2dmse", "tempered_features")
+  assert (cfg.loss.layer_weighting, cfg.loss.kl_detach) == (weighting, detach)
+
+
 def test_parse_arg():
   arg = config_lib.parse_arg("demo,steps=3,lr=0.5,name=x", demo=False, steps=0, lr=1.0, name="")
   assert (arg.demo, arg.steps, arg.lr, arg.name) == (True, 3, 0.5, "x")

@@ -132,7 +132,7 @@ def test_nan_weights_fail_at_load_naming_the_tensor(model_copy, tmp_path, capsys
 @pytest.mark.parametrize("key,value", [
     ("train.lr", float("nan")), ("train.lr", float("inf")), ("train.warmup_ratio", float("nan")),
     ("loss.scale", float("nan")), ("loss.kl_weight", float("-inf")), ("train.adam_eps", float("nan")),
-    ("data.score_range", (0.0, float("nan"))), ("loss.pair_weights", (1.0, float("nan"), 1.0)),
+    ("data.score_range", (0.0, float("nan"))), ("loss.pair_weights", (1.0, float("nan"))),
 ])
 def test_non_finite_config_values_name_the_key(tiny_run, key, value):
   """Whatever the key's own checks, a NaN or infinity anywhere in the config fails before compute."""
@@ -140,6 +140,21 @@ def test_non_finite_config_values_name_the_key(tiny_run, key, value):
   with tiny_run.unlocked():
     tiny_run[section][name] = value
   with pytest.raises(config_lib.ConfigError, match=rf"^{key}=.*; must be finite \(no NaN or infinity\)"):
+    finetune.describe(tiny_run)
+
+
+def test_layer_weighting_names_the_method_it_needs(tiny_run):
+  with tiny_run.unlocked():
+    tiny_run.loss.layer_weighting = "linear"
+  with pytest.raises(config_lib.ConfigError, match=r"^loss.layer_weighting='linear' weighs the sampled layer "
+                     r"of schedule.method='2dmse'; schedule.method='starbucks' has none"):
+    finetune.describe(tiny_run)
+  with tiny_run.unlocked():
+    tiny_run.schedule.method = "2dmse"
+  assert finetune.describe(tiny_run).loss.layer_weighting == "linear"
+  with tiny_run.unlocked():
+    tiny_run.loss.layer_weighting = "inverse"
+  with pytest.raises(config_lib.ConfigError, match=r"^loss.layer_weighting='inverse'"):
     finetune.describe(tiny_run)
 
 

@@ -61,7 +61,7 @@ def np_srl(pooled, kl, cosine=True, reduction="sum", beta=1.0, kl_t=0.3, tau=1.0
 
 @pytest.fixture
 def pooled():
-  return {n: RNG.normal(size=(R, B, D)) * 2.0 for n in (1, 2, 3)}
+  return {n: RNG.normal(size=(R, B, D)) * 2.0 for n in (0, 1, 2, 3)}  # 0: the embedding output
 
 
 def _jax(pooled):
@@ -124,13 +124,33 @@ def test_kl_of_identical_distributions_is_zero(pooled):
   assert float(losses.kl_scores(p, p, 12, cfg)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_feature_kl_trains_the_teacher_and_score_kl_does_not(pooled):
+@pytest.mark.parametrize("kind", ["features", "tempered_features", "scores"])
+def test_kl_detach_stops_the_teachers_gradient_only(pooled, kind):
   t, s = jnp.asarray(pooled[3], jnp.float32), jnp.asarray(pooled[1], jnp.float32)
-  for kind, teacher_moves in (("features", True), ("scores", False)):
-    cfg = losses.LossConfig(kl=kind)
-    g_teacher, g_student = jax.grad(lambda a, b: losses.kl_term(a, b, 6, cfg), argnums=(0, 1))(t, s)
-    assert np.abs(np.asarray(g_student)).max() > 1e-6, kind
-    assert (np.abs(np.asarray(g_teacher)).max() > 1e-6) == teacher_moves, kind
+  values = []
+  for detach in (False, True):
+    cfg = losses.LossConfig(kl=kind, kl_detach=detach)
+    value, (g_teacher, g_student) = jax.value_and_grad(lambda a, b: losses.kl_term(a, b, 6, cfg), argnums=(0, 1))(t, s)
+    assert np.abs(np.asarray(g_student)).max() > 1e-6, (kind, detach)
+    assert (np.abs(np.asarray(g_teacher)).max() > 1e-6) != detach, (kind, detach)
+    values.append(float(value))
+  assert values[1] == pytest.approx(values[0], rel=1e-6)  # detaching changes the gradient, not the value
+
+
+def test_tempered_feature_kl_divides_by_the_temperature_inside_the_softmax(pooled):
+  cfg = losses.LossConfig(kl="tempered_features", kl_temperature=0.3)
+  t, s = pooled[3].reshape(-1, D)[:, :6], pooled[1].reshape(-1, D)[:, :6]
+  with jax.enable_x64(True):
+    got = losses.kl_term(jnp.asarray(pooled[3]), jnp.asarray(pooled[1]), 6, cfg)
+  assert float(got) == pytest.approx(0.3 * np_kl(t / 0.3, s / 0.3), rel=1e-6)
+  assert 0.3 * np_kl(t / 0.3, s / 0.3) != pytest.approx(0.3 * np_kl(t, s), rel=1e-2)  # not 'features'
+
+
+def test_layer_weights_follow_sentence_transformers():
+  for i in (0, 1, 5):
+    assert float(losses.layer_weight(i, "uniform")) == 1.0
+    assert float(losses.layer_weight(i, "linear")) == pytest.approx(1 / (1 + i))
+    assert float(losses.layer_weight(i, "log")) == pytest.approx(1 / (1 + np.log(1 + i)))
 
 
 def test_pair_weights_scale_the_task_term(pooled):
@@ -151,20 +171,27 @@ def test_mask_dims_equals_truncation(pooled):
     assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
-def test_2dmse_loss_is_the_sampled_terms(pooled):
-  """Given the draw, 2dmse = task(N, d1) + task(n', d2) + 0.3 KL_features(N || n') over D."""
+@pytest.mark.parametrize("kl,weighting", [("features", "uniform"), ("tempered_features", "linear")])
+def test_2dmse_loss_is_the_sampled_terms(pooled, kl, weighting):
+  """Given the draw, 2dmse = task(N, d1) + w(n') task(n', d2) + 0.3 KL(N || n') over D."""
   plan = schedule.plan("2dmse", PAIRS, 3, 12)
-  cfg = losses.LossConfig()
-  rng = jax.random.key(7)
-  with jax.enable_x64(True):
-    draw = schedule.sample(plan, rng)
-    got, m = losses.plan_loss(plan, _jax(pooled), cfg, rng=rng)
-  n = plan.sample_layers[int(draw["layer"])]
-  d1, d2 = plan.sample_dims[int(draw["dim_last"])], plan.sample_dims[int(draw["dim_layer"])]
-  want = (np_contrastive(pooled[3], d1)[0] + np_contrastive(pooled[n], d2)[0]
-          + 0.3 * np_kl(pooled[3].reshape(-1, D), pooled[n].reshape(-1, D)))
-  assert float(got) == pytest.approx(want, rel=1e-5)
-  assert int(m["sampled/layer"]) == n
+  cfg = losses.LossConfig(kl=kl, layer_weighting=weighting)
+  tau = 0.3 if kl == "tempered_features" else 1.0
+  seen = set()
+  for key in range(12):  # draws that reach the embedding output (n' = 0) and later layers
+    rng = jax.random.key(key)
+    with jax.enable_x64(True):
+      draw = schedule.sample(plan, rng)
+      got, m = losses.plan_loss(plan, _jax(pooled), cfg, rng=rng)
+    n = plan.sample_layers[int(draw["layer"])]
+    d1, d2 = plan.sample_dims[int(draw["dim_last"])], plan.sample_dims[int(draw["dim_layer"])]
+    w = 1.0 / (1 + n) if weighting == "linear" else 1.0
+    want = (np_contrastive(pooled[3], d1)[0] + w * np_contrastive(pooled[n], d2)[0]
+            + 0.3 * np_kl(pooled[3].reshape(-1, D) / tau, pooled[n].reshape(-1, D) / tau))
+    assert float(got) == pytest.approx(want, rel=1e-5)
+    assert int(m["sampled/layer"]) == n
+    seen.add(n)
+  assert seen == {0, 1, 2}
 
 
 def test_2dmse_retrieval_loss(pooled):

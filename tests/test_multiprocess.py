@@ -34,12 +34,12 @@ def losses(workdir):
   return [json.loads(line)["loss"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
 
 
-def test_two_processes_train_checkpoint_and_equal_one_process(tiny_hf_dir, tmp_path):
+def test_two_processes_train_checkpoint_and_equal_one_process(tiny2_hf_dir, tmp_path):
   data = write_triplets(tmp_path / "train.jsonl", 40)
   multi, single = tmp_path / "multi", tmp_path / "single"
   coordinator = f"localhost:{free_port()}"
-  procs = [launch([tiny_hf_dir, data, multi, coordinator, 2, i]) for i in range(2)]
-  ref = launch([tiny_hf_dir, data, single, "", 1, 0], devices=4)
+  procs = [launch([tiny2_hf_dir, data, multi, coordinator, 2, i]) for i in range(2)]
+  ref = launch([tiny2_hf_dir, data, single, "", 1, 0], devices=4)
   outs = [p.communicate(timeout=600)[0] for p in procs + [ref]]
   for p, out in zip(procs + [ref], outs):
     assert p.returncode == 0, out[-4000:]
@@ -54,7 +54,7 @@ def test_two_processes_train_checkpoint_and_equal_one_process(tiny_hf_dir, tmp_p
   for x, y in zip(jax.tree_util.tree_leaves(a.params), jax.tree_util.tree_leaves(b.params)):
     np.testing.assert_allclose(x, y, atol=1e-5)
   records = json.load(open(multi / "results" / "final.json"))
-  assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 16), (4, 32)}
+  assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 32)}
 
 
 @pytest.mark.parametrize("key,value,match", [

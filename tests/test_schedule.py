@@ -29,12 +29,14 @@ def test_plans_of_fixed_methods():
 
 
 def test_2dmse_draws_uniformly_from_the_right_sets():
-  """Matryoshka2dLoss: one earlier layer of 1..N-1 and, for each call, one dim of S - uniform."""
+  """Matryoshka2dLoss: one earlier hidden state of 0..N-1 (0: the embedding output) and, for each
+  call, one dim of S - uniform."""
   plan = schedule.plan("2dmse", S, 12, 768)
-  assert plan.sample_layers == tuple(range(1, 12)) and plan.sample_dims == tuple(d for _, d in S)
+  assert plan.sample_layers == tuple(range(12)) and plan.sample_dims == tuple(d for _, d in S)
+  assert plan.layers == tuple(range(13))
   draws = jax.vmap(lambda k: schedule.sample(plan, k))(jax.random.split(jax.random.key(0), 6000))
   layers = collections.Counter(np.asarray(draws["layer"]).tolist())
-  assert set(layers) == set(range(11))
+  assert set(layers) == set(range(12))
   assert max(layers.values()) / min(layers.values()) < 1.3
   for key in ("dim_last", "dim_layer"):
     dims = collections.Counter(np.asarray(draws[key]).tolist())
