@@ -5,11 +5,14 @@
 Then fine-tune from it: `--config=configs/ft.py:... --config.model.init_from=DIR/bert_mlm` (or DIR).
 
 Without a variant: the paper's run. bert-base-uncased (needs the Hub or a local copy with its MLM
-head), FineWeb sample-100BT streamed from the Hub (hf:HuggingFaceFW/fineweb:sample-100BT), one pass,
-batch 512, max length 512 (a random window per document, no packing), masking 0.2 / 0.4 whole-word,
-AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 compute, non-finite steps skipped.
-max_steps is an ESTIMATE of one pass (~1e8 documents / 512): check the dataset card and set
---config.train.max_steps. Model matmul FLOPs 4.0e14 a step (pretrain.matmul_flops: encoder 1.5e14,
+head), FineWeb sample-100BT streamed from the Hub (hf:HuggingFaceFW/fineweb:sample-100BT), one pass
+in blocks of 100,000 documents each read in a seeded random order (the authors shuffle the whole
+set), batch 512, max length 512 (a random window per document, no packing), masking 0.2 / 0.4
+whole-word, AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 compute, non-finite
+steps skipped. The steps are one epoch, the stream's rows (the dataset card's metadata) / 512; where
+the card does not say, the run stops before training and asks for --config.data.count_rows=True
+(one counting pass over ~1e8 documents, hours; cached) or --config.train.max_steps (~195,000).
+Model matmul FLOPs 4.0e14 a step (pretrain.matmul_flops: encoder 1.5e14,
 six decoder layers and the vocabulary projections at the masked positions the rest). Compiled for
 TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not measured),
 data parallel; per chip GiB used of HBM, roofline step bound, MFU bound. As is it fits only v5p-8
@@ -71,7 +74,9 @@ def get_config(arg=None):
   c.data = ml_collections.ConfigDict()
   c.data.train = "hf:HuggingFaceFW/fineweb:sample-100BT"  # text source (see data/sources.py)
   c.data.text_column = "text"  # the column holding each document
-  c.data.streaming = True  # hf: sources only; read lazily (needs train.max_steps)
+  c.data.streaming = True  # hf: sources only; read lazily, once (one epoch: the stream's length in batches)
+  c.data.shuffle_buffer = 100_000  # streaming: documents per shuffled block (~0.3 GB of FineWeb text); 0 = in order
+  c.data.count_rows = False  # streaming, no length in the metadata: count the rows in one pass (cached)
   c.data.packing = False  # concatenate documents into full rows instead of one window each
   c.data.batch_size = 512  # rows per step
   c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
@@ -80,7 +85,7 @@ def get_config(arg=None):
 
   c.train = ml_collections.ConfigDict()
   c.train.epochs = 1  # passes over an in-memory source
-  c.train.max_steps = 195_000  # > 0: this many steps (required when streaming); estimate, see above
+  c.train.max_steps = 0  # > 0: this many steps instead of one epoch (a stream: its rows / batch size)
   c.train.lr = 1e-4  # peak learning rate
   c.train.warmup_ratio = 0.05  # linear warmup over this fraction of the steps
   c.train.decay = "cosine"  # 'linear' | 'cosine' to 0
@@ -108,6 +113,7 @@ def get_config(arg=None):
     c.model.dtype = "float32"
     c.schedule.pairs = STARBUCKS["minilm-l6-h384"]
     c.data.streaming = False
+    c.data.shuffle_buffer = 0
     c.train.max_steps = 0
   if arg.cpu:
     c.data.train = f"{SHARED}/mlm_text/sentences.txt"

@@ -68,7 +68,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   model = trainer.ModelSpec.from_config(config, backbone=backbone)
   check_choice("smae.mode", config.smae.mode, losses.SMAE_MODES)
   masking = MaskingConfig.from_config(config.smae)
-  corpus.check_config(config.data, config.train.max_steps)
+  corpus.check_config(config.data, config.train)
   trainer.check_train(config, sharding.check_mesh(config.mesh, devices))
   if config.eval.text:
     sources.check_spec("eval.text", config.eval.text)
@@ -211,7 +211,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) 
   batcher = TextBatcher(config.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking),
                         batch_size=config.data.batch_size, max_length=setup.max_length, seed=config.seed,
                         column=config.data.text_column, streaming=config.data.streaming,
-                        packing=config.data.packing, length_buckets=config.data.length_buckets)
+                        packing=config.data.packing, length_buckets=config.data.length_buckets,
+                        shuffle_buffer=config.data.shuffle_buffer, count_rows=config.data.count_rows)
   steps = trainer.total_steps(config.train, batcher)
   params = init_params(pre, setup.config, jax.random.key(config.seed))
   log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, steps,

@@ -511,6 +511,11 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
         with timer.phase("checkpoint"):
           checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
                           meta={"step": done}, force=done == total_steps)
+    if executables and done < total_steps:  # the data ended first (a stream's epoch): its last step stays
+      if done != last_log:
+        writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
+      with timer.phase("checkpoint"):
+        checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done}, force=True)
     jax.block_until_ready(state)
     with timer.phase("checkpoint"):
       mngr.wait_until_finished()

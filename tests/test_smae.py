@@ -12,7 +12,7 @@ import pytest
 
 from conftest import REPO, kill_at, make_hf_bert, make_tokenizer
 from starbucks_jax import checkpoint, config_lib, finetune, losses, pretrain
-from starbucks_jax.data import corpus, masking
+from starbucks_jax.data import corpus, masking, sources
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, BertLayer, attention_bias_mask
@@ -311,10 +311,51 @@ def test_streamed_hf_source_reads_in_order_and_resumes_by_skipping(tmp_path, tok
   resumed = dict(make().batches(4, 6))
   assert sorted(resumed) == [4, 5]
   assert all((resumed[s][k] == whole[s][k]).all() for s in (4, 5) for k in whole[s])
-  with pytest.raises(DataError, match="no known length"):
+  assert sorted(dict(make().batches(0, 7))) == list(range(6))  # the stream ends the epoch, not the run
+
+
+def test_stream_length_from_metadata_or_a_cached_count(tmp_path, tokenizer, monkeypatch):
+  pytest.importorskip("datasets")
+  monkeypatch.setattr(sources, "ROW_COUNTS", str(tmp_path / "counts.json"))
+  folder = tmp_path / "corpus"
+  folder.mkdir()
+  (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(24)))
+  masker = masking.Masker(tokenizer, masking.MaskingConfig())
+  make = lambda **kw: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=5, max_length=32,  # noqa: E731
+                                         seed=0, streaming=True, **kw)
+  with pytest.raises(DataError, match=r"not in its metadata; set train.max_steps, or data.count_rows=True"):
     make().steps_in(1)
-  with pytest.raises(DataError, match="ended after 6 steps"):
-    list(make().batches(0, 7))
+  assert make(count_rows=True).steps_in(1) == 4  # 24 rows counted once: 4 whole batches of 5
+  assert json.load(open(tmp_path / "counts.json")) == {f"hf:{folder}": 24}
+  assert make().steps_in(1) == 4  # from the cache
+  with pytest.raises(DataError, match="read once"):
+    make().steps_in(2)
+  card = tmp_path / "carded"  # a dataset card whose metadata gives the split's size
+  card.mkdir()
+  (card / "train.jsonl").write_text((folder / "train.jsonl").read_text())
+  (card / "README.md").write_text("---\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 24\n---\n")
+  assert sources.stream_length(f"hf:{card}") == 24
+
+
+def test_shuffle_buffer_permutes_each_block_and_resumes_exactly(tmp_path, tokenizer):
+  pytest.importorskip("datasets")
+  folder = tmp_path / "corpus"
+  folder.mkdir()
+  texts = [f"document {i} " + t for i, t in enumerate(random_texts(23))]
+  (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+  masker = masking.Masker(tokenizer, masking.MaskingConfig())
+  make = lambda: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=4, max_length=32,  # noqa: E731
+                                    seed=0, streaming=True, shuffle_buffer=10)
+  order = list(make()._shuffled(0))
+  for lo, hi in ((0, 10), (10, 20), (20, 23)):  # each block of 10 a permutation of its own rows
+    assert sorted(order[lo:hi]) == sorted(texts[lo:hi]) and order[lo:hi] != texts[lo:hi]
+  assert all(list(make()._shuffled(k)) == order[k:] for k in (4, 12, 20))
+  whole = dict(make().batches(0, 5))
+  resumed = dict(make().batches(3, 5))  # row 12: within the second block
+  assert all((resumed[s][k] == whole[s][k]).all() for s in (3, 4) for k in whole[s])
+  other = corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=4, max_length=32, seed=1,
+                             streaming=True, shuffle_buffer=10)
+  assert list(other._shuffled(0)) != order  # seeded
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +413,25 @@ def test_tiny_run_loss_falls_and_exports_a_masked_lm(tiny_pt, tmp_path):
   assert set(checkpoint.load_model(str(tmp_path / "w")).params) == {"bert", "mlm_head"}
 
 
+def test_a_streamed_epoch_ends_the_run_where_the_stream_ends(tiny_pt, tmp_path):
+  """train.max_steps beyond a stream's rows: the run stops at its last whole batch and keeps it."""
+  pytest.importorskip("datasets")
+  folder = tmp_path / "stream"
+  folder.mkdir()
+  (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(18)))
+  with tiny_pt.unlocked():
+    tiny_pt.data.train = f"hf:{folder}"
+    tiny_pt.data.streaming = True
+    tiny_pt.data.shuffle_buffer = 8
+    tiny_pt.train.max_steps = 7  # the stream holds 4 batches of 4 (and 2 rows over)
+    tiny_pt.train.log_every = 3
+    tiny_pt.eval.text = ""
+  pretrain.run(tiny_pt, str(tmp_path / "w"))
+  rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [3, 4] and np.isfinite(rows[-1]["loss"])
+  assert checkpoint.manager(str(tmp_path / "w"), read_only=True).latest_step() == 4
+
+
 def test_pretraining_resumes_to_identical_parameters(tiny_pt, tmp_path, monkeypatch):
   with tiny_pt.unlocked():
     tiny_pt.train.max_steps = 6
@@ -413,7 +473,13 @@ def test_pt_config_variants_load_and_errors_name_the_key(tiny_pt, tmp_path):
     cfg.data.train = "hf:HuggingFaceFW/fineweb:sample-100BT"
     cfg.data.streaming = True
     cfg.train.max_steps = 0
-  with pytest.raises(config_lib.ConfigError, match="train.max_steps"):
+    cfg.train.epochs = 2
+  with pytest.raises(config_lib.ConfigError, match="train.epochs=2: a streamed source is read once"):
+    pretrain.describe(cfg)
+  with cfg.unlocked():
+    cfg.data.streaming = False
+    cfg.data.shuffle_buffer = 1000
+  with pytest.raises(config_lib.ConfigError, match="data.shuffle_buffer=1000 is for streamed sources"):
     pretrain.describe(cfg)
   cfg = copy.deepcopy(tiny_pt)
   with cfg.unlocked():

@@ -9,8 +9,11 @@ Two kinds of source:
 - in memory (local files, hf: without streaming, tfds:): tokenised once; each epoch is a seeded
   shuffle and a batch is a pure function of (seed, step), so a resumed run reads exactly the batches
   of an uninterrupted one; the last incomplete batch of an epoch is dropped;
-- streamed (`hf:` with streaming, the paper's FineWeb): read in order, tokenised on the fly; a
-  resumed run skips the rows already read. Its length is unknown, so the run needs train.max_steps.
+- streamed (`hf:` with streaming, the paper's FineWeb): one pass, tokenised on the fly, shuffled
+  by a buffer: the stream is cut into blocks of `shuffle_buffer` documents and each block is read
+  in a seeded permutation of its own (a resumed run skips to the block of its next row and
+  permutes it again). One epoch is the stream's length (`sources.stream_length`: the dataset's
+  metadata or a cached count) in whole batches; the run ends where the stream does.
 Windows are seeded per (seed, epoch, row) and masks per (seed, step).
 """
 
@@ -24,20 +27,23 @@ import numpy as np
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range
 from starbucks_jax.data.batching import in_background
 from starbucks_jax.data.masking import Masker
-from starbucks_jax.data.sources import DataError, check_spec, read_rows
+from starbucks_jax.data.sources import DataError, check_spec, read_rows, stream_length
 from starbucks_jax.data.tokenize import BUCKETS, bucket_length
 
 log = logging.getLogger(__name__)
 
 
-def check_config(data_cfg, max_steps: int) -> None:
-  """The data block of a pre-training run; `max_steps` is train.max_steps (a stream needs it)."""
+def check_config(data_cfg, train_cfg) -> None:
+  """The data block of a pre-training run (with train.max_steps and train.epochs for a stream)."""
   check_spec("data.train", data_cfg.train)
+  check_range("data.shuffle_buffer", data_cfg.shuffle_buffer, 0)
   if data_cfg.streaming and not data_cfg.train.startswith("hf:"):
     raise ConfigError(f"data.streaming=True is for hf: sources, not {data_cfg.train!r}")
-  if data_cfg.streaming and not max_steps:
-    raise ConfigError("train.max_steps=0: a streamed source (data.streaming=True) has no known length; "
-                      "set the number of steps")
+  if data_cfg.shuffle_buffer and not data_cfg.streaming:
+    raise ConfigError(f"data.shuffle_buffer={data_cfg.shuffle_buffer} is for streamed sources; an in-memory "
+                      "source is shuffled whole every epoch: set it to 0")
+  if data_cfg.streaming and train_cfg.epochs != 1 and not train_cfg.max_steps:
+    raise ConfigError(f"train.epochs={train_cfg.epochs}: a streamed source is read once; set 1 (or train.max_steps)")
   if data_cfg.packing and data_cfg.streaming:
     raise ConfigError("data.packing=True needs an in-memory source (data.streaming=False)")
   check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
@@ -57,13 +63,14 @@ class TextBatcher:
 
   def __init__(self, spec: str, tokenizer, masker: Masker, *, batch_size: int, max_length: int,
                seed: int, column: str = "text", streaming: bool = False, packing: bool = False,
-               length_buckets: str = "pow2", tokenize_batch: int = 1024):
+               length_buckets: str = "pow2", tokenize_batch: int = 1024, shuffle_buffer: int = 0,
+               count_rows: bool = False):
     if packing and streaming:
       raise DataError(f"{spec}: packing needs an in-memory source (streaming=False)")
     self.spec, self.tokenizer, self.masker = spec, tokenizer, masker
     self.batch_size, self.max_length, self.seed = batch_size, max_length, seed
     self.column, self.streaming, self.packing = column, streaming, packing
-    self.length_buckets = length_buckets
+    self.length_buckets, self.shuffle_buffer, self.count_rows = length_buckets, shuffle_buffer, count_rows
     self.cls, self.sep, self.pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
     self.tokenize_batch = tokenize_batch
     self.tokens: list[np.ndarray] | None = None
@@ -103,7 +110,13 @@ class TextBatcher:
 
   def steps_in(self, epochs: int) -> int:
     if self.streaming:
-      raise DataError(f"{self.spec}: a streamed source has no known length; set train.max_steps")
+      rows = stream_length(self.spec, count=self.count_rows)
+      if rows is None:
+        raise DataError(f"{self.spec}: the stream's length is not in its metadata; set train.max_steps, "
+                        "or data.count_rows=True to count its rows once (cached)")
+      if epochs != 1:
+        raise DataError(f"{self.spec}: a streamed source is read once (train.epochs=1), not {epochs} times")
+      return rows // self.batch_size
     return sum(self.rows_per_epoch(e) // self.batch_size for e in range(epochs))
 
   def _row(self, epoch: int, index: int, tokens: np.ndarray | None = None) -> np.ndarray:
@@ -122,9 +135,8 @@ class TextBatcher:
     """The rows of each batch from `start_step` on."""
     B = self.batch_size
     if self.streaming:
-      texts = (r["text"] for r in read_rows(self.spec, {"text": str}, {"text": self.column},
-                                            streaming=True, skip=start_step * B))
       row = start_step * B
+      texts = self._shuffled(row)
       while True:
         chunk = [t for _, t in zip(range(B), texts)]
         if len(chunk) < B:
@@ -139,6 +151,25 @@ class TextBatcher:
       for index in range(step, self.rows_per_epoch(epoch) // B):
         yield [self._row(epoch, index * B + j) for j in range(B)]
       epoch, step = epoch + 1, 0
+
+  def _shuffled(self, first: int) -> Iterator[str]:
+    """The stream's texts from row `first` on, each block of `shuffle_buffer` rows in a seeded
+    permutation of its own (block k: rng(seed, 2^21, k)); 0 keeps the stream's order."""
+    W = self.shuffle_buffer
+    block = first // W if W else 0
+    texts = (r["text"] for r in read_rows(self.spec, {"text": str}, {"text": self.column}, streaming=True,
+                                          skip=block * W if W else first))
+    if not W:
+      yield from texts
+      return
+    skip = first - block * W
+    while True:
+      rows = [t for _, t in zip(range(W), texts)]
+      if not rows:
+        return
+      for i in np.random.default_rng([self.seed, 1 << 21, block]).permutation(len(rows))[skip:]:
+        yield rows[i]
+      block, skip = block + 1, 0
 
   # ----- batches -----
   def make_batch(self, step: int, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
@@ -155,5 +186,6 @@ class TextBatcher:
         return
       yield step, self.make_batch(step, rows)
       step += 1
-    if step < num_steps:
-      raise DataError(f"{self.spec}: the stream ended after {step} steps of the {num_steps} asked for")
+    if step < num_steps:  # a stream shorter than train.max_steps (or its metadata): the epoch is over
+      log.warning("%s: the stream ended after %d steps of the %d asked for; the run ends here",
+                  self.spec, step, num_steps)

@@ -156,6 +156,37 @@ def _remote_rows(spec: str, streaming: bool = False, skip: int = 0) -> Iterator[
     yield i + 1, {k: v.decode("utf8") if isinstance(v, bytes) else v for k, v in row.items()}
 
 
+ROW_COUNTS = os.path.join("~", ".cache", "starbucks_jax", "row_counts.json")  # counted stream lengths
+
+
+def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -> int | None:
+  """Rows of a remote source without reading it whole: its metadata's split size (a Hugging Face
+  dataset card's dataset_info, a TFDS source's length), else an earlier count in `cache`, else
+  (`count`) one pass that counts every row, remembered in `cache`; None when none of these says."""
+  kind, name, config, split = parse_remote(spec)
+  if kind != "hf":
+    raise DataError(f"{spec}: streaming is for hf: sources")
+  try:
+    import datasets
+    splits = datasets.load_dataset_builder(name, config).info.splits or {}
+    if split in splits and splits[split].num_examples:
+      return int(splits[split].num_examples)
+  except Exception:  # offline or no card: the cache or a count may still say
+    pass
+  path = os.path.expanduser(cache or ROW_COUNTS)
+  counts = json.load(open(path)) if os.path.isfile(path) else {}
+  if spec in counts:
+    return int(counts[spec])
+  if not count:
+    return None
+  counts[spec] = sum(1 for _ in _remote_rows(spec, streaming=True))
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path + ".tmp", "w") as f:
+    json.dump(counts, f, indent=1, sort_keys=True)
+  os.replace(path + ".tmp", path)
+  return counts[spec]
+
+
 def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None, *,
               streaming: bool = False, skip: int = 0) -> Iterator[dict[str, Any]]:
   """Rows of a source with `fields` ({name: type}), columns renamed by `columns`. `streaming` (hf:
