@@ -34,6 +34,22 @@ def write_beir(folder, n_docs=23, n_queries=5):
   return str(folder)
 
 
+def test_a_passage_reads_the_same_in_training_and_evaluation(tmp_path):
+  """One joining of title and text: a Tevatron training group and a BEIR corpus give one string."""
+  from starbucks_jax.data import groups as groups_lib
+  passages = [{"docid": "a", "title": " Paris ", "text": "the capital of France. "},
+              {"docid": "b", "title": "", "text": " no title"}, {"docid": "c", "title": None, "text": "none"}]
+  (tmp_path / "c").mkdir()
+  (tmp_path / "c" / "corpus.jsonl").write_text("".join(
+      json.dumps({"_id": p["docid"], "title": p["title"], "text": p["text"]}) + "\n" for p in passages))
+  (tmp_path / "c" / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "paris"}) + "\n")
+  (tmp_path / "c" / "qrels").mkdir()
+  (tmp_path / "c" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\ta\t1\n")
+  evaluated = beir.load(str(tmp_path / "c"), "test").docs
+  trained = groups_lib.passage_texts(passages)
+  assert evaluated == trained == ["Paris the capital of France.", "no title", "none"]
+
+
 def test_beir_loader_and_errors(tmp_path):
   col = beir.load(write_beir(tmp_path / "toy"), "test")
   assert len(col.docs) == 23 and col.query_ids == ["0", "1", "2", "3", "4"]

@@ -24,6 +24,12 @@ from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.data.sources import DataError, jsonl_rows
 
 
+def passage_text(title: str | None, text: str | None) -> str:
+  """A passage as the encoder reads it, in training (Tevatron groups) and evaluation (BEIR corpora)
+  alike: "title text", each stripped, the title left out when empty."""
+  return f"{(title or '').strip()} {(text or '').strip()}".strip()
+
+
 def check_folder(key: str, folder: str, split: str, *, corpus: bool) -> None:
   """A ConfigError naming `key` unless `folder` has qrels/<split>.tsv (and corpus.jsonl with `corpus`)."""
   path = os.path.expanduser(folder)
@@ -90,7 +96,7 @@ def _load_hf(spec: str, split: str, name: str | None) -> Collection:
   for row in qrels_rows:
     qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
   doc_ids = [str(x) for x in corpus["_id"]]
-  docs = [f"{t or ''} {x or ''}".strip() for t, x in zip(corpus["title"], corpus["text"])]
+  docs = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
   text_of = {str(q): t for q, t in zip(queries["_id"], queries["text"])}
   missing = sorted(set(qrels) - set(text_of))
   if missing:
@@ -116,7 +122,7 @@ def load(folder: str, split: str = "test", name: str | None = None) -> Collectio
     if not isinstance(title, str) or not isinstance(text, str):
       raise DataError(f"{path}:{line_no}: title and text must be strings, got {type(title).__name__} and "
                       f"{type(text).__name__}")
-    joined = f"{title.strip()} {text.strip()}".strip()
+    joined = passage_text(title, text)
     if not joined:
       raise DataError(f"{path}:{line_no}: empty title and text")
     doc_ids.append(doc_id)

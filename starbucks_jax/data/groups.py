@@ -57,7 +57,7 @@ def passage_texts(value) -> list[str]:
   texts = []
   for j, p in enumerate(typed(value, list)):
     if isinstance(p, dict) and isinstance(p.get("text", ""), str) and isinstance(p.get("title") or "", str):
-      texts.append(f"{p.get('title') or ''} {p.get('text') or ''}".strip())
+      texts.append(beir.passage_text(p.get("title"), p.get("text")))
     elif isinstance(p, str):
       texts.append(p.strip())
     else:
