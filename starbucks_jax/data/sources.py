@@ -160,9 +160,9 @@ ROW_COUNTS = os.path.join("~", ".cache", "starbucks_jax", "row_counts.json")  # 
 
 
 def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -> int | None:
-  """Rows of a remote source without reading it whole: its metadata's split size (a Hugging Face
-  dataset card's dataset_info, a TFDS source's length), else an earlier count in `cache`, else
-  (`count`) one pass that counts every row, remembered in `cache`; None when none of these says."""
+  """Rows of a streamed (hf:) source without reading it whole: the dataset card's split size
+  (dataset_info), else an earlier count in `cache`, else (`count`) one pass that counts every row,
+  remembered in `cache`; None when none of these says."""
   kind, name, config, split = parse_remote(spec)
   if kind != "hf":
     raise DataError(f"{spec}: streaming is for hf: sources")
