@@ -10,9 +10,13 @@ Without a variant: the paper's recipe. bert-base-uncased (or an SMAE run: model.
 MS MARCO passage with its BM25 negatives (hf:Tevatron/msmarco-passage, ~400k queries), group 8,
 batch 128 queries, 3 epochs (~9.4k steps), query 32 / passage 196 tokens, CLS pooling, raw dot
 product / temperature 1, score KL (tau 1, teacher detached), summed over the six pairs as the code
-does, AdamW lr 1e-4, warmup 10%, linear decay, wd 0, bf16. Needs the Hub. Evaluated on MS MARCO dev
-(6,980 queries, 8.8M passages) and TREC DL 2019 from the Hub (hf:BeIR/msmarco; encoding the corpus
-once for all six sizes is the long part). Compiled for TPU (python -m starbucks_jax.compile;
+does, AdamW lr 1e-4, warmup 10%, linear decay, wd 0, bf16. Needs the Hub. Evaluated as the authors
+do, on Tevatron's title + text corpus (8.8M passages, hf:Tevatron/msmarco-passage-corpus, the same
+"title text" passages as training) with Tevatron's queries for MS MARCO dev (6,980 queries; MRR@10
+is the paper's metric; qrels from BeIR/msmarco-qrels dev), TREC DL 2019 (43) and DL 2020 (54)
+(nDCG@10; NIST's graded qrels, downloaded once). The three share one index (dataset name msmarco):
+encoding the corpus once for all six sizes is the long part. Offline, copy the parts into a folder
+and set eval.retrieval to msmarco/SPLIT=tevatron:FOLDER (data/tevatron.py). Compiled for TPU (python -m starbucks_jax.compile;
 experiments/results_tpu/table.md; compiled, not measured), 1,024 passages of 196 tokens and 128
 queries of 32 a step, data parallel; per chip GiB used of HBM, roofline step bound, MFU bound:
 v5e-8 11.9/16, 192 ms, 0.36 (the 9.4k steps in >= 30 min); v4-8 12.3/16 per TensorCore, 242 ms,
@@ -43,6 +47,17 @@ from starbucks_jax.schedule import STARBUCKS
 SHARED = "../shared/data"
 
 
+MSMARCO_CORPUS = "hf:Tevatron/msmarco-passage-corpus/corpus.jsonl.gz"
+MSMARCO_QRELS = {"dev": "hf:BeIR/msmarco-qrels@dev",  # MS MARCO dev small: 6,980 queries
+                 "dl19": "https://trec.nist.gov/data/deep/2019qrels-pass.txt",
+                 "dl20": "https://trec.nist.gov/data/deep/2020qrels-pass.txt"}
+
+
+def msmarco_source(split: str) -> str:
+  """The eval.retrieval source of an MS MARCO split in Tevatron's layout (corpus+queries+qrels)."""
+  return f"tevatron:{MSMARCO_CORPUS}+hf:Tevatron/msmarco-passage/{split}.jsonl.gz+{MSMARCO_QRELS[split]}"
+
+
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, scifact=False, method="starbucks", layer=0, dim=0)
   here = os.path.dirname(os.path.abspath(__file__))
@@ -50,7 +65,7 @@ def get_config(arg=None):
   c = config_lib.load_config(os.path.join(here, "ft.py") + ":" + base)
   c.unlock()
   c.model.pooling = "cls"
-  c.data.train = "hf:Tevatron/msmarco-passage@train"
+  c.data.train = "hf:Tevatron/msmarco-passage/train.jsonl.gz"  # the repo's file (its loading script no longer runs)
   c.data.format = "groups"
   c.data.group_size = 8
   c.data.query_max_length = 32
@@ -66,7 +81,7 @@ def get_config(arg=None):
   c.train.epochs = 3
   c.train.lr = 1e-4
   c.eval.sts = ""
-  c.eval.retrieval = "msmarco/dev=hf:BeIR/msmarco,dl19/test=hf:BeIR/msmarco"  # MS MARCO dev, TREC DL 2019
+  c.eval.retrieval = ",".join(f"msmarco/{split}={msmarco_source(split)}" for split in MSMARCO_QRELS)
   c.eval.retrieval_similarity = "dot"
   c.eval.query_max_length = 32
   c.eval.passage_max_length = 196

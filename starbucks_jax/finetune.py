@@ -19,7 +19,7 @@ import optax
 
 from starbucks_jax import checkpoint, losses, schedule, sharding, timing, trainer
 from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
-from starbucks_jax.data import batching, beir, groups, sources
+from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, sts
 from starbucks_jax.models import hf
@@ -81,9 +81,8 @@ def check_eval(eval_cfg) -> tuple[tuple, tuple]:
     sources.check_spec(f"eval.sts ({dataset}/{split})", spec)
   check_range("eval.batch_size", eval_cfg.batch_size, 1)
   retrieval_sets = parse_eval_sets(eval_cfg.retrieval, "eval.retrieval")
-  for dataset, split, folder in retrieval_sets:
-    if not folder.startswith("hf:"):  # a BEIR collection on the Hub is read when evaluating
-      beir.check_folder(f"eval.retrieval ({dataset}/{split})", folder, split, corpus=True)
+  for dataset, split, source in retrieval_sets:
+    retrieval.check_source(f"eval.retrieval ({dataset}/{split})", source, split)
   if retrieval_sets:
     check_choice("eval.retrieval_similarity", eval_cfg.retrieval_similarity, ("dot", "cosine"))
     check_range("eval.query_max_length", eval_cfg.query_max_length, 1)
@@ -369,7 +368,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
   records = sts.evaluate_sets(embedder, run.sts_sets, run.eval_pairs, pooling=pooling)
   for dataset, split, folder in run.retrieval_sets:
     records += retrieval.evaluate_collection(
-        embedder, beir.load(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
+        embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
         passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k)
   return results.report(workdir, name, records)
@@ -388,8 +387,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   # corpus is not held in memory through training)
   for _, _, source in spec.sts_sets:
     sts.read_sts(source)
-  for dataset, split, folder in spec.retrieval_sets:
-    beir.load(folder, split, name=dataset)
+  retrieval.check_collections(spec.retrieval_sets)
   model = train(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []

@@ -47,6 +47,22 @@ def test_2dmse_presets(method, weighting, detach):
   assert (cfg.loss.layer_weighting, cfg.loss.kl_detach) == (weighting, detach)
 
 
+def test_retrieval_recipe_evaluates_as_the_authors():
+  """MS MARCO dev, DL19 and DL20 in Tevatron's layout (title + text corpus), one index for the three;
+  the check before compute passes with every part on the Hub (read when evaluating)."""
+  cfg = config_lib.load_config(str(REPO / "configs" / "retrieval.py"))
+  sets = finetune.check_eval(cfg.eval)[1]
+  assert [(dataset, split) for dataset, split, _ in sets] == [("msmarco", "dev"), ("msmarco", "dl19"),
+                                                              ("msmarco", "dl20")]
+  from starbucks_jax.data import tevatron
+  parts = [tevatron.parts(source, split) for _, split, source in sets]
+  assert {corpus for corpus, _, _ in parts} == {"hf:Tevatron/msmarco-passage-corpus/corpus.jsonl.gz"}
+  assert [queries for _, queries, _ in parts] == [f"hf:Tevatron/msmarco-passage/{s}.jsonl.gz" for s in ("dev", "dl19", "dl20")]
+  assert [qrels for _, _, qrels in parts] == ["hf:BeIR/msmarco-qrels@dev", "https://trec.nist.gov/data/deep/2019qrels-pass.txt",
+                                              "https://trec.nist.gov/data/deep/2020qrels-pass.txt"]
+  assert cfg.data.train == "hf:Tevatron/msmarco-passage/train.jsonl.gz"
+
+
 def test_parse_arg():
   arg = config_lib.parse_arg("demo,steps=3,lr=0.5,name=x", demo=False, steps=0, lr=1.0, name="")
   assert (arg.demo, arg.steps, arg.lr, arg.name) == (True, 3, 0.5, "x")

@@ -1,6 +1,7 @@
 """Retrieval evaluation: BEIR loading, one-pass corpus encoding for every size, exact search vs a
 brute-force ranking (and FAISS), IR metrics vs hand-computed values, run files and records."""
 
+import gzip
 import json
 import os
 
@@ -8,7 +9,8 @@ import numpy as np
 import pytest
 
 from starbucks_jax import embed
-from starbucks_jax.data import beir
+from starbucks_jax.config_lib import ConfigError
+from starbucks_jax.data import beir, sources, tevatron
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import retrieval, search
@@ -34,6 +36,25 @@ def write_beir(folder, n_docs=23, n_queries=5):
   return str(folder)
 
 
+def write_tevatron_eval(beir_folder, folder, split="test"):
+  """The BEIR folder's test collection in Tevatron's layout: corpus.jsonl.gz {docid, title, text},
+  <split>.jsonl {query_id, query}, qrels/<split>.txt in NIST's TREC format."""
+  beir_folder, folder = str(beir_folder), str(folder)
+  os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
+  with open(os.path.join(beir_folder, "corpus.jsonl")) as f, gzip.open(os.path.join(folder, "corpus.jsonl.gz"), "wt") as g:
+    for line in f:
+      row = json.loads(line)
+      g.write(json.dumps({"docid": row["_id"], "title": row.get("title", ""), "text": row["text"]}) + "\n")
+  with open(os.path.join(beir_folder, "queries.jsonl")) as f, open(os.path.join(folder, f"{split}.jsonl"), "w") as g:
+    for line in f:
+      row = json.loads(line)
+      g.write(json.dumps({"query_id": row["_id"], "query": row["text"]}) + "\n")
+  with open(os.path.join(folder, "qrels", f"{split}.txt"), "w") as g:
+    for q, judged in beir.read_qrels(os.path.join(beir_folder, "qrels", "test.tsv")).items():
+      g.writelines(f"{q} 0 {d} {rel}\n" for d, rel in judged.items())
+  return folder
+
+
 def test_a_passage_reads_the_same_in_training_and_evaluation(tmp_path):
   """One joining of title and text: a Tevatron training group and a BEIR corpus give one string."""
   from starbucks_jax.data import groups as groups_lib
@@ -47,7 +68,72 @@ def test_a_passage_reads_the_same_in_training_and_evaluation(tmp_path):
   (tmp_path / "c" / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\ta\t1\n")
   evaluated = beir.load(str(tmp_path / "c"), "test").docs
   trained = groups_lib.passage_texts(passages)
-  assert evaluated == trained == ["Paris the capital of France.", "no title", "none"]
+  tevatron_evaluated = tevatron.load(f"tevatron:{write_tevatron_eval(tmp_path / 'c', tmp_path / 't')}", "test").docs
+  assert evaluated == trained == tevatron_evaluated == ["Paris the capital of France.", "no title", "none"]
+
+
+def test_tevatron_layout_equals_the_beir_folder(tmp_path, monkeypatch):
+  """MS MARCO as the authors evaluate it (Tevatron corpus + queries, TREC qrels): a local folder and
+  the three named parts (qrels by URL, downloaded once into a cache) give the BEIR folder's collection."""
+  monkeypatch.setattr(beir, "QRELS_CACHE", str(tmp_path / "qrels_cache"))
+  folder = write_beir(tmp_path / "toy")
+  want = beir.load(folder, "test", name="toy")
+  local = write_tevatron_eval(folder, tmp_path / "tev", "dl19")
+  from_folder = tevatron.load(f"tevatron:{local}", "dl19", name="toy")
+  url = (tmp_path / "tev" / "qrels" / "dl19.txt").as_uri()
+  parts = f"tevatron:{local}/corpus.jsonl.gz+{local}/dl19.jsonl+{url}"
+  from_parts = tevatron.load(parts, "dl19", name="toy")
+  for got in (from_folder, from_parts):
+    assert (got.doc_ids, got.docs, got.query_ids, got.queries, got.qrels) == (
+        want.doc_ids, want.docs, want.query_ids, want.queries, want.qrels)
+  cached = os.listdir(os.path.expanduser(beir.QRELS_CACHE))
+  assert any(name.endswith("-dl19.txt") for name in cached)
+  # checked before compute: a missing part names the config key; two parts are not three
+  tevatron.check("k", parts, "dl19")
+  with pytest.raises(ConfigError, match=r"k: .*dl20.jsonl: no such file"):
+    tevatron.check("k", f"tevatron:{local}", "dl20")
+  with pytest.raises(ConfigError, match=r"k: .*CORPUS\+QUERIES\+QRELS"):
+    tevatron.check("k", f"tevatron:{local}/corpus.jsonl.gz+{url}", "dl19")
+  with pytest.raises(ConfigError, match=r"k: .*no such qrels file"):
+    tevatron.check("k", f"tevatron:{local}/corpus.jsonl.gz+{local}/dl19.jsonl+{local}/none.txt", "dl19")
+  # qrels of another corpus, a bad TREC line, a duplicate passage id: errors naming the source
+  (tmp_path / "other.txt").write_text("0 0 x1 1\n1 0 x2 2\n")
+  with pytest.raises(DataError, match=r"none of the 2 relevant document ids"):
+    tevatron.load(f"tevatron:{local}/corpus.jsonl.gz+{local}/dl19.jsonl+{tmp_path / 'other.txt'}", "dl19")
+  (tmp_path / "bad.txt").write_text("0 0 d0 1\n0 d1 1\n")
+  with pytest.raises(DataError, match=r"bad.txt:2: expected 3 tab-separated fields .* or 4 of TREC"):
+    beir.load_qrels(str(tmp_path / "bad.txt"))
+  (tmp_path / "dup.jsonl").write_text('{"docid": 7, "text": "a"}\n{"docid": "7", "title": "t", "text": "b"}\n')
+  tevatron.read_corpus.cache_clear()
+  with pytest.raises(DataError, match=r"dup.jsonl: duplicate docid '7'"):
+    tevatron.read_corpus(str(tmp_path / "dup.jsonl"))
+
+
+def test_a_file_of_a_hub_repo_is_read_by_its_format(tmp_path, monkeypatch):
+  """hf:OWNER/NAME/FILE reads one data file with datasets' builder for its format (a repo whose
+  loading script datasets >= 4 refuses, as Tevatron's); the Hub's file system is replaced by a local
+  folder here, the rest of the path is the one a run takes."""
+  pytest.importorskip("datasets")
+  spec = "hf:Tevatron/msmarco-passage/dl19.jsonl.gz"
+  assert sources.load_args(spec) == (("json",), {"data_files": "hf://datasets/Tevatron/msmarco-passage/dl19.jsonl.gz",
+                                                 "split": "train"})
+  assert sources.load_args("hf:BeIR/msmarco-qrels@dev") == (("BeIR/msmarco-qrels", None), {"split": "dev"})
+  with pytest.raises(DataError, match="drop the :CONFIG and @SPLIT"):
+    sources.load_args(spec + "@dev")
+  with pytest.raises(DataError, match="must be .jsonl, .json, .csv or .parquet"):
+    sources.load_args("hf:Tevatron/msmarco-passage/msmarco-passage.py")
+  repo = tmp_path / "hub" / "Tevatron" / "msmarco-passage"
+  repo.mkdir(parents=True)
+  with gzip.open(repo / "dl19.jsonl.gz", "wt") as f:
+    f.write('{"query_id": "19335", "query": "anthropological definition of environment"}\n'
+            '{"query_id": "47923", "query": "axon terminals or synaptic knob definition"}\n')
+  monkeypatch.setattr(sources, "HUB_FILES", str(tmp_path / "hub") + "/")
+  monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+  rows = list(sources.read_rows(spec, {"query_id": beir.identifier, "query": str}))
+  assert rows == [{"query_id": "19335", "query": "anthropological definition of environment"},
+                  {"query_id": "47923", "query": "axon terminals or synaptic knob definition"}]
+  local = list(sources.read_rows(str(repo / "dl19.jsonl.gz"), {"query_id": beir.identifier, "query": str}))
+  assert local == rows
 
 
 def test_beir_loader_and_errors(tmp_path):
@@ -158,11 +244,16 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
     cfg.model.init_from = tiny_hf_dir
     cfg.schedule.pairs = PAIRS
     cfg.eval.sts = ""
-    cfg.eval.retrieval = f"toy/test={write_beir(tmp_path / 'toy')}"
+    toy = write_beir(tmp_path / "toy")
+    cfg.eval.retrieval = f"toy/test={toy},tev/test=tevatron:{write_tevatron_eval(toy, tmp_path / 'tev')}"
     cfg.eval.passage_max_length = 32
   records = finetune.run(cfg, str(tmp_path / "w"))
   assert json.load(open(tmp_path / "w" / "results" / "eval.json")) == records
   assert {(r["dataset"], r["layer"], r["metric"]) for r in records} >= {("toy", 1, "nDCG@10"), ("toy", 4, "RR@10")}
+  by_set = {}
+  for r in records:
+    by_set.setdefault(r["dataset"], {})[(r["split"], r["metric"], r["layer"], r["dim"])] = r["value"]
+  assert by_set["tev"] == pytest.approx(by_set["toy"], abs=1e-6) and len(by_set["tev"]) == 4 * len(PAIRS)
   with cfg.unlocked():
     cfg.eval.retrieval = f"toy/dev={tmp_path / 'toy'}"
   with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval \(toy/dev\): .* qrels/dev.tsv"):
@@ -259,7 +350,7 @@ def test_hf_beir_collection_mapping(monkeypatch):
           {"query-id": ["q2"], "corpus-id": ["d1"], "score": [1]}),
   }
   seen = []
-  def fake_load(repo, config=None, split=None):
+  def fake_load(repo, config=None, split=None, streaming=False):
     seen.append((repo, config, split))
     return tables[(repo, config)]
   monkeypatch.setattr(datasets, "load_dataset", fake_load)

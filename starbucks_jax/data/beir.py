@@ -12,16 +12,27 @@ A malformed line is a DataError naming the file and line.
 `corpus` and `queries`) and BeIR/NAME-qrels (the split), e.g. `hf:BeIR/msmarco` with split `dev`
 (MS MARCO dev) or `test` (TREC DL 2019), `hf:BeIR/scifact` with `test`. Needs the network (or the
 datasets cache).
+
+Qrels (`load_qrels`) are read from a BEIR TSV (header `query-id corpus-id score`), a TREC qrels file
+(`qid iteration docid relevance`, whitespace-separated, as NIST publishes them), an hf: source with
+those three BEIR columns, or an http(s) URL of either file kind, downloaded once into QRELS_CACHE.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import hashlib
+import logging
 import os
+import urllib.request
 
 from starbucks_jax.config_lib import ConfigError
+from starbucks_jax.data import sources
 from starbucks_jax.data.sources import DataError, jsonl_rows
+
+log = logging.getLogger(__name__)
+QRELS_CACHE = os.path.join("~", ".cache", "starbucks_jax", "qrels")  # downloaded qrels files
+URLS = ("http://", "https://", "file://")
 
 
 def passage_text(title: str | None, text: str | None) -> str:
@@ -62,21 +73,84 @@ def _jsonl(path: str, fields: tuple[str, ...]):
 
 
 def read_qrels(path: str) -> dict[str, dict[str, int]]:
+  """A qrels file: BEIR TSV (3 tab-separated fields, a `query-id` header) or TREC (4 fields:
+  query, iteration, document, relevance; the iteration is ignored)."""
   if not os.path.isfile(path):
     raise DataError(f"{path}: no such file")
   qrels: dict[str, dict[str, int]] = {}
-  with open(path, encoding="utf8", newline="") as f:
-    reader = csv.reader(f, delimiter="\t")
-    for line_no, row in enumerate(reader, 1):
-      if line_no == 1 and row and row[0] == "query-id":
+  with sources.open_text(path, newline="") as f:
+    for line_no, line in enumerate(f, 1):
+      row, trec = line.rstrip("\r\n").split("\t"), line.split()
+      if not trec or (line_no == 1 and row[0] == "query-id"):
         continue
-      if len(row) != 3:
-        raise DataError(f"{path}:{line_no}: expected 3 tab-separated fields (query-id, corpus-id, score)")
+      if len(row) != 3 and len(trec) == 4:
+        row = [trec[0], trec[2], trec[3]]
+      elif len(row) != 3:
+        raise DataError(f"{path}:{line_no}: expected 3 tab-separated fields (query-id, corpus-id, score) or "
+                        "4 of TREC qrels (query, iteration, document, relevance)")
       try:
         qrels.setdefault(row[0], {})[row[1]] = int(row[2])
       except ValueError:
         raise DataError(f"{path}:{line_no}: score {row[2]!r} is not an integer") from None
   return qrels
+
+
+def _download(url: str, cache: str | None = None) -> str:
+  """The local copy of `url` in the qrels cache, downloaded on first use."""
+  folder = os.path.expanduser(cache or QRELS_CACHE)
+  path = os.path.join(folder, hashlib.sha1(url.encode()).hexdigest()[:10] + "-" + os.path.basename(url))
+  if not os.path.isfile(path):
+    os.makedirs(folder, exist_ok=True)
+    try:
+      with urllib.request.urlopen(url, timeout=120) as response, open(path + ".tmp", "wb") as f:
+        f.write(response.read())
+    except OSError as e:
+      raise DataError(f"{url}: could not download ({e}); offline, save the file and name its path "
+                      "instead") from None
+    os.replace(path + ".tmp", path)
+    log.info("downloaded %s to %s", url, path)
+  return path
+
+
+def load_qrels(spec: str, *, cache: str | None = None) -> dict[str, dict[str, int]]:
+  """Qrels from a local file, an http(s)/file URL (cached) or an hf: source with BEIR's columns."""
+  if spec.startswith(URLS):
+    return read_qrels(_download(spec, cache))
+  if spec.startswith("hf:"):
+    qrels: dict[str, dict[str, int]] = {}
+    for row in sources.read_rows(spec, {"query-id": identifier, "corpus-id": identifier, "score": float}):
+      if row["score"] != int(row["score"]):
+        raise DataError(f"{spec}: score {row['score']} is not an integer")
+      qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
+    return qrels
+  return read_qrels(os.path.expanduser(spec))
+
+
+def identifier(value) -> str:
+  """An id column (text or integer) as text."""
+  if isinstance(value, bool) or not isinstance(value, (str, int)) or not str(value).strip():
+    raise TypeError(f"is {value!r:.40}, not an id (a text or an integer)")
+  return str(value)
+
+
+def collection(name: str, split: str, doc_ids: list[str], docs: list[str], queries: dict[str, str],
+               qrels: dict[str, dict[str, int]], *, where: str) -> Collection:
+  """The judged queries of `qrels` (in a fixed order) with their texts; `where` names the sources in
+  errors. A judged query without a text is an error; relevant documents missing from the corpus are
+  an error when all are, a warning when some are."""
+  missing = sorted(set(qrels) - set(queries))
+  if missing:
+    raise DataError(f"{where}: judged query ids {missing[:5]} have no query text")
+  relevant = {d for judged in qrels.values() for d, rel in judged.items() if rel > 0}
+  absent = relevant - set(doc_ids)
+  if relevant and absent == relevant:
+    raise DataError(f"{where}: none of the {len(relevant)} relevant document ids (e.g. {sorted(relevant)[:3]}) "
+                    "is in the corpus; the qrels belong to another corpus or its ids are spelled differently")
+  if absent:
+    log.warning("%s: %d of %d relevant documents are not in the corpus (e.g. %s)", where, len(absent),
+                len(relevant), sorted(absent)[:3])
+  query_ids = sorted(qrels, key=lambda q: (len(q), q))
+  return Collection(name, split, doc_ids, docs, query_ids, [queries[q] for q in query_ids], qrels)
 
 
 def _load_hf(spec: str, split: str, name: str | None) -> Collection:
@@ -88,22 +162,15 @@ def _load_hf(spec: str, split: str, name: str | None) -> Collection:
   try:
     corpus = datasets.load_dataset(repo, "corpus", split="corpus")
     queries = datasets.load_dataset(repo, "queries", split="queries")
-    qrels_rows = datasets.load_dataset(f"{repo}-qrels", split=split)
   except Exception as e:  # offline, unknown name or split
     raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
                     "download the BEIR folder and point eval.retrieval at it") from None
-  qrels: dict[str, dict[str, int]] = {}
-  for row in qrels_rows:
-    qrels.setdefault(str(row["query-id"]), {})[str(row["corpus-id"])] = int(row["score"])
+  qrels = load_qrels(f"hf:{repo}-qrels@{split}")
   doc_ids = [str(x) for x in corpus["_id"]]
   docs = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
   text_of = {str(q): t for q, t in zip(queries["_id"], queries["text"])}
-  missing = sorted(set(qrels) - set(text_of))
-  if missing:
-    raise DataError(f"{repo}-qrels ({split}): query ids {missing[:5]} are not in {repo} queries")
-  query_ids = sorted(qrels, key=lambda q: (len(q), q))
-  return Collection(name or repo.split("/")[-1], split, doc_ids, docs, query_ids,
-                    [text_of[q] for q in query_ids], qrels)
+  return collection(name or repo.split("/")[-1], split, doc_ids, docs, text_of, qrels,
+                    where=f"{spec} ({split})")
 
 
 def load(folder: str, split: str = "test", name: str | None = None) -> Collection:
@@ -132,9 +199,5 @@ def load(folder: str, split: str = "test", name: str | None = None) -> Collectio
     if not isinstance(row["text"], str) or not row["text"].strip():
       raise DataError(f"{folder}/queries.jsonl:{line_no}: text {row['text']!r} is not a non-empty string")
     queries[str(row["_id"])] = row["text"]
-  missing = sorted(set(qrels) - set(queries))
-  if missing:
-    raise DataError(f"{folder}/qrels/{split}.tsv: query ids {missing[:5]} are not in queries.jsonl")
-  query_ids = sorted(qrels, key=lambda q: (len(q), q))
-  return Collection(name or os.path.basename(os.path.normpath(folder)), split, doc_ids, docs, query_ids,
-                    [queries[q] for q in query_ids], qrels)
+  return collection(name or os.path.basename(os.path.normpath(folder)), split, doc_ids, docs, queries, qrels,
+                    where=f"{folder} (qrels/{split}.tsv, queries.jsonl)")

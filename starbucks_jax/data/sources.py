@@ -3,12 +3,17 @@
 A source spec is a string:
 - a path (`data/train.jsonl`), optionally with a format prefix (`jsonl:`, `tsv:`, `csv:`,
   `parquet:`, `txt:`); TSV/CSV need a header row; a text file (`.txt`) is one document per line
-  (blank lines skipped) in a column named `text`;
+  (blank lines skipped) in a column named `text`; a `.gz` ending is read through gzip
+  (`corpus.jsonl.gz`);
 - `demo:NAME`: the small data set that ships inside the package (starbucks_jax/data/demo, written
   for the project);
 - `hf:NAME[:CONFIG][@SPLIT]`: `datasets.load_dataset(NAME, CONFIG, split=SPLIT)` (default split
   train), e.g. `hf:sentence-transformers/all-nli:triplet`; NAME may be a local dataset folder;
   `read_rows(..., streaming=True)` streams it instead (`hf:HuggingFaceFW/fineweb:sample-100BT`);
+- `hf:OWNER/NAME/PATH`: one data file of a Hub dataset repo (`.jsonl`/`.json`/`.csv`/`.parquet`, each
+  optionally `.gz`), read by datasets' builder for its format, e.g.
+  `hf:Tevatron/msmarco-passage/dl19.jsonl.gz`: the way to read a repo whose loading script
+  datasets >= 4 no longer runs;
 - `tfds:NAME[/CONFIG][@SPLIT]`: `tfds.data_source(...)`, e.g. `tfds:glue/stsb@validation`. Rows come back as dicts with the columns the caller asks
 for, renamed through `columns` ({wanted name: name in the file}); a malformed row or a missing
 column is an error naming the file and line.
@@ -17,6 +22,7 @@ column is an error naming the file and line.
 from __future__ import annotations
 
 import csv
+import gzip
 import itertools
 import json
 import math
@@ -35,16 +41,28 @@ class DataError(InputError):
   """A problem with input data, naming where it is."""
 
 
+def _extension(path: str) -> str:
+  """'corpus.jsonl.gz' -> 'jsonl': the format's extension, under a .gz."""
+  return os.path.splitext(path[:-3] if path.lower().endswith(".gz") else path)[1].lstrip(".").lower()
+
+
+def open_text(path: str, newline: str | None = None):
+  """A text file for reading, gunzipped when its name ends in .gz."""
+  if path.lower().endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf8", newline=newline)
+  return open(path, encoding="utf8", newline=newline)
+
+
 def _format_of(spec: str) -> tuple[str, str]:
   head, sep, rest = spec.partition(":")
   if sep and head in FORMATS:
     return head, rest
-  ext = os.path.splitext(spec)[1].lstrip(".").lower()
+  ext = _extension(spec)
   fmt = {"json": "jsonl", "jsonl": "jsonl", "tsv": "tsv", "csv": "csv", "parquet": "parquet",
          "txt": "txt"}.get(ext)
   if fmt is None:
-    raise DataError(f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet/.txt file or a prefix "
-                    f"such as jsonl:{spec}")
+    raise DataError(f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet/.txt file (or .gz of "
+                    f"one) or a prefix such as jsonl:{spec}")
   return fmt, spec
 
 
@@ -61,11 +79,32 @@ def parse_remote(spec: str) -> tuple[str, str, str | None, str]:
   return kind, name, config or None, split or "train"
 
 
+HUB_FILES = "hf://datasets/"  # where an hf:OWNER/NAME/PATH spec's file is read from
+_HUB_BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet"}
+
+
+def load_args(spec: str) -> tuple[tuple, dict]:
+  """datasets.load_dataset's (args, kwargs) for an hf: spec: a dataset (NAME[:CONFIG][@SPLIT]) or one
+  file of a Hub dataset repo (OWNER/NAME/PATH), read by the builder of its format."""
+  _, name, config, split = parse_remote(spec)
+  if name.count("/") < 2 or os.path.exists(os.path.expanduser(name)):
+    return (name, config), {"split": split}
+  builder = _HUB_BUILDERS.get(_extension(name))
+  if builder is None:
+    raise DataError(f"{spec}: a file of a Hub repo must be .jsonl, .json, .csv or .parquet (or .gz of one)")
+  if config or split != "train":
+    raise DataError(f"{spec}: a file of a Hub repo is one table; drop the :CONFIG and @SPLIT")
+  return (builder,), {"data_files": HUB_FILES + name, "split": "train"}
+
+
 def resolve_spec(spec: str) -> tuple[str, str]:
   """(format, path) of a local-file spec (the file must exist); ('hf'|'tfds', spec) for the others."""
-  if spec.startswith(("hf:", "tfds:")):
+  if spec.startswith("hf:"):
+    load_args(spec)
+    return "hf", spec
+  if spec.startswith("tfds:"):
     parse_remote(spec)
-    return spec.split(":", 1)[0], spec
+    return "tfds", spec
   if spec.startswith("demo:"):
     spec = os.path.join(DEMO_DIR, spec[len("demo:"):])
   fmt, path = _format_of(spec)
@@ -84,8 +123,8 @@ def check_spec(key: str, spec: str) -> None:
 
 
 def jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-  """(line number, object) of each non-blank line of a JSON-lines file."""
-  with open(path, encoding="utf8") as f:
+  """(line number, object) of each non-blank line of a JSON-lines file (gzipped if .gz)."""
+  with open_text(path) as f:
     for line_no, line in enumerate(f, 1):
       if not line.strip():
         continue
@@ -100,14 +139,14 @@ def jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   if fmt == "txt":
-    with open(path, encoding="utf8") as f:
+    with open_text(path) as f:
       for line_no, line in enumerate(f, 1):
         if line.strip():
           yield line_no, {"text": line.rstrip("\n")}
   elif fmt == "jsonl":
     yield from jsonl_rows(path)
   elif fmt in ("tsv", "csv"):
-    with open(path, encoding="utf8", newline="") as f:
+    with open_text(path, newline="") as f:
       reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",",
                               quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
       for row in reader:
@@ -133,8 +172,9 @@ def _remote_rows(spec: str, streaming: bool = False, skip: int = 0) -> Iterator[
       import datasets
     except ImportError:
       raise DataError(f"{spec}: Hugging Face datasets need `pip install datasets`") from None
+    args, kwargs = load_args(spec)
     try:
-      ds = datasets.load_dataset(name, config, split=split, streaming=streaming)
+      ds = datasets.load_dataset(*args, **kwargs, streaming=streaming)
       if skip:  # a streamed source resumes by skipping what was read
         ds = ds.skip(skip)
     except Exception as e:  # offline, unknown name or split
@@ -163,12 +203,13 @@ def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -
   """Rows of a streamed (hf:) source without reading it whole: the dataset card's split size
   (dataset_info), else an earlier count in `cache`, else (`count`) one pass that counts every row,
   remembered in `cache`; None when none of these says."""
-  kind, name, config, split = parse_remote(spec)
+  kind, _, _, split = parse_remote(spec)
   if kind != "hf":
     raise DataError(f"{spec}: streaming is for hf: sources")
+  args, kwargs = load_args(spec)
   try:
     import datasets
-    splits = datasets.load_dataset_builder(name, config).info.splits or {}
+    splits = datasets.load_dataset_builder(*args, **{k: v for k, v in kwargs.items() if k != "split"}).info.splits or {}
     if split in splits and splits[split].num_examples:
       return int(splits[split].num_examples)
   except Exception:  # offline or no card: the cache or a count may still say
@@ -188,9 +229,10 @@ def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -
 
 
 def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None, *,
-              streaming: bool = False, skip: int = 0) -> Iterator[dict[str, Any]]:
+              streaming: bool = False, skip: int = 0, optional: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
   """Rows of a source with `fields` ({name: type}), columns renamed by `columns`. `streaming` (hf:
-  only) reads lazily; `skip` rows are passed over first (how a streamed source resumes)."""
+  only) reads lazily; `skip` rows are passed over first (how a streamed source resumes); a field
+  named in `optional` may be missing (its type then sees None)."""
   fmt, path = resolve_spec(spec)
   columns = dict(columns or {})
   if fmt in ("hf", "tfds"):
@@ -203,6 +245,8 @@ def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] 
     out = {}
     for name, kind in fields.items():
       col = columns.get(name, name)
+      if col not in row and name in optional:
+        row = {**row, col: None}
       if col not in row:
         raise DataError(f"{path}:{line_no}: no column {col!r} (have {sorted(row)}); map it with "
                         f"columns.{name}=<column>")

@@ -1,6 +1,7 @@
 """Retrieval evaluation of every (layer, dim) pair: encode the corpus once, search, score with ir-measures.
 
-For a BEIR-layout collection: the corpus is encoded once for all pairs (`index.encode_corpus`,
+A collection is a BEIR folder, hf:BeIR/NAME (data/beir.py) or a `tevatron:` source (data/tevatron.py).
+For each: the corpus is encoded once for all pairs (`index.encode_corpus`,
 cached under WORKDIR/index/<name>, resumable), the queries once for all layers, then each pair
 searches with its truncated vectors (`search.exact_topk`), writes its TREC run file to
 WORKDIR/runs/<name>_<split>_<n>_<d>.trec and is scored with ir-measures (MRR@10 as RR@10, nDCG@10,
@@ -12,12 +13,35 @@ from __future__ import annotations
 import logging
 import os
 
-from starbucks_jax.data import beir
+from starbucks_jax.data import beir, tevatron
 from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import results, search
 
 log = logging.getLogger(__name__)
 METRICS = ("RR@10", "nDCG@10", "R@100", "R@1000")
+
+
+def check_source(key: str, source: str, split: str) -> None:
+  """A ConfigError naming `key` when a collection's local parts are missing (Hub parts are read when
+  evaluating)."""
+  if source.startswith(tevatron.PREFIX):
+    tevatron.check(key, source, split)
+  elif not source.startswith("hf:"):  # a BEIR collection on the Hub is read when evaluating
+    beir.check_folder(key, source, split, corpus=True)
+
+
+def load_collection(source: str, split: str, name: str | None = None) -> beir.Collection:
+  if source.startswith(tevatron.PREFIX):
+    return tevatron.load(source, split, name)
+  return beir.load(source, split, name)
+
+
+def check_collections(sets) -> None:
+  """Read every (dataset, split, source) of eval.retrieval once, so that a bad row fails before
+  training; nothing is kept (a corpus is read again to evaluate)."""
+  for dataset, split, source in sets:
+    load_collection(source, split, name=dataset)
+  tevatron.read_corpus.cache_clear()
 
 
 def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
