@@ -5,6 +5,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from conftest import max_rel_diff
 from starbucks_jax.models import bert, hf
 
 torch = pytest.importorskip("torch")
@@ -161,7 +162,7 @@ def test_remat_and_bf16_compute():
     rem = bert.BertEncoder(cfg.replace(remat=policy)).apply({"params": params}, ids, mask)
     np.testing.assert_allclose(rem, ref, atol=1e-6)
     g_rem = jax.grad(loss(cfg.replace(remat=policy)))(params)
-    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), g_ref, g_rem)
+    assert max_rel_diff(g_rem, g_ref)[0] < 1e-6  # of the gradients' scale (~28 here)
   with pytest.raises(ValueError, match="BertConfig.remat='some'"):
     cfg.replace(remat="some")
   low = bert.BertEncoder(cfg.replace(dtype="bfloat16")).apply({"params": params}, ids, mask)

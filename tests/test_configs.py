@@ -137,20 +137,37 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
   typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}", "--config.modle.pooling=cls")
   assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
       "error: --config.modle.pooling: no such key in configs/ft.py; did you mean --config.model.pooling?")
-  empty = _main("--config=configs/ft.py:eval", "--workdir=", f"--config.model.init_from={tiny_hf_dir}")
-  assert empty.returncode == 2 and "error: --workdir is empty" in empty.stderr and "Traceback" not in empty.stderr
-  bad = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
-              f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(9,16))")
-  assert bad.returncode != 0 and "error: schedule.pairs[1]=(9, 16)" in bad.stderr
+  assert "Traceback" not in typo.stderr
+
+
+def test_main_reports_a_bad_run_in_one_line(tiny_hf_dir, tmp_path, capsys):
+  """What main does after parsing its flags (main.run inside cli.run), in this process: every user
+  mistake is one `error:` line and exit status 2, before anything is written or compiled."""
+  from starbucks_jax import cli, main
+
+  def error_of(spec, workdir, **overrides):
+    config = config_lib.load_config(str(REPO / "configs" / spec))
+    with config.unlocked():
+      config.model.init_from = tiny_hf_dir
+      config.schedule.pairs = ((1, 8), (4, 32))
+      for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+      cli.run(lambda: main.run(config, workdir))
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err.strip()
+
+  assert error_of("ft.py:eval", "") == "error: --workdir is empty; name the run's directory"
+  assert error_of("ft.py:eval", str(tmp_path / "w"), **{"schedule.pairs": ((1, 8), (9, 16))}).startswith(
+      "error: schedule.pairs[1]=(9, 16)")
   rows = tmp_path / "train.jsonl"
   rows.write_text('{"anchor": "a", "positive": "b", "negative": "c"}\n{"anchor": null, "positive": "b", "negative": "c"}\n')
-  data = _main("--config=configs/ft.py:demo", f"--workdir={tmp_path / 'd'}", f"--config.model.init_from={tiny_hf_dir}",
-               "--config.schedule.pairs=((1,8),(4,32))", f"--config.data.train={rows}")
-  assert data.returncode == 2 and data.stderr.strip().splitlines()[-1] == (
+  assert error_of("ft.py:demo", str(tmp_path / "d"), **{"data.train": str(rows)}) == (
       f"error: {rows}:2: column 'anchor' = None is null, not a text; remove the row or fill it")
   assert not (tmp_path / "d" / "config.json").exists()
   # configs/pt.py goes to SMAE pre-training; a bad masking rate fails before any compute
-  smae = _main("--config=configs/pt.py:tiny", f"--workdir={tmp_path / 'pt'}",
-               f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))",
-               "--config.smae.decoder_mask_rate=0.1")
-  assert smae.returncode != 0 and "error: smae.*: masking rates" in smae.stderr
+  assert "error: smae.*: masking rates" in error_of("pt.py:tiny", str(tmp_path / "pt"),
+                                                    **{"smae.decoder_mask_rate": 0.1})

@@ -12,10 +12,10 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, write_triplets
+from conftest import REPO, write_triplets, xla_flags
 from starbucks_jax import checkpoint, config_lib, sharding
 
-ENV = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+ENV = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")
 
 
 def free_port():
@@ -25,7 +25,7 @@ def free_port():
 
 
 def launch(args, devices=2):
-  env = dict(ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(ENV, XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
   return subprocess.Popen([sys.executable, str(REPO / "tests" / "multiprocess_run.py"), *map(str, args)],
                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

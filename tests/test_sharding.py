@@ -9,12 +9,12 @@ import sys
 import jax
 import pytest
 
-from conftest import REPO
+from conftest import REPO, xla_flags
 from starbucks_jax import sharding
 
 
 def test_sharded_step_equals_single_device_step():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
   out = subprocess.run([sys.executable, str(REPO / "tests" / "sharded_equivalence.py")], env=env, cwd=REPO,
                        capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
