@@ -15,8 +15,13 @@ do, on Tevatron's title + text corpus (8.8M passages, hf:Tevatron/msmarco-passag
 "title text" passages as training) with Tevatron's queries for MS MARCO dev (6,980 queries; MRR@10
 is the paper's metric; qrels from BeIR/msmarco-qrels dev), TREC DL 2019 (43) and DL 2020 (54)
 (nDCG@10; NIST's graded qrels, downloaded once). The three share one index (dataset name msmarco):
-encoding the corpus once for all six sizes is the long part. Offline, copy the parts into a folder
-and set eval.retrieval to msmarco/SPLIT=tevatron:FOLDER (data/tevatron.py). Compiled for TPU (python -m starbucks_jax.compile;
+encoding the corpus once for all six sizes is the long part. Offline (a TPU host without the Hub),
+copy the parts into a folder D once and point the three sets at it (data/tevatron.py):
+    hf download --repo-type dataset Tevatron/msmarco-passage-corpus corpus.jsonl.gz --local-dir D
+    hf download --repo-type dataset Tevatron/msmarco-passage dev.jsonl.gz dl19.jsonl.gz dl20.jsonl.gz --local-dir D
+    hf download --repo-type dataset BeIR/msmarco-qrels dev.tsv --local-dir D/qrels
+    curl -o D/qrels/dl19.txt https://trec.nist.gov/data/deep/2019qrels-pass.txt   # and 2020 -> dl20.txt
+    --config.eval.retrieval=msmarco/dev=tevatron:D,msmarco/dl19=tevatron:D,msmarco/dl20=tevatron:D Compiled for TPU (python -m starbucks_jax.compile;
 experiments/results_tpu/table.md; compiled, not measured), 1,024 passages of 196 tokens and 128
 queries of 32 a step, data parallel; per chip GiB used of HBM, roofline step bound, MFU bound:
 v5e-8 11.9/16, 192 ms, 0.36 (the 9.4k steps in >= 30 min); v4-8 12.3/16 per TensorCore, 242 ms,
