@@ -130,6 +130,11 @@ def get_config(arg=None):
   c.train.log_every = 10  # steps between metrics.jsonl rows
   c.train.checkpoint_every = 500  # steps between orbax checkpoints (the last step always saves)
   c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
+  c.train.profile_steps = ()  # (START, END): a JAX profiler trace of steps START..END-1 in WORKDIR/profile
+
+  c.log = ml_collections.ConfigDict()
+  c.log.tensorboard = True  # TensorBoard event files in WORKDIR/tb beside metrics.jsonl (tensorboardX)
+  c.log.wandb = ""  # a W&B project: log there too (pip install wandb; offline without WANDB_API_KEY)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.sts = PAPER_STS_EVAL  # DATASET/SPLIT=SOURCE, comma-separated

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from starbucks_jax import checkpoint, losses, schedule, sharding, timing, trainer
+from starbucks_jax import checkpoint, losses, metrics, schedule, sharding, timing, trainer
 from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
 from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
@@ -371,6 +371,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
         embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
         passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k)
+  metrics.write_results(workdir, records, config.get("log"))
   return results.report(workdir, name, records)
 
 

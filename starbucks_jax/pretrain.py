@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import losses, schedule, sharding, timing, trainer
+from starbucks_jax import losses, metrics, schedule, sharding, timing, trainer
 from starbucks_jax.config_lib import check_choice, check_finite, check_range
 from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
@@ -268,6 +268,7 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, run: P
   for (n, d), (correct, loss_sum, count) in totals.items():
     records.append(results.record(dataset, "eval", "mlm_accuracy", n, d, correct / count))
     records.append(results.record(dataset, "eval", "mlm_loss", n, d, loss_sum / count))
+  metrics.write_results(workdir, records, config.get("log"))
   return results.report(workdir, name, records)
 
 

@@ -65,3 +65,38 @@ def begin() -> RunTiming:
 
 def current() -> RunTiming:
   return _current
+
+
+PROFILE_DIR = "profile"
+
+
+class ProfileWindow:
+  """A JAX profiler trace of training steps [start, end) (train.profile_steps) into WORKDIR/profile,
+  for XProf / TensorBoard's profile plugin: `tensorboard --logdir WORKDIR/profile` (with
+  tensorboard-plugin-profile) or `xprof --logdir WORKDIR/profile`. The first step of a window is
+  usually a compile: start after it to see steady steps."""
+
+  def __init__(self, workdir: str, steps=()):
+    self.folder = os.path.join(workdir, PROFILE_DIR)
+    self.start, self.end = (int(steps[0]), int(steps[1])) if steps else (-1, -1)
+    self.active = False
+
+  def before(self, step: int) -> None:
+    """Called before running `step`: starts the trace at the window's first step."""
+    if step == self.start:
+      import jax
+      jax.profiler.start_trace(self.folder)
+      self.active = True
+      log.info("profiling steps %d..%d into %s", self.start, self.end - 1, self.folder)
+
+  def after(self, done: int, state) -> None:
+    """Called after a step with `done` steps finished: stops at the window's end."""
+    if self.active and done >= self.end:
+      self.stop(state)
+
+  def stop(self, state=None) -> None:
+    if self.active:
+      import jax
+      jax.block_until_ready(state)  # the window's steps have run on the device
+      jax.profiler.stop_trace()
+      self.active = False

@@ -30,7 +30,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, report, schedule, sharding, timing
+from starbucks_jax import checkpoint, schedule, sharding, timing
+from starbucks_jax import metrics as metrics_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
 from starbucks_jax.data import batching
 from starbucks_jax.models import hf
@@ -105,6 +106,10 @@ def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
   check_range("train.checkpoint_every", t.checkpoint_every, 1)
   check_range("train.keep_checkpoints", t.keep_checkpoints, 1)
   check_range("train.microbatches", t.microbatches, 1)
+  window = tuple(t.get("profile_steps", ()))
+  if window and not (len(window) == 2 and all(isinstance(s, int) for s in window) and 0 <= window[0] < window[1]):
+    raise ConfigError(f"train.profile_steps={window}: expected (START, END) steps with 0 <= START < END, or ()")
+  metrics_lib.check_config(config)
   k, batch = t.microbatches, config.data.batch_size
   if batch % k:
     raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={batch}")
@@ -118,6 +123,7 @@ def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
 # Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated, laid out in
 # memory or extended; every other key changes what the checkpoints mean.
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_steps",
+                     "train.profile_steps", "log.",
                      "train.microbatches", "train.grad_cache_chunks", "train.forward_splits", "model.remat",
                      "mesh.", "eval.", "resume")
 
@@ -360,33 +366,6 @@ def _accumulate(value_and_grad, k: int, batch_axes: dict[str, int], prepare):
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
-class MetricsWriter:
-  """JSON lines in WORKDIR/metrics.jsonl. A run resumed at step `start` continues the file after
-  dropping the rows logged past `start` (steps the crash lost and the resumed run logs again; all
-  of them when no checkpoint was saved; a row the crash cut short), so every step appears once."""
-
-  def __init__(self, workdir: str, start: int = 0):
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    if sharding.is_primary() and os.path.exists(self.path):
-      kept = [row for row in report.read_metrics(self.path) if row["step"] <= start]
-      with open(self.path + ".tmp", "w", encoding="utf8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in kept)
-      os.replace(self.path + ".tmp", self.path)
-
-  def write(self, step: int, metrics: dict[str, Any]) -> None:
-    if not sharding.is_primary():
-      return
-    row = {"step": int(step), **{k: finite_or_none(v) for k, v in metrics.items()}}
-    with open(self.path, "a", encoding="utf8") as f:
-      f.write(json.dumps(row, allow_nan=False) + "\n")
-
-
-def finite_or_none(value) -> float | None:
-  """A metric as JSON allows it: a non-finite value is null (JSON has no NaN)."""
-  value = float(value)
-  return value if math.isfinite(value) else None
-
-
 def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
         total_steps: int, lr: optax.Schedule, *, tx: optax.GradientTransformation, param_specs,
         batch_axes: dict[str, int] | None = None) -> TrainState:
@@ -455,7 +434,8 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
   timer = timing.current()
   base_rng = jax.random.key(config.seed)
-  writer = MetricsWriter(workdir, start)
+  writer = metrics_lib.MetricsWriter(workdir, start, config.get("log"), config)
+  profile = timing.ProfileWindow(workdir, config.train.get("profile_steps", ()))
   examples_per_step = config.data.batch_size
   executables = {}  # batch shapes -> the step compiled for them: each shape compiles once, ahead of its step
   real = padded = 0
@@ -476,6 +456,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
         break
       step, batch, batch_sh, rng, tokens = item
       real, padded = real + tokens[0], padded + tokens[1]
+      profile.before(step)
       shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
       step_fn = executables.get(shape)
       if step_fn is None:
@@ -490,6 +471,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
           warn_if_products_upcast(step_fn, config.model.dtype)
       state, metrics = step_fn(state, batch, rng)
       done = step + 1
+      profile.after(done, state)
       progress.update(1)
       if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
@@ -526,7 +508,9 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     timer.set(steps=steps_run, compiles=len(executables), examples_per_s=steps_run * examples_per_step / loop_s,
               steady_examples_per_s=steps_run * examples_per_step / max(train_s, 1e-9),
               padded_frac=1 - real / padded if padded else 0.0)
-  finally:  # an interrupted run keeps every checkpoint it started to write
+  finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
+    profile.stop(state)
+    writer.close()
     progress.close()
     mngr.wait_until_finished()
     mngr.close()

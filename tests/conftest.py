@@ -131,6 +131,14 @@ def kill_at(monkeypatch, batcher_cls, step: int) -> None:
   monkeypatch.setattr(batcher_cls, "batches", dying)
 
 
+def tb_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} of an event-file folder as TensorBoard shows them (purged steps hidden)."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+  acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+  acc.Reload()
+  return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def max_abs_diff(a, b) -> float:
   """max |a - b| over the leaves of two trees, in NumPy (eager jnp ops would compile a program for
   every leaf shape)."""

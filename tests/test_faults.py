@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, trainer
+from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, metrics, trainer
 from starbucks_jax.data import batching, groups
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.evaluate import results
@@ -313,7 +313,7 @@ def test_results_and_metrics_never_hold_a_bare_nan(tmp_path):
   strict = json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"bare {c} in {path}"))
   assert strict[0]["value"] is None and strict[1]["value"] == 0.5
   assert "| 1 | 8 |" in results.table(recs)
-  writer = trainer.MetricsWriter(str(tmp_path))
+  writer = metrics.MetricsWriter(str(tmp_path))
   writer.write(1, {"loss": float("nan"), "grad_norm": 2.0})
   row = json.loads(open(tmp_path / "metrics.jsonl").read(), parse_constant=lambda c: pytest.fail(c))
   assert row == {"step": 1, "loss": None, "grad_norm": 2.0}

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tiny_srl_case
+from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalars, tiny_srl_case
 from starbucks_jax import checkpoint, config_lib, embed, finetune, losses, schedule, timing
 from starbucks_jax.data import batching
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
@@ -116,6 +116,7 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
     tiny_run.data.train = write_scored(tmp_path / "sts.jsonl", 30)
     tiny_run.data.format = "scored_pairs"
     tiny_run.loss.task = "cosent"
+    tiny_run.train.profile_steps = (1, 2)  # the second step (the first compiles)
   timer = timing.begin()
   finetune.run(tiny_run, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
@@ -124,6 +125,8 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
   assert all(spent[k] > 0 for k in ("startup_s", "compile_s", "train_s", "eval_s", "checkpoint_s"))
   assert spent["total_s"] >= spent["startup_s"] + spent["compile_s"] + spent["train_s"] + spent["eval_s"]
   assert set(rows[0]) >= {"task/1_8", "kl/1_8", "task/2_32", "lr", "examples_per_sec"}
+  traces = list((tmp_path / "w" / "profile").glob("plugins/profile/*/*.xplane.pb"))  # for XProf
+  assert len(traces) == 1 and traces[0].stat().st_size > 0
   (info,) = json.load(open(tmp_path / "w" / "run.json"))  # what code and machine made the run
   assert len(info["commit"]) >= 7 and info["jax"] == jax.__version__ and info["processes"] == 1
 
@@ -145,8 +148,18 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   a = checkpoint.load_model(str(tmp_path / "straight")).params
   b = checkpoint.load_model(str(tmp_path / "resumed")).params
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
-  steps = [json.loads(line)["step"] for line in open(tmp_path / "resumed" / "metrics.jsonl")]
-  assert steps == [1, 2, 3, 4, 5, 6]  # the lost step 5's row is replaced by the resumed run's
+  rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # the lost step 5's row is replaced by the resumed run's
+  # TensorBoard shows the same: each step once (the killed run's step 5 hidden), JSONL's values,
+  # and the evaluation per pair at the last step
+  scalars = tb_scalars(tmp_path / "resumed" / "tb")
+  for key in ("loss", "grad_norm", "lr", "task/2_32"):
+    assert [s for s, _ in scalars[f"train/{key}"]] == [1, 2, 3, 4, 5, 6], key
+    np.testing.assert_allclose([v for _, v in scalars[f"train/{key}"]], [r[key] for r in rows], rtol=1e-6)
+  final = json.load(open(tmp_path / "resumed" / "results" / "final.json"))
+  for r in final:
+    tag = f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"
+    assert scalars[tag] == [(6, pytest.approx(r["value"], rel=1e-6))], tag
   # ... and a finished run is a model source: embed/export can read it.
   assert os.path.exists(tmp_path / "resumed" / "model" / "config.json")
   trained = embed.Embedder.load(str(tmp_path / "resumed")).encode(["a short text"], layer=2, dim=16)
@@ -163,7 +176,8 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
            ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 2 pairs"),
            ("train.forward_splits", 0, "train.forward_splits=0; must be >= 1"),
            ("train.forward_splits", 3, "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards"),
-           ("data.pack_length", -1, "data.pack_length=-1; must be >= 0")]
+           ("data.pack_length", -1, "data.pack_length=-1; must be >= 0"),
+           ("train.profile_steps", (3, 3), "train.profile_steps=(3, 3): expected (START, END) steps")]
   for key, value, msg in cases:
     cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
     with cfg.unlocked():

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, kill_at, make_hf_bert, make_tokenizer
+from conftest import REPO, kill_at, make_hf_bert, make_tokenizer, tb_scalars
 from starbucks_jax import checkpoint, config_lib, finetune, losses, pretrain
 from starbucks_jax.data import corpus, masking, sources
 from starbucks_jax.data.sources import DataError
@@ -390,6 +390,9 @@ def test_tiny_run_loss_falls_and_exports_a_masked_lm(tiny_pt, tmp_path):
   assert {"mlm/1_16", "mae/1_16", "mlm/2_32", "mae/2_32", "grad_norm", "lr"} <= set(rows[0])
   assert {(r["layer"], r["dim"], r["metric"]) for r in records} >= {(1, 16, "mlm_accuracy"), (2, 32, "mlm_loss")}
   assert json.load(open(tmp_path / "w" / "results" / "final.json")) == records
+  scalars = tb_scalars(tmp_path / "w" / "tb")  # pre-training logs to TensorBoard as fine-tuning does
+  assert [s for s, _ in scalars["train/mlm/1_16"]] == [r["step"] for r in rows]
+  assert scalars["eval/docs/eval/mlm_loss/2x32"][0][0] == rows[-1]["step"]
   # the export is a BertForMaskedLM that transformers loads; its logits equal our head on layer N
   out = tmp_path / "w" / pretrain.EXPORT_DIR
   model = transformers.AutoModelForMaskedLM.from_pretrained(str(out)).eval()
