@@ -1,12 +1,16 @@
 """Export a model, or one (layer, dim) sub-model of it, as an HF + sentence-transformers directory.
 
-    python -m starbucks_jax.export --model SRC --output DIR [--layer N --dim D]
+    python -m starbucks_jax.export --model SRC --output DIR [--layer N --dim D] [--push-to-hub ID [--private]]
 
 SRC is an HF / sentence-transformers directory (or Hub id) or a project workdir (its latest
 checkpoint, or --step). With --layer/--dim the result is a standalone model of N layers whose
 sentence-transformers pipeline keeps the first D dimensions; `transformers.AutoModel` and
 `sentence_transformers.SentenceTransformer` load it offline. --output must be new or empty
-(--overwrite replaces it); it is never the source model or a training workdir.
+(--overwrite replaces it); it is never the source model or a training workdir. The folder holds a
+model card (README.md: the model, its training run and results per (layer, dim) when SRC is a
+workdir, and how to load it at a chosen size). --push-to-hub uploads the folder to that Hub model
+repo (created if missing; token from HF_TOKEN or `hf auth login`); a failed upload leaves the
+export in place.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import os
 import shutil
 import tempfile
 
-from starbucks_jax import checkpoint, cli
+from starbucks_jax import card, checkpoint, cli
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS
 from starbucks_jax.schedule import check_pair
@@ -64,6 +68,9 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   try:
     hf.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer, dim=dim,
                        extra_meta={"source": str(source), "step": step})
+    with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
+      f.write(card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, layer=layer,
+                              dim=dim, pooling=sentence.pooling, title=os.path.basename(output)))
     for folder, dirs, files in os.walk(tmp):
       os.chmod(folder, 0o755)
       for name in files:
@@ -81,6 +88,22 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   return output
 
 
+def push_to_hub(folder: str, repo_id: str, *, private: bool = False) -> str:
+  """Uploads an exported folder to the Hub model repo `repo_id`; returns the commit's URL. Any
+  failure (offline, no token, no rights) is a ConnectionError naming the repo; `folder` stays."""
+  from huggingface_hub import HfApi
+  api = HfApi()
+  try:
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    commit = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="model",
+                               commit_message="Upload a starbucks_jax export")
+  except Exception as e:
+    reason = " ".join(str(e).split())[:300] or type(e).__name__
+    raise ConnectionError(f"--push-to-hub {repo_id}: the upload failed ({type(e).__name__}: {reason}); the export "
+                          f"in {folder} is intact: `hf upload {repo_id} {folder}` retries it") from None
+  return str(getattr(commit, "commit_url", commit))
+
+
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.export", description=__doc__.split("\n")[0])
   p.add_argument("--model", required=True, help="HF / sentence-transformers dir, Hub id, or workdir")
@@ -92,12 +115,16 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
   p.add_argument("--with-mlm-head", action="store_true", help="write BertForMaskedLM (SMAE runs)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
+  p.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder to this Hub model repo")
+  p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   out = export(args.model, args.output, layer=args.layer, dim=args.dim, step=args.step,
                pooling=args.pooling, normalize=args.normalize, with_mlm_head=args.with_mlm_head,
                overwrite=args.overwrite)
   print(f"wrote {out}")
+  if args.push_to_hub:
+    print(f"uploaded to {push_to_hub(out, args.push_to_hub, private=args.private)}")
 
 
 if __name__ == "__main__":

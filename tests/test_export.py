@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from starbucks_jax import export
+from starbucks_jax import cli, export
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import sts
 
@@ -75,3 +75,32 @@ def test_export_cli_and_bad_pairs(tiny_hf_dir, tmp_path, capsys):
     export.export(tiny_hf_dir, str(tmp_path / "x"), dim=33)
   with pytest.raises(ValueError, match="no MLM head"):
     export.export(tiny_hf_dir, str(tmp_path / "x"), with_mlm_head=True)
+
+
+def test_the_cards_loading_lines_give_the_sub_model(st, tiny_hf_dir, tmp_path):
+  """The model card's sentence-transformers lines, run as written on a full export with (n, d) set,
+  give the (n, d) sub-model's embeddings; a sub-model export's card says which one it is."""
+  out = export.export(tiny_hf_dir, str(tmp_path / "full"))
+  text = open(os.path.join(out, "README.md")).read()
+  assert text.startswith("---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\n")
+  assert "## Training" not in text  # a model directory, not a run: no training facts to state
+  code = text.split("```python\n")[1].split("```")[0]
+  assert "n, d = 4, 32" in code
+  code = (code.replace("n, d = 4, 32", "n, d = 2, 16").replace('"PATH_OR_REPO_ID"', repr(out))
+          .replace('model.encode(["A man is playing a guitar."])', "model.encode(TEXTS)"))
+  scope = {"TEXTS": TEXTS}
+  exec(code, scope)
+  ours = Embedder.load(tiny_hf_dir).encode(TEXTS, layer=2, dim=16)
+  assert scope["embeddings"].shape == (len(TEXTS), 16) and _cos(ours, scope["embeddings"]).min() >= 0.99999
+  sub = export.export(tiny_hf_dir, str(tmp_path / "sub"), layer=2, dim=16)
+  assert "The (2, 16) sub-model" in open(os.path.join(sub, "README.md")).read()
+
+
+def test_push_to_hub_offline_fails_in_one_line_and_keeps_the_export(tiny_hf_dir, tmp_path, capsys):
+  """Tests run with HF_HUB_OFFLINE=1 (conftest): the real client refuses, the export stays."""
+  with pytest.raises(SystemExit) as stop:
+    cli.run(lambda: export.main(["--model", tiny_hf_dir, "--output", str(tmp_path / "o"), "--push-to-hub", "me/x"]))
+  err = capsys.readouterr().err.strip()
+  assert stop.value.code == 2 and len(err.splitlines()) == 1, err
+  assert err.startswith("error: --push-to-hub me/x: the upload failed (OfflineModeIsEnabled") and "intact" in err
+  assert (tmp_path / "o" / "model.safetensors").exists() and (tmp_path / "o" / "README.md").exists()

@@ -2,6 +2,8 @@
 
 import json
 import os
+import pathlib
+import types
 
 import jax
 import jax.numpy as jnp
@@ -9,8 +11,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalars, tiny_srl_case
-from starbucks_jax import checkpoint, config_lib, embed, finetune, losses, schedule, timing
+from starbucks_jax import checkpoint, config_lib, embed, export, finetune, losses, schedule, timing
 from starbucks_jax.data import batching
+from starbucks_jax.evaluate import results
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
 from starbucks_jax.models.pooling import pool, pooled_layers
 
@@ -165,6 +168,28 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   trained = embed.Embedder.load(str(tmp_path / "resumed")).encode(["a short text"], layer=2, dim=16)
   start = embed.Embedder.load(tiny_run.model.init_from).encode(["a short text"], layer=2, dim=16)
   assert trained.shape == (1, 16) and np.abs(trained - start).max() > 1e-4
+  # Its export carries a model card with the run's results per (layer, dim) and how it trained,
+  # and goes to the Hub (a stand-in for huggingface_hub.HfApi records what would be sent).
+  sent = {}
+
+  class Hub:
+    def create_repo(self, repo_id, repo_type, private, exist_ok):
+      sent["repo"] = (repo_id, repo_type, private)
+
+    def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
+      sent["files"] = sorted(str(p.relative_to(folder_path)) for p in pathlib.Path(folder_path).rglob("*") if p.is_file())
+      return types.SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
+
+  import huggingface_hub
+  monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+  export.main(["--model", str(tmp_path / "resumed"), "--output", str(tmp_path / "export"),
+               "--push-to-hub", "me/starbucks-tiny", "--private"])
+  card = (tmp_path / "export" / "README.md").read_text()
+  assert results.table(final) in card and "| steps | 6 |" in card and "| method | starbucks |" in card
+  assert sent["repo"] == ("me/starbucks-tiny", "model", True)
+  assert sent["files"] == sorted(str(p.relative_to(tmp_path / "export"))
+                                 for p in (tmp_path / "export").rglob("*") if p.is_file())
+  assert "README.md" in sent["files"] and "model.safetensors" in sent["files"]
 
 
 def test_training_config_errors_name_the_key(tiny_run, tmp_path):
