@@ -17,8 +17,10 @@ TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction", "m
 
 
 def _run_facts(workdir: str) -> tuple[dict[str, Any], list[dict], int]:
-  """(saved config, final evaluation records, last logged step) of a training workdir."""
-  config = json.load(open(os.path.join(workdir, "config.json")))
+  """(saved config, final evaluation records, last logged step) of a training workdir; each may be
+  missing (a workdir another tool wrote holds only checkpoints and model/)."""
+  path = os.path.join(workdir, "config.json")
+  config = json.load(open(path)) if os.path.exists(path) else {}
   final = os.path.join(workdir, "results", "final.json")
   records = json.load(open(final)) if os.path.exists(final) else []
   metrics = os.path.join(workdir, "metrics.jsonl")
@@ -65,7 +67,7 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
     lines += [f"The ({layer}, {dim}) sub-model of a 2D Matryoshka (Starbucks) sentence embedding model of "
               f"{num_layers} layers x {hidden} dimensions: its first {layer} layers, embeddings cut to "
               f"{dim} dimensions, as a standalone model.", ""]
-  if workdir:
+  if config:
     lines += ["## Training", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _training_rows(config, steps)]
     lines += ["", "Made with starbucks_jax (JAX/Flax)."]

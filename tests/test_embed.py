@@ -126,6 +126,7 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   st = pytest.importorskip("sentence_transformers")
   from starbucks_jax import export
   out = export.export(workdir, str(tmp_path / "sub"), layer=2, dim=16)
+  assert "The (2, 16) sub-model" in open(os.path.join(out, "README.md")).read()  # a card without run facts
   theirs = st.SentenceTransformer(out, device="cpu").encode(TEXTS[:4])
   ours = embed.Embedder.load(workdir).encode(TEXTS[:4], layer=2, dim=16)
   cos = (theirs * ours).sum(1) / np.linalg.norm(theirs, axis=1) / np.linalg.norm(ours, axis=1)
