@@ -3,6 +3,7 @@ read), TensorBoard event files in WORKDIR/tb (log.tensorboard; written by tensor
 TensorFlow at run time) and, optionally, Weights & Biases (log.wandb=PROJECT).
 
     tensorboard --logdir WORKDIR/tb          # train/<metric> per logged step, eval/... at the end
+                                             # ('@' in a tag becomes '_': nDCG_10)
 
 A run resumed at step S keeps what was logged up to S and drops the rest in every sink: JSONL rows
 past S are removed, TensorBoard hides later events (a purge marker at S + 1), W&B resumes its run.
@@ -15,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 from typing import Any
 
@@ -69,7 +71,7 @@ class MetricsWriter:
     row = {"step": int(step), **{k: finite_or_none(v) for k, v in metrics.items()}}
     with open(self.path, "a", encoding="utf8") as f:
       f.write(json.dumps(row, allow_nan=False) + "\n")
-    values = {f"train/{k}": v for k, v in row.items() if k != "step" and v is not None}
+    values = {tag_of(f"train/{k}"): v for k, v in row.items() if k != "step" and v is not None}
     if self.tb is not None:
       for tag, value in values.items():
         self.tb.add_scalar(tag, value, row["step"])
@@ -113,6 +115,12 @@ def wandb_run(workdir: str, project: str, config=None):
                     config=config.to_dict() if config is not None else None)
 
 
+def tag_of(name: str) -> str:
+  """A TensorBoard tag: characters other than letters, digits, _ - . / become _ ('nDCG@10' ->
+  'nDCG_10'), as TensorBoard would rename them (here without a log line for each)."""
+  return re.sub(r"[^-/\w.]", "_", name)
+
+
 def last_step(workdir: str) -> int:
   """The last logged training step of a workdir (0 when it has none: an evaluation-only run)."""
   path = os.path.join(workdir, "metrics.jsonl")
@@ -127,7 +135,7 @@ def write_results(workdir: str, records: list[dict], log_cfg=None) -> None:
   if not sharding.is_primary() or not records or not (log_cfg.get("tensorboard", False) or log_cfg.get("wandb")):
     return
   step = last_step(workdir)
-  values = {f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}": r["value"]
+  values = {tag_of(f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"): r["value"]
             for r in records if r["value"] is not None and math.isfinite(r["value"])}
   if log_cfg.get("tensorboard", False):
     from tensorboardX import SummaryWriter

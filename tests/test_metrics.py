@@ -34,8 +34,12 @@ def test_a_resumed_writer_keeps_each_step_once_in_jsonl_and_tensorboard(tmp_path
   assert scalars["train/loss"] == [(1, 1.0), (2, 0.5), (3, 0.25)]  # step 3 of the first run is purged
   assert scalars["train/grad_norm"] == [(3, 2.0)]  # a non-finite value is left out, as JSON's null
   metrics.write_results(str(tmp_path), [{"dataset": "stsb", "split": "test", "metric": "spearman", "layer": 2,
-                                         "dim": 32, "value": 0.75}], log_cfg())
-  assert tb_scalars(tmp_path / "tb")["eval/stsb/test/spearman/2x32"] == [(3, 0.75)]  # at the last step
+                                         "dim": 32, "value": 0.75},
+                                        {"dataset": "msmarco", "split": "dev", "metric": "RR@10", "layer": 2,
+                                         "dim": 32, "value": 0.25}], log_cfg())
+  scalars = tb_scalars(tmp_path / "tb")
+  assert scalars["eval/stsb/test/spearman/2x32"] == [(3, 0.75)]  # at the last step
+  assert scalars["eval/msmarco/dev/RR_10/2x32"] == [(3, 0.25)]  # '@' is not a tag character
 
 
 class FakeWandb(types.ModuleType):
