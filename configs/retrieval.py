@@ -21,9 +21,9 @@ copy the parts into a folder D once and point the three sets at it (data/tevatro
     hf download --repo-type dataset Tevatron/msmarco-passage dev.jsonl.gz dl19.jsonl.gz dl20.jsonl.gz --local-dir D
     hf download --repo-type dataset BeIR/msmarco-qrels dev.tsv --local-dir D/qrels
     curl -o D/qrels/dl19.txt https://trec.nist.gov/data/deep/2019qrels-pass.txt   # and 2020 -> dl20.txt
-    --config.eval.retrieval=msmarco/dev=tevatron:D,msmarco/dl19=tevatron:D,msmarco/dl20=tevatron:D Compiled for TPU (python -m starbucks_jax.compile;
-experiments/results_tpu/table.md; compiled, not measured), 1,024 passages of 196 tokens and 128
-queries of 32 a step, data parallel; per chip GiB used of HBM, roofline step bound, MFU bound:
+    --config.eval.retrieval=msmarco/dev=tevatron:D,msmarco/dl19=tevatron:D,msmarco/dl20=tevatron:D
+Compiled for TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not
+measured), 1,024 passages of 196 tokens and 128 queries of 32 a step, data parallel; per chip GiB used of HBM, roofline step bound, MFU bound:
 v5e-8 11.9/16, 192 ms, 0.36 (the 9.4k steps in >= 30 min); v4-8 12.3/16 per TensorCore, 242 ms,
 0.41; v5p-8 26.0/95, 88 ms, 0.67 (>= 14 min). One chip does not hold the step as is (v5e-1 86 GiB,
 v6e-1 72 of 32): set train.grad_cache_chunks=8 (v5e-1: 12.5/16 GiB, 767 ms, compute-bound, MFU
@@ -33,6 +33,12 @@ Paper: Starbucks MRR@10 .2282 .2950 .3274 .3369 .3416 .3403
 (SMAE + SRL), BERT + SRL mean .2921.
 
 Variants:
+  demo      offline, on a fresh machine: all-MiniLM-L6-v2 (the pip package) on the retrieval set
+            that ships in the package (starbucks_jax/data/demo/retrieval: the Python reference
+            documentation's section headings as queries, their paragraphs as passages; 448
+            passages, 86 train and 43 test queries; PSF License). One epoch (5 steps of 16 queries,
+            group 4, random negatives), then nDCG@10, MRR@10, R@100 per size on the test queries:
+            ~2.5 min on 2 CPU cores (27 s compile, 68 s training, 40 s evaluation).
   scifact   all-MiniLM-L6-v2 and its schedule on ../shared/data/beir_scifact: train on the train
             qrels (809 queries, random corpus negatives, group 4, batch 16, 1 epoch = 50 steps),
             evaluate on the 300 test queries (5,183 abstracts). Passages cut to 128 tokens in
@@ -47,6 +53,7 @@ Arguments: method=starbucks|full|mrl|2dmse|2dmse_retrieval|grid|separate (as con
 import os
 
 from starbucks_jax import config_lib
+from starbucks_jax.data import sources
 from starbucks_jax.schedule import STARBUCKS
 
 SHARED = "../shared/data"
@@ -64,7 +71,7 @@ def msmarco_source(split: str) -> str:
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, scifact=False, method="starbucks", layer=0, dim=0)
+  arg = config_lib.parse_arg(arg, demo=False, scifact=False, method="starbucks", layer=0, dim=0)
   here = os.path.dirname(os.path.abspath(__file__))
   base = f"method={arg.method},layer={arg.layer},dim={arg.dim}"
   c = config_lib.load_config(os.path.join(here, "ft.py") + ":" + base)
@@ -90,12 +97,11 @@ def get_config(arg=None):
   c.eval.retrieval_similarity = "dot"
   c.eval.query_max_length = 32
   c.eval.passage_max_length = 196
-  if arg.scifact:
+  if arg.scifact or arg.demo:  # all-MiniLM-L6-v2 as it is: its pooling, cosine x 20, short passages
     c.model.init_from = "all-MiniLM-L6-v2"
     c.model.dtype = "float32"
     c.model.pooling = "mean"
     c.schedule.pairs = STARBUCKS["minilm-l6-h384"]
-    c.data.train = f"beir:{SHARED}/beir_scifact@train"
     c.data.group_size = 4
     c.data.batch_size = 16
     c.data.passage_max_length = 128
@@ -104,10 +110,19 @@ def get_config(arg=None):
     c.loss.similarity = "cosine"
     c.loss.scale = 20.0
     c.train.lr = 5e-5
-    c.train.log_every = 10
-    c.eval.retrieval = f"scifact/test={SHARED}/beir_scifact"
     c.eval.retrieval_similarity = "cosine"
     c.eval.query_max_length = 64
     c.eval.passage_max_length = 128
+  if arg.scifact:
+    c.data.train = f"beir:{SHARED}/beir_scifact@train"
+    c.train.log_every = 10
+    c.eval.retrieval = f"scifact/test={SHARED}/beir_scifact"
+  if arg.demo:
+    demo = os.path.join(sources.DEMO_DIR, "retrieval")
+    c.data.train = f"beir:{demo}@train"
+    c.data.query_max_length = 16
+    c.train.log_every = 5
+    c.eval.retrieval = f"pydocs/test={demo}"
+    c.eval.query_max_length = 16
   c.lock()
   return c

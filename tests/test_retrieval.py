@@ -314,28 +314,35 @@ def test_beir_train_groups_draw_random_negatives(tmp_path, tiny_hf_dir):
     assert grp[0] in g.positives[i] and not set(grp[1:]) & set(g.positives[i]) and len(set(grp)) == 4
 
 
-@pytest.mark.parametrize("source", ["tevatron", "beir"])
+@pytest.mark.parametrize("source", ["tevatron", "demo"])
 def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
+  """A Tevatron groups file (the scifact variant's settings), and the offline demo as shipped: its
+  BEIR set's train qrels with random negatives, evaluated on its test queries (here on a tiny model)."""
   from conftest import REPO
   from starbucks_jax import config_lib, finetune
-  cfg = config_lib.load_config(f"{REPO}/configs/retrieval.py:scifact")
-  toy = write_beir(tmp_path / "toy")
+  cfg = config_lib.load_config(f"{REPO}/configs/retrieval.py:{'scifact' if source == 'tevatron' else 'demo'}")
   with cfg.unlocked():
     cfg.model.init_from = tiny2_hf_dir
     cfg.schedule.pairs = ((1, 8), (2, 32))
-    cfg.data.train = write_tevatron(tmp_path / "t.jsonl") if source == "tevatron" else f"beir:{toy}@test"
     cfg.data.batch_size = 2
     cfg.data.passage_max_length = 32
     cfg.train.max_steps = 2
     cfg.train.log_every = 1
-    cfg.train.grad_cache_chunks = 2 if source == "beir" else 0  # the gradient cache, end to end
-    cfg.eval.retrieval = f"toy/test={toy}"
     cfg.eval.passage_max_length = 32
+    if source == "tevatron":
+      cfg.data.train = write_tevatron(tmp_path / "t.jsonl")
+      cfg.eval.retrieval = f"toy/test={write_beir(tmp_path / 'toy')}"
+    else:
+      cfg.train.grad_cache_chunks = 2  # the gradient cache, end to end
   records = finetune.run(cfg, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
   assert {"task/1_8", "kl/1_8", "task/2_32"} <= set(rows[0])
   assert {(r["layer"], r["dim"]) for r in records if r["metric"] == "nDCG@10"} == {(1, 8), (2, 32)}
+  if source == "demo":
+    assert {r["dataset"] for r in records} == {"pydocs"} and {r["metric"] for r in records} == set(retrieval.METRICS)
+    col = beir.load(cfg.eval.retrieval.split("=", 1)[1], "test")
+    assert (len(col.docs), len(col.query_ids)) == (448, 43)
 
 
 def test_hf_beir_collection_mapping(monkeypatch):
@@ -358,3 +365,18 @@ def test_hf_beir_collection_mapping(monkeypatch):
   assert seen[-1] == ("BeIR/toy-qrels", None, "dev")
   assert (col.name, col.docs, col.query_ids, col.queries, col.qrels) == (
       "toy", ["T one", "two"], ["q2"], ["second"], {"q2": {"d1": 1}})
+
+
+def test_the_shipped_demo_set_is_what_its_generator_writes(tmp_path):
+  """starbucks_jax/data/demo/retrieval is make_demo_data's output from the Python documentation
+  topics of the Python named in its LICENSE (another Python's topics differ: skipped there)."""
+  import sys
+  from starbucks_jax.data import sources
+  from starbucks_jax.data.demo import make_demo_data
+  shipped = os.path.join(sources.DEMO_DIR, "retrieval")
+  made_by = open(os.path.join(shipped, "LICENSE")).read().split("as Python ")[1].split("'s")[0]
+  if made_by != "%d.%d.%d" % sys.version_info[:3]:
+    pytest.skip(f"the demo set was made with Python {made_by}'s documentation topics")
+  assert make_demo_data.retrieval_set(str(tmp_path)) == (448, 129)
+  for name in ("corpus.jsonl", "queries.jsonl", "qrels/train.tsv", "qrels/test.tsv"):
+    assert (tmp_path / name).read_text() == open(os.path.join(shipped, name)).read(), name

@@ -6,11 +6,18 @@ Sentences are composed from hand-written templates: a subject, an activity and a
 paraphrases. Graded STS pairs score 5 for a paraphrase of the whole scene, less as parts change,
 0 for unrelated scenes; NLI-style triplets pair a scene with its paraphrase (positive) and the
 same subject doing something else (hard negative). Deterministic (seeded).
+
+The retrieval demo (retrieval/, BEIR layout) is built from a public text instead: the Python
+reference documentation's topics as the standard library ships them (`pydoc_data.topics`, Python
+3.11; Copyright Python Software Foundation, PSF License Version 2; retrieval/LICENSE). Each section
+heading is a query, its paragraphs (in chunks of about 80 words) are the passages relevant to it;
+two of every three queries are `train`, the third `test`.
 """
 
 import json
 import os
 import random
+import re
 
 SUBJECTS = [("a man", "a guy"), ("a woman", "a lady"), ("a child", "a kid"), ("an old man", "an elderly man"),
             ("a girl", "a young girl"), ("a boy", "a young boy"), ("a couple", "a pair of friends"),
@@ -68,6 +75,63 @@ def triplets(rng, n):
   return out
 
 
+def doc_sections():
+  """(heading, body) of every section of the documentation topics, each heading once (its first body)."""
+  from pydoc_data import topics
+  out = {}
+  for name in sorted(topics.topics):
+    lines = topics.topics[name].split("\n")
+    heading, body = None, []
+    for i, line in enumerate(lines):
+      under = lines[i + 1].strip() if i + 1 < len(lines) else ""
+      if line.strip() and re.fullmatch(r"[*=-]{3,}", under) and len(under) >= len(line.strip()) - 2:
+        if heading and heading not in out:
+          out[heading] = body
+        heading, body = line.strip(), []
+      elif heading and not re.fullmatch(r"[*=-]{3,}", line.strip()):
+        body.append(line)
+    if heading and heading not in out:
+      out[heading] = body
+  return out
+
+
+def chunks(body, words=80):
+  """Paragraphs (whitespace joined) merged in order into passages of about `words` words."""
+  paragraphs = [" ".join(p.split()) for p in "\n".join(body).split("\n\n")]
+  out, cur = [], []
+  for p in filter(None, paragraphs):
+    cur.append(p)
+    if sum(len(x.split()) for x in cur) >= words:
+      out.append(" ".join(cur))
+      cur = []
+  if cur:
+    out.append(" ".join(cur))
+  return out
+
+
+def retrieval_set(folder):
+  corpus, queries, qrels = [], [], {"train": [], "test": []}
+  for heading, body in doc_sections().items():
+    passages = [p for p in chunks(body) if len(p.split()) >= 12]
+    if not passages or len(heading.split()) < 2:  # one-word headings ("Overview") are not queries
+      continue
+    q = f"q{len(queries)}"
+    queries.append({"_id": q, "text": heading.replace('"', "")})
+    split = "test" if len(queries) % 3 == 0 else "train"
+    for text in passages:
+      d = f"d{len(corpus)}"
+      corpus.append({"_id": d, "title": "", "text": text})
+      qrels[split].append((q, d))
+  os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
+  write(os.path.join(folder, "corpus.jsonl"), corpus)
+  write(os.path.join(folder, "queries.jsonl"), queries)
+  for split, rows in qrels.items():
+    with open(os.path.join(folder, "qrels", f"{split}.tsv"), "w", encoding="utf8") as f:
+      f.write("query-id\tcorpus-id\tscore\n")
+      f.writelines(f"{q}\t{d}\t1\n" for q, d in rows)
+  return len(corpus), len(queries)
+
+
 def write(path, rows):
   with open(path, "w", encoding="utf8") as f:
     for r in rows:
@@ -80,6 +144,7 @@ def main():
   write(os.path.join(here, "sts_train.jsonl"), sts_pairs(rng, 320))
   write(os.path.join(here, "sts_test.jsonl"), sts_pairs(rng, 100))
   write(os.path.join(here, "triplets_train.jsonl"), triplets(rng, 320))
+  print("retrieval: %d passages, %d queries" % retrieval_set(os.path.join(here, "retrieval")))
 
 
 if __name__ == "__main__":
