@@ -1,6 +1,7 @@
 """The embedding API and command line: early exit, bucketing, truncation, bad inputs, workdirs."""
 
 import logging
+import os
 
 import jax
 import numpy as np
