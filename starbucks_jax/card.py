@@ -8,9 +8,8 @@ import json
 import os
 from typing import Any
 
-from starbucks_jax import checkpoint
+from starbucks_jax import checkpoint, metrics
 from starbucks_jax.evaluate import results
-from starbucks_jax.report import read_metrics
 
 TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction", "matryoshka",
         "2d-matryoshka", "starbucks", "starbucks_jax")
@@ -23,9 +22,7 @@ def _run_facts(workdir: str) -> tuple[dict[str, Any], list[dict], int]:
   config = json.load(open(path)) if os.path.exists(path) else {}
   final = os.path.join(workdir, "results", "final.json")
   records = json.load(open(final)) if os.path.exists(final) else []
-  metrics = os.path.join(workdir, "metrics.jsonl")
-  rows = read_metrics(metrics) if os.path.exists(metrics) else []
-  return config, records, int(rows[-1]["step"]) if rows else 0
+  return config, records, metrics.last_step(workdir)
 
 
 def _training_rows(config: dict[str, Any], steps: int) -> list[tuple[str, str]]:

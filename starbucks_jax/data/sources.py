@@ -245,15 +245,14 @@ def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] 
     out = {}
     for name, kind in fields.items():
       col = columns.get(name, name)
-      if col not in row and name in optional:
-        row = {**row, col: None}
-      if col not in row:
+      if col not in row and name not in optional:
         raise DataError(f"{path}:{line_no}: no column {col!r} (have {sorted(row)}); map it with "
                         f"columns.{name}=<column>")
+      value = row.get(col)
       try:
-        out[name] = typed(row[col], kind)
+        out[name] = typed(value, kind)
       except (TypeError, ValueError) as e:
-        raise DataError(f"{path}:{line_no}: column {col!r} = {_short(row[col])} {e}"
+        raise DataError(f"{path}:{line_no}: column {col!r} = {_short(value)} {e}"
                         + ("; remove the row or fill it" if kind is str else "")) from None
     yield out
 

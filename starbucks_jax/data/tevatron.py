@@ -52,10 +52,10 @@ def check(key: str, source: str, split: str) -> None:
     corpus, queries, qrels = parts(source, split)
     sources.resolve_spec(corpus)
     sources.resolve_spec(queries)
-    if not qrels.startswith(beir.URLS + ("hf:",)) and not os.path.isfile(os.path.expanduser(qrels)):
-      raise DataError(f"{qrels}: no such qrels file")
     if qrels.startswith("hf:"):
       sources.resolve_spec(qrels)
+    elif not qrels.startswith(beir.URLS) and not os.path.isfile(os.path.expanduser(qrels)):
+      raise DataError(f"{qrels}: no such qrels file")
   except DataError as e:
     raise ConfigError(f"{key}: {e}") from None
 
