@@ -37,9 +37,10 @@ Variants:
             STS pairs; offline, under 3 minutes on 2 CPU cores.
   eval      Evaluate model.init_from (an HF dir, Hub id, or a workdir) on eval.sts; no training.
 
-Arguments after the variant: method=starbucks|full|mrl|2dmse|2dmse_st6|2dmse_retrieval|grid|separate
-(the baselines of docs/method.md); for separate also layer=N,dim=D and separate_dim=full|dim (train at
-full width and truncate at evaluation, as the authors, or train at d). The two 2DMSE presets are
+Arguments after the variant: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_st6|2dmse_retrieval|
+grid|separate (the baselines of docs/method.md; starbucks_mrl is an ablation); for separate also
+layer=N,dim=D and separate_dim=full|dim (train at full width and truncate at evaluation, as the
+authors, or train at d). The two 2DMSE presets are
 sentence-transformers' Matryoshka2dLoss in two versions (one sampled earlier hidden state 0..N-1,
 0 the embedding output; one sampled dim per call; KL over softmax(e / 0.3) x 0.3):
     2dmse      the version behind the papers' 2DMSE numbers (sentence-transformers 2.x-3.x, 2024):

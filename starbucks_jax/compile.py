@@ -201,7 +201,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   run = finetune.describe(config, backbone=backbone, devices=topo.devices)
   cfg = run.model.config
   T = _length(config, cfg, length)
-  batch = finetune.abstract_batch(config, T, shards=run.data_shards)
+  batch = finetune.abstract_batch(config, T, shards=run.data_shards, hidden=cfg.hidden_size)
   compiled, mesh = _compile_step(config, topo, run, lambda tx: finetune.run_step(config, run, tx),
                                  init_shapes(cfg), param_logical_axes(cfg), batch, finetune.batch_axes(config))
   encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))

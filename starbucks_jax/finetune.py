@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from starbucks_jax import checkpoint, losses, metrics, schedule, sharding, timing, trainer
@@ -64,6 +65,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
     shards = sharding.data_parallel_size(mesh)
     check_encoding_splits(config, shards)
     check_packing(config)
+    check_teacher(config)
   if config.eval.grid:
     eval_pairs = schedule.grid(N, D, [d for _, d in model.pairs])
   elif plan.method == "separate":
@@ -140,6 +142,23 @@ def check_packing(config: ml_collections.ConfigDict) -> None:
     if t[key] != off:
       raise ConfigError(f"data.packing=True encodes the batch in one forward; train.{key}={t[key]} "
                         f"needs data.packing=False (or train.{key}={off})")
+
+
+def check_teacher(config: ml_collections.ConfigDict) -> None:
+  """loss.teacher='frozen' serves each example's precomputed teacher vectors with its batch: examples
+  of roles (triplets, pairs, scored pairs), not retrieval groups."""
+  if config.loss.teacher == "frozen" and config.data.format == "groups":
+    raise ConfigError("loss.teacher='frozen' serves teacher vectors with batches of triplets, pairs or "
+                      "scored_pairs; this run has data.format='groups'")
+
+
+def frozen_teacher(pretrained: hf.Pretrained, examples: batching.Examples, layer: int, pooling: str,
+                   batch_size: int) -> np.ndarray:
+  """[N, R, D] pooled vectors of every training text at `layer` under the starting weights, without
+  dropout (float32): the KL teacher of loss.teacher='frozen', fixed through training (a resumed run
+  computes the same)."""
+  embedder = Embedder(pretrained, batch_size=batch_size)
+  return np.stack([embedder.encode_layers(texts, (layer,), pooling=pooling)[layer] for texts in examples.texts], 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +242,9 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
     return [jax.random.fold_in(dropout_rng, i) for i in range(2)], sample_rng
 
   def loss_of_pooled(pooled, batch, sample_rng):
-    return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"))
+    teacher = batch.get("teacher")  # [B, R, D]: examples first in every batch layout
+    return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
+                            teacher=None if teacher is None else jnp.swapaxes(teacher, 0, 1))
 
   def flat(batch, ids_key, mask_key):
     ids, mask = batch[ids_key], batch[mask_key]
@@ -289,8 +310,8 @@ def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.Grad
 
 
 def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length: int | None = None,
-                   passage_length: int | None = None, *, shards: int = 1,
-                   rows: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+                   passage_length: int | None = None, *, shards: int = 1, rows: int | None = None,
+                   hidden: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a training batch padded to `length` (groups: query and passage lengths,
   default data.query_max_length / passage_max_length), as the data block's batcher makes it. Packed
   (data.packing): `rows` rows of `length` tokens, by default one row per text (the most a batch of
@@ -303,7 +324,7 @@ def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length:
     batch = {k: jax.ShapeDtypeStruct((rows, length), i32) for k in ("ids", "segments", "positions")}
     if d.format == "scored_pairs":
       batch["scores"] = jax.ShapeDtypeStruct((d.batch_size,), jnp.float32)
-    return batch
+    return _with_teacher(config, batch, hidden)
   if d.format == "groups":
     q, p = query_length or d.query_max_length, passage_length or d.passage_max_length
     rows = d.batch_size * d.group_size
@@ -314,6 +335,16 @@ def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length:
   batch = {"ids": jax.ShapeDtypeStruct(shape, i32), "mask": jax.ShapeDtypeStruct(shape, i32)}
   if d.format == "scored_pairs":
     batch["scores"] = jax.ShapeDtypeStruct((d.batch_size,), jnp.float32)
+  return _with_teacher(config, batch, hidden)
+
+
+def _with_teacher(config, batch, hidden):
+  """loss.teacher='frozen': each example's teacher vectors ride with the batch, [B, R, hidden]."""
+  if config.loss.teacher == "frozen":
+    if hidden is None:
+      raise ValueError("abstract_batch: loss.teacher='frozen' needs the hidden size")
+    batch["teacher"] = jax.ShapeDtypeStruct((config.data.batch_size, len(batching.FORMATS[config.data.format]),
+                                             hidden), jnp.float32)
   return batch
 
 
@@ -350,6 +381,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> 
            steps, num_examples, config.data.batch_size, run.plan.pairs or "sampled", run.plan.layers)
 
   pre = setup.pretrained
+  if run.loss.teacher == "frozen":  # part of the start-up time (timing.json)
+    batcher.teacher = frozen_teacher(pre, batcher.examples, run.plan.teacher[0], config.model.pooling,
+                                     config.eval.batch_size)
+    log.info("frozen teacher: %s vectors of the starting model's layer %d", batcher.teacher.shape, run.plan.teacher[0])
   trained = trainer.train_model(config, workdir, setup, pre.params["bert"], lambda tx: run_step(config, run, tx),
                                 batcher, steps,
                                 param_specs=param_logical_axes(setup.config), batch_axes=batch_axes(config))

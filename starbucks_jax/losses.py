@@ -17,6 +17,8 @@ sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[
   AdaptiveLayerLoss, every version; its teacher is detached since the fix of its issue #3757).
 - `kl_detach`: stop the teacher's gradient through the KL (any kind).
 - reduction R: 'sum' over pairs (the code) or 'mean' (the paper's 1/|S|).
+- teacher 'frozen': the KL's teacher is the starting model's (N, D) vectors, (N, D) then has a KL too.
+- w[n,d]: 1, or `pair_weights`, or a named `pair_weighting` (mean 1), times `full_weight` at (N, D).
 
 SMAE (docs/method.md, "SMAE pre-training"): `masked_lm_loss` is the mean cross-entropy over the masked
 positions of a batch (gathered logits [B, K, V], labels [B, K] with -1 for none); `smae_loss` is
@@ -26,6 +28,7 @@ the mean over pairs of (MLM + MAE) / 2 of those, or of MLM alone when there is n
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Sequence
 
 import jax
@@ -39,7 +42,10 @@ TASKS = ("contrastive", "cosent")
 SIMILARITIES = ("cosine", "dot")
 KL_KINDS = ("features", "tempered_features", "scores", "none")
 REDUCTIONS = ("sum", "mean")
+KL_METHODS = ("starbucks", "grid", "starbucks_mrl")  # fixed plans with a KL to (N, D)
 LAYER_WEIGHTINGS = ("uniform", "linear", "log")  # sentence-transformers' AdaptiveLayerLoss names
+TEACHERS = ("self", "frozen")
+PAIR_WEIGHTINGS = ("uniform", "inverse_layer", "log_layer", "inverse_loss")  # see pair_task_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +62,9 @@ class LossConfig:
   kl_temperature: float = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
   reduction: str = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
   pair_weights: tuple[float, ...] = ()  # one weight per pair on its task loss; () = all 1
+  pair_weighting: str = "uniform"  # named task weights (mean 1 over pairs): 'inverse_layer' | 'log_layer' | 'inverse_loss'
+  full_weight: float = 1.0  # times the full pair's (N, D) task weight
+  teacher: str = "self"  # the KL's teacher: 'self' (the model's own (N, D), the paper) | 'frozen' (the starting model's)
   layer_weighting: str = "uniform"  # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
 
   @classmethod
@@ -76,9 +85,25 @@ class LossConfig:
     check_range("loss.temperature", loss_cfg.temperature, 0, low_open=True)
     check_range("loss.kl_weight", loss_cfg.kl_weight, 0)
     check_range("loss.kl_temperature", loss_cfg.kl_temperature, 0, low_open=True)
+    check_choice("loss.pair_weighting", loss_cfg.pair_weighting, PAIR_WEIGHTINGS)
+    check_range("loss.full_weight", loss_cfg.full_weight, 0)
     weights = tuple(float(w) for w in loss_cfg.pair_weights)
     if weights and len(weights) != num_pairs:
       raise ConfigError(f"loss.pair_weights has {len(weights)} weights for {num_pairs} pairs in schedule.pairs")
+    if weights and method != "starbucks":
+      raise ConfigError(f"loss.pair_weights weighs the pairs of schedule.method='starbucks' one by one; "
+                        f"schedule.method={method!r} trains other pairs: use loss.pair_weighting")
+    if weights and loss_cfg.pair_weighting != "uniform":
+      raise ConfigError(f"loss.pair_weights and loss.pair_weighting={loss_cfg.pair_weighting!r} both set the "
+                        "pair weights: keep one")
+    check_choice("loss.teacher", loss_cfg.teacher, TEACHERS)
+    if loss_cfg.teacher == "frozen" and (loss_cfg.kl == "none" or method not in KL_METHODS):
+      raise ConfigError(f"loss.teacher='frozen' is the KL's teacher for schedule.method in {KL_METHODS} with a "
+                        f"loss.kl; this run has method={method!r}, kl={loss_cfg.kl!r}")
+    sampled = method in ("2dmse", "2dmse_retrieval")
+    if sampled and (loss_cfg.pair_weighting != "uniform" or loss_cfg.full_weight != 1.0):
+      raise ConfigError(f"loss.pair_weighting and loss.full_weight weigh a fixed schedule's pairs; "
+                        f"schedule.method={method!r} samples its own (see loss.layer_weighting)")
     fields = {f.name: loss_cfg[f.name] for f in dataclasses.fields(cls)}
     return cls(**{**fields, "pair_weights": weights})
 
@@ -202,24 +227,48 @@ def layer_weight(layer, weighting: str):
   return jnp.ones((), jnp.float32)
 
 
+def pair_task_weights(pairs: Sequence[tuple[int, int]], full_pair: tuple[int, int], cfg: LossConfig,
+                      tasks: Sequence[jax.Array]) -> list:
+  """The task weight of each pair: `pair_weights` as given, or a named scheme scaled to mean 1 over
+  the pairs ('inverse_layer' 1/n, 'log_layer' 1/(1 + ln n), 'inverse_loss' 1/L of the pair's task
+  loss this step, gradient stopped); then the full pair's times `full_weight`."""
+  if cfg.pair_weights:
+    weights = list(cfg.pair_weights)
+  elif cfg.pair_weighting == "uniform":
+    weights = [1.0] * len(pairs)
+  else:
+    if cfg.pair_weighting == "inverse_layer":
+      raw = [1.0 / n for n, _ in pairs]
+    elif cfg.pair_weighting == "log_layer":
+      raw = [1.0 / (1.0 + math.log(n)) for n, _ in pairs]
+    else:
+      raw = [1.0 / jnp.maximum(jax.lax.stop_gradient(t), 1e-6) for t in tasks]
+    weights = [w * len(raw) / sum(raw) for w in raw]
+  return [w * cfg.full_weight if pair == tuple(full_pair) else w for pair, w in zip(pairs, weights)]
+
+
 def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]], full_pair: tuple[int, int],
-             cfg: LossConfig, *, scores=None, weights: Sequence[float] | None = None,
-             use_kl: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-  """Sum (or mean) over `pairs` of w * task + beta * KL to the full pair (N, D); KL of (N, D) skipped.
+             cfg: LossConfig, *, scores=None, use_kl: bool = True, teacher=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Sum (or mean) over `pairs` of w * task + beta * KL to the full pair (N, D); KL of (N, D) skipped;
+  w from `pair_task_weights`. `teacher` (loss.teacher='frozen'): the starting model's pooled (N, D)
+  vectors of the batch, [R, B, D], the KL's teacher for every pair, (N, D) included.
 
   `pooled_by_layer[n]` is layer n's pooled [R, B, D] from ONE encoder forward. Returns the loss and
-  per-pair metrics {'task/n_d', 'kl/n_d'}.
+  per-pair metrics {'task/n_d', 'kl/n_d'} (and 'weight/n_d' when the weights change per step).
   """
   n_full, d_full = full_pair
-  teacher = pooled_by_layer[n_full]
-  weights = [1.0] * len(pairs) if not weights else list(weights)
+  own = teacher is None
+  teacher = pooled_by_layer[n_full] if own else jax.lax.stop_gradient(teacher)
+  tasks = [task_loss(pooled_by_layer[n], d, cfg, scores) for n, d in pairs]
+  weights = pair_task_weights(pairs, full_pair, cfg, tasks)
   total = jnp.zeros((), jnp.float32)
   metrics = {}
-  for (n, d), w in zip(pairs, weights):
-    task = task_loss(pooled_by_layer[n], d, cfg, scores)
+  for (n, d), w, task in zip(pairs, weights, tasks):
     metrics[f"task/{n}_{d}"] = task
+    if cfg.pair_weighting == "inverse_loss":
+      metrics[f"weight/{n}_{d}"] = w
     total = total + w * task
-    if use_kl and cfg.kl != "none" and (n, d) != (n_full, d_full):
+    if use_kl and cfg.kl != "none" and (not own or (n, d) != (n_full, d_full)):
       kl = kl_term(teacher, pooled_by_layer[n], d, cfg)
       metrics[f"kl/{n}_{d}"] = kl
       total = total + cfg.kl_weight * kl
@@ -235,7 +284,7 @@ def mask_dims(x, d):
 
 
 def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossConfig, *, rng=None,
-              scores=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              scores=None, teacher=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """The loss of one step of `plan` (schedule.Plan) from one forward's pooled vectors per layer.
 
   Fixed plans (starbucks, full, mrl, grid, separate) are `srl_loss` over plan.pairs. The sampled
@@ -247,8 +296,10 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
     for d < D.
   """
   if not plan.sample_layers:
-    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores,
-                    weights=cfg.pair_weights or None, use_kl=plan.use_kl)
+    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores, use_kl=plan.use_kl,
+                    teacher=teacher)
+  if teacher is not None:
+    raise ValueError(f"a frozen teacher is for fixed plans; {plan.method!r} samples")
   draw = schedule.sample(plan, rng)
   teacher = pooled_by_layer[plan.teacher[0]]
   D = pooled_dim(teacher)

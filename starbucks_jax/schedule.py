@@ -58,7 +58,7 @@ def grid(num_layers: int, hidden_size: int, dims: Iterable[int]) -> tuple[Pair, 
 # ---------------------------------------------------------------------------------------------
 # What each method trains on a step (docs/method.md, "SRL fine-tuning" and "Baselines").
 # ---------------------------------------------------------------------------------------------
-METHODS = ("starbucks", "full", "mrl", "2dmse", "2dmse_retrieval", "grid", "separate")
+METHODS = ("starbucks", "full", "mrl", "starbucks_mrl", "2dmse", "2dmse_retrieval", "grid", "separate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +94,9 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
     return Plan(method, ((N, D),), (N, D), (N,), use_kl=False)
   if method == "mrl":  # every dim of S on the last layer, no KL (sentence-transformers' MatryoshkaLoss)
     return Plan(method, tuple((N, d) for d in dims), (N, D), (N,), use_kl=False)
+  if method == "starbucks_mrl":  # the diagonal and every dim of S on the last layer, KL to (N, D)
+    both = sorted(set(pairs) | {(N, d) for d in dims})
+    return Plan(method, tuple(both), (N, D), layers + (N,), use_kl=True)
   if method == "grid":  # every layer of S with every dim of S, KL to (N, D)
     return Plan(method, tuple((n, d) for n in layers for d in dims), (N, D), layers + (N,), use_kl=True)
   if method == "2dmse":  # last layer + one sampled earlier hidden state (0..N-1), one sampled dim of S each

@@ -101,14 +101,22 @@ def test_abstract_batches_match_the_batchers(tiny_hf_dir):
   length = batch["ids"].shape[-1]
   want = finetune.abstract_batch(ft, length)
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+  with ft.unlocked():  # a frozen teacher's vectors ride with the batch
+    ft.loss.teacher = "frozen"
+  R, H = len(batcher.examples.texts), pre.config.hidden_size
+  batcher.teacher = np.zeros((len(batcher.examples), R, H), np.float32)
+  _, batch = next(batcher.batches(0, 1))
+  want = finetune.abstract_batch(ft, batch["ids"].shape[-1], hidden=H)
+  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   with ft.unlocked():
     ft.data.packing = True
   batcher, _ = finetune.make_batcher(ft, pre.tokenizer, 32, shards=2)
+  batcher.teacher = np.zeros((len(batcher.examples), R, H), np.float32)
   _, batch = next(batcher.batches(0, 1))
-  want = finetune.abstract_batch(ft, batcher.pack_length, shards=2, rows=batch["ids"].shape[0])
+  want = finetune.abstract_batch(ft, batcher.pack_length, shards=2, rows=batch["ids"].shape[0], hidden=H)
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   B = ft.data.batch_size  # triplets: without `rows`, one row a text (the memory bound)
-  assert finetune.abstract_batch(ft, 24, shards=2)["ids"].shape == (3 * B, 24)
+  assert finetune.abstract_batch(ft, 24, shards=2, hidden=H)["ids"].shape == (3 * B, 24)
   pt = tiny("pt.py:tiny")
   with pt.unlocked():
     pt.model.init_from = tiny_hf_dir

@@ -99,16 +99,28 @@ def test_srl_gradient_holds_no_copy_of_the_hidden_state_stack():
   assert max_rel_diff(ours_grad(params), stack_grad(params))[0] < 1e-5
 
 
-# full and mrl are fixed pair lists like starbucks (same step code); the others each have their own path.
+# full, mrl and starbucks_mrl are fixed pair lists like starbucks and grid (same step code); the others
+# each have their own path. grid also trains with per-step pair weights (inverse_loss) and full_weight;
+# starbucks with the frozen teacher (no dropout: at step 1 the model is the teacher, KL 0 at (N, D)).
 @pytest.mark.parametrize("method", ["starbucks", "2dmse", "2dmse_retrieval", "grid", "separate"])
 def test_every_method_trains_two_steps(tiny_run, tmp_path, method):
   with tiny_run.unlocked():
     tiny_run.schedule.method = method
     tiny_run.schedule.separate_pair = (1, 8)
+    if method == "grid":
+      tiny_run.loss.pair_weighting, tiny_run.loss.full_weight = "inverse_loss", 0.5
+    if method == "starbucks":
+      tiny_run.loss.teacher, tiny_run.train.dropout = "frozen", False
+      tiny_run.train.lr, tiny_run.train.warmup_ratio = 1e-3, 0.0  # step 1 moves the model off the teacher
   records = finetune.run(tiny_run, str(tmp_path / method))
   rows = [json.loads(line) for line in open(tmp_path / method / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2]
   assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in rows)
+  if method == "grid":  # (1, 8) (1, 32) (2, 8) (2, 32): weights of mean 1, the full pair's halved
+    weights = [rows[0][f"weight/{n}_{d}"] for n, d in ((1, 8), (1, 32), (2, 8), (2, 32))]
+    assert sum(weights[:3]) + 2 * weights[3] == pytest.approx(4, rel=1e-5)
+  if method == "starbucks":
+    assert rows[0]["kl/2_32"] < 1e-6 * rows[0]["kl/1_8"] and rows[1]["kl/2_32"] > 100 * rows[0]["kl/2_32"]
   pairs = {(r["layer"], r["dim"]) for r in records}
   assert pairs == ({(1, 8)} if method == "separate" else {(1, 8), (2, 32)})
   assert checkpoint.manager(str(tmp_path / method), read_only=True).latest_step() == 2
@@ -199,6 +211,7 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
            ("train.warmup_ratio", 1.5, "train.warmup_ratio=1.5; must be >= 0 and <= 1"),
            ("data.train", "nowhere.jsonl", "data.train: nowhere.jsonl: no such file"),
            ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 2 pairs"),
+           ("loss.pair_weighting", "inverse", "loss.pair_weighting='inverse'"),
            ("train.forward_splits", 0, "train.forward_splits=0; must be >= 1"),
            ("train.forward_splits", 3, "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards"),
            ("data.pack_length", -1, "data.pack_length=-1; must be >= 0"),

@@ -1,11 +1,15 @@
 """Each loss against an independent float64 numpy computation of docs/method.md's equations."""
 
+import dataclasses
+import re
+
 import numpy as np
 import pytest
 import jax
 import jax.numpy as jnp
 
 from starbucks_jax import losses, schedule
+from starbucks_jax.config_lib import ConfigError
 
 RNG = np.random.default_rng(0)
 R, B, D = 3, 5, 12
@@ -156,10 +160,90 @@ def test_layer_weights_follow_sentence_transformers():
 def test_pair_weights_scale_the_task_term(pooled):
   cfg = losses.LossConfig(kl="none")
   base, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
-  weighted, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, weights=[2.0, 0.0, 1.0])
+  weighted, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL, dataclasses.replace(cfg, pair_weights=(2.0, 0.0, 1.0)))
   want = 2 * m["task/1_3"] + m["task/3_12"]
   assert float(weighted) == pytest.approx(float(want), rel=1e-6)
   assert float(base) == pytest.approx(float(sum(m.values())), rel=1e-6)
+
+
+# Hand-computed task weights over PAIRS (layers 1, 2, 3), before full_weight: mean 1 over the pairs.
+INVERSE_LAYER = [3 * w / (1 + 1 / 2 + 1 / 3) for w in (1, 1 / 2, 1 / 3)]  # 1.636, 0.818, 0.545
+LOG_LAYER = [3 * w / sum(1 / (1 + np.log(n)) for n in (1, 2, 3)) for w in (1 / (1 + np.log(n)) for n in (1, 2, 3))]
+
+
+@pytest.mark.parametrize("weighting, full_weight, kl", [
+    ("inverse_layer", 1.0, "none"), ("log_layer", 1.0, "features"), ("inverse_loss", 1.0, "scores"),
+    ("uniform", 0.25, "features"), ("inverse_layer", 0.5, "none")])
+def test_named_pair_weightings_and_the_full_weight_equal_hand_computed_sums(pooled, weighting, full_weight, kl):
+  """L = sum of w_i * task_i + beta * KL_i, the w_i computed here by hand from the scheme's formula."""
+  cfg = losses.LossConfig(kl=kl, pair_weighting=weighting, full_weight=full_weight)
+  with jax.enable_x64(True):
+    got, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
+  tasks = [float(m[f"task/{n}_{d}"]) for n, d in PAIRS]
+  if weighting == "inverse_loss":
+    inv = [1 / t for t in tasks]
+    weights = [3 * w / sum(inv) for w in inv]
+    assert [float(m[f"weight/{n}_{d}"]) for n, d in PAIRS] == pytest.approx(weights, rel=1e-9)
+  else:
+    weights = {"uniform": [1.0, 1.0, 1.0], "inverse_layer": INVERSE_LAYER, "log_layer": LOG_LAYER}[weighting]
+  weights = weights[:-1] + [weights[-1] * full_weight]  # FULL is the last pair
+  kls = sum(float(v) for k, v in m.items() if k.startswith("kl/"))
+  assert float(got) == pytest.approx(sum(w * t for w, t in zip(weights, tasks)) + kls, rel=1e-9)
+  if kl == "none":  # the task terms, as the unweighted loss computes them
+    with jax.enable_x64(True):
+      _, plain = losses.srl_loss(_jax(pooled), PAIRS, FULL, losses.LossConfig(kl="none"))
+    assert tasks == pytest.approx([float(plain[f"task/{n}_{d}"]) for n, d in PAIRS], rel=1e-12)
+
+
+@pytest.mark.parametrize("kl", ["features", "scores"])
+def test_a_frozen_teacher_is_the_kl_teacher_of_every_pair(pooled, kl):
+  """teacher given: L = sum of task_i + beta * KL(teacher || pair_i) over every pair, (N, D) included,
+  and no gradient flows into the teacher."""
+  cfg = losses.LossConfig(kl=kl, kl_weight=0.5, kl_temperature=0.3 if kl == "features" else 1.0, teacher="frozen")
+  frozen = RNG.normal(size=(R, B, D))
+  with jax.enable_x64(True):
+    got, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, teacher=jnp.asarray(frozen))
+    kls = [float(losses.kl_term(jnp.asarray(frozen), jnp.asarray(pooled[n]), d, cfg)) for n, d in PAIRS]
+  assert set(m) == {f"task/{n}_{d}" for n, d in PAIRS} | {f"kl/{n}_{d}" for n, d in PAIRS}
+  tasks = [float(m[f"task/{n}_{d}"]) for n, d in PAIRS]
+  assert float(got) == pytest.approx(sum(tasks) + 0.5 * sum(kls), rel=1e-9)
+  if kl == "features":  # the feature KL by hand: softmax over each input's first d features
+    n, d = FULL
+    t, s = frozen.reshape(-1, D)[:, :d], pooled[n].reshape(-1, D)[:, :d]
+    assert kls[-1] == pytest.approx(0.3 * np_kl(t, s), rel=1e-9)
+  g = jax.grad(lambda t: losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, teacher=t)[0])(jnp.asarray(frozen))
+  assert not np.asarray(g).any()
+
+
+def test_inverse_loss_weights_carry_no_gradient(pooled):
+  """The gradient of w_i * L_i is w_i * dL_i: the weight is a constant of the step."""
+  cfg = losses.LossConfig(kl="none", pair_weighting="inverse_loss")
+  x = {n: jnp.asarray(pooled[n], jnp.float32) for n in pooled}
+  grads = jax.grad(lambda p: losses.srl_loss(p, PAIRS, FULL, cfg)[0])(x)
+  _, m = losses.srl_loss(x, PAIRS, FULL, cfg)
+  want = {n: 0.0 for n in pooled}
+  for n, d in PAIRS:
+    g = jax.grad(lambda v: losses.task_loss(v, d, cfg))(x[n])
+    want[n] = want[n] + float(m[f"weight/{n}_{d}"]) * g
+  for n in (1, 2, 3):
+    np.testing.assert_allclose(grads[n], want[n], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("changes, method, message", [
+    (dict(pair_weighting="inverse"), "starbucks", "loss.pair_weighting='inverse'"),
+    (dict(full_weight=-1.0), "starbucks", "loss.full_weight"),
+    (dict(pair_weights=(1.0, 2.0, 3.0), pair_weighting="log_layer"), "starbucks", "keep one"),
+    (dict(pair_weights=(1.0, 2.0, 3.0)), "grid", "use loss.pair_weighting"),
+    (dict(pair_weighting="inverse_layer"), "2dmse", "samples its own"),
+    (dict(full_weight=0.5), "2dmse_retrieval", "samples its own"),
+    (dict(teacher="teacher"), "starbucks", "loss.teacher='teacher'"),
+    (dict(teacher="frozen"), "mrl", "this run has method='mrl'"),
+    (dict(teacher="frozen", kl="none"), "starbucks", "kl='none'")])
+def test_pair_weighting_config_errors_name_the_key(changes, method, message):
+  block = losses.loss_config()
+  block.update(changes)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    losses.LossConfig.from_config(block, 3, method)
 
 
 def test_mask_dims_equals_truncation(pooled):

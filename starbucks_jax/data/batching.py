@@ -164,6 +164,7 @@ class Batcher:
       log.warning("%d training texts are longer than max_length=%d and were truncated", truncated,
                   max_length)
     self._epochs: dict[int, list[np.ndarray]] = {}
+    self.teacher: np.ndarray | None = None  # [N, R, D] vectors served as batch['teacher'] [B, R, D] (loss.teacher=frozen)
     self._buckets = None
     self.pack_length = None
     if pack_length is not None:  # 0: the longest text, rounded up to a multiple of 8
@@ -267,6 +268,8 @@ class Batcher:
         self.pad_id).items()}
     if self.examples.scores is not None:
       batch["scores"] = self.examples.scores[rows]
+    if self.teacher is not None:
+      batch["teacher"] = self.teacher[rows]
     return batch
 
   def make_batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -282,6 +285,8 @@ class Batcher:
     batch = {"ids": ids, "mask": mask.astype(np.int32)}
     if self.examples.scores is not None:
       batch["scores"] = self.examples.scores[rows]
+    if self.teacher is not None:
+      batch["teacher"] = self.teacher[rows]
     return batch
 
   def batches(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
