@@ -1,13 +1,14 @@
 """Results of many runs as one table and as pictures.
 
     python -m starbucks_jax.report RUN_OR_SWEEP_DIR [...] --out DIR [--label RUN=LABEL ...]
-        [--dataset stsb] [--metric spearman_cosine]
+        [--dataset stsb] [--metric spearman_cosine] [--split test]
 
 `collect` reads every `results/<name>.json` under the given directories (a workdir, or a folder of
 workdirs) with the run's config.json, and labels each record with its method (schedule.method;
 `--label` overrides per run directory). The report writes, into --out:
 - table.md: one row per label and a column per (layer, dim), best value per column in bold, and the
-  mean over the sizes (as the paper's Table A1); separate runs (one pair each) share one row;
+  mean over the sizes (as the paper's Table A1); separate runs (one pair each) share one row; runs
+  of one label at the same pairs (seeds) are averaged, shown as mean ± sample sd (runs);
 - sizes.png: the metric per size, one line per label;
 - grid.png: a layer x dim heatmap per label for runs evaluated on the whole grid (eval.grid=True);
 - curves.png: training loss against step from each run's metrics.jsonl.
@@ -71,28 +72,77 @@ def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[
   return out
 
 
-def table(records: list[dict[str, Any]], dataset: str, metric: str, pairs=None) -> tuple[list, dict]:
-  """(pairs, {label: {pair: value}}) for one dataset and metric; `pairs` default: the sizes every
-  label shares the most, i.e. all (layer, dim) seen, sorted."""
-  rows: dict[str, dict[tuple[int, int], float]] = {}
+def by_run(records: list[dict[str, Any]], dataset: str, metric: str, split: str | None = None
+           ) -> dict[str, dict[str, dict[tuple[int, int], float]]]:
+  """{label: {run: {pair: value}}} for one dataset, metric (and split): runs of one label are its seeds.
+  Records of several splits need `split` (a ValueError otherwise: their values would mix)."""
+  if split is None:
+    splits = sorted({r.get("split") for r in records if r["dataset"] == dataset and r["metric"] == metric})
+    if len(splits) > 1:
+      raise ValueError(f"{dataset} {metric} has splits {', '.join(map(str, splits))}: choose one (--split)")
+  out: dict[str, dict[str, dict[tuple[int, int], float]]] = {}
   for r in records:
-    if r["dataset"] == dataset and r["metric"] == metric:
-      rows.setdefault(r["label"], {})[(r["layer"], r["dim"])] = r["value"]
+    if r["dataset"] == dataset and r["metric"] == metric and split in (None, r.get("split")):
+      out.setdefault(r["label"], {}).setdefault(r["run"], {})[(r["layer"], r["dim"])] = r["value"]
+  return out
+
+
+def table(records: list[dict[str, Any]], dataset: str, metric: str, pairs=None, split: str | None = None
+          ) -> tuple[list, dict]:
+  """(pairs, {label: {pair: value}}) for one dataset and metric (and split); a pair several runs of a
+  label hold (seeds) gets their mean. `pairs` default: every (layer, dim) seen, sorted."""
+  rows = {label: _means(runs) for label, runs in by_run(records, dataset, metric, split).items()}
   if pairs is None:
     pairs = sorted({p for row in rows.values() for p in row})
   return list(pairs), rows
 
 
-def markdown(pairs, rows: dict[str, dict], *, digits: int = 4) -> str:
+def _means(runs: dict[str, dict]) -> dict[tuple[int, int], float]:
+  pairs = {p for row in runs.values() for p in row}
+  return {p: sum(row[p] for row in runs.values() if p in row) / sum(p in row for row in runs.values())
+          for p in sorted(pairs)}
+
+
+def _sd(values: list[float]) -> float:
+  mean = sum(values) / len(values)
+  return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def spreads(records: list[dict[str, Any]], dataset: str, metric: str, pairs, split: str | None = None
+            ) -> dict[str, dict[Any, tuple[float, int]]]:
+  """{label: {pair or 'mean': (sample standard deviation, runs)}} where a label has several runs (its
+  seeds) at that pair; 'mean' is over the runs' means over `pairs` (runs holding all of them)."""
+  out = {}
+  for label, runs in by_run(records, dataset, metric, split).items():
+    cells = {}
+    for p in pairs:
+      values = [row[p] for row in runs.values() if p in row]
+      if len(values) > 1:
+        cells[p] = (_sd(values), len(values))
+    means = [sum(row[p] for p in pairs) / len(pairs) for row in runs.values() if all(p in row for p in pairs)]
+    if len(means) > 1:
+      cells["mean"] = (_sd(means), len(means))
+    if cells:
+      out[label] = cells
+  return out
+
+
+def markdown(pairs, rows: dict[str, dict], *, digits: int = 4, spread: dict | None = None) -> str:
+  """One row per label; a cell with several runs (seeds) reads 'mean ± sd (n)'."""
+  spread = spread or {}
   best = {p: max((row[p] for row in rows.values() if p in row), default=None) for p in pairs}
+
+  def cell(label, key, v, bold=False):
+    text = f"**{v:.{digits}f}**" if bold else f"{v:.{digits}f}"
+    if key in spread.get(label, {}):
+      sd, n = spread[label][key]
+      text += f" ± {sd:.{digits}f} ({n})"
+    return text
   lines = ["| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
            "|---|" + "---:|" * (len(pairs) + 1)]
   for label, row in rows.items():
-    cells = []
-    for p in pairs:
-      v = row.get(p)
-      cells.append("" if v is None else (f"**{v:.{digits}f}**" if v == best[p] else f"{v:.{digits}f}"))
-    mean = f"{sum(row[p] for p in pairs) / len(pairs):.{digits}f}" if all(p in row for p in pairs) else ""
+    cells = ["" if row.get(p) is None else cell(label, p, row[p], row[p] == best[p]) for p in pairs]
+    mean = cell(label, "mean", sum(row[p] for p in pairs) / len(pairs)) if all(p in row for p in pairs) else ""
     lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
   return "\n".join(lines)
 
@@ -190,15 +240,16 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
 
 
 def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str, title: str = "",
-          pairs=None) -> dict[str, str]:
-  """table.md, sizes.png, grid.png (when a grid was evaluated) and curves.png into `out`."""
+          pairs=None, split: str | None = None) -> dict[str, str]:
+  """table.md, sizes.png, grid.png (when a grid was evaluated) and curves.png into `out`; runs
+  sharing a label (seeds) are averaged, with their spread in the table."""
   if not records:
     raise ValueError("no result records to report")
   os.makedirs(out, exist_ok=True)
-  _, full_rows = table(records, dataset, metric)
+  _, full_rows = table(records, dataset, metric, split=split)
   if not full_rows:
-    have = sorted({(r["dataset"], r["metric"]) for r in records})
-    raise ValueError(f"no records for dataset={dataset!r} metric={metric!r}; the runs have {have}")
+    have = sorted({(r["dataset"], r.get("split"), r["metric"]) for r in records})
+    raise ValueError(f"no records for dataset={dataset!r} split={split!r} metric={metric!r}; the runs have {have}")
   if pairs is None:  # the schedules' sizes: every pair of a run not evaluated on the whole grid
     schedules = [row for row in full_rows.values() if not is_grid(row)] or list(full_rows.values())
     pairs = sorted({p for row in schedules for p in row})
@@ -209,7 +260,11 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
                   for label, row in full_rows.items() if is_grid(row))
   head = f"# {title}\n\n" if title else ""
   if not all(is_grid(row) for row in full_rows.values()):  # a grid alone is its matrix only
-    head += f"{dataset} {metric} per (layer, dim); best per column in bold.\n\n" + markdown(pairs, rows) + "\n"
+    spread = spreads(records, dataset, metric, pairs, split)
+    where = f"{dataset}{'/' + split if split else ''} {metric}"
+    seeds = "; several runs of a method (seeds): mean ± sample standard deviation (runs)" if spread else ""
+    head += (f"{where} per (layer, dim); best per column in bold{seeds}.\n\n"
+             + markdown(pairs, rows, spread=spread) + "\n")
   with open(files["table"], "w", encoding="utf8") as f:
     f.write(head + grids)
   files["sizes"] = plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
@@ -231,6 +286,7 @@ def main(argv=None):
   p.add_argument("--out", required=True)
   p.add_argument("--dataset", default="stsb")
   p.add_argument("--metric", default="spearman_cosine")
+  p.add_argument("--split", help="only this split of the dataset (e.g. dev or test)")
   p.add_argument("--title", default="")
   p.add_argument("--label", action="append", default=[], help="RUN_DIR=LABEL (repeatable)")
   args = p.parse_args(argv)
@@ -240,7 +296,8 @@ def main(argv=None):
       p.error(f"--label {item!r}: expected RUN_DIR=LABEL")
     run, label = item.split("=", 1)
     labels[run] = label
-  files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric, title=args.title)
+  files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric, title=args.title,
+                split=args.split)
   print(open(files["table"]).read())
   for kind, path in files.items():
     print(f"{kind}: {path}")

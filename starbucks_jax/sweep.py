@@ -49,6 +49,7 @@ class Report:
   dataset: str
   metric: str
   title: str = ""
+  split: str | None = None  # only this split of the dataset (None: any)
 
 
 def launch(runs: Sequence[Run], root: str, *, print_only: bool = False, cwd: str | None = None) -> None:
@@ -75,7 +76,7 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, int
       continue
     labels = {os.path.normpath(r.workdir(root)): r.label for r in finished if r.label}
     records = report.collect([r.workdir(root) for r in finished], labels)
-    files = report.write(records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title)
+    files = report.write(records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title, split=rep.split)
     missing = [r.name for r in chosen if not r.done(root)]
     commits = {}
     for r in finished:

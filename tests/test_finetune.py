@@ -1,5 +1,6 @@
 """The fine-tuning step, the baselines, resume and config errors; on a tiny random BERT."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -295,6 +296,16 @@ def test_packed_step_equals_the_padded_step(tmp_path, pooling, shards):
   assert float(l2) == pytest.approx(float(l1), rel=1e-5)
   rel, scale = max_rel_diff(g2, g1)
   assert rel < 1e-5 and scale > 1e-3
+  # a frozen teacher's vectors ([B, R, D] with each batch) meet their own examples in both layouts
+  frozen = dataclasses.replace(loss_cfg, teacher="frozen")
+  padded.teacher = packed.teacher = np.random.default_rng(0).normal(size=(16, 3, cfg.hidden_size)).astype(np.float32)
+  plain = finetune.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False)
+  packing = finetune.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False,
+                                   packed=finetune.Packing(3, 8, shards))
+  (l3, aux3), _ = jax.jit(plain.value_and_grad)(params, padded.make_batch(rows), key)
+  (l4, _), _ = jax.jit(packing.value_and_grad)(params, packed.make_batch(rows), key)
+  assert float(l4) == pytest.approx(float(l3), rel=1e-5) and float(l3) != pytest.approx(float(l1), rel=1e-3)
+  assert f"kl/{plan.teacher[0]}_{plan.teacher[1]}" in aux3  # the full pair has a KL to the frozen teacher
 
 
 def test_split_forwards_draw_each_splits_dropout(tmp_path):

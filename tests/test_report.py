@@ -46,10 +46,34 @@ def test_collect_table_and_pictures(tmp_path):
   assert set(files) == {"table", "sizes", "grid", "curves"}
   for kind in ("sizes", "grid", "curves"):
     assert open(files[kind], "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(files[kind]) > 5000
-  with pytest.raises(ValueError, match=r"no records for dataset='scifact'.*\('stsb', 'spearman_cosine'\)"):
+  with pytest.raises(ValueError, match=r"no records for dataset='scifact'.*\('stsb', 'test', 'spearman_cosine'\)"):
     report.write(records, str(tmp_path / "o2"), dataset="scifact", metric="nDCG@10")
   with pytest.raises(FileNotFoundError, match="nowhere: no such run"):
     report.collect([str(tmp_path / "nowhere")])
+
+
+def test_seeds_average_with_their_spread_and_splits_stay_apart(tmp_path):
+  """Runs of one label (seeds) give mean ± sample sd (runs) per pair and for the mean over pairs;
+  dev and test records of one dataset are reported apart."""
+  root = tmp_path / "sweep"
+  for seed, values in enumerate(([0.5, 0.7, 0.9], [0.6, 0.7, 0.8], [0.7, 0.7, 0.7])):
+    fake_run(root / f"srl_{seed}", "starbucks", values)
+    with open(root / f"srl_{seed}" / "results" / "final.json") as f:
+      test = json.load(f)
+    dev = [dict(r, split="dev", value=r["value"] - 0.1) for r in test]
+    results.write(str(root / f"srl_{seed}"), "final", test + dev)
+  fake_run(root / "full", "full", [0.4, 0.6, 0.95])
+  records = report.collect([str(root)], {str(root / f"srl_{s}"): "SRL" for s in range(3)})
+  table = open(report.write(records, str(tmp_path / "t"), dataset="stsb", metric="spearman_cosine",
+                            split="test")["table"]).read()
+  # (1,16): 0.5 0.6 0.7 -> 0.6 ± 0.1; (4,64): 0.9 0.8 0.7 -> 0.8 ± 0.1; means over pairs 0.7 0.7 0.7 -> sd 0
+  assert "| SRL | **0.6000** ± 0.1000 (3) | **0.7000** ± 0.0000 (3) | 0.8000 ± 0.1000 (3) | 0.7000 ± 0.0000 (3) |" in table
+  assert "| full | 0.4000 | 0.6000 | **0.9500** | 0.6500 |" in table and "stsb/test spearman_cosine" in table
+  dev = open(report.write(records, str(tmp_path / "d"), dataset="stsb", metric="spearman_cosine",
+                          split="dev")["table"]).read()
+  assert "| SRL | **0.5000** ± 0.1000 (3) |" in dev and "full" not in dev  # full has no dev records
+  with pytest.raises(ValueError, match="stsb spearman_cosine has splits dev, test: choose one"):
+    report.write(records, str(tmp_path / "b"), dataset="stsb", metric="spearman_cosine")
 
 
 def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):

@@ -1,0 +1,104 @@
+"""Ablations the Starbucks paper did not run (issue 25), at CPU scale.
+
+The `sts` recipe as configs/ft.py:sts_cpu runs it (all-MiniLM-L6-v2, its six pairs (1,16)..(6,384),
+STS-B train from ../shared/data, CoSENT, batch 16, 4 epochs), evaluated on STS-B dev and test. One
+run per variant at seed 0, SRL at seeds 0, 1, 2; once every seed-0 run has finished, the two
+variants with the best STS-B dev mean over the pairs (never test) also run at seeds 1 and 2.
+
+    python experiments/sweep_ablations.py [--root workdirs] [--only ablations/srl] [--print-only]
+        [--report-only]
+
+Runs one after another (~20-30 min each on 2 cores; the whole sweep ~7 h: run it over several
+sessions, it skips finished runs and resumes an interrupted one), then writes
+experiments/results_cpu/ablations/{dev,test}/ (table.md with mean ± sd over seeds, sizes.png,
+curves.png). Variants (docs/method.md):
+- kl: the paper's score KL (teacher detached, as the authors' retrieval code) and undetached; the
+  authors' feature KL detached; no KL;
+- reduction and weights: mean over pairs; pair weights 1/n, 1/(1+ln n), 1/(the pair's loss); the
+  full pair's task weight halved;
+- schedule: the diagonal plus every dim at the last layer (starbucks_mrl); the whole 6 x 6 grid;
+- teacher: a frozen copy of the starting model's full size.
+"""
+
+import json
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from starbucks_jax.sweep import Report, Run, main  # noqa: E402
+
+RECIPE = "configs/ft.py:sts_cpu"
+SHARED = "../shared/data"
+EVAL = f"--config.eval.sts=stsb/dev={SHARED}/stsb/dev.jsonl,stsb/test={SHARED}/stsb/test.jsonl"
+OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu", "ablations")
+PREFIX = "ablations/"
+SEEDS = (1, 2)  # the extra seeds of SRL and of the two best variants (seed 0 is every run's)
+
+# label -> (config argument, overrides); SRL is the paper's recipe as this project runs it
+VARIANTS = {
+    "SRL": ("", ()),
+    "kl=scores (detached)": ("", ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
+                                  "--config.loss.kl_temperature=1.0")),
+    "kl=scores (not detached)": ("", ("--config.loss.kl=scores", "--config.loss.kl_temperature=1.0")),
+    "kl=features (detached)": ("", ("--config.loss.kl_detach=True",)),
+    "no KL": ("", ("--config.loss.kl=none",)),
+    "mean over pairs": ("", ("--config.loss.reduction=mean",)),
+    "weights 1/n": ("", ("--config.loss.pair_weighting=inverse_layer",)),
+    "weights 1/(1+ln n)": ("", ("--config.loss.pair_weighting=log_layer",)),
+    "weights 1/loss": ("", ("--config.loss.pair_weighting=inverse_loss",)),
+    "full weight 0.5": ("", ("--config.loss.full_weight=0.5",)),
+    "diagonal + MRL": (",method=starbucks_mrl", ()),
+    "grid": (",method=grid", ()),
+    "frozen teacher": ("", ("--config.loss.teacher=frozen",)),
+}
+
+
+def slug(label: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
+
+
+def run(label: str, seed: int) -> Run:
+  arg, overrides = VARIANTS[label]
+  name = f"{PREFIX}{slug(label)}" + (f"_seed{seed}" if seed else "")
+  return Run(name, RECIPE + arg, (EVAL, f"--config.seed={seed}", *overrides), label=label)
+
+
+def dev_mean(workdir: str) -> float | None:
+  """The STS-B dev Spearman of a finished run, mean over its pairs (the selection criterion)."""
+  path = os.path.join(workdir, "results", "final.json")
+  if not os.path.exists(path):
+    return None
+  values = [r["value"] for r in json.load(open(path)) if r["dataset"] == "stsb" and r["split"] == "dev"]
+  return sum(values) / len(values) if values else None
+
+
+def runs(root: str) -> list[Run]:
+  """Seed 0 of every variant and the SRL seeds; then, once seed 0 is done everywhere, the extra seeds
+  of the two best variants by STS-B dev mean."""
+  out = [run(label, 0) for label in VARIANTS] + [run("SRL", s) for s in SEEDS]
+  scores = {label: dev_mean(run(label, 0).workdir(root)) for label in VARIANTS if label != "SRL"}
+  if all(v is not None for v in scores.values()):
+    best = sorted(scores, key=scores.get, reverse=True)[:2]
+    out += [run(label, s) for label in best for s in SEEDS]
+  return out
+
+
+def root_of(argv: list[str]) -> str:
+  for i, a in enumerate(argv):
+    if a == "--root" and i + 1 < len(argv):
+      return argv[i + 1]
+    if a.startswith("--root="):
+      return a.split("=", 1)[1]
+  return "workdirs"
+
+
+REPORTS = [
+    Report(os.path.join(OUT, "dev"), (PREFIX,), "stsb", "spearman_cosine",
+           "STS-B dev Spearman per size (selection): sts recipe, all-MiniLM-L6-v2, 4 epochs", split="dev"),
+    Report(os.path.join(OUT, "test"), (PREFIX,), "stsb", "spearman_cosine",
+           "STS-B test Spearman per size: sts recipe, all-MiniLM-L6-v2, 4 epochs", split="test"),
+]
+
+if __name__ == "__main__":
+  main(runs(root_of(sys.argv[1:])), REPORTS, default_root="workdirs", description=__doc__.split("\n\n")[0])
