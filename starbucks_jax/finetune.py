@@ -153,11 +153,11 @@ def check_teacher(config: ml_collections.ConfigDict) -> None:
 
 
 def frozen_teacher(pretrained: hf.Pretrained, examples: batching.Examples, layer: int, pooling: str,
-                   batch_size: int) -> np.ndarray:
+                   batch_size: int, pack: bool = False) -> np.ndarray:
   """[N, R, D] pooled vectors of every training text at `layer` under the starting weights, without
   dropout (float32): the KL teacher of loss.teacher='frozen', fixed through training (a resumed run
   computes the same)."""
-  embedder = Embedder(pretrained, batch_size=batch_size)
+  embedder = Embedder(pretrained, batch_size=batch_size, pack=pack)
   return np.stack([embedder.encode_layers(texts, (layer,), pooling=pooling)[layer] for texts in examples.texts], 1)
 
 
@@ -383,7 +383,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> 
   pre = setup.pretrained
   if run.loss.teacher == "frozen":  # part of the start-up time (timing.json)
     batcher.teacher = frozen_teacher(pre, batcher.examples, run.plan.teacher[0], config.model.pooling,
-                                     config.eval.batch_size)
+                                     config.eval.batch_size, pack=config.eval.get("packing", False))
     log.info("frozen teacher: %s vectors of the starting model's layer %d", batcher.teacher.shape, run.plan.teacher[0])
   trained = trainer.train_model(config, workdir, setup, pre.params["bert"], lambda tx: run_step(config, run, tx),
                                 batcher, steps,

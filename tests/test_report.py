@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from conftest import REPO
 from starbucks_jax import report, sweep
 from starbucks_jax.evaluate import results
 
@@ -101,3 +102,25 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
   assert "| SRL | **0.5000** |" in open(os.path.join(other, "reports", "rep", "table.md")).read()
   with pytest.raises(SystemExit):
     sweep.main(runs, default_root=root, argv=["--only", "b/"])
+
+
+def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
+  """experiments/sweep_ablations.py: seed 0 of every variant and SRL's seeds; once every seed 0 has
+  finished, seeds 1 and 2 of the two variants with the best STS-B dev mean (not test)."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("sweep_ablations", REPO / "experiments" / "sweep_ablations.py")
+  sweep_ablations = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(sweep_ablations)
+  root = str(tmp_path)
+  first = sweep_ablations.runs(root)
+  assert len(first) == len(sweep_ablations.VARIANTS) + 2 and len({r.name for r in first}) == len(first)
+  assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
+  others = [label for label in sweep_ablations.VARIANTS if label != "SRL"]
+  for i, label in enumerate(others):  # dev ranks the last two best; test ranks the first two best
+    workdir = sweep_ablations.run(label, 0).workdir(root)
+    results.write(workdir, "final", [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.5 + i / 100),
+                                     results.record("stsb", "test", "spearman_cosine", 6, 384, 0.9 - i / 100)])
+  extra = sweep_ablations.runs(root)[len(first):]
+  assert [(r.label, r.overrides[1]) for r in extra] == [
+      (others[-1], "--config.seed=1"), (others[-1], "--config.seed=2"),
+      (others[-2], "--config.seed=1"), (others[-2], "--config.seed=2")]
