@@ -11,7 +11,8 @@ variants with the best STS-B dev mean over the pairs (never test) also run at se
 Runs one after another (~20-30 min each on 2 cores; the whole sweep ~7 h: run it over several
 sessions, it skips finished runs and resumes an interrupted one), then writes
 experiments/results_cpu/ablations/{dev,test}/ (table.md with mean ± sd over seeds, sizes.png,
-curves.png). Variants (docs/method.md):
+curves.png); each finished run's record is kept in results_cpu/ablations/runs/ (committed: a later
+session's checkout, whose workdirs are gone, skips those runs and reports from the records). Variants (docs/method.md):
 - kl: the paper's score KL (teacher detached, as the authors' retrieval code) and undetached; the
   authors' feature KL detached; no KL;
 - reduction and weights: mean over pairs; pair weights 1/n, 1/(1+ln n), 1/(the pair's loss); the
@@ -32,6 +33,7 @@ RECIPE = "configs/ft.py:sts_cpu"
 SHARED = "../shared/data"
 EVAL = f"--config.eval.sts=stsb/dev={SHARED}/stsb/dev.jsonl,stsb/test={SHARED}/stsb/test.jsonl"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu", "ablations")
+ARCHIVE = os.path.join(OUT, "runs")  # each finished run's record (results, config, metrics), committed
 PREFIX = "ablations/"
 SEEDS = (1, 2)  # the extra seeds of SRL and of the two best variants (seed 0 is every run's)
 
@@ -64,20 +66,21 @@ def run(label: str, seed: int) -> Run:
   return Run(name, RECIPE + arg, (EVAL, f"--config.seed={seed}", *overrides), label=label)
 
 
-def dev_mean(workdir: str) -> float | None:
+def dev_mean(r: Run, root: str, archive: str | None) -> float | None:
   """The STS-B dev Spearman of a finished run, mean over its pairs (the selection criterion)."""
-  path = os.path.join(workdir, "results", "final.json")
-  if not os.path.exists(path):
+  folder = r.records(root, archive)
+  if folder is None:
     return None
+  path = os.path.join(folder, "results", "final.json")
   values = [r["value"] for r in json.load(open(path)) if r["dataset"] == "stsb" and r["split"] == "dev"]
   return sum(values) / len(values) if values else None
 
 
-def runs(root: str) -> list[Run]:
+def runs(root: str, archive: str | None = ARCHIVE) -> list[Run]:
   """Seed 0 of every variant and the SRL seeds; then, once seed 0 is done everywhere, the extra seeds
   of the two best variants by STS-B dev mean."""
   out = [run(label, 0) for label in VARIANTS] + [run("SRL", s) for s in SEEDS]
-  scores = {label: dev_mean(run(label, 0).workdir(root)) for label in VARIANTS if label != "SRL"}
+  scores = {label: dev_mean(run(label, 0), root, archive) for label in VARIANTS if label != "SRL"}
   if all(v is not None for v in scores.values()):
     best = sorted(scores, key=scores.get, reverse=True)[:2]
     out += [run(label, s) for label in best for s in SEEDS]
@@ -101,4 +104,7 @@ REPORTS = [
 ]
 
 if __name__ == "__main__":
-  main(runs(root_of(sys.argv[1:])), REPORTS, default_root="workdirs", description=__doc__.split("\n\n")[0])
+  root = root_of(sys.argv[1:])
+  archive = ARCHIVE if os.path.abspath(root) == os.path.abspath("workdirs") else None
+  main(runs(root, archive), REPORTS, default_root="workdirs", description=__doc__.split("\n\n")[0],
+       archive=ARCHIVE)

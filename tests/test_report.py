@@ -102,6 +102,18 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
   assert "| SRL | **0.5000** |" in open(os.path.join(other, "reports", "rep", "table.md")).read()
   with pytest.raises(SystemExit):
     sweep.main(runs, default_root=root, argv=["--only", "b/"])
+  # an archive keeps each finished run's record: a fresh machine without the workdirs skips the run
+  archive = str(tmp_path / "archive")
+  sweep.main(runs, [sweep.Report(out, ("a/",), "stsb", "spearman_cosine")], default_root=root, argv=[],
+             archive=archive)
+  assert sorted(os.listdir(os.path.join(archive, "a", "starbucks"))) == ["config.json", "metrics.jsonl", "results"]
+  shutil.rmtree(root)
+  assert all(r.done(root, archive) and not r.done(root) for r in runs)
+  os.remove(os.path.join(out, "table.md"))
+  sweep.main(runs, [sweep.Report(out, ("a/",), "stsb", "spearman_cosine")], default_root=root, argv=[],
+             archive=archive)
+  assert "skip a/full: done" in capsys.readouterr().out
+  assert "| SRL | **0.5000** |" in open(os.path.join(out, "table.md")).read()
 
 
 def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
@@ -112,7 +124,7 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   sweep_ablations = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(sweep_ablations)
   root = str(tmp_path)
-  first = sweep_ablations.runs(root)
+  first = sweep_ablations.runs(root, None)
   assert len(first) == len(sweep_ablations.VARIANTS) + 2 and len({r.name for r in first}) == len(first)
   assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
   others = [label for label in sweep_ablations.VARIANTS if label != "SRL"]
@@ -120,7 +132,7 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
     workdir = sweep_ablations.run(label, 0).workdir(root)
     results.write(workdir, "final", [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.5 + i / 100),
                                      results.record("stsb", "test", "spearman_cosine", 6, 384, 0.9 - i / 100)])
-  extra = sweep_ablations.runs(root)[len(first):]
+  extra = sweep_ablations.runs(root, None)[len(first):]
   assert [(r.label, r.overrides[1]) for r in extra] == [
       (others[-1], "--config.seed=1"), (others[-1], "--config.seed=2"),
       (others[-2], "--config.seed=1"), (others[-2], "--config.seed=2")]
