@@ -22,7 +22,7 @@ from starbucks_jax import checkpoint, losses, metrics, schedule, sharding, timin
 from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
 from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
-from starbucks_jax.evaluate import results, retrieval, sts
+from starbucks_jax.evaluate import results, retrieval, search, sts
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, param_logical_axes
 from starbucks_jax.models.pooling import POOLINGS, pooled_layers, pooled_layers_packed
@@ -56,6 +56,9 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   N, D = model.config.num_hidden_layers, model.config.hidden_size
   plan = schedule.plan_from_config(config.schedule, model.pairs, N, D)
   sts_sets, retrieval_sets = check_eval(config.eval)
+  for spec in config.eval.get("retrieval_funnels", ()) if retrieval_sets else ():
+    for (n, d), _ in search.parse_funnel(spec):
+      schedule.check_pair(n, d, N, D, where=f"eval.retrieval_funnels {spec!r}: ")
   loss, shards = None, 1
   if config.mode == "train":
     loss = losses.LossConfig.from_config(config.loss, len(model.pairs), plan.method)
@@ -90,7 +93,19 @@ def check_eval(eval_cfg) -> tuple[tuple, tuple]:
     check_range("eval.query_max_length", eval_cfg.query_max_length, 1)
     check_range("eval.passage_max_length", eval_cfg.passage_max_length, 1)
     check_range("eval.retrieval_k", eval_cfg.retrieval_k, 1)
+    check_funnels(eval_cfg.get("retrieval_funnels", ()))
   return sts_sets, retrieval_sets
+
+
+def check_funnels(funnels) -> None:
+  """eval.retrieval_funnels: each a chain LAYERxDIM:K,... (search.parse_funnel)."""
+  if isinstance(funnels, str):
+    raise ConfigError(f"eval.retrieval_funnels={funnels!r}: a list of chains, e.g. ('2x32:1000,6x384:100',)")
+  for spec in funnels:
+    try:
+      search.parse_funnel(spec)
+    except ValueError as e:
+      raise ConfigError(f"eval.retrieval_funnels: {e}") from None
 
 
 def check_data(config: ml_collections.ConfigDict) -> None:
@@ -405,7 +420,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
     records += retrieval.evaluate_collection(
         embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
-        passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k)
+        passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k,
+        funnels=tuple(config.eval.get("retrieval_funnels", ())))
   metrics.write_results(workdir, records, config.get("log"))
   return results.report(workdir, name, records)
 

@@ -135,7 +135,8 @@ def write_results(workdir: str, records: list[dict], log_cfg=None) -> None:
   if not sharding.is_primary() or not records or not (log_cfg.get("tensorboard", False) or log_cfg.get("wandb")):
     return
   step = last_step(workdir)
-  values = {tag_of(f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"): r["value"]
+  values = {tag_of(f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"
+                   + (f"/funnel_{r['funnel']}" if r.get("funnel") else "")): r["value"]
             for r in records if r["value"] is not None and math.isfinite(r["value"])}
   if log_cfg.get("tensorboard", False):
     from tensorboardX import SummaryWriter

@@ -82,7 +82,8 @@ def by_run(records: list[dict[str, Any]], dataset: str, metric: str, split: str 
       raise ValueError(f"{dataset} {metric} has splits {', '.join(map(str, splits))}: choose one (--split)")
   out: dict[str, dict[str, dict[tuple[int, int], float]]] = {}
   for r in records:
-    if r["dataset"] == dataset and r["metric"] == metric and split in (None, r.get("split")):
+    mine = r["dataset"] == dataset and r["metric"] == metric and split in (None, r.get("split"))
+    if mine and not r.get("funnel"):  # funnels are costs traded for quality: not a size's row
       out.setdefault(r["label"], {}).setdefault(r["run"], {})[(r["layer"], r["dim"])] = r["value"]
   return out
 

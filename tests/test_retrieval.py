@@ -236,6 +236,56 @@ def test_evaluate_collection_writes_runs_and_records(tiny_hf_dir, tmp_path):
   assert retrieval.measure(col.qrels, run, ("nDCG@10",))["nDCG@10"] == pytest.approx(ndcg, abs=1e-6)
 
 
+def test_funnel_search_rescores_the_first_stages_candidates_from_the_index(tiny_hf_dir, tmp_path):
+  """A funnel reads every stage's vectors from the one index: all stages at one size equal plain
+  search; a mixed funnel returns only first-stage candidates, ranked by the last stage's own scores."""
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
+  col = beir.load(write_beir(tmp_path / "toy", n_docs=40), "test")
+  folder = str(tmp_path / "index")
+  index_lib.encode_corpus(embedder, col.doc_ids, col.docs, PAIRS, folder, max_length=32, shard_size=15)
+  q = embedder.encode_layers(col.queries, (1, 2, 4), max_length=16)
+  rows = np.array([[0, 39, 15], [16, 14, 2]])  # across shards
+  np.testing.assert_array_equal(index_lib.gather(folder, 2, 16, rows),
+                                np.concatenate([b for _, b in index_lib.shards(folder, 2, 16)])[rows])
+  for normalize in (False, True):
+    want = search.exact_topk(q[4], index_lib.shards(folder, 4, 32), 5, normalize=normalize)
+    got = search.funnel_topk(q, folder, search.parse_funnel("4x32:30,4x32:12,4x32:5"), normalize=normalize)
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+  first = search.exact_topk(q[1][:, :8], index_lib.shards(folder, 1, 8), 12)[1]
+  scores, rows = search.funnel_topk(q, folder, search.parse_funnel("1x8:12,2x16:6,4x32:3"))
+  full = np.concatenate([b for _, b in index_lib.shards(folder, 4, 32)])
+  for i in range(len(col.queries)):
+    assert set(rows[i]) <= set(first[i])  # never outside the first stage's candidates
+    second = search.exact_topk(q[2][i:i + 1, :16], [(0, index_lib.gather(folder, 2, 16, first[i]))], 6)[1][0]
+    mine = q[4][i].astype(np.float64) @ full[first[i][second]].T.astype(np.float64)  # the last stage by hand
+    np.testing.assert_array_equal(rows[i], first[i][second][np.argsort(-mine, kind="stable")[:3]])
+    np.testing.assert_allclose(scores[i], np.sort(mine)[::-1][:3], rtol=1e-5)
+  for bad, msg in (("2x16", "not LAYERxDIM:K"), ("2x16:5,4x32:10", "stage 2 keeps 10 of the previous stage's 5"),
+                   ("2x16:0", "at least 1")):
+    with pytest.raises(ValueError, match=msg):
+      search.parse_funnel(bad)
+
+
+def test_evaluate_collection_records_funnels_apart(tiny_hf_dir, tmp_path):
+  """Funnel stages not in the pairs are added to the index; the queries are encoded once, to the
+  deepest layer any pair or stage needs; the funnel's records carry it, in a column of their own."""
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
+  asked = []
+  real = embedder.encode_layers
+  embedder.encode_layers = lambda texts, layers, **kw: asked.append(tuple(layers)) or real(texts, layers, **kw)
+  col = beir.load(write_beir(tmp_path / "toy"), "test")
+  funnel = "3x8:10,4x32:5"
+  records = retrieval.evaluate_collection(embedder, col, ((1, 8), (2, 16)), str(tmp_path / "w"), passage_max_length=32,
+                                          query_max_length=16, k=10, funnels=(funnel,))
+  assert asked == [(1, 2, 3, 4), (1, 2, 3, 4)]  # the corpus (one pass, every stored layer), then the queries
+  mine = [r for r in records if r.get("funnel") == funnel]
+  assert {(r["layer"], r["dim"]) for r in mine} == {(4, 32)} and len(mine) == len(retrieval.METRICS)
+  assert os.path.exists(tmp_path / "w" / "runs" / "toy_test_funnel_3x8-10_4x32-5.trec")
+  from starbucks_jax.evaluate import results
+  assert f"toy/test nDCG@10 [{funnel}]" in results.table(records)
+
+
 def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   from conftest import REPO
   from starbucks_jax import config_lib, finetune
@@ -258,6 +308,16 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
     cfg.eval.retrieval = f"toy/dev={tmp_path / 'toy'}"
   with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval \(toy/dev\): .* qrels/dev.tsv"):
     finetune.run(cfg, str(tmp_path / "w2"))
+  with cfg.unlocked():
+    cfg.eval.retrieval = f"toy/test={toy}"
+    cfg.eval.retrieval_funnels = ("2x16:10,9x8:5",)
+  with pytest.raises(ValueError, match=r"eval.retrieval_funnels '2x16:10,9x8:5': layer=9 is outside 1..4"):
+    finetune.run(cfg, str(tmp_path / "w2"))
+  with cfg.unlocked():
+    cfg.eval.retrieval_funnels = ("2x16",)
+  with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval_funnels: funnel '2x16': '2x16' is not LAYERxDIM:K"):
+    finetune.run(cfg, str(tmp_path / "w2"))
+  assert not os.path.exists(tmp_path / "w2" / "index")
 
 
 # ---------------------------------------------------------------------------------------------

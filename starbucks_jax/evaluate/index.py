@@ -94,12 +94,33 @@ def load_ids(folder: str) -> list[str]:
   return json.load(open(os.path.join(folder, "ids.json")))
 
 
-def shards(folder: str, layer: int, dim: int, mmap: bool = True):
-  """The index's vectors of the (layer, dim) sub-model, shard by shard: (first row, [rows, dim])."""
+def gather(folder: str, layer: int, dim: int, rows: np.ndarray) -> np.ndarray:
+  """The (layer, dim) vectors of the index's rows `rows` (any shape, each >= 0) -> [*rows.shape, dim]
+  float32, read from the memory-mapped shards (a funnel's rescoring stages: no re-encoding)."""
+  meta = _meta(folder, layer, dim)
+  rows = np.asarray(rows, np.int64)
+  if rows.size and (rows.min() < 0 or rows.max() >= meta["count"]):
+    raise IndexError(f"{folder}: rows outside 0..{meta['count'] - 1}")
+  out = np.empty(rows.shape + (dim,), np.float32)
+  shard_of, local = np.divmod(rows, meta["shard_size"])
+  for k in np.unique(shard_of):
+    block = np.load(_shard_path(folder, layer, int(k)), mmap_mode="r")
+    here = shard_of == k
+    out[here] = block[local[here], :dim]
+  return out
+
+
+def _meta(folder: str, layer: int, dim: int) -> dict:
   meta = json.load(open(os.path.join(folder, "index.json")))
   kept = meta["layers"].get(str(layer))
   if kept is None or dim > kept:
     raise ValueError(f"{folder}: no vectors for (layer {layer}, dim {dim}); the index keeps {meta['layers']}")
+  return meta
+
+
+def shards(folder: str, layer: int, dim: int, mmap: bool = True):
+  """The index's vectors of the (layer, dim) sub-model, shard by shard: (first row, [rows, dim])."""
+  meta = _meta(folder, layer, dim)
   start = 0
   for k in range(-(-meta["count"] // meta["shard_size"])):
     block = np.load(_shard_path(folder, layer, k), mmap_mode="r" if mmap else None)

@@ -10,11 +10,14 @@ from typing import Any, Iterable
 RESULTS_DIR = "results"
 
 
-def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: float) -> dict[str, Any]:
-  """One result; a non-finite value (a constant embedding's correlation) is null, never a bare NaN."""
+def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: float, *,
+           funnel: str | None = None) -> dict[str, Any]:
+  """One result; a non-finite value (a constant embedding's correlation) is null, never a bare NaN.
+  `funnel`: the search chain that made it (search.parse_funnel), its last stage being (layer, dim)."""
   value = float(value)
-  return {"dataset": dataset, "split": split, "metric": metric, "layer": int(layer), "dim": int(dim),
-          "value": value if math.isfinite(value) else None}
+  out = {"dataset": dataset, "split": split, "metric": metric, "layer": int(layer), "dim": int(dim),
+         "value": value if math.isfinite(value) else None}
+  return {**out, "funnel": funnel} if funnel else out
 
 
 def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
@@ -37,13 +40,14 @@ def report(workdir: str, name: str, records: list[dict[str, Any]]) -> list[dict[
 
 
 def table(records: Iterable[dict[str, Any]]) -> str:
-  """Rows = (layer, dim) pairs, columns = dataset/split/metric, plus the mean over pairs."""
+  """Rows = (layer, dim) pairs, columns = dataset/split/metric (a funnel's own column, in its last
+  stage's row), plus the mean over pairs."""
   records = list(records)
-  cols = sorted({(r["dataset"], r["split"], r["metric"]) for r in records})
+  cols = sorted({(r["dataset"], r["split"], r["metric"], r.get("funnel", "")) for r in records})
   pairs = sorted({(r["layer"], r["dim"]) for r in records})
-  value = {(r["layer"], r["dim"], r["dataset"], r["split"], r["metric"]): r["value"] for r in records
-           if r["value"] is not None}
-  heads = [f"{d}/{s} {m}" for d, s, m in cols]
+  value = {(r["layer"], r["dim"], r["dataset"], r["split"], r["metric"], r.get("funnel", "")): r["value"]
+           for r in records if r["value"] is not None}
+  heads = [f"{d}/{s} {m}" + (f" [{f}]" if f else "") for d, s, m, f in cols]
   widths = [max(len(h), 7) for h in heads]
   lines = ["| layer | dim | " + " | ".join(h.rjust(w) for h, w in zip(heads, widths)) + " |",
            "|---:|---:|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]

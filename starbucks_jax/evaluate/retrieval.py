@@ -5,7 +5,9 @@ For each: the corpus is encoded once for all pairs (`index.encode_corpus`,
 cached under WORKDIR/index/<name>, resumable), the queries once for all layers, then each pair
 searches with its truncated vectors (`search.exact_topk`), writes its TREC run file to
 WORKDIR/runs/<name>_<split>_<n>_<d>.trec and is scored with ir-measures (MRR@10 as RR@10, nDCG@10,
-R@100, R@1000) into `{dataset, split, metric, layer, dim, value}` records.
+R@100, R@1000) into `{dataset, split, metric, layer, dim, value}` records. Funnels
+(eval.retrieval_funnels, e.g. '2x32:1000,6x384:100') retrieve with one sub-model and rescore the
+survivors with larger ones from the same index; their records carry `funnel`.
 """
 
 from __future__ import annotations
@@ -61,12 +63,17 @@ def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
 
 def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: str, *,
                         pooling: str | None = None, normalize: bool = False, query_max_length: int = 64,
-                        passage_max_length: int = 256, k: int = 1000, metrics=METRICS) -> list[dict]:
+                        passage_max_length: int = 256, k: int = 1000, metrics=METRICS,
+                        funnels: tuple[str, ...] = ()) -> list[dict]:
+  """Records of every pair, and of every funnel (search.parse_funnel: its stages' vectors come from
+  the same index, its queries from the same early-exit pass)."""
   name, split = collection.name, collection.split
   folder = os.path.join(workdir, "index", name)
-  index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, pairs, folder,
+  chains = {spec: search.parse_funnel(spec) for spec in funnels}
+  stored = tuple(pairs) + tuple(pair for stages in chains.values() for pair, _ in stages)
+  index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, stored, folder,
                           max_length=passage_max_length, pooling=pooling)
-  layers = tuple(sorted({n for n, _ in pairs}))
+  layers = tuple(sorted({n for n, _ in stored}))
   query_vecs = embedder.encode_layers(collection.queries, layers, pooling=pooling, max_length=query_max_length)
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   k = min(k, len(collection.doc_ids))
@@ -77,4 +84,12 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     search.write_trec(os.path.join(workdir, "runs", f"{name}_{split}_{n}_{d}.trec"), run, f"starbucks_{n}_{d}")
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value))
+  for spec, stages in chains.items():
+    scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
+    run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
+    slug = spec.replace(":", "-").replace(",", "_")
+    search.write_trec(os.path.join(workdir, "runs", f"{name}_{split}_funnel_{slug}.trec"), run, f"funnel_{slug}")
+    (n, d), _ = stages[-1]
+    for metric, value in measure(collection.qrels, run, metrics).items():
+      records.append(results.record(name, split, metric, n, d, value, funnel=spec))
   return records

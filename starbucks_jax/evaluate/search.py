@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from starbucks_jax.evaluate import index as index_lib
+
 
 def _normalise(x):
   return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
@@ -49,6 +51,69 @@ def exact_topk(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k:
                             jnp.asarray(queries[sl]), block, offset, k=k, normalize=normalize)
       best_scores[sl], best_rows[sl] = np.asarray(sc), np.asarray(rw)
   return best_scores, best_rows
+
+
+@functools.partial(jax.jit, static_argnames=("k", "normalize"))
+def _rescore_batch(queries, candidates, valid, *, k: int, normalize: bool):
+  """Scores of each query's candidate vectors [Q, C, d] (invalid: -inf), the best k first."""
+  if normalize:
+    queries, candidates = _normalise(queries), _normalise(candidates)
+  scores = jnp.einsum("qd,qcd->qc", queries, candidates, precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), k)
+
+
+def rescore(queries: np.ndarray, vectors, rows: np.ndarray, k: int, *, normalize: bool = False,
+            query_batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """(scores [Q, k], rows [Q, k]) best first among each query's candidate `rows` [Q, C] (-1: none),
+  rescored with `vectors(rows) -> [..., d]` (another sub-model's stored vectors); rows -1 where fewer."""
+  queries = np.asarray(queries, np.float32)
+  Q, C = rows.shape
+  k = min(k, C)
+  out_scores, out_rows = np.full((Q, k), -np.inf, np.float32), np.full((Q, k), -1, np.int64)
+  for s in range(0, Q, query_batch):
+    sl = slice(s, s + query_batch)
+    cand = rows[sl]
+    sc, pick = _rescore_batch(jnp.asarray(queries[sl]), jnp.asarray(vectors(np.maximum(cand, 0))),
+                              jnp.asarray(cand >= 0), k=k, normalize=normalize)
+    sc, pick = np.asarray(sc), np.asarray(pick)
+    out_scores[sl] = sc
+    out_rows[sl] = np.where(np.isfinite(sc), np.take_along_axis(cand, pick, 1), -1)
+  return out_scores, out_rows
+
+
+Stage = tuple[tuple[int, int], int]  # ((layer, dim), documents kept)
+
+
+def parse_funnel(spec: str) -> tuple[Stage, ...]:
+  """'2x32:1000,4x128:100,6x384:10' -> (((2, 32), 1000), ((4, 128), 100), ((6, 384), 10)): the first
+  stage retrieves, each next one rescores the previous stage's documents and keeps no more of them."""
+  stages = []
+  for part in spec.split(","):
+    try:
+      pair, k = part.strip().split(":")
+      n, d = pair.split("x")
+      stages.append(((int(n), int(d)), int(k)))
+    except ValueError:
+      raise ValueError(f"funnel {spec!r}: {part!r} is not LAYERxDIM:K (e.g. 2x32:1000,6x384:10)") from None
+  for i, ((n, d), k) in enumerate(stages):
+    if k < 1 or n < 1 or d < 1:
+      raise ValueError(f"funnel {spec!r}: stage {i + 1} needs a layer, dim and k of at least 1")
+    if i and k > stages[i - 1][1]:
+      raise ValueError(f"funnel {spec!r}: stage {i + 1} keeps {k} of the previous stage's {stages[i - 1][1]}")
+  return tuple(stages)
+
+
+def funnel_topk(query_vecs: dict[int, np.ndarray], folder: str, stages, *, normalize: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """Funnel search over an index (evaluate/index.py): exact top-k1 with the first stage's (layer, dim)
+  vectors, then each stage rescores the survivors with its own stored vectors. `query_vecs[layer]`
+  are the queries' pooled vectors (one early-exit pass gives every layer the funnel needs)."""
+  (n, d), k = stages[0]
+  scores, rows = exact_topk(query_vecs[n][:, :d], index_lib.shards(folder, n, d), k, normalize=normalize)
+  for (n, d), k in stages[1:]:
+    scores, rows = rescore(query_vecs[n][:, :d], lambda r, n=n, d=d: index_lib.gather(folder, n, d, r), rows, k,
+                           normalize=normalize)
+  return scores, rows
 
 
 def faiss_topk(queries: np.ndarray, corpus: np.ndarray, k: int, *, normalize: bool = False
