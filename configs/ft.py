@@ -148,6 +148,7 @@ def get_config(arg=None):
   c.eval.passage_max_length = 256  # passage tokens (title + text) for retrieval evaluation
   c.eval.retrieval_k = 1000  # documents retrieved per query
   c.eval.retrieval_funnels = ()  # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
+  c.eval.retrieval_costs = False  # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
 
   if arg.sts or arg.sts_cpu:
     c.data.train = "hf:sentence-transformers/stsb@train"

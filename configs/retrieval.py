@@ -113,6 +113,9 @@ def get_config(arg=None):
     c.eval.retrieval_similarity = "cosine"
     c.eval.query_max_length = 64
     c.eval.passage_max_length = 128
+    # shortlists with small sizes, the last 10 by the full one; every size's and funnel's cost per query
+    c.eval.retrieval_funnels = ("1x16:100,6x384:10", "2x32:100,6x384:10", "2x32:200,4x128:50,6x384:10")
+    c.eval.retrieval_costs = True
   if arg.scifact:
     c.data.train = f"beir:{SHARED}/beir_scifact@train"
     c.train.log_every = 10

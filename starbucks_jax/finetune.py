@@ -421,7 +421,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
         embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
         passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k,
-        funnels=tuple(config.eval.get("retrieval_funnels", ())))
+        funnels=tuple(config.eval.get("retrieval_funnels", ())), costs=config.eval.get("retrieval_costs", False))
   metrics.write_results(workdir, records, config.get("log"))
   return results.report(workdir, name, records)
 

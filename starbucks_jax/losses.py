@@ -62,9 +62,9 @@ class LossConfig:
   kl_temperature: float = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
   reduction: str = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
   pair_weights: tuple[float, ...] = ()  # one weight per pair on its task loss; () = all 1
-  pair_weighting: str = "uniform"  # named task weights (mean 1 over pairs): 'inverse_layer' | 'log_layer' | 'inverse_loss'
+  pair_weighting: str = "uniform"  # named weights, mean 1: 'inverse_layer' | 'log_layer' | 'inverse_loss'
   full_weight: float = 1.0  # times the full pair's (N, D) task weight
-  teacher: str = "self"  # the KL's teacher: 'self' (the model's own (N, D), the paper) | 'frozen' (the starting model's)
+  teacher: str = "self"  # KL teacher: 'self' (own (N, D), the paper) | 'frozen' (the starting model's)
   layer_weighting: str = "uniform"  # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
 
   @classmethod
@@ -248,7 +248,8 @@ def pair_task_weights(pairs: Sequence[tuple[int, int]], full_pair: tuple[int, in
 
 
 def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]], full_pair: tuple[int, int],
-             cfg: LossConfig, *, scores=None, use_kl: bool = True, teacher=None) -> tuple[jax.Array, dict[str, jax.Array]]:
+             cfg: LossConfig, *, scores=None, use_kl: bool = True,
+             teacher=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Sum (or mean) over `pairs` of w * task + beta * KL to the full pair (N, D); KL of (N, D) skipped;
   w from `pair_task_weights`. `teacher` (loss.teacher='frozen'): the starting model's pooled (N, D)
   vectors of the batch, [R, B, D], the KL's teacher for every pair, (N, D) included.

@@ -286,6 +286,47 @@ def test_evaluate_collection_records_funnels_apart(tiny_hf_dir, tmp_path):
   assert f"toy/test nDCG@10 [{funnel}]" in results.table(records)
 
 
+def test_costs_equal_hand_computed_flops_and_bytes(tiny_hf_dir):
+  """The tiny model (D=32, I=64): per token and layer 4 projections x 2 D^2, 2 feed-forward matmuls x
+  2 D I, attention scores and context 2 x 2 T D; search 2 d per passage scored."""
+  from starbucks_jax.evaluate import cost
+  from starbucks_jax.models import hf
+  cfg = hf.load_pretrained(tiny_hf_dir).config
+  per_token_layer = lambda t: 4 * 2 * 32 * 32 + 2 * 2 * 32 * 64 + 2 * 2 * t * 32  # noqa: E731
+  assert cost.query_flops(cfg, [5, 7], 2) == pytest.approx((2 * 5 * per_token_layer(5) + 2 * 7 * per_token_layer(7)) / 2)
+  stages = search.parse_funnel("2x16:100,4x32:10")
+  assert cost.search_flops(stages, 40) == 2 * 16 * 40 + 2 * 32 * 40  # the second stage scores min(100, 40)
+  assert cost.search_flops(search.parse_funnel("2x16:30,4x32:10,4x8:5"), 1000) == 2 * 16 * 1000 + 2 * 32 * 30 + 2 * 8 * 10
+  assert cost.index_bytes(search.parse_funnel("2x16:30,4x32:10,2x8:5")) == 4 * (16 + 32)  # layer 2 keeps 16
+  assert cost.name_of(search.parse_funnel("2x16:30")) == "2x16"
+
+
+def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path):
+  from starbucks_jax.config_lib import InputError
+  from starbucks_jax.evaluate import cost, pareto, results
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
+  col = beir.load(write_beir(tmp_path / "toy"), "test")
+  workdir = str(tmp_path / "w")
+  records = retrieval.evaluate_collection(embedder, col, PAIRS, workdir, passage_max_length=32, query_max_length=16,
+                                          k=10, funnels=("1x8:20,4x32:10",), costs=True)
+  results.write(workdir, "final", records)
+  rows = cost.read(workdir)[("toy", "test")]
+  assert [r["configuration"] for r in rows] == ["1x8", "2x16", "4x32", "1x8:20,4x32:10"]
+  by = {r["configuration"]: r for r in rows}
+  assert by["1x8:20,4x32:10"]["query_flops"] == by["4x32"]["query_flops"] > by["1x8"]["query_flops"]
+  assert by["1x8:20,4x32:10"]["search_flops"] == 2 * 8 * 23 + 2 * 32 * 20 and by["4x32"]["search_flops"] == 2 * 32 * 23
+  assert all(r["query_ms"] > 0 and r["search_ms"] > 0 for r in rows)
+  files = pareto.write([workdir], str(tmp_path / "p"))
+  table = open(files[0]).read()
+  assert "| w | 1x8:20,4x32:10 |" in table and table.count("| w |") == 4
+  # the front by hand: A (1, .5) and C (3, .7) stand; B (2, .4) costs more than A for less
+  hand = [dict(configuration=c, query_flops=f, search_flops=0, value=v) for c, f, v in
+          (("A", 1, 0.5), ("B", 2, 0.4), ("C", 3, 0.7), ("D", 3, 0.6))]
+  assert [r["configuration"] for r in pareto.front(hand)] == ["A", "C"]
+  with pytest.raises(InputError, match="no retrieval records with costs"):
+    pareto.write([str(tmp_path / "toy")], str(tmp_path / "p2"))
+
+
 def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   from conftest import REPO
   from starbucks_jax import config_lib, finetune

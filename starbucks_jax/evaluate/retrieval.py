@@ -17,7 +17,7 @@ import os
 
 from starbucks_jax.data import beir, tevatron
 from starbucks_jax.evaluate import index as index_lib
-from starbucks_jax.evaluate import results, search
+from starbucks_jax.evaluate import cost, results, search
 
 log = logging.getLogger(__name__)
 METRICS = ("RR@10", "nDCG@10", "R@100", "R@1000")
@@ -64,9 +64,10 @@ def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
 def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: str, *,
                         pooling: str | None = None, normalize: bool = False, query_max_length: int = 64,
                         passage_max_length: int = 256, k: int = 1000, metrics=METRICS,
-                        funnels: tuple[str, ...] = ()) -> list[dict]:
+                        funnels: tuple[str, ...] = (), costs: bool = False) -> list[dict]:
   """Records of every pair, and of every funnel (search.parse_funnel: its stages' vectors come from
-  the same index, its queries from the same early-exit pass)."""
+  the same index, its queries from the same early-exit pass). `costs`: each configuration's cost per
+  query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json."""
   name, split = collection.name, collection.split
   folder = os.path.join(workdir, "index", name)
   chains = {spec: search.parse_funnel(spec) for spec in funnels}
@@ -92,4 +93,9 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     (n, d), _ = stages[-1]
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
+  if costs:
+    configurations = [(((n, d), k),) for n, d in pairs] + list(chains.values())
+    rows = cost.measure(embedder, collection.queries, folder, configurations, num_docs=len(collection.doc_ids),
+                        max_length=query_max_length, pooling=pooling, normalize=normalize)
+    cost.write(workdir, name, split, rows)
   return records

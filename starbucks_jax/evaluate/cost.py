@@ -1,0 +1,106 @@
+"""What a retrieval configuration costs per query: a single (layer, dim) or a funnel of them.
+
+Analytic, per query: the encoder's matmul FLOPs to the deepest layer the configuration reads (the
+query's real tokens; BertConfig.matmul_flops), the search's multiply-adds x 2 (2 d N for the first
+stage over N passages, 2 d k for each rescoring stage over the previous stage's k), and the float32
+bytes per passage of the index the configuration reads (the largest dim kept per layer). Measured
+beside them: ms per query to encode the queries (early exit, after a warm-up pass) and to search
+(every stage, after a warm-up call), on `sample` queries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from starbucks_jax.data.tokenize import tokenize
+from starbucks_jax.evaluate import index as index_lib
+from starbucks_jax.evaluate import search
+
+Stage = search.Stage
+
+
+def name_of(stages) -> str:
+  """'2x32' for one size, else the funnel's chain."""
+  if len(stages) == 1:
+    (n, d), _ = stages[0]
+    return f"{n}x{d}"
+  return ",".join(f"{n}x{d}:{k}" for (n, d), k in stages)
+
+
+def query_flops(config, lengths, layer: int) -> float:
+  """Mean encoder matmul FLOPs of one query of each token count in `lengths`, through `layer` layers."""
+  cut = config.replace(num_hidden_layers=layer)
+  return float(np.mean([cut.matmul_flops(1, int(t), train=False) for t in lengths]))
+
+
+def search_flops(stages, num_docs: int) -> float:
+  """Multiply-adds x 2 of one query's search: every passage at the first stage's dim, then each
+  rescoring stage's dim over the previous stage's survivors."""
+  (_, d), k = stages[0]
+  flops = 2.0 * d * num_docs
+  for (_, d), k_next in stages[1:]:
+    flops += 2.0 * d * min(k, num_docs)
+    k = k_next
+  return flops
+
+
+def index_bytes(stages) -> int:
+  """float32 bytes per passage of the vectors the configuration reads (largest dim per layer)."""
+  return 4 * sum(index_lib.layer_dims([pair for pair, _ in stages]).values())
+
+
+def _ms_per_query(fn, count: int) -> float:
+  fn()  # warm-up: compiles
+  t = time.perf_counter()
+  fn()
+  return 1000 * (time.perf_counter() - t) / count
+
+
+def measure(embedder, queries: list[str], folder: str, configurations, *, num_docs: int, max_length: int,
+            pooling: str | None = None, normalize: bool = False, sample: int = 256) -> list[dict[str, Any]]:
+  """One cost record per configuration (a tuple of stages): FLOPs, bytes and measured ms per query on
+  the first `sample` queries."""
+  queries = list(queries)[:sample]
+  lengths = [len(t) for t in tokenize(embedder.tokenizer, queries, max_length)[0]]
+  deepest = {max(n for (n, _), _ in stages) for stages in configurations}
+  encode_ms = {n: _ms_per_query(lambda n=n: embedder.encode_layers(queries, (n,), pooling=pooling,
+                                                                     max_length=max_length), len(queries))
+               for n in sorted(deepest)}
+  layers = tuple(sorted({n for stages in configurations for (n, _), _ in stages}))
+  vecs = embedder.encode_layers(queries, layers, pooling=pooling, max_length=max_length)
+  out = []
+  for stages in configurations:
+    n_max = max(n for (n, _), _ in stages)
+    searching = _ms_per_query(lambda s=stages: search.funnel_topk(vecs, folder, s, normalize=normalize), len(queries))
+    out.append({"configuration": name_of(stages), "layers": n_max,
+                "query_flops": query_flops(embedder.config, lengths, n_max),
+                "search_flops": search_flops(stages, num_docs), "index_bytes": index_bytes(stages),
+                "query_ms": encode_ms[n_max], "search_ms": searching, "queries_timed": len(queries)})
+  return out
+
+
+COSTS_DIR = "costs"  # WORKDIR/costs/NAME_SPLIT.json (beside results/, which holds only records)
+
+
+def write(workdir: str, dataset: str, split: str, rows: list[dict[str, Any]]) -> str:
+  path = os.path.join(workdir, COSTS_DIR, f"{dataset}_{split}.json")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf8") as f:
+    json.dump(rows, f, indent=1)
+  return path
+
+
+def read(workdir: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+  """{(dataset, split): cost rows} of a workdir."""
+  folder = os.path.join(workdir, COSTS_DIR)
+  out = {}
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+    if name.endswith(".json"):
+      dataset, split = name[:-5].rsplit("_", 1)
+      out[(dataset, split)] = json.load(open(os.path.join(folder, name)))
+  return out

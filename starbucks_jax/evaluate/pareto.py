@@ -1,0 +1,133 @@
+"""Quality against cost for every size and funnel a run evaluated, with the Pareto front marked.
+
+    python -m starbucks_jax.evaluate.pareto --workdir W [--workdir W2 ...] [--metric nDCG@10]
+        [--out DIR]
+
+Reads each workdir's retrieval records (results/*.json) and costs (costs/*.json, written with
+eval.retrieval_costs=True) and writes, per collection and split, DIR/NAME_SPLIT.md (one row per
+configuration: the metric, query and search FLOPs, measured ms per query, index bytes per passage,
+'front' where no other configuration of the same run is at least as good for at most the cost) and
+DIR/NAME_SPLIT.png (metric against FLOPs per query, log scale, fronts joined). DIR defaults to the
+first workdir's pareto/. Cost is analytic FLOPs (query encoding + search) with the measured ms beside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from starbucks_jax import cli
+from starbucks_jax.config_lib import InputError
+from starbucks_jax.evaluate import cost as cost_lib
+from starbucks_jax.evaluate import results
+
+
+def rows_of(workdir: str, metric: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+  """{(dataset, split): [cost row + 'value' of `metric`]} for every configuration with both."""
+  values = {}
+  folder = os.path.join(workdir, results.RESULTS_DIR)
+  for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+    if name.endswith(".json"):
+      for r in json.load(open(os.path.join(folder, name))):
+        if r.get("metric") == metric and r.get("value") is not None:
+          config = r.get("funnel") or f"{r['layer']}x{r['dim']}"
+          values[(r["dataset"], r["split"], config)] = r["value"]
+  out = {}
+  for key, costs in cost_lib.read(workdir).items():
+    rows = [dict(c, value=values[(*key, c["configuration"])]) for c in costs if (*key, c["configuration"]) in values]
+    if rows:
+      out[key] = rows
+  return out
+
+
+def total_flops(row: dict[str, Any]) -> float:
+  return row["query_flops"] + row["search_flops"]
+
+
+def front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The configurations no other beats: none with at most their FLOPs and at least their value, one
+  of the two strictly."""
+  def beaten(r):
+    return any(total_flops(o) <= total_flops(r) and o["value"] >= r["value"]
+               and (total_flops(o) < total_flops(r) or o["value"] > r["value"]) for o in rows)
+  return sorted((r for r in rows if not beaten(r)), key=total_flops)
+
+
+def markdown(label_rows: dict[str, list[dict[str, Any]]], metric: str) -> str:
+  lines = [f"| run | configuration | {metric} | query MFLOPs | search MFLOPs | query ms | search ms | "
+           "index B/passage | front |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+  for label, rows in label_rows.items():
+    best = {id(r) for r in front(rows)}
+    for r in sorted(rows, key=total_flops):
+      lines.append(f"| {label} | {r['configuration']} | {r['value']:.4f} | {r['query_flops'] / 1e6:.2f} | "
+                   f"{r['search_flops'] / 1e6:.2f} | {r['query_ms']:.3f} | {r['search_ms']:.3f} | "
+                   f"{r['index_bytes']} | {'front' if id(r) in best else ''} |")
+  return "\n".join(lines)
+
+
+def plot(label_rows: dict[str, list[dict[str, Any]]], metric: str, path: str, title: str) -> str:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6.4, 4.2))
+  for label, rows in label_rows.items():
+    dots = ax.scatter([total_flops(r) for r in rows], [r["value"] for r in rows], s=18, label=f"{label}")
+    best = front(rows)
+    ax.plot([total_flops(r) for r in best], [r["value"] for r in best], color=dots.get_facecolor()[0], lw=1)
+    for r in rows:
+      ax.annotate(r["configuration"], (total_flops(r), r["value"]), fontsize=5, alpha=0.7)
+  ax.set_xscale("log")
+  ax.set_xlabel("FLOPs per query (query encoding + search)")
+  ax.set_ylabel(metric)
+  ax.set_title(title, fontsize=9)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[str] | None = None) -> list[str]:
+  """The table and the plot of every collection the workdirs have costs for; returns the files."""
+  labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  per_run = {label: rows_of(w, metric) for label, w in zip(labels, workdirs)}
+  keys = sorted({k for rows in per_run.values() for k in rows})
+  if not keys:
+    raise InputError(f"{', '.join(workdirs)}: no retrieval records with costs for {metric} (evaluate with "
+                     "--config.eval.retrieval_costs=True)")
+  os.makedirs(out, exist_ok=True)
+  files = []
+  for dataset, split in keys:
+    label_rows = {label: rows[(dataset, split)] for label, rows in per_run.items() if (dataset, split) in rows}
+    base = os.path.join(out, f"{dataset}_{split}")
+    with open(base + ".md", "w", encoding="utf8") as f:
+      f.write(f"{dataset}/{split} {metric} against cost per query; 'front': no configuration of the same "
+              "run is as good for less.\n\n" + markdown(label_rows, metric) + "\n")
+    files += [base + ".md", plot(label_rows, metric, base + ".png", f"{dataset}/{split}")]
+  return files
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate.pareto", description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", action="append", required=True, help="a run's workdir (repeatable)")
+  p.add_argument("--label", action="append", help="a name per --workdir (default: the folder name)")
+  p.add_argument("--metric", default="nDCG@10")
+  p.add_argument("--out", help="default: the first workdir's pareto/")
+  args = p.parse_args(argv)
+  if args.label and len(args.label) != len(args.workdir):
+    raise InputError(f"--label: {len(args.label)} labels for {len(args.workdir)} --workdir")
+  for w in args.workdir:
+    if not os.path.isdir(w):
+      raise FileNotFoundError(f"--workdir {w}: no such directory")
+  files = write(args.workdir, args.out or os.path.join(args.workdir[0], "pareto"), args.metric, args.label)
+  for path in files:
+    if path.endswith(".md"):
+      print(open(path).read())
+  print("wrote " + ", ".join(files))
+
+
+if __name__ == "__main__":
+  cli.run(main)
