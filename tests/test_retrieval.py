@@ -430,6 +430,7 @@ def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
     cfg.train.max_steps = 2
     cfg.train.log_every = 1
     cfg.eval.passage_max_length = 32
+    cfg.eval.retrieval_funnels = ("1x8:20,2x32:10",)  # the recipe's funnels and costs, at this model's sizes
     if source == "tevatron":
       cfg.data.train = write_tevatron(tmp_path / "t.jsonl")
       cfg.eval.retrieval = f"toy/test={write_beir(tmp_path / 'toy')}"
@@ -440,6 +441,9 @@ def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
   assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)
   assert {"task/1_8", "kl/1_8", "task/2_32"} <= set(rows[0])
   assert {(r["layer"], r["dim"]) for r in records if r["metric"] == "nDCG@10"} == {(1, 8), (2, 32)}
+  assert {r.get("funnel") for r in records} == {None, "1x8:20,2x32:10"}
+  (costs,) = json.load(open(next((tmp_path / "w" / "costs").glob("*_test.json")))),
+  assert [c["configuration"] for c in costs] == ["1x8", "2x32", "1x8:20,2x32:10"]
   if source == "demo":
     assert {r["dataset"] for r in records} == {"pydocs"} and {r["metric"] for r in records} == set(retrieval.METRICS)
     col = beir.load(cfg.eval.retrieval.split("=", 1)[1], "test")
