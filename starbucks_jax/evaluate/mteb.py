@@ -27,11 +27,11 @@ import os
 import re
 from typing import Any
 
-import jax
 import numpy as np
 
 from starbucks_jax import checkpoint, cli, schedule
 from starbucks_jax.config_lib import InputError
+from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import results
 from starbucks_jax.evaluate import retrieval as retrieval_lib
 from starbucks_jax.evaluate import sts as sts_lib
@@ -248,11 +248,8 @@ def default_pairs(source: str, pretrained) -> tuple[schedule.Pair, ...]:
 def revision_of(embedder, max_length: int | None) -> str:
   """The MTEB revision of a model: a hash of its weights and sentence settings, so that results kept
   in DIR/mteb are reused only for the same model."""
-  h = hashlib.sha1(repr((embedder.pretrained.sentence, max_length)).encode())
-  for path, x in sorted(jax.tree_util.tree_flatten_with_path(embedder.pretrained.params)[0], key=lambda t: str(t[0])):
-    h.update(str(path).encode())
-    h.update(np.ascontiguousarray(x).tobytes())
-  return h.hexdigest()[:12]
+  weights = index_lib.fingerprint(embedder.pretrained.params["bert"])
+  return hashlib.sha1(repr((weights, embedder.pretrained.sentence, max_length)).encode()).hexdigest()[:12]
 
 
 def default_name(source: str) -> str:
