@@ -430,7 +430,8 @@ def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
     cfg.train.max_steps = 2
     cfg.train.log_every = 1
     cfg.eval.passage_max_length = 32
-    cfg.eval.retrieval_funnels = ("1x8:20,2x32:10",)  # the recipe's funnels and costs, at this model's sizes
+    cfg.eval.retrieval_funnels = ("1x8:20,2x32:10",)  # scifact's funnels and costs, at this model's sizes
+    cfg.eval.retrieval_costs = True
     if source == "tevatron":
       cfg.data.train = write_tevatron(tmp_path / "t.jsonl")
       cfg.eval.retrieval = f"toy/test={write_beir(tmp_path / 'toy')}"
