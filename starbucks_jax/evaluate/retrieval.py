@@ -95,7 +95,8 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
   if costs:
     configurations = [(((n, d), k),) for n, d in pairs] + list(chains.values())
-    rows = cost.measure(embedder, collection.queries, folder, configurations, num_docs=len(collection.doc_ids),
+    rows = cost.measure(embedder, collection.queries, query_vecs, folder, configurations,
+                        num_docs=len(collection.doc_ids),
                         max_length=query_max_length, pooling=pooling, normalize=normalize)
     cost.write(workdir, name, split, rows)
   return records
