@@ -7,6 +7,7 @@ for the backbones we ship configs for; any other backbone states its own list in
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Any, Iterable
 
 import jax
@@ -28,6 +29,14 @@ def check_pair(layer: int, dim: int, num_layers: int, hidden_size: int, where: s
     raise InputError(f"{where}layer={layer} is outside 1..{num_layers} (the model has {num_layers} layers)")
   if not 1 <= dim <= hidden_size:
     raise InputError(f"{where}dim={dim} is outside 1..{hidden_size} (the model's hidden size is {hidden_size})")
+
+
+def parse_pair(text: str, where: str = "") -> Pair:
+  """'2x32' -> (2, 32) (spaces allowed); anything else an InputError starting with `where`."""
+  m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
+  if not m:
+    raise InputError(f"{where}{text!r} is not LAYERxDIM (e.g. 2x32)")
+  return int(m[1]), int(m[2])
 
 
 def validate(pairs: Iterable[Iterable[int]], num_layers: int, hidden_size: int,

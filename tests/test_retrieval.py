@@ -262,7 +262,8 @@ def test_funnel_search_rescores_the_first_stages_candidates_from_the_index(tiny_
     np.testing.assert_array_equal(rows[i], first[i][second][np.argsort(-mine, kind="stable")[:3]])
     np.testing.assert_allclose(scores[i], np.sort(mine)[::-1][:3], rtol=1e-5)
   for bad, msg in (("2x16", "not LAYERxDIM:K"), ("2x16:5,4x32:10", "stage 2 keeps 10 of the previous stage's 5"),
-                   ("2x16:0", "at least 1")):
+                   ("2x16:0", "at least 1"), ("2y16:5", "'2y16' is not LAYERxDIM"),
+                   ("2x16:5,", "'' is not LAYERxDIM:K")):
     with pytest.raises(ValueError, match=msg):
       search.parse_funnel(bad)
 

@@ -16,6 +16,13 @@ def test_starbucks_lists_validate():
   assert schedule.validate(schedule.STARBUCKS["minilm-l6-h384"], 6, 384)[0] == (1, 16)
 
 
+def test_parse_pair_reads_layer_x_dim_only():
+  assert schedule.parse_pair("2x32") == (2, 32) and schedule.parse_pair(" 6 x 384 ") == (6, 384)
+  for bad in ("2-32", "2x", "x32", "2x32x1", "-1x3", "2.0x32"):
+    with pytest.raises(ValueError, match=f"at 'here': '{bad}' is not LAYERxDIM"):
+      schedule.parse_pair(bad, where="at 'here': ")
+
+
 def test_plans_of_fixed_methods():
   assert schedule.plan("starbucks", S, 12, 768).pairs == S
   assert schedule.plan("full", S, 12, 768).pairs == ((12, 768),)

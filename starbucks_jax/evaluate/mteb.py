@@ -222,11 +222,9 @@ def parse_pairs(value: str, num_layers: int, hidden: int) -> tuple[schedule.Pair
   """'2x32,4x64' -> ((2, 32), (4, 64)), each a sub-model of the backbone."""
   out = []
   for part in value.split(","):
-    m = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", part)
-    if not m:
-      raise InputError(f"--pairs {value}: {part!r} is not LAYERxDIM (e.g. --pairs 2x32,6x384)")
-    schedule.check_pair(int(m[1]), int(m[2]), num_layers, hidden, where=f"--pairs {part.strip()}: ")
-    out.append((int(m[1]), int(m[2])))
+    n, d = schedule.parse_pair(part, where=f"--pairs {value}: ")
+    schedule.check_pair(n, d, num_layers, hidden, where=f"--pairs {part.strip()}: ")
+    out.append((n, d))
   return tuple(sorted(set(out)))
 
 

@@ -78,24 +78,20 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
   query_vecs = embedder.encode_layers(collection.queries, layers, pooling=pooling, max_length=query_max_length)
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   k = min(k, len(collection.doc_ids))
+  # a pair is a one-stage funnel; only a chain's records and run file carry its spec
+  configurations = [(None, (((n, d), k),)) for n, d in pairs] + list(chains.items())
   records = []
-  for n, d in pairs:
-    scores, rows = search.exact_topk(query_vecs[n][:, :d], index_lib.shards(folder, n, d), k, normalize=normalize)
-    run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
-    search.write_trec(os.path.join(workdir, "runs", f"{name}_{split}_{n}_{d}.trec"), run, f"starbucks_{n}_{d}")
-    for metric, value in measure(collection.qrels, run, metrics).items():
-      records.append(results.record(name, split, metric, n, d, value))
-  for spec, stages in chains.items():
+  for spec, stages in configurations:
     scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
     run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
-    slug = spec.replace(":", "-").replace(",", "_")
-    search.write_trec(os.path.join(workdir, "runs", f"{name}_{split}_funnel_{slug}.trec"), run, f"funnel_{slug}")
     (n, d), _ = stages[-1]
+    tag = f"starbucks_{n}_{d}" if spec is None else "funnel_" + spec.replace(":", "-").replace(",", "_")
+    file = f"{name}_{split}_{n}_{d}.trec" if spec is None else f"{name}_{split}_{tag}.trec"
+    search.write_trec(os.path.join(workdir, "runs", file), run, tag)
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
   if costs:
-    configurations = [(((n, d), k),) for n, d in pairs] + list(chains.values())
-    rows = cost.measure(embedder, collection.queries, query_vecs, folder, configurations,
+    rows = cost.measure(embedder, collection.queries, query_vecs, folder, [stages for _, stages in configurations],
                         num_docs=len(collection.doc_ids),
                         max_length=query_max_length, pooling=pooling, normalize=normalize)
     cost.write(workdir, name, split, rows)

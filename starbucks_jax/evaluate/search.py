@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import index as index_lib
+from starbucks_jax.schedule import parse_pair
 
 
 def _normalise(x):
@@ -89,17 +91,15 @@ def parse_funnel(spec: str) -> tuple[Stage, ...]:
   stage retrieves, each next one rescores the previous stage's documents and keeps no more of them."""
   stages = []
   for part in spec.split(","):
-    try:
-      pair, k = part.strip().split(":")
-      n, d = pair.split("x")
-      stages.append(((int(n), int(d)), int(k)))
-    except ValueError:
-      raise ValueError(f"funnel {spec!r}: {part!r} is not LAYERxDIM:K (e.g. 2x32:1000,6x384:10)") from None
+    pair, colon, k = part.partition(":")
+    if not (colon and k.strip().isdigit()):
+      raise InputError(f"funnel {spec!r}: {part!r} is not LAYERxDIM:K (e.g. 2x32:1000,6x384:10)")
+    stages.append((parse_pair(pair, where=f"funnel {spec!r}: "), int(k)))
   for i, ((n, d), k) in enumerate(stages):
     if k < 1 or n < 1 or d < 1:
-      raise ValueError(f"funnel {spec!r}: stage {i + 1} needs a layer, dim and k of at least 1")
+      raise InputError(f"funnel {spec!r}: stage {i + 1} needs a layer, dim and k of at least 1")
     if i and k > stages[i - 1][1]:
-      raise ValueError(f"funnel {spec!r}: stage {i + 1} keeps {k} of the previous stage's {stages[i - 1][1]}")
+      raise InputError(f"funnel {spec!r}: stage {i + 1} keeps {k} of the previous stage's {stages[i - 1][1]}")
   return tuple(stages)
 
 
