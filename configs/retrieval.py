@@ -45,7 +45,7 @@ Variants:
             training and evaluation so that the recorded CPU run fits a session (~11 min per
             training run and ~6 min per evaluation of all six sizes on 2 cores). MiniLM keeps its
             own mean pooling and cosine x 20 (the recipe's CLS + dot suits a BERT that is not yet a
-            sentence model); score KL as the recipe. Also evaluates three funnels (a small size's
+            sentence model); score KL as the recipe. Also evaluates five funnels (a small size's
             shortlist rescored by larger ones) and writes every size's and funnel's cost per query
             (WORKDIR/costs; `python -m starbucks_jax.evaluate.pareto --workdir W` plots the front).
 
@@ -117,7 +117,8 @@ def get_config(arg=None):
     c.eval.passage_max_length = 128
   if arg.scifact:
     # shortlists with small sizes, the last 10 by the full one; every size's and funnel's cost per query
-    c.eval.retrieval_funnels = ("1x16:100,6x384:10", "2x32:100,6x384:10", "2x32:200,4x128:50,6x384:10")
+    c.eval.retrieval_funnels = ("1x16:100,6x384:10", "2x32:100,6x384:10", "2x32:1000,6x384:10",
+                                "2x32:200,4x128:50,6x384:10", "3x64:100,4x128:10")
     c.eval.retrieval_costs = True
     c.data.train = f"beir:{SHARED}/beir_scifact@train"
     c.train.log_every = 10

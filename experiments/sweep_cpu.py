@@ -11,12 +11,12 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
   the same code (SMAE + SRL vs SRL);
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only.
 
-    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/]
+    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_demo/]
         [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
 ones, resumes an interrupted one (`ft_sts_cpu_e1_grid/starbucks` scores the SRL model at every layer
-x dim for the heatmap), then writes experiments/results_cpu/{sts,sts_grid,sts_4_epochs,smae,smae_pretraining,scifact}/
+x dim for the heatmap), then writes experiments/results_cpu/{sts,sts_grid,sts_4_epochs,smae,smae_pretraining,scifact,retrieval_demo}/
 (table.md, sizes.png, curves.png). For the paper's scale see experiments/sweep_paper.py.
 """
 
@@ -30,6 +30,9 @@ PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 STS = "configs/ft.py:sts_cpu"
 EPOCHS = "--config.train.epochs=1"
 SCIFACT = "scifact/test=../shared/data/beir_scifact"
+# the demo's 448 passages take shorter shortlists than SciFact's (configs/retrieval.py:scifact)
+DEMO_FUNNELS = ("--config.eval.retrieval_funnels=('1x16:50,6x384:10','2x32:50,6x384:10',"
+                "'2x32:100,4x128:30,6x384:10','3x64:50,4x128:10')", "--config.eval.retrieval_costs=True")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu")
 
 RUNS = [
@@ -53,6 +56,8 @@ RUNS = [
          "--config.eval.passage_max_length=128"), label="untrained", result="eval"),
     Run("retrieval_scifact/starbucks", "configs/retrieval.py:scifact", label="SRL"),
     Run("retrieval_scifact/full", "configs/retrieval.py:scifact,method=full", label="full only"),
+    *(Run(f"retrieval_demo/{m}", f"configs/retrieval.py:demo,method={m}", DEMO_FUNNELS, label=label)
+      for m, label in (("starbucks", "SRL"), ("full", "full only"))),
 ]
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb", "spearman_cosine",
@@ -67,6 +72,8 @@ REPORTS = [
            "SMAE pre-training: held-out masked-token accuracy per sub-model (400 steps, fresh MLM head)"),
     Report(os.path.join(OUT, "scifact"), ("retrieval_scifact/",), "scifact", "nDCG@10",
            "SciFact test nDCG@10 per size"),
+    Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",
+           "The offline retrieval demo (pydocs test) nDCG@10 per size"),
 ]
 
 if __name__ == "__main__":
