@@ -302,7 +302,7 @@ def test_costs_equal_hand_computed_flops_and_bytes(tiny_hf_dir):
   assert cost.name_of(search.parse_funnel("2x16:30")) == "2x16"
 
 
-def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path):
+def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path, capsys):
   from starbucks_jax.config_lib import InputError
   from starbucks_jax.evaluate import cost, pareto, results
   embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
@@ -320,6 +320,18 @@ def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path):
   files = pareto.write([workdir], str(tmp_path / "p"))
   table = open(files[0]).read()
   assert "| w | 1x8:20,4x32:10 |" in table and table.count("| w |") == 4
+  assert all(cost.search_flops_at(r["configuration"], 23) == r["search_flops"] for r in rows)
+  # at a million passages the funnel's first stage is what costs: 2 x 8 x 1e6 + 2 x 32 x 20
+  big = pareto.write([workdir], str(tmp_path / "p"), corpus_size=10**6)
+  assert big[0].endswith("toy_test_N1000000.md") and "over 1,000,000 passages" in open(big[0]).read()
+  assert f"| {(2 * 8 * 10**6 + 2 * 32 * 20) / 1e6:.2f} |" in open(big[0]).read()
+  assert f"| {2 * 32 * 10**6 / 1e6:.2f} |" in open(big[0]).read()
+  pareto.main(["--workdir", workdir, "--label", "srl", "--corpus-size", "1000000"])
+  assert "| srl | 1x8:20,4x32:10 |" in capsys.readouterr().out
+  assert os.path.exists(os.path.join(workdir, "pareto", "toy_test_N1000000.png"))
+  for argv, error in ((["--corpus-size", "0"], "--corpus-size 0"), (["--label", "a", "--label", "b"], "2 labels")):
+    with pytest.raises(InputError, match=error):
+      pareto.main(["--workdir", workdir, *argv])
   # the front by hand: A (1, .5) and C (3, .7) stand; B (2, .4) costs more than A for less
   hand = [dict(configuration=c, query_flops=f, search_flops=0, value=v) for c, f, v in
           (("A", 1, 0.5), ("B", 2, 0.4), ("C", 3, 0.7), ("D", 3, 0.6))]

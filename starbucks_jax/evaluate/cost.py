@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from starbucks_jax import schedule
 from starbucks_jax.data.tokenize import tokenize
 from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import search
@@ -47,6 +48,13 @@ def search_flops(stages, num_docs: int) -> float:
     flops += 2.0 * d * min(k, num_docs)
     k = k_next
   return flops
+
+
+def search_flops_at(configuration: str, num_docs: int) -> float:
+  """search_flops of a row's configuration ('2x32' or a funnel's chain) over a corpus of `num_docs`."""
+  stages = search.parse_funnel(configuration) if ":" in configuration else \
+      ((schedule.parse_pair(configuration), num_docs),)
+  return search_flops(stages, num_docs)
 
 
 def index_bytes(stages) -> int:
@@ -80,7 +88,8 @@ def measure(embedder, queries: list[str], query_vecs: dict[int, np.ndarray], fol
     out.append({"configuration": name_of(stages), "layers": n_max,
                 "query_flops": query_flops(embedder.config, lengths, n_max),
                 "search_flops": search_flops(stages, num_docs), "index_bytes": index_bytes(stages),
-                "query_ms": encode_ms[n_max], "search_ms": searching, "queries_timed": len(queries)})
+                "query_ms": encode_ms[n_max], "search_ms": searching, "queries_timed": len(queries),
+                "num_docs": num_docs})
   return out
 
 

@@ -1,7 +1,7 @@
 """Quality against cost for every size and funnel a run evaluated, with the Pareto front marked.
 
     python -m starbucks_jax.evaluate.pareto --workdir W [--workdir W2 ...] [--metric nDCG@10]
-        [--out DIR]
+        [--out DIR] [--corpus-size N]
 
 Reads each workdir's retrieval records (results/*.json) and costs (costs/*.json, written with
 eval.retrieval_costs=True) and writes, per collection and split, DIR/NAME_SPLIT.md (one row per
@@ -9,6 +9,9 @@ configuration: the metric, query and search FLOPs, measured ms per query, index 
 'front' where no other configuration of the same run is at least as good for at most the cost) and
 DIR/NAME_SPLIT.png (metric against FLOPs per query, log scale, fronts joined). DIR defaults to the
 first workdir's pareto/. Cost is analytic FLOPs (query encoding + search) with the measured ms beside.
+--corpus-size N puts each configuration's search FLOPs at a corpus of N passages (a small test
+collection's search is cheap next to encoding the query; a production corpus's is not) and writes
+NAME_SPLIT_N{N}.md/.png; the measured ms stay those of the collection evaluated.
 """
 
 from __future__ import annotations
@@ -90,10 +93,15 @@ def plot(label_rows: dict[str, list[dict[str, Any]]], metric: str, path: str, ti
   return path
 
 
-def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[str] | None = None) -> list[str]:
-  """The table and the plot of every collection the workdirs have costs for; returns the files."""
+def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[str] | None = None,
+          corpus_size: int | None = None) -> list[str]:
+  """The table and the plot of every collection the workdirs have costs for; returns the files.
+  `corpus_size`: search FLOPs over that many passages instead of the collection's own."""
   labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   per_run = {label: rows_of(w, metric) for label, w in zip(labels, workdirs)}
+  if corpus_size:
+    per_run = {label: {key: [dict(r, search_flops=cost_lib.search_flops_at(r["configuration"], corpus_size))
+                             for r in rows] for key, rows in by_key.items()} for label, by_key in per_run.items()}
   keys = sorted({k for rows in per_run.values() for k in rows})
   if not keys:
     raise InputError(f"{', '.join(workdirs)}: no retrieval records with costs for {metric} (evaluate with "
@@ -102,11 +110,13 @@ def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[s
   files = []
   for dataset, split in keys:
     label_rows = {label: rows[(dataset, split)] for label, rows in per_run.items() if (dataset, split) in rows}
-    base = os.path.join(out, f"{dataset}_{split}")
+    base = os.path.join(out, f"{dataset}_{split}" + (f"_N{corpus_size}" if corpus_size else ""))
+    scale = f" with search FLOPs over {corpus_size:,} passages (ms measured on the collection)" if corpus_size else ""
     with open(base + ".md", "w", encoding="utf8") as f:
-      f.write(f"{dataset}/{split} {metric} against cost per query; 'front': no configuration of the same "
-              "run is as good for less.\n\n" + markdown(label_rows, metric) + "\n")
-    files += [base + ".md", plot(label_rows, metric, base + ".png", f"{dataset}/{split}")]
+      f.write(f"{dataset}/{split} {metric} against cost per query{scale}; 'front': no configuration of the "
+              "same run is as good for less.\n\n" + markdown(label_rows, metric) + "\n")
+    title = f"{dataset}/{split}" + (f", search over {corpus_size:,} passages" if corpus_size else "")
+    files += [base + ".md", plot(label_rows, metric, base + ".png", title)]
   return files
 
 
@@ -116,13 +126,17 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--label", action="append", help="a name per --workdir (default: the folder name)")
   p.add_argument("--metric", default="nDCG@10")
   p.add_argument("--out", help="default: the first workdir's pareto/")
+  p.add_argument("--corpus-size", type=int, help="search FLOPs over this many passages (e.g. 8841823)")
   args = p.parse_args(argv)
+  if args.corpus_size is not None and args.corpus_size < 1:
+    raise InputError(f"--corpus-size {args.corpus_size}: give a number of passages of at least 1")
   if args.label and len(args.label) != len(args.workdir):
     raise InputError(f"--label: {len(args.label)} labels for {len(args.workdir)} --workdir")
   for w in args.workdir:
     if not os.path.isdir(w):
       raise FileNotFoundError(f"--workdir {w}: no such directory")
-  files = write(args.workdir, args.out or os.path.join(args.workdir[0], "pareto"), args.metric, args.label)
+  files = write(args.workdir, args.out or os.path.join(args.workdir[0], "pareto"), args.metric, args.label,
+                args.corpus_size)
   for path in files:
     if path.endswith(".md"):
       print(open(path).read())
