@@ -149,6 +149,7 @@ def get_config(arg=None):
   c.eval.retrieval_k = 1000  # documents retrieved per query
   c.eval.retrieval_funnels = ()  # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
   c.eval.retrieval_costs = False  # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
+  c.eval.index_dir = ""  # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
 
   if arg.sts or arg.sts_cpu:
     c.data.train = "hf:sentence-transformers/stsb@train"

@@ -9,6 +9,7 @@ The gradient cache and split forwards change how the texts are encoded, never th
 from __future__ import annotations
 
 import dataclasses
+import os
 import logging
 from typing import Any
 
@@ -94,6 +95,9 @@ def check_eval(eval_cfg) -> tuple[tuple, tuple]:
     check_range("eval.passage_max_length", eval_cfg.passage_max_length, 1)
     check_range("eval.retrieval_k", eval_cfg.retrieval_k, 1)
     check_funnels(eval_cfg.get("retrieval_funnels", ()))
+    index_dir = eval_cfg.get("index_dir", "")
+    if index_dir and not os.path.isdir(index_dir):
+      raise ConfigError(f"eval.index_dir={index_dir!r}: no such folder (make it first to start a shared index there)")
   return sts_sets, retrieval_sets
 
 
@@ -421,7 +425,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
         embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
         passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k,
-        funnels=tuple(config.eval.get("retrieval_funnels", ())), costs=config.eval.get("retrieval_costs", False))
+        funnels=tuple(config.eval.get("retrieval_funnels", ())), costs=config.eval.get("retrieval_costs", False),
+        index_dir=config.eval.get("index_dir", ""))
   metrics.write_results(workdir, records, config.get("log"))
   return results.report(workdir, name, records)
 

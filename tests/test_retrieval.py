@@ -1,6 +1,7 @@
 """Retrieval evaluation: BEIR loading, one-pass corpus encoding for every size, exact search vs a
 brute-force ranking (and FAISS), IR metrics vs hand-computed values, run files and records."""
 
+import glob
 import gzip
 import json
 import os
@@ -358,7 +359,27 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   for r in records:
     by_set.setdefault(r["dataset"], {})[(r["split"], r["metric"], r["layer"], r["dim"])] = r["value"]
   assert by_set["tev"] == pytest.approx(by_set["toy"], abs=1e-6) and len(by_set["tev"]) == 4 * len(PAIRS)
+  # another run of the same weights (from a copy elsewhere) scores a funnel on w's index, encoding no passage
+  import shutil
+  shards = sorted(glob.glob(str(tmp_path / "w" / "index" / "toy" / "layer_*" / "*.npy")))
+  before = [os.path.getmtime(f) for f in shards]
   with cfg.unlocked():
+    cfg.model.init_from = str(shutil.copytree(tiny_hf_dir, tmp_path / "copy"))
+    cfg.eval.retrieval = f"toy/test={toy}"
+    cfg.eval.retrieval_funnels = ("1x8:10,4x32:3",)
+    cfg.eval.index_dir = str(tmp_path / "w" / "index")
+  again = finetune.run(cfg, str(tmp_path / "w3"))
+  assert [os.path.getmtime(f) for f in shards] == before and not os.path.exists(tmp_path / "w3" / "index")
+  assert {(r["metric"], r["layer"], r["dim"]): r["value"] for r in again if not r.get("funnel")} == \
+      {(m, n, d): v for (split, m, n, d), v in by_set["toy"].items()}
+  assert any(r.get("funnel") == "1x8:10,4x32:3" for r in again)
+  with cfg.unlocked():
+    cfg.eval.index_dir = str(tmp_path / "nowhere")
+  with pytest.raises(config_lib.ConfigError, match="eval.index_dir=.*nowhere.*: no such folder"):
+    finetune.run(cfg, str(tmp_path / "w4"))
+  with cfg.unlocked():
+    cfg.eval.index_dir = ""
+    cfg.eval.retrieval_funnels = ()
     cfg.eval.retrieval = f"toy/dev={tmp_path / 'toy'}"
   with pytest.raises(config_lib.ConfigError, match=r"eval.retrieval \(toy/dev\): .* qrels/dev.tsv"):
     finetune.run(cfg, str(tmp_path / "w2"))

@@ -62,7 +62,7 @@ def encode_corpus(embedder, doc_ids: list[str], docs: list[str], pairs, folder: 
   meta_path = os.path.join(folder, "index.json")
   if os.path.exists(meta_path):
     old = json.load(open(meta_path))
-    if old != meta:
+    if {**old, "model": None} != {**meta, "model": None}:  # the weights' fingerprint, not a path, names the model
       raise ValueError(f"{meta_path}: an index with other settings is there ({old}); use another folder")
   else:
     with open(os.path.join(folder, "ids.json"), "w") as f:

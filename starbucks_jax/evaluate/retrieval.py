@@ -64,12 +64,13 @@ def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
 def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: str, *,
                         pooling: str | None = None, normalize: bool = False, query_max_length: int = 64,
                         passage_max_length: int = 256, k: int = 1000, metrics=METRICS,
-                        funnels: tuple[str, ...] = (), costs: bool = False) -> list[dict]:
+                        funnels: tuple[str, ...] = (), costs: bool = False, index_dir: str = "") -> list[dict]:
   """Records of every pair, and of every funnel (search.parse_funnel: its stages' vectors come from
   the same index, its queries from the same early-exit pass). `costs`: each configuration's cost per
-  query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json."""
+  query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json. `index_dir`: where NAME's index is
+  kept (default WORKDIR/index), e.g. another run's of the same weights, to score more funnels on it."""
   name, split = collection.name, collection.split
-  folder = os.path.join(workdir, "index", name)
+  folder = os.path.join(index_dir or os.path.join(workdir, "index"), name)
   chains = {spec: search.parse_funnel(spec) for spec in funnels}
   stored = tuple(pairs) + tuple(pair for stages in chains.values() for pair, _ in stages)
   index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, stored, folder,
