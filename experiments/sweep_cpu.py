@@ -11,7 +11,7 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
   the same code (SMAE + SRL vs SRL);
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only.
 
-    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_demo/]
+    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/]
         [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
@@ -30,6 +30,12 @@ PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 STS = "configs/ft.py:sts_cpu"
 EPOCHS = "--config.train.epochs=1"
 SCIFACT = "scifact/test=../shared/data/beir_scifact"
+# configs/retrieval.py:scifact's funnels and larger shortlists, scored on the trained runs' indexes
+SCIFACT_FUNNELS = "--config.eval.retrieval_funnels=(" + ",".join(f"'{f}'" for f in (
+    "1x16:100,6x384:10", "2x32:100,6x384:10", "2x32:1000,6x384:10", "2x32:200,4x128:50,6x384:10",
+    "3x64:100,4x128:10", "3x64:1000,6x384:10", "4x128:100,6x384:10", "4x128:300,6x384:10",
+    "3x64:2000,6x384:10", "4x128:1000,6x384:10", "5x256:30,6x384:10", "5x256:100,6x384:10",
+    "5x256:1000,6x384:10", "3x64:500,5x256:50,6x384:10")) + ")"
 # the demo's 448 passages take shorter shortlists than SciFact's (configs/retrieval.py:scifact)
 DEMO_FUNNELS = ("--config.eval.retrieval_funnels=('1x16:50,6x384:10','2x32:50,6x384:10',"
                 "'2x32:100,4x128:30,6x384:10','3x64:50,4x128:10')", "--config.eval.retrieval_costs=True")
@@ -56,6 +62,13 @@ RUNS = [
          "--config.eval.passage_max_length=128"), label="untrained", result="eval"),
     Run("retrieval_scifact/starbucks", "configs/retrieval.py:scifact", label="SRL"),
     Run("retrieval_scifact/full", "configs/retrieval.py:scifact,method=full", label="full only"),
+    # the trained models' indexes again, with larger shortlists than the config's five funnels
+    *(Run(f"retrieval_scifact_funnels/{m}", "configs/ft.py:eval",
+          ("--config.eval.sts=", f"--config.eval.retrieval={SCIFACT}", "--config.eval.query_max_length=64",
+           "--config.eval.passage_max_length=128", f"--config.model.init_from={{root}}/retrieval_scifact/{m}",
+           f"--config.eval.index_dir={{root}}/retrieval_scifact/{m}/index", SCIFACT_FUNNELS,
+           "--config.eval.retrieval_costs=True"), label=label, result="eval")
+      for m, label in (("starbucks", "SRL"), ("full", "full only"))),
     *(Run(f"retrieval_demo/{m}", f"configs/retrieval.py:demo,method={m}", DEMO_FUNNELS, label=label)
       for m, label in (("starbucks", "SRL"), ("full", "full only"))),
 ]

@@ -337,6 +337,13 @@ def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path, capsys):
   hand = [dict(configuration=c, query_flops=f, search_flops=0, value=v) for c, f, v in
           (("A", 1, 0.5), ("B", 2, 0.4), ("C", 3, 0.7), ("D", 3, 0.6))]
   assert [r["configuration"] for r in pareto.front(hand)] == ["A", "C"]
+  # within 0.005 of the deepest single size (4x32: .70 at 10 FLOPs): the funnel (.697 at 4), not 3x16 (.69 at 2)
+  sizes = [dict(configuration=c, layers=n, query_flops=f, search_flops=0, value=v) for c, n, f, v in
+           (("1x8", 1, 1, 0.5), ("3x16", 3, 2, 0.69), ("4x32", 4, 10, 0.70), ("1x8:9,4x32:3", 4, 4, 0.697))]
+  full, best = pareto.cheapest_within(sizes, 0.005)
+  assert (full["configuration"], best["configuration"]) == ("4x32", "1x8:9,4x32:3")
+  assert "is 1x8:9,4x32:3 (0.6970) at 40.0% of its FLOPs" in pareto.summary({"r": sizes}, "nDCG@10", 0.005)
+  assert pareto.cheapest_within(sizes, 0.02)[1]["configuration"] == "3x16"
   with pytest.raises(InputError, match="no retrieval records with costs"):
     pareto.write([str(tmp_path / "toy")], str(tmp_path / "p2"))
 

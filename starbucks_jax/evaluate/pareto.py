@@ -1,7 +1,7 @@
 """Quality against cost for every size and funnel a run evaluated, with the Pareto front marked.
 
     python -m starbucks_jax.evaluate.pareto --workdir W [--workdir W2 ...] [--metric nDCG@10]
-        [--out DIR] [--corpus-size N]
+        [--out DIR] [--corpus-size N] [--tolerance 0.005]
 
 Reads each workdir's retrieval records (results/*.json) and costs (costs/*.json, written with
 eval.retrieval_costs=True) and writes, per collection and split, DIR/NAME_SPLIT.md (one row per
@@ -11,7 +11,8 @@ DIR/NAME_SPLIT.png (metric against FLOPs per query, log scale, fronts joined). D
 first workdir's pareto/. Cost is analytic FLOPs (query encoding + search) with the measured ms beside.
 --corpus-size N puts each configuration's search FLOPs at a corpus of N passages (a small test
 collection's search is cheap next to encoding the query; a production corpus's is not) and writes
-NAME_SPLIT_N{N}.md/.png; the measured ms stay those of the collection evaluated.
+NAME_SPLIT_N{N}.md/.png; the measured ms stay those of the collection evaluated. Each table opens
+with each run's cheapest configuration within --tolerance of its largest size.
 """
 
 from __future__ import annotations
@@ -58,6 +59,28 @@ def front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   return sorted((r for r in rows if not beaten(r)), key=total_flops)
 
 
+def cheapest_within(rows: list[dict[str, Any]], tolerance: float) -> tuple[dict, dict] | None:
+  """(the largest single size, the cheapest configuration whose value is at most `tolerance` below
+  it): what a run's full quality costs when a little may be given up."""
+  sizes = [r for r in rows if ":" not in r["configuration"]]
+  if not sizes:
+    return None
+  full = max(sizes, key=lambda r: (r["layers"], total_flops(r)))
+  return full, min((r for r in rows if r["value"] >= full["value"] - tolerance), key=total_flops)
+
+
+def summary(label_rows: dict[str, list[dict[str, Any]]], metric: str, tolerance: float) -> str:
+  lines = []
+  for label, rows in label_rows.items():
+    found = cheapest_within(rows, tolerance)
+    if found:
+      full, best = found
+      lines.append(f"- {label}: the cheapest configuration within {tolerance} {metric} of {full['configuration']} "
+                   f"({full['value']:.4f}) is {best['configuration']} ({best['value']:.4f}) at "
+                   f"{total_flops(best) / total_flops(full):.1%} of its FLOPs per query.")
+  return "\n".join(lines)
+
+
 def markdown(label_rows: dict[str, list[dict[str, Any]]], metric: str) -> str:
   lines = [f"| run | configuration | {metric} | query MFLOPs | search MFLOPs | query ms | search ms | "
            "index B/passage | front |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -94,9 +117,10 @@ def plot(label_rows: dict[str, list[dict[str, Any]]], metric: str, path: str, ti
 
 
 def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[str] | None = None,
-          corpus_size: int | None = None) -> list[str]:
+          corpus_size: int | None = None, tolerance: float = 0.005) -> list[str]:
   """The table and the plot of every collection the workdirs have costs for; returns the files.
-  `corpus_size`: search FLOPs over that many passages instead of the collection's own."""
+  `corpus_size`: search FLOPs over that many passages instead of the collection's own; `tolerance`:
+  the summary names each run's cheapest configuration within it of the run's largest size."""
   labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
   per_run = {label: rows_of(w, metric) for label, w in zip(labels, workdirs)}
   if corpus_size:
@@ -114,7 +138,8 @@ def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[s
     scale = f" with search FLOPs over {corpus_size:,} passages (ms measured on the collection)" if corpus_size else ""
     with open(base + ".md", "w", encoding="utf8") as f:
       f.write(f"{dataset}/{split} {metric} against cost per query{scale}; 'front': no configuration of the "
-              "same run is as good for less.\n\n" + markdown(label_rows, metric) + "\n")
+              "same run is as good for less.\n\n" + summary(label_rows, metric, tolerance) + "\n\n"
+              + markdown(label_rows, metric) + "\n")
     title = f"{dataset}/{split}" + (f", search over {corpus_size:,} passages" if corpus_size else "")
     files += [base + ".md", plot(label_rows, metric, base + ".png", title)]
   return files
@@ -127,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--metric", default="nDCG@10")
   p.add_argument("--out", help="default: the first workdir's pareto/")
   p.add_argument("--corpus-size", type=int, help="search FLOPs over this many passages (e.g. 8841823)")
+  p.add_argument("--tolerance", type=float, default=0.005,
+                 help="the summary's loss of quality allowed against the largest size (default 0.005)")
   args = p.parse_args(argv)
   if args.corpus_size is not None and args.corpus_size < 1:
     raise InputError(f"--corpus-size {args.corpus_size}: give a number of passages of at least 1")
@@ -136,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     if not os.path.isdir(w):
       raise FileNotFoundError(f"--workdir {w}: no such directory")
   files = write(args.workdir, args.out or os.path.join(args.workdir[0], "pareto"), args.metric, args.label,
-                args.corpus_size)
+                args.corpus_size, args.tolerance)
   for path in files:
     if path.endswith(".md"):
       print(open(path).read())
