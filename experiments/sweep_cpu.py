@@ -9,7 +9,9 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
 - smae: SMAE pre-training (configs/pt.py:cpu, 400 steps on ../shared/data/mlm_text), then the same
   sts recipe from its BertForMaskedLM export, next to the recipe from the original weights run by
   the same code (SMAE + SRL vs SRL);
-- scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only.
+- scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only; 14
+  funnels scored on the SRL and full-only indexes (retrieval_scifact_funnels, experiments/elastic_retrieval.md);
+- retrieval_demo: the offline demo (configs/retrieval.py:demo), SRL and full-only, with funnels and costs.
 
     python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/]
         [--print-only] [--report-only]
