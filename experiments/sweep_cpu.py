@@ -25,22 +25,30 @@ x dim for the heatmap), then writes experiments/results_cpu/{sts,sts_grid,sts_4_
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+from starbucks_jax import config_lib  # noqa: E402
 from starbucks_jax.sweep import Report, Run, main  # noqa: E402
 
 PAIRS = ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384))
 STS = "configs/ft.py:sts_cpu"
 EPOCHS = "--config.train.epochs=1"
 SCIFACT = "scifact/test=../shared/data/beir_scifact"
+
+
+def funnels_flag(funnels) -> str:
+  return "--config.eval.retrieval_funnels=(" + ",".join(f"'{f}'" for f in funnels) + ")"
+
+
 # configs/retrieval.py:scifact's funnels and larger shortlists, scored on the trained runs' indexes
-SCIFACT_FUNNELS = "--config.eval.retrieval_funnels=(" + ",".join(f"'{f}'" for f in (
-    "1x16:100,6x384:10", "2x32:100,6x384:10", "2x32:1000,6x384:10", "2x32:200,4x128:50,6x384:10",
-    "3x64:100,4x128:10", "3x64:1000,6x384:10", "4x128:100,6x384:10", "4x128:300,6x384:10",
-    "3x64:2000,6x384:10", "4x128:1000,6x384:10", "5x256:30,6x384:10", "5x256:100,6x384:10",
-    "5x256:1000,6x384:10", "3x64:500,5x256:50,6x384:10")) + ")"
-# the demo's 448 passages take shorter shortlists than SciFact's (configs/retrieval.py:scifact)
-DEMO_FUNNELS = ("--config.eval.retrieval_funnels=('1x16:50,6x384:10','2x32:50,6x384:10',"
-                "'2x32:100,4x128:30,6x384:10','3x64:50,4x128:10')", "--config.eval.retrieval_costs=True")
+SCIFACT_FUNNELS = funnels_flag(config_lib.load_config(os.path.join(REPO, "configs", "retrieval.py:scifact"))
+                               .eval.retrieval_funnels + (
+    "3x64:1000,6x384:10", "4x128:100,6x384:10", "4x128:300,6x384:10", "3x64:2000,6x384:10",
+    "4x128:1000,6x384:10", "5x256:30,6x384:10", "5x256:100,6x384:10", "5x256:1000,6x384:10",
+    "3x64:500,5x256:50,6x384:10"))
+# the demo's 448 passages take shorter shortlists than SciFact's
+DEMO_FUNNELS = (funnels_flag(("1x16:50,6x384:10", "2x32:50,6x384:10", "2x32:100,4x128:30,6x384:10",
+                              "3x64:50,4x128:10")), "--config.eval.retrieval_costs=True")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu")
 
 RUNS = [

@@ -9,8 +9,8 @@ The gradient cache and split forwards change how the texts are encoded, never th
 from __future__ import annotations
 
 import dataclasses
-import os
 import logging
+import os
 from typing import Any
 
 import jax

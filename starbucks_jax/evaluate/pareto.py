@@ -28,8 +28,9 @@ from starbucks_jax.evaluate import cost as cost_lib
 from starbucks_jax.evaluate import results
 
 
-def rows_of(workdir: str, metric: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
-  """{(dataset, split): [cost row + 'value' of `metric`]} for every configuration with both."""
+def rows_of(workdir: str, metric: str, corpus_size: int | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+  """{(dataset, split): [cost row + 'value' of `metric`]} for every configuration with both;
+  `corpus_size`: the rows' search FLOPs over that many passages instead of the collection's own."""
   values = {}
   folder = os.path.join(workdir, results.RESULTS_DIR)
   for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
@@ -41,6 +42,8 @@ def rows_of(workdir: str, metric: str) -> dict[tuple[str, str], list[dict[str, A
   out = {}
   for key, costs in cost_lib.read(workdir).items():
     rows = [dict(c, value=values[(*key, c["configuration"])]) for c in costs if (*key, c["configuration"]) in values]
+    for r in rows if corpus_size else ():
+      r["search_flops"] = cost_lib.search_flops_at(r["configuration"], corpus_size)
     if rows:
       out[key] = rows
   return out
@@ -122,10 +125,7 @@ def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[s
   `corpus_size`: search FLOPs over that many passages instead of the collection's own; `tolerance`:
   the summary names each run's cheapest configuration within it of the run's largest size."""
   labels = labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
-  per_run = {label: rows_of(w, metric) for label, w in zip(labels, workdirs)}
-  if corpus_size:
-    per_run = {label: {key: [dict(r, search_flops=cost_lib.search_flops_at(r["configuration"], corpus_size))
-                             for r in rows] for key, rows in by_key.items()} for label, by_key in per_run.items()}
+  per_run = {label: rows_of(w, metric, corpus_size) for label, w in zip(labels, workdirs)}
   keys = sorted({k for rows in per_run.values() for k in rows})
   if not keys:
     raise InputError(f"{', '.join(workdirs)}: no retrieval records with costs for {metric} (evaluate with "
