@@ -7,7 +7,9 @@ Encoding: passages/s of the (n, d) sub-model for every n of the model's schedule
 only n layers (Embedder.encode, layer=n), on --docs synthetic passages of --length tokens; and the
 one-pass encoding of every layer at once (what the corpus index does). Search: queries/s of
 `search.exact_topk` over a random --corpus x d matrix in blocks of 50,000, and of FAISS IndexFlatIP
-when installed, for d = 16 and the model's width.
+when installed, for d = 16 and the model's width. Rescoring (a funnel's later stages): queries/s of
+`search.rescore` of each query's top --shortlist candidates at the model's width, over a corpus of
+5,000 (candidates overlap: one matmul per batch) and of --corpus (distinct: each query its own).
 """
 
 import argparse
@@ -30,6 +32,7 @@ def main():
   p.add_argument("--corpus", type=int, default=100_000)
   p.add_argument("--queries", type=int, default=1000)
   p.add_argument("--k", type=int, default=100)
+  p.add_argument("--shortlist", type=int, nargs="+", default=[100, 1000])
   args = p.parse_args()
   embedder = embed.Embedder.load(args.model, batch_size=args.batch)
   pairs = STARBUCKS[args.schedule]
@@ -66,6 +69,18 @@ def main():
     except ImportError:
       line += "   (FAISS not installed)"
     print(line)
+
+  d = pairs[-1][1]
+  print(f"rescoring each query's shortlist at d={d} (top 10 kept), {args.queries} queries:")
+  for size in (5_000, args.corpus):
+    corpus = rng.normal(size=(size, d)).astype(np.float32)
+    queries = rng.normal(size=(args.queries, d)).astype(np.float32)
+    for c in args.shortlist:
+      shortlist = rng.integers(0, size, (args.queries, c))
+      search.rescore(queries, corpus.__getitem__, shortlist, 10)  # compile
+      t0 = time.perf_counter()
+      search.rescore(queries, corpus.__getitem__, shortlist, 10)
+      print(f"  corpus {size}, shortlist {c}: {args.queries / (time.perf_counter() - t0):8.1f} queries/s")
 
 
 if __name__ == "__main__":

@@ -269,6 +269,36 @@ def test_funnel_search_rescores_the_first_stages_candidates_from_the_index(tiny_
       search.parse_funnel(bad)
 
 
+@pytest.mark.parametrize("corpus,C,dense", [(30, 12, True), (400, 3, False)])  # overlapping; distinct rows
+def test_rescore_ranks_each_querys_candidates_by_hand(corpus, C, dense, monkeypatch):
+  """Rescoring equals scoring each query's own candidates in float64, whether the batch's distinct
+  rows are scored in one matmul or each query's alone; missing candidates (-1) never come back."""
+  rng = np.random.default_rng(corpus)
+  vectors = rng.standard_normal((corpus, 24)).astype(np.float32)
+  queries = rng.standard_normal((40, 24)).astype(np.float32)
+  rows = (np.stack([rng.choice(corpus, C, replace=False) for _ in range(40)]) if dense
+          else rng.permutation(corpus)[:40 * C].reshape(40, C))
+  rows[3, 1:] = -1  # one candidate only
+  reads, paths = [], []
+  for name in ("_rescore_shared", "_rescore_each"):
+    inner = getattr(search, name)
+    monkeypatch.setattr(search, name, lambda *a, name=name, inner=inner, **kw: paths.append(name) or inner(*a, **kw))
+  for normalize in (False, True):
+    scores, got = search.rescore(queries, lambda r: reads.append(r.shape) or vectors[r], rows, 5,
+                                 normalize=normalize, query_batch=20)
+    unit = (lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)) if normalize else (lambda x: x)
+    for i in range(40):
+      cand = rows[i][rows[i] >= 0]
+      mine = unit(vectors[cand].astype(np.float64)) @ unit(queries[i].astype(np.float64))
+      order = np.argsort(-mine, kind="stable")[:5]
+      want = np.full(min(5, C), -1)
+      want[:len(order)] = cand[order]
+      np.testing.assert_array_equal(got[i], want)
+      np.testing.assert_allclose(scores[i][:len(order)], mine[order], rtol=1e-5, atol=1e-6)
+  assert paths == ["_rescore_shared" if dense else "_rescore_each"] * 4  # two batches, twice
+  assert all(len(shape) == (1 if dense else 2) for shape in reads)  # shared: the distinct rows, once
+
+
 def test_evaluate_collection_records_funnels_apart(tiny_hf_dir, tmp_path):
   """Funnel stages not in the pairs are added to the index; the queries are encoded once, to the
   deepest layer any pair or stage needs; the funnel's records carry it, in a column of their own."""

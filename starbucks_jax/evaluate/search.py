@@ -56,7 +56,7 @@ def exact_topk(queries: np.ndarray, blocks: Iterable[tuple[int, np.ndarray]], k:
 
 
 @functools.partial(jax.jit, static_argnames=("k", "normalize"))
-def _rescore_batch(queries, candidates, valid, *, k: int, normalize: bool):
+def _rescore_each(queries, candidates, valid, *, k: int, normalize: bool):
   """Scores of each query's candidate vectors [Q, C, d] (invalid: -inf), the best k first."""
   if normalize:
     queries, candidates = _normalise(queries), _normalise(candidates)
@@ -64,22 +64,42 @@ def _rescore_batch(queries, candidates, valid, *, k: int, normalize: bool):
   return jax.lax.top_k(jnp.where(valid, scores, -jnp.inf), k)
 
 
+@functools.partial(jax.jit, static_argnames=("k", "normalize"))
+def _rescore_shared(queries, vecs, where, valid, *, k: int, normalize: bool):
+  """The same from one matmul against the batch's distinct candidates `vecs` [U, d]; `where` [Q, C]
+  says which of them each candidate is."""
+  if normalize:
+    queries, vecs = _normalise(queries), _normalise(vecs)
+  scores = jnp.dot(queries, vecs.T, precision=jax.lax.Precision.HIGHEST)
+  return jax.lax.top_k(jnp.where(valid, jnp.take_along_axis(scores, where, axis=1), -jnp.inf), k)
+
+
 def rescore(queries: np.ndarray, vectors, rows: np.ndarray, k: int, *, normalize: bool = False,
             query_batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """(scores [Q, k], rows [Q, k]) best first among each query's candidate `rows` [Q, C] (-1: none),
-  rescored with `vectors(rows) -> [..., d]` (another sub-model's stored vectors); rows -1 where fewer."""
+  rescored with `vectors(rows) -> [..., d]` (another sub-model's stored vectors); rows -1 where fewer.
+  Where a batch's candidates overlap (a long shortlist over a small corpus), its distinct rows are
+  read once and scored in one matmul (padded to a power of two: few shapes compile)."""
   queries = np.asarray(queries, np.float32)
   Q, C = rows.shape
   k = min(k, C)
   out_scores, out_rows = np.full((Q, k), -np.inf, np.float32), np.full((Q, k), -1, np.int64)
   for s in range(0, Q, query_batch):
     sl = slice(s, s + query_batch)
-    cand = rows[sl]
-    sc, pick = _rescore_batch(jnp.asarray(queries[sl]), jnp.asarray(vectors(np.maximum(cand, 0))),
-                              jnp.asarray(cand >= 0), k=k, normalize=normalize)
+    cand = np.maximum(rows[sl], 0)
+    valid = jnp.asarray(rows[sl] >= 0)
+    distinct, where = np.unique(cand, return_inverse=True)
+    if len(distinct) <= 16 * C:  # CPU: the matmul is 3x faster than the gather at 16x its FLOPs
+      vecs = vectors(distinct)
+      padded = np.zeros((1 << (len(distinct) - 1).bit_length(), vecs.shape[-1]), np.float32)
+      padded[:len(vecs)] = vecs
+      sc, pick = _rescore_shared(jnp.asarray(queries[sl]), jnp.asarray(padded), jnp.asarray(where.reshape(cand.shape)),
+                                 valid, k=k, normalize=normalize)
+    else:
+      sc, pick = _rescore_each(jnp.asarray(queries[sl]), jnp.asarray(vectors(cand)), valid, k=k, normalize=normalize)
     sc, pick = np.asarray(sc), np.asarray(pick)
     out_scores[sl] = sc
-    out_rows[sl] = np.where(np.isfinite(sc), np.take_along_axis(cand, pick, 1), -1)
+    out_rows[sl] = np.where(np.isfinite(sc), np.take_along_axis(rows[sl], pick, 1), -1)
   return out_scores, out_rows
 
 
