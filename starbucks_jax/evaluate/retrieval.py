@@ -86,8 +86,11 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
     run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
     (n, d), _ = stages[-1]
-    tag = f"starbucks_{n}_{d}" if spec is None else "funnel_" + spec.replace(":", "-").replace(",", "_")
-    file = f"{name}_{split}_{n}_{d}.trec" if spec is None else f"{name}_{split}_{tag}.trec"
+    if spec is None:
+      tag, file = f"starbucks_{n}_{d}", f"{name}_{split}_{n}_{d}.trec"
+    else:
+      tag = "funnel_" + spec.replace(":", "-").replace(",", "_")
+      file = f"{name}_{split}_{tag}.trec"
     search.write_trec(os.path.join(workdir, "runs", file), run, tag)
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
