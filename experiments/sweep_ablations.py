@@ -98,9 +98,11 @@ def root_of(argv: list[str]) -> str:
 
 REPORTS = [
     Report(os.path.join(OUT, "dev"), (PREFIX,), "stsb", "spearman_cosine",
-           "STS-B dev Spearman per size (selection): sts recipe, all-MiniLM-L6-v2, 4 epochs", split="dev"),
+           "STS-B dev Spearman per size (selection): sts recipe, all-MiniLM-L6-v2, 4 epochs", split="dev",
+           baseline="SRL"),
     Report(os.path.join(OUT, "test"), (PREFIX,), "stsb", "spearman_cosine",
-           "STS-B test Spearman per size: sts recipe, all-MiniLM-L6-v2, 4 epochs", split="test"),
+           "STS-B test Spearman per size: sts recipe, all-MiniLM-L6-v2, 4 epochs", split="test",
+           baseline="SRL"),
 ]
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """Results of many runs as one table and as pictures.
 
     python -m starbucks_jax.report RUN_OR_SWEEP_DIR [...] --out DIR [--label RUN=LABEL ...]
-        [--dataset stsb] [--metric spearman_cosine] [--split test]
+        [--dataset stsb] [--metric spearman_cosine] [--split test] [--baseline LABEL]
 
 `collect` reads every `results/<name>.json` under the given directories (a workdir, or a folder of
 workdirs) with the run's config.json, and labels each record with its method (schedule.method;
 `--label` overrides per run directory). The report writes, into --out:
 - table.md: one row per label and a column per (layer, dim), best value per column in bold, and the
   mean over the sizes (as the paper's Table A1); separate runs (one pair each) share one row; runs
-  of one label at the same pairs (seeds) are averaged, shown as mean ± sample sd (runs);
+  of one label at the same pairs (seeds) are averaged, shown as mean ± sample sd (runs); with a
+  baseline label, a second table of each label's difference from it, marked where it is beyond the
+  seeds' spread (`differences`);
 - sizes.png: the metric per size, one line per label;
 - grid.png: a layer x dim heatmap per label for runs evaluated on the whole grid (eval.grid=True);
 - curves.png: training loss against step from each run's metrics.jsonl.
@@ -148,6 +150,43 @@ def markdown(pairs, rows: dict[str, dict], *, digits: int = 4, spread: dict | No
   return "\n".join(lines)
 
 
+BEYOND = 2.0  # a difference counts when above BEYOND x the larger seed sd of the two labels
+
+
+def differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, *, digits: int = 4) -> str:
+  """Each label's value minus the baseline's per pair and for the mean over `pairs`, marked + or -
+  where |difference| > BEYOND x the larger sample sd (over seeds) of the two labels; a label with
+  one run brings no sd, and without the baseline's seeds nothing is marked (the table says so)."""
+  if baseline not in rows:
+    raise ValueError(f"baseline {baseline!r} is not a label of the report; labels: {', '.join(rows)}")
+  base_sd = spread.get(baseline, {})
+
+  def value(row, key):
+    if key != "mean":
+      return row.get(key)
+    return sum(row[p] for p in pairs) / len(pairs) if all(p in row for p in pairs) else None
+  rule = (f"; + or - where it is beyond {BEYOND:g} x the larger seed sd of the two" if base_sd
+          else f": {baseline} has one run, so its spread is unknown and nothing is marked")
+  lines = [f"Difference from {baseline} per (layer, dim){rule}.", "",
+           "| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
+           "|---|" + "---:|" * (len(pairs) + 1)]
+  for label, row in rows.items():
+    if label == baseline:
+      continue
+    cells = []
+    for key in list(pairs) + ["mean"]:
+      mine, theirs = value(row, key), value(rows[baseline], key)
+      if mine is None or theirs is None:
+        cells.append("")
+        continue
+      diff = mine - theirs if abs(mine - theirs) >= 0.5 * 10 ** -digits else 0.0  # no '-0.0000'
+      sd = max(base_sd.get(key, (0.0, 1))[0], spread.get(label, {}).get(key, (0.0, 1))[0])
+      beyond = key in base_sd and abs(diff) > BEYOND * sd
+      cells.append(f"{diff:+.{digits}f}" + ((" +" if diff > 0 else " -") if beyond else ""))
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
 def grid_markdown(row: dict, *, digits: int = 4) -> str:
   """A layer x dim grid as a Markdown matrix: rows = layers, columns = dims."""
   layers, dims = sorted({n for n, _ in row}), sorted({d for _, d in row})
@@ -241,9 +280,10 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
 
 
 def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str, title: str = "",
-          pairs=None, split: str | None = None) -> dict[str, str]:
+          pairs=None, split: str | None = None, baseline: str | None = None) -> dict[str, str]:
   """table.md, sizes.png, grid.png (when a grid was evaluated) and curves.png into `out`; runs
-  sharing a label (seeds) are averaged, with their spread in the table."""
+  sharing a label (seeds) are averaged, with their spread in the table; `baseline` (a label) adds
+  the table of differences from it."""
   if not records:
     raise ValueError("no result records to report")
   os.makedirs(out, exist_ok=True)
@@ -266,6 +306,8 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
     seeds = "; several runs of a method (seeds): mean ± sample standard deviation (runs)" if spread else ""
     head += (f"{where} per (layer, dim); best per column in bold{seeds}.\n\n"
              + markdown(pairs, rows, spread=spread) + "\n")
+    if baseline:
+      head += "\n" + differences(pairs, rows, spread, baseline) + "\n"
   with open(files["table"], "w", encoding="utf8") as f:
     f.write(head + grids)
   files["sizes"] = plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
@@ -289,6 +331,7 @@ def main(argv=None):
   p.add_argument("--metric", default="spearman_cosine")
   p.add_argument("--split", help="only this split of the dataset (e.g. dev or test)")
   p.add_argument("--title", default="")
+  p.add_argument("--baseline", help="a label: add each label's difference from it, marked beyond the seeds' spread")
   p.add_argument("--label", action="append", default=[], help="RUN_DIR=LABEL (repeatable)")
   args = p.parse_args(argv)
   labels = {}
@@ -298,7 +341,7 @@ def main(argv=None):
     run, label = item.split("=", 1)
     labels[run] = label
   files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric, title=args.title,
-                split=args.split)
+                split=args.split, baseline=args.baseline)
   print(open(files["table"]).read())
   for kind, path in files.items():
     print(f"{kind}: {path}")

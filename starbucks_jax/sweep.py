@@ -76,6 +76,7 @@ class Report:
   metric: str
   title: str = ""
   split: str | None = None  # only this split of the dataset (None: any)
+  baseline: str | None = None  # a label: the table of differences from it (report.differences)
 
 
 def launch(runs: Sequence[Run], root: str, *, print_only: bool = False, cwd: str | None = None,
@@ -114,7 +115,8 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, int
     folders = {r.name: r.records(root, archive) for r in finished}
     labels = {os.path.normpath(folders[r.name]): r.label for r in finished if r.label}
     records = report.collect([folders[r.name] for r in finished], labels)
-    files = report.write(records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title, split=rep.split)
+    files = report.write(records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title, split=rep.split,
+                         baseline=rep.baseline if rep.baseline in {r.label for r in finished} else None)
     missing = [r.name for r in chosen if not r.done(root, archive)]
     commits = {}
     for r in finished:

@@ -77,6 +77,26 @@ def test_seeds_average_with_their_spread_and_splits_stay_apart(tmp_path):
     report.write(records, str(tmp_path / "b"), dataset="stsb", metric="spearman_cosine")
 
 
+def test_differences_from_a_baseline_are_marked_beyond_the_seed_spread(tmp_path):
+  """Δ = label - baseline per pair and for the mean; marked where |Δ| > 2 x the larger seed sd."""
+  root = tmp_path / "sweep"
+  for seed, values in enumerate(([0.5, 0.7, 0.9], [0.6, 0.7, 0.8], [0.7, 0.7, 0.7])):  # sd 0.1, 0, 0.1; mean sd 0
+    fake_run(root / f"srl_{seed}", "starbucks", values)
+  fake_run(root / "mine", "full", [0.85, 0.7, 0.75])
+  records = report.collect([str(root)], {**{str(root / f"srl_{s}"): "SRL" for s in range(3)}, str(root / "mine"): "mine"})
+  table = open(report.write(records, str(tmp_path / "t"), dataset="stsb", metric="spearman_cosine",
+                            baseline="SRL")["table"]).read()
+  # +0.25 > 2 x 0.1: marked; 0 at sd 0: not; -0.05 within 0.2: not; mean +0.0667 at sd 0: marked
+  assert "Difference from SRL per (layer, dim); + or - where it is beyond 2 x the larger seed sd" in table
+  assert "| mine | +0.2500 + | +0.0000 | -0.0500 | +0.0667 + |" in table
+  one = open(report.write(records, str(tmp_path / "o"), dataset="stsb", metric="spearman_cosine",
+                          baseline="mine")["table"]).read()
+  assert "mine has one run, so its spread is unknown and nothing is marked" in one
+  assert "| SRL | -0.2500 | +0.0000 | +0.0500 | -0.0667 |" in one
+  with pytest.raises(ValueError, match="baseline 'paper' is not a label of the report; labels: mine, SRL"):
+    report.write(records, str(tmp_path / "b"), dataset="stsb", metric="spearman_cosine", baseline="paper")
+
+
 def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
   root = str(tmp_path / "w")
   runs = [sweep.Run("a/starbucks", "configs/ft.py:demo", ("--config.train.max_steps=1",), label="SRL"),
@@ -114,6 +134,10 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
              archive=archive)
   assert "skip a/full: done" in capsys.readouterr().out
   assert "| SRL | **0.5000** |" in open(os.path.join(out, "table.md")).read()
+  for baseline, shown in (("SRL", True), ("paper", False)):  # a baseline not finished (yet): no table, no error
+    sweep.main(runs, [sweep.Report(out, ("a/",), "stsb", "spearman_cosine", baseline=baseline)], default_root=root,
+               argv=["--report-only"], archive=archive)
+    assert ("| full | -0.1000 | -0.1000 | -0.1000 | -0.1000 |" in open(os.path.join(out, "table.md")).read()) == shown
 
 
 def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
