@@ -36,13 +36,14 @@ def use_compilation_cache(path: str) -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-def run(config, workdir: str, compilation_cache: str = "") -> None:
-  """One run of a loaded config: SMAE pre-training (mode 'pretrain') or fine-tuning and evaluation."""
+def run(config, workdir: str, compilation_cache: str = "", defaults=None) -> None:
+  """One run of a loaded config: SMAE pre-training (mode 'pretrain') or fine-tuning and evaluation;
+  `defaults`: the config file's values without overrides (resuming a run older than a key)."""
   if not workdir.strip():
     raise config_lib.ConfigError("--workdir is empty; name the run's directory")
   timing.begin()
   use_compilation_cache(compilation_cache)
-  (pretrain if config.get("mode") == "pretrain" else finetune).run(config, workdir)
+  (pretrain if config.get("mode") == "pretrain" else finetune).run(config, workdir, defaults)
   if sharding.is_primary():
     timing.current().finish(workdir)  # WORKDIR/timing.json: start-up, compiles, training, evaluation
 
@@ -52,7 +53,8 @@ def main(argv):
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   for noisy in ("absl", "jax._src.xla_bridge"):  # orbax's per-save INFO lines, the TPU probe
     logging.getLogger(noisy).setLevel(logging.WARNING)
-  run(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.compilation_cache)
+  defaults = config_lib.load_config(flags.FLAGS["config"].config_filename)  # without the overrides
+  run(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.compilation_cache, defaults)
 
 
 if __name__ == "__main__":

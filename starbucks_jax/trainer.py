@@ -128,32 +128,38 @@ RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_ch
                      "mesh.", "eval.", "resume")
 
 
-def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[ml_collections.ConfigDict], Any]):
+def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[ml_collections.ConfigDict], Any],
+          defaults: ml_collections.ConfigDict | None = None):
   """A run's first steps: jax.distributed (when several processes), `describe(config)` (the
   objective's checks, before any compute; its result is the run's description), and, in a workdir
-  that has a run, the check that this config continues it. Writes nothing (fit writes the config
-  once the model, the data and any checkpoint have loaded)."""
+  that has a run, the check that this config continues it (`defaults`: check_resume). Writes nothing
+  (fit writes the config once the model, the data and any checkpoint have loaded)."""
   sharding.start_processes(config.mesh)
   run = describe(config)
-  check_resume(workdir, config)
+  check_resume(workdir, config, defaults)
   return run
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return out
 
 
 def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
   """(key, saved value, new value) for every key whose value differs, blocks flattened to dotted keys."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
-    return out
-  old, new = flat(saved), flat(json.loads(config.to_json_best_effort()))
+  old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
   return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(old.keys() | new.keys())
           if old.get(k, "<absent>") != new.get(k, "<absent>")]
 
 
-def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
+def check_resume(workdir: str, config: ml_collections.ConfigDict,
+                 defaults: ml_collections.ConfigDict | None = None) -> None:
   """A rerun in a workdir must keep the run's meaning: a ConfigError lists the changed keys outside
-  RESUMABLE_CHANGES, unless resume='force'."""
+  RESUMABLE_CHANGES, unless resume='force'. `defaults` (the config file's own values, without the
+  command line's overrides): a key the saved config lacks (code newer than the run) that keeps its
+  default is not a change; the run resumes and the log names it."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -163,6 +169,13 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict) -> None:
   except ValueError as e:
     raise ConfigError(f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
   changes = config_changes(saved, config)
+  if defaults is not None:
+    default = _flat(json.loads(defaults.to_json_best_effort()))
+    added = [c for c in changes if c[1] == "<absent>" and c[0] in default and default[c[0]] == c[2]]
+    if added:
+      log.info("%s predates keys that keep their defaults here: %s", workdir,
+               "; ".join(f"{k} = {v!r}" for k, _, v in added))
+    changes = [c for c in changes if c not in added]
   changed = [c for c in changes if not c[0].startswith(RESUMABLE_CHANGES)]
   listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)  # noqa: E731
   if changed and config.get("resume", "check") != "force":

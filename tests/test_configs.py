@@ -134,6 +134,13 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert "| 4 | 32 |" in ok.stdout
   assert json.load(open(tmp_path / "w" / "timing.json"))["eval_s"] > 0  # where the time went
+  # a workdir written before loss.full_weight existed: at its default the key is no change
+  saved = json.load(open(tmp_path / "w" / "config.json"))
+  del saved["loss"]["full_weight"]
+  json.dump(saved, open(tmp_path / "w" / "config.json", "w"))
+  again = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
+                f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))")
+  assert again.returncode == 0 and "predates keys that keep their defaults here: loss.full_weight = 1.0" in again.stderr
   typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}", "--config.modle.pooling=cls")
   assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
       "error: --config.modle.pooling: no such key in configs/ft.py; did you mean --config.model.pooling?")

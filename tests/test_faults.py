@@ -1,6 +1,7 @@
 """Bad inputs and faults: each gets one line naming the file, line or key, before any compute, and
 changes nothing it should not (docs: README "Reliability")."""
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -249,6 +250,18 @@ def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
     tiny_run.train.lr, tiny_run.data.batch_size = 5e-5, 8
     tiny_run.train.max_steps, tiny_run.train.log_every = 3, 3
   trainer.check_resume(work, tiny_run)
+  # a run older than a key: absent -> the config file's default is no change; anything else is
+  saved = json.load(open(os.path.join(work, "config.json")))
+  del saved["train"]["adam_eps"]
+  json.dump(saved, open(os.path.join(work, "config.json"), "w"))
+  defaults = copy.deepcopy(tiny_run)
+  with pytest.raises(config_lib.ConfigError, match=r"train.adam_eps: '<absent>' -> 1e-08"):
+    trainer.check_resume(work, tiny_run)  # no defaults known (a run started from Python)
+  trainer.check_resume(work, tiny_run, defaults)
+  with tiny_run.unlocked():
+    tiny_run.train.adam_eps = 1e-6
+  with pytest.raises(config_lib.ConfigError, match=r"train.adam_eps: '<absent>' -> 1e-06"):
+    trainer.check_resume(work, tiny_run, defaults)
 
 
 def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path):
