@@ -189,6 +189,12 @@ def test_metrics_equal_hand_computed_values(tmp_path):
   assert got["nDCG@10"] == pytest.approx((ndcg_q1 + ndcg_q2 + 0) / 3)
   assert got["R@100"] == pytest.approx((1 + 1 + 0) / 3)
   assert got["RR@1"] == pytest.approx(1 / 3)
+  # graded judgements (q1's c is 2): recall also at grade >= 2, TREC DL's convention; binary: as asked
+  assert retrieval.metrics_for(qrels) == retrieval.METRICS + ("R(rel=2)@100", "R(rel=2)@1000")
+  assert retrieval.metrics_for({"q": {"a": 1, "b": 0}}) == retrieval.METRICS
+  without_c = {**run, "q1": {"a": 0.9, "b": 0.8}}  # c (grade 2) not retrieved: q1's R@100 1/2, R(rel=2)@100 0
+  got = retrieval.measure(qrels, without_c, retrieval.metrics_for(qrels, ("R@100",)))
+  assert got == pytest.approx({"R@100": (0.5 + 1 + 0) / 3, "R(rel=2)@100": 0.0})
   path = search.write_trec(str(tmp_path / "r.trec"), run, "t")
   lines = open(path).read().splitlines()
   assert lines[0] == "q1 Q0 a 1 0.900000 t" and lines[3] == "q1 Q0 c 4 0.100000 t"
@@ -224,7 +230,7 @@ def test_evaluate_collection_writes_runs_and_records(tiny_hf_dir, tmp_path):
   records = retrieval.evaluate_collection(embedder, col, PAIRS, str(tmp_path / "w"), passage_max_length=32,
                                           query_max_length=16, k=10)
   assert {(r["layer"], r["dim"]) for r in records} == set(PAIRS)
-  assert {r["metric"] for r in records} == set(retrieval.METRICS)
+  assert {r["metric"] for r in records} == set(retrieval.metrics_for(col.qrels))
   assert all(0.0 <= r["value"] <= 1.0 for r in records)
   run_file = tmp_path / "w" / "runs" / "toy_test_2_16.trec"
   assert len(open(run_file).read().splitlines()) == 5 * 10
@@ -312,7 +318,7 @@ def test_evaluate_collection_records_funnels_apart(tiny_hf_dir, tmp_path):
                                           query_max_length=16, k=10, funnels=(funnel,))
   assert asked == [(1, 2, 3, 4), (1, 2, 3, 4)]  # the corpus (one pass, every stored layer), then the queries
   mine = [r for r in records if r.get("funnel") == funnel]
-  assert {(r["layer"], r["dim"]) for r in mine} == {(4, 32)} and len(mine) == len(retrieval.METRICS)
+  assert {(r["layer"], r["dim"]) for r in mine} == {(4, 32)} and len(mine) == len(retrieval.metrics_for(col.qrels))
   assert os.path.exists(tmp_path / "w" / "runs" / "toy_test_funnel_3x8-10_4x32-5.trec")
   from starbucks_jax.evaluate import results
   assert f"toy/test nDCG@10 [{funnel}]" in results.table(records)
@@ -395,7 +401,7 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   by_set = {}
   for r in records:
     by_set.setdefault(r["dataset"], {})[(r["split"], r["metric"], r["layer"], r["dim"])] = r["value"]
-  assert by_set["tev"] == pytest.approx(by_set["toy"], abs=1e-6) and len(by_set["tev"]) == 4 * len(PAIRS)
+  assert by_set["tev"] == pytest.approx(by_set["toy"], abs=1e-6) and len(by_set["tev"]) == 6 * len(PAIRS)  # graded: 2 more recalls
   # another run of the same weights (from a copy elsewhere) scores a funnel on w's index, encoding no passage
   import shutil
   shards = sorted(glob.glob(str(tmp_path / "w" / "index" / "toy" / "layer_*" / "*.npy")))

@@ -5,7 +5,7 @@ For each: the corpus is encoded once for all pairs (`index.encode_corpus`,
 cached under WORKDIR/index/<name>, resumable), the queries once for all layers, then each pair
 searches with its truncated vectors (`search.exact_topk`), writes its TREC run file to
 WORKDIR/runs/<name>_<split>_<n>_<d>.trec and is scored with ir-measures (MRR@10 as RR@10, nDCG@10,
-R@100, R@1000) into `{dataset, split, metric, layer, dim, value}` records. Funnels
+R@100, R@1000; with graded judgements also R(rel=2)@100 and @1000, as TREC DL reports recall) into `{dataset, split, metric, layer, dim, value}` records. Funnels
 (eval.retrieval_funnels, e.g. '2x32:1000,6x384:100') retrieve with one sub-model and rescore the
 survivors with larger ones from the same index; their records carry `funnel`.
 """
@@ -21,6 +21,14 @@ from starbucks_jax.evaluate import cost, results, search
 
 log = logging.getLogger(__name__)
 METRICS = ("RR@10", "nDCG@10", "R@100", "R@1000")
+
+
+def metrics_for(qrels: dict[str, dict[str, int]], metrics=METRICS) -> tuple[str, ...]:
+  """`metrics`, and with graded judgements (some grade >= 2, as TREC DL's 0-3) each recall also
+  counting grade >= 2 only ('R(rel=2)@1000', TREC DL's and Pyserini's convention beside BEIR's >= 1)."""
+  if not any(grade >= 2 for docs in qrels.values() for grade in docs.values()):
+    return tuple(metrics)
+  return tuple(metrics) + tuple(m.replace("R@", "R(rel=2)@") for m in metrics if m.startswith("R@"))
 
 
 def check_source(key: str, source: str, split: str) -> None:
@@ -92,7 +100,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
       tag = "funnel_" + spec.replace(":", "-").replace(",", "_")
       file = f"{name}_{split}_{tag}.trec"
     search.write_trec(os.path.join(workdir, "runs", file), run, tag)
-    for metric, value in measure(collection.qrels, run, metrics).items():
+    for metric, value in measure(collection.qrels, run, metrics_for(collection.qrels, metrics)).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
   if costs:
     rows = cost.measure(embedder, collection.queries, query_vecs, folder, [stages for _, stages in configurations],
