@@ -433,8 +433,9 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrain
 
 def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collections.ConfigDict | None = None
         ) -> list[dict]:
-  """Fine-tune and evaluate (mode=train), or evaluate model.init_from (mode=eval). `defaults`: the config file's values, for
-  resuming a run made before a key existed (trainer.check_resume)."""
+  """Fine-tune and evaluate (mode=train), or evaluate model.init_from (mode=eval).
+  `defaults`: the config file's values, for resuming a run made before a key existed
+  (trainer.check_resume)."""
   spec = trainer.start(config, workdir, describe, defaults)
   log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
            spec.model.config.num_hidden_layers, spec.model.config.hidden_size, spec.model.pairs)

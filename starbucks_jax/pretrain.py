@@ -274,8 +274,9 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, run: P
 
 def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collections.ConfigDict | None = None
         ) -> list[dict]:
-  """Pre-train, export and evaluate masked-token accuracy per pair. `defaults`: the config file's values, for
-  resuming a run made before a key existed (trainer.check_resume)."""
+  """Pre-train, export and evaluate masked-token accuracy per pair.
+  `defaults`: the config file's values, for resuming a run made before a key existed
+  (trainer.check_resume)."""
   spec = trainer.start(config, workdir, describe, defaults)
   if config.eval.text:  # every evaluation row read and checked before training, not after it
     for _ in sources.read_rows(config.eval.text, {"text": str}, {"text": config.eval.text_column}):

@@ -130,6 +130,11 @@ def spreads(records: list[dict[str, Any]], dataset: str, metric: str, pairs, spl
   return out
 
 
+def _mean_over(row: dict, pairs) -> float | None:
+  """The row's mean over `pairs`, or None when it lacks one of them."""
+  return sum(row[p] for p in pairs) / len(pairs) if all(p in row for p in pairs) else None
+
+
 def markdown(pairs, rows: dict[str, dict], *, digits: int = 4, spread: dict | None = None) -> str:
   """One row per label; a cell with several runs (seeds) reads 'mean ± sd (n)'."""
   spread = spread or {}
@@ -145,7 +150,8 @@ def markdown(pairs, rows: dict[str, dict], *, digits: int = 4, spread: dict | No
            "|---|" + "---:|" * (len(pairs) + 1)]
   for label, row in rows.items():
     cells = ["" if row.get(p) is None else cell(label, p, row[p], row[p] == best[p]) for p in pairs]
-    mean = cell(label, "mean", sum(row[p] for p in pairs) / len(pairs)) if all(p in row for p in pairs) else ""
+    mean = _mean_over(row, pairs)
+    mean = "" if mean is None else cell(label, "mean", mean)
     lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
   return "\n".join(lines)
 
@@ -162,9 +168,7 @@ def differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, *, di
   base_sd = spread.get(baseline, {})
 
   def value(row, key):
-    if key != "mean":
-      return row.get(key)
-    return sum(row[p] for p in pairs) / len(pairs) if all(p in row for p in pairs) else None
+    return _mean_over(row, pairs) if key == "mean" else row.get(key)
   rule = (f"; + or - where it is beyond {BEYOND:g} x the larger seed sd of the two" if base_sd
           else f": {baseline} has one run, so its spread is unknown and nothing is marked")
   lines = [f"Difference from {baseline} per (layer, dim){rule}.", "",

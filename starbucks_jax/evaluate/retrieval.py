@@ -5,7 +5,8 @@ For each: the corpus is encoded once for all pairs (`index.encode_corpus`,
 cached under WORKDIR/index/<name>, resumable), the queries once for all layers, then each pair
 searches with its truncated vectors (`search.exact_topk`), writes its TREC run file to
 WORKDIR/runs/<name>_<split>_<n>_<d>.trec and is scored with ir-measures (MRR@10 as RR@10, nDCG@10,
-R@100, R@1000; with graded judgements also R(rel=2)@100 and @1000, as TREC DL reports recall) into `{dataset, split, metric, layer, dim, value}` records. Funnels
+R@100, R@1000; with graded judgements also R(rel=2)@100 and @1000, as TREC DL reports recall)
+into `{dataset, split, metric, layer, dim, value}` records. Funnels
 (eval.retrieval_funnels, e.g. '2x32:1000,6x384:100') retrieve with one sub-model and rescore the
 survivors with larger ones from the same index; their records carry `funnel`.
 """
@@ -89,6 +90,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
   k = min(k, len(collection.doc_ids))
   # a pair is a one-stage funnel; only a chain's records and run file carry its spec
   configurations = [(None, (((n, d), k),)) for n, d in pairs] + list(chains.items())
+  metrics = metrics_for(collection.qrels, metrics)
   records = []
   for spec, stages in configurations:
     scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
@@ -100,7 +102,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
       tag = "funnel_" + spec.replace(":", "-").replace(",", "_")
       file = f"{name}_{split}_{tag}.trec"
     search.write_trec(os.path.join(workdir, "runs", file), run, tag)
-    for metric, value in measure(collection.qrels, run, metrics_for(collection.qrels, metrics)).items():
+    for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
   if costs:
     rows = cost.measure(embedder, collection.queries, query_vecs, folder, [stages for _, stages in configurations],
