@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random HF BERT directories, the installed all-MiniLM-L6-v2, ../shared/data."""
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -37,6 +38,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def load_script(path: str):
+  """A script of the repository (not a package module), e.g. 'experiments/sweep_ablations.py', as a module."""
+  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, REPO / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 # A small WordPiece vocabulary: specials, letters, a few words and suffixes (128 entries).
 _WORDS = ("the a an is are was of to and in on for with that this it as at by from be or not "

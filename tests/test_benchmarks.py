@@ -1,8 +1,6 @@
 """benchmarks/vs_pytorch.py: its random-init models are real checkpoints, and its PyTorch
 formulation computes our objective (what the timings compare must be the same training)."""
 
-import importlib.util
-import pathlib
 import re
 
 import jax
@@ -10,19 +8,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO, load_script
 from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import bert
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def vs_pytorch():
-  spec = importlib.util.spec_from_file_location("vs_pytorch", REPO / "benchmarks" / "vs_pytorch.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_script("benchmarks/vs_pytorch.py")
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +97,7 @@ def test_recipe_benchmarks_sentence_transformers_loss_is_our_objective(random_mi
   torch = pytest.importorskip("torch")
   from sentence_transformers import SentenceTransformer
 
-  spec = importlib.util.spec_from_file_location("recipe_vs_pytorch", REPO / "benchmarks" / "recipe_vs_pytorch.py")
-  recipe = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(recipe)
+  recipe = load_script("benchmarks/recipe_vs_pytorch.py")
   pre = checkpoint.load_model(random_minilm)
   N, D = pre.config.num_hidden_layers, pre.config.hidden_size
   pairs = schedule.STARBUCKS["minilm-l6-h384"]

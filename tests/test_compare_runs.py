@@ -1,13 +1,10 @@
 """experiments/compare_runs.py: equal runs pass, a changed loss or result fails."""
 
-import importlib.util
 import json
 
-from conftest import REPO
+from conftest import load_script
 
-spec = importlib.util.spec_from_file_location("compare_runs", REPO / "experiments" / "compare_runs.py")
-compare_runs = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(compare_runs)
+compare_runs = load_script("experiments/compare_runs.py")
 
 
 def workdir(path, loss=1.0, value=0.5, speed=10.0):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from conftest import REPO
+from conftest import load_script
 from starbucks_jax import report, sweep
 from starbucks_jax.evaluate import results
 
@@ -143,10 +143,7 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
 def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   """experiments/sweep_ablations.py: seed 0 of every variant and SRL's seeds; once every seed 0 has
   finished, seeds 1 and 2 of the two variants with the best STS-B dev mean (not test)."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("sweep_ablations", REPO / "experiments" / "sweep_ablations.py")
-  sweep_ablations = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(sweep_ablations)
+  sweep_ablations = load_script("experiments/sweep_ablations.py")
   root = str(tmp_path)
   first = sweep_ablations.runs(root, None)
   assert len(first) == len(sweep_ablations.VARIANTS) + 2 and len({r.name for r in first}) == len(first)
