@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_script
 from starbucks_jax import config_lib, finetune
 from starbucks_jax.models import hf
 
@@ -45,6 +45,22 @@ def test_2dmse_presets(method, weighting, detach):
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + f":sts,method={method}")
   assert (cfg.schedule.method, cfg.loss.kl) == ("2dmse", "tempered_features")
   assert (cfg.loss.layer_weighting, cfg.loss.kl_detach) == (weighting, detach)
+
+
+def test_recommended_preset_is_the_ablation_it_rests_on():
+  """method=starbucks_scores_1n sets what the ablation sweep's run of that variant overrode, and nothing else."""
+  _, overrides = load_script("experiments/sweep_ablations.py").VARIANTS["kl=scores (detached) + weights 1/n"]
+  ft = str(REPO / "configs" / "ft.py")
+  swept = config_lib.load_config(ft + ":sts_cpu")
+  for override in overrides:
+    key, value = override.removeprefix("--config.").split("=")
+    section, field = key.split(".")
+    with swept.unlocked():
+      swept[section][field] = type(swept[section][field])(value == "True" if value in ("True", "False") else value)
+  preset = config_lib.load_config(ft + ":sts_cpu,method=starbucks_scores_1n")
+  assert preset.to_dict() == swept.to_dict() != config_lib.load_config(ft + ":sts_cpu").to_dict()
+  assert (preset.schedule.method, preset.loss.kl, preset.loss.kl_detach, preset.loss.kl_temperature,
+          preset.loss.pair_weighting) == ("starbucks", "scores", True, 1.0, "inverse_layer")
 
 
 def test_retrieval_recipe_evaluates_as_the_authors():
