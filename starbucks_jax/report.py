@@ -11,7 +11,8 @@ workdirs) with the run's config.json, and labels each record with its method (sc
   of one label at the same pairs (seeds) are averaged, shown as mean ± sample sd (runs); with a
   baseline label, a second table of each label's difference from it, marked where it is beyond the
   seeds' spread (`differences`);
-- sizes.png: the metric per size, one line per label;
+- sizes.png: the metric per size, one line per label; differences.png (with a baseline): each
+  label's difference from it per size, seed sd as error bars, over the baseline's spread band;
 - grid.png: a layer x dim heatmap per label for runs evaluated on the whole grid (eval.grid=True);
 - curves.png: training loss against step from each run's metrics.jsonl.
 """
@@ -210,14 +211,21 @@ def _pyplot():
   return plt
 
 
+def _style(plt, i: int) -> dict:
+  """Line i's colour and marker: 20 colours, then the markers change, so many labels stay apart."""
+  return {"color": plt.get_cmap("tab20")(i % 20), "marker": "osD^v"[i // 20 % 5]}
+
+
 def _save_lines(plt, fig, ax, path: str, xlabel: str, ylabel: str, *, legend_size: int) -> str:
-  """Axis labels, a light grid and the legend of a line plot; saved as PNG and closed."""
+  """Axis labels, a light grid and the legend (beside the axes when it is long); saved as PNG, closed."""
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=legend_size)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  if len(ax.get_legend_handles_labels()[1]) > 6:
+    ax.legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+  else:
+    ax.legend(fontsize=legend_size)
+  fig.savefig(path, dpi=120, bbox_inches="tight")
   plt.close(fig)
   return path
 
@@ -226,11 +234,33 @@ def plot_sizes(pairs, rows: dict[str, dict], path: str, ylabel: str) -> str:
   plt = _pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   x = list(range(len(pairs)))
-  for label, row in rows.items():
-    xs = [i for i, p in zip(x, pairs) if p in row]
-    ax.plot(xs, [row[pairs[i]] for i in xs], marker="o", label=label)
+  for i, (label, row) in enumerate(rows.items()):
+    xs = [j for j, p in zip(x, pairs) if p in row]
+    ax.plot(xs, [row[pairs[j]] for j in xs], label=label, **_style(plt, i))
   ax.set_xticks(x, [f"({n},{d})" for n, d in pairs])
   return _save_lines(plt, fig, ax, path, "(layers, dims)", ylabel, legend_size=8)
+
+
+def plot_differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, path: str, ylabel: str) -> str:
+  """Each label minus the baseline per size, with its seeds' sd as error bars, over the band of
+  BEYOND x the baseline's sd (what a difference must clear, `differences`)."""
+  plt = _pyplot()
+  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  x, base = list(range(len(pairs))), rows[baseline]
+  base_sd = spread.get(baseline, {})
+  if base_sd:
+    band = [BEYOND * base_sd.get(p, (0.0, 1))[0] for p in pairs]
+    ax.fill_between(x, [-b for b in band], band, color="0.85", label=f"{baseline}: ±{BEYOND:g} sd")
+  ax.axhline(0.0, color="0.3", lw=0.8)
+  for i, (label, row) in enumerate(rows.items()):  # i as in sizes.png: each label keeps its colour
+    if label == baseline:
+      continue
+    xs = [j for j, p in zip(x, pairs) if p in row and p in base]
+    sd = spread.get(label, {})
+    ax.errorbar(xs, [row[pairs[j]] - base[pairs[j]] for j in xs], capsize=2, label=label,
+                yerr=[sd.get(pairs[j], (0.0, 1))[0] for j in xs] if sd else None, **_style(plt, i))
+  ax.set_xticks(x, [f"({n},{d})" for n, d in pairs])
+  return _save_lines(plt, fig, ax, path, "(layers, dims)", f"{ylabel} - {baseline}", legend_size=8)
 
 
 def is_grid(row: dict) -> bool:
@@ -275,7 +305,7 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
     if not os.path.exists(metrics):
       continue
     rows = read_metrics(metrics)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label, color=_style(plt, drawn)["color"])
     drawn += 1
   if not drawn:
     plt.close(fig)
@@ -315,6 +345,9 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   with open(files["table"], "w", encoding="utf8") as f:
     f.write(head + grids)
   files["sizes"] = plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
+  if baseline and not all(is_grid(row) for row in full_rows.values()):
+    files["differences"] = plot_differences(pairs, rows, spread, baseline, os.path.join(out, "differences.png"),
+                                            f"{dataset} {metric}")
   grid = plot_grids(full_rows, os.path.join(out, "grid.png"), f"{dataset} {metric}")
   if grid:
     files["grid"] = grid

@@ -89,6 +89,7 @@ def test_differences_from_a_baseline_are_marked_beyond_the_seed_spread(tmp_path)
   # +0.25 > 2 x 0.1: marked; 0 at sd 0: not; -0.05 within 0.2: not; mean +0.0667 at sd 0: marked
   assert "Difference from SRL per (layer, dim); + or - where it is beyond 2 x the larger seed sd" in table
   assert "| mine | +0.2500 + | +0.0000 | -0.0500 | +0.0667 + |" in table
+  assert open(tmp_path / "t" / "differences.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
   one = open(report.write(records, str(tmp_path / "o"), dataset="stsb", metric="spearman_cosine",
                           baseline="mine")["table"]).read()
   assert "mine has one run, so its spread is unknown and nothing is marked" in one
