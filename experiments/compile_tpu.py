@@ -1,14 +1,16 @@
-"""Compile every paper recipe for TPU topologies on this CPU and tabulate memory, FLOPs and rooflines.
+"""Compile every paper recipe for TPU topologies on this CPU and tabulate memory, FLOPs, bytes and rooflines.
 
-    python experiments/compile_tpu.py [--only nli] [--topologies v5e-8,v6e-1]
+    python experiments/compile_tpu.py [--only nli] [--topologies v5e-8,v6e-1] [--out-dir results_tpu]
+    python experiments/compile_tpu.py --compare results_tpu/before results_tpu
 
 One `python -m starbucks_jax.compile` process per (recipe, topology), each writing
-experiments/results_tpu/<recipe>_<topology>.json (an existing file is skipped, so an interrupted
-sweep resumes); then experiments/results_tpu/table.md from every JSON there. Needs the tpu extra.
-Each recipe is compiled at the length its data's batches are padded to (the pow2 bucket of the
-longest text in a batch): AllNLI batches of 128 triplets meet 128 (MultiNLI premises; SNLI alone
-stays under 64), STS-B batches of 16 pairs 64 (longest text 70 tokens, so 128 is rare), MS MARCO
-groups the configured maxima (32 / 196), SMAE its 512-token windows; `nli_512` is nli's worst case.
+<out-dir>/<recipe>_<topology>.json (an existing file is skipped, so an interrupted sweep resumes);
+then <out-dir>/table.md from every JSON there, and <out-dir>/breakdown.md (bytes and FLOPs by
+category). `--compare A B` writes B/compare.md: each (recipe, topology) in both, A's figures beside
+B's. Needs the tpu extra. Each recipe is compiled at the length its data's batches are padded to (the
+pow2 bucket of the longest text in a batch): AllNLI batches of 128 triplets meet 128 (MultiNLI
+premises; SNLI alone stays under 64), STS-B batches of 16 pairs 64 (longest text 70 tokens, so 128
+is rare), MS MARCO groups the configured maxima (32 / 196), SMAE its 512-token windows.
 """
 
 from __future__ import annotations
@@ -24,24 +26,24 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 OUT = os.path.join(HERE, "results_tpu")
-RECIPES = {  # name -> (config, overrides, tokens per text; None = the config's maximum)
-    "nli": ("configs/ft.py:nli", [], 128),
-    "sts": ("configs/ft.py:sts", [], 64),
-    "retrieval": ("configs/retrieval.py", [], None),
-    "smae": ("configs/pt.py", [], None),
-    "nli_full": ("configs/ft.py:nli,method=full", [], 128),  # the SRL / full-only FLOPs and bytes ratio
-    "nli_512": ("configs/ft.py:nli", [], None),
-    "nli_gc4": ("configs/ft.py:nli", ["--config.train.grad_cache_chunks=4"], 128),
-    "retrieval_gc8": ("configs/retrieval.py", ["--config.train.grad_cache_chunks=8"], None),  # one chip
-    "smae_remat": ("configs/pt.py", ["--config.model.remat=full"], None),  # SMAE where it does not fit
-    "smae_remat_mb4": ("configs/pt.py", ["--config.model.remat=full", "--config.train.microbatches=4"], None),
+MAIN = ("v5e-1", "v5e-8", "v6e-8", "v5p-8")  # the issue's four topologies
+RECIPES = {  # name -> (config, overrides, tokens per text (None = the config's maximum), topologies)
+    "nli": ("configs/ft.py:nli", [], 128, MAIN),
+    "sts": ("configs/ft.py:sts", [], 64, MAIN),
+    "retrieval": ("configs/retrieval.py", [], None, MAIN),
+    "smae": ("configs/pt.py", [], None, MAIN),
+    "nli_full": ("configs/ft.py:nli,method=full", [], 128, ("v5e-8",)),  # SRL / full-only bytes
+    "nli_gc4": ("configs/ft.py:nli", ["--config.train.grad_cache_chunks=4"], 128, ("v5e-1",)),
+    "retrieval_gc8": ("configs/retrieval.py", ["--config.train.grad_cache_chunks=8"], None, ("v5e-1",)),
+    "smae_remat_mb4": ("configs/pt.py", ["--config.model.remat=full", "--config.train.microbatches=4"], None,
+                       ("v5e-8", "v6e-8")),
 }
-TOPOLOGIES = ("v5e-1", "v6e-1", "v5e-8", "v4-8", "v5p-8")  # + v5e-32 (multi-host) for nli, smae
+GB, GiB = 1e9, 2**30
 
 
-def compile_one(name: str, topology: str) -> str:
-  config, overrides, length = RECIPES[name]
-  out = os.path.join(OUT, f"{name}_{topology}.json")
+def compile_one(name: str, topology: str, out_dir: str) -> str:
+  config, overrides, length, _ = RECIPES[name]
+  out = os.path.join(out_dir, f"{name}_{topology}.json")
   if os.path.exists(out):
     return out
   cmd = [sys.executable, "-m", "starbucks_jax.compile", f"--config={config}", f"--topology={topology}", f"--out={out}",
@@ -55,55 +57,95 @@ def compile_one(name: str, topology: str) -> str:
   return out
 
 
-def rescored(r: dict, command: str) -> dict:
-  """A report's roofline as compile.roofline computes it now (JSON written before loop trips were
-  counted included): a train step's trips = microbatches x gradient-cache chunks of the command's
-  overrides; the evaluation encoder has no loop."""
-  from starbucks_jax import compile as tpu_compile
-  setting = lambda key, default: int(next((a.split("=")[1] for a in command.split() if a.startswith(f"--config.train.{key}=")), default))  # noqa: E731
-  trips = setting("microbatches", 1) * max(setting("grad_cache_chunks", 0), 1) if r["program"] == "train_step" else 1
-  hbm, peak, bandwidth = tpu_compile.CHIPS[r["chip"]]
-  per_chip = round(hbm / r["hbm_bytes"])  # devices per chip (v4: one per TensorCore)
-  return tpu_compile.roofline({**r, "loop_trips": trips}, peak / per_chip, bandwidth / per_chip)
-
-
-def write_table() -> str:
-  rows = ["| recipe | settings | topology | program | batch | mesh | per-device GiB: args / temp / total (HBM) | fits | "
-          "TFLOP per device: XLA x loop trips / model | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-  for path in sorted(glob.glob(os.path.join(OUT, "*.json"))):
+def records(out_dir: str):
+  """(recipe, settings, program report) of every JSON in `out_dir`, in name order."""
+  for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
     record = json.load(open(path))
-    name = os.path.basename(path)
+    name = os.path.basename(path)[:-5].rsplit("_v", 1)[0]
     settings = " ".join(a.replace("--config.", "") for a in record["command"].split() if a.startswith("--config."))
     for r in record["programs"]:
-      gib = 2**30
-      if "compiler" in r:  # the compiler refused it: more than HBM
-        rows.append(f"| {name.split('_v')[0]} | {settings} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
-                    f"{'x'.join(str(v) for v in r['mesh'].values())} | needs {r['total_bytes'] / gib:.2f} "
-                    f"({r['hbm_bytes'] / gib:.0f}) | NO | - | - | - |")
-        continue
-      r = rescored(r, record["command"])
-      rows.append(f"| {name.split('_v')[0]} | {settings} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
-                  f"{'x'.join(str(v) for v in r['mesh'].values())} | {r['argument_bytes'] / gib:.2f} / "
-                  f"{r['temp_bytes'] / gib:.2f} / {r['total_bytes'] / gib:.2f} ({r['hbm_bytes'] / gib:.0f}) | "
-                  f"{'yes' if r['fits'] else 'NO'} | {r['xla_flops_times_trips'] / 1e12:.2f} / {r['model_matmul_flops'] / 1e12:.2f} | "
-                  f"{r['roofline_seconds'] * 1e3:.0f} ({r['bound']}) | {r['mfu_bound']:.2f} |")
-  path = os.path.join(OUT, "table.md")
+      yield name, settings, r
+
+
+def row(name: str, settings: str, r: dict) -> str:
+  where = (f"| {name} | {settings} | {r['topology']} ({r['devices']} x {r['chip']}) | {r['program']} | {r['batch']} | "
+           f"{'x'.join(str(v) for v in r['mesh'].values())} |")
+  if "compiler" in r:  # the compiler refused it: more than HBM
+    return f"{where} needs {r['total_bytes'] / GiB:.2f} ({r['usable_hbm_bytes'] / GiB:.2f}) | NO |" + " - |" * 7
+  return (f"{where} {r['argument_bytes'] / GiB:.2f} / {r['temp_bytes'] / GiB:.2f} / {r['total_bytes'] / GiB:.2f} "
+          f"({r['usable_hbm_bytes'] / GiB:.2f}) | {'yes' if r['fits'] else 'NO'} | {r['flops'] / 1e12:.2f} / "
+          f"{r['model_flops'] / 1e12:.2f} | {r['hbm_bytes'] / GB:.1f} / {r['bytes_accessed'] / GB:.1f} | "
+          f"{r['ici_bytes'] / GB:.2f} | {r['roofline_seconds'] * 1e3:.1f} ({r['bound']}) | {r['mfu_bound']:.2f} | "
+          f"{r['hfu_bound']:.2f} | {r['mfu_bound_all_memories']:.2f} |")
+
+
+HEADER = ("| recipe | settings | topology | program | batch | mesh | per-device GiB: args / temp / total (usable) | fits | "
+          "TFLOP per device: executed / model | GB per device: HBM / all memories | ICI GB | roofline ms (bound) | "
+          "MFU bound | HFU bound | MFU bound, all bytes as HBM |\n" + "|---" * 15 + "|")
+
+
+def write_table(out_dir: str) -> str:
+  rows = [row(*x) for x in records(out_dir)]
+  path = os.path.join(out_dir, "table.md")
   with open(path, "w") as f:
-    f.write("Compiled, not measured (python experiments/compile_tpu.py; commands and commits in each JSON).\n\n")
-    f.write("\n".join(rows) + "\n")
+    f.write("Compiled, not measured (python experiments/compile_tpu.py; commands and commits in each JSON). "
+            "Per device, every loop body counted once per trip; roofline = max(executed FLOPs / peak, HBM bytes / "
+            "HBM bandwidth, ICI bytes / ICI bandwidth); the last column reads all of XLA's bytes (on-chip "
+            "memory included) as HBM traffic.\n\n" + HEADER + "\n" + "\n".join(rows) + "\n")
+  breakdown = []
+  for name, settings, r in records(out_dir):
+    if "breakdown" not in r:
+      continue
+    breakdown += [f"\n{name} {settings} -- {r['program']} on {r['topology']}, per device per step "
+                  "(HBM GB / all memories GB / GFLOP / ICI GB):\n",
+                  "| category | HBM GB | all memories GB | GFLOP | ICI GB |", "|---|---|---|---|---|"]
+    breakdown += [f"| {k} | {c['hbm_bytes'] / GB:.2f} | {c['bytes'] / GB:.2f} | {c['flops'] / 1e9:.0f} | "
+                  f"{c['ici_bytes'] / GB:.3f} |" for k, c in r["breakdown"].items()]
+  with open(os.path.join(out_dir, "breakdown.md"), "w") as f:
+    f.write("Bytes and FLOPs of each compiled step by category (starbucks_jax/hlo_costs.py; compiled, not "
+            "measured).\n" + "\n".join(breakdown) + "\n")
+  return path
+
+
+def compare(before_dir: str, after_dir: str) -> str:
+  """after_dir/compare.md: the programs compiled in both, before -> after."""
+  before = {(n, r["topology"], r["program"]): r for n, _, r in records(before_dir)}
+  lines = ["| recipe | topology | program | fits | GiB total | HBM GB | all memories GB | TFLOP executed | "
+           "roofline ms | MFU bound | HFU bound | MFU bound, all bytes as HBM |", "|---" * 12 + "|"]
+  cell = lambda a, b, key, scale, fmt: (  # noqa: E731
+      "-" if key not in a or key not in b else f"{a[key] / scale:{fmt}} -> {b[key] / scale:{fmt}}")
+  for name, _, r in records(after_dir):
+    b = before.get((name, r["topology"], r["program"]))
+    if b is None:
+      continue
+    fits = f"{'yes' if b['fits'] else 'NO'} -> {'yes' if r['fits'] else 'NO'}"
+    lines.append(f"| {name} | {r['topology']} | {r['program']} | {fits} | {cell(b, r, 'total_bytes', GiB, '.2f')} | "
+                 f"{cell(b, r, 'hbm_bytes', GB, '.1f')} | {cell(b, r, 'bytes_accessed', GB, '.1f')} | "
+                 f"{cell(b, r, 'flops', 1e12, '.2f')} | {cell(b, r, 'roofline_seconds', 1e-3, '.1f')} | "
+                 f"{cell(b, r, 'mfu_bound', 1, '.2f')} | {cell(b, r, 'hfu_bound', 1, '.2f')} | "
+                 f"{cell(b, r, 'mfu_bound_all_memories', 1, '.2f')} |")
+  path = os.path.join(after_dir, "compare.md")
+  with open(path, "w") as f:
+    f.write(f"Before ({os.path.relpath(before_dir, HERE)}) -> after ({os.path.relpath(after_dir, HERE)}); "
+            "compiled, not measured; per device.\n\n" + "\n".join(lines) + "\n")
   return path
 
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--only", action="append", choices=sorted(RECIPES), help="recipes (default: all)")
-  p.add_argument("--topologies", default=",".join(TOPOLOGIES))
+  p.add_argument("--topologies", default="", help="comma-separated (default: each recipe's own list)")
+  p.add_argument("--out-dir", default=OUT)
+  p.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"), help="write AFTER/compare.md and stop")
   args = p.parse_args()
-  os.makedirs(OUT, exist_ok=True)
+  if args.compare:
+    print(compare(*args.compare))
+    return
+  os.makedirs(args.out_dir, exist_ok=True)
   for name in args.only or RECIPES:
-    for topology in args.topologies.split(","):
-      compile_one(name, topology)
-  print(write_table())
+    for topology in (args.topologies.split(",") if args.topologies else RECIPES[name][3]):
+      compile_one(name, topology, args.out_dir)
+  print(write_table(args.out_dir))
 
 
 if __name__ == "__main__":

@@ -12,10 +12,12 @@ named by --preset (default: guessed from model.init_from). The batch is padded t
 compile the evaluation encoder (eval.batch_size passages of eval.passage_max_length on one chip).
 
 For every program it prints and writes (--out, JSON): devices and mesh; per-device argument, output
-and temporary bytes against the chip's HBM, and whether it fits; XLA's FLOPs and bytes accessed per
-device against the model's matmul FLOPs; the roofline lower bound on the step time,
-max(FLOPs / peak, bytes / bandwidth), and the MFU that bound implies. These are compiled figures,
-not measurements. A step that does not fit names the settings that lower its memory.
+and temporary bytes against the HBM the compiler may use (its own figure), and whether it fits; the
+FLOPs it executes and the model's FLOPs; its HBM bytes, XLA's bytes in all memories and its bytes
+over the interconnect (every loop body once per trip: hlo_costs); the roofline lower bound on the
+step time and the MFU and HFU bounds it implies (roofline.py); with --breakdown, bytes and FLOPs by
+category (matmuls, attention, optimizer, ...). Compiled figures, not measurements. A step that does
+not fit names the settings that lower its memory.
 """
 
 from __future__ import annotations
@@ -37,8 +39,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from starbucks_jax import checkpoint, finetune, pretrain, sharding, trainer
+from starbucks_jax import checkpoint, finetune, hlo_costs, pretrain, roofline, sharding, trainer
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
@@ -46,15 +49,7 @@ from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axe
 
 log = logging.getLogger(__name__)
 GiB = 2**30
-
-# Per chip: HBM bytes, peak bf16 FLOP/s, HBM bytes/s. Sources: Cloud TPU system architecture pages
-# (cloud.google.com/tpu/docs/v4, /v5e, /v5p, /v6e), as published in 2026.
-CHIPS = {
-    "TPU v4": (32 * GiB, 275e12, 1228e9),
-    "TPU v5 lite": (16 * GiB, 197e12, 819e9),  # v5e
-    "TPU v5": (95 * GiB, 459e12, 2765e9),  # v5p
-    "TPU v6 lite": (32 * GiB, 918e12, 1640e9),  # v6e (Trillium)
-}
+CHIPS = roofline.CHIPS
 # Cloud names (TensorCores for v4 / v5p, chips for v5e / v6e) -> JAX topology names.
 TOPOLOGIES = {
     "v4-8": "v4:2x2x1", "v4-32": "v4:2x2x4",
@@ -80,16 +75,45 @@ class Topology:
   devices_per_chip: int  # 2 where each TensorCore is its own device (v4 as JAX sees it here)
 
   @property
-  def hbm_bytes(self) -> float:  # per device
-    return CHIPS[self.chip][0] / self.devices_per_chip
+  def spec(self) -> roofline.Chip:
+    return CHIPS[self.chip]
+
+  @property
+  def hbm_bytes(self) -> float:  # per device, as published
+    return self.spec.hbm_bytes / self.devices_per_chip
+
+  @property
+  def usable_hbm_bytes(self) -> float:  # per device, what the compiler may allocate
+    return usable_hbm(self)
 
   @property
   def peak_flops(self) -> float:  # per device, bf16
-    return CHIPS[self.chip][1] / self.devices_per_chip
+    return self.spec.peak_flops / self.devices_per_chip
 
   @property
   def hbm_bandwidth(self) -> float:  # per device
-    return CHIPS[self.chip][2] / self.devices_per_chip
+    return self.spec.hbm_bandwidth / self.devices_per_chip
+
+  @property
+  def ici_bandwidth(self) -> float:  # per device, one direction, all links
+    return self.spec.ici_bandwidth / self.devices_per_chip
+
+
+_USABLE: dict[str, float] = {}
+
+
+def usable_hbm(topo: Topology) -> float:
+  """The HBM per device the TPU compiler will allocate, as it states when refusing a program larger
+  than any chip (v5e: 15.75 GiB of 16): one tiny compile per chip kind, cached."""
+  if topo.chip not in _USABLE:
+    mesh = jax.sharding.Mesh(np.array(topo.devices[:1]), ("x",))
+    huge = jax.ShapeDtypeStruct((2**16, 2**16, 16), jnp.float32,  # 256 GiB
+                                sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    result = _compiled_or_oom(jax.jit(lambda x: x * 2 + 1).lower(huge))
+    if not isinstance(result, OutOfMemory):
+      raise CompileError(f"{topo.chip}: a 256 GiB program compiled; cannot read the usable HBM")
+    _USABLE[topo.chip] = result.available_bytes
+  return _USABLE[topo.chip]
 
 
 def topology(name: str) -> Topology:
@@ -193,8 +217,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
                                    pretrain.abstract_params(cfg), pretrain.param_specs(cfg), batch, None)
     masked = (batch["mlm_positions"].shape[1], batch["mae_positions"].shape[1])
     flops = pretrain.matmul_flops(cfg, config.data.batch_size, T, run.train_pairs, config.smae.mode, masked)
-    out.append(report("train_step", compiled, mesh, topo, flops, f"batch {config.data.batch_size} x {T} tokens",
-                      loop_trips=config.train.microbatches))
+    out.append(report("train_step", compiled, mesh, topo, flops, f"batch {config.data.batch_size} x {T} tokens"))
     return out
   if config.mode != "train":
     raise CompileError(f"mode={config.mode!r}: only training runs (mode=train or pretrain) have a step to compile")
@@ -214,8 +237,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   else:
     R, B, T = batch["ids"].shape
     flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
-  out.append(report("train_step", compiled, mesh, topo, flops, shape,
-                    loop_trips=config.train.microbatches * max(config.train.grad_cache_chunks, 1)))
+  out.append(report("train_step", compiled, mesh, topo, flops, shape))
   if run.retrieval_sets:
     out.append(_eval_encoder(config, run, topo))
   return out
@@ -248,51 +270,41 @@ def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
-def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch: str,
-           loop_trips: int = 1) -> dict[str, Any]:
-  """Memory, FLOPs and the roofline of one compiled program, per device (memory alone, from the
-  compiler's refusal, for a program that does not fit)."""
+def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch: str) -> dict[str, Any]:
+  """Memory, FLOPs, bytes and the roofline of one compiled program, per device (memory alone, from
+  the compiler's refusal, for a program that does not fit). FLOPs and bytes are XLA's cost analysis
+  plus, for every loop, its body's count (hlo_costs, read from the compiled HLO) for each trip after
+  the first; `breakdown` splits the step's bytes and FLOPs by category (hlo_costs.category)."""
   devices = mesh.devices.size
+  base = {"program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
+          "mesh": dict(mesh.shape), "batch": batch, "hbm_capacity_bytes": topo.hbm_bytes,
+          "usable_hbm_bytes": topo.usable_hbm_bytes, "model_flops": model_flops / devices}
   if isinstance(compiled, OutOfMemory):
-    return {"program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
-            "mesh": dict(mesh.shape), "batch": batch, "total_bytes": compiled.required_bytes,
-            "hbm_bytes": topo.hbm_bytes, "fits": False, "compiler": compiled.message,
-            "model_matmul_flops": model_flops / devices}
+    return {**base, "total_bytes": compiled.required_bytes, "fits": False, "compiler": compiled.message}
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
-  return roofline({
-      "program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
-      "mesh": dict(mesh.shape), "batch": batch,
-      "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
-      "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes, "total_bytes": used,
-      "hbm_bytes": topo.hbm_bytes, "fits": used <= topo.hbm_bytes,
-      "xla_flops": float(cost.get("flops", 0.0)), "xla_bytes_accessed": float(cost.get("bytes accessed", 0.0)),
-      "model_matmul_flops": model_flops / devices, "loop_trips": loop_trips,
-  }, topo.peak_flops, topo.hbm_bandwidth)
-
-
-def roofline(r: dict[str, Any], peak_flops: float, hbm_bandwidth: float) -> dict[str, Any]:
-  """Adds the roofline fields to a report. XLA's cost analysis counts a loop body once, so with
-  `loop_trips` iterations (microbatches x gradient-cache chunks) the work is its FLOPs x trips (the
-  recomputed forwards of remat and the gradient cache included); the bound takes the model's matmul
-  count where that is larger, and counts bytes once (so it stays a lower bound)."""
-  flops, model, trips = r["xla_flops"], r["model_matmul_flops"], r.get("loop_trips", 1)
-  work = max(flops * trips, model)
-  compute, memory = work / peak_flops, r["xla_bytes_accessed"] / hbm_bandwidth
-  bound = max(compute, memory)
-  return {**r, "xla_flops_times_trips": flops * trips, "xla_over_model_flops": flops * trips / model if model else None,
-          "loops_counted_once": trips > 1, "roofline_seconds": bound,
-          "bound": "compute" if compute >= memory else "memory",
-          "mfu_bound": model / (bound * peak_flops) if bound else None}
+  costs = hlo_costs.costs(compiled.as_text(), devices)
+  xla_flops, xla_bytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+  extra = {k: costs.total(k) - costs.xla_like(k) for k in ("flops", "bytes")}  # the loops' further trips
+  r = {**base, "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
+       "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes, "total_bytes": used,
+       "fits": used <= topo.usable_hbm_bytes, "xla_flops": xla_flops, "xla_bytes_accessed": xla_bytes,
+       "flops": xla_flops + extra["flops"], "bytes_accessed": xla_bytes + extra["bytes"],
+       "hbm_bytes": costs.total("hbm_bytes"), "ici_bytes": costs.total("ici_bytes"),
+       "hlo_reading": {"bytes_vs_xla": costs.xla_like("bytes") / xla_bytes if xla_bytes else None,
+                       "flops_vs_xla": costs.xla_like("flops") / xla_flops if xla_flops else None,
+                       "loops": {str(k): v for k, v in costs.loops.items()}, "unread_loops": costs.unread_loops},
+       "breakdown": costs.by_category()}
+  return roofline.roofline(r, topo.peak_flops, topo.hbm_bandwidth, topo.ici_bandwidth)
 
 
 def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
   """Overrides that lower a step's memory, for one that does not fit."""
-  over = (r["total_bytes"] - r["hbm_bytes"]) / GiB
+  over = (r["total_bytes"] - r["usable_hbm_bytes"]) / GiB
   what = "temporaries alone (the compiler's count)" if "compiler" in r else "in all"
-  tips = [f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['hbm_bytes'] / GiB:.2f} GiB per device "
+  tips = [f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['usable_hbm_bytes'] / GiB:.2f} GiB per device "
           f"({over:.2f} GiB over); try:"]
   if config.model.remat in ("none", False):
     tips.append("--config.model.remat=full (recompute each layer in the backward pass: activations)")
@@ -305,20 +317,35 @@ def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
 
 
 def table(reports: list[dict[str, Any]]) -> str:
-  lines = ["| program | topology | mesh | per-device GiB (args / temp / total of HBM) | fits | TFLOP per device "
-           "(XLA x loop trips / model) | roofline ms | MFU bound |", "|---|---|---|---|---|---|---|---|"]
+  lines = ["| program | topology | mesh | per-device GiB: args / temp / total of usable | fits | TFLOP per device: "
+           "executed / model | GB per device: HBM / all memories / ICI | roofline ms (bound) | MFU bound | HFU bound | "
+           "MFU bound, all bytes as HBM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in reports:
     mesh = "x".join(str(v) for v in r["mesh"].values())
+    where = f"| {r['program']} | {r['topology']} ({r['devices']} x {r['chip']}) | {mesh} |"
     if "compiler" in r:  # refused by the compiler: it needs more than HBM
-      lines.append(f"| {r['program']} | {r['topology']} ({r['devices']} x {r['chip']}) | {mesh} | needs "
-                   f"{r['total_bytes'] / GiB:.2f} of {r['hbm_bytes'] / GiB:.0f} | NO | - | - | - |")
+      lines.append(f"{where} needs {r['total_bytes'] / GiB:.2f} of {r['usable_hbm_bytes'] / GiB:.2f} | NO | "
+                   + "- | " * 6)
       continue
-    lines.append(f"| {r['program']} | {r['topology']} ({r['devices']} x {r['chip']}) | {mesh} | "
-                 f"{r['argument_bytes'] / GiB:.2f} / {r['temp_bytes'] / GiB:.2f} / {r['total_bytes'] / GiB:.2f} of "
-                 f"{r['hbm_bytes'] / GiB:.0f} | {'yes' if r['fits'] else 'NO'} | "
-                 f"{r['xla_flops_times_trips'] / 1e12:.2f} / {r['model_matmul_flops'] / 1e12:.2f} | "
-                 f"{r['roofline_seconds'] * 1e3:.1f} ({r['bound']}) | {r['mfu_bound'] or 0:.2f} |")
+    lines.append(f"{where} {r['argument_bytes'] / GiB:.2f} / {r['temp_bytes'] / GiB:.2f} / {r['total_bytes'] / GiB:.2f} "
+                 f"of {r['usable_hbm_bytes'] / GiB:.2f} | {'yes' if r['fits'] else 'NO'} | "
+                 f"{r['flops'] / 1e12:.2f} / {r['model_flops'] / 1e12:.2f} | {r['hbm_bytes'] / 1e9:.1f} / "
+                 f"{r['bytes_accessed'] / 1e9:.1f} / {r['ici_bytes'] / 1e9:.2f} | "
+                 f"{r['roofline_seconds'] * 1e3:.1f} ({r['bound']}) | {r['mfu_bound']:.2f} | {r['hfu_bound']:.2f} | "
+                 f"{r['mfu_bound_all_memories']:.2f} |")
   return "\n".join(lines)
+
+
+def breakdown_table(r: dict[str, Any]) -> str:
+  """The step's bytes and FLOPs per category (hlo_costs.category), loops counted, per device."""
+  if "breakdown" not in r:
+    return ""
+  rows = [f"{r['program']} on {r['topology']}, per device per step:",
+          "| category | HBM GB | all memories GB | GFLOP | ICI GB | instructions |", "|---|---|---|---|---|---|"]
+  for name, c in r["breakdown"].items():
+    rows.append(f"| {name} | {c['hbm_bytes'] / 1e9:.2f} | {c['bytes'] / 1e9:.2f} | {c['flops'] / 1e9:.1f} | "
+                f"{c['ici_bytes'] / 1e9:.3f} | {c['instructions']} |")
+  return "\n".join(rows)
 
 
 def main(argv) -> None:
@@ -330,6 +357,8 @@ def main(argv) -> None:
   topo = topology(FLAGS.topology)
   reports = programs(config, topo, preset=FLAGS.preset, length=FLAGS.length)
   print(table(reports))
+  if FLAGS.breakdown:
+    print("\n\n".join(breakdown_table(r) for r in reports))
   for r in reports:
     if not r["fits"]:
       print("\n".join([f"{r['program']}:"] + [f"  {t}" for t in advice(config, r)]))
@@ -351,6 +380,7 @@ if __name__ == "__main__":
   flags.DEFINE_string("topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form")
   flags.DEFINE_string("out", None, "write the reports as JSON here")
   flags.DEFINE_string("preset", None, "BertConfig preset for a model.init_from that is not a local directory")
+  flags.DEFINE_bool("breakdown", False, "print each program's bytes and FLOPs by category (always in --out)")
   flags.DEFINE_integer("length", None, "tokens per text (default: model.max_length, else max_position_embeddings)")
   flags.mark_flags_as_required(["config", "topology"])
   cli.run(lambda: (cli.check_config_args(sys.argv[1:]), app.run(main)))

@@ -262,8 +262,9 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
 
   def loss_of_pooled(pooled, batch, sample_rng):
     teacher = batch.get("teacher")  # [B, R, D]: examples first in every batch layout
-    return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
-                            teacher=None if teacher is None else jnp.swapaxes(teacher, 0, 1))
+    with jax.named_scope("loss"):
+      return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
+                              teacher=None if teacher is None else jnp.swapaxes(teacher, 0, 1))
 
   def flat(batch, ids_key, mask_key):
     ids, mask = batch[ids_key], batch[mask_key]

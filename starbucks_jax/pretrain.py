@@ -184,20 +184,21 @@ def abstract_batch(config: ml_collections.ConfigDict, run: PretrainRun, length: 
 
 
 def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, masked: tuple[int, int]) -> int:
-  """Model matmul FLOPs of one SMAE training step (forward and backward) over `rows` texts of
+  """Model matmul FLOPs of one SMAE training step (forward and backward: x3) over `rows` texts of
   `length` tokens with `masked` = (encoder, decoder) gathered positions per row: the encoder to the
   deepest pair; per pair the MLM head on the encoder-masked positions (dense d x D, vocabulary
   projection) and, for smae, the decoder layer over every position and the head on the
-  decoder-masked ones. The heads' logits are recomputed in the backward pass (x4, not x3)."""
+  decoder-masked ones. The heads' logits recomputed in the backward pass (jax.checkpoint) are not
+  model FLOPs: the compiled program's count has them (HFU)."""
   D, V, I = config.hidden_size, config.vocab_size, config.intermediate_size
   encoder = config.replace(num_hidden_layers=max(n for n, _ in pairs)).matmul_flops(rows, length)
   head = lambda d, k: 2 * rows * k * (d * D + D * V)  # noqa: E731
   layer = rows * length * (8 * D * D + 4 * D * I + 4 * length * D)
   total = encoder
   for _, d in pairs:
-    total += 4 * head(d, masked[0])
+    total += 3 * head(d, masked[0])
     if mode == "smae":
-      total += 3 * layer + 4 * head(D, masked[1])
+      total += 3 * layer + 3 * head(D, masked[1])
   return total
 
 

@@ -319,9 +319,11 @@ def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *,
 
   def update(state: TrainState, batch, rng):
     (loss, aux), grads = value_and_grad(state.params, batch, rng)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    with jax.named_scope("optimizer"):  # names the update's ops in the compiled program (hlo_costs.category)
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
+      grad_norm = optax.global_norm(grads)
+    metrics = {"loss": loss, "grad_norm": grad_norm, **aux}
     if hasattr(opt_state, "total_notfinite"):
       metrics["skipped_steps"] = opt_state.total_notfinite
       metrics["consecutive_skipped"] = opt_state.notfinite_count
