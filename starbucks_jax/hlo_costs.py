@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import math
 import re
-from typing import Iterable
 
 _BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3fnuz": 1,
@@ -325,6 +324,9 @@ def _flops(module: Module, ins: Instruction) -> float:
     return 2.0 * _elements(ins.type) * k
   if ins.opcode == "convolution":
     return _convolution_flops(module, ins)
+  if ins.opcode == "custom-call":  # a Pallas kernel states its cost (pl.CostEstimate), as XLA reads it
+    m = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attrs)
+    return float(m.group(1)) if m else 0.0
   if ins.opcode == "reduce" or ins.opcode == "reduce-window":
     return float(sum(_elements(module.types.get(o, "")) for o in ins.operands[:max(len(ins.operands) // 2, 1)]))
   if ins.opcode in _NO_FLOPS or ins.opcode in _TRANSCENDENTAL:
@@ -420,7 +422,7 @@ def _convolution_flops(module: Module, ins: Instruction) -> float:
 # Categories
 # ---------------------------------------------------------------------------------------------
 CATEGORIES = ("collectives", "optimizer", "attention", "matmuls", "layer norm", "dropout", "embeddings",
-              "loss and heads", "layout copies", "other")
+              "loss and heads", "copies", "other")
 
 
 def category(c: Cost) -> str:
@@ -444,9 +446,6 @@ def category(c: Cost) -> str:
   if "loss/" in name or "mlm_head" in name or "MlmHead" in name or "MaeDecoder" in name:
     return "loss and heads"
   if op in ("copy", "copy-start", "transpose", "slice-start"):
-    return "layout copies"
+    return "copies"  # between HBM and on-chip memory (the compiler's prefetches and evictions), or layouts
   return "other"
 
-
-def top(costs_: Iterable[Cost], n: int = 10) -> list[Cost]:
-  return sorted(costs_, key=lambda c: -c.bytes * c.trips)[:n]

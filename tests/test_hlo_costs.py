@@ -98,6 +98,7 @@ def test_loop_trips_slices_branches_and_collectives_by_hand():
   assert by_name["h"].ici_bytes == pytest.approx(0.75 * 128 * 256 * 4 * 4)
   assert costs.unread_loops == ()
   cats = costs.by_category()
+  assert set(cats) <= set(H.CATEGORIES)
   assert cats["matmuls"]["flops"] == 4 * y.flops and cats["collectives"]["ici_bytes"] == pytest.approx(
       by_name["g"].ici_bytes + by_name["h"].ici_bytes)
 
@@ -125,3 +126,15 @@ ENTRY %e (a: bf16[48,32,256], b: bf16[256,1024,1], c: bf16[48,32,256,1], d: bf16
   by_name = {c.name: c for c in H.costs(text)}
   assert by_name["o"].flops == 2 * 48 * 32 * 256 * 1024
   assert by_name["q"].flops == 2 * 48 * 32 * 256 * 8 * 32  # the Q projection: [1536, 256] x [256, 8 x 32]
+
+
+def test_a_pallas_kernel_counts_the_flops_it_states():
+  text = """HloModule k
+ENTRY %e (q: bf16[2,4,256,64]) -> bf16[2,4,256,64] {
+  %q = bf16[2,4,256,64]{3,2,1,0:T(8,128)(2,1)} parameter(0)
+  ROOT %f = bf16[2,4,256,64]{3,2,1,0:T(8,128)(2,1)} custom-call(%q, %q, %q), custom_call_target="tpu_custom_call", metadata={op_name="jit(f)/encoder/layer_0/attention/self/jit(flash_attention)/pallas_call"}, backend_config={"custom_call_config": {"cost_estimate":{"flops":"136314880","transcendentals":"524288","bytes_accessed":"3424256"}}}
+}
+"""
+  (kernel,) = H.costs(text)
+  # three operands and the output, each head of 64 padded to the tile's 128 lanes
+  assert kernel.flops == 136314880 and kernel.bytes == 4 * 2 * 4 * 256 * 128 * 2 and H.category(kernel) == "attention"
