@@ -174,7 +174,8 @@ def _compile_step(config, topo: Topology, run, step, params, param_specs, batch,
   state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params))
   key = jax.eval_shape(lambda: jax.random.key(0))
   # outside the mesh context: optax builds a placeholder state with concrete (host) zeros
-  state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh)
+  state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
+                                      config.mesh.shard_optimizer)
   batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     lowered = trainer.jit_step(step(tx).update, state_sh, batch_sh).lower(state, batch, key)

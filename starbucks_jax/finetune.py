@@ -315,7 +315,7 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
     return (loss, aux), grads
 
   return trainer.make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None,
-                           microbatches=microbatches, batch_axes=ROLE_AXES)
+                           microbatches=microbatches, batch_axes=ROLE_AXES, param_specs=param_logical_axes(bert_cfg))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,11 +98,13 @@ def init_params(pre: hf.Pretrained, config: BertConfig, rng: jax.Array) -> dict[
 
 def param_specs(config: BertConfig) -> dict[str, Any]:
   """Logical axes of {bert, mlm_head, mae_decoder} (for the mesh shardings)."""
-  x = jnp.zeros((1, 2, config.hidden_size))
-  emb = jnp.zeros((config.vocab_size, config.hidden_size))
+  x = jax.ShapeDtypeStruct((1, 2, config.hidden_size), jnp.float32)  # shapes only: callable under any mesh
+  emb = jax.ShapeDtypeStruct((config.vocab_size, config.hidden_size), jnp.float32)
   return {"bert": param_logical_axes(config),
           "mlm_head": sharding.logical_specs(MlmHead(config), x, emb),
-          "mae_decoder": sharding.logical_specs(MaeDecoder(config), x, x[:, 0], jnp.ones((1, 2), jnp.int32))}
+          "mae_decoder": sharding.logical_specs(MaeDecoder(config), x, jax.ShapeDtypeStruct((1, config.hidden_size),
+                                                                                           jnp.float32),
+                                                jax.ShapeDtypeStruct((1, 2), jnp.int32))}
 
 
 def _gather(x, positions):
@@ -121,7 +123,8 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
 
   @jax.checkpoint
   def head_loss(head_params, emb, h, labels, count):  # [B, K, d] -> scalar; logits rebuilt for the gradient
-    return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels, count)
+    with jax.named_scope("loss"):
+      return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels, count)
 
   mlm, mae = {}, ({} if mode == "smae" else None)
   for i, (n, d) in enumerate(pairs):
@@ -154,7 +157,7 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
               if f"{name}_labels" in batch}
     return {**batch, **counts}
 
-  return trainer.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare)
+  return trainer.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare, param_specs=param_specs(config))
 
 
 def run_step(config: ml_collections.ConfigDict, run: PretrainRun, tx: optax.GradientTransformation) -> trainer.TrainStep:

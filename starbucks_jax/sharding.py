@@ -53,6 +53,7 @@ def mesh_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
   c.rules = RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
+  c.shard_optimizer = True  # AdamW moments split over the data-parallel devices (ZeRO-1), params whole; False: replicated
   c.coordinator = ""  # several processes: 'host:port' of process 0, or 'auto' (TPU pod, SLURM, MPI)
   c.num_processes = 1  # processes in the run (with a host:port coordinator)
   c.process_id = 0  # this process's index (with a host:port coordinator)
@@ -81,6 +82,8 @@ def start_processes(mesh_cfg) -> None:
 
 def check_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   """The mesh block's mesh over `devices` (default: all), or a ConfigError naming mesh.shape."""
+  if not isinstance(mesh_cfg.shard_optimizer, bool):
+    raise ConfigError(f"mesh.shard_optimizer={mesh_cfg.shard_optimizer!r}; expected True or False")
   with config_errors("mesh.shape: "):
     return make_mesh(tuple(mesh_cfg.shape), devices)
 
@@ -119,8 +122,9 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> jax.sharding.M
 
 
 def logical_specs(module: nn.Module, *args, **kwargs) -> Any:
-  """The logical PartitionSpec of every parameter of `module` (from an abstract init: no memory)."""
-  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), *args, **kwargs))
+  """The logical PartitionSpec of every parameter of `module` (from an abstract init: no memory);
+  `args` may be arrays or jax.ShapeDtypeStruct."""
+  abstract = jax.eval_shape(lambda *a: module.init(jax.random.key(0), *a, **kwargs), *args)
   return nn.get_partition_spec(abstract)["params"]
 
 
@@ -134,11 +138,35 @@ def param_shardings(specs: Any, mesh: jax.sharding.Mesh, rules=RULES) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules)
 
 
-def state_shardings(state, tx: optax.GradientTransformation, param_sharding: Any, mesh) -> Any:
-  """Shardings of a TrainState: params as given, optimizer moments like their params, the rest
+def optimizer_sharding(param: NamedSharding, shape: Sequence[int], mesh) -> NamedSharding:
+  """ZeRO-1: a moment is sharded as its parameter and, along the first dimension its parameter leaves
+  whole and the data-parallel devices divide, over those devices (data, and fsdp where the parameter
+  does not use it), so each device keeps and updates 1/n of it. Unchanged where no dimension divides."""
+  def real(entry):  # the entry's mesh axes of size > 1 (an axis of size 1 shards nothing)
+    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+    return tuple(a for a in axes if mesh.shape[a] > 1)
+
+  spec = [real(e) for e in param.spec] + [()] * (len(shape) - len(param.spec))
+  free = tuple(a for a in BATCH if mesh.shape[a] > 1 and all(a not in e for e in spec))
+  n = int(np.prod([mesh.shape[a] for a in free]))
+  for i, (size, entry) in enumerate(zip(shape, spec)):
+    if n > 1 and not entry and size % n == 0:
+      spec[i] = free
+      return NamedSharding(mesh, P(*[None if not e else e[0] if len(e) == 1 else e for e in spec]))
+  return param
+
+
+def state_shardings(state, tx: optax.GradientTransformation, param_sharding: Any, mesh,
+                    shard_optimizer: bool = False) -> Any:
+  """Shardings of a TrainState: params as given, optimizer moments like their params (or, with
+  `shard_optimizer`, split further over the data-parallel devices: `optimizer_sharding`), the rest
   (step, counters) replicated."""
   replicated = NamedSharding(mesh, P())
-  opt = optax.tree_utils.tree_map_params(tx, lambda _, s: s, state.opt_state, param_sharding,
+  moments = param_sharding
+  if shard_optimizer:
+    moments = jax.tree_util.tree_map(lambda s, p: optimizer_sharding(s, p.shape, mesh), param_sharding,
+                                     state.params, is_leaf=lambda x: isinstance(x, NamedSharding))
+  opt = optax.tree_utils.tree_map_params(tx, lambda _, s: s, state.opt_state, moments,
                                          transform_non_params=lambda _: replicated,
                                          is_leaf=lambda x: isinstance(x, NamedSharding))
   return type(state)(step=replicated, params=param_sharding, opt_state=opt)

@@ -35,7 +35,7 @@ from starbucks_jax import metrics as metrics_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
 from starbucks_jax.data import batching
 from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertConfig
+from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class ModelSpec:
         backbone = hf.config_from_hf(model_dir)
       except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"model.init_from={m.init_from!r}: {e}") from None
-    for key in ("dtype", "param_dtype", "remat"):
+    for key in RUN_FIELDS:
       with config_errors(f"model.{key}: "):
         backbone = backbone.replace(**{key: m[key]})
     if m.max_length > backbone.max_position_embeddings:
@@ -302,7 +302,7 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
 # The step
 # ---------------------------------------------------------------------------------------------
 def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *, microbatches: int = 1,
-              batch_axes: dict[str, int] | None = None, prepare=None) -> TrainStep:
+              batch_axes: dict[str, int] | None = None, prepare=None, param_specs=None) -> TrainStep:
   """The TrainStep of `loss_fn(params, batch, rng) -> (loss, aux)`: one gradient, one optimizer
   update; metrics are the loss, its aux terms and the grad norm. `value_and_grad(params, batch, rng)
   -> ((loss, aux), grads)` replaces jax.value_and_grad(loss_fn).
@@ -312,13 +312,20 @@ def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *,
   with the microbatch index), and the update uses their mean: the big batch's gradient exactly when
   the loss is a mean over examples. `prepare(batch, k) -> batch` runs on the whole batch first (SMAE
   adds its masked-token counts there, so token-mean losses are exact too); 0-d arrays it adds reach
-  every microbatch whole."""
+  every microbatch whole.
+
+  `param_specs` (the parameters' logical axes) pins the gradients to the parameters' own layout
+  under a mesh: with the optimizer's moments split over the data-parallel devices
+  (mesh.shard_optimizer) the compiler would otherwise partition the backward matmuls to fit the
+  moments' layout (nli on v5e-8: 30% more FLOPs); here the gradient is reduced as usual and each
+  device updates its slice."""
   value_and_grad = value_and_grad or jax.value_and_grad(loss_fn, has_aux=True)
   if microbatches > 1:
     value_and_grad = _accumulate(value_and_grad, microbatches, batch_axes or {}, prepare)
 
   def update(state: TrainState, batch, rng):
     (loss, aux), grads = value_and_grad(state.params, batch, rng)
+    grads = nn.with_logical_constraint(grads, param_specs)  # a no-op without a mesh's rules in scope
     with jax.named_scope("optimizer"):  # names the update's ops in the compiled program (hlo_costs.category)
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
@@ -395,7 +402,8 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   rules = sharding.rules_from_config(config.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh)
+    state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
+                                        config.mesh.shard_optimizer)
     return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes)
 
 

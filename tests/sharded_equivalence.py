@@ -2,6 +2,7 @@
 JAX starts): the SRL step on a (data, fsdp, tensor) mesh equals the single-device step, dropout on (its
 masks hash each element's index, so they do not depend on the mesh)."""
 
+import dataclasses
 import json
 import sys
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from conftest import max_abs_diff, max_rel_diff  # tests/ is this script's directory
 from starbucks_jax import finetune, losses, schedule, sharding, trainer
+from starbucks_jax.models import attention
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
 
 
@@ -41,11 +43,13 @@ def main():
   ref_grads = jax.jit(grad_fn)(params, batch, key)
   specs = param_logical_axes(cfg)  # metadata only; outside the rules (DenseGeneral's init is flat)
   results = {}
-  for shape in ((1, 8, 1), (4, 1, 2)):  # fsdp, data x tensor (data parallel: the cases below)
+  # fsdp, data x tensor, and data parallel with the AdamW moments split over the devices (ZeRO-1;
+  # data parallel alone: the cases below)
+  for shape, zero in (((1, 8, 1), False), ((4, 1, 2), False), ((8, 1, 1), True)):
     mesh = sharding.make_mesh(shape)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       p_sh = sharding.param_shardings(specs, mesh)
-      s_sh = sharding.state_shardings(state, tx, p_sh, mesh)
+      s_sh = sharding.state_shardings(state, tx, p_sh, mesh, shard_optimizer=zero)
       b_sh = sharding.batch_shardings(batch, mesh, {"ids": 1, "mask": 1})
       sharded_step = jax.jit(step.update, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))
       new_state, metrics = sharded_step(sharding.shard_state(state, s_sh), sharding.put_batch(batch, b_sh), key)
@@ -55,7 +59,7 @@ def main():
             sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
         grad_diff = max_rel_diff(grads, ref_grads)[0]
     kernel = new_state.params["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
-    results[str(shape)] = {
+    results[str(shape) + (" shard_optimizer" if zero else "")] = {
         "loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
         "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
         "max_param_diff": max_abs_diff(new_state.params, ref_state.params),
@@ -94,6 +98,14 @@ def main():
   # the padded batch on one device.
   results["packed (8, 1, 1)"] = on_data_mesh(srl_step(packed=finetune.Packing(3, 16, 8)), plain,
                                              packed(big, 8, 24), {})
+  # The TPU flash kernel (in Pallas' interpreter on this CPU) in its shard_map over batch and heads, on
+  # a data x tensor mesh, against the standard core on one device.
+  call = attention.fa.pl.pallas_call
+  attention.fa.pl.pallas_call = lambda *a, **k: call(*a, **{**k, "interpret": True})
+  mesh = sharding.make_mesh((4, 1, 2))
+  flash = finetune.make_srl_step(dataclasses.replace(cfg, attention="flash"), plan, losses.LossConfig(kl="scores"),
+                                 tx, "mean", dropout=False)
+  results["flash (4, 1, 2)"] = on_data_mesh(flash, plain)
   json.dump(results, sys.stdout)
 
 

@@ -24,11 +24,15 @@ def test_sharded_step_equals_single_device_step():
   # gradients is the meshes' check below.
   for case in ("accumulate (8, 1, 1)",  # 2 microbatches inside the step, data-parallel
                "forward splits (8, 1, 1)",  # 2 encoder forwards, data-parallel, vs one
-               "packed (8, 1, 1)"):  # each device's texts packed in its rows, vs padded on one
+               "packed (8, 1, 1)",  # each device's texts packed in its rows, vs padded on one
+               "flash (4, 1, 2)"):  # the flash kernel per device (shard_map) vs the standard core on one
     r = results.pop(case)
     assert r["loss"][0] == pytest.approx(r["loss"][1], rel=1e-5), case
     assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), case
     assert r["max_grad_diff_rel"] < 1e-5, case
+  zero = results.pop("(8, 1, 1) shard_optimizer")  # ZeRO-1: the same update, each moment split 8 ways
+  assert zero["loss"][0] == pytest.approx(zero["loss"][1], rel=1e-5) and zero["max_param_diff"] < 1e-5
+  assert zero["kernel_sharding"] == "P('fsdp', 'tensor')" and zero["mu_sharding"] == "P('data', None)"
   assert set(results) == {"(1, 8, 1)", "(4, 1, 2)"}
   assert results["(4, 1, 2)"]["max_grad_diff_rel"] is not None
   for mesh, r in results.items():

@@ -158,9 +158,9 @@ def test_mae_decoder_input_is_the_transformed_vector_then_the_decoder_copy():
   params = nn.meta.unbox(MaeDecoder(cfg).init(jax.random.key(2), embedded, first, mask)["params"])
   got = MaeDecoder(cfg).apply({"params": params}, embedded, first, mask)
   manual = jnp.concatenate([first[:, None], embedded[:, 1:]], axis=1)
-  want = BertLayer(cfg).apply({"params": params["layer_0"]}, manual, attention_bias_mask(mask), True)
+  want = BertLayer(cfg).apply({"params": params["layer_0"]}, manual, (attention_bias_mask(mask), mask), True)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  other = BertLayer(cfg).apply({"params": params["layer_0"]}, embedded, attention_bias_mask(mask), True)
+  other = BertLayer(cfg).apply({"params": params["layer_0"]}, embedded, (attention_bias_mask(mask), mask), True)
   assert np.abs(np.asarray(got - other)).max() > 1e-3
 
 

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from starbucks_jax.models import attention
 from starbucks_jax.models.dropout import Dropout
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -33,9 +34,13 @@ REMAT_POLICIES = {"none": None, "full": None, "dots": "dots_with_no_batch_dims_s
                   "dots_saveable": "dots_saveable"}
 
 
+# BertConfig fields that say how to run the model, not what it is (not in an HF config.json)
+RUN_FIELDS = ("dtype", "param_dtype", "remat", "attention")
+
+
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-  """Architecture (HF field names) plus how to run it (dtype, param_dtype, remat)."""
+  """Architecture (HF field names) plus how to run it (RUN_FIELDS: dtype, param_dtype, remat, attention)."""
 
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -52,10 +57,13 @@ class BertConfig:
   dtype: str = "float32"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # storage dtype of parameters
   remat: bool | str = False  # False/'none', True/'full', 'dots', 'dots_saveable' (REMAT_POLICIES)
+  attention: str = "standard"  # the attention core: models/attention.py (the fused ones drop attention dropout)
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"BertConfig.remat={self.remat!r}; expected True, False or one of {sorted(REMAT_POLICIES)}")
+    if self.attention not in attention.ATTENTIONS:
+      raise ValueError(f"BertConfig.attention={self.attention!r}; expected one of {attention.ATTENTIONS}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
@@ -192,17 +200,24 @@ def attention_bias_mask(attention_mask, segments=None):
 
 
 class BertSelfAttention(nn.Module):
-  """Multi-head attention under `attention_bias_mask`'s [B, 1, Tq or 1, Tk] key mask."""
+  """Multi-head attention over the keys each query may see: `keys` = (attention_bias_mask's
+  [B, 1, Tq or 1, Tk] mask, segment ids [B, T]: tokens attend within their segment), the core as
+  config.attention picks it (models/attention.py)."""
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
+  def __call__(self, x, keys, deterministic: bool):
     cfg = self.config
+    attention_mask, segment_ids = keys
     heads = (cfg.num_attention_heads, cfg.head_dim)
     q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), n)(x) for n in ("query", "key", "value"))
     q = _constrain(q, ("batch", "length", "heads", "kv"))
     k = _constrain(k, ("batch", "length", "heads", "kv"))
     v = _constrain(v, ("batch", "length", "heads", "kv"))
+    if cfg.attention == "dot_product":
+      return _constrain(attention.dot_product(q, k, v, attention_mask), ("batch", "length", "heads", "kv"))
+    if cfg.attention == "flash":
+      return _constrain(attention.flash(q, k, v, segment_ids), ("batch", "length", "heads", "kv"))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
     scores = jnp.where(attention_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
@@ -229,8 +244,8 @@ class BertAttention(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
-    context = BertSelfAttention(self.config, name="self")(x, attention_mask, deterministic)
+  def __call__(self, x, keys, deterministic: bool):
+    context = BertSelfAttention(self.config, name="self")(x, keys, deterministic)
     return BertOutput(self.config, ("heads", "kv", "embed"), 2, name="output")(
         context, x, deterministic)
 
@@ -247,16 +262,24 @@ class BertIntermediate(nn.Module):
 
 
 class BertLayer(nn.Module):
-  """One post-LN transformer block, named as HF's BertLayer; its mask is `attention_bias_mask`'s."""
+  """One post-LN transformer block, named as HF's BertLayer; `keys` as BertSelfAttention's."""
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, deterministic: bool):
+  def __call__(self, x, keys, deterministic: bool):
     cfg = self.config
-    x = BertAttention(cfg, name="attention")(x, attention_mask, deterministic)
+    x = BertAttention(cfg, name="attention")(x, keys, deterministic)
     h = BertIntermediate(cfg, name="intermediate")(x)
     x = BertOutput(cfg, ("mlp", "embed"), name="output")(h, x, deterministic)
     return _constrain(x, ("batch", "length", "embed"))
+
+
+def remat_layer(config: BertConfig):
+  """BertLayer, or its rematerialised form under config.remat (REMAT_POLICIES; the same parameter names)."""
+  saveable = REMAT_POLICIES[config.remat_policy]
+  if config.remat_policy == "none":
+    return BertLayer
+  return nn.remat(BertLayer, static_argnums=(3,), policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
 
 
 class BertLayerStack(nn.Module):
@@ -264,17 +287,12 @@ class BertLayerStack(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x, attention_mask, num_layers: int, deterministic: bool):
+  def __call__(self, x, keys, num_layers: int, deterministic: bool):
     cfg = self.config
-    policy = cfg.remat_policy
-    layer_cls = BertLayer
-    if policy != "none":
-      saveable = REMAT_POLICIES[policy]
-      layer_cls = nn.remat(BertLayer, static_argnums=(3,),
-                           policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
+    layer_cls = remat_layer(cfg)
     hidden_states = [x]
     for i in range(num_layers):  # static Python loop: only the first n layers are traced and run
-      x = layer_cls(cfg, name=f"layer_{i}")(x, attention_mask, deterministic)
+      x = layer_cls(cfg, name=f"layer_{i}")(x, keys, deterministic)
       hidden_states.append(x)
     return hidden_states
 
@@ -308,7 +326,7 @@ class BertEncoder(nn.Module):
     if (segments is None) != (positions is None):
       raise ValueError("packed rows need both segments and positions")
     x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic, positions)
-    keys = attention_bias_mask(attention_mask, segments)
+    keys = (attention_bias_mask(attention_mask, segments), attention_mask if segments is None else segments)
     return tuple(BertLayerStack(cfg, name="encoder")(x, keys, n, deterministic))
 
 
@@ -332,6 +350,7 @@ def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[st
 
 def param_logical_axes(config: BertConfig) -> dict[str, Any]:
   """The logical axis names of every parameter, as a tree of PartitionSpec (no allocation)."""
-  ids = jnp.zeros((1, 8), jnp.int32)
-  abstract = jax.eval_shape(lambda: BertEncoder(config).init(jax.random.key(0), ids, jnp.ones_like(ids)))
-  return nn.get_partition_spec(abstract)["params"]
+  def init():  # inputs made inside: nothing runs eagerly (callable under any mesh)
+    ids = jnp.zeros((1, 8), jnp.int32)
+    return BertEncoder(config).init(jax.random.key(0), ids, jnp.ones_like(ids))
+  return nn.get_partition_spec(jax.eval_shape(init))["params"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import BertConfig, BertLayer, _init, _layer_norm, _zeros, attention_bias_mask, gelu
+from starbucks_jax.models.bert import BertConfig, _init, _layer_norm, _zeros, attention_bias_mask, gelu, remat_layer
 
 
 class SlicedDense(nn.Module):
@@ -78,10 +78,12 @@ class BertPooler(nn.Module):
 class MaeDecoder(nn.Module):
   """SMAE's one-layer decoder: `embedded` [B, T, D] (the decoder copy through the shared embeddings)
   with position 0 replaced by `first` [B, D] (the MLM head transform of the sub-model's position-0
-  vector), through one BERT layer with the text's padding mask -> [B, T, D]."""
+  vector), through one BERT layer with the text's padding mask -> [B, T, D]. Rematerialised as the
+  encoder's layers are (model.remat): each pair's pass keeps only its input for the backward pass."""
   config: BertConfig
 
   @nn.compact
   def __call__(self, embedded, first, attention_mask, deterministic: bool = True):
     x = embedded.at[:, 0].set(first.astype(embedded.dtype))
-    return BertLayer(self.config, name="layer_0")(x, attention_bias_mask(attention_mask), deterministic)
+    keys = (attention_bias_mask(attention_mask), attention_mask)
+    return remat_layer(self.config)(self.config, name="layer_0")(x, keys, deterministic)

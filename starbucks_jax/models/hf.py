@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from starbucks_jax.config_lib import InputError
-from starbucks_jax.models.bert import BertConfig
+from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
 from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -330,13 +330,13 @@ def config_from_hf(path: str, **overrides) -> BertConfig:
   if hf.get("position_embedding_type", "absolute") != "absolute":
     raise ModelError(f"{file}: position_embedding_type={hf['position_embedding_type']!r}; only "
                      "'absolute' is supported")
-  fields = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype", "param_dtype", "remat"}
+  fields = {f.name for f in dataclasses.fields(BertConfig)} - set(RUN_FIELDS)
   kw = {k: hf[k] for k in fields if k in hf and hf[k] is not None}
   return BertConfig(**{**kw, **overrides})
 
 
 def config_to_hf(config: BertConfig, architecture: str) -> dict[str, Any]:
-  keep = {f.name for f in dataclasses.fields(BertConfig)} - {"dtype", "param_dtype", "remat"}
+  keep = {f.name for f in dataclasses.fields(BertConfig)} - set(RUN_FIELDS)
   out = {k: getattr(config, k) for k in sorted(keep)}
   out.update(model_type="bert", architectures=[architecture], hidden_act="gelu",
              position_embedding_type="absolute", torch_dtype="float32")
