@@ -37,8 +37,18 @@ RECIPES = {  # name -> (config, overrides, tokens per text (None = the config's 
     "retrieval_gc8": ("configs/retrieval.py", ["--config.train.grad_cache_chunks=8"], None, ("v5e-1",)),
     "smae_remat_mb4": ("configs/pt.py", ["--config.model.remat=full", "--config.train.microbatches=4"], None,
                        ("v5e-8", "v6e-8")),
+    # the fused attention core (no attention-probs dropout: experiments/ablations.md has its effect)
+    "nli_flash": ("configs/ft.py:nli", ["--config.model.attention=flash"], 128, ("v5e-8", "v6e-8")),
+    "retrieval_flash": ("configs/retrieval.py", ["--config.model.attention=flash"], None, ("v5e-8",)),
+    "smae_flash": ("configs/pt.py", ["--config.model.attention=flash"], None, ("v5p-8",)),
+    "smae_remat_flash_mb2": ("configs/pt.py", ["--config.model.remat=full", "--config.model.attention=flash",
+                                               "--config.train.microbatches=2"], None, ("v5e-8", "v6e-8")),
 }
 GB, GiB = 1e9, 2**30
+# the paper recipe each compiled variant runs (same method and global batch): advice.md ranks them
+RECIPE_OF = {"nli": "nli", "nli_gc4": "nli", "nli_flash": "nli", "sts": "sts", "retrieval": "retrieval",
+             "retrieval_gc8": "retrieval", "retrieval_flash": "retrieval", "smae": "smae", "smae_remat_mb4": "smae",
+             "smae_flash": "smae", "smae_remat_flash_mb2": "smae"}
 
 
 def compile_one(name: str, topology: str, out_dir: str) -> str:
@@ -101,9 +111,34 @@ def write_table(out_dir: str) -> str:
                   "| category | HBM GB | all memories GB | GFLOP | ICI GB |", "|---|---|---|---|---|"]
     breakdown += [f"| {k} | {c['hbm_bytes'] / GB:.2f} | {c['bytes'] / GB:.2f} | {c['flops'] / 1e9:.0f} | "
                   f"{c['ici_bytes'] / GB:.3f} |" for k, c in r["breakdown"].items()]
+  write_advice(out_dir)
   with open(os.path.join(out_dir, "breakdown.md"), "w") as f:
     f.write("Bytes and FLOPs of each compiled step by category (starbucks_jax/hlo_costs.py; compiled, not "
             "measured).\n" + "\n".join(breakdown) + "\n")
+  return path
+
+
+def write_advice(out_dir: str) -> str:
+  """<out-dir>/advice.md: per paper recipe, every compiled way to run its step that fits (topology and
+  settings, the same global batch), best MFU bound first, with the step's bound and chip-seconds."""
+  by_recipe = {}
+  for name, settings, r in records(out_dir):
+    if r["program"] == "train_step" and r["fits"] and name in RECIPE_OF:
+      by_recipe.setdefault(RECIPE_OF[name], []).append((name, settings, r))
+  lines = ["Per recipe, the compiled steps that fit, best MFU bound first (compiled, not measured; "
+           "chip-seconds = roofline x chips: the cost of a step; the all-memories column reads XLA's every byte "
+           "as HBM traffic)."]
+  for recipe, rows in sorted(by_recipe.items()):
+    lines += [f"\n{recipe}:\n", "| settings | topology | roofline ms (bound) | MFU bound | HFU bound | "
+              "MFU bound, all bytes as HBM | chip-seconds per step | per-device GiB (usable) |", "|---" * 8 + "|"]
+    for name, settings, r in sorted(rows, key=lambda x: -x[2]["mfu_bound"]):
+      chips = r["devices"] // (2 if r["chip"] == "TPU v4" else 1)
+      lines.append(f"| {settings or '(as configured)'} | {r['topology']} | {r['roofline_seconds'] * 1e3:.1f} "
+                   f"({r['bound']}) | {r['mfu_bound']:.2f} | {r['hfu_bound']:.2f} | {r['mfu_bound_all_memories']:.2f} | "
+                   f"{r['roofline_seconds'] * chips:.3f} | {r['total_bytes'] / GiB:.2f} ({r['usable_hbm_bytes'] / GiB:.2f}) |")
+  path = os.path.join(out_dir, "advice.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines) + "\n")
   return path
 
 
