@@ -9,21 +9,22 @@ Variants:
             batch 128, 1 epoch (4,358 steps), AdamW lr 5e-5, warmup 10%, linear decay, wd 0, mean
             pooling, feature KL x0.3, sum over the six pairs. Evaluated on STS-B test, STS12-16 and
             SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. Compiled for TPU
-            (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not
-            measured) at 128 tokens (the bucket AllNLI batches reach), data parallel, as is; per
-            chip GiB used of HBM, roofline step bound, MFU bound: v5e-1 13.4/16, 181 ms, 0.72;
-            v6e-1 13.4/32, 95 ms, 0.29; v5e-8 3.2/16, 57 ms, 0.29 (the epoch in >= 4 min); v6e-8
-            3.1/32, 31 ms, 0.11; v4-8 3.2/16 per TensorCore, 78 ms, 0.30; v5p-8 5.6/95, 23 ms,
-            0.62; v5e-32 (4 hosts) 2.7/16, 31 ms, 0.13. A 512-token batch needs ~78 GiB on one
-            chip: there set model.max_length=128 (train.grad_cache_chunks=4 for headroom: 5.4 GiB).
-            The SRL step costs what the full-only step costs (v5e-8: FLOPs x1.000, bytes accessed
-            x1.017, memory x1.008). Paper (Table A1, BERT + SRL): STS average Spearman 0.7682 over
-            the six sizes; with SMAE 0.7837.
+            (python -m starbucks_jax.compile; experiments/results_tpu/; compiled, not measured) at
+            128 tokens (the bucket AllNLI batches reach), data parallel, as is; per chip GiB used of
+            usable HBM, roofline step bound (its term), MFU bound: v5e-1 13.4/15.75, 136 ms
+            (compute), 0.96; v5e-8 2.2/15.75, 17 ms (compute), 0.96 (the epoch in >= 74 s); v6e-8
+            2.1/31.25, 5.8 ms (HBM), 0.60 (fastest); v5p-8 5.1/95.7, 15 ms (compute), 0.97. If
+            every byte XLA counts (on-chip memory too) went through HBM: 0.72, 0.35, 0.15, 0.64.
+            model.attention=flash does not pay at 128 tokens (v5e-8: 17 vs 11 GB of HBM a step). A
+            512-token batch needs ~78 GiB on one chip: there set model.max_length=128. The SRL step
+            costs what the full-only step costs (v5e-8: FLOPs x1.000, HBM bytes x1.03, memory
+            x1.02). Paper (Table A1, BERT + SRL): STS average Spearman 0.7682 over the six sizes;
+            with SMAE 0.7837.
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
-            otherwise as nli. Compiled (not measured), 64 tokens, as is: v5e-1 2.9/16 GiB, 39 ms,
-            MFU bound 0.14 (16 pairs do not fill a chip; the 1,436 steps in >= 1 min); v6e-1
-            2.9/32, 21 ms, 0.06; v5p-8 2.8/95, 8 ms, 0.07; over v5e-8 (2.7 GiB, 23 ms, 0.03) or
-            v4-8 (2.9, 42 ms, 0.02) each device gets 2 pairs: use one chip.
+            otherwise as nli. Compiled (not measured), 64 tokens, as is: v5e-1 2.9/15.75 GiB,
+            11 ms (HBM), MFU bound 0.48 (the 1,436 steps in >= 16 s); over v5e-8 (1.6 GiB, 6.6 ms,
+            0.10), v6e-8 (1.2, 3.0 ms, 0.05) or v5p-8 (1.6, 3.1 ms, 0.19) each device gets 2
+            pairs: use one chip.
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
             train/test from ../shared/data (a developer checkout). Packed rows (data.packing,
             eval.packing). 15-20 min per epoch on 2 CPU cores (before packing; 200 steps

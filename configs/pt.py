@@ -12,15 +12,17 @@ whole-word, AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 com
 steps skipped. The steps are one epoch, the stream's rows (the dataset card's metadata) / 512; where
 the card does not say, the run stops before training and asks for --config.data.count_rows=True
 (one counting pass over ~1e8 documents, hours; cached) or --config.train.max_steps (~195,000).
-Model matmul FLOPs 4.0e14 a step (pretrain.matmul_flops: encoder 1.5e14,
+Model matmul FLOPs 3.6e14 a step (pretrain.matmul_flops: encoder 1.5e14,
 six decoder layers and the vocabulary projections at the masked positions the rest). Compiled for
-TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not measured),
-data parallel; per chip GiB used of HBM, roofline step bound, MFU bound. As is it fits only v5p-8
-(92.2/95, 265 ms, 0.83: >= 14 h for 195k steps); v5e-8 needs 34.8 of 16 (17.4 with
-model.remat=full), v4-8 38.4 of a TensorCore's 16, one v5e or v6e ~250. With model.remat=full and
-train.microbatches=4: v5e-8 7.9/16, 299 ms (compute), 0.85 (>= 16 h); v4-8 7.6/16 per
-TensorCore, 427 ms, 0.86 (>= 23 h); v6e-8 7.5/32, 88 ms, 0.63 (>= 4.8 h); v5e-32 (4 hosts)
-4.6/16, 108 ms, 0.59 (>= 5.9 h).
+TPU (python -m starbucks_jax.compile; experiments/results_tpu/, advice.md ranks the settings;
+compiled, not measured), data parallel; per chip GiB used of usable HBM, roofline step bound (its
+term), MFU bound. v5p-8 as is 91.4/95.7, 266 ms (HBM), 0.73 (>= 14.4 h for 195k steps); with
+model.attention=flash 78.0, 219 ms, 0.89 (>= 11.8 h; no attention dropout: experiments/ablations.md).
+v6e-8: model.remat=full, model.attention=flash, train.microbatches=2 8.7/31.25, 177 ms (HBM), 0.28
+(>= 9.6 h); flash alone 30.9/31.25, 179 ms, 0.27; as is it needs 32.4 (29.4 with
+mesh.shard_optimizer=False: 234 ms, 0.21). v5e-8: model.remat=full, train.microbatches=4 6.0/15.75,
+333 ms (HBM), 0.68 (>= 18 h); with model.attention=flash and train.microbatches=2 9.0 GiB, 347 ms,
+0.65 (0.49 against 0.39 if every byte XLA counts went through HBM); as is 37.8 GiB, one v5e ~249.
 Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:

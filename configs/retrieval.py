@@ -22,13 +22,16 @@ copy the parts into a folder D once and point the three sets at it (data/tevatro
     hf download --repo-type dataset BeIR/msmarco-qrels dev.tsv --local-dir D/qrels
     curl -o D/qrels/dl19.txt https://trec.nist.gov/data/deep/2019qrels-pass.txt   # and 2020 -> dl20.txt
     --config.eval.retrieval=msmarco/dev=tevatron:D,msmarco/dl19=tevatron:D,msmarco/dl20=tevatron:D
-Compiled for TPU (python -m starbucks_jax.compile; experiments/results_tpu/table.md; compiled, not
-measured), 1,024 passages of 196 tokens and 128 queries of 32 a step, data parallel; per chip GiB used of HBM, roofline step bound, MFU bound:
-v5e-8 11.9/16, 192 ms, 0.36 (the 9.4k steps in >= 30 min); v4-8 12.3/16 per TensorCore, 242 ms,
-0.41; v5p-8 26.0/95, 88 ms, 0.67 (>= 14 min). One chip does not hold the step as is (v5e-1 86 GiB,
-v6e-1 72 of 32): set train.grad_cache_chunks=8 (v5e-1: 12.5/16 GiB, 767 ms, compute-bound, MFU
-bound 0.72, >= 2 h). The evaluation encoder (128 passages of 196 tokens, float32, one chip) needs
-1.0 GiB and at least 56 ms a batch on a v5e: at least 64 min for the 8.8M passages on one chip.
+Compiled for TPU (python -m starbucks_jax.compile; experiments/results_tpu/; compiled, not measured),
+1,024 passages of 196 tokens and 128 queries of 32 a step, data parallel; per chip GiB used of usable
+HBM, roofline step bound (its term), MFU bound: v5e-8 11.2/15.75, 109 ms (HBM), 0.63 (the 9.4k
+steps in >= 17 min); v6e-8 11.5/31.25, 57 ms (HBM), 0.26 (>= 9 min, the fastest); v5p-8 25.3/95.7,
+81 ms (HBM), 0.73 (>= 13 min); reading every byte XLA counts as HBM traffic 0.37, 0.17, 0.68. One
+chip does not hold the step as is (v5e-1: 86 GiB): set train.grad_cache_chunks=8 (v5e-1:
+12.5/15.75 GiB, 1.12 s (HBM), MFU bound 0.49, >= 2.9 h). model.attention=flash does not pay here
+(v5e-8: 106 vs 90 GB of HBM a step, 0.53). The evaluation encoder (128 passages of 196 tokens,
+float32, one chip) needs 1.0 GiB and at least 38 ms a batch on a v5e (13 on a v5p): at least 44 min
+for the 8.8M passages on one v5e chip.
 Paper: Starbucks MRR@10 .2282 .2950 .3274 .3369 .3416 .3403
 (SMAE + SRL), BERT + SRL mean .2921.
 

@@ -143,18 +143,59 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
 
 def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   """experiments/sweep_ablations.py: seed 0 of every variant and SRL's seeds; once every seed 0 has
-  finished, seeds 1 and 2 of the two variants with the best STS-B dev mean (not test)."""
+  finished, seeds 1 and 2 of the two variants with the best STS-B dev mean (not test). The switches
+  (SWITCHES: same function, other kernels) run at every seed from the start."""
   sweep_ablations = load_script("experiments/sweep_ablations.py")
   root = str(tmp_path)
   first = sweep_ablations.runs(root, None)
-  assert len(first) == len(sweep_ablations.VARIANTS) + 2 and len({r.name for r in first}) == len(first)
+  n_switches = 3 * len(sweep_ablations.SWITCHES)
+  assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches and len({r.name for r in first}) == len(first)
   assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
   others = [label for label in sweep_ablations.VARIANTS if label != "SRL"]
   for i, label in enumerate(others):  # dev ranks the last two best; test ranks the first two best
     workdir = sweep_ablations.run(label, 0).workdir(root)
     results.write(workdir, "final", [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.5 + i / 100),
                                      results.record("stsb", "test", "spearman_cosine", 6, 384, 0.9 - i / 100)])
+  for label in sweep_ablations.SWITCHES:  # a switch is not a variant: it never competes for the extra seeds
+    results.write(sweep_ablations.run(label, 0).workdir(root), "final",
+                  [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.99)])
   extra = sweep_ablations.runs(root, None)[len(first):]
   assert [(r.label, r.overrides[1]) for r in extra] == [
       (others[-1], "--config.seed=1"), (others[-1], "--config.seed=2"),
       (others[-2], "--config.seed=1"), (others[-2], "--config.seed=2")]
+
+
+def test_tpu_sweep_tables_advice_and_comparison(tmp_path):
+  """experiments/compile_tpu.py: table.md, breakdown.md and advice.md from the compile reports in a
+  folder (advice: per paper recipe, the steps that fit, best MFU bound first; a refused step is left
+  out), and compare.md pairing each (recipe, topology, program) of two folders."""
+  compile_tpu = load_script("experiments/compile_tpu.py")
+  step = {"program": "train_step", "topology": "v5e-8", "chip": "TPU v5 lite", "devices": 8, "batch": "b",
+          "mesh": {"data": 8, "fsdp": 1, "tensor": 1}, "usable_hbm_bytes": 15.75 * 2**30, "argument_bytes": 2**30,
+          "temp_bytes": 2**30, "total_bytes": 2 * 2**30, "fits": True, "flops": 2e12, "model_flops": 1e12,
+          "hbm_bytes": 8e9, "bytes_accessed": 3e10, "ici_bytes": 1e9, "roofline_seconds": 0.02, "bound": "hbm",
+          "mfu_bound": 0.25, "hfu_bound": 0.5, "mfu_bound_all_memories": 0.1,
+          "breakdown": {"matmuls": {"bytes": 2e10, "hbm_bytes": 5e9, "flops": 2e12, "ici_bytes": 0.0}}}
+  refused = {k: step[k] for k in ("program", "topology", "chip", "devices", "batch", "mesh", "usable_hbm_bytes")}
+  reports = {"nli_v5e-8": ("", step), "nli_flash_v5e-8": (" --config.model.attention=flash", {**step, "mfu_bound": 0.5}),
+             "nli_gc4_v5e-8": (" --config.train.grad_cache_chunks=4",
+                               {**refused, "total_bytes": 20 * 2**30, "fits": False, "compiler": "RESOURCE_EXHAUSTED"})}
+  before, after = tmp_path / "before", tmp_path / "after"
+  for folder, scale in ((before, 1.0), (after, 2.0)):
+    folder.mkdir()
+    for name, (flags, r) in reports.items():
+      r = {**r, "mfu_bound": r["mfu_bound"] * scale} if r["fits"] else r
+      json.dump({"command": f"compile.py --config=configs/ft.py:nli{flags}", "programs": [r]},
+                open(folder / f"{name}.json", "w"))
+  compile_tpu.write_table(str(after))
+  table = (after / "table.md").read_text()
+  assert "| nli_flash | model.attention=flash | v5e-8 (8 x TPU v5 lite) |" in table and "| NO |" in table
+  assert "| matmuls | 5.00 | 20.00 | 2000 | 0.000 |" in (after / "breakdown.md").read_text()
+  advice = (after / "advice.md").read_text().splitlines()
+  rows = [line for line in advice if line.startswith("| (as configured)") or line.startswith("| model.")]
+  assert [r.split(" | ")[0] for r in rows] == ["| model.attention=flash", "| (as configured)"]  # best first
+  assert "grad_cache_chunks" not in "\n".join(advice)  # it did not fit
+  assert "| 1.00 | 0.50 | 0.10 | 0.160 | 2.00 (15.75) |" in rows[0]  # MFU, HFU, all memories, 8 chips x 20 ms
+  compare = open(compile_tpu.compare(str(before), str(after))).read()
+  assert "| nli_flash | v5e-8 | train_step | yes -> yes | 2.00 -> 2.00 |" in compare
+  assert "| 0.50 -> 1.00 |" in compare
