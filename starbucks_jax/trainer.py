@@ -490,6 +490,10 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
         log.info("compiled step %d for batch %s%s", len(executables), shape, "" if mem is None else
                  f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
                  f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
+        if mem is not None:  # per device, as the compiler plans it; beside the measured peak (device_peak_bytes)
+          used = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                  - mem.alias_size_in_bytes)
+          timer.set(compiled_step_bytes=max(used, timer.values.get("compiled_step_bytes", 0)))
         if len(executables) == 1:
           warn_if_products_upcast(step_fn, config.model.dtype)
       state, metrics = step_fn(state, batch, rng)
@@ -531,6 +535,9 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     timer.set(steps=steps_run, compiles=len(executables), examples_per_s=steps_run * examples_per_step / loop_s,
               steady_examples_per_s=steps_run * examples_per_step / max(train_s, 1e-9),
               padded_frac=1 - real / padded if padded else 0.0)
+    peak = device_peak_bytes()
+    if peak is not None:
+      timer.set(device_peak_bytes=peak)
   finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
     profile.stop(state)
     writer.close()
@@ -538,6 +545,14 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     mngr.wait_until_finished()
     mngr.close()
   return state
+
+
+def device_peak_bytes() -> int | None:
+  """The most memory any of this process's devices has held so far (the allocator's peak_bytes_in_use:
+  GPUs and TPUs report it; None where the backend keeps no statistics, as on a CPU)."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) if peaks else None
 
 
 def device_batches(batcher, start: int, total: int, mesh, batch_axes, base_rng, prefetch: int = 2):
