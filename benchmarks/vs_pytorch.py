@@ -94,14 +94,14 @@ def starbucks_pairs(num_layers: int, hidden_size: int, model: str) -> tuple[tupl
 
 def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
   """Write a randomly initialised `preset` (BertConfig.preset; HF's init) as a sentence-transformers
-  directory with a placeholder WordPiece vocabulary of the preset's size, its specials where
+  directory with a placeholder WordPiece vocabulary of the preset's size (words w<id>), its specials where
   bert-base-uncased has them ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103)."""
   from transformers import BertTokenizerFast
 
   config = bert.BertConfig.preset(preset)
   starbucks_pairs(config.num_hidden_layers, config.hidden_size, RANDOM + preset)  # before the init
   specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
-  vocab = {specials.get(i, f"[unused{i}]"): i for i in range(config.vocab_size)}
+  vocab = {specials.get(i, f"w{i}"): i for i in range(config.vocab_size)}  # "w1234": one token per word
   tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=config.max_position_embeddings)
   params = jax.device_get(bert.init_params(config, jax.random.key(seed)))
   return hf.save_pretrained(out_dir, config, {"bert": params}, tokenizer,

@@ -1,0 +1,249 @@
+"""Every GPU number the project needs, in one run sized for a short slot on a bare machine.
+
+    bash benchmarks/gpu_check.sh [--dry-run] [--out DIR] [--budget SECONDS] [--peak-tflops 989]
+
+Run through gpu_check.sh (it installs the wheels of `.whl/`, if any, and puts this checkout on the
+path). No network: the model is a random-init BERT written here (benchmarks/vs_pytorch.py
+random_model_dir: speed does not depend on the weights), the data generated or shipped. Sections,
+each in processes of its own, each result written as soon as it exists:
+
+  env      the devices, the stack's versions, nvidia-smi's line.
+  step     the SRL train step, ours vs sentence-transformers + the authors' loss on the same batches
+           (their loss checked equal to ours first), at two batch sizes: examples/s, model TFLOP/s
+           and MFU against --peak-tflops (989: an H100/H200 SXM's dense bf16), via vs_pytorch.py.
+  recipe   `python -m starbucks_jax.main --config=configs/ft.py:nli` end to end (bf16, batch 128,
+           MNRL + feature KL over the six pairs) on generated triplets for --recipe-steps steps, then
+           the shipped demo STS evaluation: wall, compile, steps/s (WORKDIR/timing.json), and the
+           compiled step's memory beside the device's measured peak (memory_stats).
+  encode   the retrieval corpus encoder's passages/s at every (layer, dim) of the schedule, each
+           size running only its layers (early exit), via retrieval.py.
+
+Writes DIR/gpu_check.json (everything, rewritten after each section) and DIR/gpu_check.md (the
+table). DIR defaults to $OUT (the slot's return folder), else ./gpu_check_out. A section that fails
+or outlives its share of --budget is recorded as such and the next one runs. `--dry-run` runs the
+same sections on this CPU with MiniLM's shape at tiny sizes (CI runs it): every code path but the
+device's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+sys.path.insert(0, REPO)
+
+from starbucks_jax.schedule import STARBUCKS  # noqa: E402 - the checkout's package, after the path
+
+# What each run measures: the paper's bert-base in bf16 on a GPU; MiniLM's shape, tiny, in a dry run.
+SIZES = {
+    "gpu": dict(preset="bert-base", dtype="bfloat16", step_batches=(32, 128), step_length=128, step_steps=10,
+                recipe_batch=128, encode_docs=8192, encode_length=196, encode_batch=512),
+    "dry": dict(preset="minilm-l6-h384", dtype="float32", step_batches=(4,), step_length=16, step_steps=1,
+                recipe_batch=8, encode_docs=32, encode_length=32, encode_batch=16),
+}
+SHARE = {"step": 0.45, "recipe": 0.35, "encode": 0.2}  # of the budget left when each section starts
+
+
+class SectionTimeout(Exception):
+  pass
+
+
+def run(cmd: list[str], timeout: float, log_path: str) -> str:
+  """Run a child process (this checkout on its path), its output appended to `log_path`; its stdout."""
+  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  try:
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
+  except subprocess.TimeoutExpired as e:
+    with open(log_path, "a") as f:
+      f.write(f"$ {' '.join(cmd)}\n(timed out after {timeout:.0f} s)\n{e.stdout or ''}\n{e.stderr or ''}\n")
+    raise SectionTimeout(f"timed out after {timeout:.0f} s") from None
+  with open(log_path, "a") as f:
+    f.write(f"$ {' '.join(cmd)}\n{done.stdout}\n{done.stderr}\n")
+  if done.returncode:
+    tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
+    raise RuntimeError(f"exit {done.returncode}: " + " | ".join(tail))
+  return done.stdout
+
+
+def env_section() -> dict:
+  import jax
+  versions = {}
+  for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "torch",
+               "sentence-transformers", "ml-collections"):
+    try:
+      from importlib.metadata import version
+      versions[name] = version(name)
+    except Exception:  # noqa: BLE001 - absent is an answer
+      versions[name] = None
+  smi = shutil.which("nvidia-smi")
+  gpu = subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() if smi else None
+  devices = jax.devices()
+  return {"python": platform.python_version(), "platform": jax.default_backend(), "devices": [str(d) for d in devices],
+          "device_kind": devices[0].device_kind, "nvidia_smi": gpu, "versions": versions}
+
+
+def step_section(size: dict, model_dir: str, peak: float, out: str, log: str, deadline: float) -> list[dict]:
+  rows = []
+  for batch in size["step_batches"]:
+    path = os.path.join(out, f"step_b{batch}.json")
+    share = (deadline - time.time()) / (len(size["step_batches"]) - len(rows))
+    run([sys.executable, os.path.join(HERE, "vs_pytorch.py"), "--model", model_dir, "--batch", str(batch),
+         "--length", str(size["step_length"]), "--steps", str(size["step_steps"]), "--rounds", "1",
+         "--dtype", size["dtype"], "--peak-tflops", str(peak), "--out", path], share, log)
+    rows.append(json.load(open(path)))
+  return rows
+
+
+def write_triplets(path: str, rows: int, seed: int = 0) -> None:
+  """AllNLI-shaped triplets of placeholder words (one token each in the random model's vocabulary):
+  anchors of 8-40 words, positives and negatives of 4-24."""
+  rng = random.Random(seed)
+  text = lambda lo, hi: " ".join(f"w{rng.randrange(1000, 30000)}" for _ in range(rng.randint(lo, hi)))  # noqa: E731
+  with open(path, "w") as f:
+    for _ in range(rows):
+      f.write(json.dumps({"anchor": text(8, 40), "positive": text(4, 24), "negative": text(4, 24)}) + "\n")
+
+
+def recipe_section(size: dict, model_dir: str, steps: int, work: str, log: str, deadline: float) -> dict:
+  data = os.path.join(work, "triplets.jsonl")
+  write_triplets(data, steps * size["recipe_batch"])
+  workdir = os.path.join(work, "nli")
+  t = time.time()
+  run([sys.executable, "-m", "starbucks_jax.main", "--config=configs/ft.py:nli", f"--workdir={workdir}",
+       f"--config.model.init_from={model_dir}", f"--config.model.dtype={size['dtype']}",
+       f"--config.schedule.pairs={STARBUCKS[size['preset']]}",
+       f"--config.data.train={data}", f"--config.data.batch_size={size['recipe_batch']}",
+       "--config.eval.sts=demo/test=demo:sts_test.jsonl", "--config.log.tensorboard=False",
+       f"--config.train.checkpoint_every={steps}", "--compilation_cache="], deadline - time.time(), log)
+  timing = json.load(open(os.path.join(workdir, "timing.json")))
+  final = json.load(open(os.path.join(workdir, "results", "final.json")))
+  return {"steps": timing.get("steps"), "batch": size["recipe_batch"], "wall_s": time.time() - t, "timing": timing,
+          "steps_per_s": timing["steps"] / timing["train_s"] if timing.get("train_s") else None,
+          "result_rows": len(final)}  # one per (layer, dim) and dataset: the evaluation ran
+
+
+def encode_section(size: dict, model_dir: str, schedule: str, out: str, log: str, deadline: float) -> dict:
+  path = os.path.join(out, "encode.json")
+  run([sys.executable, os.path.join(HERE, "retrieval.py"), "--model", model_dir, "--schedule", schedule,
+       "--docs", str(size["encode_docs"]), "--length", str(size["encode_length"]), "--batch", str(size["encode_batch"]),
+       "--encode-only", "--out", path], deadline - time.time(), log)
+  return json.load(open(path))
+
+
+def table(results: dict) -> str:
+  """The Markdown summary of whatever finished."""
+  env = results.get("env", {})
+  lines = [f"# gpu_check ({'dry run' if results['dry_run'] else 'measured'}, {results['date']}, commit "
+           f"{results.get('commit')})", "", f"- device: {env.get('device_kind')} ({env.get('platform')}); "
+           f"{env.get('nvidia_smi') or 'no nvidia-smi'}", f"- versions: {env.get('versions')}",
+           f"- peak used for MFU: {results['peak_tflops']} TFLOP/s (dense bf16)", ""]
+  for name, section in results["sections"].items():
+    if "error" in section:
+      lines.append(f"- {name}: NOT MEASURED ({section['error']})")
+  step = results["sections"].get("step", {}).get("rows", [])
+  if step:
+    lines += ["", "| SRL step | batch x length | examples/s ours | examples/s PyTorch | ours / PyTorch | "
+              "model TFLOP/s ours | MFU ours | MFU PyTorch | loss check (rel. diff) |", "|---" * 9 + "|"]
+    for r in step:
+      rate, flops, mfu = r["examples_per_sec"], r["gflops_per_sec"], r.get("mfu", {})
+      lines.append(f"| {r['dtype']} | {r['batch_pairs']} x {r['length']} | {rate['jax/starbucks']:.1f} | "
+                   f"{rate['torch/starbucks']:.1f} | {rate['jax/starbucks'] / rate['torch/starbucks']:.2f} | "
+                   f"{flops['jax/starbucks'] / 1e3:.1f} | {_pct(mfu.get('jax/starbucks'))} | "
+                   f"{_pct(mfu.get('torch/starbucks'))} | {r['loss']['relative_difference']:.1e} |")
+  recipe = results["sections"].get("recipe", {})
+  if "timing" in recipe:
+    t = recipe["timing"]
+    peak, planned = t.get("device_peak_bytes"), t.get("compiled_step_bytes")
+    lines += ["", "| recipe | steps x batch | wall s | start-up s | compile s (compiles) | train s | steps/s | "
+              "eval s | compiled step GiB | device peak GiB |", "|---" * 10 + "|",
+              f"| nli (generated triplets) | {recipe['steps']} x {recipe['batch']} | {recipe['wall_s']:.1f} | "
+              f"{_fmt(t.get('startup_s'))} | {_fmt(t.get('compile_s'))} ({t.get('compiles')}) | {_fmt(t.get('train_s'))} | "
+              f"{_fmt(recipe.get('steps_per_s'))} | {_fmt(t.get('eval_s'))} | "
+              f"{_fmt(planned / 2**30 if planned else None)} | {_fmt(peak / 2**30 if peak else None)} |"]
+  encode = results["sections"].get("encode", {})
+  if "rates" in encode:
+    lines += ["", f"| encoder, {encode['docs']} passages of {encode['length']} tokens, batch {encode['batch']} | "
+              "passages/s |", "|---|---|"]
+    lines += [f"| ({r['layer']}, {r['dim']}) | {r['passages_per_s']:.1f} |" for r in encode["rates"]]
+    lines.append(f"| every layer in one pass | {encode['all_layers_passages_per_s']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def _fmt(x) -> str:
+  return "-" if x is None else f"{x:.4g}" if isinstance(x, float) else str(x)
+
+
+def _pct(x) -> str:
+  return "-" if x is None else f"{x:.1%}"
+
+
+def main() -> None:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--dry-run", action="store_true", help="the same sections on this CPU, MiniLM's shape, tiny sizes")
+  p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="where the results go")
+  p.add_argument("--budget", type=float, default=420.0, help="seconds for all sections together")
+  p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak, for MFU")
+  p.add_argument("--recipe-steps", type=int, default=0, help="steps of the recipe run (default 200; dry run 3)")
+  p.add_argument("--only", default="", help="comma-separated sections (default: env,step,recipe,encode)")
+  args = p.parse_args()
+  size = SIZES["dry" if args.dry_run else "gpu"]
+  steps = args.recipe_steps or (3 if args.dry_run else 200)
+  only = set(args.only.split(",")) if args.only else {"env", "step", "recipe", "encode"}
+  os.makedirs(args.out, exist_ok=True)
+  deadline = time.time() + args.budget
+  log = os.path.join(args.out, "gpu_check.log")
+  open(log, "w").close()
+  from vs_pytorch import git_commit, random_model_dir  # noqa: E402 - after the path is set
+  results = {"dry_run": args.dry_run, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
+             "peak_tflops": args.peak_tflops, "budget_s": args.budget, "settings": size, "sections": {}}
+
+  def save():
+    json.dump(results, open(os.path.join(args.out, "gpu_check.json"), "w"), indent=1)
+    open(os.path.join(args.out, "gpu_check.md"), "w").write(table(results))
+
+  if "env" in only:
+    results["env"] = env_section()
+    save()
+  work = tempfile.mkdtemp(prefix="gpu_check_")
+  model_dir = random_model_dir(size["preset"], os.path.join(work, "model"))
+  sections = {
+      "step": lambda end: {"rows": step_section(size, model_dir, args.peak_tflops, args.out, log, end)},
+      "recipe": lambda end: recipe_section(size, model_dir, steps, work, log, end),
+      "encode": lambda end: encode_section(size, model_dir, size["preset"], args.out, log, end),
+  }
+  for name, fn in sections.items():
+    if name not in only:
+      continue
+    left = deadline - time.time()
+    share = sum(v for k, v in SHARE.items() if k in only and list(sections).index(k) >= list(sections).index(name))
+    t = time.time()
+    try:
+      results["sections"][name] = {**fn(time.time() + left * SHARE[name] / share), "seconds": time.time() - t}
+    except Exception as e:  # noqa: BLE001 - recorded, and the next section still runs
+      results["sections"][name] = {"error": f"{type(e).__name__}: {e}", "seconds": time.time() - t}
+      with open(log, "a") as f:
+        f.write(traceback.format_exc())
+    print(f"{name}: {time.time() - t:.0f} s{' - ' + results['sections'][name]['error'] if 'error' in results['sections'][name] else ''}",
+          flush=True)
+    save()
+  shutil.rmtree(work, ignore_errors=True)
+  print(table(results))
+  failed = [k for k, v in results["sections"].items() if "error" in v]
+  if failed:
+    sys.exit(f"gpu_check: {', '.join(failed)} not measured (see {log})")
+
+
+if __name__ == "__main__":
+  main()
