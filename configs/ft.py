@@ -90,7 +90,7 @@ def get_config(arg=None):
   c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
   c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
-  c.model.attention = "standard"  # 'standard' | 'dot_product' (cuDNN/XLA) | 'flash' (TPU Pallas); fused: no attention dropout
+  c.model.attention = "standard"  # 'standard' | 'dot_product' (XLA's fused core) | 'flash' (TPU Pallas); fused: no attention dropout
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.method = PRESETS.get(arg.method, arg.method)  # schedule.METHODS

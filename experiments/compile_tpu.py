@@ -2,6 +2,8 @@
 
     python experiments/compile_tpu.py [--only nli] [--topologies v5e-8,v6e-1] [--out-dir results_tpu]
     python experiments/compile_tpu.py --compare results_tpu/before results_tpu
+    python experiments/compile_tpu.py --only nli --only sts --only retrieval --topologies h100,h200 \
+        --out-dir experiments/results_gpu/compiled      # NVIDIA GPUs (the gpu extra), the same way
 
 One `python -m starbucks_jax.compile` process per (recipe, topology), each writing
 <out-dir>/<recipe>_<topology>.json (an existing file is skipped, so an interrupted sweep resumes);
@@ -74,10 +76,10 @@ def records(out_dir: str):
   """(recipe, settings, program report) of every JSON in `out_dir`, in name order."""
   for path in sorted(glob.glob(os.path.join(out_dir, "*.json"))):
     record = json.load(open(path))
-    name = os.path.basename(path)[:-5].rsplit("_v", 1)[0]
+    base = os.path.basename(path)[:-5]  # <recipe>_<topology>
     settings = " ".join(a.replace("--config.", "") for a in record["command"].split() if a.startswith("--config."))
     for r in record["programs"]:
-      yield name, settings, r
+      yield base.removesuffix("_" + r["topology"]), settings, r
 
 
 def row(name: str, settings: str, r: dict) -> str:

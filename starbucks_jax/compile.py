@@ -1,15 +1,16 @@
-"""Compile a run's train step for a TPU topology on this machine: memory per chip, FLOPs, roofline.
+"""Compile a run's train step for a TPU topology or NVIDIA GPUs on this machine: memory, FLOPs, roofline.
 
     python -m starbucks_jax.compile --config=configs/ft.py:nli --topology=v5e-8 [--out F.json] \\
         [--length 128] [--config.train.microbatches=2 ...]
 
-Needs libtpu (`pip install -e .[tpu]`); no TPU, no weights and no data are read. The program is the
+Needs libtpu (`pip install -e .[tpu]`) for TPUs, the CUDA plugin (`.[gpu]`) for GPUs (--topology=h100,
+h200x8, ...: gpu_targets); no accelerator, no weights and no data are read. The program is the
 one `main` would jit (trainer.jit_step over the objective's run_step, with the run's mesh, rules,
 shardings, donation and dtypes), over abstract parameters and optimizer state: shapes come from the
 checkpoint's config.json when model.init_from is a local directory, else from the BertConfig preset
 named by --preset (default: guessed from model.init_from). The batch is padded to --length tokens
 (default: model.max_length, else max_position_embeddings: the largest shape a run can meet). Retrieval configs also
-compile the evaluation encoder (eval.batch_size passages of eval.passage_max_length on one chip).
+compile the evaluation encoder (eval.batch_size passages of eval.passage_max_length on one chip; TPUs only).
 
 For every program it prints and writes (--out, JSON): devices and mesh; per-device argument, output
 and temporary bytes against the HBM the compiler may use (its own figure), and whether it fits; the
@@ -26,6 +27,8 @@ from starbucks_jax import cli
 
 if __name__ == "__main__":
   cli.raise_stack_limit()  # before jax loads
+  import os
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # nothing runs; and the CUDA plugin loads without a GPU only so
 
 import dataclasses
 import json
@@ -41,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, hlo_costs, pretrain, roofline, sharding, trainer
+from starbucks_jax import checkpoint, finetune, gpu_targets, hlo_costs, pretrain, roofline, sharding, trainer
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
@@ -105,6 +108,8 @@ _USABLE: dict[str, float] = {}
 def usable_hbm(topo: Topology) -> float:
   """The HBM per device the TPU compiler will allocate, as it states when refusing a program larger
   than any chip (v5e: 15.75 GiB of 16): one tiny compile per chip kind, cached."""
+  if topo.chip.startswith("NVIDIA"):  # no compiler figure: what jax's allocator takes by default
+    return topo.spec.hbm_bytes * gpu_targets.CLIENT_MEM_FRACTION
   if topo.chip not in _USABLE:
     mesh = jax.sharding.Mesh(np.array(topo.devices[:1]), ("x",))
     huge = jax.ShapeDtypeStruct((2**16, 2**16, 16), jnp.float32,  # 256 GiB
@@ -117,7 +122,11 @@ def usable_hbm(topo: Topology) -> float:
 
 
 def topology(name: str) -> Topology:
-  """A named topology ('v5e-8' or JAX's 'v5e:2x4'); errors say what to install or which names exist."""
+  """A named topology ('v5e-8', JAX's 'v5e:2x4', or GPUs: 'h100', 'h200x8'); errors say what to install
+  or which names exist."""
+  gpu = gpu_targets.parse(name)
+  if gpu is not None:
+    return gpu_topology(name, *gpu)
   try:
     from jax.experimental import topologies
     import libtpu  # noqa: F401  (the TPU compiler; jax imports it lazily)
@@ -126,8 +135,8 @@ def topology(name: str) -> Topology:
                        f"pip install 'jax[tpu]=={jax.__version__}')") from None
   jax_name = TOPOLOGIES.get(name, name)
   if ":" not in jax_name:
-    raise CompileError(f"--topology={name!r} is unknown; expected one of {sorted(TOPOLOGIES)} or JAX's "
-                       "'v5e:2x4' form")
+    raise CompileError(f"--topology={name!r} is unknown; expected one of {sorted(TOPOLOGIES)}, JAX's "
+                       f"'v5e:2x4' form, or GPUs: {sorted(gpu_targets.GPUS)}[xN]")
   options = {"chips_per_host_bounds": (1, 1, 1)} if jax_name.endswith(":1x1") else {}
   # libtpu locks /tmp/libtpu_lockfile for one process per host (a TPU VM's chips); compiling only, any
   # number of processes may load it
@@ -141,6 +150,22 @@ def topology(name: str) -> Topology:
   if chip not in CHIPS:
     raise CompileError(f"--topology={name!r}: no HBM / peak figures for {chip!r} (compile.CHIPS)")
   return Topology(name, devices, chip, len({getattr(d, "core_on_chip", 0) for d in devices}))
+
+
+def gpu_topology(name: str, gpu: gpu_targets.Gpu, count: int) -> Topology:
+  """`count` GPUs of one host, from the CUDA plugin's deviceless topology (gpu_targets)."""
+  if jax.config.jax_platforms != "cpu":  # the plugin checks for a CUDA driver unless only the CPU was asked for
+    raise CompileError(f"--topology={name!r}: compiling for a GPU without one needs JAX_PLATFORMS=cpu set "
+                       "before jax starts (python -m starbucks_jax.compile sets it)")
+  from jax.experimental import topologies
+  try:
+    desc = topologies.get_topology_desc(platform="cuda", target_config=gpu_targets.target_config(gpu),
+                                        topology=f"1x1x{count}")
+  except NotImplementedError:
+    raise CompileError(f"--topology={name!r} needs the CUDA plugin: pip install -e '.[gpu]'") from None
+  except Exception as e:  # noqa: BLE001 (the plugin raises its own runtime errors)
+    raise CompileError(f"--topology={name!r}: {str(e).splitlines()[0]}") from None
+  return Topology(name, tuple(desc.devices), gpu.name, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +264,9 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
     R, B, T = batch["ids"].shape
     flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
   out.append(report("train_step", compiled, mesh, topo, flops, shape))
-  if run.retrieval_sets:
+  # the evaluation encoder on a GPU: deviceless, XLA's Triton GEMM tiling refuses its float32 products
+  # ("Couldn't find output tile sizes"), so GPUs get the train step only
+  if run.retrieval_sets and not topo.chip.startswith("NVIDIA"):
     out.append(_eval_encoder(config, run, topo))
   return out
 
@@ -287,6 +314,8 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
   costs = hlo_costs.costs(compiled.as_text(), devices)
+  if cost is None:  # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
+    cost = {"flops": costs.xla_like("flops"), "bytes accessed": costs.xla_like("bytes")}
   xla_flops, xla_bytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
   extra = {k: costs.total(k) - costs.xla_like(k) for k in ("flops", "bytes")}  # the loops' further trips
   r = {**base, "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
@@ -307,6 +336,9 @@ def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
   what = "temporaries alone (the compiler's count)" if "compiler" in r else "in all"
   tips = [f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['usable_hbm_bytes'] / GiB:.2f} GiB per device "
           f"({over:.2f} GiB over); try:"]
+  if r["chip"].startswith("NVIDIA") and r["total_bytes"] < 0.95 * r["hbm_capacity_bytes"]:
+    tips.append(f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 in the run's environment (jax's allocator takes "
+                f"{gpu_targets.CLIENT_MEM_FRACTION:.0%} of the GPU by default)")
   if config.model.remat in ("none", False):
     tips.append("--config.model.remat=full (recompute each layer in the backward pass: activations)")
   if config.get("mode") != "pretrain" and not config.train.grad_cache_chunks:
@@ -378,7 +410,8 @@ if __name__ == "__main__":
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:nli", lock_config=True)
-  flags.DEFINE_string("topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form")
+  flags.DEFINE_string("topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form; "
+                      f"GPUs: {', '.join(gpu_targets.GPUS)}, each with xN for N of one host")
   flags.DEFINE_string("out", None, "write the reports as JSON here")
   flags.DEFINE_string("preset", None, "BertConfig preset for a model.init_from that is not a local directory")
   flags.DEFINE_bool("breakdown", False, "print each program's bytes and FLOPs by category (always in --out)")

@@ -4,8 +4,9 @@ materialising the [batch, heads, T, T] scores in memory.
 `model.attention` picks the core (BertConfig.attention):
 - 'standard' (models/bert.py): HF BERT's, scores and softmax in float32, dropout on the attention
   probabilities (attention_probs_dropout_prob). The default.
-- 'dot_product': jax.nn.dot_product_attention (cuDNN's fused kernel on a GPU where it applies, XLA
-  elsewhere).
+- 'dot_product': jax.nn.dot_product_attention in its default implementation, XLA's (jax uses cuDNN's
+  fused kernel only when asked with implementation='cudnn', which needs the cuDNN library at trace
+  time and a mask it accepts: not wired here yet).
 - 'flash': the Pallas flash-attention kernel for TPUs that ships with jax (compiled for any TPU
   topology by starbucks_jax.compile; on another backend it runs only in Pallas' interpreter).
 The fused cores have no dropout on the attention probabilities: a run with either trains without

@@ -1,0 +1,38 @@
+"""Ahead-of-time compilation of the real train step for NVIDIA GPUs on this CPU (the CUDA plugin of the
+`gpu` extra, deviceless: gpu_targets): memory against what jax may allocate, FLOPs, NVLink bytes."""
+
+import pytest
+
+from starbucks_jax import config_lib, gpu_targets, roofline
+from test_compile import tiny
+
+C = pytest.importorskip("starbucks_jax.compile")
+pytest.importorskip("jax_plugins.xla_cuda13")
+
+
+def test_srl_step_compiles_for_two_h100s():
+  cfg = tiny("ft.py:demo")
+  r = C.programs(cfg, C.topology("h100x2"), preset="tiny", length=16)[0]
+  h100 = gpu_targets.GPUS["h100"]
+  assert (r["chip"], r["devices"], r["mesh"]) == (h100.name, 2, {"data": 2, "fsdp": 1, "tensor": 1})
+  assert r["usable_hbm_bytes"] == pytest.approx(0.75 * h100.memory_bytes) and r["fits"]
+  assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0
+  assert r["flops"] > r["model_flops"] > 0  # (cost analysis is absent deviceless: the HLO reading gives both)
+  assert r["ici_bytes"] > 0 and r["breakdown"]["collectives"]["ici_bytes"] > 0  # the gradient all-reduce
+  chip = roofline.CHIPS[h100.name]
+  assert r["compute_seconds"] == pytest.approx(r["flops"] / chip.peak_flops)
+  assert r["hbm_seconds"] == pytest.approx(r["hbm_bytes"] / chip.hbm_bandwidth)
+  assert r["hbm_bytes"] == r["bytes_accessed"]  # a GPU has no on-chip memory space in the HLO's layouts
+  # a step over jax's default 75% but within the GPU: the advice names the allocator's fraction first
+  tips = C.advice(cfg, {**r, "total_bytes": 0.8 * h100.memory_bytes, "fits": False})
+  assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95" in tips[1]
+
+
+def test_gpu_names():
+  assert gpu_targets.parse("h200x8") == (gpu_targets.GPUS["h200"], 8) and gpu_targets.parse("H100")[1] == 1
+  assert gpu_targets.parse("h100x0") is None and gpu_targets.parse("a9000") is None
+  assert "device_memory_size: 151397597184" in gpu_targets.target_config(gpu_targets.GPUS["h200"])
+  with pytest.raises(C.CompileError, match="'h300x8' is unknown"):
+    C.topology("h300x8")
+  with pytest.raises(config_lib.ConfigError, match=r"mesh.shape: .*\(3, 1, 1\)"):
+    C.programs(tiny("ft.py:demo", **{"mesh.shape": (3, 1, 1)}), C.topology("h100x2"), preset="tiny")
