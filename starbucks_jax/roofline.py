@@ -40,10 +40,14 @@ CHIPS = {
     "TPU v5 lite": Chip(16 * GiB, 197e12, 819e9, 1600e9 / 8, "cloud.google.com/tpu/docs/v5e"),
     "TPU v5": Chip(95 * GiB, 459e12, 2765e9, 4800e9 / 8, "cloud.google.com/tpu/docs/v5p"),
     "TPU v6 lite": Chip(32 * GiB, 918e12, 1640e9, 3200e9 / 8, "cloud.google.com/tpu/docs/v6e"),
-    # NVIDIA's SXM parts: dense bf16 (half the datasheet's with-sparsity figure); NVLink 4 moves 900 GB/s
-    # per GPU both ways together, 450 one way; memory size as the driver reports it (gpu_targets)
+    # NVIDIA's SXM parts: dense bf16 (half the datasheet's with-sparsity figure); NVLink per GPU one way
+    # (half the both-ways figure NVIDIA quotes); memory size as the driver reports it (gpu_targets)
+    "NVIDIA A100-SXM4-80GB": Chip(85100068864, 312e12, 2.039e12, 300e9,
+                                  "nvidia.com A100 datasheet (SXM4 80GB; NVLink 3: 600 GB/s both ways)"),
     "NVIDIA H100 80GB HBM3": Chip(84942979072, 989e12, 3.35e12, 450e9, "nvidia.com H100 datasheet (SXM5)"),
     "NVIDIA H200 141GB HBM3e": Chip(151397597184, 989e12, 4.8e12, 450e9, "nvidia.com H200 datasheet (SXM)"),
+    "NVIDIA B200": Chip(191514411008, 2.25e15, 7.67e12, 900e9,
+                        "nvidia.com HGX B200 (4.5 PFLOP/s bf16 with sparsity; NVLink 5: 1.8 TB/s both ways)"),
 }
 
 

@@ -30,6 +30,9 @@ def test_srl_step_compiles_for_two_h100s():
 
 def test_gpu_names():
   assert gpu_targets.parse("h200x8") == (gpu_targets.GPUS["h200"], 8) and gpu_targets.parse("H100")[1] == 1
+  assert gpu_targets.parse("b200x8")[0].compute_capability == (10, 0) and set(gpu_targets.GPUS) == {
+      "a100", "h100", "h200", "b200"}
+  assert "fpus_per_core: 64" in gpu_targets.target_config(gpu_targets.GPUS["a100"])
   assert gpu_targets.parse("h100x0") is None and gpu_targets.parse("a9000") is None
   assert "device_memory_size: 151397597184" in gpu_targets.target_config(gpu_targets.GPUS["h200"])
   with pytest.raises(C.CompileError, match="'h300x8' is unknown"):
