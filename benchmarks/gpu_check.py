@@ -56,13 +56,20 @@ SIZES = {
 SHARE = {"step": 0.45, "recipe": 0.35, "encode": 0.2}  # of the budget left when each section starts
 
 
+# This process only looks at the devices and writes the random model (on the CPU): it must not take
+# jax's default 75% of the GPU from the processes that measure. They get the environment as a user has it.
+PARENT_ONLY = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+_set_here: set[str] = set()  # the PARENT_ONLY variables this process set (not the user)
+
+
 class SectionTimeout(Exception):
   pass
 
 
 def run(cmd: list[str], timeout: float, log_path: str) -> str:
   """Run a child process (this checkout on its path), its output appended to `log_path`; its stdout."""
-  env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+  env = {k: v for k, v in os.environ.items() if k not in _set_here}
+  env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
   try:
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
   except subprocess.TimeoutExpired as e:
@@ -198,6 +205,10 @@ def main() -> None:
   p.add_argument("--recipe-steps", type=int, default=0, help="steps of the recipe run (default 200; dry run 3)")
   p.add_argument("--only", default="", help="comma-separated sections (default: env,step,recipe,encode)")
   args = p.parse_args()
+  for k, v in PARENT_ONLY.items():  # before jax starts in this process
+    if k not in os.environ:
+      os.environ[k] = v
+      _set_here.add(k)
   size = SIZES["dry" if args.dry_run else "gpu"]
   steps = args.recipe_steps or (3 if args.dry_run else 200)
   only = set(args.only.split(",")) if args.only else {"env", "step", "recipe", "encode"}
@@ -217,7 +228,9 @@ def main() -> None:
     results["env"] = env_section()
     save()
   work = tempfile.mkdtemp(prefix="gpu_check_")
-  model_dir = random_model_dir(size["preset"], os.path.join(work, "model"))
+  import jax
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):  # the init's arrays stay off the GPU
+    model_dir = random_model_dir(size["preset"], os.path.join(work, "model"))
   sections = {
       "step": lambda end: {"rows": step_section(size, model_dir, args.peak_tflops, args.out, log, end)},
       "recipe": lambda end: recipe_section(size, model_dir, steps, work, log, end),

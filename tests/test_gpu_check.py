@@ -38,3 +38,16 @@ def test_a_section_past_its_share_is_not_measured(tmp_path):
   results = json.load(open(tmp_path / "gpu_check.json"))
   assert "timed out" in results["sections"]["encode"]["error"]
   assert "- encode: NOT MEASURED (SectionTimeout: timed out" in open(tmp_path / "gpu_check.md").read()
+
+
+def test_measuring_processes_get_the_users_environment(tmp_path, monkeypatch):
+  """The parent turns off jax's preallocation for itself only: a child that measures allocates as a
+  user's run would (and a user's own setting passes through)."""
+  from conftest import load_script
+  gc = load_script("benchmarks/gpu_check.py")
+  probe = [sys.executable, "-c", "import os; print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'))"]
+  monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  monkeypatch.setattr(gc, "_set_here", {"XLA_PYTHON_CLIENT_PREALLOCATE"})
+  assert gc.run(probe, 30, str(tmp_path / "log")).strip() == "None"
+  monkeypatch.setattr(gc, "_set_here", set())  # the user's own
+  assert gc.run(probe, 30, str(tmp_path / "log")).strip() == "false"
