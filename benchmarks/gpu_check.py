@@ -85,14 +85,15 @@ def run(cmd: list[str], timeout: float, log_path: str) -> str:
 
 
 def env_section() -> dict:
+  from importlib.metadata import PackageNotFoundError, version
+
   import jax
   versions = {}
   for name in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "torch",
                "sentence-transformers", "ml-collections"):
     try:
-      from importlib.metadata import version
       versions[name] = version(name)
-    except Exception:  # noqa: BLE001 - absent is an answer
+    except PackageNotFoundError:  # absent is an answer
       versions[name] = None
   smi = shutil.which("nvidia-smi")
   gpu = subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() if smi else None
@@ -211,7 +212,9 @@ def main() -> None:
       _set_here.add(k)
   size = SIZES["dry" if args.dry_run else "gpu"]
   steps = args.recipe_steps or (3 if args.dry_run else 200)
-  only = set(args.only.split(",")) if args.only else {"env", "step", "recipe", "encode"}
+  only = set(args.only.split(",")) if args.only else {"env", *SHARE}
+  if only - {"env", *SHARE}:
+    p.error(f"--only {args.only}: unknown sections {sorted(only - {'env', *SHARE})}; expected env, {', '.join(SHARE)}")
   os.makedirs(args.out, exist_ok=True)
   deadline = time.time() + args.budget
   log = os.path.join(args.out, "gpu_check.log")
@@ -236,14 +239,12 @@ def main() -> None:
       "recipe": lambda end: recipe_section(size, model_dir, steps, work, log, end),
       "encode": lambda end: encode_section(size, model_dir, size["preset"], args.out, log, end),
   }
-  for name, fn in sections.items():
-    if name not in only:
-      continue
-    left = deadline - time.time()
-    share = sum(v for k, v in SHARE.items() if k in only and list(sections).index(k) >= list(sections).index(name))
+  chosen = [name for name in sections if name in only]
+  for i, name in enumerate(chosen):
     t = time.time()
+    end = t + (deadline - t) * SHARE[name] / sum(SHARE[k] for k in chosen[i:])  # its share of what is left
     try:
-      results["sections"][name] = {**fn(time.time() + left * SHARE[name] / share), "seconds": time.time() - t}
+      results["sections"][name] = {**sections[name](end), "seconds": time.time() - t}
     except Exception as e:  # noqa: BLE001 - recorded, and the next section still runs
       results["sections"][name] = {"error": f"{type(e).__name__}: {e}", "seconds": time.time() - t}
       with open(log, "a") as f:

@@ -78,6 +78,10 @@ class Topology:
   devices_per_chip: int  # 2 where each TensorCore is its own device (v4 as JAX sees it here)
 
   @property
+  def is_gpu(self) -> bool:
+    return self.chip in gpu_targets.KINDS
+
+  @property
   def spec(self) -> roofline.Chip:
     return CHIPS[self.chip]
 
@@ -108,7 +112,7 @@ _USABLE: dict[str, float] = {}
 def usable_hbm(topo: Topology) -> float:
   """The HBM per device the TPU compiler will allocate, as it states when refusing a program larger
   than any chip (v5e: 15.75 GiB of 16): one tiny compile per chip kind, cached."""
-  if topo.chip.startswith("NVIDIA"):  # no compiler figure: what jax's allocator takes by default
+  if topo.is_gpu:  # no compiler figure: what jax's allocator takes by default
     return topo.spec.hbm_bytes * gpu_targets.CLIENT_MEM_FRACTION
   if topo.chip not in _USABLE:
     mesh = jax.sharding.Mesh(np.array(topo.devices[:1]), ("x",))
@@ -266,7 +270,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   out.append(report("train_step", compiled, mesh, topo, flops, shape))
   # the evaluation encoder on a GPU: deviceless, XLA's Triton GEMM tiling refuses its float32 products
   # ("Couldn't find output tile sizes"), so GPUs get the train step only
-  if run.retrieval_sets and not topo.chip.startswith("NVIDIA"):
+  if run.retrieval_sets and not topo.is_gpu:
     out.append(_eval_encoder(config, run, topo))
   return out
 
@@ -312,7 +316,7 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  used = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+  used = trainer.compiled_bytes(mem)
   costs = hlo_costs.costs(compiled.as_text(), devices)
   if cost is None:  # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
     cost = {"flops": costs.xla_like("flops"), "bytes accessed": costs.xla_like("bytes")}
@@ -336,7 +340,7 @@ def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
   what = "temporaries alone (the compiler's count)" if "compiler" in r else "in all"
   tips = [f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['usable_hbm_bytes'] / GiB:.2f} GiB per device "
           f"({over:.2f} GiB over); try:"]
-  if r["chip"].startswith("NVIDIA") and r["total_bytes"] < 0.95 * r["hbm_capacity_bytes"]:
+  if r["chip"] in gpu_targets.KINDS and r["total_bytes"] < 0.95 * r["hbm_capacity_bytes"]:
     tips.append(f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 in the run's environment (jax's allocator takes "
                 f"{gpu_targets.CLIENT_MEM_FRACTION:.0%} of the GPU by default)")
   if config.model.remat in ("none", False):

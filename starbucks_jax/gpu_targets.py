@@ -36,6 +36,7 @@ GPUS = {
     "h200": Gpu("NVIDIA H200 141GB HBM3e", (9, 0), 132, 233472, 232448, 50 * 2**20, 1.98, 151397597184, 4.8e12),
     "b200": Gpu("NVIDIA B200", (10, 0), 148, 233472, 232448, 132644864, 1.965, 191514411008, 7.67232e12),
 }
+KINDS = frozenset(g.name for g in GPUS.values())  # their device kinds: a report's "chip"
 # What jax lets a process allocate by default: XLA_PYTHON_CLIENT_MEM_FRACTION=0.75 of the device's memory.
 CLIENT_MEM_FRACTION = 0.75
 

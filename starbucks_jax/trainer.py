@@ -491,9 +491,7 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
                  f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
                  f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
         if mem is not None:  # per device, as the compiler plans it; beside the measured peak (device_peak_bytes)
-          used = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-                  - mem.alias_size_in_bytes)
-          timer.set(compiled_step_bytes=max(used, timer.values.get("compiled_step_bytes", 0)))
+          timer.set(compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
         if len(executables) == 1:
           warn_if_products_upcast(step_fn, config.model.dtype)
       state, metrics = step_fn(state, batch, rng)
@@ -545,6 +543,12 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     mngr.wait_until_finished()
     mngr.close()
   return state
+
+
+def compiled_bytes(mem) -> int:
+  """Per-device memory of a compiled program (its memory_analysis()): arguments, outputs and
+  temporaries, outputs that reuse an argument's buffer counted once."""
+  return mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
 
 
 def device_peak_bytes() -> int | None:

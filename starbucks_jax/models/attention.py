@@ -1,5 +1,5 @@
-"""Fused self-attention cores: softmax(q k^T / sqrt(h)) v over the keys each query may see, without
-materialising the [batch, heads, T, T] scores in memory.
+"""Fused self-attention cores: softmax(q k^T / sqrt(h)) v over the keys each query may see, in one
+call (flash: without materialising the [batch, heads, T, T] scores in memory).
 
 `model.attention` picks the core (BertConfig.attention):
 - 'standard' (models/bert.py): HF BERT's, scores and softmax in float32, dropout on the attention
