@@ -9,8 +9,9 @@ each in processes of its own, each result written as soon as it exists:
 
   env      the devices, the stack's versions, nvidia-smi's line.
   step     the SRL train step, ours vs sentence-transformers + the authors' loss on the same batches
-           (their loss checked equal to ours first), at two batch sizes: examples/s, model TFLOP/s
-           and MFU against --peak-tflops (989: an H100/H200 SXM's dense bf16), via vs_pytorch.py.
+           (their loss checked equal to ours first), at two batch sizes, then the larger with our
+           step on cuDNN's fused attention (model.attention=cudnn): examples/s, model TFLOP/s and
+           MFU against --peak-tflops (989: an H100/H200 SXM's dense bf16), via vs_pytorch.py.
   recipe   `python -m starbucks_jax.main --config=configs/ft.py:nli` end to end (bf16, batch 128,
            MNRL + feature KL over the six pairs) on generated triplets for --recipe-steps steps, then
            the shipped demo STS evaluation: wall, compile, steps/s (WORKDIR/timing.json), and the
@@ -22,7 +23,7 @@ Writes DIR/gpu_check.json (everything, rewritten after each section) and DIR/gpu
 table). DIR defaults to $OUT (the slot's return folder), else ./gpu_check_out. A section that fails
 or outlives its share of --budget is recorded as such and the next one runs. `--dry-run` runs the
 same sections on this CPU with MiniLM's shape at tiny sizes (CI runs it): every code path but the
-device's.
+device's (XLA's fused core stands in for cuDNN's, which needs a GPU).
 """
 
 from __future__ import annotations
@@ -48,12 +49,14 @@ from starbucks_jax.schedule import STARBUCKS  # noqa: E402 - the checkout's pack
 
 # What each run measures: the paper's bert-base in bf16 on a GPU; MiniLM's shape, tiny, in a dry run.
 SIZES = {
-    "gpu": dict(preset="bert-base", dtype="bfloat16", step_batches=(32, 128), step_length=128, step_steps=10,
+    "gpu": dict(preset="bert-base", dtype="bfloat16", step_runs=((32, "standard"), (128, "standard"), (128, "cudnn")),
+                step_length=128, step_steps=10,
                 recipe_batch=128, encode_docs=8192, encode_length=196, encode_batch=512),
-    "dry": dict(preset="minilm-l6-h384", dtype="float32", step_batches=(4,), step_length=16, step_steps=1,
+    "dry": dict(preset="minilm-l6-h384", dtype="float32", step_runs=((4, "standard"), (4, "dot_product")),
+                step_length=16, step_steps=1,
                 recipe_batch=8, encode_docs=32, encode_length=32, encode_batch=16),
 }
-SHARE = {"step": 0.45, "recipe": 0.35, "encode": 0.2}  # of the budget left when each section starts
+SHARE = {"step": 0.5, "recipe": 0.32, "encode": 0.18}  # of the budget left when each section starts
 
 
 # This process only looks at the devices and writes the random model (on the CPU): it must not take
@@ -103,14 +106,21 @@ def env_section() -> dict:
 
 
 def step_section(size: dict, model_dir: str, peak: float, out: str, log: str, deadline: float) -> list[dict]:
+  """One vs_pytorch.py run per (batch, our attention core); a run that fails is a row with its error."""
   rows = []
-  for batch in size["step_batches"]:
-    path = os.path.join(out, f"step_b{batch}.json")
-    share = (deadline - time.time()) / (len(size["step_batches"]) - len(rows))
-    run([sys.executable, os.path.join(HERE, "vs_pytorch.py"), "--model", model_dir, "--batch", str(batch),
-         "--length", str(size["step_length"]), "--steps", str(size["step_steps"]), "--rounds", "1",
-         "--dtype", size["dtype"], "--peak-tflops", str(peak), "--out", path], share, log)
-    rows.append(json.load(open(path)))
+  for batch, core in size["step_runs"]:
+    path = os.path.join(out, f"step_b{batch}" + ("" if core == "standard" else f"_{core}") + ".json")
+    share = (deadline - time.time()) / (len(size["step_runs"]) - len(rows))
+    try:
+      run([sys.executable, os.path.join(HERE, "vs_pytorch.py"), "--model", model_dir, "--batch", str(batch),
+           "--length", str(size["step_length"]), "--steps", str(size["step_steps"]), "--rounds", "1",
+           "--dtype", size["dtype"], "--attention", core, "--peak-tflops", str(peak), "--out", path], share, log)
+      rows.append(json.load(open(path)))
+    except (RuntimeError, SectionTimeout) as e:
+      rows.append({"batch_pairs": batch, "length": size["step_length"], "dtype": size["dtype"], "attention": core,
+                   "error": str(e)})
+  if all("error" in r for r in rows):
+    raise RuntimeError("every run failed: " + "; ".join(r["error"] for r in rows))
   return rows
 
 
@@ -162,11 +172,15 @@ def table(results: dict) -> str:
       lines.append(f"- {name}: NOT MEASURED ({section['error']})")
   step = results["sections"].get("step", {}).get("rows", [])
   if step:
-    lines += ["", "| SRL step | batch x length | examples/s ours | examples/s PyTorch | ours / PyTorch | "
-              "model TFLOP/s ours | MFU ours | MFU PyTorch | loss check (rel. diff) |", "|---" * 9 + "|"]
+    lines += ["", "| SRL step | our attention | batch x length | examples/s ours | examples/s PyTorch | "
+              "ours / PyTorch | model TFLOP/s ours | MFU ours | MFU PyTorch | loss check (rel. diff) |", "|---" * 10 + "|"]
     for r in step:
+      where = f"| {r['dtype']} | {r.get('attention', 'standard')} | {r['batch_pairs']} x {r['length']} |"
+      if "error" in r:
+        lines.append(f"{where} NOT MEASURED ({r['error'][:200].replace('|', '/')}) |" + " |" * 6)
+        continue
       rate, flops, mfu = r["examples_per_sec"], r["gflops_per_sec"], r.get("mfu", {})
-      lines.append(f"| {r['dtype']} | {r['batch_pairs']} x {r['length']} | {rate['jax/starbucks']:.1f} | "
+      lines.append(f"{where} {rate['jax/starbucks']:.1f} | "
                    f"{rate['torch/starbucks']:.1f} | {rate['jax/starbucks'] / rate['torch/starbucks']:.2f} | "
                    f"{flops['jax/starbucks'] / 1e3:.1f} | {_pct(mfu.get('jax/starbucks'))} | "
                    f"{_pct(mfu.get('torch/starbucks'))} | {r['loss']['relative_difference']:.1e} |")

@@ -1,8 +1,8 @@
 """Our jitted SRL train step vs the authors' PyTorch formulation, side by side in one run.
 
     python benchmarks/vs_pytorch.py [--model all-MiniLM-L6-v2 | DIR | random:bert-base] [--batch 16] [--length 32] \
-        [--steps 10] [--rounds 2] [--dtype float32|bfloat16] [--forward-splits 1] [--peak-tflops 989] \
-        [--out results.json]
+        [--steps 10] [--rounds 2] [--dtype float32|bfloat16] [--attention standard] [--forward-splits 1] \
+        [--peak-tflops 989] [--out results.json]
 
 The PyTorch side is written from docs/method.md's equations the way the authors' sentence-transformers
 code computes them: a SentenceTransformer model, one forward per text role with every hidden
@@ -23,7 +23,8 @@ FLOP/s (BertConfig.matmul_flops: the encoder's matmuls, forward and backward) an
 device's peak (`--peak-tflops`, e.g. 989 for an H100 SXM in bf16), the MFU. On a GPU machine both
 sides run on the GPU (torch on CUDA, jax on its default device); `--dtype bfloat16` times both in
 bf16 compute with float32 weights and optimizer (torch autocast; our model.dtype), the objective
-check staying in float32.
+check staying in float32. `--attention` picks our step's attention core (model.attention: 'cudnn'
+on an NVIDIA GPU, in bf16); the objective check uses the standard one.
 
 `--model random:bert-base` (or `random:minilm-l6-h384`) times a randomly initialised model of that
 shape (HF's init, a placeholder vocabulary laid out as bert-base-uncased's), written as a
@@ -49,7 +50,7 @@ import numpy as np
 
 from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
 from starbucks_jax.config_lib import load_config
-from starbucks_jax.models import bert, hf
+from starbucks_jax.models import attention, bert, hf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("starbucks", "full")  # the SRL step and the full-only step
@@ -192,7 +193,7 @@ def _times(step, steps: int) -> dict[str, list[float]]:
 def worker(side: str, args, setup) -> None:
   """Time one side's steps in this process; print {method: [seconds]} as the last line."""
   pre, model_dir, pairs, ft, tx, loss_cfg, batch = setup
-  cfg = pre.config.replace(dtype=args.dtype)
+  cfg = pre.config.replace(dtype=args.dtype, attention=args.attention if side == "jax" else "standard")
   N, D = cfg.num_hidden_layers, cfg.hidden_size
   if side == "torch":
     _, _, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm, args.dtype)
@@ -245,6 +246,8 @@ def main():
                  help="our step's train.forward_splits: its texts as this many independent encoder forwards")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
+  p.add_argument("--attention", default="standard", choices=attention.ATTENTIONS,
+                 help="our step's attention core (model.attention; 'cudnn': NVIDIA GPUs, bfloat16)")
   p.add_argument("--out", help="write the results to this JSON file")
   p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)  # one side's timing process
   args = p.parse_args()
@@ -252,6 +255,8 @@ def main():
     p.error(f"--out {args.out}: its directory does not exist")
   if args.forward_splits < 1 or args.batch % args.forward_splits:
     p.error(f"--forward-splits {args.forward_splits} must be >= 1 and divide --batch {args.batch}")
+  if args.attention == "cudnn" and args.dtype != "bfloat16":
+    p.error("--attention cudnn computes in half precision: add --dtype bfloat16")
   if not args.worker:  # the parent only checks the objective: leave the accelerator to the workers
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   model_label = args.model
@@ -268,7 +273,8 @@ def main():
   torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
   machine = (f"{os.cpu_count()} CPU cores ({cpu_description()}); torch {torch.__version__} on {torch_device}; "
              f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-  print(f"machine: {machine}; model {model_label} ({N} layers, {D} dims, {args.dtype} compute); "
+  print(f"machine: {machine}; model {model_label} ({N} layers, {D} dims, {args.dtype} compute, our attention "
+        f"{args.attention}); "
         f"batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
 
   torch_model, torch_loss, _ = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
@@ -291,6 +297,7 @@ def main():
     for side in ("jax", "torch"):
       argv = ["--model", model_dir, "--batch", str(args.batch), "--length", str(args.length),
               "--steps", str(args.steps), "--dtype", args.dtype, "--forward-splits", str(args.forward_splits),
+              "--attention", args.attention,
               "--worker", side]
       out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True,
                            check=False)
@@ -313,6 +320,7 @@ def main():
   results = {"command": " ".join(["python", "benchmarks/vs_pytorch.py", *sys.argv[1:]]), "commit": git_commit(),
              "machine": machine, "model": model_label, "layers": N, "dims": D, "dtype": args.dtype,
              "batch_pairs": args.batch, "length": args.length, "forward_splits": args.forward_splits,
+             "attention": args.attention,
              "steps": args.steps, "rounds": args.rounds,
              "loss": {"ours": got, "torch": want, "relative_difference": abs(got - want) / abs(want)},
              "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},

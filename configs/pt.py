@@ -23,6 +23,9 @@ v6e-8: model.remat=full, model.attention=flash, train.microbatches=2 8.7/31.25, 
 mesh.shard_optimizer=False: 234 ms, 0.21). v5e-8: model.remat=full, train.microbatches=4 6.0/15.75,
 333 ms (HBM), 0.68 (>= 18 h); with model.attention=flash and train.microbatches=2 9.0 GiB, 347 ms,
 0.65 (0.49 against 0.39 if every byte XLA counts went through HBM); as is 37.8 GiB, one v5e ~249.
+8 NVIDIA GPUs (experiments/results_gpu/; compiled): H100s as is 52.0/59.3 GiB, 122 ms (HBM), 0.37
+(>= 6.6 h); with model.attention=cudnn 36.2 GiB, 88 ms (HBM), 0.51 (>= 4.8 h); H200s with cudnn
+62 ms, 0.73 (>= 3.3 h).
 Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:
@@ -62,7 +65,7 @@ def get_config(arg=None):
   c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
   c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
-  c.model.attention = "standard"  # 'standard' | 'dot_product' (XLA's fused core) | 'flash' (TPU Pallas); fused: no attention dropout
+  c.model.attention = "standard"  # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.pairs = STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large

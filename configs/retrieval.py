@@ -31,7 +31,10 @@ chip does not hold the step as is (v5e-1: 86 GiB): set train.grad_cache_chunks=8
 12.5/15.75 GiB, 1.12 s (HBM), MFU bound 0.49, >= 2.9 h). model.attention=flash does not pay here
 (v5e-8: 106 vs 90 GB of HBM a step, 0.53). The evaluation encoder (128 passages of 196 tokens,
 float32, one chip) needs 1.0 GiB and at least 38 ms a batch on a v5e (13 on a v5p): at least 44 min
-for the 8.8M passages on one v5e chip.
+for the 8.8M passages on one v5e chip. NVIDIA GPUs (experiments/results_gpu/; compiled, train step
+only): one H100 needs 59.9 of its usable 59.3 GiB as is (XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 holds
+it); with model.attention=cudnn 59.2 GiB, 158 ms (HBM), MFU bound 0.70 (>= 25 min); one H200 with
+cudnn 62.7/105.8 GiB, 111 ms (compute), 0.99 (>= 17 min).
 Paper: Starbucks MRR@10 .2282 .2950 .3274 .3369 .3416 .3403
 (SMAE + SRL), BERT + SRL mean .2921.
 

@@ -45,6 +45,10 @@ RECIPES = {  # name -> (config, overrides, tokens per text (None = the config's 
     "nli_flash": ("configs/ft.py:nli", ["--config.model.attention=flash"], 128, ("v5e-8", "v6e-8")),
     "retrieval_flash": ("configs/retrieval.py", ["--config.model.attention=flash"], None, ("v5e-8",)),
     "smae_flash": ("configs/pt.py", ["--config.model.attention=flash"], None, ("v5p-8", "v6e-8")),
+    # cuDNN's fused flash attention on NVIDIA GPUs (no attention-probs dropout either)
+    "nli_cudnn": ("configs/ft.py:nli", ["--config.model.attention=cudnn"], 128, ("h100", "h200")),
+    "retrieval_cudnn": ("configs/retrieval.py", ["--config.model.attention=cudnn"], None, ("h100", "h200")),
+    "smae_cudnn": ("configs/pt.py", ["--config.model.attention=cudnn"], None, ("h100x8", "h200x8")),
     "smae_remat_flash_mb2": ("configs/pt.py", ["--config.model.remat=full", "--config.model.attention=flash",
                                                "--config.train.microbatches=2"], None, ("v5e-8", "v6e-8")),
 }

@@ -30,6 +30,7 @@ if __name__ == "__main__":
   import os
   os.environ.setdefault("JAX_PLATFORMS", "cpu")  # nothing runs; and the CUDA plugin loads without a GPU only so
 
+import collections
 import dataclasses
 import json
 import logging
@@ -287,7 +288,7 @@ def init_shapes(config: BertConfig):
 
 def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
   """The corpus encoder of retrieval evaluation (Embedder: float32, one chip), one batch of passages."""
-  cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False)
+  cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False, attention="standard")
   B, T = config.eval.batch_size, config.eval.passage_max_length
   mesh = sharding.make_mesh((1, 1, 1), topo.devices[:1])
   layers = tuple(sorted({n for n, _ in run.eval_pairs}))
@@ -317,7 +318,8 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   used = trainer.compiled_bytes(mem)
-  costs = hlo_costs.costs(compiled.as_text(), devices)
+  text = compiled.as_text()
+  costs = hlo_costs.costs(text, devices)
   if cost is None:  # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
     cost = {"flops": costs.xla_like("flops"), "bytes accessed": costs.xla_like("bytes")}
   xla_flops, xla_bytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
@@ -330,7 +332,9 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
        "hlo_reading": {"bytes_vs_xla": costs.xla_like("bytes") / xla_bytes if xla_bytes else None,
                        "flops_vs_xla": costs.xla_like("flops") / xla_flops if xla_flops else None,
                        "loops": {str(k): v for k, v in costs.loops.items()}, "unread_loops": costs.unread_loops},
-       "breakdown": costs.by_category()}
+       "breakdown": costs.by_category(),
+       # the kernels XLA calls out to (cuDNN attention, cuBLAS GEMMs, Pallas kernels), as they appear in the program
+       "custom_calls": dict(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text)))}
   return roofline.roofline(r, topo.peak_flops, topo.hbm_bandwidth, topo.ici_bandwidth)
 
 

@@ -66,6 +66,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
     check_data(config)
     mesh = sharding.check_mesh(config.mesh, devices)
     trainer.check_train(config, mesh)
+    trainer.check_attention_platform(config, mesh)
     shards = sharding.data_parallel_size(mesh)
     check_encoding_splits(config, shards)
     check_packing(config)

@@ -324,7 +324,10 @@ def _flops(module: Module, ins: Instruction) -> float:
     return 2.0 * _elements(ins.type) * k
   if ins.opcode == "convolution":
     return _convolution_flops(module, ins)
-  if ins.opcode == "custom-call":  # a Pallas kernel states its cost (pl.CostEstimate), as XLA reads it
+  if ins.opcode == "custom-call":
+    if 'custom_call_target="__cudnn$fmha' in ins.attrs:
+      return _cudnn_attention_flops(module, ins)
+    # a Pallas kernel states its cost (pl.CostEstimate), as XLA reads it
     m = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attrs)
     return float(m.group(1)) if m else 0.0
   if ins.opcode == "reduce" or ins.opcode == "reduce-window":
@@ -332,6 +335,18 @@ def _flops(module: Module, ins: Instruction) -> float:
   if ins.opcode in _NO_FLOPS or ins.opcode in _TRANSCENDENTAL:
     return 0.0
   return float(_elements(ins.type))
+
+
+def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
+  """cuDNN's fused attention, a custom call without a cost estimate: the forward's two matmuls (scores
+  and context: 2 x 2*B*H*Tq*Tk*head_dim), the backward's five (a flash backward recomputes the scores)."""
+  m = re.search(r'"intermediate_tensor_shape":\s*\{"element_type":\s*"\w+",\s*"dimensions":\s*'
+                r'\["(\d+)",\s*"(\d+)",\s*"(\d+)",\s*"(\d+)"\]', ins.attrs)
+  if not m:
+    return 0.0
+  head_dim = _dims(module.types.get(ins.operands[0], ""))[-1]
+  matmuls = 5 if re.search(r'custom_call_target="__cudnn\$fmha\w*Backward"', ins.attrs) else 2
+  return matmuls * 2.0 * math.prod(int(x) for x in m.groups()) * head_dim
 
 
 def _logical_bytes(type_text: str) -> float:

@@ -69,7 +69,9 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   check_choice("smae.mode", config.smae.mode, losses.SMAE_MODES)
   masking = MaskingConfig.from_config(config.smae)
   corpus.check_config(config.data, config.train)
-  trainer.check_train(config, sharding.check_mesh(config.mesh, devices))
+  mesh = sharding.check_mesh(config.mesh, devices)
+  trainer.check_train(config, mesh)
+  trainer.check_attention_platform(config, mesh)
   if config.eval.text:
     sources.check_spec("eval.text", config.eval.text)
   check_range("eval.batch_size", config.eval.batch_size, 1)

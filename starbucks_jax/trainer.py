@@ -120,6 +120,14 @@ def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> N
                       f"(mesh.shape={tuple(config.mesh.shape)})")
 
 
+def check_attention_platform(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+  """model.attention='cudnn' is a kernel of NVIDIA GPUs: elsewhere the first step would fail to lower."""
+  platform = mesh.devices.flat[0].platform
+  if config.model.attention == "cudnn" and platform != "gpu":
+    raise ConfigError(f"model.attention='cudnn' is cuDNN's kernel for NVIDIA GPUs; this run's devices are "
+                      f"{platform}: use 'dot_product' (XLA's fused core) or 'standard'")
+
+
 # Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated, laid out in
 # memory or extended; every other key changes what the checkpoints mean.
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_steps",

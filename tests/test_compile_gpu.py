@@ -39,3 +39,21 @@ def test_gpu_names():
     C.topology("h300x8")
   with pytest.raises(config_lib.ConfigError, match=r"mesh.shape: .*\(3, 1, 1\)"):
     C.programs(tiny("ft.py:demo", **{"mesh.shape": (3, 1, 1)}), C.topology("h100x2"), preset="tiny")
+
+
+def test_cudnn_attention_compiles_for_an_h100():
+  """model.attention=cudnn: the step calls cuDNN's fused attention forward and backward once per layer
+  run, the report names the kernels and counts their matmuls as attention FLOPs; the XLA core of the
+  same step calls none."""
+  pytest.importorskip("nvidia.cudnn")  # the gpu extra's cuDNN, loaded when the step is traced
+  reports = {core: C.programs(tiny("ft.py:demo", **{"model.attention": core, "model.dtype": "bfloat16"}),
+                              C.topology("h100x2"), preset="tiny", length=16)[0] for core in ("cudnn", "dot_product")}
+  calls = reports["cudnn"]["custom_calls"]
+  forward, backward = calls.get("__cudnn$fmhaSoftmax", 0), calls.get("__cudnn$fmhaSoftmaxBackward", 0)
+  assert forward == backward == 4, calls  # the schedule's deepest layer is 4
+  assert not any("cudnn" in t for t in reports["dot_product"]["custom_calls"])
+  attention = reports["cudnn"]["breakdown"]["attention"]["flops"]
+  # per device: 24 texts (8 of the demo's 16 triplets) x 4 heads x 16 x 16 tokens x head_dim 8; per layer
+  # 2 + 5 matmuls of 2 FLOPs per product (the rest of the category: the rows' lengths)
+  kernels = 4 * (2 + 5) * 2 * (24 * 4 * 16 * 16 * 8)
+  assert kernels <= attention <= 1.01 * kernels and reports["cudnn"]["fits"]

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 
@@ -21,9 +23,10 @@ def test_dry_run_measures_every_section(tmp_path):
   results = json.load(open(tmp_path / "gpu_check.json"))
   assert results["dry_run"] and results["env"]["platform"] == "cpu"
   step, recipe, encode = (results["sections"][k] for k in ("step", "recipe", "encode"))
-  (row,) = step["rows"]
-  assert row["loss"]["relative_difference"] < 1e-5  # ours and the authors' loss on the same batch
-  assert row["examples_per_sec"]["jax/starbucks"] > 0 and row["examples_per_sec"]["torch/starbucks"] > 0
+  assert [r["attention"] for r in step["rows"]] == ["standard", "dot_product"]  # the latter: cuDNN's stand-in
+  for row in step["rows"]:
+    assert row["loss"]["relative_difference"] < 1e-5  # ours and the authors' loss on the same batch
+    assert row["examples_per_sec"]["jax/starbucks"] > 0 and row["examples_per_sec"]["torch/starbucks"] > 0
   timing = recipe["timing"]
   assert timing["steps"] == 3 and timing["compiled_step_bytes"] > 0 and "device_peak_bytes" not in timing  # CPU
   assert recipe["result_rows"] >= 6  # the demo STS evaluation at every pair
@@ -38,6 +41,28 @@ def test_a_section_past_its_share_is_not_measured(tmp_path):
   results = json.load(open(tmp_path / "gpu_check.json"))
   assert "timed out" in results["sections"]["encode"]["error"]
   assert "- encode: NOT MEASURED (SectionTimeout: timed out" in open(tmp_path / "gpu_check.md").read()
+
+
+def test_a_failed_step_run_is_a_row_of_its_own(tmp_path, monkeypatch):
+  """A run that fails (cuDNN missing on the machine, say) costs its row only; all failing fails the section."""
+  from conftest import load_script
+  gc = load_script("benchmarks/gpu_check.py")
+
+  def fake_run(cmd, timeout, log):
+    if "cudnn" in cmd:
+      raise RuntimeError("exit 1: RuntimeError: cuDNN not found. | the line before")
+    json.dump({"batch_pairs": 1, "length": 8, "dtype": "bfloat16", "attention": "standard", "loss": {
+        "relative_difference": 0.0}, "examples_per_sec": {"jax/starbucks": 2.0, "torch/starbucks": 1.0},
+        "gflops_per_sec": {"jax/starbucks": 1.0}}, open(cmd[cmd.index("--out") + 1], "w"))
+  monkeypatch.setattr(gc, "run", fake_run)
+  size = {**gc.SIZES["gpu"], "step_runs": ((1, "standard"), (1, "cudnn"))}
+  rows = gc.step_section(size, "model", 989.0, str(tmp_path), "log", gc.time.time() + 60)
+  assert "examples_per_sec" in rows[0] and "cuDNN not found" in rows[1]["error"]
+  table = gc.table({"dry_run": False, "date": "today", "peak_tflops": 989.0, "sections": {"step": {"rows": rows}}})
+  (line,) = [x for x in table.splitlines() if "| cudnn |" in x]
+  assert "NOT MEASURED (exit 1: RuntimeError: cuDNN not found. / the line before)" in line and line.count("|") == 11
+  with pytest.raises(RuntimeError, match="every run failed"):
+    gc.step_section({**size, "step_runs": ((1, "cudnn"),)}, "model", 989.0, str(tmp_path), "log", gc.time.time() + 60)
 
 
 def test_measuring_processes_get_the_users_environment(tmp_path, monkeypatch):

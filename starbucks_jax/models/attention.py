@@ -4,12 +4,14 @@ call (flash: without materialising the [batch, heads, T, T] scores in memory).
 `model.attention` picks the core (BertConfig.attention):
 - 'standard' (models/bert.py): HF BERT's, scores and softmax in float32, dropout on the attention
   probabilities (attention_probs_dropout_prob). The default.
-- 'dot_product': jax.nn.dot_product_attention in its default implementation, XLA's (jax uses cuDNN's
-  fused kernel only when asked with implementation='cudnn', which needs the cuDNN library at trace
-  time and a mask it accepts: not wired here yet).
+- 'dot_product': jax.nn.dot_product_attention in its default implementation, XLA's.
+- 'cudnn': the same call with implementation='cudnn': cuDNN's fused flash attention on NVIDIA GPUs
+  (half precision only; the cuDNN library must load when the step is traced, also when compiling
+  for a GPU on a CPU). Padded rows pass their lengths (rows are right-padded), so cuDNN skips the
+  padding; packed rows pass their segments' mask, which cuDNN applies as a bias.
 - 'flash': the Pallas flash-attention kernel for TPUs that ships with jax (compiled for any TPU
   topology by starbucks_jax.compile; on another backend it runs only in Pallas' interpreter).
-The fused cores have no dropout on the attention probabilities: a run with either trains without
+The fused cores have no dropout on the attention probabilities: a run with any of them trains without
 it (hidden-state dropout stays). Otherwise they compute the same function: for every real token the
 same context vector (padding positions, which no real token reads and pooling skips, may differ).
 """
@@ -23,12 +25,27 @@ import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import flash_attention as fa
 
-ATTENTIONS = ("standard", "dot_product", "flash")
+ATTENTIONS = ("standard", "dot_product", "flash", "cudnn")
+# jax.nn.dot_product_attention's implementation for the 'cudnn' core ('xla' runs the same call on a CPU: tests).
+CUDNN_IMPLEMENTATION = "cudnn"
 
 
 def dot_product(q, k, v, mask):
   """q, k, v [B, T, heads, head_dim]; mask [B, 1, Tq or 1, Tk] (True: may attend) -> [B, T, heads, head_dim]."""
   return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=1.0 / math.sqrt(q.shape[-1]))
+
+
+def cudnn(q, k, v, segment_ids, packed: bool):
+  """q, k, v [B, T, heads, head_dim] in half precision; segment_ids [B, T]: the right-padded rows'
+  padding mask (1 / 0), or packed rows' text numbers (-1: padding, which sees only padding, as in
+  `flash_kernel`) -> [B, T, heads, head_dim]."""
+  scale = 1.0 / math.sqrt(q.shape[-1])
+  if packed:
+    mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=CUDNN_IMPLEMENTATION)
+  lengths = jnp.maximum(segment_ids.astype(jnp.int32).sum(-1), 1)  # an all-padding row reads its first token
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+                                      implementation=CUDNN_IMPLEMENTATION)
 
 
 def flash(q, k, v, segment_ids, block: int = 128):

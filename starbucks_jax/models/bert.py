@@ -67,6 +67,9 @@ class BertConfig:
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
         raise ValueError(f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+    if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
+      raise ValueError(f"BertConfig.attention='cudnn' computes in half precision (cuDNN's fused kernel); "
+                       f"dtype={self.dtype!r} needs 'bfloat16' or 'float16'")
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(
           f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
@@ -218,6 +221,9 @@ class BertSelfAttention(nn.Module):
       return _constrain(attention.dot_product(q, k, v, attention_mask), ("batch", "length", "heads", "kv"))
     if cfg.attention == "flash":
       return _constrain(attention.flash(q, k, v, segment_ids), ("batch", "length", "heads", "kv"))
+    if cfg.attention == "cudnn":
+      packed = attention_mask.shape[2] > 1  # attention_bias_mask: [B, 1, T, T] for packed rows
+      return _constrain(attention.cudnn(q, k, v, segment_ids, packed), ("batch", "length", "heads", "kv"))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
     scores = jnp.where(attention_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
