@@ -1,4 +1,4 @@
-"""The training loop's own cost per step: trainer.fit with a trivial step function.
+"""The training loop's own cost per step: loop.fit with a trivial step function.
 
     python benchmarks/host_loop.py [--batch 128] [--steps 1000] [--length 32] [--out FILE]
 
@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, report, trainer
+from starbucks_jax import checkpoint, loop, report
+from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.data import batching
 
@@ -63,12 +64,12 @@ def main():
                              length_buckets="linear")
   seconds, waits = {}, {}
   for steps in (args.steps // 4, args.steps):  # the per-step cost is the difference: fixed costs cancel
-    tx = trainer.make_optimizer(config.train, steps)
+    tx = step_lib.make_optimizer(config.train, steps)
     params = {"w": jnp.zeros((), jnp.float32)}
-    state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     workdir = tempfile.mkdtemp(prefix="host_loop_")
     t = time.perf_counter()
-    trainer.fit(config, workdir, state, trivial_update, batcher, steps, trainer.learning_rate_schedule(config.train, steps),
+    loop.fit(config, workdir, state, trivial_update, batcher, steps, step_lib.learning_rate_schedule(config.train, steps),
                 tx=tx, param_specs={"w": jax.sharding.PartitionSpec()}, batch_axes=None)
     seconds[steps] = time.perf_counter() - t
     rows = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
@@ -78,7 +79,7 @@ def main():
   result = {"batch": args.batch, "steps": [short, long], "fit_s": [seconds[short], seconds[long]],
             "ms_per_step": 1e3 * per_step, "data_wait_frac": waits[long], "jax": jax.__version__,
             "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "command": " ".join(sys.argv)}
-  print(f"host loop, batch {args.batch}: {result['ms_per_step']:.3f} ms/step (trainer.fit of {long} steps minus "
+  print(f"host loop, batch {args.batch}: {result['ms_per_step']:.3f} ms/step (loop.fit of {long} steps minus "
         f"{short} steps: {seconds[long]:.2f} s - {seconds[short]:.2f} s); median data_wait_frac {waits[long]:.3f}")
   if args.out:
     with open(args.out, "w", encoding="utf8") as f:

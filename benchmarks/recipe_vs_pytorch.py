@@ -85,7 +85,6 @@ class StarbucksLoss:
 
   def __new__(cls, model, pairs, task):
     import torch
-
     from vs_pytorch import torch_pooled, torch_srl_loss
 
     full = max(pairs)
@@ -118,9 +117,12 @@ def theirs(lay: dict) -> dict:
   t_start = time.perf_counter()
   import torch
   from datasets import Dataset
-  from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+  from sentence_transformers import (
+    SentenceTransformer,
+    SentenceTransformerTrainer,
+    SentenceTransformerTrainingArguments,
+  )
   from torch.utils.data import BatchSampler, SequentialSampler
-
   from vs_pytorch import torch_pooled
 
   pairs = [tuple(p) for p in lay["pairs"]]
@@ -193,12 +195,13 @@ def check_first_batch(config, lay: dict) -> float:
   import torch
   from sentence_transformers import SentenceTransformer
 
-  from starbucks_jax import checkpoint, finetune, trainer
+  from starbucks_jax import checkpoint, finetune
+  from starbucks_jax import step as step_lib
 
   config.train.dropout = False
   run = finetune.describe(config)
   pre = checkpoint.load_model(config.model.init_from)
-  tx = trainer.make_optimizer(config.train, 10)
+  tx = step_lib.make_optimizer(config.train, 10)
   batch = {k: np.asarray(v) for k, v in lay["first_batch"].items()}
   batch = {k: v.astype(np.float32 if k == "scores" else np.int32) for k, v in batch.items()}
   ours_loss = float(finetune.run_step(config, run, tx).loss_fn(pre.params["bert"], batch, jax.random.key(0))[0])

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
+from starbucks_jax import checkpoint, finetune, losses, schedule
+from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 
 
@@ -46,7 +47,7 @@ def main():
     pairs = schedule.STARBUCKS["bert-base" if (N, D) == (12, 768) else "minilm-l6-h384"]
   pairs = schedule.validate(pairs, N, D)
   train_cfg = load_config("configs/ft.py:demo").train
-  tx = trainer.make_optimizer(train_cfg, 1000)
+  tx = step_lib.make_optimizer(train_cfg, 1000)
   rng = np.random.default_rng(0)
   batch = {"ids": jnp.asarray(rng.integers(1000, 20000, (args.roles, args.batch, args.length)), jnp.int32),
            "mask": jnp.ones((args.roles, args.batch, args.length), jnp.int32)}
@@ -58,7 +59,7 @@ def main():
   for method in args.methods.split(","):
     plan = schedule.plan(method, pairs, N, D)
     params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-    state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     step = jax.jit(finetune.make_srl_step(cfg, plan, loss_cfg, tx, "mean", forward_splits=args.forward_splits).update,
                    donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()

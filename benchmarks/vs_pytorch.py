@@ -48,7 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
+from starbucks_jax import checkpoint, finetune, losses, schedule
+from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import attention, bert, hf
 
@@ -206,7 +207,7 @@ def worker(side: str, args, setup) -> None:
       jitted[m] = jax.jit(finetune.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
                                                 forward_splits=args.forward_splits).update,
                           donate_argnums=(0,))
-      states[m] = trainer.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
+      states[m] = step_lib.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
                                    tx.init(params))
 
     def step(m, i):
@@ -223,7 +224,7 @@ def _setup(args):
   N, D = pre.config.num_hidden_layers, pre.config.hidden_size
   pairs = starbucks_pairs(N, D, args.model)
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
-  tx = trainer.make_optimizer(ft.train, 1000)
+  tx = step_lib.make_optimizer(ft.train, 1000)
   loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
   rng = np.random.default_rng(0)
   batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),

@@ -8,7 +8,8 @@ import json
 import os
 from typing import Any
 
-from starbucks_jax import checkpoint, metrics
+from starbucks_jax import metrics
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.evaluate import results
 
 TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction", "matryoshka",
@@ -18,9 +19,9 @@ TAGS = ("sentence-transformers", "sentence-similarity", "feature-extraction", "m
 def _run_facts(workdir: str) -> tuple[dict[str, Any], list[dict], int]:
   """(saved config, final evaluation records, last logged step) of a training workdir; each may be
   missing (a workdir another tool wrote holds only checkpoints and model/)."""
-  path = os.path.join(workdir, "config.json")
+  path = os.path.join(workdir, workdir_lib.CONFIG)
   config = json.load(open(path)) if os.path.exists(path) else {}
-  final = os.path.join(workdir, "results", "final.json")
+  final = os.path.join(workdir, workdir_lib.RESULTS, "final.json")
   records = json.load(open(final)) if os.path.exists(final) else []
   return config, records, metrics.last_step(workdir)
 
@@ -46,7 +47,7 @@ def _hub_id(name: str | None) -> str | None:
 
 def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: int, pooling: str, title: str) -> str:
   """The card of an export of `source` (a workdir or a model directory) at (layer, dim)."""
-  workdir = checkpoint.is_workdir(source)
+  workdir = workdir_lib.is_workdir(source)
   config, records, steps = _run_facts(source) if workdir else ({}, [], 0)
   base = _hub_id(config.get("model", {}).get("init_from")) if workdir else _hub_id(source)
   front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]

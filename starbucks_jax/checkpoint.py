@@ -16,22 +16,16 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.models import hf
 
 log = logging.getLogger(__name__)
-CHECKPOINT_DIR = "checkpoints"
-UNREADABLE_DIR = "checkpoints_unreadable"  # steps that did not read back, kept for inspection
-MODEL_DIR = "model"
-
-
-def is_workdir(path: str) -> bool:
-  return os.path.isdir(os.path.join(path, CHECKPOINT_DIR)) and os.path.isdir(os.path.join(path, MODEL_DIR))
 
 
 def model_config_dir(source: str) -> str:
   """The directory holding config.json for `source` (a workdir, HF dir, or Hub id); reads no weights."""
-  if is_workdir(os.path.expanduser(source)):
-    return os.path.join(os.path.expanduser(source), MODEL_DIR)
+  if workdir_lib.is_workdir(os.path.expanduser(source)):
+    return os.path.join(os.path.expanduser(source), workdir_lib.MODEL)
   return hf.transformer_dir(hf.resolve_model_dir(source))
 
 
@@ -40,7 +34,7 @@ def manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: i
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
                                          create=not read_only, read_only=read_only,
                                          enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR)), options=options,
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, workdir_lib.CHECKPOINTS)), options=options,
                                item_names=("params", "opt_state", "meta"))
 
 
@@ -68,7 +62,7 @@ def restore_latest(mngr: ocp.CheckpointManager, *, params: Any, opt_state: Any =
       log.warning("checkpoint step %d is unreadable: %s: %s", step, type(e).__name__, " ".join(str(e).split())[:300])
       continue
     for bad in failed if jax.process_index() == 0 else ():  # one process moves them (shared storage)
-      aside = os.path.join(os.path.dirname(str(mngr.directory)), UNREADABLE_DIR, f"{bad}-{int(time.time())}")
+      aside = os.path.join(os.path.dirname(str(mngr.directory)), workdir_lib.UNREADABLE, f"{bad}-{int(time.time())}")
       os.makedirs(os.path.dirname(aside), exist_ok=True)
       os.rename(os.path.join(str(mngr.directory), str(bad)), aside)
       log.warning("moved unreadable step %d to %s; resuming from step %d", bad, aside, step)
@@ -103,25 +97,25 @@ def host_target(item_dir: str) -> Any:
 
 def write_model_dir(workdir: str, pretrained: hf.Pretrained) -> str:
   """The weightless model description of a run (config, tokenizer, sentence settings)."""
-  return hf.save_pretrained(os.path.join(workdir, MODEL_DIR), pretrained.config, pretrained.params,
+  return hf.save_pretrained(os.path.join(workdir, workdir_lib.MODEL), pretrained.config, pretrained.params,
                             pretrained.tokenizer, sentence=pretrained.sentence, weights=False)
 
 
 def load_model(source: str, *, step: int | None = None, dtype: str = "float32") -> hf.Pretrained:
   """A model from a project workdir (latest or given step) or from an HF / sentence-transformers dir."""
-  if not is_workdir(os.path.expanduser(source)):
+  if not workdir_lib.is_workdir(os.path.expanduser(source)):
     return hf.load_pretrained(source, dtype=dtype)
-  model_dir = os.path.join(source, MODEL_DIR)
+  model_dir = os.path.join(source, workdir_lib.MODEL)
   mngr = manager(source, read_only=True)
   step = mngr.latest_step() if step is None else step
   if step is None:
-    raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: the run has no checkpoint yet")
+    raise FileNotFoundError(f"{source}/{workdir_lib.CHECKPOINTS}: the run has no checkpoint yet")
   if step not in mngr.all_steps():
-    raise FileNotFoundError(f"{source}/{CHECKPOINT_DIR}: no step {step} (have {mngr.all_steps()})")
+    raise FileNotFoundError(f"{source}/{workdir_lib.CHECKPOINTS}: no step {step} (have {mngr.all_steps()})")
   params = restore(mngr, step, params=host_target(os.path.join(str(mngr.directory), str(step), "params")))["params"]
   params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), params)
   for name, x in hf.flatten(params).items():
-    hf.check_finite_weight(f"{source}/{CHECKPOINT_DIR}/{step}", name, x)
+    hf.check_finite_weight(f"{source}/{workdir_lib.CHECKPOINTS}/{step}", name, x)
   if "bert" not in params:  # a fine-tuning run checkpoints the encoder alone
     params = {"bert": params}
   # an SMAE run also holds its MAE decoder: not part of the exported model

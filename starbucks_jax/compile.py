@@ -5,7 +5,7 @@
 
 Needs libtpu (`pip install -e .[tpu]`) for TPUs, the CUDA plugin (`.[gpu]`) for GPUs (--topology=h100,
 h200x8, ...: gpu_targets); no accelerator, no weights and no data are read. The program is the
-one `main` would jit (trainer.jit_step over the objective's run_step, with the run's mesh, rules,
+one `main` would jit (loop.jit_step over the objective's run_step, with the run's mesh, rules,
 shardings, donation and dtypes), over abstract parameters and optimizer state: shapes come from the
 checkpoint's config.json when model.init_from is a local directory, else from the BertConfig preset
 named by --preset (default: guessed from model.init_from). The batch is padded to --length tokens
@@ -45,7 +45,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, gpu_targets, hlo_costs, pretrain, roofline, sharding, trainer
+from starbucks_jax import checkpoint, finetune, gpu_targets, hlo_costs, loop, pretrain, roofline, sharding
+from starbucks_jax import step as step_lib
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
@@ -133,8 +135,8 @@ def topology(name: str) -> Topology:
   if gpu is not None:
     return gpu_topology(name, *gpu)
   try:
-    from jax.experimental import topologies
     import libtpu  # noqa: F401  (the TPU compiler; jax imports it lazily)
+    from jax.experimental import topologies
   except ImportError:
     raise CompileError("compiling for a TPU needs libtpu: pip install -e '.[tpu]' (or "
                        f"pip install 'jax[tpu]=={jax.__version__}')") from None
@@ -196,19 +198,19 @@ def _abstract(tree, dtype=None):
 
 
 def _compile_step(config, topo: Topology, run, step, params, param_specs, batch, batch_axes):
-  """Lower and compile `step.update` exactly as trainer.fit jits it, over topology devices."""
+  """Lower and compile `step.update` exactly as loop.fit jits it, over topology devices."""
   mesh = sharding.make_mesh(tuple(config.mesh.shape), topo.devices)
   rules = sharding.rules_from_config(config.mesh.rules)
-  tx = trainer.make_optimizer(config.train, max(config.train.max_steps, 1000))
+  tx = step_lib.make_optimizer(config.train, max(config.train.max_steps, 1000))
   params = _abstract(params, run.model.config.storage_dtype)
-  state = trainer.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params))
+  state = step_lib.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params))
   key = jax.eval_shape(lambda: jax.random.key(0))
   # outside the mesh context: optax builds a placeholder state with concrete (host) zeros
   state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
                                       config.mesh.shard_optimizer)
   batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    lowered = trainer.jit_step(step(tx).update, state_sh, batch_sh).lower(state, batch, key)
+    lowered = loop.jit_step(step(tx).update, state_sh, batch_sh).lower(state, batch, key)
   return _compiled_or_oom(lowered), mesh
 
 
@@ -317,7 +319,7 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  used = trainer.compiled_bytes(mem)
+  used = loop.compiled_bytes(mem)
   text = compiled.as_text()
   costs = hlo_costs.costs(text, devices)
   if cost is None:  # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
@@ -405,7 +407,7 @@ def main(argv) -> None:
       print("\n".join([f"{r['program']}:"] + [f"  {t}" for t in advice(config, r)]))
   if FLAGS.out:
     record = {"command": " ".join(sys.argv),
-              "commit": trainer.run_info()["commit"], "jax": jax.__version__, "programs": reports,
+              "commit": workdir_lib.run_info()["commit"], "jax": jax.__version__, "programs": reports,
               "advice": {r["program"]: advice(config, r) for r in reports if not r["fits"]}}
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf8") as f:

@@ -22,6 +22,7 @@ import shutil
 import tempfile
 
 from starbucks_jax import card, checkpoint, cli
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS
 from starbucks_jax.schedule import check_pair
@@ -35,7 +36,7 @@ def check_output(source: str, output: str, overwrite: bool = False) -> None:
   if os.path.exists(src) and (out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep)):
     raise FileExistsError(f"--output {output}: is (or holds, or is inside) the source model {source}; "
                           "export to another directory")
-  if checkpoint.is_workdir(out):
+  if workdir_lib.is_workdir(out):
     raise FileExistsError(f"--output {output}: is a training workdir; export to another directory")
   if os.path.exists(out) and not os.path.isdir(out):
     raise FileExistsError(f"--output {output}: is a file")

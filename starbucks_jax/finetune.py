@@ -20,6 +20,8 @@ import numpy as np
 import optax
 
 from starbucks_jax import checkpoint, losses, metrics, schedule, sharding, timing, trainer
+from starbucks_jax import step as step_lib
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
 from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
@@ -240,11 +242,11 @@ def _assemble(batch, outs: list[dict[int, jax.Array]]) -> dict[int, Any]:
 
 def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
                   tx: optax.GradientTransformation, pooling: str, dropout: bool = True, grad_cache_chunks: int = 0,
-                  microbatches: int = 1, forward_splits: int = 1, packed: Packing | None = None) -> trainer.TrainStep:
+                  microbatches: int = 1, forward_splits: int = 1, packed: Packing | None = None) -> step_lib.TrainStep:
   """The fine-tuning step of any plan (SRL or a baseline). grad_cache_chunks > 0: the gradient cache
   (embed every text without gradients, chunk by chunk; take the loss gradient w.r.t. the pooled
   vectors of every layer; then backprop chunk by chunk), so the contrastive batch is not bounded by
-  activation memory; same gradients. microbatches > 1: gradient accumulation (`trainer.make_step`);
+  activation memory; same gradients. microbatches > 1: gradient accumulation (`step.make_step`);
   each microbatch is its own contrastive batch (fewer in-batch negatives), unlike the gradient cache.
   forward_splits > 1: the texts run as that many independent encoder forwards (`split_forward`).
   `packed`: batches of packed rows (`batching.Batcher` with pack_length), one forward; the loss sees
@@ -315,14 +317,14 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
       grads, _ = jax.lax.scan(backprop, grads, (ids, mask, jnp.arange(k), cot, jnp.stack([r] * k)))
     return (loss, aux), grads
 
-  return trainer.make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None,
+  return step_lib.make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None,
                            microbatches=microbatches, batch_axes=ROLE_AXES, param_specs=param_logical_axes(bert_cfg))
 
 
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.GradientTransformation) -> trainer.TrainStep:
+def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
   """The step a fine-tuning run trains with, as its config sets it."""
   t = config.train
   return make_srl_step(run.model.config, run.plan, run.loss, tx, config.model.pooling, dropout=t.dropout,
@@ -437,12 +439,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
         ) -> list[dict]:
   """Fine-tune and evaluate (mode=train), or evaluate model.init_from (mode=eval).
   `defaults`: the config file's values, for resuming a run made before a key existed
-  (trainer.check_resume)."""
+  (workdir.check_resume)."""
   spec = trainer.start(config, workdir, describe, defaults)
   log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
            spec.model.config.num_hidden_layers, spec.model.config.hidden_size, spec.model.pairs)
   if config.mode == "eval":
-    trainer.write_config(workdir, config)
+    workdir_lib.write_config(workdir, config)
     with timing.current().phase("eval"):
       return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
   # every evaluation row read and checked before training, not after it (read again to evaluate: a

@@ -21,8 +21,9 @@ import time
 from typing import Any
 
 from starbucks_jax import sharding
-from starbucks_jax.report import read_metrics
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError
+from starbucks_jax.report import read_metrics
 
 log = logging.getLogger(__name__)
 TB_DIR = "tb"
@@ -49,7 +50,7 @@ class MetricsWriter:
   """One row per logged step into every sink; `start` is the step a run resumes at (0: a new run)."""
 
   def __init__(self, workdir: str, start: int = 0, log_cfg=None, config=None):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+    self.path = os.path.join(workdir, workdir_lib.METRICS)
     self.primary = sharding.is_primary()
     self.tb = self.wandb = None
     if not self.primary:
@@ -123,7 +124,7 @@ def tag_of(name: str) -> str:
 
 def last_step(workdir: str) -> int:
   """The last logged training step of a workdir (0 when it has none: an evaluation-only run)."""
-  path = os.path.join(workdir, "metrics.jsonl")
+  path = os.path.join(workdir, workdir_lib.METRICS)
   rows = read_metrics(path) if os.path.exists(path) else []
   return int(rows[-1]["step"]) if rows else 0
 

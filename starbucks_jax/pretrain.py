@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from starbucks_jax import losses, metrics, schedule, sharding, timing, trainer
+from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import check_choice, check_finite, check_range
 from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
@@ -147,7 +148,7 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
 
 
 def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTransformation,
-                   dropout: bool = True, microbatches: int = 1) -> trainer.TrainStep:
+                   dropout: bool = True, microbatches: int = 1) -> step_lib.TrainStep:
   """The SMAE step; microbatches > 1 accumulates gradients and equals the whole batch's step: each
   microbatch's token means divide by the batch's masked-token counts / k (`make_step`'s prepare)."""
   def loss_fn(params, batch, rng):
@@ -159,10 +160,10 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
               if f"{name}_labels" in batch}
     return {**batch, **counts}
 
-  return trainer.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare, param_specs=param_specs(config))
+  return step_lib.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare, param_specs=param_specs(config))
 
 
-def run_step(config: ml_collections.ConfigDict, run: PretrainRun, tx: optax.GradientTransformation) -> trainer.TrainStep:
+def run_step(config: ml_collections.ConfigDict, run: PretrainRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
   """The step a pre-training run trains with, as its config sets it."""
   return make_smae_step(run.model.config, run.train_pairs, config.smae.mode, tx, dropout=config.train.dropout,
                         microbatches=config.train.microbatches)
@@ -282,7 +283,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
         ) -> list[dict]:
   """Pre-train, export and evaluate masked-token accuracy per pair.
   `defaults`: the config file's values, for resuming a run made before a key existed
-  (trainer.check_resume)."""
+  (workdir.check_resume)."""
   spec = trainer.start(config, workdir, describe, defaults)
   if config.eval.text:  # every evaluation row read and checked before training, not after it
     for _ in sources.read_rows(config.eval.text, {"text": str}, {"text": config.eval.text_column}):

@@ -25,8 +25,7 @@ import os
 from typing import Any, Iterable
 
 from starbucks_jax import cli
-
-RESULTS = "results"
+from starbucks_jax import workdir as workdir_lib
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
@@ -47,7 +46,7 @@ def _runs(root: str) -> Iterable[str]:
   """Every directory under `root` (itself included) that holds a results/ folder of JSON files."""
   for here, dirs, files in os.walk(root):
     dirs.sort()
-    if os.path.basename(here) == RESULTS and any(f.endswith(".json") for f in files):
+    if os.path.basename(here) == workdir_lib.RESULTS and any(f.endswith(".json") for f in files):
       yield os.path.dirname(here)
 
 
@@ -60,15 +59,15 @@ def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[
       raise FileNotFoundError(f"{root}: no such run or sweep directory")
     for run in _runs(root):
       method = ""
-      config_path = os.path.join(run, "config.json")
+      config_path = os.path.join(run, workdir_lib.CONFIG)
       if os.path.exists(config_path):
         config = json.load(open(config_path))
         method = config.get("schedule", {}).get("method") or config.get("smae", {}).get("mode", "")
       label = labels.get(os.path.normpath(run), labels.get(os.path.basename(os.path.normpath(run)), method))
-      for name in sorted(os.listdir(os.path.join(run, RESULTS))):
+      for name in sorted(os.listdir(os.path.join(run, workdir_lib.RESULTS))):
         if not name.endswith(".json"):
           continue
-        for r in json.load(open(os.path.join(run, RESULTS, name))):
+        for r in json.load(open(os.path.join(run, workdir_lib.RESULTS, name))):
           if r.get("value") is None:  # a non-finite metric: an empty cell, not a number
             continue
           out.append({**r, "run": run, "label": label or os.path.basename(run), "result": name[:-5]})
@@ -301,7 +300,7 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
   drawn = 0
   for label, run in runs.items():
-    metrics = os.path.join(run, "metrics.jsonl")
+    metrics = os.path.join(run, workdir_lib.METRICS)
     if not os.path.exists(metrics):
       continue
     rows = read_metrics(metrics)

@@ -27,6 +27,7 @@ import sys
 from typing import Sequence
 
 from starbucks_jax import report
+from starbucks_jax import workdir as workdir_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,22 +51,21 @@ class Run:
   def records(self, root: str, archive: str | None = None) -> str | None:
     """The folder holding the finished run's results: its workdir, else its archived record."""
     for folder in (self.workdir(root), os.path.join(archive, self.name) if archive else None):
-      if folder and os.path.exists(os.path.join(folder, report.RESULTS, f"{self.result}.json")):
+      if folder and os.path.exists(os.path.join(folder, workdir_lib.RESULTS, f"{self.result}.json")):
         return folder
     return None
 
 
-RECORD_FILES = ("config.json", "metrics.jsonl", "run.json", "timing.json")  # and results/*.json
 
 
 def archive_run(workdir: str, dest: str) -> None:
   """Copies a finished run's record (not its checkpoints) to `dest`, replacing an older copy."""
-  os.makedirs(os.path.join(dest, report.RESULTS), exist_ok=True)
-  for name in RECORD_FILES:
+  os.makedirs(os.path.join(dest, workdir_lib.RESULTS), exist_ok=True)
+  for name in workdir_lib.RECORD_FILES:
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copyfile(os.path.join(workdir, name), os.path.join(dest, name))
-  for path in glob.glob(os.path.join(workdir, report.RESULTS, "*.json")):
-    shutil.copyfile(path, os.path.join(dest, report.RESULTS, os.path.basename(path)))
+  for path in glob.glob(os.path.join(workdir, workdir_lib.RESULTS, "*.json")):
+    shutil.copyfile(path, os.path.join(dest, workdir_lib.RESULTS, os.path.basename(path)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, int
     missing = [r.name for r in chosen if not r.done(root, archive)]
     commits = {}
     for r in finished:
-      info = os.path.join(folders[r.name], "run.json")
+      info = os.path.join(folders[r.name], workdir_lib.RUN)
       commit = json.load(open(info))[-1]["commit"] if os.path.exists(info) else "not recorded"
       commits.setdefault(commit, []).append(r.name)
     with open(files["table"], "a", encoding="utf8") as f:

@@ -1,7 +1,7 @@
 """Where a run's wall time goes: start-up, compiles, the training loop, evaluation, and the padding
 of its batches; logged as one line at the end and written to WORKDIR/timing.json.
 
-One record per process (a resumed run writes its own). The loop (trainer.fit) adds the compiles and
+One record per process (a resumed run writes its own). The loop (loop.fit) adds the compiles and
 the steps; the objective's run adds its evaluation; start-up is what the process spent before its
 first step other than compiling."""
 
@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import time
+
+from starbucks_jax import workdir as workdir_lib
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,7 @@ class RunTiming:
     rec = self.record()
     log.info("timing: %s", ", ".join(f"{k} {v:.3g}" for k, v in rec.items()))
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "timing.json"), "w", encoding="utf8") as f:
+    with open(os.path.join(workdir, workdir_lib.TIMING), "w", encoding="utf8") as f:
       json.dump(rec, f, indent=1)
     return rec
 

@@ -11,9 +11,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-
 from conftest import max_abs_diff, max_rel_diff  # tests/ is this script's directory
-from starbucks_jax import finetune, losses, schedule, sharding, trainer
+
+from starbucks_jax import finetune, losses, schedule, sharding
+from starbucks_jax import step as step_lib
 from starbucks_jax.models import attention
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
 
@@ -30,12 +31,12 @@ def main():
   tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=1.0,
                                         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6, weight_decay=0.01,
                                         skip_nonfinite=False, max_consecutive_nonfinite=1))
-  tx = trainer.make_optimizer(tcfg, 10)
+  tx = step_lib.make_optimizer(tcfg, 10)
   step = finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=True)
   rng = np.random.default_rng(0)
   batch = {"ids": rng.integers(5, cfg.vocab_size, (3, 8, 12)).astype(np.int32),
            "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 8, 1))).astype(np.int32)}
-  state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   key = jax.random.key(1)
 
   ref_state, ref_metrics = jax.jit(step.update)(state, batch, key)

@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-
 from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
-from starbucks_jax import config_lib, finetune, pretrain, trainer
+
+from starbucks_jax import config_lib, finetune, pretrain
+from starbucks_jax import step as step_lib
 from starbucks_jax.data import masking
 from starbucks_jax.models import hf
 
@@ -17,7 +18,7 @@ def optimizer(steps=10):
   tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=0.0,
                                         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01,
                                         skip_nonfinite=False, max_consecutive_nonfinite=1))
-  return trainer.make_optimizer(tcfg, steps)
+  return step_lib.make_optimizer(tcfg, steps)
 
 
 def test_split_keeps_each_query_with_its_group_and_strides():
@@ -26,7 +27,7 @@ def test_split_keeps_each_query_with_its_group_and_strides():
            "passage_ids": np.repeat(np.arange(B), G)[:, None] * 10 + np.arange(4)[None],  # query*10 + col
            "ids": np.arange(2 * B).reshape(2, B, 1) * np.ones((1, 1, 5), int),  # roles layout [R, B, T]
            "count": np.asarray(7)}
-  out = jax.device_get(trainer.split_microbatches(batch, k, {"ids": 1}))
+  out = jax.device_get(step_lib.split_microbatches(batch, k, {"ids": 1}))
   for j in range(k):
     queries = list(range(j, B, k))  # strided: every microbatch sees every data-parallel shard
     assert out["query_ids"][j][:, 0].tolist() == queries
@@ -34,7 +35,7 @@ def test_split_keeps_each_query_with_its_group_and_strides():
     np.testing.assert_array_equal(out["ids"][j][:, :, 0], batch["ids"][:, j::k, 0])
     assert out["count"][j] == 7
   with pytest.raises(ValueError, match="train.microbatches=4 does not divide the batch's 6 examples"):
-    trainer.split_microbatches(batch, 4, {"ids": 1})
+    step_lib.split_microbatches(batch, 4, {"ids": 1})
 
 
 def test_smae_accumulation_equals_the_whole_batch(tmp_path, mode="smae"):

@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import max_rel_diff
-from starbucks_jax import config_lib, finetune, losses, schedule, trainer
+
+from starbucks_jax import config_lib, finetune, losses, schedule
+from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.models import attention
 from starbucks_jax.models.bert import BertConfig, attention_bias_mask, hidden_states, init_params
@@ -76,7 +77,7 @@ def test_srl_step_loss_and_gradients_equal_the_standard_core(core):
   params = init_params(tiny(), jax.random.key(0))
   ids, mask = batch()
   b = {"ids": ids.reshape(2, 2, 16), "mask": mask.reshape(2, 2, 16)}
-  tx = trainer.make_optimizer(config_lib.load_config("configs/ft.py:demo").train, 10)
+  tx = step_lib.make_optimizer(config_lib.load_config("configs/ft.py:demo").train, 10)
 
   def loss_and_grads(cfg):
     step = finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False)

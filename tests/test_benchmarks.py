@@ -7,9 +7,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO, load_script
-from starbucks_jax import checkpoint, finetune, losses, schedule, trainer
+
+from starbucks_jax import checkpoint, finetune, losses, schedule
+from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import bert
 
@@ -70,7 +71,7 @@ def test_pytorch_formulation_computes_our_objective(vs_pytorch, random_minilm, m
   batch["mask"][:, 2, 10:] = 0  # padding in both roles
   with torch.no_grad():
     want = float(loss_fn(batch, method))
-  tx = trainer.make_optimizer(ft.train, 10)
+  tx = step_lib.make_optimizer(ft.train, 10)
   step = finetune.make_srl_step(pre.config, schedule.plan(method, pairs, N, D), losses.LossConfig(), tx, "mean",
                                dropout=False)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
@@ -119,6 +120,6 @@ def test_recipe_benchmarks_sentence_transformers_loss_is_our_objective(random_mi
     batch["scores"] = scores
   ft = load_config(str(REPO / "configs" / "ft.py") + ":demo")
   step = finetune.make_srl_step(pre.config, schedule.plan("starbucks", pairs, N, D), losses.LossConfig(task=task),
-                               trainer.make_optimizer(ft.train, 10), "mean", dropout=False)
+                               step_lib.make_optimizer(ft.train, 10), "mean", dropout=False)
   got = float(jax.jit(step.loss_fn)(pre.params["bert"], batch, jax.random.key(0))[0])
   assert abs(got - want) / abs(want) < 1e-5, (got, want)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import checkpoint, embed
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data.tokenize import bucket_length, tokenize
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertEncoder
@@ -116,7 +117,7 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   mngr = checkpoint.manager(workdir)
   checkpoint.save(mngr, 7, params=params, meta={"step": 7})
   mngr.wait_until_finished()
-  assert checkpoint.is_workdir(workdir)
+  assert workdir_lib.is_workdir(workdir)
   got = embed.Embedder.load(workdir).encode(TEXTS, layer=2)
   want = embed.Embedder(hf.Pretrained(pre.config, params, pre.tokenizer, pre.sentence, "")).encode(
       TEXTS, layer=2)

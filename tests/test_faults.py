@@ -14,9 +14,10 @@ import sys
 import jax
 import numpy as np
 import pytest
-
 from conftest import REPO
-from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, metrics, trainer
+
+from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, metrics
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data import batching, groups
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.evaluate import results
@@ -58,8 +59,8 @@ def test_export_refuses_an_output_it_would_destroy(model_copy, tmp_path, capsys,
   target = {"source": model_copy, "inside_source": os.path.join(model_copy, "sub"),
             "workdir": str(tmp_path / "run"), "non_empty": str(tmp_path / "mine"),
             "file": str(tmp_path / "notes.txt")}[where]
-  os.makedirs(tmp_path / "run" / checkpoint.CHECKPOINT_DIR)
-  os.makedirs(tmp_path / "run" / checkpoint.MODEL_DIR)
+  os.makedirs(tmp_path / "run" / workdir_lib.CHECKPOINTS)
+  os.makedirs(tmp_path / "run" / workdir_lib.MODEL)
   os.makedirs(tmp_path / "mine")
   (tmp_path / "mine" / "keep.txt").write_text("mine")
   (tmp_path / "notes.txt").write_text("notes")
@@ -249,19 +250,19 @@ def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
   with tiny_run.unlocked():
     tiny_run.train.lr, tiny_run.data.batch_size = 5e-5, 8
     tiny_run.train.max_steps, tiny_run.train.log_every = 3, 3
-  trainer.check_resume(work, tiny_run)
+  workdir_lib.check_resume(work, tiny_run)
   # a run older than a key: absent -> the config file's default is no change; anything else is
   saved = json.load(open(os.path.join(work, "config.json")))
   del saved["train"]["adam_eps"]
   json.dump(saved, open(os.path.join(work, "config.json"), "w"))
   defaults = copy.deepcopy(tiny_run)
   with pytest.raises(config_lib.ConfigError, match=r"train.adam_eps: '<absent>' -> 1e-08"):
-    trainer.check_resume(work, tiny_run)  # no defaults known (a run started from Python)
-  trainer.check_resume(work, tiny_run, defaults)
+    workdir_lib.check_resume(work, tiny_run)  # no defaults known (a run started from Python)
+  workdir_lib.check_resume(work, tiny_run, defaults)
   with tiny_run.unlocked():
     tiny_run.train.adam_eps = 1e-6
   with pytest.raises(config_lib.ConfigError, match=r"train.adam_eps: '<absent>' -> 1e-06"):
-    trainer.check_resume(work, tiny_run, defaults)
+    workdir_lib.check_resume(work, tiny_run, defaults)
 
 
 def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path):
@@ -270,7 +271,7 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_p
     tiny_run.train.max_steps = 3
   finetune.run(tiny_run, work)
   straight = checkpoint.load_model(work).params  # the uninterrupted run's step 3
-  newest = os.path.join(work, checkpoint.CHECKPOINT_DIR, "3", "params")
+  newest = os.path.join(work, workdir_lib.CHECKPOINTS, "3", "params")
   for folder, _, files in os.walk(newest):  # every data file of step 3's params cut short
     for name in files:
       if not name.endswith(".json") and "_METADATA" not in name:
@@ -278,13 +279,13 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_p
         with open(path, "r+b") as f:
           f.truncate(os.path.getsize(path) // 2)
   finetune.run(tiny_run, work)  # resumes from step 2: step 3 again
-  assert os.listdir(os.path.join(work, checkpoint.UNREADABLE_DIR))[0].startswith("3-")
+  assert os.listdir(os.path.join(work, workdir_lib.UNREADABLE))[0].startswith("3-")
   resumed = checkpoint.load_model(work).params
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), resumed, straight)
   steps = [json.loads(line)["step"] for line in open(os.path.join(work, "metrics.jsonl"))]
   assert steps == [1, 2, 3]  # the lost step's row replaced, not repeated
   # none readable: an error that moves nothing, never a silent restart
-  for folder, _, files in os.walk(os.path.join(work, checkpoint.CHECKPOINT_DIR)):
+  for folder, _, files in os.walk(os.path.join(work, workdir_lib.CHECKPOINTS)):
     for name in files:
       if not name.endswith(".json") and "_METADATA" not in name:
         open(os.path.join(folder, name), "wb").close()
@@ -305,7 +306,7 @@ def test_a_run_whose_steps_are_all_non_finite_stops_without_results(tiny_run, tm
   work = tmp_path / "run"
   with pytest.raises(FloatingPointError, match=r"the last 1 steps \(to step 1\) had a non-finite"):
     finetune.run(tiny_run, str(work))
-  assert not (work / results.RESULTS_DIR).exists()
+  assert not (work / workdir_lib.RESULTS).exists()
   assert checkpoint.manager(str(work), read_only=True).latest_step() is None
 
 
@@ -317,7 +318,7 @@ def test_a_bad_eval_set_fails_before_training(tiny_run, tmp_path):
   work = tmp_path / "run"
   with pytest.raises(DataError, match=rf"{bad}:2: column 'sentence2' = None is null"):
     finetune.run(tiny_run, str(work))
-  assert not (work / checkpoint.CHECKPOINT_DIR).exists() and not (work / "config.json").exists()
+  assert not (work / workdir_lib.CHECKPOINTS).exists() and not (work / "config.json").exists()
 
 
 def test_results_and_metrics_never_hold_a_bare_nan(tmp_path):

@@ -5,9 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
-from starbucks_jax import checkpoint, config_lib, finetune, losses, schedule, sharding, trainer
+
+from starbucks_jax import checkpoint, config_lib, finetune, loop, losses, schedule, sharding
+from starbucks_jax import step as step_lib
 from starbucks_jax.data import batching
 from starbucks_jax.models import hf
 
@@ -15,9 +16,9 @@ from starbucks_jax.models import hf
 def test_nonfinite_step_is_skipped(tiny_hf_dir):
   pre = checkpoint.load_model(tiny_hf_dir)
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
-  tx = trainer.make_optimizer(cfg.train, 10)
+  tx = step_lib.make_optimizer(cfg.train, 10)
   params = pre.params["bert"]
-  state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   plan = schedule.plan("full", ((4, 32),), 4, 32)
   ids = jnp.ones((3, 2, 6), jnp.int32)
   batch = {"ids": ids, "mask": jnp.ones_like(ids)}
@@ -32,7 +33,7 @@ def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
   and loss in float32; the loss stays near the float32 step's."""
   pre = checkpoint.load_model(tiny_hf_dir)
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
-  tx = trainer.make_optimizer(cfg.train, 10)
+  tx = step_lib.make_optimizer(cfg.train, 10)
   params = pre.params["bert"]
   plan = schedule.plan("starbucks", ((1, 8), (2, 16), (4, 32)), 4, 32)
   ids = jax.random.randint(jax.random.key(0), (2, 4, 8), 5, pre.config.vocab_size)
@@ -41,7 +42,7 @@ def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
   for dtype in ("float32", "bfloat16"):
     step = finetune.make_srl_step(pre.config.replace(dtype=dtype), plan, losses.LossConfig(), tx, "mean",
                                  dropout=False)
-    state = trainer.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     new, metrics = jax.jit(step.update)(state, batch, jax.random.key(1))
     out[dtype] = float(metrics["loss"])
     assert metrics["loss"].dtype == jnp.float32
@@ -57,9 +58,9 @@ def test_low_precision_compute_that_xla_cpu_upcasts_is_reported(caplog):
   x = jnp.ones((8, 16), jnp.bfloat16)
   compiled = jax.jit(lambda a: a @ a.T).lower(x).compile()
   with caplog.at_level("WARNING", logger="starbucks_jax.trainer"):
-    trainer.warn_if_products_upcast(compiled, "float32")
+    loop.warn_if_products_upcast(compiled, "float32")
     assert not caplog.records
-    trainer.warn_if_products_upcast(compiled, "bfloat16")
+    loop.warn_if_products_upcast(compiled, "bfloat16")
   assert "model.dtype=bfloat16, but XLA computes every matrix product" in caplog.text
 
   class KeepsBf16:  # the HLO text of a program whose product stays in bf16
@@ -67,13 +68,13 @@ def test_low_precision_compute_that_xla_cpu_upcasts_is_reported(caplog):
       return "ROOT %dot.1 = bf16[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={1}"
   caplog.clear()
   with caplog.at_level("WARNING", logger="starbucks_jax.trainer"):
-    trainer.warn_if_products_upcast(KeepsBf16(), "bfloat16")
+    loop.warn_if_products_upcast(KeepsBf16(), "bfloat16")
   assert not caplog.records
 
 
 def test_learning_rate_schedule():
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo").train
-  lr = trainer.learning_rate_schedule(cfg, 100)
+  lr = step_lib.learning_rate_schedule(cfg, 100)
   assert float(lr(0)) == 0.0
   assert float(lr(10)) == pytest.approx(cfg.lr)
   assert float(lr(55)) == pytest.approx(cfg.lr / 2)
@@ -81,7 +82,7 @@ def test_learning_rate_schedule():
 
 
 def test_weight_decay_skips_biases_and_layer_norm(tiny_hf_dir):
-  mask = trainer.decay_mask(checkpoint.load_model(tiny_hf_dir).params["bert"])
+  mask = step_lib.decay_mask(checkpoint.load_model(tiny_hf_dir).params["bert"])
   assert mask["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
   assert not mask["encoder"]["layer_0"]["intermediate"]["dense"]["bias"]
   assert not mask["embeddings"]["LayerNorm"]["scale"]
@@ -94,7 +95,7 @@ def test_prefetched_batches_keep_the_order_the_data_and_the_keys(tiny_hf_dir):
   mesh = sharding.make_mesh((1, 1, 1))
   base = jax.random.key(7)
   for start in (0, 6):  # a fresh run and one resumed at step 6 (into the second epoch)
-    got = list(trainer.device_batches(batcher, start, 12, mesh, None, base))
+    got = list(loop.device_batches(batcher, start, 12, mesh, None, base))
     want = list(batcher.batches(start, 12))
     assert [g[0] for g in got] == [w[0] for w in want] == list(range(start, 12))
     for (step, batch, _, key, tokens), (_, host) in zip(got, want):

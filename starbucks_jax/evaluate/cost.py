@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from starbucks_jax import schedule
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data.tokenize import tokenize
 from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import search
@@ -93,11 +94,10 @@ def measure(embedder, queries: list[str], query_vecs: dict[int, np.ndarray], fol
   return out
 
 
-COSTS_DIR = "costs"  # WORKDIR/costs/NAME_SPLIT.json (beside results/, which holds only records)
 
 
 def write(workdir: str, dataset: str, split: str, rows: list[dict[str, Any]]) -> str:
-  path = os.path.join(workdir, COSTS_DIR, f"{dataset}_{split}.json")
+  path = os.path.join(workdir, workdir_lib.COSTS, f"{dataset}_{split}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "w", encoding="utf8") as f:
     json.dump(rows, f, indent=1)
@@ -106,7 +106,7 @@ def write(workdir: str, dataset: str, split: str, rows: list[dict[str, Any]]) ->
 
 def read(workdir: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
   """{(dataset, split): cost rows} of a workdir."""
-  folder = os.path.join(workdir, COSTS_DIR)
+  folder = os.path.join(workdir, workdir_lib.COSTS)
   out = {}
   for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
     if name.endswith(".json"):

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from starbucks_jax import checkpoint, cli, schedule
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import results
@@ -230,8 +231,8 @@ def parse_pairs(value: str, num_layers: int, hidden: int) -> tuple[schedule.Pair
 
 def default_pairs(source: str, pretrained) -> tuple[schedule.Pair, ...]:
   cfg, s = pretrained.config, pretrained.sentence
-  path = os.path.join(os.path.expanduser(source), "config.json")
-  if checkpoint.is_workdir(os.path.expanduser(source)) and os.path.exists(path):
+  path = os.path.join(os.path.expanduser(source), workdir_lib.CONFIG)
+  if workdir_lib.is_workdir(os.path.expanduser(source)) and os.path.exists(path):
     pairs = json.load(open(path)).get("schedule", {}).get("pairs")
     if pairs:
       return tuple((int(n), int(d)) for n, d in pairs)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
   logging.getLogger("datasets").setLevel(logging.WARNING)
   import datasets
   datasets.disable_progress_bars()  # MTEB maps each corpus once per pair
-  workdir = checkpoint.is_workdir(os.path.expanduser(args.model))
+  workdir = workdir_lib.is_workdir(os.path.expanduser(args.model))
   output = args.output or (args.model if workdir else None)
   if not output:
     raise InputError("--output: required unless --model is a training workdir")
@@ -351,7 +352,7 @@ def main(argv: list[str] | None = None) -> None:
   records = evaluate(embedder, tasks, pairs, output, name=name, revision=revision_of(embedder, args.max_length),
                      cache_gb=args.cache_gb, max_length=args.max_length, overwrite=args.overwrite)
   print(results.table(records))
-  print(f"results: {os.path.join(output, results.RESULTS_DIR, RESULTS_NAME + '.json')}; "
+  print(f"results: {os.path.join(output, workdir_lib.RESULTS, RESULTS_NAME + '.json')}; "
         f"MTEB's files: {os.path.join(output, CACHE_DIR, 'results')}")
 
 

@@ -23,16 +23,16 @@ import os
 from typing import Any
 
 from starbucks_jax import cli
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import cost as cost_lib
-from starbucks_jax.evaluate import results
 
 
 def rows_of(workdir: str, metric: str, corpus_size: int | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
   """{(dataset, split): [cost row + 'value' of `metric`]} for every configuration with both;
   `corpus_size`: the rows' search FLOPs over that many passages instead of the collection's own."""
   values = {}
-  folder = os.path.join(workdir, results.RESULTS_DIR)
+  folder = os.path.join(workdir, workdir_lib.RESULTS)
   for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
     if name.endswith(".json"):
       for r in json.load(open(os.path.join(folder, name))):

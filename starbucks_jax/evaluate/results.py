@@ -7,7 +7,7 @@ import math
 import os
 from typing import Any, Iterable
 
-RESULTS_DIR = "results"
+from starbucks_jax import workdir as workdir_lib
 
 
 def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: float, *,
@@ -21,7 +21,7 @@ def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: f
 
 
 def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
-  path = os.path.join(workdir, RESULTS_DIR, f"{name}.json")
+  path = os.path.join(workdir, workdir_lib.RESULTS, f"{name}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf8") as f:

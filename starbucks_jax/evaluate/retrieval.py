@@ -16,9 +16,10 @@ from __future__ import annotations
 import logging
 import os
 
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data import beir, tevatron
-from starbucks_jax.evaluate import index as index_lib
 from starbucks_jax.evaluate import cost, results, search
+from starbucks_jax.evaluate import index as index_lib
 
 log = logging.getLogger(__name__)
 METRICS = ("RR@10", "nDCG@10", "R@100", "R@1000")
@@ -79,7 +80,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
   query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json. `index_dir`: where NAME's index is
   kept (default WORKDIR/index), e.g. another run's of the same weights, to score more funnels on it."""
   name, split = collection.name, collection.split
-  folder = os.path.join(index_dir or os.path.join(workdir, "index"), name)
+  folder = os.path.join(index_dir or os.path.join(workdir, workdir_lib.INDEX), name)
   chains = {spec: search.parse_funnel(spec) for spec in funnels}
   stored = tuple(pairs) + tuple(pair for stages in chains.values() for pair, _ in stages)
   index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, stored, folder,

@@ -1,0 +1,222 @@
+"""The loop every run shares: the state placed on the mesh, resumed from the workdir's latest
+checkpoint, the step compiled once per batch shape and run on batches prepared ahead, metrics
+logged and checkpoints saved on their schedules.
+
+Batches are a pure function of the step and dropout keys are `fold_in(seed, step)`, so a run
+restored from its latest checkpoint ends with the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from starbucks_jax import checkpoint, sharding, timing
+from starbucks_jax import metrics as metrics_lib
+from starbucks_jax import workdir as workdir_lib
+from starbucks_jax.data import batching
+from starbucks_jax.step import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
+        total_steps: int, lr: optax.Schedule, *, tx: optax.GradientTransformation, param_specs,
+        batch_axes: dict[str, int] | None = None) -> TrainState:
+  """The loop every run shares: place the state on the mesh (mesh.shape, mesh.rules; `param_specs`
+  are the params' logical axes), resume from the workdir's latest checkpoint, jit the step with
+  in/out shardings and the state donated, log metrics every train.log_every steps (with
+  `data_wait_frac`, the share of the interval spent waiting for input), checkpoint every
+  train.checkpoint_every steps and at the end. `batcher.batches(start, total)` yields (step, batch)
+  as a pure function of the step, prepared and transferred ahead of the step (`device_batches`);
+  each batch shape is compiled once, on its first step; `batch_axes` names each batch array's
+  examples axis (default 0). Start-up, compile, train and checkpoint seconds go to timing.current()."""
+  mesh = sharding.make_mesh(tuple(config.mesh.shape))
+  rules = sharding.rules_from_config(config.mesh.rules)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
+                                        config.mesh.shard_optimizer)
+    return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes)
+
+
+def jit_step(update, state_sh, batch_sh):
+  """The step as every run jits it: sharded in and out, the state donated (also what
+  starbucks_jax.compile compiles for a TPU topology)."""
+  return jax.jit(update, in_shardings=(state_sh, batch_sh, None), out_shardings=(state_sh, None),
+                 donate_argnums=(0,))
+
+
+def warn_if_products_upcast(compiled, dtype: str) -> None:
+  """Warns when model.dtype asks for low-precision compute but the compiled CPU step has no matrix
+  product in that dtype (XLA:CPU converts bf16/f16 dots to float32): slower than float32, not faster."""
+  if dtype == "float32" or jax.default_backend() != "cpu":  # GPU/TPU dots are library calls in the HLO
+    return
+  hlo_type = {"bfloat16": "bf16", "float16": "f16"}[dtype]
+  if not re.search(rf"= {hlo_type}\[[^\]]*\]\S* dot\(", compiled.as_text()):
+    log.warning("model.dtype=%s, but XLA computes every matrix product of the compiled step in float32 on "
+                "this CPU (it converts to and from %s around them): slower than model.dtype='float32' here; "
+                "%s compute is for GPU/TPU", dtype, dtype, dtype)
+
+
+def check_skipped(train_cfg, metrics, done: int, mngr) -> None:
+  """Stops a run, before it logs or saves, whose last train.max_consecutive_nonfinite steps (or every
+  step so far) had non-finite gradients: optax would apply the next one anyway, so a poisoned state
+  never reaches a checkpoint, and an untrained model never reaches a result."""
+  if "consecutive_skipped" not in metrics:
+    return
+  skipped = int(metrics["consecutive_skipped"])
+  if skipped >= min(train_cfg.max_consecutive_nonfinite, done):
+    last = mngr.latest_step()
+    raise FloatingPointError(
+        f"the last {skipped} steps (to step {done}) had a non-finite loss or gradient "
+        f"(train.max_consecutive_nonfinite={train_cfg.max_consecutive_nonfinite}); stopped. "
+        + (f"The checkpoint at step {last} in {mngr.directory} is intact." if last is not None else
+           "No checkpoint was written.") + " Check the data, train.lr and model.dtype.")
+
+
+def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
+  mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
+                            save_interval_steps=config.train.checkpoint_every)
+  state = sharding.shard_state(state, state_sh)
+  start, restored = checkpoint.restore_latest(mngr, params=state.params, opt_state=state.opt_state)
+  if start is not None:
+    state = sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
+                                            restored["opt_state"]), state_sh)
+    log.info("resumed from %s at step %d", mngr.directory, start)
+  else:
+    start = 0
+  workdir_lib.write_config(workdir, config)  # the model, the data and the checkpoint have all loaded
+  log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
+  timer = timing.current()
+  base_rng = jax.random.key(config.seed)
+  writer = metrics_lib.MetricsWriter(workdir, start, config.get("log"), config)
+  profile = timing.ProfileWindow(workdir, config.train.get("profile_steps", ()))
+  examples_per_step = config.data.batch_size
+  executables = {}  # batch shapes -> the step compiled for them: each shape compiles once, ahead of its step
+  real = padded = 0
+  lr_at = jax.jit(lr)  # compiled once: evaluated op by op, the schedule costs ~5 ms per log row
+  try:
+    t0, last_log = time.time(), start  # the first interval includes compilation
+    progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
+                    disable=None if sharding.is_primary() else True)
+    batches, waited = device_batches(batcher, start, total_steps, mesh, batch_axes, base_rng), 0.0
+    timer.seconds.setdefault("startup", timer.since_start())  # the process's first fit
+    before = {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}  # earlier fits' seconds
+    loop_t0 = time.perf_counter()
+    while True:
+      t_wait = time.time()
+      item = next(batches, None)  # time the loop waits for input: ~0 when the data keeps up
+      waited += time.time() - t_wait
+      if item is None:
+        break
+      step, batch, batch_sh, rng, tokens = item
+      real, padded = real + tokens[0], padded + tokens[1]
+      profile.before(step)
+      shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
+      step_fn = executables.get(shape)
+      if step_fn is None:
+        jax.block_until_ready(state)  # the steps before run first: the compile's time is its own
+        with timer.phase("compile"):
+          step_fn = executables[shape] = jit_step(train_step, state_sh, batch_sh).lower(state, batch, rng).compile()
+        mem = step_fn.memory_analysis()
+        log.info("compiled step %d for batch %s%s", len(executables), shape, "" if mem is None else
+                 f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
+                 f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
+        if mem is not None:  # per device, as the compiler plans it; beside the measured peak (device_peak_bytes)
+          timer.set(compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
+        if len(executables) == 1:
+          warn_if_products_upcast(step_fn, config.model.dtype)
+      state, metrics = step_fn(state, batch, rng)
+      done = step + 1
+      profile.after(done, state)
+      progress.update(1)
+      if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
+        raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
+                                 f"checkpoint in {mngr.directory} is intact")
+      logging_now = done % config.train.log_every == 0 or done == total_steps
+      saving_now = done % config.train.checkpoint_every == 0 or done == total_steps
+      if logging_now or saving_now:
+        check_skipped(config.train, metrics, done, mngr)
+      if logging_now:
+        metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
+        elapsed = time.time() - t0
+        metrics["lr"] = float(lr_at(step))
+        metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
+        metrics["data_wait_frac"] = waited / max(elapsed, 1e-9)
+        writer.write(done, metrics)
+        progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+        t0, last_log, waited = time.time(), done, 0.0
+      if saving_now:
+        with timer.phase("checkpoint"):
+          checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
+                          meta={"step": done}, force=done == total_steps)
+    if executables and done < total_steps:  # the data ended first (a stream's epoch): its last step stays
+      if done != last_log:
+        writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
+      with timer.phase("checkpoint"):
+        checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done}, force=True)
+    jax.block_until_ready(state)
+    with timer.phase("checkpoint"):
+      mngr.wait_until_finished()
+    loop_s = time.perf_counter() - loop_t0
+    steps_run = done - start if executables else 0
+    train_s = loop_s - sum(timer.seconds.get(k, 0.0) - v for k, v in before.items())  # this fit's only
+    timer.add("train", train_s)
+    timer.set(steps=steps_run, compiles=len(executables), examples_per_s=steps_run * examples_per_step / loop_s,
+              steady_examples_per_s=steps_run * examples_per_step / max(train_s, 1e-9),
+              padded_frac=1 - real / padded if padded else 0.0)
+    peak = device_peak_bytes()
+    if peak is not None:
+      timer.set(device_peak_bytes=peak)
+  finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
+    profile.stop(state)
+    writer.close()
+    progress.close()
+    mngr.wait_until_finished()
+    mngr.close()
+  return state
+
+
+def compiled_bytes(mem) -> int:
+  """Per-device memory of a compiled program (its memory_analysis()): arguments, outputs and
+  temporaries, outputs that reuse an argument's buffer counted once."""
+  return mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes - mem.alias_size_in_bytes
+
+
+def device_peak_bytes() -> int | None:
+  """The most memory any of this process's devices has held so far (the allocator's peak_bytes_in_use:
+  GPUs and TPUs report it; None where the backend keeps no statistics, as on a CPU)."""
+  peaks = [(d.memory_stats() or {}).get("peak_bytes_in_use") for d in jax.local_devices()]
+  peaks = [p for p in peaks if p is not None]
+  return max(peaks) if peaks else None
+
+
+def device_batches(batcher, start: int, total: int, mesh, batch_axes, base_rng, prefetch: int = 2):
+  """(step, batch on the mesh, its shardings, dropout key, (real tokens, padded tokens)) for steps
+  start .. total - 1 in order, prepared on one background thread `prefetch` steps ahead of the loop:
+  the host batch, its shardings (built once per layout), the transfer and the step's key
+  fold_in(seed, step)."""
+  layouts = {}
+  fold_in = jax.jit(jax.random.fold_in)  # one dispatch; op by op it costs ~0.3 ms a step
+
+  def prepare():
+    for step, batch in batcher.batches(start, total):
+      layout = tuple((k, np.ndim(v)) for k, v in batch.items())
+      if layout not in layouts:
+        layouts[layout] = sharding.batch_shardings(batch, mesh, batch_axes)
+      masks = [v for k, v in batch.items() if k == "mask" or k.endswith("_mask")]
+      masks += [batch["segments"] >= 0] if "segments" in batch else []  # packed rows
+      tokens = (sum(int(m.sum()) for m in masks), sum(m.size for m in masks))
+      yield (step, sharding.put_batch(batch, layouts[layout]), layouts[layout], fold_in(base_rng, step),
+             tokens)
+
+  return batching.in_background(prepare(), prefetch)

@@ -1,0 +1,134 @@
+"""A run's folder: the name of each file in it, and what a rerun in it may change.
+
+    config.json    the run's config (write_config), checked by a rerun (check_resume)
+    run.json       provenance: commit, command, versions, devices; one entry per start (run_info)
+    metrics.jsonl  the logged metrics (metrics.MetricsWriter)
+    timing.json    start-up, compile, train, checkpoint and eval seconds (timing)
+    checkpoints/   orbax checkpoints, one folder per step (checkpoint)
+    model/         the model's HF / sentence-transformers description without weights (checkpoint)
+    results/       evaluation records, one JSON per evaluation (evaluate.results)
+    costs/         cost per query of each retrieval pair and funnel (evaluate.cost)
+    index/         retrieval indexes of the corpus (evaluate.retrieval)
+
+jax is imported only by the functions that start a run: the report tools read workdirs without it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import ml_collections
+
+from starbucks_jax.config_lib import ConfigError
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+RUN = "run.json"
+METRICS = "metrics.jsonl"
+TIMING = "timing.json"
+CHECKPOINTS = "checkpoints"
+UNREADABLE = "checkpoints_unreadable"  # steps that did not read back, kept for inspection
+MODEL = "model"
+RESULTS = "results"
+COSTS = "costs"
+INDEX = "index"
+RECORD_FILES = (CONFIG, METRICS, RUN, TIMING)  # with results/*.json: a run's record, without its weights
+
+
+def is_workdir(path: str) -> bool:
+  return os.path.isdir(os.path.join(path, CHECKPOINTS)) and os.path.isdir(os.path.join(path, MODEL))
+
+
+# Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated, laid out in
+# memory or extended; every other key changes what the checkpoints mean.
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_steps",
+                     "train.profile_steps", "log.",
+                     "train.microbatches", "train.grad_cache_chunks", "train.forward_splits", "model.remat",
+                     "mesh.", "eval.", "resume")
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {prefix + k: v})
+  return out
+
+
+def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+  """(key, saved value, new value) for every key whose value differs, blocks flattened to dotted keys."""
+  old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
+  return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(old.keys() | new.keys())
+          if old.get(k, "<absent>") != new.get(k, "<absent>")]
+
+
+def check_resume(workdir: str, config: ml_collections.ConfigDict,
+                 defaults: ml_collections.ConfigDict | None = None) -> None:
+  """A rerun in a workdir must keep the run's meaning: a ConfigError lists the changed keys outside
+  RESUMABLE_CHANGES, unless resume='force'. `defaults` (the config file's own values, without the
+  command line's overrides): a key the saved config lacks (code newer than the run) that keeps its
+  default is not a change; the run resumes and the log names it."""
+  path = os.path.join(workdir, CONFIG)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path, encoding="utf8") as f:
+      saved = json.load(f)
+  except ValueError as e:
+    raise ConfigError(f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
+  changes = config_changes(saved, config)
+  if defaults is not None:
+    default = _flat(json.loads(defaults.to_json_best_effort()))
+    added = [c for c in changes if c[1] == "<absent>" and c[0] in default and default[c[0]] == c[2]]
+    if added:
+      log.info("%s predates keys that keep their defaults here: %s", workdir,
+               "; ".join(f"{k} = {v!r}" for k, _, v in added))
+    changes = [c for c in changes if c not in added]
+  changed = [c for c in changes if not c[0].startswith(RESUMABLE_CHANGES)]
+  listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)  # noqa: E731
+  if changed and config.get("resume", "check") != "force":
+    more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+    raise ConfigError(f"{workdir} holds a run with another config: {listed(changed[:8])}{more}. Use a new "
+                      "--workdir, or --config.resume=force to continue it anyway")
+  if changes:  # recorded: the log here, the new config.json and run.json once the run starts
+    log.info("continuing %s with changed keys: %s", workdir, listed(changes))
+
+
+def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
+  """WORKDIR/config.json, and WORKDIR/run.json: the code's commit, the command, versions, devices
+  (a resumed run appends its own entry)."""
+  from starbucks_jax import sharding
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG)
+  if not sharding.is_primary():
+    return path
+  with open(path, "w", encoding="utf8") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  run_path = os.path.join(workdir, RUN)
+  history = json.load(open(run_path)) if os.path.exists(run_path) else []
+  history.append(run_info())
+  with open(run_path, "w", encoding="utf8") as f:
+    json.dump(history, f, indent=1)
+  return path
+
+
+def run_info() -> dict[str, Any]:
+  import jax
+  here = os.path.dirname(os.path.abspath(__file__))
+  try:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                            timeout=10).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10).stdout.strip())
+  except (OSError, subprocess.SubprocessError):
+    commit, dirty = "", False
+  return {"commit": commit + ("+changes" if dirty else "") if commit else "unknown",
+          "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+          "jax": jax.__version__, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+          "processes": jax.process_count()}
