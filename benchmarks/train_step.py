@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, losses, schedule
+from starbucks_jax import checkpoint, losses, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 
@@ -60,7 +60,7 @@ def main():
     plan = schedule.plan(method, pairs, N, D)
     params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-    step = jax.jit(finetune.make_srl_step(cfg, plan, loss_cfg, tx, "mean", forward_splits=args.forward_splits).update,
+    step = jax.jit(srl.make_srl_step(cfg, plan, loss_cfg, tx, "mean", forward_splits=args.forward_splits).update,
                    donate_argnums=(0,))
     compiled = step.lower(state, batch, jax.random.key(0)).compile()
     mem = compiled.memory_analysis()

@@ -8,7 +8,7 @@ The PyTorch side is written from docs/method.md's equations the way the authors'
 code computes them: a SentenceTransformer model, one forward per text role with every hidden
 state, mean pooling of each layer of the schedule, per pair MNRL on cosine x 20 of the first d
 features plus the feature KL (x0.3, teacher not detached) to the full pair, summed over pairs;
-AdamW (torch.optim), global-norm clipping 1.0. Our side is `finetune.make_srl_step` with the same
+AdamW (torch.optim), global-norm clipping 1.0. Our side is `srl.make_srl_step` with the same
 loss config (configs/ft.py defaults), one encoder forward for every role and pair, or with
 `--forward-splits K` (train.forward_splits) K independent forwards over strided splits of the texts.
 
@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, losses, schedule
+from starbucks_jax import checkpoint, losses, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import attention, bert, hf
@@ -204,7 +204,7 @@ def worker(side: str, args, setup) -> None:
     params = pre.params["bert"]
     jitted, states = {}, {}
     for m in METHODS:
-      jitted[m] = jax.jit(finetune.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
+      jitted[m] = jax.jit(srl.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
                                                 forward_splits=args.forward_splits).update,
                           donate_argnums=(0,))
       states[m] = step_lib.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
@@ -283,7 +283,7 @@ def main():
   with torch.no_grad():
     want = float(torch_loss(batch))
   params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-  check = finetune.make_srl_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False,
+  check = srl.make_srl_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False,
                                 forward_splits=args.forward_splits)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, gpu_targets, hlo_costs, loop, pretrain, roofline, sharding
+from starbucks_jax import checkpoint, finetune, gpu_targets, hlo_costs, loop, pretrain, roofline, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
@@ -259,7 +259,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   T = _length(config, cfg, length)
   batch = finetune.abstract_batch(config, T, shards=run.data_shards, hidden=cfg.hidden_size)
   compiled, mesh = _compile_step(config, topo, run, lambda tx: finetune.run_step(config, run, tx),
-                                 init_shapes(cfg), param_logical_axes(cfg), batch, finetune.batch_axes(config))
+                                 init_shapes(cfg), param_logical_axes(cfg), batch, srl.batch_axes(config))
   encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
   if "segments" in batch:
     P, L = batch["ids"].shape

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from conftest import max_abs_diff, max_rel_diff  # tests/ is this script's directory
 
-from starbucks_jax import finetune, losses, schedule, sharding
+from starbucks_jax import losses, schedule, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.models import attention
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
@@ -32,7 +32,7 @@ def main():
                                         adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6, weight_decay=0.01,
                                         skip_nonfinite=False, max_consecutive_nonfinite=1))
   tx = step_lib.make_optimizer(tcfg, 10)
-  step = finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=True)
+  step = srl.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=True)
   rng = np.random.default_rng(0)
   batch = {"ids": rng.integers(5, cfg.vocab_size, (3, 8, 12)).astype(np.int32),
            "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 8, 1))).astype(np.int32)}
@@ -72,7 +72,7 @@ def main():
          "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 16, 1))).astype(np.int32)}
   mesh = sharding.make_mesh((8, 1, 1))
 
-  def on_data_mesh(step, ref_step, batch=big, axes=finetune.ROLE_AXES):
+  def on_data_mesh(step, ref_step, batch=big, axes=srl.ROLE_AXES):
     # `step`'s loss and gradients data-parallel on 8 devices vs `ref_step`'s on one (on `big`)
     # (the optimizer update given the gradients is checked on the meshes above: not compiled again here)
     (ref_loss, _), ref_grads = jax.jit(ref_step.value_and_grad)(params, big, key)
@@ -86,7 +86,7 @@ def main():
             "max_grad_diff_rel": max_rel_diff(grads, ref_grads)[0]}
 
   def srl_step(**kw):
-    return finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
+    return srl.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
 
   # Gradient accumulation: 2 strided microbatches of 8, each split over 8 devices (vs itself on one).
   acc_step = srl_step(microbatches=2)
@@ -97,14 +97,14 @@ def main():
   results["forward splits (8, 1, 1)"] = on_data_mesh(srl_step(forward_splits=2), plain)
   # Packed rows: each device's 2 examples (6 texts) packed into its own rows of 24 tokens, against
   # the padded batch on one device.
-  results["packed (8, 1, 1)"] = on_data_mesh(srl_step(packed=finetune.Packing(3, 16, 8)), plain,
+  results["packed (8, 1, 1)"] = on_data_mesh(srl_step(packed=srl.Packing(3, 16, 8)), plain,
                                              packed(big, 8, 24), {})
   # The TPU flash kernel (in Pallas' interpreter on this CPU) in its shard_map over batch and heads, on
   # a data x tensor mesh, against the standard core on one device.
   call = attention.fa.pl.pallas_call
   attention.fa.pl.pallas_call = lambda *a, **k: call(*a, **{**k, "interpret": True})
   mesh = sharding.make_mesh((4, 1, 2))
-  flash = finetune.make_srl_step(dataclasses.replace(cfg, attention="flash"), plan, losses.LossConfig(kl="scores"),
+  flash = srl.make_srl_step(dataclasses.replace(cfg, attention="flash"), plan, losses.LossConfig(kl="scores"),
                                  tx, "mean", dropout=False)
   results["flash (4, 1, 2)"] = on_data_mesh(flash, plain)
   json.dump(results, sys.stdout)

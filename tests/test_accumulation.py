@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
 
-from starbucks_jax import config_lib, finetune, pretrain
+from starbucks_jax import config_lib, finetune, pretrain, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import masking
 from starbucks_jax.models import hf
@@ -83,8 +83,8 @@ def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path):
   micro = [{"query_ids": q[j::k], "query_mask": qm[j::k], "passage_ids": grouped(p, j),
             "passage_mask": grouped(pm, j)} for j in range(k)]
   key = jax.random.key(3)
-  plain = jax.jit(finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
-  accumulated = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, microbatches=k)
+  plain = jax.jit(srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
+  accumulated = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, microbatches=k)
   (loss, aux), grads = jax.jit(accumulated.value_and_grad)(params, batch, key)
   parts = [plain(params, m, jax.random.fold_in(key, j)) for j, m in enumerate(micro)]
   want_loss = np.mean([float(part[0][0]) for part in parts])

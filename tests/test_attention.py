@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import max_rel_diff
 
-from starbucks_jax import config_lib, finetune, losses, schedule
+from starbucks_jax import config_lib, finetune, losses, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.models import attention
@@ -80,7 +80,7 @@ def test_srl_step_loss_and_gradients_equal_the_standard_core(core):
   tx = step_lib.make_optimizer(config_lib.load_config("configs/ft.py:demo").train, 10)
 
   def loss_and_grads(cfg):
-    step = finetune.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False)
+    step = srl.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False)
     (loss, _), grads = jax.jit(step.value_and_grad)(params, b, jax.random.key(0))
     return float(loss), grads
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO, load_script
 
-from starbucks_jax import checkpoint, finetune, losses, schedule
+from starbucks_jax import checkpoint, losses, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import bert
@@ -72,7 +72,7 @@ def test_pytorch_formulation_computes_our_objective(vs_pytorch, random_minilm, m
   with torch.no_grad():
     want = float(loss_fn(batch, method))
   tx = step_lib.make_optimizer(ft.train, 10)
-  step = finetune.make_srl_step(pre.config, schedule.plan(method, pairs, N, D), losses.LossConfig(), tx, "mean",
+  step = srl.make_srl_step(pre.config, schedule.plan(method, pairs, N, D), losses.LossConfig(), tx, "mean",
                                dropout=False)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(step.loss_fn)(pre.params["bert"], jbatch, jax.random.key(0))[0])
@@ -119,7 +119,7 @@ def test_recipe_benchmarks_sentence_transformers_loss_is_our_objective(random_mi
   if task == "cosent":
     batch["scores"] = scores
   ft = load_config(str(REPO / "configs" / "ft.py") + ":demo")
-  step = finetune.make_srl_step(pre.config, schedule.plan("starbucks", pairs, N, D), losses.LossConfig(task=task),
+  step = srl.make_srl_step(pre.config, schedule.plan("starbucks", pairs, N, D), losses.LossConfig(task=task),
                                step_lib.make_optimizer(ft.train, 10), "mean", dropout=False)
   got = float(jax.jit(step.loss_fn)(pre.params["bert"], batch, jax.random.key(0))[0])
   assert abs(got - want) / abs(want) < 1e-5, (got, want)

@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalars, tiny_srl_case
-from starbucks_jax import checkpoint, config_lib, embed, export, finetune, losses, schedule, timing
+
+from starbucks_jax import checkpoint, config_lib, embed, export, finetune, losses, schedule, srl, timing
 from starbucks_jax.data import batching
 from starbucks_jax.evaluate import results
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
 from starbucks_jax.models.pooling import pool, pooled_layers
+
 
 def optax_norm(tree):
   return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
@@ -261,8 +262,8 @@ def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout
     (q, qm), (p, pm) = ids_mask(2, 6), ids_mask(6, 10)
     batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
   key = jax.random.key(3)
-  plain = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
-  other = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=cache,
+  plain = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
+  other = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=cache,
                                 forward_splits=splits)
   (l1, aux1), g1 = jax.jit(plain.value_and_grad)(params, batch, key)
   (l2, aux2), g2 = jax.jit(other.value_and_grad)(params, batch, key)
@@ -270,7 +271,7 @@ def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout
   assert aux2.keys() == aux1.keys()
   rel, scale = max_rel_diff(g2, g1)
   assert rel < 1e-5 and scale > 1e-3
-  odd = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=5)
+  odd = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, forward_splits=5)
   with pytest.raises(ValueError, match="train.forward_splits=5 does not divide the step's"):
     jax.eval_shape(odd.value_and_grad, params, batch, key)
 
@@ -288,9 +289,9 @@ def test_packed_step_equals_the_padded_step(tmp_path, pooling, shards):
   rows = padded.epoch_batches(0)[0]
   assert packed.make_batch(rows)["ids"].size < padded.make_batch(rows)["ids"].size
   key = jax.random.key(3)
-  plain = finetune.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False)
-  packing = finetune.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False,
-                                   packed=finetune.Packing(3, 8, shards))
+  plain = srl.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False)
+  packing = srl.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False,
+                                   packed=srl.Packing(3, 8, shards))
   (l1, _), g1 = jax.jit(plain.value_and_grad)(params, padded.make_batch(rows), key)
   (l2, _), g2 = jax.jit(packing.value_and_grad)(params, packed.make_batch(rows), key)
   assert float(l2) == pytest.approx(float(l1), rel=1e-5)
@@ -299,9 +300,9 @@ def test_packed_step_equals_the_padded_step(tmp_path, pooling, shards):
   # a frozen teacher's vectors ([B, R, D] with each batch) meet their own examples in both layouts
   frozen = dataclasses.replace(loss_cfg, teacher="frozen")
   padded.teacher = packed.teacher = np.random.default_rng(0).normal(size=(16, 3, cfg.hidden_size)).astype(np.float32)
-  plain = finetune.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False)
-  packing = finetune.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False,
-                                   packed=finetune.Packing(3, 8, shards))
+  plain = srl.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False)
+  packing = srl.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False,
+                                   packed=srl.Packing(3, 8, shards))
   (l3, aux3), _ = jax.jit(plain.value_and_grad)(params, padded.make_batch(rows), key)
   (l4, _), _ = jax.jit(packing.value_and_grad)(params, packed.make_batch(rows), key)
   assert float(l4) == pytest.approx(float(l3), rel=1e-5) and float(l3) != pytest.approx(float(l1), rel=1e-3)
@@ -317,7 +318,7 @@ def test_split_forwards_draw_each_splits_dropout(tmp_path):
   key = jax.random.key(5)
   embed = lambda i, m, r: pooled_layers(params, cfg, i, m, plan.layers, "mean",  # noqa: E731
                                               deterministic=False, rng=r)
-  got = jax.jit(lambda i, m: finetune.split_forward(embed, i, m, key, 2))(*rows)
+  got = jax.jit(lambda i, m: srl.split_forward(embed, i, m, key, 2))(*rows)
   for c in range(2):  # split c holds rows c, c + 2, c + 4, ...
     want = embed(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
     for n in plan.layers:
@@ -334,7 +335,7 @@ def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
   assert cfg.hidden_dropout_prob > 0 and cfg.attention_probs_dropout_prob > 0
   ids, mask = ids_mask(2, 6, 10)
   batch, k, key = {"ids": ids, "mask": mask}, 3, jax.random.key(5)
-  cached = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", grad_cache_chunks=k)
+  cached = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", grad_cache_chunks=k)
   (loss, _), grads = jax.jit(cached.value_and_grad)(params, batch, key)
 
   def chunked_loss(p):  # the same keys as the step: split, fold in the stream, then the chunk
@@ -350,6 +351,6 @@ def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
   want_loss, want = jax.jit(jax.value_and_grad(chunked_loss))(params)
   assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
   assert max_rel_diff(grads, want)[0] < 1e-5
-  no_dropout = finetune.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=k)
+  no_dropout = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=k)
   (_, _), plain = jax.jit(no_dropout.value_and_grad)(params, batch, key)
   assert max_rel_diff(plain, want)[0] > 1e-3

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from starbucks_jax import checkpoint, config_lib, finetune, loop, losses, schedule, sharding
+from starbucks_jax import checkpoint, config_lib, loop, losses, schedule, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import batching
 from starbucks_jax.models import hf
@@ -22,7 +22,7 @@ def test_nonfinite_step_is_skipped(tiny_hf_dir):
   plan = schedule.plan("full", ((4, 32),), 4, 32)
   ids = jnp.ones((3, 2, 6), jnp.int32)
   batch = {"ids": ids, "mask": jnp.ones_like(ids)}
-  bad = finetune.make_srl_step(pre.config, plan, losses.LossConfig(scale=float("nan")), tx, "mean", dropout=False)
+  bad = srl.make_srl_step(pre.config, plan, losses.LossConfig(scale=float("nan")), tx, "mean", dropout=False)
   new, metrics = bad.update(state, batch, jax.random.key(0))
   assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped_steps"]) == 1
   jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, state.params)
@@ -40,7 +40,7 @@ def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
   batch = {"ids": ids, "mask": jnp.ones_like(ids)}
   out = {}
   for dtype in ("float32", "bfloat16"):
-    step = finetune.make_srl_step(pre.config.replace(dtype=dtype), plan, losses.LossConfig(), tx, "mean",
+    step = srl.make_srl_step(pre.config.replace(dtype=dtype), plan, losses.LossConfig(), tx, "mean",
                                  dropout=False)
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     new, metrics = jax.jit(step.update)(state, batch, jax.random.key(1))
