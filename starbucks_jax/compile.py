@@ -5,7 +5,7 @@
 
 Needs libtpu (`pip install -e .[tpu]`) for TPUs, the CUDA plugin (`.[gpu]`) for GPUs (--topology=h100,
 h200x8, ...: gpu_targets); no accelerator, no weights and no data are read. The program is the
-one `main` would jit (loop.jit_step over the objective's run_step, with the run's mesh, rules,
+one `main` would jit (loop.jit_step over the objective's train_program, with the run's mesh, rules,
 shardings, donation and dtypes), over abstract parameters and optimizer state: shapes come from the
 checkpoint's config.json when model.init_from is a local directory, else from the BertConfig preset
 named by --preset (default: guessed from model.init_from). The batch is padded to --length tokens
@@ -45,13 +45,13 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from starbucks_jax import checkpoint, finetune, gpu_targets, hlo_costs, loop, pretrain, roofline, sharding, srl
+from starbucks_jax import checkpoint, gpu_targets, hlo_costs, loop, objectives, roofline, sharding, trainer
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
-from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
+from starbucks_jax.models.bert import BertConfig, init_params
 
 log = logging.getLogger(__name__)
 GiB = 2**30
@@ -193,24 +193,20 @@ def backbone_of(config: ml_collections.ConfigDict, preset: str | None) -> BertCo
   return BertConfig.preset(preset)
 
 
-def _abstract(tree, dtype=None):
-  return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype), tree)
-
-
-def _compile_step(config, topo: Topology, run, step, params, param_specs, batch, batch_axes):
-  """Lower and compile `step.update` exactly as loop.fit jits it, over topology devices."""
+def _compile_step(config, topo: Topology, program: trainer.TrainProgram):
+  """Lower and compile the program's step exactly as loop.fit jits it, over topology devices."""
   mesh = sharding.make_mesh(tuple(config.mesh.shape), topo.devices)
   rules = sharding.rules_from_config(config.mesh.rules)
   tx = step_lib.make_optimizer(config.train, max(config.train.max_steps, 1000))
-  params = _abstract(params, run.model.config.storage_dtype)
+  params = program.params
   state = step_lib.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params))
   key = jax.eval_shape(lambda: jax.random.key(0))
   # outside the mesh context: optax builds a placeholder state with concrete (host) zeros
-  state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
+  state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(program.param_specs, mesh, rules), mesh,
                                       config.mesh.shard_optimizer)
-  batch_sh = sharding.batch_shardings(batch, mesh, batch_axes)
+  batch_sh = sharding.batch_shardings(program.batch, mesh, program.batch_axes)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    lowered = loop.jit_step(step(tx).update, state_sh, batch_sh).lower(state, batch, key)
+    lowered = loop.jit_step(program.step_for(tx).update, state_sh, batch_sh).lower(state, program.batch, key)
   return _compiled_or_oom(lowered), mesh
 
 
@@ -239,41 +235,14 @@ def _compiled_or_oom(lowered):
 def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str | None = None,
              length: int | None = None) -> list[dict[str, Any]]:
   """Compile the run's train step (and a retrieval run's evaluation encoder) for `topo`; one report each."""
-  backbone = backbone_of(config, preset)
-  out = []
-  if config.get("mode") == "pretrain":
-    run = pretrain.describe(config, backbone=backbone, devices=topo.devices)
-    cfg = run.model.config
-    T = _length(config, cfg, length)
-    batch = pretrain.abstract_batch(config, run, T)
-    compiled, mesh = _compile_step(config, topo, run, lambda tx: pretrain.run_step(config, run, tx),
-                                   pretrain.abstract_params(cfg), pretrain.param_specs(cfg), batch, None)
-    masked = (batch["mlm_positions"].shape[1], batch["mae_positions"].shape[1])
-    flops = pretrain.matmul_flops(cfg, config.data.batch_size, T, run.train_pairs, config.smae.mode, masked)
-    out.append(report("train_step", compiled, mesh, topo, flops, f"batch {config.data.batch_size} x {T} tokens"))
-    return out
-  if config.mode != "train":
-    raise CompileError(f"mode={config.mode!r}: only training runs (mode=train or pretrain) have a step to compile")
-  run = finetune.describe(config, backbone=backbone, devices=topo.devices)
-  cfg = run.model.config
-  T = _length(config, cfg, length)
-  batch = finetune.abstract_batch(config, T, shards=run.data_shards, hidden=cfg.hidden_size)
-  compiled, mesh = _compile_step(config, topo, run, lambda tx: finetune.run_step(config, run, tx),
-                                 init_shapes(cfg), param_logical_axes(cfg), batch, srl.batch_axes(config))
-  encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
-  if "segments" in batch:
-    P, L = batch["ids"].shape
-    flops, shape = encoder.matmul_flops(P, L), f"{config.data.batch_size} examples in {P} packed rows x {L} tokens"
-  elif "query_ids" in batch:
-    (B, Tq), (P, Tp) = batch["query_ids"].shape, batch["passage_ids"].shape
-    flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
-  else:
-    R, B, T = batch["ids"].shape
-    flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
-  out.append(report("train_step", compiled, mesh, topo, flops, shape))
+  objective = objectives.for_config(config)
+  run = objective.describe(config, backbone=backbone_of(config, preset), devices=topo.devices)
+  program = objective.train_program(config, run, _length(config, run.model.config, length))
+  compiled, mesh = _compile_step(config, topo, program)
+  out = [report("train_step", compiled, mesh, topo, program.model_flops, program.shape)]
   # the evaluation encoder on a GPU: deviceless, XLA's Triton GEMM tiling refuses its float32 products
   # ("Couldn't find output tile sizes"), so GPUs get the train step only
-  if run.retrieval_sets and not topo.is_gpu:
+  if getattr(run, "retrieval_sets", ()) and not topo.is_gpu:
     out.append(_eval_encoder(config, run, topo))
   return out
 
@@ -351,7 +320,7 @@ def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
                 f"{gpu_targets.CLIENT_MEM_FRACTION:.0%} of the GPU by default)")
   if config.model.remat in ("none", False):
     tips.append("--config.model.remat=full (recompute each layer in the backward pass: activations)")
-  if config.get("mode") != "pretrain" and not config.train.grad_cache_chunks:
+  if config.train.get("grad_cache_chunks") == 0:  # an objective with a gradient cache, not using it
     tips.append("--config.train.grad_cache_chunks=4 (SRL: the whole batch's negatives at a chunk's activation memory)")
   tips.append(f"--config.train.microbatches={2 * config.train.microbatches} (gradient accumulation)")
   if tuple(config.mesh.shape)[1] == 1 and r["devices"] > 1:

@@ -22,7 +22,7 @@ from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, search, sts
 from starbucks_jax.models import hf
-from starbucks_jax.models.bert import BertConfig, param_logical_axes
+from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
 from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,32 @@ def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.Grad
                            forward_splits=t.forward_splits, packed=srl.packing(config, run.data_shards))
 
 
+def train_program(config: ml_collections.ConfigDict, run: FinetuneRun, length: int) -> trainer.TrainProgram:
+  """The step at `length` tokens per text (groups: the data block's query and passage lengths)."""
+  if config.mode != "train":
+    raise ConfigError(f"mode={config.mode!r}: only a training run (mode=train) has a step to compile")
+  cfg = run.model.config
+  batch = abstract_batch(config, length, shards=run.data_shards, hidden=cfg.hidden_size)
+  encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
+  if "segments" in batch:
+    P, L = batch["ids"].shape
+    flops, shape = encoder.matmul_flops(P, L), f"{config.data.batch_size} examples in {P} packed rows x {L} tokens"
+  elif "query_ids" in batch:
+    (B, Tq), (P, Tp) = batch["query_ids"].shape, batch["passage_ids"].shape
+    flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
+  else:
+    R, B, T = batch["ids"].shape
+    flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
+  return trainer.TrainProgram(lambda tx: run_step(config, run, tx), abstract_params(cfg), param_logical_axes(cfg),
+                              batch, srl.batch_axes(config), flops, shape)
+
+
+def abstract_params(config: BertConfig):
+  """Shapes and dtypes of the encoder's parameters (no memory) in their storage dtype (model.param_dtype)."""
+  return jax.eval_shape(lambda: jax.tree.map(lambda x: x.astype(config.storage_dtype),
+                                             init_params(config, jax.random.key(0))))
+
+
 def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length: int | None = None,
                    passage_length: int | None = None, *, shards: int = 1, rows: int | None = None,
                    hidden: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
@@ -314,3 +340,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
     return []
   with timing.current().phase("eval"):
     return evaluate(config, workdir, model, spec, name="final")
+
+
+OBJECTIVE = trainer.Objective(name="finetune", modes=("train", "eval"), describe=describe, run=run,
+                              train_program=train_program)

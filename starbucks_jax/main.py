@@ -1,8 +1,8 @@
 """Entry point: `python -m starbucks_jax.main --config=configs/ft.py:demo --workdir=DIR`.
 
-A config whose mode is 'pretrain' (configs/pt.py) runs SMAE pre-training (pretrain.run); any
-other (configs/ft.py, configs/retrieval.py) fine-tunes and evaluates (finetune.run). A bad config,
-data row or model prints one line, `error: ...`, and exits 2 (starbucks_jax.cli)."""
+The config's `mode` picks the objective (objectives.py): 'pretrain' (configs/pt.py) runs SMAE
+pre-training; 'train' and 'eval' (configs/ft.py, configs/retrieval.py) fine-tune and evaluate. A bad
+config, data row or model prints one line, `error: ...`, and exits 2 (starbucks_jax.cli)."""
 
 from starbucks_jax import cli
 
@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from starbucks_jax import config_lib, finetune, pretrain, sharding, timing
+from starbucks_jax import config_lib, objectives, sharding, timing
 
 config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
@@ -37,13 +37,14 @@ def use_compilation_cache(path: str) -> None:
 
 
 def run(config, workdir: str, compilation_cache: str = "", defaults=None) -> None:
-  """One run of a loaded config: SMAE pre-training (mode 'pretrain') or fine-tuning and evaluation;
-  `defaults`: the config file's values without overrides (resuming a run older than a key)."""
+  """One run of a loaded config by the objective of its mode; `defaults`: the config file's values
+  without overrides (resuming a run older than a key)."""
   if not workdir.strip():
     raise config_lib.ConfigError("--workdir is empty; name the run's directory")
+  objective = objectives.for_config(config)
   timing.begin()
   use_compilation_cache(compilation_cache)
-  (pretrain if config.get("mode") == "pretrain" else finetune).run(config, workdir, defaults)
+  objective.run(config, workdir, defaults)
   if sharding.is_primary():
     timing.current().finish(workdir)  # WORKDIR/timing.json: start-up, compiles, training, evaluation
 

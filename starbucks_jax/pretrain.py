@@ -170,12 +170,14 @@ def run_step(config: ml_collections.ConfigDict, run: PretrainRun, tx: optax.Grad
 
 
 def abstract_params(config: BertConfig) -> dict[str, Any]:
-  """Shapes and dtypes of {bert, mlm_head, mae_decoder} (no memory), as init_params builds them."""
+  """Shapes and dtypes of {bert, mlm_head, mae_decoder} (no memory) in their storage dtype
+  (model.param_dtype)."""
   def build():
     bert = init_bert_params(config, jax.random.key(0))
     emb = bert["embeddings"]["word_embeddings"]["embedding"]
     head = nn.meta.unbox(MlmHead(config).init(jax.random.key(0), jnp.zeros((1, config.hidden_size)), emb)["params"])
-    return {"bert": bert, "mlm_head": head, "mae_decoder": {"layer_0": bert["encoder"]["layer_0"]}}
+    params = {"bert": bert, "mlm_head": head, "mae_decoder": {"layer_0": bert["encoder"]["layer_0"]}}
+    return jax.tree.map(lambda x: x.astype(config.storage_dtype), params)
   return jax.eval_shape(build)
 
 
@@ -187,6 +189,16 @@ def abstract_batch(config: ml_collections.ConfigDict, run: PretrainRun, length: 
           "mask": jax.ShapeDtypeStruct((B, length), i32),
           "mlm_positions": jax.ShapeDtypeStruct((B, ke), i32), "mlm_labels": jax.ShapeDtypeStruct((B, ke), i32),
           "mae_positions": jax.ShapeDtypeStruct((B, kd), i32), "mae_labels": jax.ShapeDtypeStruct((B, kd), i32)}
+
+
+def train_program(config: ml_collections.ConfigDict, run: PretrainRun, length: int) -> trainer.TrainProgram:
+  """The step over batches of data.batch_size windows of `length` tokens."""
+  cfg = run.model.config
+  batch = abstract_batch(config, run, length)
+  masked = (batch["mlm_positions"].shape[1], batch["mae_positions"].shape[1])
+  flops = matmul_flops(cfg, config.data.batch_size, length, run.train_pairs, config.smae.mode, masked)
+  return trainer.TrainProgram(lambda tx: run_step(config, run, tx), abstract_params(cfg), param_specs(cfg), batch,
+                              None, flops, f"batch {config.data.batch_size} x {length} tokens")
 
 
 def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, masked: tuple[int, int]) -> int:
@@ -293,3 +305,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
     return []
   with timing.current().phase("eval"):
     return evaluate_mlm(config, model, spec, workdir, name="final")
+
+
+OBJECTIVE = trainer.Objective(name="pretrain", modes=("pretrain",), describe=describe, run=run,
+                              train_program=train_program)

@@ -1,6 +1,7 @@
-"""What every objective's run shares before and around the loop: the checked model and train
-blocks, the run's start (processes, the objective's checks, the resume check), the starting model,
-and `train_model`: the optimizer (step.py) and the fit loop (loop.py) over the objective's step.
+"""What every objective shares before and around the loop: the interface an objective implements
+(`Objective`, `TrainProgram`), the checked model and train blocks, the run's start (processes, the
+objective's checks, the resume check), the starting model, and `train_model`: the optimizer
+(step.py) and the fit loop (loop.py) over the objective's step.
 
 An objective (finetune.py: SRL and its baselines; pretrain.py: SMAE) supplies a step factory
 `step_for(optimizer) -> step.TrainStep` and a batcher; `train_model` runs them.
@@ -24,6 +25,35 @@ from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
 from starbucks_jax.models import hf
 from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective interface
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """An objective's train step as compile.py compiles it, from abstract values (no weights, no data)."""
+  step_for: Callable[[optax.GradientTransformation], step_lib.TrainStep]
+  params: Any  # ShapeDtypeStructs of the trained parameters
+  param_specs: Any  # their logical axes
+  batch: dict[str, jax.ShapeDtypeStruct]
+  batch_axes: dict[str, int] | None  # each batch array's examples axis (None: axis 0 for all)
+  model_flops: int  # model matmul FLOPs of one step over the global batch
+  shape: str  # the batch in words, for the report
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A training objective as main.py and compile.py see it (objectives.py registers each by name).
+  `describe(config, *, backbone=None, devices=None)` checks the whole config before any compute and
+  returns the run's description (a frozen dataclass with `.model`, a ModelSpec); `run(config,
+  workdir, defaults)` trains and evaluates, returning the result records; `train_program(config,
+  description, length)` is the step at `length` tokens per text, for compiling."""
+  name: str
+  modes: tuple[str, ...]  # the config `mode` values it runs
+  describe: Callable[..., Any]
+  run: Callable[..., list[dict]]
+  train_program: Callable[..., TrainProgram]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,11 +93,11 @@ sys.exit(1 if failed else 0)
 # The training stack, bottom to top: a module imports only from its own tier or below, and the
 # library (models, data, evaluate, checkpoint, metrics, embed, ...) never from step and above.
 TIERS = (("config_lib",), ("workdir",), ("step",), ("loop",), ("trainer",), ("srl", "finetune", "pretrain"),
-         ("main", "compile"))
+         ("objectives",), ("main", "compile"))
 LIMIT = 400  # lines per module
 # Modules still over LIMIT, each capped at its size when the limit came in (issue 42): a ratchet
 # that only goes down; a module split below LIMIT leaves this table.
-OVER_LIMIT = {"starbucks_jax.models.hf": 551, "starbucks_jax.hlo_costs": 466, "starbucks_jax.compile": 430}
+OVER_LIMIT = {"starbucks_jax.models.hf": 551, "starbucks_jax.hlo_costs": 466}
 
 
 def tier_of(module: str) -> int | None:
