@@ -16,9 +16,9 @@ import time
 
 import numpy as np
 
+from starbucks_jax import model_dirs
 from starbucks_jax.data import corpus, masking
 from starbucks_jax.data.sources import DEMO_DIR, read_rows
-from starbucks_jax.models import hf
 
 
 def main():
@@ -30,7 +30,7 @@ def main():
   p.add_argument("--text", default="../shared/data/mlm_text/sentences.txt")
   p.add_argument("--model", default="all-MiniLM-L6-v2", help="its tokenizer (bert-base-uncased's vocabulary)")
   args = p.parse_args()
-  tok = hf.load_tokenizer(hf.transformer_dir(hf.resolve_model_dir(args.model)))
+  tok = model_dirs.load_tokenizer(model_dirs.transformer_dir(model_dirs.resolve_model_dir(args.model)))
   if os.path.exists(args.text):
     lines = [r["text"] for r in read_rows(args.text, {"text": str})]
   else:

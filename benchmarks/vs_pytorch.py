@@ -48,10 +48,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, losses, schedule, srl
+from starbucks_jax import checkpoint, losses, model_dirs, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
-from starbucks_jax.models import attention, bert, hf
+from starbucks_jax.models import attention, bert
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("starbucks", "full")  # the SRL step and the full-only step
@@ -106,8 +106,8 @@ def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
   vocab = {specials.get(i, f"w{i}"): i for i in range(config.vocab_size)}  # "w1234": one token per word
   tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=config.max_position_embeddings)
   params = jax.device_get(bert.init_params(config, jax.random.key(seed)))
-  return hf.save_pretrained(out_dir, config, {"bert": params}, tokenizer,
-                            sentence=hf.SentenceSettings(max_seq_length=config.max_position_embeddings))
+  return model_dirs.save_pretrained(out_dir, config, {"bert": params}, tokenizer,
+                                    sentence=model_dirs.SentenceSettings(max_seq_length=config.max_position_embeddings))
 
 
 def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
@@ -220,7 +220,7 @@ def worker(side: str, args, setup) -> None:
 def _setup(args):
   """What both sides and the check share: model, schedule, optimizer config, loss config, batch."""
   pre = checkpoint.load_model(args.model)
-  model_dir = hf.resolve_model_dir(args.model)  # the sentence-transformers directory
+  model_dir = model_dirs.resolve_model_dir(args.model)  # the sentence-transformers directory
   N, D = pre.config.num_hidden_layers, pre.config.hidden_size
   pairs = starbucks_pairs(N, D, args.model)
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
@@ -236,7 +236,7 @@ def _setup(args):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument("--model", default="all-MiniLM-L6-v2",
-                 help=f"a model directory or name (hf.resolve_model_dir), or {RANDOM}PRESET: a random-init "
+                 help=f"a model directory or name (model_dirs.resolve_model_dir), or {RANDOM}PRESET: a random-init "
                       "BertConfig preset (bert-base, minilm-l6-h384)")
   p.add_argument("--batch", type=int, default=16, help="(anchor, positive) pairs per step")
   p.add_argument("--length", type=int, default=32, help="tokens per text")

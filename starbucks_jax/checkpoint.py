@@ -2,7 +2,7 @@
 
 A workdir holds `checkpoints/<step>/` (items: `params`, `opt_state`, `meta`) and `model/`: the
 HF/sentence-transformers description of the model (config, tokenizer, pooling) without weights.
-`load_model(source)` takes either a workdir (its latest step) or anything `hf.load_pretrained` takes.
+`load_model(source)` takes either a workdir (its latest step) or anything `model_dirs.load_pretrained` takes.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from starbucks_jax import model_dirs
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.models import hf
 
@@ -26,7 +27,7 @@ def model_config_dir(source: str) -> str:
   """The directory holding config.json for `source` (a workdir, HF dir, or Hub id); reads no weights."""
   if workdir_lib.is_workdir(os.path.expanduser(source)):
     return os.path.join(os.path.expanduser(source), workdir_lib.MODEL)
-  return hf.transformer_dir(hf.resolve_model_dir(source))
+  return model_dirs.transformer_dir(model_dirs.resolve_model_dir(source))
 
 
 def manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
@@ -95,16 +96,16 @@ def host_target(item_dir: str) -> Any:
                                 dict(metadata))
 
 
-def write_model_dir(workdir: str, pretrained: hf.Pretrained) -> str:
+def write_model_dir(workdir: str, pretrained: model_dirs.Pretrained) -> str:
   """The weightless model description of a run (config, tokenizer, sentence settings)."""
-  return hf.save_pretrained(os.path.join(workdir, workdir_lib.MODEL), pretrained.config, pretrained.params,
-                            pretrained.tokenizer, sentence=pretrained.sentence, weights=False)
+  return model_dirs.save_pretrained(os.path.join(workdir, workdir_lib.MODEL), pretrained.config, pretrained.params,
+                                    pretrained.tokenizer, sentence=pretrained.sentence, weights=False)
 
 
-def load_model(source: str, *, step: int | None = None, dtype: str = "float32") -> hf.Pretrained:
+def load_model(source: str, *, step: int | None = None, dtype: str = "float32") -> model_dirs.Pretrained:
   """A model from a project workdir (latest or given step) or from an HF / sentence-transformers dir."""
   if not workdir_lib.is_workdir(os.path.expanduser(source)):
-    return hf.load_pretrained(source, dtype=dtype)
+    return model_dirs.load_pretrained(source, dtype=dtype)
   model_dir = os.path.join(source, workdir_lib.MODEL)
   mngr = manager(source, read_only=True)
   step = mngr.latest_step() if step is None else step
@@ -120,7 +121,7 @@ def load_model(source: str, *, step: int | None = None, dtype: str = "float32") 
     params = {"bert": params}
   # an SMAE run also holds its MAE decoder: not part of the exported model
   params = {k: v for k, v in params.items() if k in hf.PARAM_GROUPS}
-  config = hf.config_from_hf(model_dir, dtype=dtype)
-  sentence = hf.sentence_settings(model_dir)
-  return hf.Pretrained(config=config, params=params, tokenizer=hf.load_tokenizer(model_dir),
-                       sentence=sentence, path=source)
+  config = model_dirs.config_from_hf(model_dir, dtype=dtype)
+  sentence = model_dirs.sentence_settings(model_dir)
+  return model_dirs.Pretrained(config=config, params=params, tokenizer=model_dirs.load_tokenizer(model_dir),
+                               sentence=sentence, path=source)

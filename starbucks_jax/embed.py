@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, cli
+from starbucks_jax import checkpoint, cli, model_dirs
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.data.batching import fill_rows, pack_in_order
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
@@ -61,7 +61,7 @@ class Embedder:
   """Encodes texts with a loaded model; defaults come from the model's sentence settings. `pack`:
   texts share rows of `batch_size` x (longest text) tokens instead of one padded row each."""
 
-  def __init__(self, pretrained: hf.Pretrained, batch_size: int = 64, pack: bool = False):
+  def __init__(self, pretrained: model_dirs.Pretrained, batch_size: int = 64, pack: bool = False):
     self.pretrained = pretrained
     self.config = pretrained.config
     self.params = jax.device_put(pretrained.params["bert"])

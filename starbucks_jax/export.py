@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 
-from starbucks_jax import card, checkpoint, cli
+from starbucks_jax import card, checkpoint, cli, model_dirs
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS
@@ -55,9 +55,9 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   layer = cfg.num_hidden_layers if layer is None else layer
   dim = cfg.hidden_size if dim is None else dim
   check_pair(layer, dim, cfg.num_hidden_layers, cfg.hidden_size, where=f"exporting {source}: ")
-  sentence = hf.SentenceSettings(pooling=pooling or s.pooling,
-                                 normalize=s.normalize if normalize is None else normalize,
-                                 max_seq_length=s.max_seq_length)
+  sentence = model_dirs.SentenceSettings(pooling=pooling or s.pooling,
+                                         normalize=s.normalize if normalize is None else normalize,
+                                         max_seq_length=s.max_seq_length)
   params = dict(model.params)
   if not with_mlm_head:
     params.pop("mlm_head", None)
@@ -67,8 +67,8 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   os.makedirs(os.path.dirname(output), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=os.path.dirname(output))
   try:
-    hf.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer, dim=dim,
-                       extra_meta={"source": str(source), "step": step})
+    model_dirs.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer, dim=dim,
+                               extra_meta={"source": str(source), "step": step})
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
       f.write(card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, layer=layer,
                               dim=dim, pooling=sentence.pooling, title=os.path.basename(output)))

@@ -14,14 +14,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import checkpoint, losses, metrics, schedule, sharding, srl, timing, trainer
+from starbucks_jax import checkpoint, losses, metrics, model_dirs, schedule, sharding, srl, timing, trainer
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
 from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, search, sts
-from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
 from starbucks_jax.models.pooling import POOLINGS
 
@@ -169,7 +168,7 @@ def check_teacher(config: ml_collections.ConfigDict) -> None:
                       "scored_pairs; this run has data.format='groups'")
 
 
-def frozen_teacher(pretrained: hf.Pretrained, examples: batching.Examples, layer: int, pooling: str,
+def frozen_teacher(pretrained: model_dirs.Pretrained, examples: batching.Examples, layer: int, pooling: str,
                    batch_size: int, pack: bool = False) -> np.ndarray:
   """[N, R, D] pooled vectors of every training text at `layer` under the starting weights, without
   dropout (float32): the KL teacher of loss.teacher='frozen', fixed through training (a resumed run
@@ -272,7 +271,7 @@ def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int, 
                           if packed else 1), len(examples)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> hf.Pretrained:
+def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> model_dirs.Pretrained:
   """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
   setup = trainer.setup_model(config, run.model, pooling=config.model.pooling)
   batcher, num_examples = make_batcher(config, setup.pretrained.tokenizer, setup.max_length, run.data_shards)
@@ -297,7 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> 
   return dataclasses.replace(pre, params={**pre.params, "bert": trained})
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, model: hf.Pretrained, run: FinetuneRun,
+def evaluate(config: ml_collections.ConfigDict, workdir: str, model: model_dirs.Pretrained, run: FinetuneRun,
              name: str) -> list[dict]:
   """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
   WORKDIR/results/<name>.json."""

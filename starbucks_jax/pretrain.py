@@ -29,14 +29,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import losses, metrics, schedule, sharding, timing, trainer
+from starbucks_jax import losses, metrics, model_dirs, schedule, sharding, timing, trainer
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import check_choice, check_finite, check_range
 from starbucks_jax.data import corpus, sources
 from starbucks_jax.data.corpus import TextBatcher
 from starbucks_jax.data.masking import Masker, MaskingConfig, budget
 from starbucks_jax.evaluate import results
-from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, BertEmbeddings, hidden_states, param_logical_axes
 from starbucks_jax.models.bert import init_params as init_bert_params
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
@@ -84,7 +83,7 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
-def init_params(pre: hf.Pretrained, config: BertConfig, rng: jax.Array) -> dict[str, Any]:
+def init_params(pre: model_dirs.Pretrained, config: BertConfig, rng: jax.Array) -> dict[str, Any]:
   """{bert, mlm_head, mae_decoder} from a checkpoint; a missing MLM head is initialised fresh."""
   params = {"bert": pre.params["bert"]}
   if "mlm_head" in pre.params:
@@ -223,7 +222,7 @@ def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, m
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) -> hf.Pretrained:
+def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) -> model_dirs.Pretrained:
   """Pre-train from model.init_from (or resume the workdir); exports WORKDIR/bert_mlm."""
   setup = trainer.setup_model(config, run.model, default_length=run.model.config.max_position_embeddings)
   pre = setup.pretrained
@@ -242,13 +241,13 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) 
   model = dataclasses.replace(pre, params={k: trained[k] for k in ("bert", "mlm_head")})
   if not sharding.is_primary():  # the primary process exports
     return model
-  out = hf.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params, model.tokenizer,
-                           sentence=model.sentence)
+  out = model_dirs.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params, model.tokenizer,
+                                   sentence=model.sentence)
   print(f"BertForMaskedLM: {out} (fine-tune from it with --config.model.init_from={out})")
   return model
 
 
-def evaluate_mlm(config: ml_collections.ConfigDict, model: hf.Pretrained, run: PretrainRun, workdir: str,
+def evaluate_mlm(config: ml_collections.ConfigDict, model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
                  name: str) -> list[dict]:
   """Masked-token accuracy and loss of every pair (MLM) on `eval.text` -> WORKDIR/results/<name>.json."""
   if not config.eval.text:

@@ -18,12 +18,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import checkpoint, loop, schedule, sharding
+from starbucks_jax import checkpoint, loop, model_dirs, schedule, sharding
 from starbucks_jax import metrics as metrics_lib
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
-from starbucks_jax.models import hf
 from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
 
 
@@ -76,7 +75,7 @@ class ModelSpec:
     if backbone is None:
       try:
         model_dir = checkpoint.model_config_dir(m.init_from)
-        backbone = hf.config_from_hf(model_dir)
+        backbone = model_dirs.config_from_hf(model_dir)
       except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"model.init_from={m.init_from!r}: {e}") from None
     for key in RUN_FIELDS:
@@ -146,7 +145,7 @@ def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[m
 # ---------------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Setup:
-  pretrained: hf.Pretrained  # the starting checkpoint, with this run's sentence settings
+  pretrained: model_dirs.Pretrained  # the starting checkpoint, with this run's sentence settings
   config: BertConfig  # as the run computes it (ModelSpec.config)
   max_length: int  # tokens per text
 

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
 
-from starbucks_jax import config_lib, finetune, pretrain, srl
+from starbucks_jax import config_lib, finetune, model_dirs, pretrain, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import masking
-from starbucks_jax.models import hf
 
 
 def optimizer(steps=10):
@@ -43,7 +42,7 @@ def test_smae_accumulation_equals_the_whole_batch(tmp_path, mode="smae"):
   loss, per-pair terms and gradients equal the whole batch's although the microbatches hold
   different numbers of masked tokens."""
   make_hf_bert(tmp_path / "m", mlm=True, initializer_range=0.1, embedding_scale=1.0)
-  pre = hf.load_pretrained(str(tmp_path / "m"))
+  pre = model_dirs.load_pretrained(str(tmp_path / "m"))
   cfg = pre.config.replace(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   params = pretrain.init_params(pre, cfg, jax.random.key(0))
   (tmp_path / "tok").mkdir()

@@ -1,11 +1,12 @@
 """The Flax encoder against transformers' PyTorch BertModel, early exit, remat, logical axes."""
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
-
+import numpy as np
+import pytest
 from conftest import max_rel_diff
+
+from starbucks_jax import model_dirs
 from starbucks_jax.models import bert, hf
 
 torch = pytest.importorskip("torch")
@@ -30,7 +31,7 @@ def _torch_hidden_states(model_dir, ids, mask, types):
 
 
 def _assert_parity(model_dir):
-  pre = hf.load_pretrained(model_dir)
+  pre = model_dirs.load_pretrained(model_dir)
   ids, mask, types = _batch(pre.tokenizer)
   types = types.copy()
   types[1, 2:] = 1  # exercise the token-type embedding
@@ -78,7 +79,7 @@ def test_parity_detects_query_side_mask(tiny_hf_dir, monkeypatch):
 
 
 def test_parity_detects_wrong_layer_norm_eps(tiny_hf_dir, monkeypatch):
-  real = hf.config_from_hf
+  real = model_dirs.config_from_hf
   monkeypatch.setattr(hf, "config_from_hf", lambda p, **kw: real(p, **kw).replace(layer_norm_eps=1e-5))
   with pytest.raises(AssertionError, match="max abs diff"):
     _assert_parity(tiny_hf_dir)
@@ -103,7 +104,7 @@ def _packed(tokenizer, texts, row_length):
 def test_packed_rows_equal_each_text_alone_in_pytorch(tiny_hf_dir):
   """Texts sharing a row (segments, positions) give every hidden state of every text as PyTorch's
   BertModel gives it for the text in its own padded row; without the segment mask they do not."""
-  pre = hf.load_pretrained(tiny_hf_dir)
+  pre = model_dirs.load_pretrained(tiny_hf_dir)
   ids, mask, types = _batch(pre.tokenizer)
   ref = _torch_hidden_states(tiny_hf_dir, ids, mask, np.zeros_like(types))
   p_ids, segments, positions, where = _packed(pre.tokenizer, SENTENCES, 24)

@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
+from starbucks_jax import model_dirs
 from starbucks_jax.data import batching, sources, tokenize
 from starbucks_jax.data.sources import DataError
-from starbucks_jax.models import hf
 
 
 def _jsonl(path, rows):
@@ -74,7 +74,7 @@ def test_demo_data_ships_in_the_package():
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_hf_dir):
-  return hf.load_tokenizer(tiny_hf_dir)
+  return model_dirs.load_tokenizer(tiny_hf_dir)
 
 
 def _examples(n, dup_every=0):

@@ -7,10 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from starbucks_jax import checkpoint, embed
+from starbucks_jax import checkpoint, embed, model_dirs
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data.tokenize import bucket_length, tokenize
-from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertEncoder
 from starbucks_jax.models.pooling import pool
 
@@ -110,7 +109,7 @@ def test_cli(tiny_hf_dir, tmp_path, capsys):
 
 def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   """A run's workdir (orbax params + model/ description) loads like an HF directory."""
-  pre = hf.load_pretrained(tiny_hf_dir)
+  pre = model_dirs.load_pretrained(tiny_hf_dir)
   workdir = str(tmp_path / "run")
   checkpoint.write_model_dir(workdir, pre)
   params = jax.tree_util.tree_map(lambda x: x * 1.5, pre.params)  # a "trained" model
@@ -119,7 +118,7 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   mngr.wait_until_finished()
   assert workdir_lib.is_workdir(workdir)
   got = embed.Embedder.load(workdir).encode(TEXTS, layer=2)
-  want = embed.Embedder(hf.Pretrained(pre.config, params, pre.tokenizer, pre.sentence, "")).encode(
+  want = embed.Embedder(model_dirs.Pretrained(pre.config, params, pre.tokenizer, pre.sentence, "")).encode(
       TEXTS, layer=2)
   np.testing.assert_allclose(got, want, atol=1e-6)
   with pytest.raises(FileNotFoundError, match="no step 3"):

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, metrics
+from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, metrics, model_dirs
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data import batching, groups
 from starbucks_jax.data.sources import DataError
@@ -121,7 +121,7 @@ def test_nan_weights_fail_at_load_naming_the_tensor(model_copy, tmp_path, capsys
   state[name][0, 0] = np.nan
   save_file(state, file, metadata={"format": "pt"})
   with pytest.raises(hf.ModelError, match=rf"{name}' has 1 NaN or infinite value"):
-    hf.load_pretrained(model_copy)
+    model_dirs.load_pretrained(model_copy)
   texts = tmp_path / "in.txt"
   texts.write_text("a cat\n")
   line = cli_error(capsys, embed.main, ["--model", model_copy, "--input", str(texts), "--output", str(tmp_path / "v.npy")])

@@ -8,9 +8,10 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
+from conftest import make_hf_bert
 from safetensors.numpy import load_file, save_file
 
-from conftest import make_hf_bert
+from starbucks_jax import model_dirs
 from starbucks_jax.models import bert, hf
 
 TINY = bert.BertConfig.preset("tiny")
@@ -38,9 +39,9 @@ def test_key_table_covers_every_parameter_both_ways():
 
 
 def test_round_trip_is_lossless(tiny_hf_dir, tmp_path):
-  pre = hf.load_pretrained(tiny_hf_dir)
+  pre = model_dirs.load_pretrained(tiny_hf_dir)
   assert set(pre.params) == {"bert", "pooler"}
-  hf.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
+  model_dirs.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
   before = load_file(os.path.join(tiny_hf_dir, "model.safetensors"))
   after = load_file(str(tmp_path / "model.safetensors"))
   assert before.keys() == after.keys()
@@ -56,8 +57,8 @@ def test_round_trip_is_lossless(tiny_hf_dir, tmp_path):
 def test_transformers_loads_the_export(tiny_hf_dir, tmp_path):
   torch = pytest.importorskip("torch")
   import transformers
-  pre = hf.load_pretrained(tiny_hf_dir)
-  hf.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
+  pre = model_dirs.load_pretrained(tiny_hf_dir)
+  model_dirs.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
   a = transformers.AutoModel.from_pretrained(tiny_hf_dir).eval()
   b = transformers.AutoModel.from_pretrained(str(tmp_path)).eval()
   ids = torch.tensor([[2, 40, 41, 42, 3, 0]])
@@ -70,7 +71,7 @@ def test_transformers_loads_the_export(tiny_hf_dir, tmp_path):
 def test_masked_lm_checkpoint_keeps_its_head(tmp_path):
   torch = pytest.importorskip("torch")
   model = make_hf_bert(tmp_path / "mlm", mlm=True)
-  pre = hf.load_pretrained(str(tmp_path / "mlm"))
+  pre = model_dirs.load_pretrained(str(tmp_path / "mlm"))
   assert set(pre.params) == {"bert", "mlm_head"}
   np.testing.assert_array_equal(pre.params["mlm_head"]["bias"],
                                 model.cls.predictions.bias.detach().numpy())
@@ -84,7 +85,7 @@ def test_masked_lm_checkpoint_keeps_its_head(tmp_path):
                                    out.hidden_states[-1].numpy(), words)
   np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=1e-5)
   # Export as BertForMaskedLM and back: identical tensors under HF names.
-  hf.save_pretrained(str(tmp_path / "out"), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
+  model_dirs.save_pretrained(str(tmp_path / "out"), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
   assert json.load(open(tmp_path / "out" / "config.json"))["architectures"] == ["BertForMaskedLM"]
   import transformers
   reloaded = transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "out")).eval()
@@ -116,7 +117,7 @@ def test_legacy_gamma_beta_and_nsp_head_load(tiny_hf_dir, tmp_path):
   legacy["bert.embeddings.position_ids"] = np.arange(64)[None]
   shutil.copytree(tiny_hf_dir, tmp_path / "legacy")
   save_file(legacy, str(tmp_path / "legacy" / "model.safetensors"))
-  a, b = hf.load_pretrained(tiny_hf_dir), hf.load_pretrained(str(tmp_path / "legacy"))
+  a, b = model_dirs.load_pretrained(tiny_hf_dir), model_dirs.load_pretrained(str(tmp_path / "legacy"))
   jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
 
 
@@ -132,11 +133,11 @@ def test_missing_and_unknown_keys_are_listed(broken_dir):
   state["encoder.layer.1.extra_adapter.weight"] = np.zeros(3, np.float32)
   save_file(state, str(broken_dir / "model.safetensors"))
   with pytest.raises(ValueError, match=r"not part of a BERT model: \['encoder.layer.1.extra_adapter.weight'\]"):
-    hf.load_pretrained(str(broken_dir))
+    model_dirs.load_pretrained(str(broken_dir))
   del state["encoder.layer.1.extra_adapter.weight"]
   save_file(state, str(broken_dir / "model.safetensors"))
   with pytest.raises(ValueError, match=r"missing: \['encoder.layer.2.output.dense.weight'\]"):
-    hf.load_pretrained(str(broken_dir))
+    model_dirs.load_pretrained(str(broken_dir))
 
 
 def test_wrong_shape_and_extra_layers(broken_dir):
@@ -144,7 +145,7 @@ def test_wrong_shape_and_extra_layers(broken_dir):
   cfg["num_hidden_layers"] = 3
   json.dump(cfg, open(broken_dir / "config.json", "w"))
   with pytest.raises(ValueError, match="beyond num_hidden_layers=3"):
-    hf.load_pretrained(str(broken_dir))
+    model_dirs.load_pretrained(str(broken_dir))
 
 
 def test_other_architecture_is_rejected(broken_dir):
@@ -152,23 +153,23 @@ def test_other_architecture_is_rejected(broken_dir):
   cfg["model_type"], cfg["architectures"] = "roberta", ["RobertaModel"]
   json.dump(cfg, open(broken_dir / "config.json", "w"))
   with pytest.raises(ValueError, match=r"config.json: model_type='roberta'.*BERT"):
-    hf.load_pretrained(str(broken_dir))
+    model_dirs.load_pretrained(str(broken_dir))
 
 
 def test_missing_files(tmp_path, broken_dir):
   with pytest.raises(FileNotFoundError, match="no model directory at"):
-    hf.load_pretrained(str(tmp_path / "nowhere"))
+    model_dirs.load_pretrained(str(tmp_path / "nowhere"))
   with pytest.raises(FileNotFoundError, match="config.json not found"):
-    hf.load_pretrained(str(tmp_path))
+    model_dirs.load_pretrained(str(tmp_path))
   os.remove(broken_dir / "model.safetensors")
   with pytest.raises(FileNotFoundError, match="no weights found"):
-    hf.load_pretrained(str(broken_dir))
+    model_dirs.load_pretrained(str(broken_dir))
 
 
 def test_offline_hub_id_gives_instructions(monkeypatch):
   monkeypatch.setenv("HF_HUB_OFFLINE", "1")
   with pytest.raises(FileNotFoundError, match="hf download bert-base-uncased --local-dir DIR"):
-    hf.resolve_model_dir("bert-base-uncased")
+    model_dirs.resolve_model_dir("bert-base-uncased")
 
 
 def test_pytorch_bin_checkpoint(tiny_hf_dir, tmp_path):
@@ -177,15 +178,15 @@ def test_pytorch_bin_checkpoint(tiny_hf_dir, tmp_path):
   state = load_file(str(tmp_path / "bin" / "model.safetensors"))
   torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(tmp_path / "bin" / "pytorch_model.bin"))
   os.remove(tmp_path / "bin" / "model.safetensors")
-  a, b = hf.load_pretrained(tiny_hf_dir), hf.load_pretrained(str(tmp_path / "bin"))
+  a, b = model_dirs.load_pretrained(tiny_hf_dir), model_dirs.load_pretrained(str(tmp_path / "bin"))
   jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
 
 
 def test_sentence_transformers_folder_settings(minilm_dir):
-  pre = hf.load_pretrained(minilm_dir)
-  assert pre.sentence == hf.SentenceSettings(pooling="mean", normalize=True, max_seq_length=256)
+  pre = model_dirs.load_pretrained(minilm_dir)
+  assert pre.sentence == model_dirs.SentenceSettings(pooling="mean", normalize=True, max_seq_length=256)
   assert (pre.config.num_hidden_layers, pre.config.hidden_size) == (6, 384)
-  assert hf.resolve_model_dir("all-MiniLM-L6-v2") == minilm_dir
+  assert model_dirs.resolve_model_dir("all-MiniLM-L6-v2") == minilm_dir
 
 
 def test_unsupported_pooling_is_named(minilm_dir, tmp_path):
@@ -195,4 +196,4 @@ def test_unsupported_pooling_is_named(minilm_dir, tmp_path):
   cfg["pooling_mode_mean_tokens"], cfg["pooling_mode_max_tokens"] = False, True
   json.dump(cfg, open(cfg_file, "w"))
   with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling \['max'\] is not supported"):
-    hf.load_pretrained(str(tmp_path / "m"))
+    model_dirs.load_pretrained(str(tmp_path / "m"))

@@ -97,7 +97,7 @@ TIERS = (("config_lib",), ("workdir",), ("step",), ("loop",), ("trainer",), ("sr
 LIMIT = 400  # lines per module
 # Modules still over LIMIT, each capped at its size when the limit came in (issue 42): a ratchet
 # that only goes down; a module split below LIMIT leaves this table.
-OVER_LIMIT = {"starbucks_jax.models.hf": 551, "starbucks_jax.hlo_costs": 466}
+OVER_LIMIT = {"starbucks_jax.hlo_costs": 466}
 
 
 def tier_of(module: str) -> int | None:

@@ -10,11 +10,10 @@ import jax
 import numpy as np
 import pytest
 
-from starbucks_jax import checkpoint
+from starbucks_jax import checkpoint, model_dirs
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import retrieval, sts
-from starbucks_jax.models import hf
 
 mteb = pytest.importorskip("mteb")
 from starbucks_jax.evaluate import mteb as adapter  # noqa: E402
@@ -115,7 +114,7 @@ def test_pairs_share_one_pass_and_a_rerun_evaluates_only_what_is_missing(tiny_hf
 
 
 def test_workdir_command_line_defaults_to_its_schedule_and_folder(tiny_hf_dir, tmp_path, capsys):
-  pre = hf.load_pretrained(tiny_hf_dir)
+  pre = model_dirs.load_pretrained(tiny_hf_dir)
   workdir = str(tmp_path / "run")
   checkpoint.write_model_dir(workdir, pre)
   mngr = checkpoint.manager(workdir)

@@ -327,9 +327,9 @@ def test_evaluate_collection_records_funnels_apart(tiny_hf_dir, tmp_path):
 def test_costs_equal_hand_computed_flops_and_bytes(tiny_hf_dir):
   """The tiny model (D=32, I=64): per token and layer 4 projections x 2 D^2, 2 feed-forward matmuls x
   2 D I, attention scores and context 2 x 2 T D; search 2 d per passage scored."""
+  from starbucks_jax import model_dirs
   from starbucks_jax.evaluate import cost
-  from starbucks_jax.models import hf
-  cfg = hf.load_pretrained(tiny_hf_dir).config
+  cfg = model_dirs.load_pretrained(tiny_hf_dir).config
   per_token_layer = lambda t: 4 * 2 * 32 * 32 + 2 * 2 * 32 * 64 + 2 * 2 * t * 32  # noqa: E731
   assert cost.query_flops(cfg, [5, 7], 2) == pytest.approx((2 * 5 * per_token_layer(5) + 2 * 7 * per_token_layer(7)) / 2)
   stages = search.parse_funnel("2x16:100,4x32:10")
@@ -386,6 +386,7 @@ def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path, capsys):
 
 def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   from conftest import REPO
+
   from starbucks_jax import config_lib, finetune
   cfg = config_lib.load_config(f"{REPO}/configs/ft.py:eval")
   with cfg.unlocked():
@@ -454,10 +455,10 @@ def write_tevatron(path, n=6, negatives=5):
 
 def test_groups_layout_labels_and_rotation(tmp_path, tiny_hf_dir):
   import jax.numpy as jnp
-  from starbucks_jax import losses
+
+  from starbucks_jax import losses, model_dirs
   from starbucks_jax.data import groups as groups_lib
-  from starbucks_jax.models import hf
-  tok = hf.load_tokenizer(tiny_hf_dir)
+  tok = model_dirs.load_tokenizer(tiny_hf_dir)
   g = groups_lib.load_tevatron(write_tevatron(tmp_path / "train.jsonl"))
   batcher = groups_lib.GroupBatcher(g, tok, batch_size=3, group_size=3, query_max_length=8,
                                     passage_max_length=16, seed=0)
@@ -481,11 +482,11 @@ def test_groups_layout_labels_and_rotation(tmp_path, tiny_hf_dir):
 
 
 def test_beir_train_groups_draw_random_negatives(tmp_path, tiny_hf_dir):
+  from starbucks_jax import model_dirs
   from starbucks_jax.data import groups as groups_lib
-  from starbucks_jax.models import hf
   g = groups_lib.load_groups(f"beir:{write_beir(tmp_path / 'toy')}@test")
   assert len(g.queries) == 5 and all(not n for n in g.negatives) and len(g.passages) == 23
-  batcher = groups_lib.GroupBatcher(g, hf.load_tokenizer(tiny_hf_dir), batch_size=2, group_size=4,
+  batcher = groups_lib.GroupBatcher(g, model_dirs.load_tokenizer(tiny_hf_dir), batch_size=2, group_size=4,
                                     query_max_length=8, passage_max_length=16, seed=0)
   for i in range(5):
     grp = batcher.group(0, i)
@@ -497,6 +498,7 @@ def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
   """A Tevatron groups file (the scifact variant's settings), and the offline demo as shipped: its
   BEIR set's train qrels with random negatives, evaluated on its test queries (here on a tiny model)."""
   from conftest import REPO
+
   from starbucks_jax import config_lib, finetune
   cfg = config_lib.load_config(f"{REPO}/configs/retrieval.py:{'scifact' if source == 'tevatron' else 'demo'}")
   with cfg.unlocked():
@@ -554,6 +556,7 @@ def test_the_shipped_demo_set_is_what_its_generator_writes(tmp_path):
   """starbucks_jax/data/demo/retrieval is make_demo_data's output from the Python documentation
   topics of the Python named in its LICENSE (another Python's topics differ: skipped there)."""
   import sys
+
   from starbucks_jax.data import sources
   from starbucks_jax.data.demo import make_demo_data
   shipped = os.path.join(sources.DEMO_DIR, "retrieval")

@@ -9,12 +9,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO, kill_at, make_hf_bert, make_tokenizer, tb_scalars
-from starbucks_jax import checkpoint, config_lib, finetune, losses, pretrain
+
+from starbucks_jax import checkpoint, config_lib, finetune, losses, model_dirs, pretrain
 from starbucks_jax.data import corpus, masking, sources
 from starbucks_jax.data.sources import DataError
-from starbucks_jax.models import hf
 from starbucks_jax.models.bert import BertConfig, BertLayer, attention_bias_mask
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
 
@@ -231,7 +230,7 @@ def torch_smae_loss(model, batch, pairs, mode):
 @pytest.mark.parametrize("mode", ["smae", "2d_mlm"])
 def test_smae_loss_equals_pytorch_reference(tmp_path, tokenizer, mode):
   model = make_hf_bert(tmp_path / "m", mlm=True, initializer_range=0.1, embedding_scale=1.0)
-  pre = hf.load_pretrained(str(tmp_path / "m"))
+  pre = model_dirs.load_pretrained(str(tmp_path / "m"))
   params = pretrain.init_params(pre, pre.config, jax.random.key(0))
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
   texts = encoded(tokenizer, random_texts(6, seed=3, low=4, high=14))
@@ -244,7 +243,7 @@ def test_smae_loss_equals_pytorch_reference(tmp_path, tokenizer, mode):
 
 
 def test_fresh_head_from_a_sentence_model_is_announced(tiny_hf_dir, caplog):
-  pre = hf.load_pretrained(tiny_hf_dir)
+  pre = model_dirs.load_pretrained(tiny_hf_dir)
   assert "mlm_head" not in pre.params
   with caplog.at_level("WARNING"):
     params = pretrain.init_params(pre, pre.config, jax.random.key(0))

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from starbucks_jax import checkpoint, config_lib, loop, losses, schedule, sharding, srl
+from starbucks_jax import checkpoint, config_lib, loop, losses, model_dirs, schedule, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import batching
-from starbucks_jax.models import hf
 
 
 def test_nonfinite_step_is_skipped(tiny_hf_dir):
@@ -91,7 +90,7 @@ def test_weight_decay_skips_biases_and_layer_norm(tiny_hf_dir):
 def test_prefetched_batches_keep_the_order_the_data_and_the_keys(tiny_hf_dir):
   ex = batching.Examples(("anchor", "positive"), [[f"the cat {i}" for i in range(40)], [f"a dog {i}" for i in range(40)]],
                          None)
-  batcher = batching.Batcher(ex, hf.load_tokenizer(tiny_hf_dir), batch_size=8, max_length=16, seed=1)
+  batcher = batching.Batcher(ex, model_dirs.load_tokenizer(tiny_hf_dir), batch_size=8, max_length=16, seed=1)
   mesh = sharding.make_mesh((1, 1, 1))
   base = jax.random.key(7)
   for start in (0, 6):  # a fresh run and one resumed at step 6 (into the second epoch)
