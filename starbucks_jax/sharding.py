@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from starbucks_jax.config_lib import ConfigError, check_range, config_errors
 

@@ -168,6 +168,7 @@ def tiny_srl_case(path, layout: str):
   random ids with a random-length mask per row.
   Returns (config, params, plan, loss_config, ids_mask)."""
   import numpy as np
+
   from starbucks_jax import checkpoint, losses, schedule
   make_hf_bert(path, layers=2, initializer_range=0.2, embedding_scale=1.0)
   pre = checkpoint.load_model(str(path))

@@ -11,12 +11,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from conftest import max_abs_diff, max_rel_diff  # tests/ is this script's directory
 
 from starbucks_jax import losses, schedule, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.models import attention
 from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
+
+from conftest import max_abs_diff, max_rel_diff  # tests/ is this script's directory
 
 
 def main():

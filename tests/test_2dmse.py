@@ -10,10 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO, make_hf_bert, max_rel_diff
 from starbucks_jax import checkpoint, config_lib, losses, schedule
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import pooled_layers
+
+from conftest import REPO, make_hf_bert, max_rel_diff
 
 torch = pytest.importorskip("torch")
 st = pytest.importorskip("sentence_transformers")

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
 
 from starbucks_jax import config_lib, finetune, model_dirs, pretrain, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import masking
+
+from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_case
 
 
 def optimizer(steps=10):

@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import max_rel_diff
 
 from starbucks_jax import config_lib, finetune, losses, schedule, srl
 from starbucks_jax import step as step_lib
@@ -15,6 +14,8 @@ from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.models import attention
 from starbucks_jax.models.bert import BertConfig, attention_bias_mask, hidden_states, init_params
 from starbucks_jax.models.pooling import pooled_layers, pooled_layers_packed
+
+from conftest import max_rel_diff
 
 CORES = ("dot_product", "flash")
 

@@ -7,12 +7,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, load_script
 
 from starbucks_jax import checkpoint, losses, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.models import bert
+
+from conftest import REPO, load_script
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import max_rel_diff
 
 from starbucks_jax import model_dirs
 from starbucks_jax.models import bert, hf
+
+from conftest import max_rel_diff
 
 torch = pytest.importorskip("torch")
 

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import REPO
 from starbucks_jax import config_lib, finetune, pretrain, sharding
+
+from conftest import REPO
 
 C = pytest.importorskip("starbucks_jax.compile")
 pytest.importorskip("libtpu")
@@ -108,6 +109,7 @@ def test_bad_topology_and_mesh_fail_in_one_line(topology):
 def test_abstract_batches_match_the_batchers(tiny_hf_dir):
   """The shapes compiled for are the batchers' (keys, dtypes, ranks; lengths as padded)."""
   import numpy as np
+
   from starbucks_jax import checkpoint
   from starbucks_jax.data.corpus import TextBatcher
   from starbucks_jax.data.masking import Masker

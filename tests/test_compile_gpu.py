@@ -2,9 +2,9 @@
 `gpu` extra, deviceless: gpu_targets): memory against what jax may allocate, FLOPs, NVLink bytes."""
 
 import pytest
+from test_compile import tiny
 
 from starbucks_jax import config_lib, gpu_targets, roofline
-from test_compile import tiny
 
 C = pytest.importorskip("starbucks_jax.compile")
 pytest.importorskip("jax_plugins.xla_cuda13")

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, load_script
 from starbucks_jax import config_lib, finetune
 from starbucks_jax.models import hf
+
+from conftest import REPO, load_script
 
 CONFIGS = sorted(glob.glob(str(REPO / "configs" / "*.py")))
 

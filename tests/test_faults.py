@@ -14,7 +14,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO
 
 from starbucks_jax import checkpoint, cli, config_lib, embed, export, finetune, metrics, model_dirs
 from starbucks_jax import workdir as workdir_lib
@@ -22,6 +21,8 @@ from starbucks_jax.data import batching, groups
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.evaluate import results
 from starbucks_jax.models import hf
+
+from conftest import REPO
 
 
 def tree_digest(path) -> dict[str, str]:

@@ -10,13 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalars, tiny_srl_case
 
 from starbucks_jax import checkpoint, config_lib, embed, export, finetune, losses, schedule, srl, timing
 from starbucks_jax.data import batching
 from starbucks_jax.evaluate import results
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
 from starbucks_jax.models.pooling import pool, pooled_layers
+
+from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalars, tiny_srl_case
 
 
 def optax_norm(tree):

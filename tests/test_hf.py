@@ -8,11 +8,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import pytest
-from conftest import make_hf_bert
 from safetensors.numpy import load_file, save_file
 
 from starbucks_jax import model_dirs
 from starbucks_jax.models import bert, hf
+
+from conftest import make_hf_bert
 
 TINY = bert.BertConfig.preset("tiny")
 

@@ -3,10 +3,10 @@
 import dataclasses
 import re
 
-import numpy as np
-import pytest
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 from starbucks_jax import losses, schedule
 from starbucks_jax.config_lib import ConfigError

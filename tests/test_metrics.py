@@ -10,9 +10,10 @@ import types
 import ml_collections
 import pytest
 
-from conftest import tb_scalars
 from starbucks_jax import metrics
 from starbucks_jax.config_lib import ConfigError
+
+from conftest import tb_scalars
 
 
 def log_cfg(**kw):

@@ -12,8 +12,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, write_triplets, xla_flags
 from starbucks_jax import checkpoint, config_lib, sharding
+
+from conftest import REPO, write_triplets, xla_flags
 
 ENV = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")
 

@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from conftest import load_script
 from starbucks_jax import report, sweep
 from starbucks_jax.evaluate import results
+
+from conftest import load_script
 
 PAIRS = ((1, 16), (2, 32), (4, 64))
 

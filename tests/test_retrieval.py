@@ -385,9 +385,9 @@ def test_costs_and_the_pareto_front_of_a_run(tiny_hf_dir, tmp_path, capsys):
 
 
 def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
-  from conftest import REPO
-
   from starbucks_jax import config_lib, finetune
+
+  from conftest import REPO
   cfg = config_lib.load_config(f"{REPO}/configs/ft.py:eval")
   with cfg.unlocked():
     cfg.model.init_from = tiny_hf_dir
@@ -497,9 +497,9 @@ def test_beir_train_groups_draw_random_negatives(tmp_path, tiny_hf_dir):
 def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
   """A Tevatron groups file (the scifact variant's settings), and the offline demo as shipped: its
   BEIR set's train qrels with random negatives, evaluated on its test queries (here on a tiny model)."""
-  from conftest import REPO
-
   from starbucks_jax import config_lib, finetune
+
+  from conftest import REPO
   cfg = config_lib.load_config(f"{REPO}/configs/retrieval.py:{'scifact' if source == 'tevatron' else 'demo'}")
   with cfg.unlocked():
     cfg.model.init_from = tiny2_hf_dir

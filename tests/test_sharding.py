@@ -9,8 +9,9 @@ import sys
 import jax
 import pytest
 
-from conftest import REPO, xla_flags
 from starbucks_jax import sharding
+
+from conftest import REPO, xla_flags
 
 
 def test_sharded_step_equals_single_device_step():

@@ -9,13 +9,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, kill_at, make_hf_bert, make_tokenizer, tb_scalars
 
 from starbucks_jax import checkpoint, config_lib, finetune, losses, model_dirs, pretrain
 from starbucks_jax.data import corpus, masking, sources
 from starbucks_jax.data.sources import DataError
 from starbucks_jax.models.bert import BertConfig, BertLayer, attention_bias_mask
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
+
+from conftest import REPO, kill_at, make_hf_bert, make_tokenizer, tb_scalars
 
 WORDS = "the quick brown fox jumps over lazy dog playing music sleeps house cat sat mat".split()
 

@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO
 
 from starbucks_jax import checkpoint, config_lib, loop, losses, model_dirs, schedule, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import batching
+
+from conftest import REPO
 
 
 def test_nonfinite_step_is_skipped(tiny_hf_dir):

@@ -25,8 +25,7 @@ import numpy as np
 from starbucks_jax.config_lib import check_choice, check_range
 from starbucks_jax.data import beir
 from starbucks_jax.data.sources import DataError, check_spec, read_rows, typed
-from starbucks_jax.data.tokenize import BUCKETS
-from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
+from starbucks_jax.data.tokenize import BUCKETS, bucket_length, pad_batch, tokenize
 
 log = logging.getLogger(__name__)
 
