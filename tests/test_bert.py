@@ -81,7 +81,7 @@ def test_parity_detects_query_side_mask(tiny_hf_dir, monkeypatch):
 
 def test_parity_detects_wrong_layer_norm_eps(tiny_hf_dir, monkeypatch):
   real = model_dirs.config_from_hf
-  monkeypatch.setattr(hf, "config_from_hf", lambda p, **kw: real(p, **kw).replace(layer_norm_eps=1e-5))
+  monkeypatch.setattr(model_dirs, "config_from_hf", lambda p, **kw: real(p, **kw).replace(layer_norm_eps=1e-5))
   with pytest.raises(AssertionError, match="max abs diff"):
     _assert_parity(tiny_hf_dir)
 

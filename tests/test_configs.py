@@ -8,8 +8,7 @@ import sys
 
 import pytest
 
-from starbucks_jax import config_lib, finetune
-from starbucks_jax.models import hf
+from starbucks_jax import config_lib, finetune, model_dirs
 
 from conftest import REPO, load_script
 
@@ -101,7 +100,7 @@ def tiny_config(tiny_hf_dir):
 def test_invalid_pairs_fail_before_any_weight_is_read(tiny_config, tmp_path, monkeypatch):
   def no_weights(*a, **k):
     raise AssertionError("weights were read before the config was validated")
-  monkeypatch.setattr(hf, "read_state_dict", no_weights)
+  monkeypatch.setattr(model_dirs, "read_state_dict", no_weights)
   cases = {((1, 8), (5, 16)): r"schedule.pairs\[1\]=\(5, 16\): layer=5 is outside 1..4",
            ((1, 8), (2, 64)): r"schedule.pairs\[1\]=\(2, 64\): dim=64 is outside 1..32",
            ((2, 8), (1, 16)): r"schedule.pairs\[0:2\].*strictly increase",
