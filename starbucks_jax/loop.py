@@ -86,14 +86,7 @@ def check_skipped(train_cfg, metrics, done: int, mngr) -> None:
 def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
   mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
                             save_interval_steps=config.train.checkpoint_every)
-  state = sharding.shard_state(state, state_sh)
-  start, restored = checkpoint.restore_latest(mngr, params=state.params, opt_state=state.opt_state)
-  if start is not None:
-    state = sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
-                                            restored["opt_state"]), state_sh)
-    log.info("resumed from %s at step %d", mngr.directory, start)
-  else:
-    start = 0
+  start, state = _restore(mngr, sharding.shard_state(state, state_sh), state_sh)
   workdir_lib.write_config(workdir, config)  # the model, the data and the checkpoint have all loaded
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
   timer = timing.current()
@@ -124,15 +117,8 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
       shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
       step_fn = executables.get(shape)
       if step_fn is None:
-        jax.block_until_ready(state)  # the steps before run first: the compile's time is its own
-        with timer.phase("compile"):
-          step_fn = executables[shape] = jit_step(train_step, state_sh, batch_sh).lower(state, batch, rng).compile()
-        mem = step_fn.memory_analysis()
-        log.info("compiled step %d for batch %s%s", len(executables), shape, "" if mem is None else
-                 f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
-                 f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
-        if mem is not None:  # per device, as the compiler plans it; beside the measured peak (device_peak_bytes)
-          timer.set(compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
+        step_fn = executables[shape] = _compile(train_step, state_sh, batch_sh, (state, batch, rng), timer)
+        log.info("compiled step %d for batch %s%s", len(executables), shape, _memory_line(step_fn))
         if len(executables) == 1:
           warn_if_products_upcast(step_fn, config.model.dtype)
       state, metrics = step_fn(state, batch, rng)
@@ -148,10 +134,9 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
         check_skipped(config.train, metrics, done, mngr)
       if logging_now:
         metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
-        elapsed = time.time() - t0
-        metrics["lr"] = float(lr_at(step))
-        metrics["examples_per_sec"] = (done - last_log) * examples_per_step / max(elapsed, 1e-9)
-        metrics["data_wait_frac"] = waited / max(elapsed, 1e-9)
+        elapsed = max(time.time() - t0, 1e-9)
+        metrics.update(lr=float(lr_at(step)), examples_per_sec=(done - last_log) * examples_per_step / elapsed,
+                       data_wait_frac=waited / elapsed)
         writer.write(done, metrics)
         progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
         t0, last_log, waited = time.time(), done, 0.0
@@ -167,16 +152,9 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     jax.block_until_ready(state)
     with timer.phase("checkpoint"):
       mngr.wait_until_finished()
-    loop_s = time.perf_counter() - loop_t0
     steps_run = done - start if executables else 0
-    train_s = loop_s - sum(timer.seconds.get(k, 0.0) - v for k, v in before.items())  # this fit's only
-    timer.add("train", train_s)
-    timer.set(steps=steps_run, compiles=len(executables), examples_per_s=steps_run * examples_per_step / loop_s,
-              steady_examples_per_s=steps_run * examples_per_step / max(train_s, 1e-9),
-              padded_frac=1 - real / padded if padded else 0.0)
-    peak = device_peak_bytes()
-    if peak is not None:
-      timer.set(device_peak_bytes=peak)
+    _record_timing(timer, time.perf_counter() - loop_t0, before, steps=steps_run, compiles=len(executables),
+                   examples=steps_run * examples_per_step, padded_frac=1 - real / padded if padded else 0.0)
   finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
     profile.stop(state)
     writer.close()
@@ -184,6 +162,47 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
     mngr.wait_until_finished()
     mngr.close()
   return state
+
+
+def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:
+  """(first step, state): the latest checkpoint's on the mesh, else step 0 and `state` as it is."""
+  start, restored = checkpoint.restore_latest(mngr, params=state.params, opt_state=state.opt_state)
+  if start is None:
+    return 0, state
+  log.info("resumed from %s at step %d", mngr.directory, start)
+  return start, sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
+                                                restored["opt_state"]), state_sh)
+
+
+def _compile(train_step, state_sh, batch_sh, args, timer):
+  """The step compiled for one batch shape, timed as compile time (the steps before it run first),
+  its planned memory kept in timing.json (per device, beside the measured peak: device_peak_bytes)."""
+  jax.block_until_ready(args[0])
+  with timer.phase("compile"):
+    compiled = jit_step(train_step, state_sh, batch_sh).lower(*args).compile()
+  mem = compiled.memory_analysis()
+  if mem is not None:
+    timer.set(compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
+  return compiled
+
+
+def _memory_line(compiled) -> str:
+  mem = compiled.memory_analysis()
+  return "" if mem is None else (f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
+                                 f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output "
+                                 f"{mem.output_size_in_bytes / 2**20:.1f} MiB")
+
+
+def _record_timing(timer, loop_s: float, before: dict[str, float], *, steps: int, compiles: int, examples: int,
+                   padded_frac: float) -> None:
+  """This fit's train seconds (its loop less its own compiles and checkpoints) and rates."""
+  train_s = loop_s - sum(timer.seconds.get(k, 0.0) - v for k, v in before.items())
+  timer.add("train", train_s)
+  timer.set(steps=steps, compiles=compiles, examples_per_s=examples / loop_s,
+            steady_examples_per_s=examples / max(train_s, 1e-9), padded_frac=padded_frac)
+  peak = device_peak_bytes()
+  if peak is not None:
+    timer.set(device_peak_bytes=peak)
 
 
 def compiled_bytes(mem) -> int:
