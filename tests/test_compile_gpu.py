@@ -23,6 +23,7 @@ def test_srl_step_compiles_for_two_h100s():
   assert r["compute_seconds"] == pytest.approx(r["flops"] / chip.peak_flops)
   assert r["hbm_seconds"] == pytest.approx(r["hbm_bytes"] / chip.hbm_bandwidth)
   assert r["hbm_bytes"] == r["bytes_accessed"]  # a GPU has no on-chip memory space in the HLO's layouts
+  assert not any("cudnn" in target for target in r["custom_calls"])  # the standard core: XLA's own ops
   # a step over jax's default 75% but within the GPU: the advice names the allocator's fraction first
   tips = C.advice(cfg, {**r, "total_bytes": 0.8 * h100.memory_bytes, "fits": False})
   assert "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95" in tips[1]
@@ -43,17 +44,16 @@ def test_gpu_names():
 
 def test_cudnn_attention_compiles_for_an_h100():
   """model.attention=cudnn: the step calls cuDNN's fused attention forward and backward once per layer
-  run, the report names the kernels and counts their matmuls as attention FLOPs; the XLA core of the
-  same step calls none."""
+  run, the report names the kernels and counts their matmuls as attention FLOPs (the standard core's
+  step calls none: test_srl_step_compiles_for_two_h100s)."""
   pytest.importorskip("nvidia.cudnn")  # the gpu extra's cuDNN, loaded when the step is traced
-  reports = {core: C.programs(tiny("ft.py:demo", **{"model.attention": core, "model.dtype": "bfloat16"}),
-                              C.topology("h100x2"), preset="tiny", length=16)[0] for core in ("cudnn", "dot_product")}
-  calls = reports["cudnn"]["custom_calls"]
+  r = C.programs(tiny("ft.py:demo", **{"model.attention": "cudnn", "model.dtype": "bfloat16"}),
+                 C.topology("h100x2"), preset="tiny", length=16)[0]
+  calls = r["custom_calls"]
   forward, backward = calls.get("__cudnn$fmhaSoftmax", 0), calls.get("__cudnn$fmhaSoftmaxBackward", 0)
   assert forward == backward == 4, calls  # the schedule's deepest layer is 4
-  assert not any("cudnn" in t for t in reports["dot_product"]["custom_calls"])
-  attention = reports["cudnn"]["breakdown"]["attention"]["flops"]
+  attention = r["breakdown"]["attention"]["flops"]
   # per device: 24 texts (8 of the demo's 16 triplets) x 4 heads x 16 x 16 tokens x head_dim 8; per layer
   # 2 + 5 matmuls of 2 FLOPs per product (the rest of the category: the rows' lengths)
   kernels = 4 * (2 + 5) * 2 * (24 * 4 * 16 * 16 * 8)
-  assert kernels <= attention <= 1.01 * kernels and reports["cudnn"]["fits"]
+  assert kernels <= attention <= 1.01 * kernels and r["fits"]

@@ -23,7 +23,7 @@ def test_dry_run_measures_every_section(tmp_path):
   results = json.load(open(tmp_path / "gpu_check.json"))
   assert results["dry_run"] and results["env"]["platform"] == "cpu"
   step, recipe, encode = (results["sections"][k] for k in ("step", "recipe", "encode"))
-  assert [r["attention"] for r in step["rows"]] == ["standard", "dot_product"]  # the latter: cuDNN's stand-in
+  assert [r["attention"] for r in step["rows"]] == ["dot_product"]  # the step with --attention: cuDNN's stand-in
   for row in step["rows"]:
     assert row["loss"]["relative_difference"] < 1e-5  # ours and the authors' loss on the same batch
     assert row["examples_per_sec"]["jax/starbucks"] > 0 and row["examples_per_sec"]["torch/starbucks"] > 0
