@@ -23,8 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from starbucks_jax import checkpoint, loop, report
+from starbucks_jax import checkpoint, loop
 from starbucks_jax import step as step_lib
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.data import batching
 
@@ -72,7 +73,7 @@ def main():
     loop.fit(config, workdir, state, trivial_update, batcher, steps, step_lib.learning_rate_schedule(config.train, steps),
                 tx=tx, param_specs={"w": jax.sharding.PartitionSpec()}, batch_axes=None)
     seconds[steps] = time.perf_counter() - t
-    rows = report.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
     waits[steps] = statistics.median(r["data_wait_frac"] for r in rows[2:]) if len(rows) > 2 else float("nan")
   short, long = args.steps // 4, args.steps
   per_step = (seconds[long] - seconds[short]) / (long - short)

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from starbucks_jax import report
+from starbucks_jax import workdir as workdir_lib
 
 TIMING = {"examples_per_sec", "data_wait_frac"}
 
@@ -22,7 +22,7 @@ TIMING = {"examples_per_sec", "data_wait_frac"}
 def differences(a: str, b: str) -> tuple[list[str], float]:
   """(problems, largest absolute difference) between two workdirs."""
   problems, worst = [], 0.0
-  ma, mb = (report.read_metrics(os.path.join(d, "metrics.jsonl")) for d in (a, b))
+  ma, mb = (workdir_lib.read_metrics(os.path.join(d, "metrics.jsonl")) for d in (a, b))
   if [r["step"] for r in ma] != [r["step"] for r in mb]:
     return [f"metrics.jsonl steps differ: {[r['step'] for r in ma]} vs {[r['step'] for r in mb]}"], float("inf")
   for ra, rb in zip(ma, mb):

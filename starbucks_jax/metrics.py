@@ -23,7 +23,6 @@ from typing import Any
 from starbucks_jax import sharding
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError
-from starbucks_jax.report import read_metrics
 
 log = logging.getLogger(__name__)
 TB_DIR = "tb"
@@ -56,7 +55,7 @@ class MetricsWriter:
     if not self.primary:
       return
     if os.path.exists(self.path):
-      kept = [row for row in read_metrics(self.path) if row["step"] <= start]
+      kept = [row for row in workdir_lib.read_metrics(self.path) if row["step"] <= start]
       with open(self.path + ".tmp", "w", encoding="utf8") as f:
         f.writelines(json.dumps(row) + "\n" for row in kept)
       os.replace(self.path + ".tmp", self.path)
@@ -125,7 +124,7 @@ def tag_of(name: str) -> str:
 def last_step(workdir: str) -> int:
   """The last logged training step of a workdir (0 when it has none: an evaluation-only run)."""
   path = os.path.join(workdir, workdir_lib.METRICS)
-  rows = read_metrics(path) if os.path.exists(path) else []
+  rows = workdir_lib.read_metrics(path) if os.path.exists(path) else []
   return int(rows[-1]["step"]) if rows else 0
 
 

@@ -28,20 +28,6 @@ from starbucks_jax import cli
 from starbucks_jax import workdir as workdir_lib
 
 
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The rows of a metrics.jsonl; a row a crash cut short (not JSON, or without a step) is left out."""
-  rows = []
-  with open(path, encoding="utf8") as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(row, dict) and "step" in row:
-        rows.append(row)
-  return rows
-
-
 def _runs(root: str) -> Iterable[str]:
   """Every directory under `root` (itself included) that holds a results/ folder of JSON files."""
   for here, dirs, files in os.walk(root):
@@ -303,7 +289,7 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
     metrics = os.path.join(run, workdir_lib.METRICS)
     if not os.path.exists(metrics):
       continue
-    rows = read_metrics(metrics)
+    rows = workdir_lib.read_metrics(metrics)
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label, color=_style(plt, drawn)["color"])
     drawn += 1
   if not drawn:

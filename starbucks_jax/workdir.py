@@ -42,6 +42,20 @@ INDEX = "index"
 RECORD_FILES = (CONFIG, METRICS, RUN, TIMING)  # with results/*.json: a run's record, without its weights
 
 
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The rows of a metrics.jsonl; a row a crash cut short (not JSON, or without a step) is left out."""
+  rows = []
+  with open(path, encoding="utf8") as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(row, dict) and "step" in row:
+        rows.append(row)
+  return rows
+
+
 def is_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, CHECKPOINTS)) and os.path.isdir(os.path.join(path, MODEL))
 

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from starbucks_jax import report, sweep
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.evaluate import results
 
 from conftest import load_script
@@ -31,7 +32,7 @@ def test_collect_table_and_pictures(tmp_path):
   fake_run(root / "full", "full", [0.4, 0.6, 0.91])
   with open(root / "full" / "metrics.jsonl", "a") as f:  # a crash cut the last row; not resumed
     f.write('{"step": 30, "lo')
-  assert [r["step"] for r in report.read_metrics(str(root / "full" / "metrics.jsonl"))] == [10, 20]
+  assert [r["step"] for r in workdir_lib.read_metrics(str(root / "full" / "metrics.jsonl"))] == [10, 20]
   fake_run(root / "separate_1_16", "separate", [0.45], grid=((1, 16),))
   fake_run(root / "separate_2_32", "separate", [0.72], grid=((2, 32),))
   grid = tuple((n, d) for n in (1, 2, 4) for d in (16, 32, 64))
