@@ -51,7 +51,7 @@ from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
-from starbucks_jax.models.bert import BertConfig, init_params
+from starbucks_jax.models.bert import BertConfig, abstract_params
 
 log = logging.getLogger(__name__)
 GiB = 2**30
@@ -253,10 +253,6 @@ def _length(config: ml_collections.ConfigDict, cfg: BertConfig, length: int | No
   return length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
 
 
-def init_shapes(config: BertConfig):
-  return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
-
-
 def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
   """The corpus encoder of retrieval evaluation (Embedder: float32, one chip), one batch of passages."""
   cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False, attention="standard")
@@ -264,7 +260,7 @@ def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
   mesh = sharding.make_mesh((1, 1, 1), topo.devices[:1])
   layers = tuple(sorted({n for n, _ in run.eval_pairs}))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), init_shapes(cfg))
+  params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params(cfg))
   ids = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=replicated)
   compiled = pool_layers.lower(params, ids, ids, config=cfg, layers=layers, pooling=config.model.pooling).compile()
   flops = cfg.replace(num_hidden_layers=max(layers)).matmul_flops(B, T, train=False)

@@ -21,7 +21,7 @@ from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, ch
 from starbucks_jax.data import batching, groups, sources
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, search, sts
-from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
+from starbucks_jax.models.bert import BertConfig, abstract_params, param_logical_axes
 from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -206,12 +206,6 @@ def train_program(config: ml_collections.ConfigDict, run: FinetuneRun, length: i
     flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
   return trainer.TrainProgram(lambda tx: run_step(config, run, tx), abstract_params(cfg), param_logical_axes(cfg),
                               batch, srl.batch_axes(config), flops, shape)
-
-
-def abstract_params(config: BertConfig):
-  """Shapes and dtypes of the encoder's parameters (no memory) in their storage dtype (model.param_dtype)."""
-  return jax.eval_shape(lambda: jax.tree.map(lambda x: x.astype(config.storage_dtype),
-                                             init_params(config, jax.random.key(0))))
 
 
 def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length: int | None = None,

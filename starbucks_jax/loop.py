@@ -117,8 +117,8 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
       shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
       step_fn = executables.get(shape)
       if step_fn is None:
-        step_fn = executables[shape] = _compile(train_step, state_sh, batch_sh, (state, batch, rng), timer)
-        log.info("compiled step %d for batch %s%s", len(executables), shape, _memory_line(step_fn))
+        step_fn = executables[shape] = _compile(train_step, state_sh, batch_sh, (state, batch, rng), timer,
+                                                f"step {len(executables) + 1} for batch {shape}")
         if len(executables) == 1:
           warn_if_products_upcast(step_fn, config.model.dtype)
       state, metrics = step_fn(state, batch, rng)
@@ -174,23 +174,19 @@ def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:
                                                 restored["opt_state"]), state_sh)
 
 
-def _compile(train_step, state_sh, batch_sh, args, timer):
+def _compile(train_step, state_sh, batch_sh, args, timer, what: str):
   """The step compiled for one batch shape, timed as compile time (the steps before it run first),
-  its planned memory kept in timing.json (per device, beside the measured peak: device_peak_bytes)."""
+  logged with its planned memory, which timing.json keeps (per device, beside device_peak_bytes)."""
   jax.block_until_ready(args[0])
   with timer.phase("compile"):
     compiled = jit_step(train_step, state_sh, batch_sh).lower(*args).compile()
   mem = compiled.memory_analysis()
+  log.info("compiled %s%s", what, "" if mem is None else
+           f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments {mem.argument_size_in_bytes / 2**20:.1f} "
+           f"MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
   if mem is not None:
     timer.set(compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
   return compiled
-
-
-def _memory_line(compiled) -> str:
-  mem = compiled.memory_analysis()
-  return "" if mem is None else (f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments "
-                                 f"{mem.argument_size_in_bytes / 2**20:.1f} MiB, output "
-                                 f"{mem.output_size_in_bytes / 2**20:.1f} MiB")
 
 
 def _record_timing(timer, loop_s: float, before: dict[str, float], *, steps: int, compiles: int, examples: int,

@@ -354,6 +354,12 @@ def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[st
   return nn.meta.unbox(variables["params"])
 
 
+def abstract_params(config: BertConfig) -> dict[str, Any]:
+  """Shapes and dtypes of init_params' tree (no memory), in the storage dtype (config.param_dtype)."""
+  return jax.eval_shape(lambda: jax.tree.map(lambda x: x.astype(config.storage_dtype),
+                                             init_params(config, jax.random.key(0))))
+
+
 def param_logical_axes(config: BertConfig) -> dict[str, Any]:
   """The logical axis names of every parameter, as a tree of PartitionSpec (no allocation)."""
   def init():  # inputs made inside: nothing runs eagerly (callable under any mesh)
