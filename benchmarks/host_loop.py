@@ -26,6 +26,7 @@ import numpy as np
 from starbucks_jax import checkpoint, loop
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
+from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.config_lib import load_config
 from starbucks_jax.data import batching
 
@@ -70,7 +71,7 @@ def main():
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     workdir = tempfile.mkdtemp(prefix="host_loop_")
     t = time.perf_counter()
-    loop.fit(config, workdir, state, trivial_update, batcher, steps, step_lib.learning_rate_schedule(config.train, steps),
+    loop.fit(config, FinetuneConfig.from_config(config), workdir, state, trivial_update, batcher, steps, step_lib.learning_rate_schedule(config.train, steps),
                 tx=tx, param_specs={"w": jax.sharding.PartitionSpec()}, batch_axes=None)
     seconds[steps] = time.perf_counter() - t
     rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))

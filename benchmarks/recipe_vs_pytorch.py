@@ -54,10 +54,11 @@ def layout(config, steps: int) -> dict:
   """What the PyTorch side needs to train on our batches: the examples of every step in order, the
   schedule, the optimizer settings, the evaluation set; plus both sides' padded-token fractions."""
   from starbucks_jax import checkpoint, finetune, trainer
-  spec = trainer.ModelSpec.from_config(config)
+  run = finetune.describe(config)
+  spec = run.model
   pre = checkpoint.load_model(config.model.init_from)
-  setup = trainer.setup_model(config, spec)
-  batcher, _ = finetune.make_batcher(config, pre.tokenizer, setup.max_length)
+  setup = trainer.setup_model(run.blocks.model, spec)
+  batcher, _ = finetune.make_batcher(run.blocks, pre.tokenizer, setup.max_length)
   rows, real, ours_padded, theirs_padded = [], 0, 0, 0
   for step in range(steps):
     epoch, index = batcher.position(step)
@@ -204,7 +205,7 @@ def check_first_batch(config, lay: dict) -> float:
   tx = step_lib.make_optimizer(config.train, 10)
   batch = {k: np.asarray(v) for k, v in lay["first_batch"].items()}
   batch = {k: v.astype(np.float32 if k == "scores" else np.int32) for k, v in batch.items()}
-  ours_loss = float(finetune.run_step(config, run, tx).loss_fn(pre.params["bert"], batch, jax.random.key(0))[0])
+  ours_loss = float(finetune.run_step(run, tx).loss_fn(pre.params["bert"], batch, jax.random.key(0))[0])
   model = SentenceTransformer(lay["model_dir"], device="cpu")
   model.max_seq_length = lay["max_length"]
   model.eval()

@@ -64,9 +64,8 @@ before it touches a weight, and writes WORKDIR/config.json, WORKDIR/metrics.json
 checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 """
 
-import ml_collections
-
-from starbucks_jax import config_lib, losses, sharding
+from starbucks_jax import config_lib
+from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.schedule import STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
@@ -81,88 +80,14 @@ PRESETS = {"2dmse_st6": "2dmse", "starbucks_scores_1n": "starbucks"}  # method= 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, nli=False, sts=False, sts_cpu=False, nli_cpu=False, demo=False, eval=False,
                              method="starbucks", layer=0, dim=0, separate_dim="full")
-  c = ml_collections.ConfigDict()
-  c.mode = "train"  # 'train': fine-tune, then evaluate; 'eval': evaluate model.init_from only
-  c.seed = 0  # seeds data order, dropout and the baselines' sampling
-  c.resume = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
-
-  c.model = ml_collections.ConfigDict()
-  c.model.init_from = "bert-base-uncased"  # HF dir, Hub id, 'all-MiniLM-L6-v2', or a workdir
-  c.model.pooling = "mean"  # 'mean' | 'cls'
-  c.model.max_length = 0  # tokens per text incl. [CLS]/[SEP]; 0 = the model's max_seq_length
-  c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
-  c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
-  c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
-  c.model.attention = "standard"  # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
-
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.method = PRESETS.get(arg.method, arg.method)  # schedule.METHODS
-  c.schedule.pairs = STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large
-  c.schedule.separate_pair = (arg.layer, arg.dim)  # method=separate: the one (layer, dim) trained
-  c.schedule.separate_train_dim = arg.separate_dim  # separate: 'full' width (authors) or 'dim'
-
-  c.loss = losses.loss_config()  # task, similarity, KL variant, reduction, pair weights: losses.LossConfig
-
-  c.data = ml_collections.ConfigDict()
-  c.data.train = "hf:sentence-transformers/all-nli:triplet"  # source spec (see data/sources.py)
-  c.data.format = "triplets"  # 'triplets' | 'pairs' | 'scored_pairs' | 'groups' (retrieval)
-  c.data.columns = ml_collections.ConfigDict(dict(  # role -> column name in the source
-      anchor="anchor", positive="positive", negative="negative",
-      sentence1="sentence1", sentence2="sentence2", score="score"))
-  c.data.score_range = (0.0, 5.0)  # format=scored_pairs: every score must lie in [low, high] (STS-B: 0..5)
-  c.data.batch_size = 128  # examples per step (each triplet is 3 texts)
-  # True keeps a text from appearing twice in a batch (a false in-batch negative for MNRL); False as
-  # the authors' runs (sentence-transformers' default batch sampler keeps duplicates)
-  c.data.no_duplicates = False
-  c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,.. | 'auto'
-  c.data.num_buckets = 3  # length_buckets='auto' or packing: this many pad lengths / row counts (compiles)
-  c.data.packing = False  # several texts per row, each attending only to itself (no padding to the longest)
-  c.data.pack_length = 0  # packing: tokens per row; 0 = the longest training text (rounded up to 8)
-  c.data.group_size = 8  # format=groups: passages per query (1 positive + G-1 negatives)
-  c.data.query_max_length = 32  # format=groups: query tokens
-  c.data.passage_max_length = 196  # format=groups: passage tokens
-
-  c.mesh = sharding.mesh_config()  # shape (data, fsdp, tensor), rules; coordinator etc. for many hosts
-
-  c.train = ml_collections.ConfigDict()
-  c.train.epochs = 1  # passes over the data (the last incomplete batch of each is dropped)
-  c.train.max_steps = 0  # > 0: stop after this many steps instead (the lr schedule uses it)
-  c.train.lr = 5e-5  # peak learning rate
-  c.train.warmup_ratio = 0.1  # linear warmup over this fraction of the steps
-  c.train.decay = "linear"  # 'linear' | 'cosine' to 0
-  c.train.weight_decay = 0.0  # AdamW decoupled decay (not on biases and LayerNorm)
-  c.train.adam_b1 = 0.9  # AdamW beta1
-  c.train.adam_b2 = 0.999  # AdamW beta2
-  c.train.adam_eps = 1e-8  # AdamW epsilon (HF Trainer's default)
-  c.train.clip_grad_norm = 1.0  # global-norm clipping (HF Trainer's default); 0 = off
-  c.train.grad_cache_chunks = 0  # > 0: gradient cache, encode the batch in this many chunks (memory)
-  c.train.microbatches = 1  # > 1: gradient accumulation, the batch in this many microbatches per step
-  c.train.forward_splits = 1  # > 1: the step's texts as this many independent encoder forwards (CPU speed)
-  c.train.dropout = True  # BERT's dropout during training, as sentence-transformers trains
-  c.train.skip_nonfinite = True  # skip (and count) updates with non-finite gradients; False = stop
-  c.train.max_consecutive_nonfinite = 20  # give up after this many skipped steps in a row
-  c.train.log_every = 10  # steps between metrics.jsonl rows
-  c.train.checkpoint_every = 500  # steps between orbax checkpoints (the last step always saves)
-  c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
-  c.train.profile_steps = ()  # (START, END): a JAX profiler trace of steps START..END-1 in WORKDIR/profile
-
-  c.log = ml_collections.ConfigDict()
-  c.log.tensorboard = True  # TensorBoard event files in WORKDIR/tb beside metrics.jsonl (tensorboardX)
-  c.log.wandb = ""  # a W&B project: log there too (pip install wandb; offline without WANDB_API_KEY)
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.sts = PAPER_STS_EVAL  # DATASET/SPLIT=SOURCE, comma-separated
-  c.eval.grid = False  # evaluate every layer x every dim of the schedule instead
-  c.eval.batch_size = 128  # texts per encoding batch (eval.packing: rows per batch)
-  c.eval.packing = False  # encode texts packed into shared rows (one compile, little padding)
-  c.eval.retrieval = ""  # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
-  c.eval.retrieval_similarity = "cosine"  # 'cosine' (truncate, normalise) | 'dot' (raw, the retrieval recipe)
-  c.eval.query_max_length = 64  # query tokens for retrieval evaluation
-  c.eval.passage_max_length = 256  # passage tokens (title + text) for retrieval evaluation
-  c.eval.retrieval_k = 1000  # documents retrieved per query
-  c.eval.retrieval_funnels = ()  # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
-  c.eval.retrieval_costs = False  # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
-  c.eval.index_dir = ""  # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
+  # every key, its default and its meaning: starbucks_jax/config_blocks.py (FinetuneConfig); the loss
+  # block's: starbucks_jax/losses.py (LossConfig). Below: the paper's nli recipe, then the variants.
+  c = FinetuneConfig.config()
+  c.schedule.method = PRESETS.get(arg.method, arg.method)
+  c.schedule.pairs = STARBUCKS["bert-base"]
+  c.schedule.separate_pair = (arg.layer, arg.dim)
+  c.schedule.separate_train_dim = arg.separate_dim
+  c.eval.sts = PAPER_STS_EVAL
 
   if arg.sts or arg.sts_cpu:
     c.data.train = "hf:sentence-transformers/stsb@train"

@@ -44,9 +44,8 @@ metrics.jsonl (loss, mlm/n_d and mae/n_d per pair, grad norm, lr, examples/s), o
 (resumable), WORKDIR/bert_mlm (HF BertForMaskedLM + tokenizer) and WORKDIR/results/final.json.
 """
 
-import ml_collections
-
-from starbucks_jax import config_lib, sharding
+from starbucks_jax import config_lib
+from starbucks_jax.config_blocks import PretrainConfig
 from starbucks_jax.schedule import STARBUCKS
 
 SHARED = "../shared/data"
@@ -54,70 +53,10 @@ SHARED = "../shared/data"
 
 def get_config(arg=None):
   arg = config_lib.parse_arg(arg, cpu=False, demo=False, tiny=False, mode="smae")
-  c = ml_collections.ConfigDict()
-  c.mode = "pretrain"  # this file's runs pre-train (configs/ft.py fine-tunes)
-  c.seed = 0  # seeds data order, windows, masks, dropout and a fresh MLM head
-  c.resume = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
-
-  c.model = ml_collections.ConfigDict()
-  c.model.init_from = "bert-base-uncased"  # HF dir (ideally with an MLM head), Hub id, or a workdir
-  c.model.max_length = 512  # tokens per row incl. [CLS]/[SEP]; 0 = max_position_embeddings
-  c.model.dtype = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
-  c.model.param_dtype = "float32"  # parameter and optimizer-state storage dtype
-  c.model.remat = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
-  c.model.attention = "standard"  # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
-
-  c.schedule = ml_collections.ConfigDict()
-  c.schedule.pairs = STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large
-
-  c.smae = ml_collections.ConfigDict()
-  c.smae.mode = arg.mode  # 'smae' (MLM + MAE per pair) | '2d_mlm' (MLM per pair) | 'mlm' (full model)
-  c.smae.encoder_mask_rate = 0.2  # whole-word masking rate of the encoder copy
-  c.smae.decoder_mask_rate = 0.4  # ... of the decoder copy (includes every encoder-masked word)
-  c.smae.mask_token_prob = 0.8  # a masked token becomes [MASK] ...
-  c.smae.random_token_prob = 0.1  # ... or a random token (else it stays)
-
-  c.data = ml_collections.ConfigDict()
-  c.data.train = "hf:HuggingFaceFW/fineweb:sample-100BT"  # text source (see data/sources.py)
-  c.data.text_column = "text"  # the column holding each document
-  c.data.streaming = True  # hf: sources only; read lazily, once (one epoch: the stream's length in batches)
-  c.data.shuffle_buffer = 100_000  # streaming: documents per shuffled block (~0.3 GB of FineWeb text); 0 = in order
-  c.data.count_rows = False  # streaming, no length in the metadata: count the rows in one pass (cached)
-  c.data.packing = False  # concatenate documents into full rows instead of one window each
-  c.data.batch_size = 512  # rows per step
-  c.data.length_buckets = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
-
-  c.mesh = sharding.mesh_config()  # shape (data, fsdp, tensor), rules; coordinator etc. for many hosts
-
-  c.train = ml_collections.ConfigDict()
-  c.train.epochs = 1  # passes over an in-memory source
-  c.train.max_steps = 0  # > 0: this many steps instead of one epoch (a stream: its rows / batch size)
-  c.train.lr = 1e-4  # peak learning rate
-  c.train.warmup_ratio = 0.05  # linear warmup over this fraction of the steps
-  c.train.decay = "cosine"  # 'linear' | 'cosine' to 0
-  c.train.weight_decay = 0.001  # AdamW decoupled decay (not on biases and LayerNorm)
-  c.train.adam_b1 = 0.9  # AdamW beta1
-  c.train.adam_b2 = 0.999  # AdamW beta2
-  c.train.adam_eps = 1e-8  # AdamW epsilon (HF Trainer's default)
-  c.train.clip_grad_norm = 1.0  # global-norm clipping (HF Trainer's default); 0 = off
-  c.train.microbatches = 1  # > 1: gradient accumulation, the batch in this many microbatches per step
-  c.train.dropout = True  # BERT's dropout (encoder, decoder embeddings and decoder layer)
-  c.train.skip_nonfinite = True  # skip (and count) updates with non-finite gradients, as the authors
-  c.train.max_consecutive_nonfinite = 20  # give up after this many skipped steps in a row
-  c.train.log_every = 100  # steps between metrics.jsonl rows
-  c.train.checkpoint_every = 2000  # steps between orbax checkpoints (the last step always saves)
-  c.train.keep_checkpoints = 3  # how many recent checkpoints to keep
-  c.train.profile_steps = ()  # (START, END): a JAX profiler trace of steps START..END-1 in WORKDIR/profile
-
-  c.log = ml_collections.ConfigDict()
-  c.log.tensorboard = True  # TensorBoard event files in WORKDIR/tb beside metrics.jsonl (tensorboardX)
-  c.log.wandb = ""  # a W&B project: log there too (pip install wandb; offline without WANDB_API_KEY)
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.text = ""  # text source for masked-token accuracy per pair after training; '' = none
-  c.eval.text_column = "text"  # its column
-  c.eval.batch_size = 64  # rows per evaluation batch
-  c.eval.max_batches = 50  # evaluate at most this many batches (0 = all)
+  # every key, its default (the paper's run) and its meaning: starbucks_jax/config_blocks.py
+  # (PretrainConfig). Below: the variants.
+  c = PretrainConfig.config()
+  c.smae.mode = arg.mode
 
   if arg.cpu or arg.demo or arg.tiny:
     c.model.init_from = "all-MiniLM-L6-v2"

@@ -49,7 +49,7 @@ def one_line(e: BaseException) -> str:
 
 def check_config_args(argv: Iterable[str]) -> None:
   """The `--config=FILE[:ARGS]` of a command line loads, and every `--config.KEY=` names one of its
-  keys; otherwise a ConfigError names the flag (and the closest key): absl would print a traceback."""
+  keys, once; otherwise a ConfigError names the flag (and the closest key): absl would print a traceback."""
   argv = list(argv)
   spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   if spec is None:
@@ -61,6 +61,8 @@ def check_config_args(argv: Iterable[str]) -> None:
   except ConfigError as e:
     raise ConfigError(f"--config={spec}: {e}") from None
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+  if repeated := sorted({k for k in overrides if overrides.count(k) > 1}):  # absl would keep one silently
+    raise ConfigError(f"--config.{repeated[0]} is given {overrides.count(repeated[0])} times; give it once")
   known = sorted(keys(config))
   for key in overrides:
     if key not in known and not any(k.startswith(key + ".") for k in known):

@@ -1,21 +1,26 @@
-"""Config plumbing: the `:variant,key=value` argument parser, loading a config file, the checks
-that every config section's validator uses, and the user-input error types.
+"""Config plumbing: the `:variant,key=value` argument parser, loading a config file, `Block` (the
+base of every typed config block), the value checks the blocks use, and the user-input error types.
 
-Each section of a config is validated where it is consumed (loss: losses.py, schedule: schedule.py,
-mesh: sharding.py, model and train: trainer.py, data: data/, eval and the objective's own keys:
-finetune.py / pretrain.py); every error is a ConfigError whose message starts with the key. This
-module imports nothing from the package, so any module may use it.
+Each block of a config is a frozen dataclass (config_blocks.py; the loss block in losses.py): its
+fields declare the keys and their defaults once, `Block.config()` builds the ConfigDict a config
+file starts from, and `Block.from_config` reads it back typed, refusing unknown, missing and
+mistyped keys; the block's `check()` holds its own value checks. Checks across blocks live in the
+objective's `describe`. Every error is a ConfigError whose message starts with the key. This module
+imports nothing from the package, so any module may use it.
 """
 
 from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
+import difflib
 import importlib.util
 import math
 import numbers
 import os
-from typing import Any, Iterator
+import typing
+from typing import Any, ClassVar, Iterator
 
 import ml_collections
 
@@ -69,6 +74,85 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
   config = module.get_config(arg or None) if arg else module.get_config()
   config.lock()
   return config
+
+
+class Block:
+  """Base of a config block's frozen dataclass (KEY: the block's name in a config, e.g. 'train')."""
+  KEY: ClassVar[str] = ""
+
+  @classmethod
+  def config(cls, **values: Any) -> ml_collections.ConfigDict:
+    """The block as a config file holds it: the declared defaults, with `values` in their place."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := set(values) - names:
+      raise ConfigError(f"{cls.KEY}: {sorted(unknown)} are not keys of the {cls.KEY} block ({cls.__name__})")
+    out = {}
+    for f in dataclasses.fields(cls):
+      default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+      value = values.get(f.name, default)
+      if isinstance(value, Block):  # a nested block: as its own config() with the instance's values
+        value = type(value).config(**{g.name: getattr(value, g.name) for g in dataclasses.fields(value)})
+      out[f.name] = ml_collections.ConfigDict(dict(value)) if isinstance(value, dict) else value
+    return ml_collections.ConfigDict(out)
+
+  @classmethod
+  def from_config(cls, cfg: Any, key: str | None = None):
+    """The typed block from a config's block (a ConfigDict or a dict); a ConfigError names the first
+    unknown, missing or mistyped key. Value checks are `check()`'s, called by the consumer."""
+    key = cls.KEY if key is None else key
+    if not hasattr(cfg, "items"):
+      raise ConfigError(f"{key}={cfg!r}: expected a block of keys ({cls.__name__})")
+    given, prefix = dict(cfg.items()), f"{key}." if key else ""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for name in given:
+      if name not in names:
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"did you mean {prefix}{close[0]}?" if close else f"its keys: {', '.join(names)}"
+        raise ConfigError(f"{prefix}{name}: no such key in {f'the {key} block' if key else 'the config'}; {hint}")
+    if missing := [n for n in names if n not in given]:
+      raise ConfigError(f"{prefix}{missing[0]} is missing: build the config with "
+                        f"{cls.__module__}.{cls.__name__}.config() (it declares every key's default)")
+    hints = typing.get_type_hints(cls)
+    return cls(**{n: typed_value(f"{prefix}{n}", given[n], hints[n]) for n in names})
+
+  def check(self) -> None:
+    """The block's own value checks (ranges, choices, files); none by default."""
+
+
+def typed_value(key: str, value: Any, hint: Any) -> Any:
+  """`value` as the type `hint` declares (bool, int, float, str, tuple[...], dict[str, ...], Any):
+  lists become tuples, ints widen to float; anything else is a ConfigError naming `key`."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if hint is Any:
+    return value
+  if isinstance(hint, type) and issubclass(hint, Block):
+    return hint.from_config(value, key)
+  if hint is bool:
+    ok = isinstance(value, bool)
+  elif hint is int:
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+  elif hint is float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    value = float(value) if ok else value
+  elif hint is str:
+    ok = isinstance(value, str)
+  elif origin is tuple:
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f"{key}={value!r}: expected a tuple")
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(typed_value(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+    if len(value) != len(args):
+      raise ConfigError(f"{key}={tuple(value)!r}: expected {len(args)} values")
+    return tuple(typed_value(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+  elif origin is dict:
+    if not hasattr(value, "items"):
+      raise ConfigError(f"{key}={value!r}: expected a block of keys")
+    return {typed_value(key, k, args[0]): typed_value(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+  else:
+    raise TypeError(f"{key}: unsupported annotation {hint!r}")
+  if not ok:
+    raise ConfigError(f"{key}={value!r}: expected {hint.__name__}, got {type(value).__name__}")
+  return value
 
 
 def check_choice(key: str, value, choices) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 
 import jax
 import jax.numpy as jnp
@@ -17,12 +16,12 @@ import optax
 from starbucks_jax import checkpoint, losses, metrics, model_dirs, schedule, sharding, srl, timing, trainer
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
-from starbucks_jax.config_lib import ConfigError, check_choice, check_finite, check_range, parse_eval_sets
-from starbucks_jax.data import batching, groups, sources
+from starbucks_jax.config_blocks import FinetuneConfig
+from starbucks_jax.config_lib import ConfigError, check_choice, check_finite
+from starbucks_jax.data import batching, groups
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, search, sts
 from starbucks_jax.models.bert import BertConfig, abstract_params, param_logical_axes
-from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
 
@@ -33,106 +32,74 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class FinetuneRun:
   """A fine-tuning config, checked before any compute (configs/ft.py, configs/retrieval.py)."""
+  blocks: FinetuneConfig  # the config, typed
   model: trainer.ModelSpec  # backbone, compute settings and schedule.pairs
   plan: schedule.Plan  # what each step trains (schedule.method)
   loss: losses.LossConfig | None  # the loss block (None in mode=eval)
-  sts_sets: tuple[tuple[str, str, str], ...]  # eval.sts as (dataset, split, source)
-  retrieval_sets: tuple[tuple[str, str, str], ...]  # eval.retrieval as (dataset, split, BEIR folder)
   eval_pairs: tuple[schedule.Pair, ...]  # the pairs evaluated: the schedule, the grid, or the separate pair
   data_shards: int = 1  # devices a batch's examples are split over (packed batches pack each on its own)
+
+  @property
+  def sts_sets(self) -> tuple[tuple[str, str, str], ...]:  # eval.sts as (dataset, split, source)
+    return self.blocks.eval.sts_sets
+
+  @property
+  def retrieval_sets(self) -> tuple[tuple[str, str, str], ...]:  # eval.retrieval as (dataset, split, folder)
+    return self.blocks.eval.retrieval_sets
 
 
 def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> FinetuneRun:
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` stands in for the checkpoint's config.json and `devices` for this host's devices
   (compiling for another machine: starbucks_jax.compile)."""
-  check_choice("mode", config.mode, ("train", "eval"))
   check_finite(config)
-  check_choice("model.pooling", config.model.pooling, POOLINGS)
-  model = trainer.ModelSpec.from_config(config, backbone=backbone)
+  c = FinetuneConfig.from_config(config)
+  check_choice("mode", c.mode, ("train", "eval"))
+  c.model.check()
+  model = trainer.ModelSpec.from_config(c.model, c.schedule, backbone=backbone)
   N, D = model.config.num_hidden_layers, model.config.hidden_size
-  plan = schedule.plan_from_config(config.schedule, model.pairs, N, D)
-  sts_sets, retrieval_sets = check_eval(config.eval)
-  for spec in config.eval.get("retrieval_funnels", ()) if retrieval_sets else ():
+  plan = schedule.plan_from_config(c.schedule, model.pairs, N, D)
+  c.eval.check()
+  for spec in c.eval.retrieval_funnels if c.eval.retrieval_sets else ():
     for (n, d), _ in search.parse_funnel(spec):
       schedule.check_pair(n, d, N, D, where=f"eval.retrieval_funnels {spec!r}: ")
   loss, shards = None, 1
-  if config.mode == "train":
-    loss = losses.LossConfig.from_config(config.loss, len(model.pairs), plan.method)
-    check_data(config)
-    mesh = sharding.check_mesh(config.mesh, devices)
-    trainer.check_train(config, mesh)
-    trainer.check_attention_platform(config, mesh)
+  if c.mode == "train":
+    loss = c.loss
+    loss.check()
+    loss.check_plan(len(model.pairs), plan.method)
+    c.data.check()
+    check_task_format(c)
+    mesh = sharding.check_mesh(c.mesh, devices)
+    trainer.check_train(c, mesh)
     shards = sharding.data_parallel_size(mesh)
-    check_encoding_splits(config, shards)
-    check_packing(config)
-    check_teacher(config)
-  if config.eval.grid:
+    check_encoding_splits(c, shards)
+    check_packing(c)
+    check_teacher(c)
+  if c.eval.grid:
     eval_pairs = schedule.grid(N, D, [d for _, d in model.pairs])
   elif plan.method == "separate":
-    eval_pairs = (tuple(config.schedule.separate_pair),)
+    eval_pairs = (c.schedule.separate_pair,)
   else:
     eval_pairs = model.pairs
-  return FinetuneRun(model=model, plan=plan, loss=loss, sts_sets=sts_sets, retrieval_sets=retrieval_sets,
-                     eval_pairs=eval_pairs, data_shards=shards)
+  return FinetuneRun(blocks=c, model=model, plan=plan, loss=loss, eval_pairs=eval_pairs, data_shards=shards)
 
 
-def check_eval(eval_cfg) -> tuple[tuple, tuple]:
-  """The eval block: STS sets whose sources resolve, BEIR folders with a corpus and the split's qrels."""
-  sts_sets = parse_eval_sets(eval_cfg.sts, "eval.sts")
-  for dataset, split, spec in sts_sets:
-    sources.check_spec(f"eval.sts ({dataset}/{split})", spec)
-  check_range("eval.batch_size", eval_cfg.batch_size, 1)
-  retrieval_sets = parse_eval_sets(eval_cfg.retrieval, "eval.retrieval")
-  for dataset, split, source in retrieval_sets:
-    retrieval.check_source(f"eval.retrieval ({dataset}/{split})", source, split)
-  if retrieval_sets:
-    check_choice("eval.retrieval_similarity", eval_cfg.retrieval_similarity, ("dot", "cosine"))
-    check_range("eval.query_max_length", eval_cfg.query_max_length, 1)
-    check_range("eval.passage_max_length", eval_cfg.passage_max_length, 1)
-    check_range("eval.retrieval_k", eval_cfg.retrieval_k, 1)
-    check_funnels(eval_cfg.get("retrieval_funnels", ()))
-    index_dir = eval_cfg.get("index_dir", "")
-    if index_dir and not os.path.isdir(index_dir):
-      raise ConfigError(f"eval.index_dir={index_dir!r}: no such folder (make it first to start a shared index there)")
-  return sts_sets, retrieval_sets
+def check_task_format(c: FinetuneConfig) -> None:
+  """loss.task against data.format: CoSENT needs scored pairs, the contrastive loss anything else."""
+  wants_scores = c.loss.task == "cosent"
+  if wants_scores != (c.data.format == "scored_pairs"):
+    raise ConfigError(f"loss.task={c.loss.task!r} needs data.format="
+                      f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not {c.data.format!r}")
 
 
-def check_funnels(funnels) -> None:
-  """eval.retrieval_funnels: each a chain LAYERxDIM:K,... (search.parse_funnel)."""
-  if isinstance(funnels, str):
-    raise ConfigError(f"eval.retrieval_funnels={funnels!r}: a list of chains, e.g. ('2x32:1000,6x384:100',)")
-  for spec in funnels:
-    try:
-      search.parse_funnel(spec)
-    except ValueError as e:
-      raise ConfigError(f"eval.retrieval_funnels: {e}") from None
-
-
-def check_data(config: ml_collections.ConfigDict) -> None:
-  """The data block for the loss: examples (triplets, pairs, scored pairs) or retrieval groups."""
-  d = config.data
-  check_choice("data.format", d.format, tuple(batching.FORMATS) + ("groups",))
-  if d.format == "groups":
-    groups.check_config(d)
-  else:
-    batching.check_config(d)
-  wants_scores = config.loss.task == "cosent"
-  if wants_scores != (d.format == "scored_pairs"):
-    raise ConfigError(f"loss.task={config.loss.task!r} needs data.format="
-                      f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not {d.format!r}")
-  check_range("data.batch_size", d.batch_size, 2)
-
-
-def check_encoding_splits(config: ml_collections.ConfigDict, data_devices: int) -> None:
+def check_encoding_splits(c: FinetuneConfig, data_devices: int) -> None:
   """train.grad_cache_chunks and train.forward_splits against the texts the step encodes together:
   a microbatch (data.batch_size / train.microbatches) is cut into gradient-cache chunks, each chunk
   into forward splits, and every split keeps the data-parallel sharding."""
-  t, batch = config.train, config.data.batch_size
-  check_range("train.grad_cache_chunks", t.grad_cache_chunks, 0)
+  t, batch = c.train, c.data.batch_size
   if t.grad_cache_chunks and batch % t.grad_cache_chunks:
     raise ConfigError(f"train.grad_cache_chunks={t.grad_cache_chunks} does not divide data.batch_size={batch}")
-  check_range("train.forward_splits", t.forward_splits, 1)
   splits, k = t.forward_splits, t.microbatches
   micro = batch // k
   if micro % (splits * data_devices):
@@ -145,25 +112,25 @@ def check_encoding_splits(config: ml_collections.ConfigDict, data_devices: int) 
                       "train.grad_cache_chunks chunk" + (" of a microbatch" if k > 1 else ""))
 
 
-def check_packing(config: ml_collections.ConfigDict) -> None:
+def check_packing(c: FinetuneConfig) -> None:
   """data.packing: texts of roles (not retrieval groups), the whole batch encoded in one forward (the
   splitting settings cut a batch by examples; check_encoding_splits has split it over the mesh)."""
-  d, t = config.data, config.train
-  if not d.get("packing", False):
+  d, t = c.data, c.train
+  if not d.packing:
     return
   if d.format == "groups":
     raise ConfigError("data.packing=True packs triplets, pairs and scored_pairs; data.format='groups' "
                       "pads queries and passages")
   for key, off in (("grad_cache_chunks", 0), ("microbatches", 1), ("forward_splits", 1)):
-    if t[key] != off:
-      raise ConfigError(f"data.packing=True encodes the batch in one forward; train.{key}={t[key]} "
+    if getattr(t, key) != off:
+      raise ConfigError(f"data.packing=True encodes the batch in one forward; train.{key}={getattr(t, key)} "
                         f"needs data.packing=False (or train.{key}={off})")
 
 
-def check_teacher(config: ml_collections.ConfigDict) -> None:
+def check_teacher(c: FinetuneConfig) -> None:
   """loss.teacher='frozen' serves each example's precomputed teacher vectors with its batch: examples
   of roles (triplets, pairs, scored pairs), not retrieval groups."""
-  if config.loss.teacher == "frozen" and config.data.format == "groups":
+  if c.loss.teacher == "frozen" and c.data.format == "groups":
     raise ConfigError("loss.teacher='frozen' serves teacher vectors with batches of triplets, pairs or "
                       "scored_pairs; this run has data.format='groups'")
 
@@ -180,50 +147,50 @@ def frozen_teacher(pretrained: model_dirs.Pretrained, examples: batching.Example
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def run_step(config: ml_collections.ConfigDict, run: FinetuneRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
+def run_step(run: FinetuneRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
   """The step a fine-tuning run trains with, as its config sets it."""
-  t = config.train
-  return srl.make_srl_step(run.model.config, run.plan, run.loss, tx, config.model.pooling, dropout=t.dropout,
+  c, t = run.blocks, run.blocks.train
+  return srl.make_srl_step(run.model.config, run.plan, run.loss, tx, c.model.pooling, dropout=t.dropout,
                            grad_cache_chunks=t.grad_cache_chunks, microbatches=t.microbatches,
-                           forward_splits=t.forward_splits, packed=srl.packing(config, run.data_shards))
+                           forward_splits=t.forward_splits, packed=srl.packing(c.data, run.data_shards))
 
 
 def train_program(config: ml_collections.ConfigDict, run: FinetuneRun, length: int) -> trainer.TrainProgram:
   """The step at `length` tokens per text (groups: the data block's query and passage lengths)."""
-  if config.mode != "train":
-    raise ConfigError(f"mode={config.mode!r}: only a training run (mode=train) has a step to compile")
+  if run.blocks.mode != "train":
+    raise ConfigError(f"mode={run.blocks.mode!r}: only a training run (mode=train) has a step to compile")
   cfg = run.model.config
-  batch = abstract_batch(config, length, shards=run.data_shards, hidden=cfg.hidden_size)
+  batch = abstract_batch(run.blocks, length, shards=run.data_shards, hidden=cfg.hidden_size)
   encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
   if "segments" in batch:
     P, L = batch["ids"].shape
-    flops, shape = encoder.matmul_flops(P, L), f"{config.data.batch_size} examples in {P} packed rows x {L} tokens"
+    flops, shape = encoder.matmul_flops(P, L), f"{run.blocks.data.batch_size} examples in {P} packed rows x {L} tokens"
   elif "query_ids" in batch:
     (B, Tq), (P, Tp) = batch["query_ids"].shape, batch["passage_ids"].shape
     flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
   else:
     R, B, T = batch["ids"].shape
     flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
-  return trainer.TrainProgram(lambda tx: run_step(config, run, tx), abstract_params(cfg), param_logical_axes(cfg),
-                              batch, srl.batch_axes(config), flops, shape)
+  return trainer.TrainProgram(lambda tx: run_step(run, tx), abstract_params(cfg), param_logical_axes(cfg),
+                              batch, srl.batch_axes(run.blocks.data), flops, shape)
 
 
-def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length: int | None = None,
+def abstract_batch(c: FinetuneConfig, length: int, query_length: int | None = None,
                    passage_length: int | None = None, *, shards: int = 1, rows: int | None = None,
                    hidden: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a training batch padded to `length` (groups: query and passage lengths,
   default data.query_max_length / passage_max_length), as the data block's batcher makes it. Packed
   (data.packing): `rows` rows of `length` tokens, by default one row per text (the most a batch of
   `shards` shards can need: its memory bound)."""
-  d, i32 = config.data, jnp.int32
-  if d.get("packing", False):
+  d, i32 = c.data, jnp.int32
+  if d.packing:
     rows = rows or len(batching.FORMATS[d.format]) * d.batch_size
     if rows % shards:
       raise ValueError(f"{rows} packed rows do not split over {shards} data-parallel shards")
     batch = {k: jax.ShapeDtypeStruct((rows, length), i32) for k in ("ids", "segments", "positions")}
     if d.format == "scored_pairs":
       batch["scores"] = jax.ShapeDtypeStruct((d.batch_size,), jnp.float32)
-    return _with_teacher(config, batch, hidden)
+    return _with_teacher(c, batch, hidden)
   if d.format == "groups":
     q, p = query_length or d.query_max_length, passage_length or d.passage_max_length
     rows = d.batch_size * d.group_size
@@ -234,80 +201,77 @@ def abstract_batch(config: ml_collections.ConfigDict, length: int, query_length:
   batch = {"ids": jax.ShapeDtypeStruct(shape, i32), "mask": jax.ShapeDtypeStruct(shape, i32)}
   if d.format == "scored_pairs":
     batch["scores"] = jax.ShapeDtypeStruct((d.batch_size,), jnp.float32)
-  return _with_teacher(config, batch, hidden)
+  return _with_teacher(c, batch, hidden)
 
 
-def _with_teacher(config, batch, hidden):
+def _with_teacher(c: FinetuneConfig, batch, hidden):
   """loss.teacher='frozen': each example's teacher vectors ride with the batch, [B, R, hidden]."""
-  if config.loss.teacher == "frozen":
+  if c.loss.teacher == "frozen":
     if hidden is None:
       raise ValueError("abstract_batch: loss.teacher='frozen' needs the hidden size")
-    batch["teacher"] = jax.ShapeDtypeStruct((config.data.batch_size, len(batching.FORMATS[config.data.format]),
-                                             hidden), jnp.float32)
+    batch["teacher"] = jax.ShapeDtypeStruct((c.data.batch_size, len(batching.FORMATS[c.data.format]), hidden),
+                                            jnp.float32)
   return batch
 
 
-def make_batcher(config: ml_collections.ConfigDict, tokenizer, max_length: int, shards: int | None = None):
+def make_batcher(c: FinetuneConfig, tokenizer, max_length: int, shards: int | None = None):
   """(batcher, number of training examples) of the data block; packed batches are laid out for
   `shards` data-parallel devices (default: this host's mesh.shape)."""
-  d = config.data
+  d = c.data
   if d.format == "groups":
     data = groups.load_groups(d.train)
     return groups.GroupBatcher(data, tokenizer, batch_size=d.batch_size, group_size=d.group_size,
                                query_max_length=d.query_max_length, passage_max_length=d.passage_max_length,
-                               seed=config.seed, length_buckets=d.length_buckets), len(data.queries)
-  examples = batching.load_examples(d.train, d.format, dict(d.columns), batching.score_range(d))
-  packed = d.get("packing", False)
-  return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=config.seed,
+                               seed=c.seed, length_buckets=d.length_buckets), len(data.queries)
+  examples = batching.load_examples(d.train, d.format, d.columns, d.score_range)
+  return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=c.seed,
                           no_duplicates=d.no_duplicates, length_buckets=d.length_buckets,
-                          num_buckets=d.get("num_buckets", 3), pack_length=d.pack_length if packed else None,
-                          shards=(shards or sharding.data_parallel_size(sharding.check_mesh(config.mesh)))
-                          if packed else 1), len(examples)
+                          num_buckets=d.num_buckets, pack_length=d.pack_length if d.packing else None,
+                          shards=(shards or sharding.data_parallel_size(sharding.check_mesh(c.mesh)))
+                          if d.packing else 1), len(examples)
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> model_dirs.Pretrained:
   """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
-  setup = trainer.setup_model(config, run.model, pooling=config.model.pooling)
-  batcher, num_examples = make_batcher(config, setup.pretrained.tokenizer, setup.max_length, run.data_shards)
-  steps = trainer.total_steps(config.train, batcher)
-  t = config.train
+  c, t = run.blocks, run.blocks.train
+  setup = trainer.setup_model(c.model, run.model, pooling=c.model.pooling)
+  batcher, num_examples = make_batcher(c, setup.pretrained.tokenizer, setup.max_length, run.data_shards)
+  steps = trainer.total_steps(t, batcher)
   if t.microbatches > 1:
     log.warning("train.microbatches=%d: each microbatch of %d is its own in-batch contrastive/CoSENT "
                 "batch (fewer negatives than the batch of %d); train.grad_cache_chunks keeps the whole "
-                "batch's negatives at the same memory", t.microbatches, config.data.batch_size // t.microbatches,
-                config.data.batch_size)
+                "batch's negatives at the same memory", t.microbatches, c.data.batch_size // t.microbatches,
+                c.data.batch_size)
   log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", run.plan.method,
-           steps, num_examples, config.data.batch_size, run.plan.pairs or "sampled", run.plan.layers)
+           steps, num_examples, c.data.batch_size, run.plan.pairs or "sampled", run.plan.layers)
 
   pre = setup.pretrained
   if run.loss.teacher == "frozen":  # part of the start-up time (timing.json)
-    batcher.teacher = frozen_teacher(pre, batcher.examples, run.plan.teacher[0], config.model.pooling,
-                                     config.eval.batch_size, pack=config.eval.get("packing", False))
+    batcher.teacher = frozen_teacher(pre, batcher.examples, run.plan.teacher[0], c.model.pooling,
+                                     c.eval.batch_size, pack=c.eval.packing)
     log.info("frozen teacher: %s vectors of the starting model's layer %d", batcher.teacher.shape, run.plan.teacher[0])
-  trained = trainer.train_model(config, workdir, setup, pre.params["bert"], lambda tx: run_step(config, run, tx),
+  trained = trainer.train_model(config, c, workdir, setup, pre.params["bert"], lambda tx: run_step(run, tx),
                                 batcher, steps,
-                                param_specs=param_logical_axes(setup.config), batch_axes=srl.batch_axes(config))
+                                param_specs=param_logical_axes(setup.config), batch_axes=srl.batch_axes(c.data))
   return dataclasses.replace(pre, params={**pre.params, "bert": trained})
 
 
-def evaluate(config: ml_collections.ConfigDict, workdir: str, model: model_dirs.Pretrained, run: FinetuneRun,
-             name: str) -> list[dict]:
+def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name: str) -> list[dict]:
   """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
   WORKDIR/results/<name>.json."""
-  embedder = Embedder(model, batch_size=config.eval.batch_size, pack=config.eval.get("packing", False))
-  if config.model.max_length:
-    embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
-                                                       max_seq_length=config.model.max_length)
-  pooling = config.model.pooling
+  c, e = run.blocks, run.blocks.eval
+  embedder = Embedder(model, batch_size=e.batch_size, pack=e.packing)
+  if c.model.max_length:
+    embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence, max_seq_length=c.model.max_length)
+  pooling = c.model.pooling
   records = sts.evaluate_sets(embedder, run.sts_sets, run.eval_pairs, pooling=pooling)
   for dataset, split, folder in run.retrieval_sets:
     records += retrieval.evaluate_collection(
         embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
-        normalize=config.eval.retrieval_similarity == "cosine", query_max_length=config.eval.query_max_length,
-        passage_max_length=config.eval.passage_max_length, k=config.eval.retrieval_k,
-        funnels=tuple(config.eval.get("retrieval_funnels", ())), costs=config.eval.get("retrieval_costs", False),
-        index_dir=config.eval.get("index_dir", ""))
-  metrics.write_results(workdir, records, config.get("log"))
+        normalize=e.retrieval_similarity == "cosine", query_max_length=e.query_max_length,
+        passage_max_length=e.passage_max_length, k=e.retrieval_k, funnels=e.retrieval_funnels,
+        costs=e.retrieval_costs, index_dir=e.index_dir)
+  metrics.write_results(workdir, records, c.log)
   return results.report(workdir, name, records)
 
 
@@ -317,12 +281,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
   `defaults`: the config file's values, for resuming a run made before a key existed
   (workdir.check_resume)."""
   spec = trainer.start(config, workdir, describe, defaults)
-  log.info("backbone %s: %d layers x %d dims; schedule %s", config.model.init_from,
+  log.info("backbone %s: %d layers x %d dims; schedule %s", spec.blocks.model.init_from,
            spec.model.config.num_hidden_layers, spec.model.config.hidden_size, spec.model.pairs)
-  if config.mode == "eval":
+  if spec.blocks.mode == "eval":
     workdir_lib.write_config(workdir, config)
     with timing.current().phase("eval"):
-      return evaluate(config, workdir, checkpoint.load_model(config.model.init_from), spec, name="eval")
+      return evaluate(workdir, checkpoint.load_model(spec.blocks.model.init_from), spec, name="eval")
   # every evaluation row read and checked before training, not after it (read again to evaluate: a
   # corpus is not held in memory through training)
   for _, _, source in spec.sts_sets:
@@ -332,7 +296,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []
   with timing.current().phase("eval"):
-    return evaluate(config, workdir, model, spec, name="final")
+    return evaluate(workdir, model, spec, name="final")
 
 
 OBJECTIVE = trainer.Objective(name="finetune", modes=("train", "eval"), describe=describe, run=run,

@@ -29,10 +29,11 @@ from starbucks_jax.step import TrainState
 log = logging.getLogger(__name__)
 
 
-def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, train_step, batcher,
+def fit(config: ml_collections.ConfigDict, c, workdir: str, state: TrainState, train_step, batcher,
         total_steps: int, lr: optax.Schedule, *, tx: optax.GradientTransformation, param_specs,
         batch_axes: dict[str, int] | None = None) -> TrainState:
-  """The loop every run shares: place the state on the mesh (mesh.shape, mesh.rules; `param_specs`
+  """The loop every run shares, over the typed config `c` (`config`, as given, is written to the
+  workdir and to W&B): place the state on the mesh (mesh.shape, mesh.rules; `param_specs`
   are the params' logical axes), resume from the workdir's latest checkpoint, jit the step with
   in/out shardings and the state donated, log metrics every train.log_every steps (with
   `data_wait_frac`, the share of the interval spent waiting for input), checkpoint every
@@ -40,12 +41,12 @@ def fit(config: ml_collections.ConfigDict, workdir: str, state: TrainState, trai
   as a pure function of the step, prepared and transferred ahead of the step (`device_batches`);
   each batch shape is compiled once, on its first step; `batch_axes` names each batch array's
   examples axis (default 0). Start-up, compile, train and checkpoint seconds go to timing.current()."""
-  mesh = sharding.make_mesh(tuple(config.mesh.shape))
-  rules = sharding.rules_from_config(config.mesh.rules)
+  mesh = sharding.make_mesh(c.mesh.shape)
+  rules = sharding.rules_from_config(c.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
-                                        config.mesh.shard_optimizer)
-    return _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes)
+                                        c.mesh.shard_optimizer)
+    return _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes)
 
 
 def jit_step(update, state_sh, batch_sh):
@@ -83,17 +84,17 @@ def check_skipped(train_cfg, metrics, done: int, mngr) -> None:
            "No checkpoint was written.") + " Check the data, train.lr and model.dtype.")
 
 
-def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
-  mngr = checkpoint.manager(workdir, max_to_keep=config.train.keep_checkpoints,
-                            save_interval_steps=config.train.checkpoint_every)
+def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
+  t = c.train
+  mngr = checkpoint.manager(workdir, max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every)
   start, state = _restore(mngr, sharding.shard_state(state, state_sh), state_sh)
   workdir_lib.write_config(workdir, config)  # the model, the data and the checkpoint have all loaded
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
   timer = timing.current()
-  base_rng = jax.random.key(config.seed)
-  writer = metrics_lib.MetricsWriter(workdir, start, config.get("log"), config)
-  profile = timing.ProfileWindow(workdir, config.train.get("profile_steps", ()))
-  examples_per_step = config.data.batch_size
+  base_rng = jax.random.key(c.seed)
+  writer = metrics_lib.MetricsWriter(workdir, start, c.log, config)
+  profile = timing.ProfileWindow(workdir, t.profile_steps)
+  examples_per_step = c.data.batch_size
   executables = {}  # batch shapes -> the step compiled for them: each shape compiles once, ahead of its step
   real = padded = 0
   lr_at = jax.jit(lr)  # compiled once: evaluated op by op, the schedule costs ~5 ms per log row
@@ -120,18 +121,18 @@ def _fit(config, workdir, state, train_step, batcher, total_steps, lr, mesh, sta
         step_fn = executables[shape] = _compile(train_step, state_sh, batch_sh, (state, batch, rng), timer,
                                                 f"step {len(executables) + 1} for batch {shape}")
         if len(executables) == 1:
-          warn_if_products_upcast(step_fn, config.model.dtype)
+          warn_if_products_upcast(step_fn, c.model.dtype)
       state, metrics = step_fn(state, batch, rng)
       done = step + 1
       profile.after(done, state)
       progress.update(1)
-      if not config.train.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
+      if not t.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
                                  f"checkpoint in {mngr.directory} is intact")
-      logging_now = done % config.train.log_every == 0 or done == total_steps
-      saving_now = done % config.train.checkpoint_every == 0 or done == total_steps
+      logging_now = done % t.log_every == 0 or done == total_steps
+      saving_now = done % t.checkpoint_every == 0 or done == total_steps
       if logging_now or saving_now:
-        check_skipped(config.train, metrics, done, mngr)
+        check_skipped(t, metrics, done, mngr)
       if logging_now:
         metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
         elapsed = max(time.time() - t0, 1e-9)

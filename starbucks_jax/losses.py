@@ -29,14 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from starbucks_jax import schedule
-from starbucks_jax.config_lib import ConfigError, check_choice, check_range
+from starbucks_jax.config_lib import Block, ConfigError, check_choice, check_range
 
 TASKS = ("contrastive", "cosent")
 SIMILARITIES = ("cosine", "dot")
@@ -49,9 +48,10 @@ PAIR_WEIGHTINGS = ("uniform", "inverse_layer", "log_layer", "inverse_loss")  # s
 
 
 @dataclasses.dataclass(frozen=True)
-class LossConfig:
-  """The `loss` block of a fine-tuning config: declared here once (`loss_config()` builds the block
-  with these defaults), checked by `from_config`."""
+class LossConfig(Block):
+  """The `loss` block of a fine-tuning config (config_blocks.FinetuneConfig): its keys and defaults,
+  its own checks (`check`) and those against the schedule (`check_plan`)."""
+  KEY: ClassVar[str] = "loss"
   task: str = "contrastive"  # 'contrastive' (MNRL / InfoNCE) | 'cosent' (graded pairs)
   similarity: str = "cosine"  # 'cosine' (truncate, then L2-normalise) | 'dot'
   scale: float = 20.0  # cosine similarity multiplier (MNRL and CoSENT use 20)
@@ -67,50 +67,42 @@ class LossConfig:
   teacher: str = "self"  # KL teacher: 'self' (own (N, D), the paper) | 'frozen' (the starting model's)
   layer_weighting: str = "uniform"  # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
 
-  @classmethod
-  def from_config(cls, loss_cfg, num_pairs: int, method: str = "starbucks") -> "LossConfig":
-    """The checked `loss` block; `num_pairs` is the schedule's length (for pair_weights), `method`
-    the schedule's (layer_weighting weighs 2dmse's sampled layer only)."""
-    check_choice("loss.task", loss_cfg.task, TASKS)
-    check_choice("loss.similarity", loss_cfg.similarity, SIMILARITIES)
-    check_choice("loss.kl", loss_cfg.kl, KL_KINDS)
-    check_choice("loss.reduction", loss_cfg.reduction, REDUCTIONS)
-    check_choice("loss.layer_weighting", loss_cfg.layer_weighting, LAYER_WEIGHTINGS)
-    if loss_cfg.layer_weighting != "uniform" and method != "2dmse":
-      raise ConfigError(f"loss.layer_weighting={loss_cfg.layer_weighting!r} weighs the sampled layer of "
+  def check(self) -> None:
+    check_choice("loss.task", self.task, TASKS)
+    check_choice("loss.similarity", self.similarity, SIMILARITIES)
+    check_choice("loss.kl", self.kl, KL_KINDS)
+    check_choice("loss.reduction", self.reduction, REDUCTIONS)
+    check_choice("loss.layer_weighting", self.layer_weighting, LAYER_WEIGHTINGS)
+    check_range("loss.scale", self.scale, 0, low_open=True)
+    check_range("loss.temperature", self.temperature, 0, low_open=True)
+    check_range("loss.kl_weight", self.kl_weight, 0)
+    check_range("loss.kl_temperature", self.kl_temperature, 0, low_open=True)
+    check_choice("loss.pair_weighting", self.pair_weighting, PAIR_WEIGHTINGS)
+    check_range("loss.full_weight", self.full_weight, 0)
+    check_choice("loss.teacher", self.teacher, TEACHERS)
+
+  def check_plan(self, num_pairs: int, method: str) -> None:
+    """Against the schedule: `num_pairs` its length (for pair_weights), `method` its method
+    (layer_weighting weighs 2dmse's sampled layer only)."""
+    weights = self.pair_weights
+    if self.layer_weighting != "uniform" and method != "2dmse":
+      raise ConfigError(f"loss.layer_weighting={self.layer_weighting!r} weighs the sampled layer of "
                         f"schedule.method='2dmse'; schedule.method={method!r} has none: set it to 'uniform'")
-    if not isinstance(loss_cfg.kl_detach, bool):
-      raise ConfigError(f"loss.kl_detach={loss_cfg.kl_detach!r}; expected True or False")
-    check_range("loss.scale", loss_cfg.scale, 0, low_open=True)
-    check_range("loss.temperature", loss_cfg.temperature, 0, low_open=True)
-    check_range("loss.kl_weight", loss_cfg.kl_weight, 0)
-    check_range("loss.kl_temperature", loss_cfg.kl_temperature, 0, low_open=True)
-    check_choice("loss.pair_weighting", loss_cfg.pair_weighting, PAIR_WEIGHTINGS)
-    check_range("loss.full_weight", loss_cfg.full_weight, 0)
-    weights = tuple(float(w) for w in loss_cfg.pair_weights)
     if weights and len(weights) != num_pairs:
       raise ConfigError(f"loss.pair_weights has {len(weights)} weights for {num_pairs} pairs in schedule.pairs")
     if weights and method != "starbucks":
       raise ConfigError(f"loss.pair_weights weighs the pairs of schedule.method='starbucks' one by one; "
                         f"schedule.method={method!r} trains other pairs: use loss.pair_weighting")
-    if weights and loss_cfg.pair_weighting != "uniform":
-      raise ConfigError(f"loss.pair_weights and loss.pair_weighting={loss_cfg.pair_weighting!r} both set the "
+    if weights and self.pair_weighting != "uniform":
+      raise ConfigError(f"loss.pair_weights and loss.pair_weighting={self.pair_weighting!r} both set the "
                         "pair weights: keep one")
-    check_choice("loss.teacher", loss_cfg.teacher, TEACHERS)
-    if loss_cfg.teacher == "frozen" and (loss_cfg.kl == "none" or method not in KL_METHODS):
+    if self.teacher == "frozen" and (self.kl == "none" or method not in KL_METHODS):
       raise ConfigError(f"loss.teacher='frozen' is the KL's teacher for schedule.method in {KL_METHODS} with a "
-                        f"loss.kl; this run has method={method!r}, kl={loss_cfg.kl!r}")
+                        f"loss.kl; this run has method={method!r}, kl={self.kl!r}")
     sampled = method in ("2dmse", "2dmse_retrieval")
-    if sampled and (loss_cfg.pair_weighting != "uniform" or loss_cfg.full_weight != 1.0):
+    if sampled and (self.pair_weighting != "uniform" or self.full_weight != 1.0):
       raise ConfigError(f"loss.pair_weighting and loss.full_weight weigh a fixed schedule's pairs; "
                         f"schedule.method={method!r} samples its own (see loss.layer_weighting)")
-    fields = {f.name: loss_cfg[f.name] for f in dataclasses.fields(cls)}
-    return cls(**{**fields, "pair_weights": weights})
-
-
-def loss_config() -> ml_collections.ConfigDict:
-  """The `loss` block every fine-tuning config carries, with LossConfig's defaults."""
-  return ml_collections.ConfigDict(dataclasses.asdict(LossConfig()))
 
 
 def truncate_normalise(x, d: int | None = None, eps: float = 1e-12):

@@ -11,7 +11,6 @@ past S are removed, TensorBoard hides later events (a purge marker at S + 1), W&
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -22,21 +21,9 @@ from typing import Any
 
 from starbucks_jax import sharding
 from starbucks_jax import workdir as workdir_lib
-from starbucks_jax.config_lib import ConfigError
 
 log = logging.getLogger(__name__)
 TB_DIR = "tb"
-
-
-def check_config(config) -> None:
-  """The `log` block: a W&B project needs the wandb package (checked before any compute)."""
-  log_cfg = config.get("log")
-  if log_cfg is None:
-    return
-  if log_cfg.get("wandb") and importlib.util.find_spec("wandb") is None:
-    raise ConfigError(f"log.wandb={log_cfg.wandb!r}: Weights & Biases logging needs `pip install wandb`")
-  if log_cfg.get("tensorboard", False) and importlib.util.find_spec("tensorboardX") is None:
-    raise ConfigError("log.tensorboard=True needs tensorboardX (`pip install tensorboardX`)")
 
 
 def finite_or_none(value) -> float | None:
@@ -49,6 +36,7 @@ class MetricsWriter:
   """One row per logged step into every sink; `start` is the step a run resumes at (0: a new run)."""
 
   def __init__(self, workdir: str, start: int = 0, log_cfg=None, config=None):
+    """`log_cfg`: the log block (config_blocks.Log; None: metrics.jsonl only); `config`: W&B's run config."""
     self.path = os.path.join(workdir, workdir_lib.METRICS)
     self.primary = sharding.is_primary()
     self.tb = self.wandb = None
@@ -59,10 +47,9 @@ class MetricsWriter:
       with open(self.path + ".tmp", "w", encoding="utf8") as f:
         f.writelines(json.dumps(row) + "\n" for row in kept)
       os.replace(self.path + ".tmp", self.path)
-    log_cfg = log_cfg or {}
-    if log_cfg.get("tensorboard", False):
+    if log_cfg and log_cfg.tensorboard:
       self.tb = tensorboard_writer(workdir, start)
-    if log_cfg.get("wandb"):
+    if log_cfg and log_cfg.wandb:
       self.wandb = wandb_run(workdir, log_cfg.wandb, config)
 
   def write(self, step: int, metrics: dict[str, Any]) -> None:
@@ -131,19 +118,18 @@ def last_step(workdir: str) -> int:
 def write_results(workdir: str, records: list[dict], log_cfg=None) -> None:
   """A run's evaluation records (per dataset, split, metric and (layer, dim)) as TensorBoard scalars
   `eval/DATASET/SPLIT/METRIC/LxD` at the run's last step, and into the W&B run's summary."""
-  log_cfg = log_cfg or {}
-  if not sharding.is_primary() or not records or not (log_cfg.get("tensorboard", False) or log_cfg.get("wandb")):
+  if not sharding.is_primary() or not records or not (log_cfg and (log_cfg.tensorboard or log_cfg.wandb)):
     return
   step = last_step(workdir)
   values = {tag_of(f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"
                    + (f"/funnel_{r['funnel']}" if r.get("funnel") else "")): r["value"]
             for r in records if r["value"] is not None and math.isfinite(r["value"])}
-  if log_cfg.get("tensorboard", False):
+  if log_cfg.tensorboard:
     from tensorboardX import SummaryWriter
     with SummaryWriter(os.path.join(workdir, TB_DIR), filename_suffix=".eval") as tb:
       for tag, value in values.items():
         tb.add_scalar(tag, value, step)
-  if log_cfg.get("wandb"):
+  if log_cfg.wandb:
     run = wandb_run(workdir, log_cfg.wandb)
     run.summary.update(values)
     run.finish()

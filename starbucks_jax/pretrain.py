@@ -31,8 +31,9 @@ import optax
 
 from starbucks_jax import losses, metrics, model_dirs, schedule, sharding, timing, trainer
 from starbucks_jax import step as step_lib
-from starbucks_jax.config_lib import check_choice, check_finite, check_range
-from starbucks_jax.data import corpus, sources
+from starbucks_jax.config_blocks import PretrainConfig
+from starbucks_jax.config_lib import ConfigError, check_choice, check_finite
+from starbucks_jax.data import sources
 from starbucks_jax.data.corpus import TextBatcher
 from starbucks_jax.data.masking import Masker, MaskingConfig, budget
 from starbucks_jax.evaluate import results
@@ -50,6 +51,7 @@ EXPORT_DIR = "bert_mlm"
 @dataclasses.dataclass(frozen=True)
 class PretrainRun:
   """A pre-training config, checked before any compute (configs/pt.py)."""
+  blocks: PretrainConfig  # the config, typed
   model: trainer.ModelSpec  # backbone, compute settings and schedule.pairs
   train_pairs: tuple[schedule.Pair, ...]  # the pairs smae.mode trains
   masking: MaskingConfig  # the smae block's masking rates
@@ -63,21 +65,19 @@ def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[schedule.Pair, ...
 def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> PretrainRun:
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` and `devices` stand in for config.json and this host's devices (as finetune.describe)."""
-  check_choice("mode", config.mode, ("pretrain",))
   check_finite(config)
-  model = trainer.ModelSpec.from_config(config, backbone=backbone)
-  check_choice("smae.mode", config.smae.mode, losses.SMAE_MODES)
-  masking = MaskingConfig.from_config(config.smae)
-  corpus.check_config(config.data, config.train)
-  mesh = sharding.check_mesh(config.mesh, devices)
-  trainer.check_train(config, mesh)
-  trainer.check_attention_platform(config, mesh)
-  if config.eval.text:
-    sources.check_spec("eval.text", config.eval.text)
-  check_range("eval.batch_size", config.eval.batch_size, 1)
-  check_range("eval.max_batches", config.eval.max_batches, 0)
-  return PretrainRun(model=model, train_pairs=mode_pairs(config.smae.mode, model.pairs, model.config),
-                     masking=masking)
+  c = PretrainConfig.from_config(config)
+  check_choice("mode", c.mode, ("pretrain",))
+  c.model.check()
+  model = trainer.ModelSpec.from_config(c.model, c.schedule, backbone=backbone)
+  c.smae.check()
+  c.data.check()
+  if c.data.streaming and c.train.epochs != 1 and not c.train.max_steps:
+    raise ConfigError(f"train.epochs={c.train.epochs}: a streamed source is read once; set 1 (or train.max_steps)")
+  trainer.check_train(c, sharding.check_mesh(c.mesh, devices))
+  c.eval.check()
+  return PretrainRun(blocks=c, model=model, train_pairs=mode_pairs(c.smae.mode, model.pairs, model.config),
+                     masking=c.smae.masking())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,10 +162,11 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
   return step_lib.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare, param_specs=param_specs(config))
 
 
-def run_step(config: ml_collections.ConfigDict, run: PretrainRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
+def run_step(run: PretrainRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
   """The step a pre-training run trains with, as its config sets it."""
-  return make_smae_step(run.model.config, run.train_pairs, config.smae.mode, tx, dropout=config.train.dropout,
-                        microbatches=config.train.microbatches)
+  c = run.blocks
+  return make_smae_step(run.model.config, run.train_pairs, c.smae.mode, tx, dropout=c.train.dropout,
+                        microbatches=c.train.microbatches)
 
 
 def abstract_params(config: BertConfig) -> dict[str, Any]:
@@ -180,9 +181,9 @@ def abstract_params(config: BertConfig) -> dict[str, Any]:
   return jax.eval_shape(build)
 
 
-def abstract_batch(config: ml_collections.ConfigDict, run: PretrainRun, length: int) -> dict[str, jax.ShapeDtypeStruct]:
+def abstract_batch(run: PretrainRun, length: int) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes and dtypes of a batch padded to `length`, as the masker makes it."""
-  B, i32 = config.data.batch_size, jnp.int32
+  B, i32 = run.blocks.data.batch_size, jnp.int32
   ke, kd = budget(length, run.masking.encoder_rate), budget(length, run.masking.decoder_rate)
   return {"ids": jax.ShapeDtypeStruct((B, length), i32), "dec_ids": jax.ShapeDtypeStruct((B, length), i32),
           "mask": jax.ShapeDtypeStruct((B, length), i32),
@@ -192,12 +193,12 @@ def abstract_batch(config: ml_collections.ConfigDict, run: PretrainRun, length: 
 
 def train_program(config: ml_collections.ConfigDict, run: PretrainRun, length: int) -> trainer.TrainProgram:
   """The step over batches of data.batch_size windows of `length` tokens."""
-  cfg = run.model.config
-  batch = abstract_batch(config, run, length)
+  cfg, B = run.model.config, run.blocks.data.batch_size
+  batch = abstract_batch(run, length)
   masked = (batch["mlm_positions"].shape[1], batch["mae_positions"].shape[1])
-  flops = matmul_flops(cfg, config.data.batch_size, length, run.train_pairs, config.smae.mode, masked)
-  return trainer.TrainProgram(lambda tx: run_step(config, run, tx), abstract_params(cfg), param_specs(cfg), batch,
-                              None, flops, f"batch {config.data.batch_size} x {length} tokens")
+  flops = matmul_flops(cfg, B, length, run.train_pairs, run.blocks.smae.mode, masked)
+  return trainer.TrainProgram(lambda tx: run_step(run, tx), abstract_params(cfg), param_specs(cfg), batch,
+                              None, flops, f"batch {B} x {length} tokens")
 
 
 def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, masked: tuple[int, int]) -> int:
@@ -224,19 +225,19 @@ def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, m
 # ---------------------------------------------------------------------------------------------
 def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) -> model_dirs.Pretrained:
   """Pre-train from model.init_from (or resume the workdir); exports WORKDIR/bert_mlm."""
-  setup = trainer.setup_model(config, run.model, default_length=run.model.config.max_position_embeddings)
+  c, d = run.blocks, run.blocks.data
+  setup = trainer.setup_model(c.model, run.model, default_length=run.model.config.max_position_embeddings)
   pre = setup.pretrained
-  batcher = TextBatcher(config.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking),
-                        batch_size=config.data.batch_size, max_length=setup.max_length, seed=config.seed,
-                        column=config.data.text_column, streaming=config.data.streaming,
-                        packing=config.data.packing, length_buckets=config.data.length_buckets,
-                        shuffle_buffer=config.data.shuffle_buffer, count_rows=config.data.count_rows)
-  steps = trainer.total_steps(config.train, batcher)
-  params = init_params(pre, setup.config, jax.random.key(config.seed))
-  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", config.smae.mode, steps,
-           config.data.batch_size, setup.max_length, run.train_pairs)
+  batcher = TextBatcher(d.train, pre.tokenizer, Masker(pre.tokenizer, run.masking), batch_size=d.batch_size,
+                        max_length=setup.max_length, seed=c.seed, column=d.text_column, streaming=d.streaming,
+                        packing=d.packing, length_buckets=d.length_buckets, shuffle_buffer=d.shuffle_buffer,
+                        count_rows=d.count_rows)
+  steps = trainer.total_steps(c.train, batcher)
+  params = init_params(pre, setup.config, jax.random.key(c.seed))
+  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", c.smae.mode, steps, d.batch_size,
+           setup.max_length, run.train_pairs)
 
-  trained = trainer.train_model(config, workdir, setup, params, lambda tx: run_step(config, run, tx), batcher, steps,
+  trained = trainer.train_model(config, c, workdir, setup, params, lambda tx: run_step(run, tx), batcher, steps,
                                 param_specs=param_specs(setup.config))
   model = dataclasses.replace(pre, params={k: trained[k] for k in ("bert", "mlm_head")})
   if not sharding.is_primary():  # the primary process exports
@@ -247,20 +248,18 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) 
   return model
 
 
-def evaluate_mlm(config: ml_collections.ConfigDict, model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
-                 name: str) -> list[dict]:
+def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str, name: str) -> list[dict]:
   """Masked-token accuracy and loss of every pair (MLM) on `eval.text` -> WORKDIR/results/<name>.json."""
-  if not config.eval.text:
+  c, e = run.blocks, run.blocks.eval
+  if not e.text:
     return []
-  max_length = min(config.model.max_length or model.config.max_position_embeddings,
-                   model.config.max_position_embeddings)
-  batcher = TextBatcher(config.eval.text, model.tokenizer, Masker(model.tokenizer, run.masking),
-                        batch_size=config.eval.batch_size, max_length=max_length, seed=config.seed + 1,
-                        column=config.eval.text_column)
+  max_length = min(c.model.max_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
+  batcher = TextBatcher(e.text, model.tokenizer, Masker(model.tokenizer, run.masking), batch_size=e.batch_size,
+                        max_length=max_length, seed=c.seed + 1, column=e.text_column)
   pairs = run.model.pairs
   steps = batcher.steps_in(1)
-  if config.eval.max_batches:
-    steps = min(steps, config.eval.max_batches)
+  if e.max_batches:
+    steps = min(steps, e.max_batches)
   params = {k: jax.device_put(v) for k, v in model.params.items()}
 
   @jax.jit
@@ -281,12 +280,12 @@ def evaluate_mlm(config: ml_collections.ConfigDict, model: model_dirs.Pretrained
   for _, batch in batcher.batches(0, steps):
     for p, v in jax.device_get(mlm_stats(params, batch)).items():
       totals[p] += np.array([float(x) for x in v])
-  dataset = os.path.splitext(os.path.basename(config.eval.text.removeprefix("demo:")))[0]
+  dataset = os.path.splitext(os.path.basename(e.text.removeprefix("demo:")))[0]
   records = []
   for (n, d), (correct, loss_sum, count) in totals.items():
     records.append(results.record(dataset, "eval", "mlm_accuracy", n, d, correct / count))
     records.append(results.record(dataset, "eval", "mlm_loss", n, d, loss_sum / count))
-  metrics.write_results(workdir, records, config.get("log"))
+  metrics.write_results(workdir, records, c.log)
   return results.report(workdir, name, records)
 
 
@@ -296,14 +295,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
   `defaults`: the config file's values, for resuming a run made before a key existed
   (workdir.check_resume)."""
   spec = trainer.start(config, workdir, describe, defaults)
-  if config.eval.text:  # every evaluation row read and checked before training, not after it
-    for _ in sources.read_rows(config.eval.text, {"text": str}, {"text": config.eval.text_column}):
+  e = spec.blocks.eval
+  if e.text:  # every evaluation row read and checked before training, not after it
+    for _ in sources.read_rows(e.text, {"text": str}, {"text": e.text_column}):
       pass
   model = pretrain(config, workdir, spec)
   if not sharding.is_primary():  # the primary process evaluates and writes the results
     return []
   with timing.current().phase("eval"):
-    return evaluate_mlm(config, model, spec, workdir, name="final")
+    return evaluate_mlm(model, spec, workdir, name="final")
 
 
 OBJECTIVE = trainer.Objective(name="pretrain", modes=("pretrain",), describe=describe, run=run,

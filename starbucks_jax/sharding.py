@@ -18,20 +18,18 @@ part in orbax checkpointing.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from starbucks_jax.config_lib import ConfigError, check_range, config_errors
+from starbucks_jax.config_lib import config_errors
 
 AXES = ("data", "fsdp", "tensor")
 BATCH = ("data", "fsdp")
@@ -49,42 +47,19 @@ RULES: tuple[tuple[str, Any], ...] = (
 )
 
 
-def mesh_config() -> ml_collections.ConfigDict:
-  """The `mesh` block every config carries (configs/ft.py, configs/pt.py)."""
-  c = ml_collections.ConfigDict()
-  c.shape = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
-  c.rules = RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
-  c.shard_optimizer = True  # AdamW moments split over the data-parallel devices (ZeRO-1), params whole; False: replicated
-  c.coordinator = ""  # several processes: 'host:port' of process 0, or 'auto' (TPU pod, SLURM, MPI)
-  c.num_processes = 1  # processes in the run (with a host:port coordinator)
-  c.process_id = 0  # this process's index (with a host:port coordinator)
-  return c
-
-
 def start_processes(mesh_cfg) -> None:
-  """Checks the mesh block's process keys and starts jax.distributed when they ask for several
+  """Starts jax.distributed when the checked mesh block (config_blocks.Mesh) asks for several
   processes (a no-op for one). The first thing a run does: nothing in JAX may run before it."""
-  coordinator = mesh_cfg.coordinator
-  if coordinator and coordinator != "auto" and not re.fullmatch(r"[^\s:]+:\d+", coordinator):
-    raise ConfigError(f"mesh.coordinator={coordinator!r}: expected 'host:port', 'auto' or '' (one process)")
-  check_range("mesh.num_processes", mesh_cfg.num_processes, 1)
-  if not 0 <= mesh_cfg.process_id < mesh_cfg.num_processes:
-    raise ConfigError(f"mesh.process_id={mesh_cfg.process_id} is not in 0..{mesh_cfg.num_processes - 1} "
-                      f"(mesh.num_processes={mesh_cfg.num_processes})")
-  if mesh_cfg.num_processes > 1 and not coordinator:
-    raise ConfigError(f"mesh.num_processes={mesh_cfg.num_processes} needs mesh.coordinator (host:port of process 0)")
-  if not coordinator or jax.distributed.is_initialized():
+  if not mesh_cfg.coordinator or jax.distributed.is_initialized():
     return
-  if coordinator == "auto":
+  if mesh_cfg.coordinator == "auto":
     jax.distributed.initialize()
   else:
-    jax.distributed.initialize(coordinator, mesh_cfg.num_processes, mesh_cfg.process_id)
+    jax.distributed.initialize(mesh_cfg.coordinator, mesh_cfg.num_processes, mesh_cfg.process_id)
 
 
 def check_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   """The mesh block's mesh over `devices` (default: all), or a ConfigError naming mesh.shape."""
-  if not isinstance(mesh_cfg.shard_optimizer, bool):
-    raise ConfigError(f"mesh.shard_optimizer={mesh_cfg.shard_optimizer!r}; expected True or False")
   with config_errors("mesh.shape: "):
     return make_mesh(tuple(mesh_cfg.shape), devices)
 

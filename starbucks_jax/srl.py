@@ -12,7 +12,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from starbucks_jax import losses, schedule
@@ -51,14 +50,16 @@ class Packing:
   shards: int = 1
 
 
-def batch_axes(config: ml_collections.ConfigDict) -> dict[str, int]:
-  return {} if config.data.get("packing", False) else ROLE_AXES
+def batch_axes(data) -> dict[str, int]:
+  """Each batch array's examples axis under the data block (config_blocks.ExampleData)."""
+  return {} if data.packing else ROLE_AXES
 
 
-def packing(config: ml_collections.ConfigDict, shards: int) -> Packing | None:
-  if not config.data.get("packing", False):
+def packing(data, shards: int) -> Packing | None:
+  """The packed layout of the data block's batches over `shards` devices (None: not packed)."""
+  if not data.packing:
     return None
-  return Packing(len(batching.FORMATS[config.data.format]), config.data.batch_size, shards)
+  return Packing(len(batching.FORMATS[data.format]), data.batch_size, shards)
 
 
 def _streams(batch) -> tuple[tuple[str, str], ...]:

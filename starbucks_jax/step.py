@@ -14,7 +14,6 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 
@@ -33,8 +32,8 @@ class TrainStep(NamedTuple):
   value_and_grad: Callable  # (params, batch, rng) -> ((loss, aux), grads), accumulation included
 
 
-def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-  """Linear warmup over warmup_ratio of the steps, then linear or cosine decay to 0 (HF's schedules)."""
+def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+  """`cfg`: the train block (config_blocks.Train). Linear warmup over warmup_ratio of the steps, then linear or cosine decay to 0 (HF's schedules)."""
   warmup = int(math.ceil(cfg.warmup_ratio * total_steps))
   decay_steps = max(total_steps - warmup, 1)
   if cfg.decay == "linear":
@@ -51,8 +50,8 @@ def decay_mask(params) -> Any:
       {k: not (k[-1] == "bias" or "LayerNorm" in k) for k in flat})
 
 
-def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int,
-                   lr: optax.Schedule | None = None) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int, lr: optax.Schedule | None = None) -> optax.GradientTransformation:
+  """AdamW as the train block (config_blocks.Train) sets it: clipping, decay mask, non-finite skips."""
   lr = learning_rate_schedule(cfg, total_steps) if lr is None else lr
   chain = []
   if cfg.clip_grad_norm > 0:

@@ -18,11 +18,10 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import checkpoint, loop, model_dirs, schedule, sharding
-from starbucks_jax import metrics as metrics_lib
+from starbucks_jax import checkpoint, config_blocks, loop, model_dirs, schedule, sharding
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
-from starbucks_jax.config_lib import ConfigError, check_choice, check_range, config_errors
+from starbucks_jax.config_lib import ConfigError, check_choice, config_errors
 from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
 
 
@@ -66,64 +65,46 @@ class ModelSpec:
   pairs: tuple[schedule.Pair, ...]  # schedule.pairs, checked against the backbone
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, backbone: BertConfig | None = None) -> "ModelSpec":
-    """`backbone` replaces reading model.init_from's config.json (dir is then '')."""
-    m = config.model
-    check_choice("model.param_dtype", m.param_dtype, ("float32", "bfloat16"))  # AdamW state in float16 underflows
-    check_range("model.max_length", m.max_length, 0)
+  def from_config(cls, model: config_blocks.Model, schedule_block: config_blocks.Schedule,
+                  backbone: BertConfig | None = None) -> "ModelSpec":
+    """The checked model block (model.check() has run) and schedule.pairs; `backbone` replaces
+    reading model.init_from's config.json (dir is then '')."""
     model_dir = ""
     if backbone is None:
       try:
-        model_dir = checkpoint.model_config_dir(m.init_from)
+        model_dir = checkpoint.model_config_dir(model.init_from)
         backbone = model_dirs.config_from_hf(model_dir)
       except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(f"model.init_from={m.init_from!r}: {e}") from None
+        raise ConfigError(f"model.init_from={model.init_from!r}: {e}") from None
     for key in RUN_FIELDS:
       with config_errors(f"model.{key}: "):
-        backbone = backbone.replace(**{key: m[key]})
-    if m.max_length > backbone.max_position_embeddings:
-      raise ConfigError(f"model.max_length={m.max_length} exceeds the backbone's "
+        backbone = backbone.replace(**{key: getattr(model, key)})
+    if model.max_length > backbone.max_position_embeddings:
+      raise ConfigError(f"model.max_length={model.max_length} exceeds the backbone's "
                         f"max_position_embeddings={backbone.max_position_embeddings}")
     with config_errors():
-      pairs = schedule.validate(config.schedule.pairs, backbone.num_hidden_layers, backbone.hidden_size,
+      pairs = schedule.validate(schedule_block.pairs, backbone.num_hidden_layers, backbone.hidden_size,
                                 key="schedule.pairs")
     return cls(dir=model_dir, config=backbone, pairs=pairs)
 
 
-def check_train(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """The `train` block's optimizer and loop keys, and the batch's split into microbatches over the
-  mesh's data-parallel devices."""
-  t = config.train
-  check_choice("resume", config.get("resume", "check"), ("check", "force"))
-  check_range("train.epochs", t.epochs, 1)
-  check_range("train.max_steps", t.max_steps, 0)
-  check_range("train.lr", t.lr, 0, low_open=True)
-  check_range("train.warmup_ratio", t.warmup_ratio, 0, 1)
-  check_choice("train.decay", t.decay, ("linear", "cosine"))
-  check_range("train.weight_decay", t.weight_decay, 0)
-  check_range("train.clip_grad_norm", t.clip_grad_norm, 0)
-  check_range("train.log_every", t.log_every, 1)
-  check_range("train.checkpoint_every", t.checkpoint_every, 1)
-  check_range("train.keep_checkpoints", t.keep_checkpoints, 1)
-  check_range("train.microbatches", t.microbatches, 1)
-  window = tuple(t.get("profile_steps", ()))
-  if window and not (len(window) == 2 and all(isinstance(s, int) for s in window) and 0 <= window[0] < window[1]):
-    raise ConfigError(f"train.profile_steps={window}: expected (START, END) steps with 0 <= START < END, or ()")
-  metrics_lib.check_config(config)
-  k, batch = t.microbatches, config.data.batch_size
+def check_train(c, mesh: jax.sharding.Mesh) -> None:
+  """A training run's typed config (config_blocks.FinetuneConfig or PretrainConfig): resume, the
+  train and log blocks, the batch's split into microbatches over the mesh's data-parallel devices,
+  and an attention kernel the mesh's devices have."""
+  check_choice("resume", c.resume, ("check", "force"))
+  c.train.check()
+  c.log.check()
+  k, batch = c.train.microbatches, c.data.batch_size
   if batch % k:
     raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={batch}")
   data = sharding.data_parallel_size(mesh)
   if (batch // k) % data:
     raise ConfigError(f"data.batch_size={batch}" + (f" / train.microbatches={k}" if k > 1 else "")
                       + f" does not split over the mesh's {data} data-parallel devices "
-                      f"(mesh.shape={tuple(config.mesh.shape)})")
-
-
-def check_attention_platform(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
-  """model.attention='cudnn' is a kernel of NVIDIA GPUs: elsewhere the first step would fail to lower."""
-  platform = mesh.devices.flat[0].platform
-  if config.model.attention == "cudnn" and platform != "gpu":
+                      f"(mesh.shape={tuple(c.mesh.shape)})")
+  platform = mesh.devices.flat[0].platform  # cuDNN's kernel elsewhere would fail to lower at the first step
+  if c.model.attention == "cudnn" and platform != "gpu":
     raise ConfigError(f"model.attention='cudnn' is cuDNN's kernel for NVIDIA GPUs; this run's devices are "
                       f"{platform}: use 'dot_product' (XLA's fused core) or 'standard'")
 
@@ -134,7 +115,9 @@ def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[m
   objective's checks, before any compute; its result is the run's description), and, in a workdir
   that has a run, the check that this config continues it (`defaults`: check_resume). Writes nothing
   (fit writes the config once the model, the data and any checkpoint have loaded)."""
-  sharding.start_processes(config.mesh)
+  mesh = config_blocks.Mesh.from_config(config.mesh)
+  mesh.check()
+  sharding.start_processes(mesh)
   run = describe(config)
   workdir_lib.check_resume(workdir, config, defaults)
   return run
@@ -150,36 +133,36 @@ class Setup:
   max_length: int  # tokens per text
 
 
-def setup_model(config: ml_collections.ConfigDict, spec: ModelSpec, *, default_length: int | None = None,
+def setup_model(model: config_blocks.Model, spec: ModelSpec, *, default_length: int | None = None,
                 pooling: str | None = None) -> Setup:
   """Loads model.init_from with this run's sentence settings. Max length: model.max_length, else
   `default_length`, else the checkpoint's max_seq_length, capped at max_position_embeddings.
   `pooling` replaces the checkpoint's (None keeps it)."""
-  pre = checkpoint.load_model(config.model.init_from)
+  pre = checkpoint.load_model(model.init_from)
   limit = spec.config.max_position_embeddings
-  max_length = min(config.model.max_length or default_length or pre.sentence.max_seq_length, limit)
+  max_length = min(model.max_length or default_length or pre.sentence.max_seq_length, limit)
   sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None,
                                  **({"pooling": pooling} if pooling else {}))
   return Setup(pretrained=dataclasses.replace(pre, sentence=sentence), config=spec.config, max_length=max_length)
 
 
-def total_steps(train_cfg: ml_collections.ConfigDict, batcher) -> int:
+def total_steps(train_cfg: config_blocks.Train, batcher) -> int:
   """train.max_steps, else train.epochs passes over the batcher's data."""
   return train_cfg.max_steps or batcher.steps_in(train_cfg.epochs)
 
 
-def train_model(config: ml_collections.ConfigDict, workdir: str, setup: Setup, params,
+def train_model(config: ml_collections.ConfigDict, c, workdir: str, setup: Setup, params,
                 step_for: Callable[[optax.GradientTransformation], step_lib.TrainStep], batcher, steps: int, *,
                 param_specs, batch_axes: dict[str, int] | None = None):
   """Writes the run's weightless model description (WORKDIR/model), builds the optimizer for
-  `steps`, fits `step_for(optimizer)` on the batcher's batches from `params` (cast to the storage
+  `steps` from the typed config `c`'s train block, fits `step_for(optimizer)` on the batcher's batches from `params` (cast to the storage
   dtype) and returns the trained parameters as float32 numpy on every process."""
   if sharding.is_primary():
     checkpoint.write_model_dir(workdir, setup.pretrained)
-  lr = step_lib.learning_rate_schedule(config.train, steps)
-  tx = step_lib.make_optimizer(config.train, steps, lr)
+  lr = step_lib.learning_rate_schedule(c.train, steps)
+  tx = step_lib.make_optimizer(c.train, steps, lr)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, setup.config.storage_dtype), params)
   state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-  state = loop.fit(config, workdir, state, step_for(tx).update, batcher, steps, lr, tx=tx,
-              param_specs=param_specs, batch_axes=batch_axes)
+  state = loop.fit(config, c, workdir, state, step_for(tx).update, batcher, steps, lr, tx=tx,
+                   param_specs=param_specs, batch_axes=batch_axes)
   return jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))

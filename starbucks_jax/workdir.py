@@ -106,7 +106,7 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
     changes = [c for c in changes if c not in added]
   changed = [c for c in changes if not c[0].startswith(RESUMABLE_CHANGES)]
   listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)  # noqa: E731
-  if changed and config.get("resume", "check") != "force":
+  if changed and config.resume != "force":
     more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
     raise ConfigError(f"{workdir} holds a run with another config: {listed(changed[:8])}{more}. Use a new "
                       "--workdir, or --config.resume=force to continue it anyway")

@@ -107,7 +107,9 @@ def ours(path, ids, mask, method):
   cfg = pre.config
   ft = config_lib.load_config(f"{REPO}/configs/ft.py:demo,method={method}")
   plan = schedule.plan(ft.schedule.method, PAIRS, cfg.num_hidden_layers, cfg.hidden_size)
-  loss_cfg = losses.LossConfig.from_config(ft.loss, len(PAIRS), plan.method)
+  loss_cfg = losses.LossConfig.from_config(ft.loss)
+  loss_cfg.check()
+  loss_cfg.check_plan(len(PAIRS), plan.method)
 
   def loss(params, key):
     pooled = pooled_layers(params, cfg, jnp.asarray(ids, jnp.int32), jnp.asarray(mask, jnp.int32),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import config_lib, finetune, pretrain, sharding
+from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.models import bert
 
 from conftest import REPO
@@ -118,27 +119,28 @@ def test_abstract_batches_match_the_batchers(tiny_hf_dir):
   ft = tiny("ft.py:demo")
   with ft.unlocked():
     ft.model.init_from = tiny_hf_dir
-  batcher, _ = finetune.make_batcher(ft, pre.tokenizer, 32)
+  typed = lambda: FinetuneConfig.from_config(ft)  # noqa: E731
+  batcher, _ = finetune.make_batcher(typed(), pre.tokenizer, 32)
   _, batch = next(batcher.batches(0, 1))
   length = batch["ids"].shape[-1]
-  want = finetune.abstract_batch(ft, length)
+  want = finetune.abstract_batch(typed(), length)
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   with ft.unlocked():  # a frozen teacher's vectors ride with the batch
     ft.loss.teacher = "frozen"
   R, H = len(batcher.examples.texts), pre.config.hidden_size
   batcher.teacher = np.zeros((len(batcher.examples), R, H), np.float32)
   _, batch = next(batcher.batches(0, 1))
-  want = finetune.abstract_batch(ft, batch["ids"].shape[-1], hidden=H)
+  want = finetune.abstract_batch(typed(), batch["ids"].shape[-1], hidden=H)
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   with ft.unlocked():
     ft.data.packing = True
-  batcher, _ = finetune.make_batcher(ft, pre.tokenizer, 32, shards=2)
+  batcher, _ = finetune.make_batcher(typed(), pre.tokenizer, 32, shards=2)
   batcher.teacher = np.zeros((len(batcher.examples), R, H), np.float32)
   _, batch = next(batcher.batches(0, 1))
-  want = finetune.abstract_batch(ft, batcher.pack_length, shards=2, rows=batch["ids"].shape[0], hidden=H)
+  want = finetune.abstract_batch(typed(), batcher.pack_length, shards=2, rows=batch["ids"].shape[0], hidden=H)
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   B = ft.data.batch_size  # triplets: without `rows`, one row a text (the memory bound)
-  assert finetune.abstract_batch(ft, 24, shards=2, hidden=H)["ids"].shape == (3 * B, 24)
+  assert finetune.abstract_batch(typed(), 24, shards=2, hidden=H)["ids"].shape == (3 * B, 24)
   pt = tiny("pt.py:tiny")
   with pt.unlocked():
     pt.model.init_from = tiny_hf_dir
@@ -146,7 +148,7 @@ def test_abstract_batches_match_the_batchers(tiny_hf_dir):
   texts = TextBatcher(pt.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking), batch_size=pt.data.batch_size,
                       max_length=32, seed=0, column=pt.data.text_column)
   _, batch = next(texts.batches(0, 1))
-  want = pretrain.abstract_batch(pt, run, batch["ids"].shape[1])
+  want = pretrain.abstract_batch(run, batch["ids"].shape[1])
   assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
 
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from starbucks_jax import config_lib, finetune, model_dirs
+from starbucks_jax.config_blocks import SentenceEval
 
 from conftest import REPO, load_script
 
@@ -67,7 +68,9 @@ def test_retrieval_recipe_evaluates_as_the_authors():
   """MS MARCO dev, DL19 and DL20 in Tevatron's layout (title + text corpus), one index for the three;
   the check before compute passes with every part on the Hub (read when evaluating)."""
   cfg = config_lib.load_config(str(REPO / "configs" / "retrieval.py"))
-  sets = finetune.check_eval(cfg.eval)[1]
+  block = SentenceEval.from_config(cfg.eval)
+  block.check()
+  sets = block.retrieval_sets
   assert [(dataset, split) for dataset, split, _ in sets] == [("msmarco", "dev"), ("msmarco", "dl19"),
                                                               ("msmarco", "dl20")]
   from starbucks_jax.data import tevatron

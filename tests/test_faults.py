@@ -302,8 +302,8 @@ def test_a_run_whose_steps_are_all_non_finite_stops_without_results(tiny_run, tm
   """A loss that is NaN from the start (as a broken dtype or data would make it): the run stops at
   the first log, writes no checkpoint and no result (never an untrained model reported as trained)."""
   real = finetune.run_step
-  monkeypatch.setattr(finetune, "run_step", lambda config, run, tx: real(
-      config, dataclasses.replace(run, loss=dataclasses.replace(run.loss, scale=float("nan"))), tx))
+  monkeypatch.setattr(finetune, "run_step", lambda run, tx: real(
+      dataclasses.replace(run, loss=dataclasses.replace(run.loss, scale=float("nan"))), tx))
   work = tmp_path / "run"
   with pytest.raises(FloatingPointError, match=r"the last 1 steps \(to step 1\) had a non-finite"):
     finetune.run(tiny_run, str(work))

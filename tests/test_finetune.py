@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import checkpoint, config_lib, embed, export, finetune, losses, schedule, srl, timing
+from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.data import batching
 from starbucks_jax.evaluate import results
 from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
@@ -245,7 +246,7 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
   with cfg.unlocked():
     cfg.data.format = "groups"
   with pytest.raises(config_lib.ConfigError, match="data.format='groups' pads queries and passages"):
-    finetune.check_packing(cfg)
+    finetune.check_packing(FinetuneConfig.from_config(cfg))
 
 
 @pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),

@@ -240,10 +240,10 @@ def test_inverse_loss_weights_carry_no_gradient(pooled):
     (dict(teacher="frozen"), "mrl", "this run has method='mrl'"),
     (dict(teacher="frozen", kl="none"), "starbucks", "kl='none'")])
 def test_pair_weighting_config_errors_name_the_key(changes, method, message):
-  block = losses.loss_config()
-  block.update(changes)
+  block = losses.LossConfig.from_config(losses.LossConfig.config(**changes))
   with pytest.raises(ConfigError, match=re.escape(message)):
-    losses.LossConfig.from_config(block, 3, method)
+    block.check()
+    block.check_plan(3, method)
 
 
 def test_mask_dims_equals_truncation(pooled):

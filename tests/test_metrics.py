@@ -11,13 +11,14 @@ import ml_collections
 import pytest
 
 from starbucks_jax import metrics
+from starbucks_jax.config_blocks import Log
 from starbucks_jax.config_lib import ConfigError
 
 from conftest import tb_scalars
 
 
 def log_cfg(**kw):
-  return ml_collections.ConfigDict({"tensorboard": True, "wandb": "", **kw})
+  return Log.from_config(Log.config(**kw))
 
 
 def test_a_resumed_writer_keeps_each_step_once_in_jsonl_and_tensorboard(tmp_path):
@@ -73,7 +74,7 @@ def test_wandb_run_is_resumable_offline_and_gets_rows_and_results(tmp_path, monk
   monkeypatch.delenv("WANDB_API_KEY", raising=False)
   monkeypatch.delenv("WANDB_MODE", raising=False)
   cfg = log_cfg(tensorboard=False, wandb="starbucks")
-  metrics.check_config(ml_collections.ConfigDict({"log": cfg}))
+  cfg.check()
   writer = metrics.MetricsWriter(str(tmp_path), 0, cfg, ml_collections.ConfigDict({"seed": 3}))
   writer.write(1, {"loss": 0.5})
   writer.close()
@@ -90,5 +91,5 @@ def test_wandb_run_is_resumable_offline_and_gets_rows_and_results(tmp_path, monk
 def test_log_block_checks(monkeypatch):
   monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
   with pytest.raises(ConfigError, match=r"log.wandb='p': .*pip install wandb"):
-    metrics.check_config(ml_collections.ConfigDict({"log": log_cfg(wandb="p")}))
-  metrics.check_config(ml_collections.ConfigDict({"log": log_cfg()}))
+    log_cfg(wandb="p").check()
+  log_cfg().check()

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import checkpoint, config_lib, sharding
+from starbucks_jax.config_blocks import Mesh
 
 from conftest import REPO, write_triplets, xla_flags
 
@@ -69,5 +70,5 @@ def test_process_keys_fail_by_name(key, value, match):
     cfg.mesh.coordinator, cfg.mesh.num_processes = "localhost:1234", 2
     setattr(cfg.mesh, key, value)
   with pytest.raises(config_lib.ConfigError, match=match):
-    sharding.start_processes(cfg.mesh)
+    Mesh.from_config(cfg.mesh).check()
   assert not jax.distributed.is_initialized() and sharding.is_primary()

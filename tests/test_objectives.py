@@ -12,6 +12,7 @@ import pytest
 
 from starbucks_jax import main, objectives, sharding, trainer
 from starbucks_jax import step as step_lib
+from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.config_lib import ConfigError, check_choice
 from starbucks_jax.evaluate import results
 from starbucks_jax.models.bert import init_params, param_logical_axes
@@ -20,17 +21,20 @@ from starbucks_jax.models.pooling import pooled_layers
 
 @dataclasses.dataclass(frozen=True)
 class ToyRun:
+  blocks: FinetuneConfig  # the toy reads configs/ft.py's blocks (a new objective may compose its own)
   model: trainer.ModelSpec
 
 
 def describe(config, *, backbone=None, devices=None):
-  check_choice("mode", config.mode, ("toy",))
-  model = trainer.ModelSpec.from_config(config, backbone=backbone)
-  trainer.check_train(config, sharding.check_mesh(config.mesh, devices))
-  return ToyRun(model)
+  c = FinetuneConfig.from_config(config)
+  check_choice("mode", c.mode, ("toy",))
+  c.model.check()
+  model = trainer.ModelSpec.from_config(c.model, c.schedule, backbone=backbone)
+  trainer.check_train(c, sharding.check_mesh(c.mesh, devices))
+  return ToyRun(c, model)
 
 
-def step_for(config, run):
+def step_for(run):
   cfg, N = run.model.config, run.model.config.num_hidden_layers
 
   def loss_fn(params, batch, rng):
@@ -41,8 +45,8 @@ def step_for(config, run):
 
 class RandomIds:
   """data.batch_size rows of 8 random token ids a step, a pure function of the step."""
-  def __init__(self, config, vocab: int):
-    self.batch, self.vocab = config.data.batch_size, vocab
+  def __init__(self, c, vocab: int):
+    self.batch, self.vocab = c.data.batch_size, vocab
 
   def steps_in(self, epochs: int) -> int:
     return 3 * epochs
@@ -55,22 +59,23 @@ class RandomIds:
 
 def run(config, workdir, defaults=None):
   spec = trainer.start(config, workdir, describe, defaults)
-  setup = trainer.setup_model(config, spec.model)
-  batcher = RandomIds(config, spec.model.config.vocab_size)
-  steps = trainer.total_steps(config.train, batcher)
-  params = trainer.train_model(config, workdir, setup, setup.pretrained.params["bert"], step_for(config, spec),
+  c = spec.blocks
+  setup = trainer.setup_model(c.model, spec.model)
+  batcher = RandomIds(c, spec.model.config.vocab_size)
+  steps = trainer.total_steps(c.train, batcher)
+  params = trainer.train_model(config, c, workdir, setup, setup.pretrained.params["bert"], step_for(spec),
                                batcher, steps, param_specs=param_logical_axes(setup.config))
   N, D = spec.model.config.num_hidden_layers, spec.model.config.hidden_size
-  _, batch = next(RandomIds(config, spec.model.config.vocab_size).batches(0, 1))
+  _, batch = next(RandomIds(c, spec.model.config.vocab_size).batches(0, 1))
   loss = float(jnp.mean(pooled_layers(params, setup.config, batch["ids"], batch["mask"], (N,), "mean")[N] ** 2))
   return results.report(workdir, "final", [results.record("random", "train", "pooled_square", N, D, loss)])
 
 
 def train_program(config, run, length):
-  cfg, B = run.model.config, config.data.batch_size
+  cfg, B = run.model.config, run.blocks.data.batch_size
   batch = {k: jax.ShapeDtypeStruct((B, length), jnp.int32) for k in ("ids", "mask")}
   params = jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))
-  return trainer.TrainProgram(step_for(config, run), params, param_logical_axes(cfg), batch, None,
+  return trainer.TrainProgram(step_for(run), params, param_logical_axes(cfg), batch, None,
                               cfg.matmul_flops(B, length), f"{B} x {length} random ids")
 
 

@@ -32,26 +32,18 @@ FORMATS = {"triplets": ("anchor", "positive", "negative"), "pairs": ("anchor", "
            "scored_pairs": ("sentence1", "sentence2")}
 
 
-def score_range(data_cfg) -> tuple[float, float]:
-  """data.score_range as (low, high); STS-B's 0..5 where a config has no such key."""
-  value = tuple(data_cfg.get("score_range", SCORE_RANGE))
-  if len(value) != 2:
-    raise ConfigError(f"data.score_range={value!r}; expected (low, high)")
-  for v in value:
-    check_range("data.score_range", v)
-  return value
-
-
-def check_config(data_cfg) -> None:
-  """The data block of a run on examples (data.format triplets, pairs or scored_pairs)."""
-  check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS + ("auto",))
-  check_range("data.num_buckets", data_cfg.get("num_buckets", 3), 1)
-  check_range("data.pack_length", data_cfg.get("pack_length", 0), 0)
-  low, high = score_range(data_cfg)
+def check_config(data) -> None:
+  """The data block of a run on examples (data.format triplets, pairs or scored_pairs:
+  config_blocks.ExampleData)."""
+  check_choice("data.length_buckets", data.length_buckets, BUCKETS + ("auto",))
+  check_range("data.num_buckets", data.num_buckets, 1)
+  check_range("data.pack_length", data.pack_length, 0)
+  low, high = data.score_range
+  check_range("data.score_range", low)
   check_range("data.score_range", high, low, low_open=True)
-  if data_cfg.train.startswith("beir:"):
-    raise ConfigError(f"data.train={data_cfg.train!r} (BEIR qrels) needs data.format='groups'")
-  check_spec("data.train", data_cfg.train)
+  if data.train.startswith("beir:"):
+    raise ConfigError(f"data.train={data.train!r} (BEIR qrels) needs data.format='groups'")
+  check_spec("data.train", data.train)
 
 
 @dataclasses.dataclass

@@ -33,8 +33,8 @@ from starbucks_jax.data.tokenize import BUCKETS, bucket_length
 log = logging.getLogger(__name__)
 
 
-def check_config(data_cfg, train_cfg) -> None:
-  """The data block of a pre-training run (with train.max_steps and train.epochs for a stream)."""
+def check_config(data_cfg) -> None:
+  """The data block of a pre-training run (config_blocks.TextData)."""
   check_spec("data.train", data_cfg.train)
   check_range("data.shuffle_buffer", data_cfg.shuffle_buffer, 0)
   if data_cfg.streaming and not data_cfg.train.startswith("hf:"):
@@ -42,8 +42,6 @@ def check_config(data_cfg, train_cfg) -> None:
   if data_cfg.shuffle_buffer and not data_cfg.streaming:
     raise ConfigError(f"data.shuffle_buffer={data_cfg.shuffle_buffer} is for streamed sources; an in-memory "
                       "source is shuffled whole every epoch: set it to 0")
-  if data_cfg.streaming and train_cfg.epochs != 1 and not train_cfg.max_steps:
-    raise ConfigError(f"train.epochs={train_cfg.epochs}: a streamed source is read once; set 1 (or train.max_steps)")
   if data_cfg.packing and data_cfg.streaming:
     raise ConfigError("data.packing=True needs an in-memory source (data.streaming=False)")
   check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)

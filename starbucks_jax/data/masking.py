@@ -19,11 +19,10 @@ import dataclasses
 
 import numpy as np
 
-from starbucks_jax.config_lib import config_errors
-
 
 @dataclasses.dataclass(frozen=True)
 class MaskingConfig:
+  """SMAE's masking rates (the smae block's keys: config_blocks.Smae)."""
   encoder_rate: float = 0.2  # fraction of a text's tokens masked in the encoder copy
   decoder_rate: float = 0.4  # ... in the decoder copy (a superset of the encoder's words)
   mask_prob: float = 0.8  # a masked token becomes [MASK] with this probability,
@@ -36,13 +35,6 @@ class MaskingConfig:
     if min(self.mask_prob, self.random_prob) < 0 or self.mask_prob + self.random_prob > 1:
       raise ValueError(f"mask_prob ({self.mask_prob}) + random_prob ({self.random_prob}) must be "
                        "within 0..1")
-
-  @classmethod
-  def from_config(cls, smae_cfg) -> "MaskingConfig":
-    """The masking keys of a pre-training config's smae block; a ConfigError names them."""
-    with config_errors("smae.*: "):
-      return cls(encoder_rate=smae_cfg.encoder_mask_rate, decoder_rate=smae_cfg.decoder_mask_rate,
-                 mask_prob=smae_cfg.mask_token_prob, random_prob=smae_cfg.random_token_prob)
 
 
 def budget(length: int, rate: float) -> int:

@@ -1,0 +1,316 @@
+"""The config's blocks as typed dataclasses: every key of configs/ft.py, configs/retrieval.py and
+configs/pt.py is declared here once, with its default and its meaning (the loss block: losses.py).
+
+A config file builds each block with `Block.config(**values)`; an objective reads the whole config
+back with `FinetuneConfig.from_config` / `PretrainConfig.from_config` (unknown, missing and
+mistyped keys fail there, naming the key) and calls the blocks' `check()` for their own values.
+The fine-tuning and pre-training configs share the model, schedule, train, mesh and log blocks;
+their own keys are subclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import re
+from typing import Any, ClassVar
+
+from starbucks_jax import schedule
+from starbucks_jax.config_lib import Block, ConfigError, check_choice, check_range, config_errors, parse_eval_sets
+from starbucks_jax.data import batching, corpus, groups, sources
+from starbucks_jax.data.masking import MaskingConfig
+from starbucks_jax.evaluate import retrieval, search
+from starbucks_jax.losses import SMAE_MODES, LossConfig
+from starbucks_jax.models.pooling import POOLINGS
+from starbucks_jax.sharding import RULES
+
+frozen = dataclasses.dataclass(frozen=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared blocks
+# ---------------------------------------------------------------------------------------------
+@frozen
+class Model(Block):
+  KEY: ClassVar[str] = "model"
+  init_from: str = "bert-base-uncased"  # HF dir, Hub id, 'all-MiniLM-L6-v2', or a workdir
+  max_length: int = 0  # tokens per text incl. [CLS]/[SEP]; 0 = the model's own (max_seq_length)
+  dtype: str = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
+  param_dtype: str = "float32"  # parameter and optimizer-state storage dtype
+  remat: str = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
+  attention: str = "standard"  # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
+
+  def check(self) -> None:  # dtype, remat and attention: BertConfig's checks (trainer.ModelSpec)
+    check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))  # AdamW state in float16 underflows
+    check_range("model.max_length", self.max_length, 0)
+
+
+@frozen
+class SentenceModel(Model):
+  pooling: str = "mean"  # 'mean' | 'cls'
+
+  def check(self) -> None:
+    check_choice("model.pooling", self.pooling, POOLINGS)
+    super().check()
+
+
+@frozen
+class Schedule(Block):
+  KEY: ClassVar[str] = "schedule"
+  pairs: tuple[tuple[int, int], ...] = schedule.STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large
+
+
+@frozen
+class SrlSchedule(Schedule):
+  method: str = "starbucks"  # schedule.METHODS (the baselines of docs/method.md)
+  separate_pair: tuple[int, int] = (0, 0)  # method=separate: the one (layer, dim) trained
+  separate_train_dim: str = "full"  # separate: 'full' width (authors) or 'dim'
+
+
+@frozen
+class Train(Block):
+  KEY: ClassVar[str] = "train"
+  epochs: int = 1  # passes over the data (the last incomplete batch of each is dropped)
+  max_steps: int = 0  # > 0: stop after this many steps instead (the lr schedule uses it)
+  lr: float = 5e-5  # peak learning rate
+  warmup_ratio: float = 0.1  # linear warmup over this fraction of the steps
+  decay: str = "linear"  # 'linear' | 'cosine' to 0
+  weight_decay: float = 0.0  # AdamW decoupled decay (not on biases and LayerNorm)
+  adam_b1: float = 0.9  # AdamW beta1
+  adam_b2: float = 0.999  # AdamW beta2
+  adam_eps: float = 1e-8  # AdamW epsilon (HF Trainer's default)
+  clip_grad_norm: float = 1.0  # global-norm clipping (HF Trainer's default); 0 = off
+  microbatches: int = 1  # > 1: gradient accumulation, the batch in this many microbatches per step
+  dropout: bool = True  # BERT's dropout during training, as sentence-transformers trains
+  skip_nonfinite: bool = True  # skip (and count) updates with non-finite gradients; False = stop
+  max_consecutive_nonfinite: int = 20  # give up after this many skipped steps in a row
+  log_every: int = 10  # steps between metrics.jsonl rows
+  checkpoint_every: int = 500  # steps between orbax checkpoints (the last step always saves)
+  keep_checkpoints: int = 3  # how many recent checkpoints to keep
+  profile_steps: tuple[int, ...] = ()  # (START, END): a JAX profiler trace of steps START..END-1 in WORKDIR/profile
+
+  def check(self) -> None:
+    check_range("train.epochs", self.epochs, 1)
+    check_range("train.max_steps", self.max_steps, 0)
+    check_range("train.lr", self.lr, 0, low_open=True)
+    check_range("train.warmup_ratio", self.warmup_ratio, 0, 1)
+    check_choice("train.decay", self.decay, ("linear", "cosine"))
+    check_range("train.weight_decay", self.weight_decay, 0)
+    check_range("train.clip_grad_norm", self.clip_grad_norm, 0)
+    check_range("train.log_every", self.log_every, 1)
+    check_range("train.checkpoint_every", self.checkpoint_every, 1)
+    check_range("train.keep_checkpoints", self.keep_checkpoints, 1)
+    check_range("train.microbatches", self.microbatches, 1)
+    window = self.profile_steps
+    if window and not (len(window) == 2 and 0 <= window[0] < window[1]):
+      raise ConfigError(f"train.profile_steps={window}: expected (START, END) steps with 0 <= START < END, or ()")
+
+
+@frozen
+class SrlTrain(Train):
+  grad_cache_chunks: int = 0  # > 0: gradient cache, encode the batch in this many chunks (memory)
+  forward_splits: int = 1  # > 1: the step's texts as this many independent encoder forwards (CPU speed)
+
+  def check(self) -> None:
+    super().check()
+    check_range("train.grad_cache_chunks", self.grad_cache_chunks, 0)
+    check_range("train.forward_splits", self.forward_splits, 1)
+
+
+@frozen
+class Mesh(Block):
+  KEY: ClassVar[str] = "mesh"
+  shape: tuple[int, ...] = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
+  rules: tuple[tuple[str, Any], ...] = RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
+  shard_optimizer: bool = True  # AdamW moments split over the data-parallel devices (ZeRO-1), params whole
+  coordinator: str = ""  # several processes: 'host:port' of process 0, or 'auto' (TPU pod, SLURM, MPI)
+  num_processes: int = 1  # processes in the run (with a host:port coordinator)
+  process_id: int = 0  # this process's index (with a host:port coordinator)
+
+  def check(self) -> None:  # the shape against the devices: sharding.check_mesh
+    coordinator = self.coordinator
+    if coordinator and coordinator != "auto" and not re.fullmatch(r"[^\s:]+:\d+", coordinator):
+      raise ConfigError(f"mesh.coordinator={coordinator!r}: expected 'host:port', 'auto' or '' (one process)")
+    check_range("mesh.num_processes", self.num_processes, 1)
+    if not 0 <= self.process_id < self.num_processes:
+      raise ConfigError(f"mesh.process_id={self.process_id} is not in 0..{self.num_processes - 1} "
+                        f"(mesh.num_processes={self.num_processes})")
+    if self.num_processes > 1 and not coordinator:
+      raise ConfigError(f"mesh.num_processes={self.num_processes} needs mesh.coordinator (host:port of process 0)")
+
+
+@frozen
+class Log(Block):
+  KEY: ClassVar[str] = "log"
+  tensorboard: bool = True  # TensorBoard event files in WORKDIR/tb beside metrics.jsonl (tensorboardX)
+  wandb: str = ""  # a W&B project: log there too (pip install wandb; offline without WANDB_API_KEY)
+
+  def check(self) -> None:
+    if self.wandb and importlib.util.find_spec("wandb") is None:
+      raise ConfigError(f"log.wandb={self.wandb!r}: Weights & Biases logging needs `pip install wandb`")
+    if self.tensorboard and importlib.util.find_spec("tensorboardX") is None:
+      raise ConfigError("log.tensorboard=True needs tensorboardX (`pip install tensorboardX`)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fine-tuning (configs/ft.py, configs/retrieval.py)
+# ---------------------------------------------------------------------------------------------
+COLUMNS = dict(anchor="anchor", positive="positive", negative="negative", sentence1="sentence1",
+               sentence2="sentence2", score="score")
+
+
+@frozen
+class ExampleData(Block):
+  KEY: ClassVar[str] = "data"
+  train: str = "hf:sentence-transformers/all-nli:triplet"  # source spec (see data/sources.py)
+  format: str = "triplets"  # 'triplets' | 'pairs' | 'scored_pairs' | 'groups' (retrieval)
+  columns: dict[str, str] = dataclasses.field(default_factory=lambda: dict(COLUMNS))  # role -> column
+  score_range: tuple[float, float] = batching.SCORE_RANGE  # scored_pairs: every score in [low, high] (STS-B: 0..5)
+  batch_size: int = 128  # examples per step (each triplet is 3 texts)
+  # True keeps a text from appearing twice in a batch (a false in-batch negative for MNRL); False as
+  # the authors' runs (sentence-transformers' default batch sampler keeps duplicates)
+  no_duplicates: bool = False
+  length_buckets: str = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,.. | 'auto'
+  num_buckets: int = 3  # length_buckets='auto' or packing: this many pad lengths / row counts (compiles)
+  packing: bool = False  # several texts per row, each attending only to itself (no padding to the longest)
+  pack_length: int = 0  # packing: tokens per row; 0 = the longest training text (rounded up to 8)
+  group_size: int = 8  # format=groups: passages per query (1 positive + G-1 negatives)
+  query_max_length: int = 32  # format=groups: query tokens
+  passage_max_length: int = 196  # format=groups: passage tokens
+
+  def check(self) -> None:
+    check_choice("data.format", self.format, tuple(batching.FORMATS) + ("groups",))
+    (groups.check_config if self.format == "groups" else batching.check_config)(self)
+    check_range("data.batch_size", self.batch_size, 2)
+
+
+@frozen
+class SentenceEval(Block):
+  KEY: ClassVar[str] = "eval"
+  sts: str = ""  # DATASET/SPLIT=SOURCE, comma-separated: Spearman per pair
+  grid: bool = False  # evaluate every layer x every dim of the schedule instead
+  batch_size: int = 128  # texts per encoding batch (eval.packing: rows per batch)
+  packing: bool = False  # encode texts packed into shared rows (one compile, little padding)
+  retrieval: str = ""  # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
+  retrieval_similarity: str = "cosine"  # 'cosine' (truncate, normalise) | 'dot' (raw, the retrieval recipe)
+  query_max_length: int = 64  # query tokens for retrieval evaluation
+  passage_max_length: int = 256  # passage tokens (title + text) for retrieval evaluation
+  retrieval_k: int = 1000  # documents retrieved per query
+  retrieval_funnels: tuple[str, ...] = ()  # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
+  retrieval_costs: bool = False  # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
+  index_dir: str = ""  # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
+
+  @property
+  def sts_sets(self) -> tuple[tuple[str, str, str], ...]:
+    return parse_eval_sets(self.sts, "eval.sts")
+
+  @property
+  def retrieval_sets(self) -> tuple[tuple[str, str, str], ...]:
+    return parse_eval_sets(self.retrieval, "eval.retrieval")
+
+  def check(self) -> None:
+    """STS sets whose sources resolve, BEIR folders with a corpus and the split's qrels, funnels."""
+    for dataset, split, spec in self.sts_sets:
+      sources.check_spec(f"eval.sts ({dataset}/{split})", spec)
+    check_range("eval.batch_size", self.batch_size, 1)
+    for dataset, split, source in self.retrieval_sets:
+      retrieval.check_source(f"eval.retrieval ({dataset}/{split})", source, split)
+    if not self.retrieval_sets:
+      return
+    check_choice("eval.retrieval_similarity", self.retrieval_similarity, ("dot", "cosine"))
+    check_range("eval.query_max_length", self.query_max_length, 1)
+    check_range("eval.passage_max_length", self.passage_max_length, 1)
+    check_range("eval.retrieval_k", self.retrieval_k, 1)
+    for spec in self.retrieval_funnels:
+      with config_errors("eval.retrieval_funnels: "):
+        search.parse_funnel(spec)
+    if self.index_dir and not os.path.isdir(self.index_dir):
+      raise ConfigError(f"eval.index_dir={self.index_dir!r}: no such folder (make it first to start a shared "
+                        "index there)")
+
+
+@frozen
+class FinetuneConfig(Block):
+  """A fine-tuning config, typed (finetune.describe reads it)."""
+  mode: str = "train"  # 'train': fine-tune, then evaluate; 'eval': evaluate model.init_from only
+  seed: int = 0  # seeds data order, dropout and the baselines' sampling
+  resume: str = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
+  model: SentenceModel = SentenceModel()
+  schedule: SrlSchedule = SrlSchedule()
+  loss: LossConfig = LossConfig()  # task, similarity, KL variant, reduction, pair weights (losses.py)
+  data: ExampleData = ExampleData()
+  mesh: Mesh = Mesh()  # shape (data, fsdp, tensor), rules; coordinator etc. for many hosts
+  train: SrlTrain = SrlTrain()
+  log: Log = Log()
+  eval: SentenceEval = SentenceEval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training (configs/pt.py)
+# ---------------------------------------------------------------------------------------------
+@frozen
+class Smae(Block):
+  KEY: ClassVar[str] = "smae"
+  mode: str = "smae"  # 'smae' (MLM + MAE per pair) | '2d_mlm' (MLM per pair) | 'mlm' (full model)
+  encoder_mask_rate: float = MaskingConfig.encoder_rate  # whole-word masking rate of the encoder copy
+  decoder_mask_rate: float = MaskingConfig.decoder_rate  # ... of the decoder copy (includes every encoder-masked word)
+  mask_token_prob: float = MaskingConfig.mask_prob  # a masked token becomes [MASK] ...
+  random_token_prob: float = MaskingConfig.random_prob  # ... or a random token (else it stays)
+
+  def masking(self) -> MaskingConfig:
+    with config_errors("smae.*: "):
+      return MaskingConfig(encoder_rate=self.encoder_mask_rate, decoder_rate=self.decoder_mask_rate,
+                           mask_prob=self.mask_token_prob, random_prob=self.random_token_prob)
+
+  def check(self) -> None:
+    check_choice("smae.mode", self.mode, SMAE_MODES)
+    self.masking()
+
+
+@frozen
+class TextData(Block):
+  KEY: ClassVar[str] = "data"
+  train: str = "hf:HuggingFaceFW/fineweb:sample-100BT"  # text source (see data/sources.py)
+  text_column: str = "text"  # the column holding each document
+  streaming: bool = True  # hf: sources only; read lazily, once (one epoch: the stream's length in batches)
+  shuffle_buffer: int = 100_000  # streaming: documents per shuffled block (~0.3 GB of FineWeb text); 0 = in order
+  count_rows: bool = False  # streaming, no length in the metadata: count the rows in one pass (cached)
+  packing: bool = False  # concatenate documents into full rows instead of one window each
+  batch_size: int = 512  # rows per step
+  length_buckets: str = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
+
+  def check(self) -> None:
+    corpus.check_config(self)
+
+
+@frozen
+class MlmEval(Block):
+  KEY: ClassVar[str] = "eval"
+  text: str = ""  # text source for masked-token accuracy per pair after training; '' = none
+  text_column: str = "text"  # its column
+  batch_size: int = 64  # rows per evaluation batch
+  max_batches: int = 50  # evaluate at most this many batches (0 = all)
+
+  def check(self) -> None:
+    if self.text:
+      sources.check_spec("eval.text", self.text)
+    check_range("eval.batch_size", self.batch_size, 1)
+    check_range("eval.max_batches", self.max_batches, 0)
+
+
+@frozen
+class PretrainConfig(Block):
+  """A pre-training config, typed (pretrain.describe reads it)."""
+  mode: str = "pretrain"  # this file's runs pre-train (configs/ft.py fine-tunes)
+  seed: int = 0  # seeds data order, windows, masks, dropout and a fresh MLM head
+  resume: str = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
+  model: Model = Model(max_length=512)
+  schedule: Schedule = Schedule()
+  smae: Smae = Smae()
+  data: TextData = TextData()
+  mesh: Mesh = Mesh()
+  train: Train = Train(lr=1e-4, warmup_ratio=0.05, decay="cosine", weight_decay=0.001, log_every=100,
+                       checkpoint_every=2000)
+  log: Log = Log()
+  eval: MlmEval = MlmEval()
