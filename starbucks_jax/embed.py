@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from starbucks_jax import checkpoint, cli, model_dirs
 from starbucks_jax.config_lib import InputError
-from starbucks_jax.data.batching import fill_rows, pack_in_order
+from starbucks_jax.data.packing import fill_rows, pack_in_order
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
 from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS, pooled_layers, pooled_layers_packed

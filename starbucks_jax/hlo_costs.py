@@ -1,4 +1,5 @@
-"""Bytes and FLOPs of a compiled program, instruction by instruction, read from its optimized HLO.
+"""Bytes and FLOPs of a compiled program, instruction by instruction, read from its optimized HLO
+(parsed by hlo.py).
 
 XLA's cost analysis (`compiled.cost_analysis()`) gives one total per program and counts the body
 of a while loop once, whatever its trip count (a scan over microbatches or gradient-cache chunks).
@@ -18,12 +19,8 @@ import dataclasses
 import math
 import re
 
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-          "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3fnuz": 1,
-          "f8e5m2fnuz": 1, "s4": 0.5, "u4": 0.5, "token": 0}
-_ARRAY = re.compile(r"\b(pred|bf16|c64|c128|f8e\w+|token|[suf]\d+)\[([0-9,]*)\](?:\{([^}]*)\})?")
-_INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
-_HEADER = re.compile(r"(ENTRY )?%?([\w.\-]+) ")
+from starbucks_jax.hlo import ARRAY, BYTES, Instruction, Module, array_bytes, dims_of, elements
+
 # Instructions that move no data of their own (or whose callees are costed instead).
 _FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
          "partition-id", "replica-id", "while", "conditional", "call", "domain", "add-dependency"}
@@ -39,124 +36,6 @@ _NO_FLOPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "
              "custom-call", "fusion", "rng-bit-generator", "rng-get-and-update-state", "sort", "while",
              "conditional", "call", "after-all", "partition-id", "replica-id", "opt-barrier", "infeed", "outfeed"}
 
-
-def array_bytes(type_text: str) -> list[tuple[float, int]]:
-  """(bytes, memory space) of every array in an HLO type, each dimension padded to its layout's
-  first tile (T(8,128): the two most-minor dimensions to multiples of 8 and 128), as XLA sizes them."""
-  out = []
-  for dtype, dims_text, layout in _ARRAY.findall(type_text):
-    dims = [int(d) for d in dims_text.split(",") if d]
-    space = 0
-    if layout:
-      m = re.search(r"S\((\d+)\)", layout)
-      space = int(m.group(1)) if m else 0
-      order = [int(x) for x in layout.split(":")[0].split(",") if x.strip().isdigit()]
-      tile = re.search(r"T\(([0-9,]+)\)", layout)
-      if tile and dims and len(order) == len(dims):
-        # the tile's last entry pads the most-minor dimension, the one before it the next, ...
-        sizes = [int(x) for x in tile.group(1).split(",")][::-1]
-        for axis, size in zip(order, sizes):
-          dims[axis] = -(-dims[axis] // size) * size
-    out.append((math.prod(dims) * _BYTES.get(dtype, 4), space))
-  return out
-
-
-def _elements(type_text: str) -> int:
-  return sum(math.prod(int(d) for d in dims.split(",") if d) for _, dims, _ in _ARRAY.findall(type_text))
-
-
-def _dims(type_text: str) -> list[int]:
-  m = _ARRAY.search(type_text)
-  return [int(d) for d in m.group(2).split(",") if d] if m else []
-
-
-def _split_call(rest: str) -> tuple[str, str]:
-  """'a, b), attr=..' -> ('a, b', ', attr=..'): the operand list up to its closing parenthesis."""
-  depth = 0
-  for i, ch in enumerate(rest):
-    if ch in "([{":
-      depth += 1
-    elif ch in ")]}":
-      if depth == 0:
-        return rest[:i], rest[i + 1:]
-      depth -= 1
-  return rest, ""
-
-
-@dataclasses.dataclass
-class Instruction:
-  name: str
-  type: str  # result type text (with layouts)
-  opcode: str
-  operands: list[str]  # operand instruction names
-  attrs: str  # everything after the operand list
-  literal: str = ""  # the text inside the parentheses (a constant's value, a parameter's index)
-
-  @property
-  def op_name(self) -> str:
-    m = re.search(r'op_name="([^"]*)"', self.attrs)
-    return m.group(1) if m else ""
-
-  def attr(self, key: str) -> str | None:
-    """An attribute's value: a name (without %), or a braced value with its nested braces."""
-    m = re.search(rf"\b{key}=", self.attrs)
-    if not m:
-      return None
-    rest = self.attrs[m.end():]
-    if not rest.startswith("{"):
-      m = re.match(r"%?([\w.\-]+)", rest)
-      return m.group(1) if m else None
-    depth = 0
-    for i, ch in enumerate(rest):
-      depth += {"{": 1, "}": -1}.get(ch, 0)
-      if depth == 0:
-        return rest[:i + 1]
-    return rest
-
-
-@dataclasses.dataclass
-class Module:
-  computations: dict[str, list[Instruction]]
-  entry: str
-  types: dict[str, str]  # instruction name -> result type
-  devices: int = 1  # the devices a collective without replica groups spans
-
-  @classmethod
-  def parse(cls, text: str) -> "Module":
-    comps, current, entry = {}, None, None
-    for line in text.splitlines():
-      if not line.startswith(" "):
-        m = _HEADER.match(line)
-        if m and line.rstrip().endswith("{"):
-          current = comps.setdefault(m.group(2), [])
-          entry = m.group(2) if m.group(1) else entry
-        elif line.startswith("}"):
-          current = None
-        continue
-      m = _INSTRUCTION.match(line)
-      if m and current is not None:
-        operands, attrs = _split_call(m.group(4))
-        current.append(Instruction(m.group(1), m.group(2), m.group(3), re.findall(r"%([\w.\-]+)", operands), attrs,
-                                   operands.strip()))
-    if entry is None:
-      raise ValueError("no ENTRY computation in the HLO text")
-    return cls(comps, entry, {i.name: i.type for c in comps.values() for i in c})
-
-  def trip_count(self, loop: Instruction) -> int | None:
-    """A while loop's trips: the backend's known_trip_count, else the bound of its condition's
-    `counter < constant` (jax's scan and fori_loop count up from 0 in steps of 1)."""
-    m = re.search(r'"known_trip_count":\{"n":"(\d+)"', loop.attrs)
-    if m:
-      return int(m.group(1))
-    condition = self.computations.get(loop.attr("condition") or "", [])
-    by_name = {i.name: i for i in condition}
-    root = condition[-1] if condition else None
-    if root is None or root.opcode != "compare" or "direction=LT" not in root.attrs:
-      return None
-    bound = by_name.get(root.operands[1]) if len(root.operands) == 2 else None
-    if bound is None or bound.opcode != "constant" or not re.fullmatch(r"\d+", bound.literal):
-      return None
-    return int(bound.literal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,9 +198,9 @@ def _flops(module: Module, ins: Instruction) -> float:
     return sum(_flops(module, f) for f in module.computations.get(ins.attr("calls") or "", []))
   if ins.opcode == "dot":
     contracting = ins.attr("lhs_contracting_dims") or "{}"
-    lhs = _dims(module.types.get(ins.operands[0], ""))
+    lhs = dims_of(module.types.get(ins.operands[0], ""))
     k = math.prod(lhs[int(d)] for d in contracting.strip("{}").split(",") if d)
-    return 2.0 * _elements(ins.type) * k
+    return 2.0 * elements(ins.type) * k
   if ins.opcode == "convolution":
     return _convolution_flops(module, ins)
   if ins.opcode == "custom-call":
@@ -331,10 +210,10 @@ def _flops(module: Module, ins: Instruction) -> float:
     m = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attrs)
     return float(m.group(1)) if m else 0.0
   if ins.opcode == "reduce" or ins.opcode == "reduce-window":
-    return float(sum(_elements(module.types.get(o, "")) for o in ins.operands[:max(len(ins.operands) // 2, 1)]))
+    return float(sum(elements(module.types.get(o, "")) for o in ins.operands[:max(len(ins.operands) // 2, 1)]))
   if ins.opcode in _NO_FLOPS or ins.opcode in _TRANSCENDENTAL:
     return 0.0
-  return float(_elements(ins.type))
+  return float(elements(ins.type))
 
 
 def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
@@ -344,14 +223,14 @@ def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
                 r'\["(\d+)",\s*"(\d+)",\s*"(\d+)",\s*"(\d+)"\]', ins.attrs)
   if not m:
     return 0.0
-  head_dim = _dims(module.types.get(ins.operands[0], ""))[-1]
+  head_dim = dims_of(module.types.get(ins.operands[0], ""))[-1]
   matmuls = 5 if re.search(r'custom_call_target="__cudnn\$fmha\w*Backward"', ins.attrs) else 2
   return matmuls * 2.0 * math.prod(int(x) for x in m.groups()) * head_dim
 
 
 def _logical_bytes(type_text: str) -> float:
-  return float(sum(math.prod(int(d) for d in dims.split(",") if d) * _BYTES.get(dtype, 4)
-                   for dtype, dims, _ in _ARRAY.findall(type_text)))
+  return float(sum(math.prod(int(d) for d in dims.split(",") if d) * BYTES.get(dtype, 4)
+                   for dtype, dims, _ in ARRAY.findall(type_text)))
 
 
 def group_size(ins: Instruction, devices: int) -> int:
@@ -398,8 +277,8 @@ def _convolution_flops(module: Module, ins: Instruction) -> float:
   elements (padding, strides and dilations as XLA's cost analysis counts them)."""
   m = re.search(r"dim_labels=([\w\-]+->\w+)", ins.attrs)
   labels = m.group(1) if m else None
-  lhs_shape, rhs_shape = (_dims(module.types.get(o, "")) for o in ins.operands[:2])
-  out_shape = _dims(ins.type)
+  lhs_shape, rhs_shape = (dims_of(module.types.get(o, "")) for o in ins.operands[:2])
+  out_shape = dims_of(ins.type)
   if not labels or not lhs_shape:
     return 0.0
   lhs_l, rest = labels.split("_", 1)

@@ -8,6 +8,7 @@ restored from its latest checkpoint ends with the parameters of an uninterrupted
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from starbucks_jax import checkpoint, sharding, timing
 from starbucks_jax import metrics as metrics_lib
 from starbucks_jax import workdir as workdir_lib
-from starbucks_jax.data import batching
+from starbucks_jax.data import prefetch as prefetch_lib
 from starbucks_jax.step import TrainState
 
 log = logging.getLogger(__name__)
@@ -99,29 +100,23 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
   real = padded = 0
   lr_at = jax.jit(lr)  # compiled once: evaluated op by op, the schedule costs ~5 ms per log row
   try:
-    t0, last_log = time.time(), start  # the first interval includes compilation
+    interval = _Interval(time.time(), start)  # the first interval includes compilation
     progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
                     disable=None if sharding.is_primary() else True)
-    batches, waited = device_batches(batcher, start, total_steps, mesh, batch_axes, base_rng), 0.0
+    batches = device_batches(batcher, start, total_steps, mesh, batch_axes, base_rng)
     timer.seconds.setdefault("startup", timer.since_start())  # the process's first fit
     before = {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}  # earlier fits' seconds
     loop_t0 = time.perf_counter()
     while True:
       t_wait = time.time()
       item = next(batches, None)  # time the loop waits for input: ~0 when the data keeps up
-      waited += time.time() - t_wait
+      interval.waited += time.time() - t_wait
       if item is None:
         break
       step, batch, batch_sh, rng, tokens = item
       real, padded = real + tokens[0], padded + tokens[1]
       profile.before(step)
-      shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
-      step_fn = executables.get(shape)
-      if step_fn is None:
-        step_fn = executables[shape] = _compile(train_step, state_sh, batch_sh, (state, batch, rng), timer,
-                                                f"step {len(executables) + 1} for batch {shape}")
-        if len(executables) == 1:
-          warn_if_products_upcast(step_fn, c.model.dtype)
+      step_fn = _executable(executables, train_step, state_sh, batch_sh, (state, batch, rng), c.model.dtype)
       state, metrics = step_fn(state, batch, rng)
       done = step + 1
       profile.after(done, state)
@@ -129,24 +124,10 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
       if not t.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
         raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
                                  f"checkpoint in {mngr.directory} is intact")
-      logging_now = done % t.log_every == 0 or done == total_steps
-      saving_now = done % t.checkpoint_every == 0 or done == total_steps
-      if logging_now or saving_now:
-        check_skipped(t, metrics, done, mngr)
-      if logging_now:
-        metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
-        elapsed = max(time.time() - t0, 1e-9)
-        metrics.update(lr=float(lr_at(step)), examples_per_sec=(done - last_log) * examples_per_step / elapsed,
-                       data_wait_frac=waited / elapsed)
-        writer.write(done, metrics)
-        progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
-        t0, last_log, waited = time.time(), done, 0.0
-      if saving_now:
-        with timer.phase("checkpoint"):
-          checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
-                          meta={"step": done}, force=done == total_steps)
+      _log_and_save(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer, progress=progress,
+                    lr_at=lr_at, examples_per_step=examples_per_step)
     if executables and done < total_steps:  # the data ended first (a stream's epoch): its last step stays
-      if done != last_log:
+      if done != interval.last_log:
         writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
       with timer.phase("checkpoint"):
         checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done}, force=True)
@@ -163,6 +144,47 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
     mngr.wait_until_finished()
     mngr.close()
   return state
+
+
+def _executable(executables: dict, train_step, state_sh, batch_sh, args, dtype: str):
+  """The step compiled for this batch's shapes: compiled (and timed) on the first batch of a shape."""
+  shape = tuple(sorted((k, v.shape) for k, v in args[1].items()))
+  if shape not in executables:
+    executables[shape] = _compile(train_step, state_sh, batch_sh, args, timing.current(),
+                                  f"step {len(executables) + 1} for batch {shape}")
+    if len(executables) == 1:
+      warn_if_products_upcast(executables[shape], dtype)
+  return executables[shape]
+
+
+@dataclasses.dataclass
+class _Interval:
+  """The logging interval under way: when it started, the step logged before it, seconds of input wait."""
+  t0: float
+  last_log: int
+  waited: float = 0.0
+
+
+def _log_and_save(t, done: int, total_steps: int, state: TrainState, metrics, interval: _Interval, *, mngr,
+                  writer, progress, lr_at, examples_per_step: int) -> None:
+  """After step `done`: a metrics row every train.log_every steps and a checkpoint every
+  train.checkpoint_every (both at the last step), neither of a state check_skipped refuses."""
+  logging_now = done % t.log_every == 0 or done == total_steps
+  saving_now = done % t.checkpoint_every == 0 or done == total_steps
+  if logging_now or saving_now:
+    check_skipped(t, metrics, done, mngr)
+  if logging_now:
+    metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
+    elapsed = max(time.time() - interval.t0, 1e-9)
+    metrics.update(lr=float(lr_at(done - 1)), examples_per_sec=(done - interval.last_log) * examples_per_step / elapsed,
+                   data_wait_frac=interval.waited / elapsed)
+    writer.write(done, metrics)
+    progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+    interval.t0, interval.last_log, interval.waited = time.time(), done, 0.0
+  if saving_now:
+    with timing.current().phase("checkpoint"):
+      checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
+                      meta={"step": done}, force=done == total_steps)
 
 
 def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:
@@ -235,4 +257,4 @@ def device_batches(batcher, start: int, total: int, mesh, batch_axes, base_rng, 
       yield (step, sharding.put_batch(batch, layouts[layout]), layouts[layout], fold_in(base_rng, step),
              tokens)
 
-  return batching.in_background(prepare(), prefetch)
+  return prefetch_lib.in_background(prepare(), prefetch)

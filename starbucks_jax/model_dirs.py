@@ -245,6 +245,38 @@ def slice_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
   return hf.unflatten(flat)
 
 
+def _write_sentence_modules(out_dir: str, hidden: int, d: int, sentence: SentenceSettings) -> list[dict]:
+  """sentence-transformers' module folders after the Transformer: Pooling, a truncating Dense to `d`
+  when d < hidden, Normalize when the settings normalise; returns modules.json's entries."""
+  from safetensors.numpy import save_file
+
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
+              {"max_seq_length": sentence.max_seq_length, "do_lower_case": False})
+  os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
+  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), {
+      "word_embedding_dimension": hidden,
+      "pooling_mode_cls_token": sentence.pooling == "cls",
+      "pooling_mode_mean_tokens": sentence.pooling == "mean",
+      "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+  if d < hidden:
+    folder = os.path.join(out_dir, "2_Dense")
+    os.makedirs(folder, exist_ok=True)
+    _write_json(os.path.join(folder, "config.json"), {
+        "in_features": hidden, "out_features": d, "bias": False,
+        "activation_function": "torch.nn.modules.linear.Identity"})
+    save_file({"linear.weight": np.eye(d, hidden, dtype=np.float32)},
+              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
+    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+  if sentence.normalize:
+    idx = len(modules)
+    os.makedirs(os.path.join(out_dir, f"{idx}_Normalize"), exist_ok=True)
+    modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+  return modules
+
+
 def save_pretrained(out_dir: str, config: BertConfig, params: dict[str, Any], tokenizer, *,
                     sentence: SentenceSettings, layer: int | None = None, dim: int | None = None,
                     extra_meta: dict[str, Any] | None = None, weights: bool = True) -> str:
@@ -274,30 +306,7 @@ def save_pretrained(out_dir: str, config: BertConfig, params: dict[str, Any], to
   _write_json(os.path.join(out_dir, "config.json"), hf.config_to_hf(sub_config, arch))
   tokenizer.save_pretrained(out_dir)
 
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
-              {"max_seq_length": sentence.max_seq_length, "do_lower_case": False})
-  os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
-  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), {
-      "word_embedding_dimension": config.hidden_size,
-      "pooling_mode_cls_token": sentence.pooling == "cls",
-      "pooling_mode_mean_tokens": sentence.pooling == "mean",
-      "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
-  if d < config.hidden_size:
-    folder = os.path.join(out_dir, "2_Dense")
-    os.makedirs(folder, exist_ok=True)
-    _write_json(os.path.join(folder, "config.json"), {
-        "in_features": config.hidden_size, "out_features": d, "bias": False,
-        "activation_function": "torch.nn.modules.linear.Identity"})
-    save_file({"linear.weight": np.eye(d, config.hidden_size, dtype=np.float32)},
-              os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
-  if sentence.normalize:
-    idx = len(modules)
-    os.makedirs(os.path.join(out_dir, f"{idx}_Normalize"), exist_ok=True)
-    modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
-                    "type": "sentence_transformers.models.Normalize"})
+  modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence)
   _write_json(os.path.join(out_dir, "modules.json"), modules)
   _write_json(os.path.join(out_dir, "config_sentence_transformers.json"),
               {"__version__": {"sentence_transformers": "2.2.2"}, "prompts": {},

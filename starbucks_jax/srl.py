@@ -77,58 +77,27 @@ def _assemble(batch, outs: list[dict[int, jax.Array]]) -> dict[int, Any]:
   return {n: v.reshape(R, B, -1) for n, v in outs[0].items()}
 
 
-def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
-                  tx: optax.GradientTransformation, pooling: str, dropout: bool = True, grad_cache_chunks: int = 0,
-                  microbatches: int = 1, forward_splits: int = 1, packed: Packing | None = None) -> step_lib.TrainStep:
-  """The fine-tuning step of any plan (SRL or a baseline). grad_cache_chunks > 0: the gradient cache
-  (embed every text without gradients, chunk by chunk; take the loss gradient w.r.t. the pooled
-  vectors of every layer; then backprop chunk by chunk), so the contrastive batch is not bounded by
-  activation memory; same gradients. microbatches > 1: gradient accumulation (`step.make_step`);
-  each microbatch is its own contrastive batch (fewer in-batch negatives), unlike the gradient cache.
-  forward_splits > 1: the texts run as that many independent encoder forwards (`split_forward`).
-  `packed`: batches of packed rows (`batching.Batcher` with pack_length), one forward; the loss sees
-  the same [R, B, D] vectors as unpacked."""
-  if packed and (grad_cache_chunks or microbatches > 1 or forward_splits > 1):
-    raise ValueError("packed batches are encoded in one forward: no gradient cache, microbatches or splits")
+def _split_rngs(rng):
+  """A step's rng -> (dropout rngs of the two text streams, the sampled methods' rng)."""
+  dropout_rng, sample_rng = jax.random.split(rng)
+  return [jax.random.fold_in(dropout_rng, i) for i in range(2)], sample_rng
 
-  def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
-    return split_forward(
-        lambda i, m, r: pooled_layers(params, bert_cfg, i, m, plan.layers, pooling, deterministic=not dropout, rng=r),
-        ids, mask, rng, forward_splits)
 
-  def split_rngs(rng):
-    dropout_rng, sample_rng = jax.random.split(rng)
-    return [jax.random.fold_in(dropout_rng, i) for i in range(2)], sample_rng
+def _flat(batch, ids_key, mask_key):
+  """A stream's ids and mask as rows [texts, T]."""
+  ids, mask = batch[ids_key], batch[mask_key]
+  return ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
 
-  def loss_of_pooled(pooled, batch, sample_rng):
-    teacher = batch.get("teacher")  # [B, R, D]: examples first in every batch layout
-    with jax.named_scope("loss"):
-      return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
-                              teacher=None if teacher is None else jnp.swapaxes(teacher, 0, 1))
 
-  def flat(batch, ids_key, mask_key):
-    ids, mask = batch[ids_key], batch[mask_key]
-    return ids.reshape(-1, ids.shape[-1]), mask.reshape(-1, mask.shape[-1])
-
-  def embed_packed(params, batch, rng):  # packed rows -> {layer: [R, B, D]}
-    R, B, S = packed.roles, packed.batch, packed.shards
-    out = pooled_layers_packed(params, bert_cfg, batch["ids"], batch["segments"], batch["positions"], plan.layers,
-                               pooling, R * B // S, S, deterministic=not dropout, rng=rng)
-    return {n: v.reshape(S, R, B // S, -1).transpose(1, 0, 2, 3).reshape(R, B, -1) for n, v in out.items()}
-
-  def loss_fn(params, batch, rng):
-    stream_rngs, sample_rng = split_rngs(rng)
-    if packed:
-      return loss_of_pooled(embed_packed(params, batch, stream_rngs[0]), batch, sample_rng)
-    outs = [embed_rows(params, *flat(batch, *keys), r) for keys, r in zip(_streams(batch), stream_rngs)]
-    return loss_of_pooled(_assemble(batch, outs), batch, sample_rng)
-
+def _grad_cache(embed_rows, loss_of_pooled, k: int):
+  """value_and_grad of the SRL loss by the gradient cache in `k` chunks (make_srl_step): every
+  text embedded without gradients, the loss's gradient w.r.t. the pooled vectors, then each chunk's
+  forward recomputed and its cotangent pulled through it."""
   def cached_value_and_grad(params, batch, rng):
-    stream_rngs, sample_rng = split_rngs(rng)
-    k = grad_cache_chunks
+    stream_rngs, sample_rng = _split_rngs(rng)
     chunked = []
     for keys in _streams(batch):
-      ids, mask = flat(batch, *keys)
+      ids, mask = _flat(batch, *keys)
       if ids.shape[0] % k:
         raise ValueError(f"train.grad_cache_chunks={k} does not divide the {ids.shape[0]} texts of {keys[0]}")
       chunked.append((ids.reshape(k, -1, ids.shape[-1]), mask.reshape(k, -1, mask.shape[-1])))
@@ -154,5 +123,47 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
       grads, _ = jax.lax.scan(backprop, grads, (ids, mask, jnp.arange(k), cot, jnp.stack([r] * k)))
     return (loss, aux), grads
 
-  return step_lib.make_step(loss_fn, tx, cached_value_and_grad if grad_cache_chunks else None,
+  return cached_value_and_grad
+
+
+def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
+                  tx: optax.GradientTransformation, pooling: str, dropout: bool = True, grad_cache_chunks: int = 0,
+                  microbatches: int = 1, forward_splits: int = 1, packed: Packing | None = None) -> step_lib.TrainStep:
+  """The fine-tuning step of any plan (SRL or a baseline). grad_cache_chunks > 0: the gradient cache
+  (embed every text without gradients, chunk by chunk; take the loss gradient w.r.t. the pooled
+  vectors of every layer; then backprop chunk by chunk), so the contrastive batch is not bounded by
+  activation memory; same gradients. microbatches > 1: gradient accumulation (`step.make_step`);
+  each microbatch is its own contrastive batch (fewer in-batch negatives), unlike the gradient cache.
+  forward_splits > 1: the texts run as that many independent encoder forwards (`split_forward`).
+  `packed`: batches of packed rows (`batching.Batcher` with pack_length), one forward; the loss sees
+  the same [R, B, D] vectors as unpacked."""
+  if packed and (grad_cache_chunks or microbatches > 1 or forward_splits > 1):
+    raise ValueError("packed batches are encoded in one forward: no gradient cache, microbatches or splits")
+
+  def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
+    return split_forward(
+        lambda i, m, r: pooled_layers(params, bert_cfg, i, m, plan.layers, pooling, deterministic=not dropout, rng=r),
+        ids, mask, rng, forward_splits)
+
+  def loss_of_pooled(pooled, batch, sample_rng):
+    teacher = batch.get("teacher")  # [B, R, D]: examples first in every batch layout
+    with jax.named_scope("loss"):
+      return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_rng, scores=batch.get("scores"),
+                              teacher=None if teacher is None else jnp.swapaxes(teacher, 0, 1))
+
+  def embed_packed(params, batch, rng):  # packed rows -> {layer: [R, B, D]}
+    R, B, S = packed.roles, packed.batch, packed.shards
+    out = pooled_layers_packed(params, bert_cfg, batch["ids"], batch["segments"], batch["positions"], plan.layers,
+                               pooling, R * B // S, S, deterministic=not dropout, rng=rng)
+    return {n: v.reshape(S, R, B // S, -1).transpose(1, 0, 2, 3).reshape(R, B, -1) for n, v in out.items()}
+
+  def loss_fn(params, batch, rng):
+    stream_rngs, sample_rng = _split_rngs(rng)
+    if packed:
+      return loss_of_pooled(embed_packed(params, batch, stream_rngs[0]), batch, sample_rng)
+    outs = [embed_rows(params, *_flat(batch, *keys), r) for keys, r in zip(_streams(batch), stream_rngs)]
+    return loss_of_pooled(_assemble(batch, outs), batch, sample_rng)
+
+  cached = _grad_cache(embed_rows, loss_of_pooled, grad_cache_chunks) if grad_cache_chunks else None
+  return step_lib.make_step(loss_fn, tx, cached,
                            microbatches=microbatches, batch_axes=ROLE_AXES, param_specs=param_logical_axes(bert_cfg))

@@ -118,7 +118,7 @@ def norm(tree) -> float:
 
 def packed(batch, shards: int, length: int) -> dict:
   """The padded roles batch as packed rows, shard by shard (texts numbered role by role)."""
-  from starbucks_jax.data.batching import pack_texts
+  from starbucks_jax.data.packing import pack_texts
   ids, mask = batch["ids"], batch["mask"]
   R, B, _ = ids.shape
   per = B // shards

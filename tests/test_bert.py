@@ -89,7 +89,7 @@ def test_parity_detects_wrong_layer_norm_eps(tiny_hf_dir, monkeypatch):
 def _packed(tokenizer, texts, row_length):
   """SENTENCES packed into rows as the batcher packs them: ids, segments, positions, and each text's
   (row, offset, length)."""
-  from starbucks_jax.data.batching import pack_texts
+  from starbucks_jax.data.packing import pack_texts
   seqs = [tokenizer(t)["input_ids"] for t in texts]
   lengths = np.array([len(s) for s in seqs])
   row, offset, rows = pack_texts(lengths, row_length)

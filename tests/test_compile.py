@@ -16,12 +16,13 @@ from starbucks_jax.models import bert
 from conftest import REPO
 
 C = pytest.importorskip("starbucks_jax.compile")
+T = pytest.importorskip("starbucks_jax.topologies")
 pytest.importorskip("libtpu")
 
 
 @pytest.fixture(scope="module")
 def topology():
-  return C.topology("v5e:2x2")
+  return T.topology("v5e:2x2")
 
 
 def tiny(path, **overrides):
@@ -93,17 +94,17 @@ def test_smae_step_compiles_with_flash_attention(topology, tmp_path, monkeypatch
 
 
 def test_bad_topology_and_mesh_fail_in_one_line(topology):
-  with pytest.raises(C.CompileError, match="--topology='v9x-8' is unknown"):
-    C.topology("v9x-8")
-  with pytest.raises(C.CompileError, match="--topology='v5e:3x3'"):
-    C.topology("v5e:3x3")
+  with pytest.raises(T.CompileError, match="--topology='v9x-8' is unknown"):
+    T.topology("v9x-8")
+  with pytest.raises(T.CompileError, match="--topology='v5e:3x3'"):
+    T.topology("v5e:3x3")
   with pytest.raises(config_lib.ConfigError, match=r"mesh.shape: .*\(3, 1, 1\)"):
     C.programs(tiny("ft.py:demo", **{"mesh.shape": (3, 1, 1)}), topology, preset="tiny")
-  with pytest.raises(C.CompileError, match="pass --preset"):
+  with pytest.raises(T.CompileError, match="pass --preset"):
     C.programs(tiny("ft.py:demo"), topology)
   # v4's compile-only devices are TensorCores (two per chip, 16 of its 32 GiB each), which
   # jax.make_mesh refuses; the mesh is still built, in device order
-  v4 = C.topology("v4-8")
+  v4 = T.topology("v4-8")
   assert v4.devices_per_chip == 2 and v4.hbm_bytes == 16 * 2**30
   assert sharding.make_mesh((-1, 1, 1), v4.devices).devices.size == 8
 
@@ -158,7 +159,7 @@ def test_a_refused_program_is_reported_with_what_it_needs(topology):
     def compile(self):
       raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
                                        "for HLO temporaries (77.83G) exceeds available HBM (15.75G).")
-  oom = C._compiled_or_oom(Refused())
+  oom = T.compiled_or_oom(Refused())
   assert oom.required_bytes == pytest.approx(77.83 * 2**30) and oom.available_bytes == pytest.approx(15.75 * 2**30)
   mesh = jax.sharding.Mesh(np.array(topology.devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
   r = C.report("train_step", oom, mesh, topology, 10**12, "batch")
@@ -171,7 +172,7 @@ def test_a_refused_program_is_reported_with_what_it_needs(topology):
     def compile(self):
       raise jax.errors.JaxRuntimeError("INTERNAL: something else")
   with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
-    C._compiled_or_oom(Broken())
+    T.compiled_or_oom(Broken())
 
 
 def test_a_loop_body_counts_once_per_trip(topology):

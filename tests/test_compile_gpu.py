@@ -7,12 +7,13 @@ from test_compile import tiny
 from starbucks_jax import config_lib, gpu_targets, roofline
 
 C = pytest.importorskip("starbucks_jax.compile")
+T = pytest.importorskip("starbucks_jax.topologies")
 pytest.importorskip("jax_plugins.xla_cuda13")
 
 
 def test_srl_step_compiles_for_two_h100s():
   cfg = tiny("ft.py:demo")
-  r = C.programs(cfg, C.topology("h100x2"), preset="tiny", length=16)[0]
+  r = C.programs(cfg, T.topology("h100x2"), preset="tiny", length=16)[0]
   h100 = gpu_targets.GPUS["h100"]
   assert (r["chip"], r["devices"], r["mesh"]) == (h100.name, 2, {"data": 2, "fsdp": 1, "tensor": 1})
   assert r["usable_hbm_bytes"] == pytest.approx(0.75 * h100.memory_bytes) and r["fits"]
@@ -36,10 +37,10 @@ def test_gpu_names():
   assert "fpus_per_core: 64" in gpu_targets.target_config(gpu_targets.GPUS["a100"])
   assert gpu_targets.parse("h100x0") is None and gpu_targets.parse("a9000") is None
   assert "device_memory_size: 151397597184" in gpu_targets.target_config(gpu_targets.GPUS["h200"])
-  with pytest.raises(C.CompileError, match="'h300x8' is unknown"):
-    C.topology("h300x8")
+  with pytest.raises(T.CompileError, match="'h300x8' is unknown"):
+    T.topology("h300x8")
   with pytest.raises(config_lib.ConfigError, match=r"mesh.shape: .*\(3, 1, 1\)"):
-    C.programs(tiny("ft.py:demo", **{"mesh.shape": (3, 1, 1)}), C.topology("h100x2"), preset="tiny")
+    C.programs(tiny("ft.py:demo", **{"mesh.shape": (3, 1, 1)}), T.topology("h100x2"), preset="tiny")
 
 
 def test_cudnn_attention_compiles_for_an_h100():
@@ -48,7 +49,7 @@ def test_cudnn_attention_compiles_for_an_h100():
   step calls none: test_srl_step_compiles_for_two_h100s)."""
   pytest.importorskip("nvidia.cudnn")  # the gpu extra's cuDNN, loaded when the step is traced
   r = C.programs(tiny("ft.py:demo", **{"model.attention": "cudnn", "model.dtype": "bfloat16"}),
-                 C.topology("h100x2"), preset="tiny", length=16)[0]
+                 T.topology("h100x2"), preset="tiny", length=16)[0]
   calls = r["custom_calls"]
   forward, backward = calls.get("__cudnn$fmhaSoftmax", 0), calls.get("__cudnn$fmhaSoftmaxBackward", 0)
   assert forward == backward == 4, calls  # the schedule's deepest layer is 4

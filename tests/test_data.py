@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import model_dirs
-from starbucks_jax.data import batching, sources, tokenize
+from starbucks_jax.data import batching, packing, sources, tokenize
 from starbucks_jax.data.sources import DataError
 
 
@@ -169,7 +169,7 @@ def test_pack_texts_places_every_text_in_a_row_without_overlap():
   rng = np.random.default_rng(0)
   for _ in range(50):
     lengths = rng.integers(1, 33, rng.integers(1, 40))
-    row, offset, rows = batching.pack_texts(lengths, 32)
+    row, offset, rows = packing.pack_texts(lengths, 32)
     used = np.zeros((rows, 32), np.int64)
     for r, o, n in zip(row, offset, lengths):
       used[r, o:o + n] += 1

@@ -135,7 +135,7 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
 
 
 def test_pack_in_order_fills_rows_and_closes_full_batches():
-  from starbucks_jax.data.batching import pack_in_order
+  from starbucks_jax.data.packing import pack_in_order
   rng = np.random.default_rng(1)
   lengths = np.sort(rng.integers(3, 40, 300))[::-1]
   seen = []

@@ -5,6 +5,7 @@ a real loop is in test_compile.py.)"""
 
 import pytest
 
+from starbucks_jax import hlo
 from starbucks_jax import hlo_costs as H
 
 MODULE = """HloModule m
@@ -67,15 +68,15 @@ ENTRY %main (x: f32[4,8,128], w: f32[128,256], ok: pred[]) -> f32[128,256] {
 
 
 def test_tiled_sizes_and_memory_spaces():
-  assert H.array_bytes("f32[8,32]{1,0:T(8,128)}") == [(8 * 128 * 4, 0)]  # 32 columns padded to 128
-  assert H.array_bytes("bf16[3]{0}") == [(6, 0)]  # no tiling: as is
-  assert H.array_bytes("f32[5,5]{1,0:T(8,128)S(1)}") == [(8 * 128 * 4, 1)]
-  assert H.array_bytes("(f32[2]{0}, s32[]{:T(128)})") == [(8, 0), (4, 0)]
-  assert H.array_bytes("f32[4,3]{0,1:T(8,128)}") == [(128 * 8 * 4, 0)]  # minor dim is dim 0 here
+  assert hlo.array_bytes("f32[8,32]{1,0:T(8,128)}") == [(8 * 128 * 4, 0)]  # 32 columns padded to 128
+  assert hlo.array_bytes("bf16[3]{0}") == [(6, 0)]  # no tiling: as is
+  assert hlo.array_bytes("f32[5,5]{1,0:T(8,128)S(1)}") == [(8 * 128 * 4, 1)]
+  assert hlo.array_bytes("(f32[2]{0}, s32[]{:T(128)})") == [(8, 0), (4, 0)]
+  assert hlo.array_bytes("f32[4,3]{0,1:T(8,128)}") == [(128 * 8 * 4, 0)]  # minor dim is dim 0 here
 
 
 def test_loop_trips_slices_branches_and_collectives_by_hand():
-  module = H.Module.parse(MODULE)
+  module = hlo.Module.parse(MODULE)
   assert module.trip_count(next(i for i in module.computations["main"] if i.opcode == "while")) == 4
   costs = H.costs(MODULE, devices=8)
   by_name = {c.name: c for c in costs}

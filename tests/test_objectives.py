@@ -109,7 +109,8 @@ def test_a_registered_objective_runs_through_main(toy_registered, tiny_run, tmp_
 def test_a_registered_objective_compiles(toy_registered, tiny_run):
   pytest.importorskip("jax_plugins.xla_cuda13")
   from starbucks_jax import compile as C
-  (r,) = C.programs(toy_config(tiny_run), C.topology("h100"), length=8)
+  from starbucks_jax import topologies as T
+  (r,) = C.programs(toy_config(tiny_run), T.topology("h100"), length=8)
   assert r["program"] == "train_step" and r["batch"] == "8 x 8 random ids" and r["fits"]
   assert r["flops"] >= r["model_flops"] > 0
 

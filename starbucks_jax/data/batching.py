@@ -15,13 +15,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-import queue
-import threading
 from typing import Iterator, Mapping
 
 import numpy as np
 
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range
+from starbucks_jax.data.packing import fill_rows, pack_texts
 from starbucks_jax.data.sources import DataError, check_spec, read_rows, typed
 from starbucks_jax.data.tokenize import BUCKETS, bucket_length, fit_buckets, tokenize
 
@@ -77,54 +76,6 @@ def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None,
     raise DataError(f"{spec}: no examples")
   scores = np.array([r["score"] for r in rows], np.float32) if fmt == "scored_pairs" else None
   return Examples(roles, [[r[role] for r in rows] for role in roles], scores)
-
-
-def pack_texts(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np.ndarray, int]:
-  """First-fit decreasing: each text (longest first) goes to the first row with room for it.
-  Returns (row, offset) of every text and the number of rows used; every length <= row_length."""
-  lengths = np.asarray(lengths)
-  order = np.argsort(-lengths, kind="stable")
-  _, placed_row, placed_offset = next(pack_in_order(lengths[order], row_length, len(lengths), len(lengths)))
-  row, offset = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64)
-  row[order], offset[order] = placed_row, placed_offset
-  return row, offset, int(placed_row.max()) + 1
-
-
-def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """Texts in the given order (longest first packs best) into batches of `rows` rows of `row_length`
-  tokens: each text goes to the first row of the open batch with room; the batch closes when a text
-  fits no row and every row is taken, or at `max_texts` texts. Yields (texts, row, offset) per batch."""
-  texts, row, offset = [], [], []
-  free = np.full(rows, row_length)
-  used = 0
-  for i, n in enumerate(lengths):
-    fits = free[:used] >= n
-    r = int(fits.argmax()) if fits.any() else used
-    if r == rows or len(texts) == max_texts:  # the batch is full: emit it, start the next
-      yield np.array(texts), np.array(row), np.array(offset)
-      texts, row, offset, used = [], [], [], 0
-      free[:] = row_length
-      r = 0
-    texts.append(i)
-    row.append(r)
-    offset.append(row_length - free[r])
-    free[r] -= n
-    used = max(used, r + 1)
-  if texts:
-    yield np.array(texts), np.array(row), np.array(offset)
-
-
-def fill_rows(flat: np.ndarray, starts, counts, slots, segments, size: int, pad_id: int) -> dict[str, np.ndarray]:
-  """Flat packed arrays of `size` tokens: text i's `counts[i]` tokens, read from `flat` at
-  `starts[i]`, written from slot `slots[i]` on with segment id `segments[i]` and positions 0.."""
-  counts = np.asarray(counts)
-  within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-  dst = np.repeat(slots, counts) + within
-  out = {"ids": np.full(size, pad_id, np.int32), "segments": np.full(size, -1, np.int32),
-         "positions": np.zeros(size, np.int32)}
-  out["ids"][dst] = flat[np.repeat(starts, counts) + within]
-  out["segments"][dst], out["positions"][dst] = np.repeat(segments, counts), within
-  return out
 
 
 class Batcher:
@@ -291,38 +242,3 @@ class Batcher:
         batches = self.epoch_batches(epoch)
       yield step, self.make_batch(batches[index])
       index += 1
-
-
-def in_background(items: Iterator, prefetch: int = 2) -> Iterator:
-  """Runs `items` on a daemon thread, `prefetch` ahead; its errors surface in the consumer."""
-  q: queue.Queue = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
-  done = object()
-
-  def produce():
-    try:
-      for item in items:
-        while not stop.is_set():
-          try:
-            q.put(item, timeout=0.1)
-            break
-          except queue.Full:
-            continue
-        if stop.is_set():
-          return
-      q.put(done)
-    except BaseException as e:  # surface errors on the consumer side
-      q.put(e)
-
-  thread = threading.Thread(target=produce, daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is done:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()

@@ -25,8 +25,8 @@ from typing import Iterator
 import numpy as np
 
 from starbucks_jax.config_lib import ConfigError, check_choice, check_range
-from starbucks_jax.data.batching import in_background
 from starbucks_jax.data.masking import Masker
+from starbucks_jax.data.prefetch import in_background
 from starbucks_jax.data.sources import DataError, check_spec, read_rows, stream_length
 from starbucks_jax.data.tokenize import BUCKETS, bucket_length
 

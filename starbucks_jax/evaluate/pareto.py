@@ -22,7 +22,7 @@ import json
 import os
 from typing import Any
 
-from starbucks_jax import cli
+from starbucks_jax import cli, plots
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import cost as cost_lib
@@ -97,9 +97,7 @@ def markdown(label_rows: dict[str, list[dict[str, Any]]], metric: str) -> str:
 
 
 def plot(label_rows: dict[str, list[dict[str, Any]]], metric: str, path: str, title: str) -> str:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
+  plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for label, rows in label_rows.items():
     dots = ax.scatter([total_flops(r) for r in rows], [r["value"] for r in rows], s=18, label=f"{label}")
