@@ -8,30 +8,17 @@ Variants:
             hf:sentence-transformers/all-nli:triplet), MNRL (cosine x 20, in-batch + hard negatives),
             batch 128, 1 epoch (4,358 steps), AdamW lr 5e-5, warmup 10%, linear decay, wd 0, mean
             pooling, feature KL x0.3, sum over the six pairs. Evaluated on STS-B test, STS12-16 and
-            SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies. Compiled for TPU
-            (python -m starbucks_jax.compile; experiments/results_tpu/; compiled, not measured) at
-            128 tokens (the bucket AllNLI batches reach), data parallel, as is; per chip GiB used of
-            usable HBM, roofline step bound (its term), MFU bound: v5e-1 13.4/15.75, 136 ms
-            (compute), 0.96; v5e-8 2.2/15.75, 17 ms (compute), 0.96 (the epoch in >= 74 s); v6e-8
-            2.1/31.25, 5.8 ms (HBM), 0.60 (fastest); v5p-8 5.1/95.7, 15 ms (compute), 0.97. If
-            every byte XLA counts (on-chip memory too) went through HBM: 0.72, 0.35, 0.15, 0.64.
-            model.attention=flash does not pay at 128 tokens (v5e-8: 17 vs 11 GB of HBM a step). A
-            512-token batch needs ~78 GiB on one chip: there set model.max_length=128. The SRL step
-            costs what the full-only step costs (v5e-8: FLOPs x1.000, HBM bytes x1.03, memory
-            x1.02). NVIDIA GPUs (--topology=h100|h200; experiments/results_gpu/; compiled): one
-            H100 20.2/59.3 GiB, 48 ms (HBM), 0.54 (the epoch in >= 3.5 min); with
-            model.attention=cudnn 16.0 GiB, 37 ms (HBM), 0.71; one H200 with cudnn 26 ms
-            (compute), 0.99 (>= 1.9 min). Paper (Table A1, BERT + SRL): STS average Spearman
-            0.7682 over the six sizes; with SMAE 0.7837.
+            SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies, and a TPU or GPU:
+            the epoch in >= 74 s on a v5e-8, >= 1.9 min on one H200 with model.attention=cudnn
+            (compiled bounds; memory and settings per chip: experiments/recipes.md). Paper (Table
+            A1, BERT + SRL): STS average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
-            otherwise as nli. Compiled (not measured), 64 tokens, as is: v5e-1 2.9/15.75 GiB,
-            11 ms (HBM), MFU bound 0.48 (the 1,436 steps in >= 16 s); over v5e-8 (1.6 GiB, 6.6 ms,
-            0.10), v6e-8 (1.2, 3.0 ms, 0.05) or v5p-8 (1.6, 3.1 ms, 0.19) each device gets 2
-            pairs: use one chip.
+            otherwise as nli. One chip: the 1,436 steps in >= 16 s on a v5e-1 (compiled; more
+            chips do not pay: experiments/recipes.md).
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
             train/test from ../shared/data (a developer checkout). Packed rows (data.packing,
-            eval.packing). 15-20 min per epoch on 2 CPU cores (before packing; 200 steps
-            packed: ~4 min, experiments/bench_recipe.md); recorded by experiments/sweep_cpu.py.
+            eval.packing). ~4 min per 200 steps on 2 CPU cores (experiments/recipes.md); recorded by
+            experiments/sweep_cpu.py.
   nli_cpu   The nli recipe at CPU scale: all-MiniLM-L6-v2 and its schedule, MNRL on the SNLI dev
             triplets of ../shared/data (3,172; a developer checkout), batch 32, 1 epoch (99 steps),
             evaluated on STS-B dev. benchmarks/recipe_vs_pytorch.py times it against the authors'
@@ -46,11 +33,9 @@ grid|separate|starbucks_scores_1n (the baselines of docs/method.md; starbucks_mr
 separate also layer=N,dim=D and separate_dim=full|dim (train at full width and truncate at evaluation,
 as the authors, or train at d).
     starbucks_scores_1n  SRL with the paper's in-batch score KL (teacher detached, temperature 1)
-               and pair weights 1/n (mean 1): the recipe experiments/ablations.md recommends. On
-               sts_cpu, best STS-B dev mean of 14 variants; over 3 seeds STS-B test mean over the
-               six pairs 0.7806 +- 0.0021 against SRL's 0.7737 +- 0.0017 (dev 0.8164 +- 0.0006
-               vs 0.8068 +- 0.0006); (1,16) +0.027, (2,32) +0.010, (6,384) -0.002 (within SRL's
-               spread). Measured on STS-B/CoSENT at CPU scale only.
+               and pair weights 1/n (mean 1): the recipe experiments/ablations.md recommends (the
+               best STS-B dev mean of 14 variants on sts_cpu; measured on STS-B/CoSENT at CPU
+               scale only; its figures: experiments/recipes.md).
 The two 2DMSE presets are
 sentence-transformers' Matryoshka2dLoss in two versions (one sampled earlier hidden state 0..N-1,
 0 the embedding output; one sampled dim per call; KL over softmax(e / 0.3) x 0.3):

@@ -12,20 +12,9 @@ whole-word, AdamW lr 1e-4, warmup 5%, cosine decay, weight decay 0.001, bf16 com
 steps skipped. The steps are one epoch, the stream's rows (the dataset card's metadata) / 512; where
 the card does not say, the run stops before training and asks for --config.data.count_rows=True
 (one counting pass over ~1e8 documents, hours; cached) or --config.train.max_steps (~195,000).
-Model matmul FLOPs 3.6e14 a step (pretrain.matmul_flops: encoder 1.5e14,
-six decoder layers and the vocabulary projections at the masked positions the rest). Compiled for
-TPU (python -m starbucks_jax.compile; experiments/results_tpu/, advice.md ranks the settings;
-compiled, not measured), data parallel; per chip GiB used of usable HBM, roofline step bound (its
-term), MFU bound. v5p-8 as is 91.4/95.7, 266 ms (HBM), 0.73 (>= 14.4 h for 195k steps); with
-model.attention=flash 78.0, 219 ms, 0.89 (>= 11.8 h; no attention dropout: experiments/ablations.md).
-v6e-8: model.remat=full, model.attention=flash, train.microbatches=2 8.7/31.25, 177 ms (HBM), 0.28
-(>= 9.6 h); flash alone 30.9/31.25, 179 ms, 0.27; as is it needs 32.4 (29.4 with
-mesh.shard_optimizer=False: 234 ms, 0.21). v5e-8: model.remat=full, train.microbatches=4 6.0/15.75,
-333 ms (HBM), 0.68 (>= 18 h); with model.attention=flash and train.microbatches=2 9.0 GiB, 347 ms,
-0.65 (0.49 against 0.39 if every byte XLA counts went through HBM); as is 37.8 GiB, one v5e ~249.
-8 NVIDIA GPUs (experiments/results_gpu/; compiled): H100s as is 52.0/59.3 GiB, 122 ms (HBM), 0.37
-(>= 6.6 h); with model.attention=cudnn 36.2 GiB, 88 ms (HBM), 0.51 (>= 4.8 h); H200s with cudnn
-62 ms, 0.73 (>= 3.3 h).
+Needs a TPU slice or 8 GPUs for hours: >= 11.8 h on a v5p-8 with model.attention=flash, >= 3.3 h on
+8 H200s with model.attention=cudnn; a v5e-8 or v6e-8 needs model.remat=full and microbatches
+(compiled bounds and the settings per chip: experiments/recipes.md).
 Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:

@@ -22,19 +22,10 @@ copy the parts into a folder D once and point the three sets at it (data/tevatro
     hf download --repo-type dataset BeIR/msmarco-qrels dev.tsv --local-dir D/qrels
     curl -o D/qrels/dl19.txt https://trec.nist.gov/data/deep/2019qrels-pass.txt   # and 2020 -> dl20.txt
     --config.eval.retrieval=msmarco/dev=tevatron:D,msmarco/dl19=tevatron:D,msmarco/dl20=tevatron:D
-Compiled for TPU (python -m starbucks_jax.compile; experiments/results_tpu/; compiled, not measured),
-1,024 passages of 196 tokens and 128 queries of 32 a step, data parallel; per chip GiB used of usable
-HBM, roofline step bound (its term), MFU bound: v5e-8 11.2/15.75, 109 ms (HBM), 0.63 (the 9.4k
-steps in >= 17 min); v6e-8 11.5/31.25, 57 ms (HBM), 0.26 (>= 9 min, the fastest); v5p-8 25.3/95.7,
-81 ms (HBM), 0.73 (>= 13 min); reading every byte XLA counts as HBM traffic 0.37, 0.17, 0.68. One
-chip does not hold the step as is (v5e-1: 86 GiB): set train.grad_cache_chunks=8 (v5e-1:
-12.5/15.75 GiB, 1.12 s (HBM), MFU bound 0.49, >= 2.9 h). model.attention=flash does not pay here
-(v5e-8: 106 vs 90 GB of HBM a step, 0.53). The evaluation encoder (128 passages of 196 tokens,
-float32, one chip) needs 1.0 GiB and at least 38 ms a batch on a v5e (13 on a v5p): at least 44 min
-for the 8.8M passages on one v5e chip. NVIDIA GPUs (experiments/results_gpu/; compiled, train step
-only): one H100 needs 59.9 of its usable 59.3 GiB as is (XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 holds
-it); with model.attention=cudnn 59.2 GiB, 158 ms (HBM), MFU bound 0.70 (>= 25 min); one H200 with
-cudnn 62.7/105.8 GiB, 111 ms (compute), 0.99 (>= 17 min).
+Needs a TPU slice or a GPU: the 9.4k steps in >= 9 min on a v6e-8, >= 17 min on one H200 with
+model.attention=cudnn; one TPU chip needs train.grad_cache_chunks=8 (>= 2.9 h on a v5e-1); encoding
+the 8.8M passages for evaluation takes >= 44 min on one v5e chip (compiled bounds and the settings
+per chip: experiments/recipes.md).
 Paper: Starbucks MRR@10 .2282 .2950 .3274 .3369 .3416 .3403
 (SMAE + SRL), BERT + SRL mean .2921.
 
@@ -44,19 +35,17 @@ Variants:
             documentation's section headings as queries, their paragraphs as passages; 448
             passages, 86 train and 43 test queries; PSF License). One epoch (5 steps of 16 queries,
             group 4, random negatives), then nDCG@10, MRR@10, R@100 per size on the test queries:
-            ~2.5 min on 2 CPU cores (27 s compile, 68 s training, 40 s evaluation).
+            ~2.5 min on 2 CPU cores.
   scifact   all-MiniLM-L6-v2 and its schedule on ../shared/data/beir_scifact: train on the train
             qrels (809 queries, random corpus negatives, group 4, batch 16, 1 epoch = 50 steps),
             evaluate on the 300 test queries (5,183 abstracts). Passages cut to 128 tokens in
-            training and evaluation so that the recorded CPU run fits a session (~11 min per
-            training run and ~6 min per evaluation of all six sizes on 2 cores). MiniLM keeps its
+            training and evaluation so that the recorded CPU run fits a session (~17 min on 2
+            cores: experiments/recipes.md). MiniLM keeps its
             own mean pooling and cosine x 20 (the recipe's CLS + dot suits a BERT that is not yet a
             sentence model); score KL as the recipe. Also evaluates five funnels (a small size's
             shortlist rescored by larger ones) and writes every size's and funnel's cost per query
             (WORKDIR/costs; `python -m starbucks_jax.evaluate.pareto --workdir W` plots the front).
-            Recorded (experiments/elastic_retrieval.md): nDCG@10 SRL .0554 .1096 .2699 .3854 .4385
-            .6617, full-only (6,384) .6876; the funnel 3x64:2000,6x384:10 is within .0031 of SRL's
-            (6,384), at 22% of its FLOPs per query over MS MARCO's 8.8M passages.
+            Recorded: experiments/elastic_retrieval.md.
 
 Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py).
 """
