@@ -104,9 +104,7 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
     progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
                     disable=None if sharding.is_primary() else True)
     batches = device_batches(batcher, start, total_steps, mesh, batch_axes, base_rng)
-    timer.seconds.setdefault("startup", timer.since_start())  # the process's first fit
-    before = {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}  # earlier fits' seconds
-    loop_t0 = time.perf_counter()
+    before, loop_t0 = _timing_start(timer), time.perf_counter()
     while True:
       t_wait = time.time()
       item = next(batches, None)  # time the loop waits for input: ~0 when the data keeps up
@@ -121,22 +119,16 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
       done = step + 1
       profile.after(done, state)
       progress.update(1)
-      if not t.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
-        raise FloatingPointError(f"non-finite loss at step {step} (train.skip_nonfinite=False); the last "
-                                 f"checkpoint in {mngr.directory} is intact")
-      _log_and_save(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer, progress=progress,
-                    lr_at=lr_at, examples_per_step=examples_per_step)
+      _after_step(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer, progress=progress,
+                  lr_at=lr_at, examples_per_step=examples_per_step)
     if executables and done < total_steps:  # the data ended first (a stream's epoch): its last step stays
-      if done != interval.last_log:
-        writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
-      with timer.phase("checkpoint"):
-        checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done}, force=True)
+      _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
     jax.block_until_ready(state)
     with timer.phase("checkpoint"):
       mngr.wait_until_finished()
     steps_run = done - start if executables else 0
     _record_timing(timer, time.perf_counter() - loop_t0, before, steps=steps_run, compiles=len(executables),
-                   examples=steps_run * examples_per_step, padded_frac=1 - real / padded if padded else 0.0)
+                   examples=steps_run * examples_per_step, tokens=(real, padded))
   finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
     profile.stop(state)
     writer.close()
@@ -165,10 +157,14 @@ class _Interval:
   waited: float = 0.0
 
 
-def _log_and_save(t, done: int, total_steps: int, state: TrainState, metrics, interval: _Interval, *, mngr,
-                  writer, progress, lr_at, examples_per_step: int) -> None:
-  """After step `done`: a metrics row every train.log_every steps and a checkpoint every
-  train.checkpoint_every (both at the last step), neither of a state check_skipped refuses."""
+def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, interval: _Interval, *, mngr,
+                writer, progress, lr_at, examples_per_step: int) -> None:
+  """After step `done`: a stop on a non-finite loss (train.skip_nonfinite=False); a metrics row every
+  train.log_every steps and a checkpoint every train.checkpoint_every (both at the last step),
+  neither of a state check_skipped refuses."""
+  if not t.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
+    raise FloatingPointError(f"non-finite loss at step {done - 1} (train.skip_nonfinite=False); the last "
+                             f"checkpoint in {mngr.directory} is intact")
   logging_now = done % t.log_every == 0 or done == total_steps
   saving_now = done % t.checkpoint_every == 0 or done == total_steps
   if logging_now or saving_now:
@@ -185,6 +181,14 @@ def _log_and_save(t, done: int, total_steps: int, state: TrainState, metrics, in
     with timing.current().phase("checkpoint"):
       checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
                       meta={"step": done}, force=done == total_steps)
+
+
+def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer, lr_at) -> None:
+  """The data ended before the planned steps: step `done` is logged (if it was not) and saved."""
+  if done != interval.last_log:
+    writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
+  with timing.current().phase("checkpoint"):
+    checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done}, force=True)
 
 
 def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:
@@ -212,13 +216,22 @@ def _compile(train_step, state_sh, batch_sh, args, timer, what: str):
   return compiled
 
 
+def _timing_start(timer) -> dict[str, float]:
+  """Start-up seconds (the process's first fit), and the compile and checkpoint seconds of earlier
+  fits, which this fit's train seconds leave out."""
+  timer.seconds.setdefault("startup", timer.since_start())
+  return {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}
+
+
 def _record_timing(timer, loop_s: float, before: dict[str, float], *, steps: int, compiles: int, examples: int,
-                   padded_frac: float) -> None:
-  """This fit's train seconds (its loop less its own compiles and checkpoints) and rates."""
+                   tokens: tuple[int, int]) -> None:
+  """This fit's train seconds (its loop less its own compiles and checkpoints) and rates; `tokens`:
+  (real, padded) tokens of its batches."""
   train_s = loop_s - sum(timer.seconds.get(k, 0.0) - v for k, v in before.items())
+  real, padded = tokens
   timer.add("train", train_s)
   timer.set(steps=steps, compiles=compiles, examples_per_s=examples / loop_s,
-            steady_examples_per_s=examples / max(train_s, 1e-9), padded_frac=padded_frac)
+            steady_examples_per_s=examples / max(train_s, 1e-9), padded_frac=1 - real / padded if padded else 0.0)
   peak = device_peak_bytes()
   if peak is not None:
     timer.set(device_peak_bytes=peak)

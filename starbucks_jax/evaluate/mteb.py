@@ -300,7 +300,23 @@ def evaluate(embedder, tasks, pairs, output: str, *, name: str, revision: str | 
   return records
 
 
-def main(argv: list[str] | None = None) -> None:
+def tasks_of(args) -> list:
+  """The command line's tasks (--tasks, --sts, --retrieval), each with its data checked."""
+  splits = [s for s in args.splits.split(",") if s]
+  tasks = named_tasks([t for t in args.tasks.split(",") if t], splits)
+  tasks += [local_sts_task(*parse_local("--sts", v)) for v in args.sts]
+  tasks += [local_retrieval_task(*parse_local("--retrieval", v)) for v in args.retrieval]
+  if not tasks:
+    raise InputError("no tasks: give --tasks, --sts or --retrieval")
+  names = [t.metadata.name for t in tasks]
+  if len(set(names)) != len(names):
+    raise InputError(f"task names repeat: {names}; give each local task its own NAME")
+  check_data(tasks)
+  return tasks
+
+
+def parser() -> argparse.ArgumentParser:
+  """The command line of `python -m starbucks_jax.evaluate.mteb`."""
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate.mteb", description=__doc__.split("\n")[0])
   p.add_argument("--model", required=True, help="HF / sentence-transformers dir, Hub id, or workdir")
   p.add_argument("--output", help="where to write results (default: the workdir, when --model is one)")
@@ -317,6 +333,11 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
   p.add_argument("--cache-gb", type=float, default=4.0, help="memory for encodings shared by the pairs")
   p.add_argument("--overwrite", action="store_true", help="re-evaluate results already in DIR/mteb")
+  return p
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = parser()
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", force=True)
   logging.getLogger("mteb").setLevel(logging.WARNING)  # its INFO lines repeat per task and pair
@@ -331,16 +352,7 @@ def main(argv: list[str] | None = None) -> None:
     raise InputError(f"--name {args.name}: expected ORG/NAME")
   if args.batch_size < 1:
     raise InputError(f"--batch-size={args.batch_size}: must be >= 1")
-  splits = [s for s in args.splits.split(",") if s]
-  tasks = named_tasks([t for t in args.tasks.split(",") if t], splits)
-  tasks += [local_sts_task(*parse_local("--sts", v)) for v in args.sts]
-  tasks += [local_retrieval_task(*parse_local("--retrieval", v)) for v in args.retrieval]
-  if not tasks:
-    raise InputError("no tasks: give --tasks, --sts or --retrieval")
-  names = [t.metadata.name for t in tasks]
-  if len(set(names)) != len(names):
-    raise InputError(f"task names repeat: {names}; give each local task its own NAME")
-  check_data(tasks)
+  tasks = tasks_of(args)
   from starbucks_jax.embed import Embedder
   embedder = Embedder.load(args.model, batch_size=args.batch_size) if args.step is None else \
       Embedder(checkpoint.load_model(args.model, step=args.step), batch_size=args.batch_size)
