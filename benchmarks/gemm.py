@@ -39,7 +39,8 @@ def _time_both(product, a_shape, b_shape, rng, repeats):
 
   a = rng.standard_normal(a_shape, np.float32)
   b = rng.standard_normal(b_shape, np.float32)
-  xla = _median_time(jax.jit(product), (jnp.asarray(a), jnp.asarray(b)), repeats, jax.block_until_ready)
+  xla = _median_time(jax.jit(product), (jnp.asarray(a), jnp.asarray(b)), repeats,
+                     jax.block_until_ready)
   ref = _median_time(product, (torch.from_numpy(a), torch.from_numpy(b)), repeats, lambda x: x)
   return xla, ref
 
@@ -63,7 +64,9 @@ def main():
       "input grad g @ W^T": (lambda k, n: ((rows, n), (k, n)), lambda g, w: g @ w.T),
       "weight grad x^T @ g": (lambda k, n: ((rows, k), (rows, n)), lambda x, g: x.T @ g),
   }
-  print(f"{'weight':>10} {'product':>20} {'XLA GFLOP/s':>12} {'PyTorch GFLOP/s':>16} {'XLA / PyTorch':>14}")
+  print(
+      f"{'weight':>10} {'product':>20} {'XLA GFLOP/s':>12} {'PyTorch GFLOP/s':>16} {'XLA / PyTorch':>14}"
+  )
   total = {"xla": 0.0, "torch": 0.0}
   for weight, (k, n) in {"D x D": (D, D), "D x I": (D, I), "I x D": (I, D)}.items():
     for name, (shapes, product) in products.items():
@@ -71,7 +74,9 @@ def main():
       xla, ref = _time_both(product, *shapes(k, n), rng, args.repeats)
       total["xla"] += xla
       total["torch"] += ref
-      print(f"{weight:>10} {name:>20} {flops / xla / 1e9:>12.1f} {flops / ref / 1e9:>16.1f} {ref / xla:>13.2f}x")
+      print(
+          f"{weight:>10} {name:>20} {flops / xla / 1e9:>12.1f} {flops / ref / 1e9:>16.1f} {ref / xla:>13.2f}x"
+      )
   print(f"all of them: XLA {total['xla'] * 1e3:.0f} ms, PyTorch {total['torch'] * 1e3:.0f} ms "
         f"({total['torch'] / total['xla']:.2f}x)")
 

@@ -49,15 +49,15 @@ from starbucks_jax.schedule import STARBUCKS  # noqa: E402 - the checkout's pack
 
 # What each run measures: the paper's bert-base in bf16 on a GPU; MiniLM's shape, tiny, in a dry run.
 SIZES = {
-    "gpu": dict(preset="bert-base", dtype="bfloat16", step_runs=((32, "standard"), (128, "standard"), (128, "cudnn")),
-                step_length=128, step_steps=10,
-                recipe_batch=128, encode_docs=8192, encode_length=196, encode_batch=512),
+    "gpu": dict(preset="bert-base", dtype="bfloat16",
+                step_runs=((32, "standard"), (128, "standard"), (128, "cudnn")), step_length=128,
+                step_steps=10, recipe_batch=128, encode_docs=8192, encode_length=196,
+                encode_batch=512),
     "dry": dict(preset="minilm-l6-h384", dtype="float32", step_runs=((4, "dot_product"),),
-                step_length=16, step_steps=1,
-                recipe_batch=8, encode_docs=32, encode_length=32, encode_batch=16),
+                step_length=16, step_steps=1, recipe_batch=8, encode_docs=32, encode_length=32,
+                encode_batch=16),
 }
 SHARE = {"step": 0.5, "recipe": 0.32, "encode": 0.18}  # of the budget left when each section starts
-
 
 # This process only looks at the devices and writes the random model (on the CPU): it must not take
 # jax's default 75% of the GPU from the processes that measure. They get the environment as a user has it.
@@ -74,10 +74,13 @@ def run(cmd: list[str], timeout: float, log_path: str) -> str:
   env = {k: v for k, v in os.environ.items() if k not in _set_here}
   env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
   try:
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=max(timeout, 1))
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=max(timeout, 1))
   except subprocess.TimeoutExpired as e:
     with open(log_path, "a") as f:
-      f.write(f"$ {' '.join(cmd)}\n(timed out after {timeout:.0f} s)\n{e.stdout or ''}\n{e.stderr or ''}\n")
+      f.write(
+          f"$ {' '.join(cmd)}\n(timed out after {timeout:.0f} s)\n{e.stdout or ''}\n{e.stderr or ''}\n"
+      )
     raise SectionTimeout(f"timed out after {timeout:.0f} s") from None
   with open(log_path, "a") as f:
     f.write(f"$ {' '.join(cmd)}\n{done.stdout}\n{done.stderr}\n")
@@ -101,24 +104,37 @@ def env_section() -> dict:
   smi = shutil.which("nvidia-smi")
   gpu = subprocess.run([smi, "-L"], capture_output=True, text=True).stdout.strip() if smi else None
   devices = jax.devices()
-  return {"python": platform.python_version(), "platform": jax.default_backend(), "devices": [str(d) for d in devices],
-          "device_kind": devices[0].device_kind, "nvidia_smi": gpu, "versions": versions}
+  return {
+      "python": platform.python_version(), "platform": jax.default_backend(),
+      "devices": [str(d) for d in devices], "device_kind": devices[0].device_kind,
+      "nvidia_smi": gpu, "versions": versions
+  }
 
 
-def step_section(size: dict, model_dir: str, peak: float, out: str, log: str, deadline: float) -> list[dict]:
+def step_section(size: dict, model_dir: str, peak: float, out: str, log: str,
+                 deadline: float) -> list[dict]:
   """One vs_pytorch.py run per (batch, our attention core); a run that fails is a row with its error."""
   rows = []
   for batch, core in size["step_runs"]:
-    path = os.path.join(out, f"step_b{batch}" + ("" if core == "standard" else f"_{core}") + ".json")
+    path = os.path.join(out,
+                        f"step_b{batch}" + ("" if core == "standard" else f"_{core}") + ".json")
     share = (deadline - time.time()) / (len(size["step_runs"]) - len(rows))
     try:
-      run([sys.executable, os.path.join(HERE, "vs_pytorch.py"), "--model", model_dir, "--batch", str(batch),
-           "--length", str(size["step_length"]), "--steps", str(size["step_steps"]), "--rounds", "1",
-           "--dtype", size["dtype"], "--attention", core, "--peak-tflops", str(peak), "--out", path], share, log)
+      run([
+          sys.executable,
+          os.path.join(HERE, "vs_pytorch.py"), "--model", model_dir, "--batch",
+          str(batch), "--length",
+          str(size["step_length"]), "--steps",
+          str(size["step_steps"]), "--rounds", "1", "--dtype", size["dtype"], "--attention", core,
+          "--peak-tflops",
+          str(peak), "--out", path
+      ], share, log)
       rows.append(json.load(open(path)))
     except (RuntimeError, SectionTimeout) as e:
-      rows.append({"batch_pairs": batch, "length": size["step_length"], "dtype": size["dtype"], "attention": core,
-                   "error": str(e)})
+      rows.append({
+          "batch_pairs": batch, "length": size["step_length"], "dtype": size["dtype"],
+          "attention": core, "error": str(e)
+      })
   if all("error" in r for r in rows):
     raise RuntimeError("every run failed: " + "; ".join(r["error"] for r in rows))
   return rows
@@ -128,77 +144,107 @@ def write_triplets(path: str, rows: int, seed: int = 0) -> None:
   """AllNLI-shaped triplets of placeholder words (one token each in the random model's vocabulary):
   anchors of 8-40 words, positives and negatives of 4-24."""
   rng = random.Random(seed)
-  text = lambda lo, hi: " ".join(f"w{rng.randrange(1000, 30000)}" for _ in range(rng.randint(lo, hi)))  # noqa: E731
+  text = lambda lo, hi: " ".join(f"w{rng.randrange(1000, 30000)}"
+                                 for _ in range(rng.randint(lo, hi)))
   with open(path, "w") as f:
     for _ in range(rows):
-      f.write(json.dumps({"anchor": text(8, 40), "positive": text(4, 24), "negative": text(4, 24)}) + "\n")
+      f.write(
+          json.dumps({"anchor": text(8, 40), "positive": text(4, 24), "negative": text(4, 24)}) +
+          "\n")
 
 
-def recipe_section(size: dict, model_dir: str, steps: int, work: str, log: str, deadline: float) -> dict:
+def recipe_section(size: dict, model_dir: str, steps: int, work: str, log: str,
+                   deadline: float) -> dict:
   data = os.path.join(work, "triplets.jsonl")
   write_triplets(data, steps * size["recipe_batch"])
   workdir = os.path.join(work, "nli")
   t = time.time()
-  run([sys.executable, "-m", "starbucks_jax.main", "--config=configs/ft.py:nli", f"--workdir={workdir}",
-       f"--config.model.init_from={model_dir}", f"--config.model.dtype={size['dtype']}",
-       f"--config.schedule.pairs={STARBUCKS[size['preset']]}",
-       f"--config.data.train={data}", f"--config.data.batch_size={size['recipe_batch']}",
-       "--config.eval.sts=demo/test=demo:sts_test.jsonl", "--config.log.tensorboard=False",
-       f"--config.train.checkpoint_every={steps}", "--compilation_cache="], deadline - time.time(), log)
+  run([
+      sys.executable, "-m", "starbucks_jax.main", "--config=configs/ft.py:nli",
+      f"--workdir={workdir}", f"--config.model.init_from={model_dir}",
+      f"--config.model.dtype={size['dtype']}",
+      f"--config.schedule.pairs={STARBUCKS[size['preset']]}", f"--config.data.train={data}",
+      f"--config.data.batch_size={size['recipe_batch']}",
+      "--config.eval.sts=demo/test=demo:sts_test.jsonl", "--config.log.tensorboard=False",
+      f"--config.train.checkpoint_every={steps}", "--compilation_cache="
+  ], deadline - time.time(), log)
   timing = json.load(open(os.path.join(workdir, "timing.json")))
   final = json.load(open(os.path.join(workdir, "results", "final.json")))
-  return {"steps": timing.get("steps"), "batch": size["recipe_batch"], "wall_s": time.time() - t, "timing": timing,
-          "steps_per_s": timing["steps"] / timing["train_s"] if timing.get("train_s") else None,
-          "result_rows": len(final)}  # one per (layer, dim) and dataset: the evaluation ran
+  return {
+      "steps": timing.get("steps"), "batch": size["recipe_batch"], "wall_s": time.time() - t,
+      "timing": timing,
+      "steps_per_s": timing["steps"] / timing["train_s"] if timing.get("train_s") else None,
+      "result_rows": len(final)
+  }  # one per (layer, dim) and dataset: the evaluation ran
 
 
-def encode_section(size: dict, model_dir: str, schedule: str, out: str, log: str, deadline: float) -> dict:
+def encode_section(size: dict, model_dir: str, schedule: str, out: str, log: str,
+                   deadline: float) -> dict:
   path = os.path.join(out, "encode.json")
-  run([sys.executable, os.path.join(HERE, "retrieval.py"), "--model", model_dir, "--schedule", schedule,
-       "--docs", str(size["encode_docs"]), "--length", str(size["encode_length"]), "--batch", str(size["encode_batch"]),
-       "--encode-only", "--out", path], deadline - time.time(), log)
+  run([
+      sys.executable,
+      os.path.join(HERE, "retrieval.py"), "--model", model_dir, "--schedule", schedule, "--docs",
+      str(size["encode_docs"]), "--length",
+      str(size["encode_length"]), "--batch",
+      str(size["encode_batch"]), "--encode-only", "--out", path
+  ], deadline - time.time(), log)
   return json.load(open(path))
 
 
 def table(results: dict) -> str:
   """The Markdown summary of whatever finished."""
   env = results.get("env", {})
-  lines = [f"# gpu_check ({'dry run' if results['dry_run'] else 'measured'}, {results['date']}, commit "
-           f"{results.get('commit')})", "", f"- device: {env.get('device_kind')} ({env.get('platform')}); "
-           f"{env.get('nvidia_smi') or 'no nvidia-smi'}", f"- versions: {env.get('versions')}",
-           f"- peak used for MFU: {results['peak_tflops']} TFLOP/s (dense bf16)", ""]
+  lines = [
+      f"# gpu_check ({'dry run' if results['dry_run'] else 'measured'}, {results['date']}, commit "
+      f"{results.get('commit')})", "",
+      f"- device: {env.get('device_kind')} ({env.get('platform')}); "
+      f"{env.get('nvidia_smi') or 'no nvidia-smi'}", f"- versions: {env.get('versions')}",
+      f"- peak used for MFU: {results['peak_tflops']} TFLOP/s (dense bf16)", ""
+  ]
   for name, section in results["sections"].items():
     if "error" in section:
       lines.append(f"- {name}: NOT MEASURED ({section['error']})")
   step = results["sections"].get("step", {}).get("rows", [])
   if step:
-    lines += ["", "| SRL step | our attention | batch x length | examples/s ours | examples/s PyTorch | "
-              "ours / PyTorch | model TFLOP/s ours | MFU ours | MFU PyTorch | loss check (rel. diff) |", "|---" * 10 + "|"]
+    lines += [
+        "", "| SRL step | our attention | batch x length | examples/s ours | examples/s PyTorch | "
+        "ours / PyTorch | model TFLOP/s ours | MFU ours | MFU PyTorch | loss check (rel. diff) |",
+        "|---" * 10 + "|"
+    ]
     for r in step:
       where = f"| {r['dtype']} | {r.get('attention', 'standard')} | {r['batch_pairs']} x {r['length']} |"
       if "error" in r:
         lines.append(f"{where} NOT MEASURED ({r['error'][:200].replace('|', '/')}) |" + " |" * 6)
         continue
       rate, flops, mfu = r["examples_per_sec"], r["gflops_per_sec"], r.get("mfu", {})
-      lines.append(f"{where} {rate['jax/starbucks']:.1f} | "
-                   f"{rate['torch/starbucks']:.1f} | {rate['jax/starbucks'] / rate['torch/starbucks']:.2f} | "
-                   f"{flops['jax/starbucks'] / 1e3:.1f} | {_pct(mfu.get('jax/starbucks'))} | "
-                   f"{_pct(mfu.get('torch/starbucks'))} | {r['loss']['relative_difference']:.1e} |")
+      lines.append(
+          f"{where} {rate['jax/starbucks']:.1f} | "
+          f"{rate['torch/starbucks']:.1f} | {rate['jax/starbucks'] / rate['torch/starbucks']:.2f} | "
+          f"{flops['jax/starbucks'] / 1e3:.1f} | {_pct(mfu.get('jax/starbucks'))} | "
+          f"{_pct(mfu.get('torch/starbucks'))} | {r['loss']['relative_difference']:.1e} |")
   recipe = results["sections"].get("recipe", {})
   if "timing" in recipe:
     t = recipe["timing"]
     peak, planned = t.get("device_peak_bytes"), t.get("compiled_step_bytes")
-    lines += ["", "| recipe | steps x batch | wall s | start-up s | compile s (compiles) | train s | steps/s | "
-              "eval s | compiled step GiB | device peak GiB |", "|---" * 10 + "|",
-              f"| nli (generated triplets) | {recipe['steps']} x {recipe['batch']} | {recipe['wall_s']:.1f} | "
-              f"{_fmt(t.get('startup_s'))} | {_fmt(t.get('compile_s'))} ({t.get('compiles')}) | {_fmt(t.get('train_s'))} | "
-              f"{_fmt(recipe.get('steps_per_s'))} | {_fmt(t.get('eval_s'))} | "
-              f"{_fmt(planned / 2**30 if planned else None)} | {_fmt(peak / 2**30 if peak else None)} |"]
+    lines += [
+        "",
+        "| recipe | steps x batch | wall s | start-up s | compile s (compiles) | train s | steps/s | "
+        "eval s | compiled step GiB | device peak GiB |", "|---" * 10 + "|",
+        f"| nli (generated triplets) | {recipe['steps']} x {recipe['batch']} | {recipe['wall_s']:.1f} | "
+        f"{_fmt(t.get('startup_s'))} | {_fmt(t.get('compile_s'))} ({t.get('compiles')}) | {_fmt(t.get('train_s'))} | "
+        f"{_fmt(recipe.get('steps_per_s'))} | {_fmt(t.get('eval_s'))} | "
+        f"{_fmt(planned / 2**30 if planned else None)} | {_fmt(peak / 2**30 if peak else None)} |"
+    ]
   encode = results["sections"].get("encode", {})
   if "rates" in encode:
-    lines += ["", f"| encoder, {encode['docs']} passages of {encode['length']} tokens, batch {encode['batch']} | "
-              "passages/s |", "|---|---|"]
-    lines += [f"| ({r['layer']}, {r['dim']}) | {r['passages_per_s']:.1f} |" for r in encode["rates"]]
+    lines += [
+        "",
+        f"| encoder, {encode['docs']} passages of {encode['length']} tokens, batch {encode['batch']} | "
+        "passages/s |", "|---|---|"
+    ]
+    lines += [
+        f"| ({r['layer']}, {r['dim']}) | {r['passages_per_s']:.1f} |" for r in encode["rates"]
+    ]
     lines.append(f"| every layer in one pass | {encode['all_layers_passages_per_s']:.1f} |")
   return "\n".join(lines) + "\n"
 
@@ -213,12 +259,17 @@ def _pct(x) -> str:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--dry-run", action="store_true", help="the same sections on this CPU, MiniLM's shape, tiny sizes")
-  p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out", help="where the results go")
+  p.add_argument("--dry-run", action="store_true",
+                 help="the same sections on this CPU, MiniLM's shape, tiny sizes")
+  p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out",
+                 help="where the results go")
   p.add_argument("--budget", type=float, default=420.0, help="seconds for all sections together")
-  p.add_argument("--peak-tflops", type=float, default=989.0, help="the device's dense bf16 peak, for MFU")
-  p.add_argument("--recipe-steps", type=int, default=0, help="steps of the recipe run (default 200; dry run 3)")
-  p.add_argument("--only", default="", help="comma-separated sections (default: env,step,recipe,encode)")
+  p.add_argument("--peak-tflops", type=float, default=989.0,
+                 help="the device's dense bf16 peak, for MFU")
+  p.add_argument("--recipe-steps", type=int, default=0,
+                 help="steps of the recipe run (default 200; dry run 3)")
+  p.add_argument("--only", default="",
+                 help="comma-separated sections (default: env,step,recipe,encode)")
   args = p.parse_args()
   for k, v in PARENT_ONLY.items():  # before jax starts in this process
     if k not in os.environ:
@@ -228,14 +279,18 @@ def main() -> None:
   steps = args.recipe_steps or (3 if args.dry_run else 200)
   only = set(args.only.split(",")) if args.only else {"env", *SHARE}
   if only - {"env", *SHARE}:
-    p.error(f"--only {args.only}: unknown sections {sorted(only - {'env', *SHARE})}; expected env, {', '.join(SHARE)}")
+    p.error(
+        f"--only {args.only}: unknown sections {sorted(only - {'env', *SHARE})}; expected env, {', '.join(SHARE)}"
+    )
   os.makedirs(args.out, exist_ok=True)
   deadline = time.time() + args.budget
   log = os.path.join(args.out, "gpu_check.log")
   open(log, "w").close()
   from vs_pytorch import git_commit, random_model_dir  # noqa: E402 - after the path is set
-  results = {"dry_run": args.dry_run, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
-             "peak_tflops": args.peak_tflops, "budget_s": args.budget, "settings": size, "sections": {}}
+  results = {
+      "dry_run": args.dry_run, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
+      "peak_tflops": args.peak_tflops, "budget_s": args.budget, "settings": size, "sections": {}
+  }
 
   def save():
     json.dump(results, open(os.path.join(args.out, "gpu_check.json"), "w"), indent=1)
@@ -246,25 +301,29 @@ def main() -> None:
     save()
   work = tempfile.mkdtemp(prefix="gpu_check_")
   import jax
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):  # the init's arrays stay off the GPU
+  # the init's arrays stay off the GPU
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
     model_dir = random_model_dir(size["preset"], os.path.join(work, "model"))
   sections = {
-      "step": lambda end: {"rows": step_section(size, model_dir, args.peak_tflops, args.out, log, end)},
+      "step": lambda end:
+              {"rows": step_section(size, model_dir, args.peak_tflops, args.out, log, end)},
       "recipe": lambda end: recipe_section(size, model_dir, steps, work, log, end),
       "encode": lambda end: encode_section(size, model_dir, size["preset"], args.out, log, end),
   }
   chosen = [name for name in sections if name in only]
   for i, name in enumerate(chosen):
     t = time.time()
-    end = t + (deadline - t) * SHARE[name] / sum(SHARE[k] for k in chosen[i:])  # its share of what is left
+    # its share of what is left
+    end = t + (deadline - t) * SHARE[name] / sum(SHARE[k] for k in chosen[i:])
     try:
       results["sections"][name] = {**sections[name](end), "seconds": time.time() - t}
     except Exception as e:  # noqa: BLE001 - recorded, and the next section still runs
       results["sections"][name] = {"error": f"{type(e).__name__}: {e}", "seconds": time.time() - t}
       with open(log, "a") as f:
         f.write(traceback.format_exc())
-    print(f"{name}: {time.time() - t:.0f} s{' - ' + results['sections'][name]['error'] if 'error' in results['sections'][name] else ''}",
-          flush=True)
+    print(
+        f"{name}: {time.time() - t:.0f} s{' - ' + results['sections'][name]['error'] if 'error' in results['sections'][name] else ''}",
+        flush=True)
     save()
   shutil.rmtree(work, ignore_errors=True)
   print(table(results))

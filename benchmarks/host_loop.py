@@ -36,14 +36,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def synthetic_pairs(n: int, max_words: int, seed: int = 0) -> batching.Examples:
   rng = np.random.default_rng(seed)
   words = [f"w{i}" for i in range(500)]
-  text = lambda: " ".join(rng.choice(words, rng.integers(8, max_words + 1)))  # noqa: E731
-  return batching.Examples(("anchor", "positive"), [[text() for _ in range(n)] for _ in range(2)], None)
+  text = lambda: " ".join(rng.choice(words, rng.integers(8, max_words + 1)))
+  return batching.Examples(("anchor", "positive"), [[text() for _ in range(n)] for _ in range(2)],
+                           None)
 
 
 def trivial_update(state, batch, rng):
   del rng
   tokens = batch["mask"].sum().astype(jnp.float32)
-  return state.replace(step=state.step + 1, params={"w": state.params["w"] + tokens}), {"loss": tokens}
+  return state.replace(step=state.step + 1,
+                       params={"w": state.params["w"] + tokens}), {"loss": tokens}
 
 
 def main():
@@ -51,7 +53,8 @@ def main():
   p.add_argument("--batch", type=int, default=128, help="pairs per step")
   p.add_argument("--steps", type=int, default=1000)
   p.add_argument("--length", type=int, default=32, help="the longest text, in words")
-  p.add_argument("--model", default="all-MiniLM-L6-v2", help="whose tokenizer tokenises the examples")
+  p.add_argument("--model", default="all-MiniLM-L6-v2",
+                 help="whose tokenizer tokenises the examples")
   p.add_argument("--out", help="write the results to this JSON file")
   args = p.parse_args()
 
@@ -65,24 +68,32 @@ def main():
   batcher = batching.Batcher(examples, tokenizer, batch_size=args.batch, max_length=128, seed=0,
                              length_buckets="linear")
   seconds, waits = {}, {}
-  for steps in (args.steps // 4, args.steps):  # the per-step cost is the difference: fixed costs cancel
+  # the per-step cost is the difference: fixed costs cancel
+  for steps in (args.steps // 4, args.steps):
     tx = step_lib.make_optimizer(config.train, steps)
     params = {"w": jnp.zeros((), jnp.float32)}
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     workdir = tempfile.mkdtemp(prefix="host_loop_")
     t = time.perf_counter()
-    loop.fit(config, FinetuneConfig.from_config(config), workdir, state, trivial_update, batcher, steps, step_lib.learning_rate_schedule(config.train, steps),
-                tx=tx, param_specs={"w": jax.sharding.PartitionSpec()}, batch_axes=None)
+    loop.fit(config, FinetuneConfig.from_config(config), workdir, state, trivial_update, batcher,
+             steps, step_lib.learning_rate_schedule(config.train, steps), tx=tx,
+             param_specs={"w": jax.sharding.PartitionSpec()}, batch_axes=None)
     seconds[steps] = time.perf_counter() - t
     rows = workdir_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    waits[steps] = statistics.median(r["data_wait_frac"] for r in rows[2:]) if len(rows) > 2 else float("nan")
+    waits[steps] = statistics.median(r["data_wait_frac"]
+                                     for r in rows[2:]) if len(rows) > 2 else float("nan")
   short, long = args.steps // 4, args.steps
   per_step = (seconds[long] - seconds[short]) / (long - short)
-  result = {"batch": args.batch, "steps": [short, long], "fit_s": [seconds[short], seconds[long]],
-            "ms_per_step": 1e3 * per_step, "data_wait_frac": waits[long], "jax": jax.__version__,
-            "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "command": " ".join(sys.argv)}
-  print(f"host loop, batch {args.batch}: {result['ms_per_step']:.3f} ms/step (loop.fit of {long} steps minus "
-        f"{short} steps: {seconds[long]:.2f} s - {seconds[short]:.2f} s); median data_wait_frac {waits[long]:.3f}")
+  result = {
+      "batch": args.batch, "steps": [short, long], "fit_s": [seconds[short], seconds[long]],
+      "ms_per_step": 1e3 * per_step, "data_wait_frac": waits[long], "jax": jax.__version__,
+      "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "command": " ".join(sys.argv)
+  }
+  print(
+      f"host loop, batch {args.batch}: {result['ms_per_step']:.3f} ms/step (loop.fit of {long} steps minus "
+      f"{short} steps: {seconds[long]:.2f} s - {seconds[short]:.2f} s); median data_wait_frac {waits[long]:.3f}"
+  )
   if args.out:
     with open(args.out, "w", encoding="utf8") as f:
       json.dump(result, f, indent=1)

@@ -67,23 +67,27 @@ def layout(config, steps: int) -> dict:
     batch = batcher.make_batch(idx)
     lengths = batcher.lengths[:, idx]  # [R, B] tokens of each text
     real += int(lengths.sum())
-    ours_padded += batch["segments" if "segments" in batch else "mask"].size  # packed rows, or [R, B, T]
+    # packed rows, or [R, B, T]
+    ours_padded += batch["segments" if "segments" in batch else "mask"].size
     theirs_padded += int(lengths.max(-1).sum()) * lengths.shape[1]
   ex = batcher.examples
   sts = [s.split("=", 1)[1] for s in config.eval.sts.split(",") if s]
-  return {"roles": list(ex.roles), "texts": ex.texts, "scores": None if ex.scores is None else ex.scores.tolist(),
-          "rows": rows, "model_dir": checkpoint.model_config_dir(config.model.init_from),
-          "pairs": [list(p) for p in spec.pairs], "task": config.loss.task, "batch_size": config.data.batch_size,
-          "max_length": setup.max_length, "lr": config.train.lr, "warmup_ratio": config.train.warmup_ratio,
-          "clip": config.train.clip_grad_norm, "eps": config.train.adam_eps, "seed": config.seed,
-          "log_every": config.train.log_every, "eval_sts": sts, "eval_batch": config.eval.batch_size,
-          "padded_frac": {"ours": 1 - real / ours_padded, "theirs": 1 - real / theirs_padded},
-          "first_batch": {k: v.tolist() for k, v in batcher.make_batch(np.array(rows[0])).items()}}
+  return {
+      "roles": list(ex.roles), "texts": ex.texts,
+      "scores": None if ex.scores is None else ex.scores.tolist(), "rows": rows,
+      "model_dir": checkpoint.model_config_dir(config.model.init_from),
+      "pairs": [list(p) for p in spec.pairs], "task": config.loss.task,
+      "batch_size": config.data.batch_size, "max_length": setup.max_length, "lr": config.train.lr,
+      "warmup_ratio": config.train.warmup_ratio, "clip": config.train.clip_grad_norm,
+      "eps": config.train.adam_eps, "seed": config.seed, "log_every": config.train.log_every,
+      "eval_sts": sts, "eval_batch": config.eval.batch_size, "padded_frac": {
+          "ours": 1 - real / ours_padded, "theirs": 1 - real / theirs_padded
+      }, "first_batch": {k: v.tolist() for k, v in batcher.make_batch(np.array(rows[0])).items()}
+  }
 
 
 class StarbucksLoss:
   """The SRL loss as a sentence-transformers loss module (built on first use: torch is imported lazily)."""
-
   def __new__(cls, model, pairs, task):
     import torch
     from vs_pytorch import torch_pooled, torch_srl_loss
@@ -97,14 +101,17 @@ class StarbucksLoss:
 
       def forward(self, sentence_features, labels):
         bert = self.model[0].auto_model
-        roles = [torch_pooled(bert, f["input_ids"], f["attention_mask"], pairs) for f in sentence_features]
+        roles = [
+            torch_pooled(bert, f["input_ids"], f["attention_mask"], pairs)
+            for f in sentence_features
+        ]
         return torch_srl_loss(roles, pairs, full, task, labels)
 
     return _Loss()
 
 
 def spearman(a, b) -> float:
-  rank = lambda x: np.argsort(np.argsort(x)).astype(np.float64)  # noqa: E731 (STS scores: ties are rare)
+  rank = lambda x: np.argsort(np.argsort(x)).astype(np.float64)  # STS scores: ties are rare
   return float(np.corrcoef(rank(a), rank(b))[0, 1])
 
 
@@ -119,9 +126,9 @@ def theirs(lay: dict) -> dict:
   import torch
   from datasets import Dataset
   from sentence_transformers import (
-    SentenceTransformer,
-    SentenceTransformerTrainer,
-    SentenceTransformerTrainingArguments,
+      SentenceTransformer,
+      SentenceTransformerTrainer,
+      SentenceTransformerTrainingArguments,
   )
   from torch.utils.data import BatchSampler, SequentialSampler
   from vs_pytorch import torch_pooled
@@ -136,12 +143,13 @@ def theirs(lay: dict) -> dict:
   data = Dataset.from_dict(columns)
   steps, batch = len(lay["rows"]), lay["batch_size"]
   args = SentenceTransformerTrainingArguments(
-      output_dir=tempfile.mkdtemp(prefix="recipe_theirs_"), per_device_train_batch_size=batch, max_steps=steps,
-      learning_rate=lay["lr"], warmup_steps=int(np.ceil(lay["warmup_ratio"] * steps)), lr_scheduler_type="linear",
-      weight_decay=0.0, max_grad_norm=lay["clip"], adam_epsilon=lay["eps"], seed=lay["seed"], report_to="none",
-      save_strategy="no", logging_steps=lay["log_every"], dataloader_drop_last=True, use_cpu=True, disable_tqdm=True,
-      batch_sampler=lambda dataset, batch_size, drop_last, **_: BatchSampler(SequentialSampler(dataset), batch_size,
-                                                                            drop_last))
+      output_dir=tempfile.mkdtemp(prefix="recipe_theirs_"), per_device_train_batch_size=batch,
+      max_steps=steps, learning_rate=lay["lr"], warmup_steps=int(
+          np.ceil(lay["warmup_ratio"] * steps)), lr_scheduler_type="linear", weight_decay=0.0,
+      max_grad_norm=lay["clip"], adam_epsilon=lay["eps"], seed=lay["seed"], report_to="none",
+      save_strategy="no", logging_steps=lay["log_every"], dataloader_drop_last=True, use_cpu=True,
+      disable_tqdm=True, batch_sampler=lambda dataset, batch_size, drop_last, **_: BatchSampler(
+          SequentialSampler(dataset), batch_size, drop_last))
   trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=data,
                                        loss=StarbucksLoss(model, pairs, lay["task"]))
   t_train = time.perf_counter()
@@ -154,7 +162,10 @@ def theirs(lay: dict) -> dict:
     rows = read_jsonl(source)
     texts = [r["sentence1"] for r in rows] + [r["sentence2"] for r in rows]
     longest_first = np.argsort([-len(t) for t in texts], kind="stable")
-    pooled = {n: np.zeros((len(texts), model.get_sentence_embedding_dimension()), np.float32) for n, _ in pairs}
+    pooled = {
+        n: np.zeros((len(texts), model.get_sentence_embedding_dimension()), np.float32)
+        for n, _ in pairs
+    }
     with torch.no_grad():
       for i in range(0, len(texts), lay["eval_batch"]):
         idx = longest_first[i:i + lay["eval_batch"]]
@@ -168,17 +179,22 @@ def theirs(lay: dict) -> dict:
       results[f"{os.path.basename(source)} {n}x{d}"] = spearman(cos, gold)
   t_end = time.perf_counter()
   train_s = t_eval - t_train
-  return {"startup_s": t_train - t_start, "train_s": train_s, "eval_s": t_end - t_eval,
-          "examples_per_s": steps * batch / train_s, "steady_examples_per_s": steps * batch / train_s,
-          "compile_s": 0.0, "compiles": 0, "spearman": results}
+  return {
+      "startup_s": t_train - t_start, "train_s": train_s, "eval_s": t_end - t_eval,
+      "examples_per_s": steps * batch / train_s, "steady_examples_per_s": steps * batch / train_s,
+      "compile_s": 0.0, "compiles": 0, "spearman": results
+  }
 
 
 def ours(recipe: str, steps: int, extra: list[str], cache: str) -> dict:
   """Our side: the user's command in its own process; its timings from WORKDIR/timing.json.
   `cache`: its compilation cache (a fresh directory: the first run a user makes)."""
   workdir = tempfile.mkdtemp(prefix="recipe_ours_")
-  cmd = [sys.executable, "-m", "starbucks_jax.main", f"--config={os.path.join(REPO, 'configs', 'ft.py')}:{recipe}",
-         f"--workdir={workdir}", f"--config.train.max_steps={steps}", f"--compilation_cache={cache}", *extra]
+  cmd = [
+      sys.executable, "-m", "starbucks_jax.main",
+      f"--config={os.path.join(REPO, 'configs', 'ft.py')}:{recipe}", f"--workdir={workdir}",
+      f"--config.train.max_steps={steps}", f"--compilation_cache={cache}", *extra
+  ]
   env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   t = time.perf_counter()
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
@@ -205,17 +221,23 @@ def check_first_batch(config, lay: dict) -> float:
   tx = step_lib.make_optimizer(config.train, 10)
   batch = {k: np.asarray(v) for k, v in lay["first_batch"].items()}
   batch = {k: v.astype(np.float32 if k == "scores" else np.int32) for k, v in batch.items()}
-  ours_loss = float(finetune.run_step(run, tx).loss_fn(pre.params["bert"], batch, jax.random.key(0))[0])
+  ours_loss = float(
+      finetune.run_step(run, tx).loss_fn(pre.params["bert"], batch, jax.random.key(0))[0])
   model = SentenceTransformer(lay["model_dir"], device="cpu")
   model.max_seq_length = lay["max_length"]
   model.eval()
   rows = lay["rows"][0]
-  features = [model.preprocess([lay["texts"][r][i] for i in rows]) for r in range(len(lay["roles"]))]
+  features = [
+      model.preprocess([lay["texts"][r][i] for i in rows]) for r in range(len(lay["roles"]))
+  ]
   labels = torch.tensor([lay["scores"][i] for i in rows]) if lay["scores"] is not None else None
   with torch.no_grad():
-    theirs_loss = float(StarbucksLoss(model, [tuple(p) for p in lay["pairs"]], lay["task"])(features, labels))
+    theirs_loss = float(
+        StarbucksLoss(model, [tuple(p) for p in lay["pairs"]], lay["task"])(features, labels))
   rel = abs(ours_loss - theirs_loss) / abs(theirs_loss)
-  print(f"first batch, dropout off: ours {ours_loss:.6f}, theirs {theirs_loss:.6f}, relative difference {rel:.1e}")
+  print(
+      f"first batch, dropout off: ours {ours_loss:.6f}, theirs {theirs_loss:.6f}, relative difference {rel:.1e}"
+  )
   if rel > 1e-4:
     raise SystemExit("the two sides do not compute the same loss; not timing them")
   return rel
@@ -226,10 +248,12 @@ def main():
   p.add_argument("--recipe", default="sts_cpu", choices=RECIPES)
   p.add_argument("--steps", type=int, default=200, help="training steps on each side")
   p.add_argument("--rounds", type=int, default=2, help="processes per side, alternated")
-  p.add_argument("--ours-arg", action="append", default=[], help="extra --config.KEY=VALUE for our run")
-  p.add_argument("--cold", action="store_true",
-                 help="every run of ours compiles from scratch (default: one compilation cache for the "
-                      "benchmark, so round 1 is a first run and later rounds are reruns)")
+  p.add_argument("--ours-arg", action="append", default=[],
+                 help="extra --config.KEY=VALUE for our run")
+  p.add_argument(
+      "--cold", action="store_true",
+      help="every run of ours compiles from scratch (default: one compilation cache for the "
+      "benchmark, so round 1 is a first run and later rounds are reruns)")
   p.add_argument("--out", help="write every run and the ratios to this JSON file")
   p.add_argument("--worker", help=argparse.SUPPRESS)  # theirs: a layout JSON to train on
   args = p.parse_args()
@@ -250,40 +274,59 @@ def main():
       cache = tempfile.mkdtemp(prefix="recipe_xla_cache_")
     for side in (("ours", "theirs") if r % 2 == 0 else ("theirs", "ours")):
       if side == "ours":
-        runs["ours"].append({**ours(args.recipe, args.steps, args.ours_arg, cache),
-                             "cache": "cold" if args.cold or r == 0 else "warm"})
+        runs["ours"].append({
+            **ours(args.recipe, args.steps, args.ours_arg, cache), "cache": "cold" if args.cold or
+                                                                            r == 0 else "warm"
+        })
       else:
         t = time.perf_counter()
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", lay_path], cwd=REPO,
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--worker", lay_path], cwd=REPO,
+            capture_output=True, text=True)
         if proc.returncode:
           raise SystemExit(f"the PyTorch side failed:\n{proc.stderr[-3000:]}")
-        runs["theirs"].append({"wall_s": time.perf_counter() - t,
-                               **json.loads(proc.stdout.strip().splitlines()[-1])})
+        runs["theirs"].append(
+            {"wall_s": time.perf_counter() - t, **json.loads(proc.stdout.strip().splitlines()[-1])})
       x = runs[side][-1]
       x["order"] = len(runs["ours"]) + len(runs["theirs"])  # position in the benchmark's sequence
-      print(f"round {r + 1} {side:6s}{' (' + x['cache'] + ')' if 'cache' in x else ''}: wall {x['wall_s']:6.1f} s | train {x['examples_per_s']:5.1f} ex/s "
-            f"(steady {x['steady_examples_per_s']:5.1f}) in {x['train_s']:6.1f} s | start-up {x['startup_s']:5.1f} s | "
-            f"compile {x['compile_s']:5.1f} s x{x['compiles']} | eval {x['eval_s']:5.1f} s", flush=True)
+      print(
+          f"round {r + 1} {side:6s}{' (' + x['cache'] + ')' if 'cache' in x else ''}: wall {x['wall_s']:6.1f} s | train {x['examples_per_s']:5.1f} ex/s "
+          f"(steady {x['steady_examples_per_s']:5.1f}) in {x['train_s']:6.1f} s | start-up {x['startup_s']:5.1f} s | "
+          f"compile {x['compile_s']:5.1f} s x{x['compiles']} | eval {x['eval_s']:5.1f} s",
+          flush=True)
     o, t_ = runs["ours"][-1], runs["theirs"][-1]
-    print(f"round {r + 1} ours / theirs: training examples/s {o['examples_per_s'] / t_['examples_per_s']:.2f}x, "
-          f"wall {t_['wall_s'] / o['wall_s']:.2f}x", flush=True)
-  med = {side: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "examples_per_s", "steady_examples_per_s")}
-         for side, rs in runs.items()}
-  ratio = {"examples_per_s": med["ours"]["examples_per_s"] / med["theirs"]["examples_per_s"],
-           "steady_examples_per_s": med["ours"]["steady_examples_per_s"] / med["theirs"]["steady_examples_per_s"],
-           "wall": med["theirs"]["wall_s"] / med["ours"]["wall_s"]}
-  print(f"{args.recipe}, {args.steps} steps of {lay['batch_size']}, {args.rounds} rounds; padded tokens: ours "
-        f"{lay['padded_frac']['ours']:.3f}, theirs {lay['padded_frac']['theirs']:.3f}")
-  print(f"ours / theirs: training examples/s {ratio['examples_per_s']:.2f}x (steady {ratio['steady_examples_per_s']:.2f}x), "
-        f"whole-process wall time {ratio['wall']:.2f}x")
+    print(
+        f"round {r + 1} ours / theirs: training examples/s {o['examples_per_s'] / t_['examples_per_s']:.2f}x, "
+        f"wall {t_['wall_s'] / o['wall_s']:.2f}x", flush=True)
+  med = {
+      side: {
+          k: statistics.median(x[k] for x in rs)
+          for k in ("wall_s", "examples_per_s", "steady_examples_per_s")
+      } for side, rs in runs.items()
+  }
+  ratio = {
+      "examples_per_s": med["ours"]["examples_per_s"] / med["theirs"]["examples_per_s"],
+      "steady_examples_per_s": med["ours"]["steady_examples_per_s"] /
+                               med["theirs"]["steady_examples_per_s"],
+      "wall": med["theirs"]["wall_s"] / med["ours"]["wall_s"]
+  }
+  print(
+      f"{args.recipe}, {args.steps} steps of {lay['batch_size']}, {args.rounds} rounds; padded tokens: ours "
+      f"{lay['padded_frac']['ours']:.3f}, theirs {lay['padded_frac']['theirs']:.3f}")
+  print(
+      f"ours / theirs: training examples/s {ratio['examples_per_s']:.2f}x (steady {ratio['steady_examples_per_s']:.2f}x), "
+      f"whole-process wall time {ratio['wall']:.2f}x")
   if args.out:
     from vs_pytorch import cpu_description, git_commit
     with open(args.out, "w", encoding="utf8") as f:
-      json.dump({"recipe": args.recipe, "steps": args.steps, "rounds": args.rounds, "ours_args": args.ours_arg,
-                 "commit": git_commit(), "machine": f"{os.cpu_count()} CPU cores ({cpu_description()})",
-                 "first_batch_rel_diff": rel, "padded_frac": lay["padded_frac"], "runs": runs, "medians": med,
-                 "ratio": ratio, "command": " ".join(sys.argv)}, f, indent=1)
+      json.dump(
+          {
+              "recipe": args.recipe, "steps": args.steps, "rounds": args.rounds, "ours_args":
+                  args.ours_arg, "commit":
+                      git_commit(), "machine": f"{os.cpu_count()} CPU cores ({cpu_description()})",
+              "first_batch_rel_diff": rel, "padded_frac": lay["padded_frac"], "runs": runs,
+              "medians": med, "ratio": ratio, "command": " ".join(sys.argv)
+          }, f, indent=1)
 
 
 if __name__ == "__main__":

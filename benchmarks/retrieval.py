@@ -37,8 +37,10 @@ def encoding_rates(embedder, pairs, docs: list[str], length: int, batch: int) ->
   embedder.encode_layers(docs[:batch], layers, max_length=length)
   t0 = time.perf_counter()
   embedder.encode_layers(docs, layers, max_length=length)
-  return {"docs": len(docs), "length": length, "batch": batch, "rates": rates,
-          "all_layers_passages_per_s": len(docs) / (time.perf_counter() - t0)}
+  return {
+      "docs": len(docs), "length": length, "batch": batch, "rates": rates,
+      "all_layers_passages_per_s": len(docs) / (time.perf_counter() - t0)
+  }
 
 
 def main():
@@ -75,7 +77,7 @@ def main():
   for d in sorted({pairs[0][1], pairs[-1][1]}):
     corpus = rng.normal(size=(args.corpus, d)).astype(np.float32)
     queries = rng.normal(size=(args.queries, d)).astype(np.float32)
-    blocks = lambda: ((s, corpus[s:s + 50_000]) for s in range(0, args.corpus, 50_000))  # noqa: E731
+    blocks = lambda: ((s, corpus[s:s + 50_000]) for s in range(0, args.corpus, 50_000))
     search.exact_topk(queries[:8], blocks(), args.k)  # compile
     t0 = time.perf_counter()
     _, rows = search.exact_topk(queries, blocks(), args.k)
@@ -99,7 +101,9 @@ def main():
       search.rescore(queries, corpus.__getitem__, shortlist, 10)  # compile
       t0 = time.perf_counter()
       search.rescore(queries, corpus.__getitem__, shortlist, 10)
-      print(f"  corpus {size}, shortlist {c}: {args.queries / (time.perf_counter() - t0):8.1f} queries/s")
+      print(
+          f"  corpus {size}, shortlist {c}: {args.queries / (time.perf_counter() - t0):8.1f} queries/s"
+      )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("starbucks", "full")  # the SRL step and the full-only step
 SCHEDULES = {(12, 768): "bert-base", (6, 384): "minilm-l6-h384"}  # (layers, dims) -> STARBUCKS key
 RANDOM = "random:"
-VECTOR_ISA = ("avx512_bf16", "avx512f", "amx_bf16", "avx2", "asimd", "sve")  # named in the machine line, when present
+# named in the machine line, when present
+VECTOR_ISA = ("avx512_bf16", "avx512f", "amx_bf16", "avx2", "asimd", "sve")
 
 
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -71,14 +72,15 @@ def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> str:
   name = re.search(r"^model name\s*:\s*(.+)$", info, re.M)
   flags = re.search(r"^(?:flags|Features)\s*:\s*(.+)$", info, re.M)
   flags = set(flags.group(1).split()) if flags else set()
-  return ", ".join([name.group(1).strip() if name else platform.machine()] + [f for f in VECTOR_ISA if f in flags])
+  return ", ".join([name.group(1).strip() if name else platform.machine()] +
+                   [f for f in VECTOR_ISA if f in flags])
 
 
 def git_commit() -> str | None:
   """This checkout's commit (with '+changes' when the tree differs from it), or None outside git."""
   try:
-    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    head = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
     dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
                            capture_output=True, text=True, check=True).stdout.strip()
   except (OSError, subprocess.CalledProcessError):
@@ -89,8 +91,9 @@ def git_commit() -> str | None:
 def starbucks_pairs(num_layers: int, hidden_size: int, model: str) -> tuple[tuple[int, int], ...]:
   """The Starbucks schedule of a benchmarked shape; any other shape fails naming `--model`."""
   if (num_layers, hidden_size) not in SCHEDULES:
-    raise ValueError(f"--model {model}: no Starbucks schedule for {num_layers} layers x {hidden_size} dims here "
-                     f"(benchmarked shapes: those of {', '.join(RANDOM + name for name in SCHEDULES.values())})")
+    raise ValueError(
+        f"--model {model}: no Starbucks schedule for {num_layers} layers x {hidden_size} dims here "
+        f"(benchmarked shapes: those of {', '.join(RANDOM + name for name in SCHEDULES.values())})")
   return schedule.STARBUCKS[SCHEDULES[(num_layers, hidden_size)]]
 
 
@@ -103,11 +106,14 @@ def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
   config = bert.BertConfig.preset(preset)
   starbucks_pairs(config.num_hidden_layers, config.hidden_size, RANDOM + preset)  # before the init
   specials = {0: "[PAD]", 100: "[UNK]", 101: "[CLS]", 102: "[SEP]", 103: "[MASK]"}
-  vocab = {specials.get(i, f"w{i}"): i for i in range(config.vocab_size)}  # "w1234": one token per word
-  tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True, model_max_length=config.max_position_embeddings)
+  # "w1234": one token per word
+  vocab = {specials.get(i, f"w{i}"): i for i in range(config.vocab_size)}
+  tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True,
+                                model_max_length=config.max_position_embeddings)
   params = jax.device_get(bert.init_params(config, jax.random.key(seed)))
-  return model_dirs.save_pretrained(out_dir, config, {"bert": params}, tokenizer,
-                                    sentence=model_dirs.SentenceSettings(max_seq_length=config.max_position_embeddings))
+  return model_dirs.save_pretrained(
+      out_dir, config, {"bert": params}, tokenizer,
+      sentence=model_dirs.SentenceSettings(max_seq_length=config.max_position_embeddings))
 
 
 def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
@@ -127,13 +133,15 @@ def torch_side(model_dir, pairs, full, lr, clip, dtype="float32"):
   def loss_fn(batch, method="starbucks"):
     ids = torch.as_tensor(batch["ids"], dtype=torch.long, device=device)
     mask = torch.as_tensor(batch["mask"], device=device)
-    roles = [torch_pooled(bert, ids[r], mask[r], pairs) for r in range(ids.shape[0])]  # anchor, positive
+    # anchor, positive
+    roles = [torch_pooled(bert, ids[r], mask[r], pairs) for r in range(ids.shape[0])]
     return torch_srl_loss(roles, pairs if method == "starbucks" else (full,), full)
 
   def step(batch, method):
     model.train()
     opt.zero_grad()
-    with (torch.autocast(device, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()):
+    with (torch.autocast(device, dtype=torch.bfloat16)
+          if dtype == "bfloat16" else contextlib.nullcontext()):
       loss = loss_fn(batch, method)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -164,7 +172,8 @@ def torch_srl_loss(roles, pairs, full, task="contrastive", scores=None):
       pred = F.cosine_similarity(roles[0][n][:, :d], roles[1][n][:, :d], dim=-1) * 20.0
       diff = pred[:, None] - pred[None, :]
       diff = diff[scores[:, None] < scores[None, :]]
-      total = total + torch.logsumexp(torch.cat([torch.zeros(1, dtype=diff.dtype, device=diff.device), diff]), 0)
+      total = total + torch.logsumexp(
+          torch.cat([torch.zeros(1, dtype=diff.dtype, device=diff.device), diff]), 0)
     else:
       a = F.normalize(roles[0][n][:, :d], dim=-1)
       cands = F.normalize(torch.cat([r[n][:, :d] for r in roles[1:]]), dim=-1)
@@ -194,25 +203,28 @@ def _times(step, steps: int) -> dict[str, list[float]]:
 def worker(side: str, args, setup) -> None:
   """Time one side's steps in this process; print {method: [seconds]} as the last line."""
   pre, model_dir, pairs, ft, tx, loss_cfg, batch = setup
-  cfg = pre.config.replace(dtype=args.dtype, attention=args.attention if side == "jax" else "standard")
+  cfg = pre.config.replace(dtype=args.dtype,
+                           attention=args.attention if side == "jax" else "standard")
   N, D = cfg.num_hidden_layers, cfg.hidden_size
   if side == "torch":
-    _, _, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm, args.dtype)
+    _, _, torch_step = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm,
+                                  args.dtype)
     times = _times(lambda m, i: torch_step(batch, m), args.steps)
   else:
     jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
     params = pre.params["bert"]
     jitted, states = {}, {}
     for m in METHODS:
-      jitted[m] = jax.jit(srl.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
-                                                forward_splits=args.forward_splits).update,
-                          donate_argnums=(0,))
-      states[m] = step_lib.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
-                                   tx.init(params))
+      jitted[m] = jax.jit(
+          srl.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
+                            forward_splits=args.forward_splits).update, donate_argnums=(0,))
+      states[m] = step_lib.TrainState(jnp.zeros((), jnp.int32),
+                                      jax.tree_util.tree_map(jnp.array, params), tx.init(params))
 
     def step(m, i):
       states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(i))
       jax.block_until_ready(metrics)
+
     times = _times(step, args.steps)
   print(json.dumps(times))
 
@@ -225,32 +237,39 @@ def _setup(args):
   pairs = starbucks_pairs(N, D, args.model)
   ft = load_config(os.path.join(REPO, "configs", "ft.py") + ":demo")
   tx = step_lib.make_optimizer(ft.train, 1000)
-  loss_cfg = losses.LossConfig()  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
+  # MNRL cosine x20, feature KL x0.3, sum: configs/ft.py's nli recipe
+  loss_cfg = losses.LossConfig()
   rng = np.random.default_rng(0)
-  batch = {"ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
-           "mask": np.ones((2, args.batch, args.length), np.int64)}
+  batch = {
+      "ids": rng.integers(1000, 20000, (2, args.batch, args.length)).astype(np.int64),
+      "mask": np.ones((2, args.batch, args.length), np.int64)
+  }
   batch["ids"][:, :, 0], batch["ids"][:, :, -1] = 101, 102
   return pre, model_dir, pairs, ft, tx, loss_cfg, batch
 
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument("--model", default="all-MiniLM-L6-v2",
-                 help=f"a model directory or name (model_dirs.resolve_model_dir), or {RANDOM}PRESET: a random-init "
-                      "BertConfig preset (bert-base, minilm-l6-h384)")
+  p.add_argument(
+      "--model", default="all-MiniLM-L6-v2",
+      help=f"a model directory or name (model_dirs.resolve_model_dir), or {RANDOM}PRESET: a random-init "
+      "BertConfig preset (bert-base, minilm-l6-h384)")
   p.add_argument("--batch", type=int, default=16, help="(anchor, positive) pairs per step")
   p.add_argument("--length", type=int, default=32, help="tokens per text")
   p.add_argument("--steps", type=int, default=10, help="timed steps per method, side and round")
   p.add_argument("--rounds", type=int, default=2, help="timing processes per side, alternated")
-  p.add_argument("--peak-tflops", type=float, default=0.0, help="the device's peak, for MFU (0: not printed)")
-  p.add_argument("--forward-splits", type=int, default=1,
-                 help="our step's train.forward_splits: its texts as this many independent encoder forwards")
+  p.add_argument("--peak-tflops", type=float, default=0.0,
+                 help="the device's peak, for MFU (0: not printed)")
+  p.add_argument(
+      "--forward-splits", type=int, default=1,
+      help="our step's train.forward_splits: its texts as this many independent encoder forwards")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                  help="compute dtype of the timed steps (params and optimizer stay float32)")
   p.add_argument("--attention", default="standard", choices=attention.ATTENTIONS,
                  help="our step's attention core (model.attention; 'cudnn': NVIDIA GPUs, bfloat16)")
   p.add_argument("--out", help="write the results to this JSON file")
-  p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)  # one side's timing process
+  # one side's timing process
+  p.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
   args = p.parse_args()
   if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
     p.error(f"--out {args.out}: its directory does not exist")
@@ -262,7 +281,8 @@ def main():
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   model_label = args.model
   if args.model.startswith(RANDOM):  # written once here; the workers load the directory
-    args.model = random_model_dir(args.model[len(RANDOM):], tempfile.mkdtemp(prefix="vs_pytorch_model_"))
+    args.model = random_model_dir(args.model[len(RANDOM):],
+                                  tempfile.mkdtemp(prefix="vs_pytorch_model_"))
   setup = _setup(args)
   if args.worker:
     return worker(args.worker, args, setup)
@@ -271,24 +291,29 @@ def main():
   pre, model_dir, pairs, ft, tx, loss_cfg, batch = setup
   cfg = pre.config.replace(dtype="float32")  # the same-objective check runs in float32
   N, D = cfg.num_hidden_layers, cfg.hidden_size
-  torch_device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
-  machine = (f"{os.cpu_count()} CPU cores ({cpu_description()}); torch {torch.__version__} on {torch_device}; "
-             f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
-  print(f"machine: {machine}; model {model_label} ({N} layers, {D} dims, {args.dtype} compute, our attention "
-        f"{args.attention}); "
-        f"batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
+  torch_device = torch.cuda.get_device_name() if torch.cuda.is_available(
+  ) else f"CPU, {torch.get_num_threads()} threads"
+  machine = (
+      f"{os.cpu_count()} CPU cores ({cpu_description()}); torch {torch.__version__} on {torch_device}; "
+      f"jax {jax.__version__} on {jax.devices()[0].device_kind}")
+  print(
+      f"machine: {machine}; model {model_label} ({N} layers, {D} dims, {args.dtype} compute, our attention "
+      f"{args.attention}); "
+      f"batch {args.batch} pairs x {args.length} tokens; schedule {pairs}")
 
-  torch_model, torch_loss, _ = torch_side(model_dir, pairs, (N, D), ft.train.lr, ft.train.clip_grad_norm)
+  torch_model, torch_loss, _ = torch_side(model_dir, pairs, (N, D), ft.train.lr,
+                                          ft.train.clip_grad_norm)
   torch_model.eval()
   with torch.no_grad():
     want = float(torch_loss(batch))
   params = jax.tree_util.tree_map(jnp.asarray, pre.params["bert"])
-  check = srl.make_srl_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean", dropout=False,
-                                forward_splits=args.forward_splits)
+  check = srl.make_srl_step(cfg, schedule.plan("starbucks", pairs, N, D), loss_cfg, tx, "mean",
+                            dropout=False, forward_splits=args.forward_splits)
   jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
   got = float(jax.jit(check.loss_fn)(params, jbatch, jax.random.key(0))[0])
-  print(f"same objective: SRL loss ours {got:.6f}, PyTorch {want:.6f}, relative difference "
-        f"{abs(got - want) / abs(want):.1e}", flush=True)
+  print(
+      f"same objective: SRL loss ours {got:.6f}, PyTorch {want:.6f}, relative difference "
+      f"{abs(got - want) / abs(want):.1e}", flush=True)
   del torch_model, check, params
   if torch.cuda.is_available():
     torch.cuda.empty_cache()
@@ -296,12 +321,15 @@ def main():
   times = {(side, m): [] for side in ("jax", "torch") for m in METHODS}
   for _ in range(args.rounds):  # rounds of (ours, PyTorch): background load drifts over minutes
     for side in ("jax", "torch"):
-      argv = ["--model", model_dir, "--batch", str(args.batch), "--length", str(args.length),
-              "--steps", str(args.steps), "--dtype", args.dtype, "--forward-splits", str(args.forward_splits),
-              "--attention", args.attention,
-              "--worker", side]
-      out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True,
-                           check=False)
+      argv = [
+          "--model", model_dir, "--batch",
+          str(args.batch), "--length",
+          str(args.length), "--steps",
+          str(args.steps), "--dtype", args.dtype, "--forward-splits",
+          str(args.forward_splits), "--attention", args.attention, "--worker", side
+      ]
+      out = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True,
+                           text=True, check=False)
       if out.returncode:
         raise RuntimeError(f"the {side} timing process failed:\n{out.stderr[-3000:]}")
       for m, seconds in json.loads(out.stdout.strip().splitlines()[-1]).items():
@@ -310,22 +338,29 @@ def main():
   flops_per_example = cfg.matmul_flops(2, args.length)  # the anchor and the positive
   gflops = {k: r * flops_per_example / 1e9 for k, r in rate.items()}
   print(f"{'step':>10} {'ours ex/s':>10} {'PyTorch ex/s':>13} {'ours / PyTorch':>15} "
-        f"{'ours GFLOP/s':>13} {'PyTorch GFLOP/s':>16}" + (f" {'MFU ours':>9} {'MFU PyTorch':>12}" if args.peak_tflops else ""))
+        f"{'ours GFLOP/s':>13} {'PyTorch GFLOP/s':>16}" +
+        (f" {'MFU ours':>9} {'MFU PyTorch':>12}" if args.peak_tflops else ""))
   for m in METHODS:
-    mfu = (f" {gflops[('jax', m)] / 1e3 / args.peak_tflops:>9.1%} {gflops[('torch', m)] / 1e3 / args.peak_tflops:>12.1%}"
-           if args.peak_tflops else "")
-    print(f"{m:>10} {rate[('jax', m)]:>10.1f} {rate[('torch', m)]:>13.1f} "
-          f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x {gflops[('jax', m)]:>13.1f} {gflops[('torch', m)]:>16.1f}" + mfu)
-  print(f"SRL step time / full-only step time: ours {rate[('jax', 'full')] / rate[('jax', 'starbucks')]:.2f}x, "
-        f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
-  results = {"command": " ".join(["python", "benchmarks/vs_pytorch.py", *sys.argv[1:]]), "commit": git_commit(),
-             "machine": machine, "model": model_label, "layers": N, "dims": D, "dtype": args.dtype,
-             "batch_pairs": args.batch, "length": args.length, "forward_splits": args.forward_splits,
-             "attention": args.attention,
-             "steps": args.steps, "rounds": args.rounds,
-             "loss": {"ours": got, "torch": want, "relative_difference": abs(got - want) / abs(want)},
-             "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},
-             "gflops_per_sec": {f"{s}/{m}": r for (s, m), r in gflops.items()}}
+    mfu = (
+        f" {gflops[('jax', m)] / 1e3 / args.peak_tflops:>9.1%} {gflops[('torch', m)] / 1e3 / args.peak_tflops:>12.1%}"
+        if args.peak_tflops else "")
+    print(
+        f"{m:>10} {rate[('jax', m)]:>10.1f} {rate[('torch', m)]:>13.1f} "
+        f"{rate[('jax', m)] / rate[('torch', m)]:>14.2f}x {gflops[('jax', m)]:>13.1f} {gflops[('torch', m)]:>16.1f}"
+        + mfu)
+  print(
+      f"SRL step time / full-only step time: ours {rate[('jax', 'full')] / rate[('jax', 'starbucks')]:.2f}x, "
+      f"PyTorch {rate[('torch', 'full')] / rate[('torch', 'starbucks')]:.2f}x")
+  results = {
+      "command": " ".join(["python", "benchmarks/vs_pytorch.py",
+                           *sys.argv[1:]]), "commit": git_commit(), "machine": machine,
+      "model": model_label, "layers": N, "dims": D, "dtype": args.dtype, "batch_pairs": args.batch,
+      "length": args.length, "forward_splits": args.forward_splits, "attention": args.attention,
+      "steps": args.steps, "rounds": args.rounds,
+      "loss": {"ours": got, "torch": want, "relative_difference": abs(got - want) / abs(want)
+              }, "examples_per_sec": {f"{s}/{m}": r for (s, m), r in rate.items()},
+      "gflops_per_sec": {f"{s}/{m}": r for (s, m), r in gflops.items()}
+  }
   if args.peak_tflops:
     results["peak_tflops"] = args.peak_tflops
     results["mfu"] = {f"{s}/{m}": g / 1e3 / args.peak_tflops for (s, m), g in gflops.items()}

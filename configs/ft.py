@@ -54,17 +54,19 @@ from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.schedule import STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
-    "stsb/test=hf:sentence-transformers/stsb@test",
-    "sts12/test=hf:mteb/sts12-sts@test", "sts13/test=hf:mteb/sts13-sts@test",
-    "sts14/test=hf:mteb/sts14-sts@test", "sts15/test=hf:mteb/sts15-sts@test",
-    "sts16/test=hf:mteb/sts16-sts@test", "sickr/test=hf:mteb/sickr-sts@test"])
+    "stsb/test=hf:sentence-transformers/stsb@test", "sts12/test=hf:mteb/sts12-sts@test",
+    "sts13/test=hf:mteb/sts13-sts@test", "sts14/test=hf:mteb/sts14-sts@test",
+    "sts15/test=hf:mteb/sts15-sts@test", "sts16/test=hf:mteb/sts16-sts@test",
+    "sickr/test=hf:mteb/sickr-sts@test"
+])
 SHARED = "../shared/data"
-PRESETS = {"2dmse_st6": "2dmse", "starbucks_scores_1n": "starbucks"}  # method= presets -> schedule.method
+# method= presets -> schedule.method
+PRESETS = {"2dmse_st6": "2dmse", "starbucks_scores_1n": "starbucks"}
 
 
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, nli=False, sts=False, sts_cpu=False, nli_cpu=False, demo=False, eval=False,
-                             method="starbucks", layer=0, dim=0, separate_dim="full")
+  arg = config_lib.parse_arg(arg, nli=False, sts=False, sts_cpu=False, nli_cpu=False, demo=False,
+                             eval=False, method="starbucks", layer=0, dim=0, separate_dim="full")
   # every key, its default and its meaning: starbucks_jax/config_blocks.py (FinetuneConfig); the loss
   # block's: starbucks_jax/losses.py (LossConfig). Below: the paper's nli recipe, then the variants.
   c = FinetuneConfig.config()
@@ -88,7 +90,8 @@ def get_config(arg=None):
   if arg.sts_cpu:
     c.data.train = f"{SHARED}/stsb/train.jsonl"
     c.eval.sts = f"stsb/test={SHARED}/stsb/test.jsonl"
-    c.data.packing = True  # texts share rows: a step pays for real tokens, not the batch's longest text
+    # texts share rows: a step pays for real tokens, not the batch's longest text
+    c.data.packing = True
     c.data.num_buckets = 2  # row counts, so 2 compiles (experiments/bench_recipe.md)
     c.eval.packing = True
     c.eval.batch_size = 32  # packed rows of ~72 tokens, up to 4 texts each

@@ -58,11 +58,12 @@ from starbucks_jax.schedule import STARBUCKS
 
 SHARED = "../shared/data"
 
-
 MSMARCO_CORPUS = "hf:Tevatron/msmarco-passage-corpus/corpus.jsonl.gz"
-MSMARCO_QRELS = {"dev": "hf:BeIR/msmarco-qrels@dev",  # MS MARCO dev small: 6,980 queries
-                 "dl19": "https://trec.nist.gov/data/deep/2019qrels-pass.txt",
-                 "dl20": "https://trec.nist.gov/data/deep/2020qrels-pass.txt"}
+MSMARCO_QRELS = {
+    "dev": "hf:BeIR/msmarco-qrels@dev",  # MS MARCO dev small: 6,980 queries
+    "dl19": "https://trec.nist.gov/data/deep/2019qrels-pass.txt",
+    "dl20": "https://trec.nist.gov/data/deep/2020qrels-pass.txt"
+}
 
 
 def msmarco_source(split: str) -> str:
@@ -77,7 +78,8 @@ def get_config(arg=None):
   c = config_lib.load_config(os.path.join(here, "ft.py") + ":" + base)
   c.unlock()
   c.model.pooling = "cls"
-  c.data.train = "hf:Tevatron/msmarco-passage/train.jsonl.gz"  # the repo's file (its loading script no longer runs)
+  # the repo's file (its loading script no longer runs)
+  c.data.train = "hf:Tevatron/msmarco-passage/train.jsonl.gz"
   c.data.format = "groups"
   c.data.group_size = 8
   c.data.query_max_length = 32

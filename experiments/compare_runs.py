@@ -24,19 +24,22 @@ def differences(a: str, b: str) -> tuple[list[str], float]:
   problems, worst = [], 0.0
   ma, mb = (workdir_lib.read_metrics(os.path.join(d, "metrics.jsonl")) for d in (a, b))
   if [r["step"] for r in ma] != [r["step"] for r in mb]:
-    return [f"metrics.jsonl steps differ: {[r['step'] for r in ma]} vs {[r['step'] for r in mb]}"], float("inf")
+    return [f"metrics.jsonl steps differ: {[r['step'] for r in ma]} vs {[r['step'] for r in mb]}"
+           ], float("inf")
   for ra, rb in zip(ma, mb):
     if set(ra) != set(rb):
       problems.append(f"step {ra['step']}: columns {sorted(set(ra) ^ set(rb))} in one run only")
     for key in set(ra) & set(rb) - TIMING:
       worst = max(worst, abs(ra[key] - rb[key]))
   fa, fb = (json.load(open(os.path.join(d, "results", "final.json"))) for d in (a, b))
-  strip = lambda r: {k: v for k, v in r.items() if k != "value"}  # noqa: E731
+  strip = lambda r: {k: v for k, v in r.items() if k != "value"}
   if [strip(r) for r in fa] != [strip(r) for r in fb]:
     return problems + ["results/final.json records differ in dataset, metric or pair"], float("inf")
   for ra, rb in zip(fa, fb):
     a, b = ra["value"], rb["value"]  # null: a non-finite metric
-    worst = max(worst, 0.0 if a is None and b is None else float("inf") if a is None or b is None else abs(a - b))
+    worst = max(
+        worst,
+        0.0 if a is None and b is None else float("inf") if a is None or b is None else abs(a - b))
   return problems, worst
 
 

@@ -36,7 +36,8 @@ RECIPE = "configs/ft.py:sts_cpu"
 SHARED = "../shared/data"
 EVAL = f"--config.eval.sts=stsb/dev={SHARED}/stsb/dev.jsonl,stsb/test={SHARED}/stsb/test.jsonl"
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu", "ablations")
-ARCHIVE = os.path.join(OUT, "runs")  # each finished run's record (results, config, metrics), committed
+# each finished run's record (results, config, metrics), committed
+ARCHIVE = os.path.join(OUT, "runs")
 PREFIX = "ablations/"
 SEEDS = (1, 2)  # the extra seeds of SRL and of the two best variants (seed 0 is every run's)
 
@@ -45,7 +46,8 @@ VARIANTS = {
     "SRL": ("", ()),
     "kl=scores (detached)": ("", ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
                                   "--config.loss.kl_temperature=1.0")),
-    "kl=scores (not detached)": ("", ("--config.loss.kl=scores", "--config.loss.kl_temperature=1.0")),
+    "kl=scores (not detached)":
+        ("", ("--config.loss.kl=scores", "--config.loss.kl_temperature=1.0")),
     "kl=features (detached)": ("", ("--config.loss.kl_detach=True",)),
     "no KL": ("", ("--config.loss.kl=none",)),
     "mean over pairs": ("", ("--config.loss.reduction=mean",)),
@@ -58,9 +60,9 @@ VARIANTS = {
     "frozen teacher": ("", ("--config.loss.teacher=frozen",)),
     # the two seed-0 gains that look independent (KL kind; pair weights), together; detached, as
     # the undetached score KL cost the full size 0.016 on STS-B dev
-    "kl=scores (detached) + weights 1/n": ("", ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
-                                                "--config.loss.kl_temperature=1.0",
-                                                "--config.loss.pair_weighting=inverse_layer")),
+    "kl=scores (detached) + weights 1/n":
+        ("", ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
+              "--config.loss.kl_temperature=1.0", "--config.loss.pair_weighting=inverse_layer")),
 }
 
 # Switches that change how the step computes (issue 40's byte cuts), each run at every seed to show its
@@ -88,7 +90,9 @@ def dev_mean(r: Run, root: str, archive: str | None) -> float | None:
   if folder is None:
     return None
   path = os.path.join(folder, "results", "final.json")
-  values = [r["value"] for r in json.load(open(path)) if r["dataset"] == "stsb" and r["split"] == "dev"]
+  values = [
+      r["value"] for r in json.load(open(path)) if r["dataset"] == "stsb" and r["split"] == "dev"
+  ]
   return sum(values) / len(values) if values else None
 
 
@@ -115,8 +119,8 @@ def root_of(argv: list[str]) -> str:
 
 REPORTS = [
     Report(os.path.join(OUT, "dev"), (PREFIX,), "stsb", "spearman_cosine",
-           "STS-B dev Spearman per size (selection): sts recipe, all-MiniLM-L6-v2, 4 epochs", split="dev",
-           baseline="SRL"),
+           "STS-B dev Spearman per size (selection): sts recipe, all-MiniLM-L6-v2, 4 epochs",
+           split="dev", baseline="SRL"),
     Report(os.path.join(OUT, "test"), (PREFIX,), "stsb", "spearman_cosine",
            "STS-B test Spearman per size: sts recipe, all-MiniLM-L6-v2, 4 epochs", split="test",
            baseline="SRL"),

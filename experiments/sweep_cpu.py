@@ -41,41 +41,48 @@ def funnels_flag(funnels) -> str:
 
 
 # configs/retrieval.py:scifact's funnels and larger shortlists, scored on the trained runs' indexes
-SCIFACT_FUNNELS = funnels_flag(config_lib.load_config(os.path.join(REPO, "configs", "retrieval.py:scifact"))
-                               .eval.retrieval_funnels + (
-    "3x64:1000,6x384:10", "4x128:100,6x384:10", "4x128:300,6x384:10", "3x64:2000,6x384:10",
-    "4x128:1000,6x384:10", "5x256:30,6x384:10", "5x256:100,6x384:10", "5x256:1000,6x384:10",
-    "3x64:500,5x256:50,6x384:10"))
+SCIFACT_FUNNELS = funnels_flag(
+    config_lib.load_config(os.path.join(REPO, "configs",
+                                        "retrieval.py:scifact")).eval.retrieval_funnels +
+    ("3x64:1000,6x384:10", "4x128:100,6x384:10", "4x128:300,6x384:10", "3x64:2000,6x384:10",
+     "4x128:1000,6x384:10", "5x256:30,6x384:10", "5x256:100,6x384:10", "5x256:1000,6x384:10",
+     "3x64:500,5x256:50,6x384:10"))
 # the demo's 448 passages take shorter shortlists than SciFact's
 DEMO_FUNNELS = (funnels_flag(("1x16:50,6x384:10", "2x32:50,6x384:10", "2x32:100,4x128:30,6x384:10",
                               "3x64:50,4x128:10")), "--config.eval.retrieval_costs=True")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu")
 
 RUNS = [
-    Run("ft_sts_cpu_e1/untrained", "configs/ft.py:eval", ("--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl",),
-        label="untrained", result="eval"),
-    *(Run(f"ft_sts_cpu_e1/{m}", f"{STS},method={m}", (EPOCHS,)) for m in ("starbucks", "2dmse", "mrl", "full")),
+    Run("ft_sts_cpu_e1/untrained", "configs/ft.py:eval",
+        ("--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl",), label="untrained",
+        result="eval"),
+    *(Run(f"ft_sts_cpu_e1/{m}", f"{STS},method={m}", (EPOCHS,))
+      for m in ("starbucks", "2dmse", "mrl", "full")),
     *(Run(f"ft_sts_cpu_e1/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}", (EPOCHS,))
       for n, d in PAIRS),
     Run("ft_sts_cpu_e1_grid/starbucks", "configs/ft.py:eval",
         ("--config.model.init_from={root}/ft_sts_cpu_e1/starbucks", "--config.eval.grid=True",
-         "--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl"), label="SRL (starbucks, 1 epoch)",
-        result="eval"),
-    *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}") for m in ("starbucks", "2dmse", "2dmse_st6", "mrl", "full")),
-    *(Run(f"ft_sts_cpu/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}") for n, d in PAIRS[:-1]),
+         "--config.eval.sts=stsb/test=../shared/data/stsb/test.jsonl"),
+        label="SRL (starbucks, 1 epoch)", result="eval"),
+    *(Run(f"ft_sts_cpu/{m}", f"{STS},method={m}")
+      for m in ("starbucks", "2dmse", "2dmse_st6", "mrl", "full")),
+    *(Run(f"ft_sts_cpu/separate_{n}_{d}", f"{STS},method=separate,layer={n},dim={d}")
+      for n, d in PAIRS[:-1]),
     Run("smae_cpu/pt", "configs/pt.py:cpu"),
-    Run("smae_cpu/ft_from_smae", STS, (EPOCHS, "--config.model.init_from={root}/smae_cpu/pt/bert_mlm"),
-        label="SMAE + SRL"),
+    Run("smae_cpu/ft_from_smae", STS,
+        (EPOCHS, "--config.model.init_from={root}/smae_cpu/pt/bert_mlm"), label="SMAE + SRL"),
     Run("smae_cpu/ft_from_minilm", STS, (EPOCHS,), label="SRL"),
     Run("retrieval_scifact/untrained", "configs/ft.py:eval",
-        ("--config.eval.sts=", f"--config.eval.retrieval={SCIFACT}", "--config.eval.query_max_length=64",
-         "--config.eval.passage_max_length=128"), label="untrained", result="eval"),
+        ("--config.eval.sts=", f"--config.eval.retrieval={SCIFACT}",
+         "--config.eval.query_max_length=64", "--config.eval.passage_max_length=128"),
+        label="untrained", result="eval"),
     Run("retrieval_scifact/starbucks", "configs/retrieval.py:scifact", label="SRL"),
     Run("retrieval_scifact/full", "configs/retrieval.py:scifact,method=full", label="full only"),
     # the trained models' indexes again, with larger shortlists than the config's five funnels
     *(Run(f"retrieval_scifact_funnels/{m}", "configs/ft.py:eval",
-          ("--config.eval.sts=", f"--config.eval.retrieval={SCIFACT}", "--config.eval.query_max_length=64",
-           "--config.eval.passage_max_length=128", f"--config.model.init_from={{root}}/retrieval_scifact/{m}",
+          ("--config.eval.sts=", f"--config.eval.retrieval={SCIFACT}",
+           "--config.eval.query_max_length=64", "--config.eval.passage_max_length=128",
+           f"--config.model.init_from={{root}}/retrieval_scifact/{m}",
            f"--config.eval.index_dir={{root}}/retrieval_scifact/{m}/index", SCIFACT_FUNNELS,
            "--config.eval.retrieval_costs=True"), label=label, result="eval")
       for m, label in (("starbucks", "SRL"), ("full", "full only"))),
@@ -83,7 +90,8 @@ RUNS = [
       for m, label in (("starbucks", "SRL"), ("full", "full only"))),
 ]
 REPORTS = [
-    Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb", "spearman_cosine",
+    Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb",
+           "spearman_cosine",
            "STS-B test Spearman per size, sts recipe (1 epoch), all-MiniLM-L6-v2"),
     Report(os.path.join(OUT, "sts_grid"), ("ft_sts_cpu_e1_grid/",), "stsb", "spearman_cosine",
            "The 1-epoch SRL model at every layer x dim (diagonal: the schedule)"),
@@ -91,8 +99,10 @@ REPORTS = [
            "STS-B test Spearman per size, sts recipe (4 epochs), all-MiniLM-L6-v2"),
     Report(os.path.join(OUT, "smae"), ("smae_cpu/ft_",), "stsb", "spearman_cosine",
            "SMAE + SRL vs SRL from the original weights (same code, sts recipe, 1 epoch)"),
-    Report(os.path.join(OUT, "smae_pretraining"), ("smae_cpu/pt",), "dev", "mlm_accuracy",
-           "SMAE pre-training: held-out masked-token accuracy per sub-model (400 steps, fresh MLM head)"),
+    Report(
+        os.path.join(OUT, "smae_pretraining"), ("smae_cpu/pt",), "dev", "mlm_accuracy",
+        "SMAE pre-training: held-out masked-token accuracy per sub-model (400 steps, fresh MLM head)"
+    ),
     Report(os.path.join(OUT, "scifact"), ("retrieval_scifact/",), "scifact", "nDCG@10",
            "SciFact test nDCG@10 per size"),
     Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",

@@ -39,18 +39,18 @@ def recipe_runs(prefix, config, methods, separate=True, init=()):
       yield Run(f"{prefix}/{m}/seed{seed}", f"{config}method={m}", tail, label=m)
     if separate:
       for n, d in PAIRS:
-        yield Run(f"{prefix}/separate_{n}_{d}/seed{seed}", f"{config}method=separate,layer={n},dim={d}",
-                  tail, label="separate")
+        yield Run(f"{prefix}/separate_{n}_{d}/seed{seed}",
+                  f"{config}method=separate,layer={n},dim={d}", tail, label="separate")
 
 
 RUNS = [
     *recipe_runs("nli", "configs/ft.py:nli", ("starbucks", "2dmse", "mrl", "full")),
     *recipe_runs("msmarco", "configs/retrieval.py", ("starbucks", "2dmse_retrieval", "full")),
     Run("smae/pt", "configs/pt.py"),
-    *(Run(f"smae/nli/seed{s}", "configs/ft.py:nli", (f"--config.seed={s}", SMAE_INIT), label="SMAE + SRL")
-      for s in SEEDS),
-    *(Run(f"smae/msmarco/seed{s}", "configs/retrieval.py", (f"--config.seed={s}", SMAE_INIT), label="SMAE + SRL")
-      for s in SEEDS),
+    *(Run(f"smae/nli/seed{s}", "configs/ft.py:nli",
+          (f"--config.seed={s}", SMAE_INIT), label="SMAE + SRL") for s in SEEDS),
+    *(Run(f"smae/msmarco/seed{s}", "configs/retrieval.py",
+          (f"--config.seed={s}", SMAE_INIT), label="SMAE + SRL") for s in SEEDS),
 ]
 REPORTS = [
     Report(os.path.join(OUT, "nli"), ("nli/", "smae/nli"), "stsb", "spearman_cosine",

@@ -27,30 +27,35 @@ def _run_facts(workdir: str) -> tuple[dict[str, Any], list[dict], int]:
 
 
 def _training_rows(config: dict[str, Any], steps: int) -> list[tuple[str, str]]:
-  get = lambda section, key: config.get(section, {}).get(key)  # noqa: E731
-  rows = [("objective", "SMAE pre-training" if config.get("mode") == "pretrain" else "SRL fine-tuning"),
+  get = lambda section, key: config.get(section, {}).get(key)
+  rows = [("objective",
+           "SMAE pre-training" if config.get("mode") == "pretrain" else "SRL fine-tuning"),
           ("method", get("schedule", "method")),
           ("(layer, dim) pairs", " ".join(f"({n},{d})" for n, d in get("schedule", "pairs") or ())),
           ("initialised from", get("model", "init_from")), ("pooling", get("model", "pooling")),
-          ("training data", get("data", "train")), ("steps", steps), ("batch size", get("data", "batch_size")),
-          ("learning rate", get("train", "lr")), ("loss", get("loss", "task")), ("KL", get("loss", "kl")),
-          ("seed", config.get("seed"))]
+          ("training data", get("data", "train")), ("steps", steps),
+          ("batch size", get("data", "batch_size")), ("learning rate", get("train", "lr")),
+          ("loss", get("loss", "task")), ("KL", get("loss", "kl")), ("seed", config.get("seed"))]
   return [(k, str(v)) for k, v in rows if v not in (None, "", ())]
 
 
 def _hub_id(name: str | None) -> str | None:
   """A Hub model id (owner/name) as base_model; a local path is not one."""
-  if not name or os.path.exists(os.path.expanduser(name)) or name.count("/") != 1 or name.startswith((".", "/", "~")):
+  if not name or os.path.exists(
+      os.path.expanduser(name)) or name.count("/") != 1 or name.startswith((".", "/", "~")):
     return None
   return name
 
 
-def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: int, pooling: str, title: str) -> str:
+def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: int, pooling: str,
+               title: str) -> str:
   """The card of an export of `source` (a workdir or a model directory) at (layer, dim)."""
   workdir = workdir_lib.is_workdir(source)
   config, records, steps = _run_facts(source) if workdir else ({}, [], 0)
   base = _hub_id(config.get("model", {}).get("init_from")) if workdir else _hub_id(source)
-  front = ["---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"]
+  front = [
+      "---", "library_name: sentence-transformers", "pipeline_tag: sentence-similarity", "tags:"
+  ]
   front += [f"- {t}" for t in TAGS]
   if base:
     front.append(f"base_model: {base}")
@@ -58,13 +63,17 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
   whole = (layer, dim) == (num_layers, hidden)
   lines = [*front, "", f"# {title}", ""]
   if whole:
-    lines += [f"A 2D Matryoshka sentence embedding model (Starbucks): a BERT encoder of {num_layers} layers and "
-              f"{hidden} dimensions whose first n layers, {pooling}-pooled and cut to the first d dimensions, "
-              "are an embedding model of their own at each (n, d) it was trained at.", ""]
+    lines += [
+        f"A 2D Matryoshka sentence embedding model (Starbucks): a BERT encoder of {num_layers} layers and "
+        f"{hidden} dimensions whose first n layers, {pooling}-pooled and cut to the first d dimensions, "
+        "are an embedding model of their own at each (n, d) it was trained at.", ""
+    ]
   else:
-    lines += [f"The ({layer}, {dim}) sub-model of a 2D Matryoshka (Starbucks) sentence embedding model of "
-              f"{num_layers} layers x {hidden} dimensions: its first {layer} layers, embeddings cut to "
-              f"{dim} dimensions, as a standalone model.", ""]
+    lines += [
+        f"The ({layer}, {dim}) sub-model of a 2D Matryoshka (Starbucks) sentence embedding model of "
+        f"{num_layers} layers x {hidden} dimensions: its first {layer} layers, embeddings cut to "
+        f"{dim} dimensions, as a standalone model.", ""
+    ]
   if config:
     lines += ["## Training", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in _training_rows(config, steps)]
@@ -75,13 +84,17 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
   lines += ["## Use", "", "```python", "from sentence_transformers import SentenceTransformer", ""]
   if whole:
     n, d = num_layers, hidden
-    lines += [f"n, d = {n}, {d}  # any trained size: the first n layers, the first d dimensions",
-              "model = SentenceTransformer(\"PATH_OR_REPO_ID\", truncate_dim=d)",
-              "model[0].auto_model.encoder.layer = model[0].auto_model.encoder.layer[:n]",
-              "embeddings = model.encode([\"A man is playing a guitar.\"])"]
+    lines += [
+        f"n, d = {n}, {d}  # any trained size: the first n layers, the first d dimensions",
+        "model = SentenceTransformer(\"PATH_OR_REPO_ID\", truncate_dim=d)",
+        "model[0].auto_model.encoder.layer = model[0].auto_model.encoder.layer[:n]",
+        "embeddings = model.encode([\"A man is playing a guitar.\"])"
+    ]
   else:
-    lines += ["model = SentenceTransformer(\"PATH_OR_REPO_ID\")",
-              "embeddings = model.encode([\"A man is playing a guitar.\"])  # "
-              f"{dim} dimensions from {layer} layers"]
+    lines += [
+        "model = SentenceTransformer(\"PATH_OR_REPO_ID\")",
+        "embeddings = model.encode([\"A man is playing a guitar.\"])  # "
+        f"{dim} dimensions from {layer} layers"
+    ]
   lines += ["```", ""]
   return "\n".join(lines)

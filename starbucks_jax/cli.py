@@ -61,8 +61,10 @@ def check_config_args(argv: Iterable[str]) -> None:
   except ConfigError as e:
     raise ConfigError(f"--config={spec}: {e}") from None
   overrides = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-  if repeated := sorted({k for k in overrides if overrides.count(k) > 1}):  # absl would keep one silently
-    raise ConfigError(f"--config.{repeated[0]} is given {overrides.count(repeated[0])} times; give it once")
+  # absl would keep one silently
+  if repeated := sorted({k for k in overrides if overrides.count(k) > 1}):
+    raise ConfigError(
+        f"--config.{repeated[0]} is given {overrides.count(repeated[0])} times; give it once")
   known = sorted(keys(config))
   for key in overrides:
     if key not in known and not any(k.startswith(key + ".") for k in known):

@@ -28,7 +28,8 @@ from starbucks_jax import cli
 if __name__ == "__main__":
   cli.raise_stack_limit()  # before jax loads
   import os
-  os.environ.setdefault("JAX_PLATFORMS", "cpu")  # nothing runs; and the CUDA plugin loads without a GPU only so
+  # nothing runs; and the CUDA plugin loads without a GPU only so
+  os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import collections
 import json
@@ -43,17 +44,36 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from starbucks_jax import checkpoint, gpu_targets, hlo_costs, loop, objectives, roofline, sharding, trainer
+from starbucks_jax import (
+    checkpoint,
+    gpu_targets,
+    hlo_costs,
+    loop,
+    objectives,
+    roofline,
+    sharding,
+    trainer,
+)
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.embed import pool_layers
 from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
 from starbucks_jax.models.bert import BertConfig, abstract_params
-from starbucks_jax.topologies import TOPOLOGIES, CompileError, OutOfMemory, Topology, compiled_or_oom, topology
+from starbucks_jax.topologies import (
+    TOPOLOGIES,
+    CompileError,
+    OutOfMemory,
+    Topology,
+    compiled_or_oom,
+    topology,
+)
 
 log = logging.getLogger(__name__)
 GiB = 2**30
-PRESETS = {"bert-base-uncased": "bert-base", "bert-base-cased": "bert-base", "all-MiniLM-L6-v2": "minilm-l6-h384"}
+PRESETS = {
+    "bert-base-uncased": "bert-base", "bert-base-cased": "bert-base",
+    "all-MiniLM-L6-v2": "minilm-l6-h384"
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,8 +89,9 @@ def backbone_of(config: ml_collections.ConfigDict, preset: str | None) -> BertCo
     except (FileNotFoundError, ValueError, OSError):
       preset = PRESETS.get(source.split("/")[-1])
       if preset is None:
-        raise CompileError(f"model.init_from={source!r} is not a local model directory and has no known "
-                           f"preset: pass --preset (one of {sorted(BERT_PRESETS)})") from None
+        raise CompileError(
+            f"model.init_from={source!r} is not a local model directory and has no known "
+            f"preset: pass --preset (one of {sorted(BERT_PRESETS)})") from None
   return BertConfig.preset(preset)
 
 
@@ -80,14 +101,17 @@ def _compile_step(config, topo: Topology, program: trainer.TrainProgram):
   rules = sharding.rules_from_config(config.mesh.rules)
   tx = step_lib.make_optimizer(config.train, max(config.train.max_steps, 1000))
   params = program.params
-  state = step_lib.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params, jax.eval_shape(tx.init, params))
+  state = step_lib.TrainState(jax.ShapeDtypeStruct((), jnp.int32), params,
+                              jax.eval_shape(tx.init, params))
   key = jax.eval_shape(lambda: jax.random.key(0))
   # outside the mesh context: optax builds a placeholder state with concrete (host) zeros
-  state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(program.param_specs, mesh, rules), mesh,
-                                      config.mesh.shard_optimizer)
+  state_sh = sharding.state_shardings(state, tx,
+                                      sharding.param_shardings(program.param_specs, mesh, rules),
+                                      mesh, config.mesh.shard_optimizer)
   batch_sh = sharding.batch_shardings(program.batch, mesh, program.batch_axes)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    lowered = loop.jit_step(program.step_for(tx).update, state_sh, batch_sh).lower(state, program.batch, key)
+    lowered = loop.jit_step(program.step_for(tx).update, state_sh,
+                            batch_sh).lower(state, program.batch, key)
   return compiled_or_oom(lowered), mesh
 
 
@@ -109,19 +133,23 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
 def _length(config: ml_collections.ConfigDict, cfg: BertConfig, length: int | None) -> int:
   """--length, else model.max_length, else max_position_embeddings (a fine-tuning run's own default,
   the checkpoint's max_seq_length, needs the checkpoint)."""
-  return length or min(config.model.max_length or cfg.max_position_embeddings, cfg.max_position_embeddings)
+  return length or min(config.model.max_length or cfg.max_position_embeddings,
+                       cfg.max_position_embeddings)
 
 
 def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
   """The corpus encoder of retrieval evaluation (Embedder: float32, one chip), one batch of passages."""
-  cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False, attention="standard")
+  cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False,
+                                 attention="standard")
   B, T = config.eval.batch_size, config.eval.passage_max_length
   mesh = sharding.make_mesh((1, 1, 1), topo.devices[:1])
   layers = tuple(sorted({n for n, _ in run.eval_pairs}))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params(cfg))
+  params = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), abstract_params(cfg))
   ids = jax.ShapeDtypeStruct((B, T), jnp.int32, sharding=replicated)
-  compiled = pool_layers.lower(params, ids, ids, config=cfg, layers=layers, pooling=config.model.pooling).compile()
+  compiled = pool_layers.lower(params, ids, ids, config=cfg, layers=layers,
+                               pooling=config.model.pooling).compile()
   flops = cfg.replace(num_hidden_layers=max(layers)).matmul_flops(B, T, train=False)
   return report("eval_encoder", compiled, mesh, topo, flops, f"{B} passages x {T} tokens, float32")
 
@@ -129,38 +157,57 @@ def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------
 # Reports
 # ---------------------------------------------------------------------------------------------
-def report(program: str, compiled, mesh, topo: Topology, model_flops: int, batch: str) -> dict[str, Any]:
+def report(program: str, compiled, mesh, topo: Topology, model_flops: int,
+           batch: str) -> dict[str, Any]:
   """Memory, FLOPs, bytes and the roofline of one compiled program, per device (memory alone, from
   the compiler's refusal, for a program that does not fit). FLOPs and bytes are XLA's cost analysis
   plus, for every loop, its body's count (hlo_costs, read from the compiled HLO) for each trip after
   the first; `breakdown` splits the step's bytes and FLOPs by category (hlo_costs.category)."""
   devices = mesh.devices.size
-  base = {"program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
-          "mesh": dict(mesh.shape), "batch": batch, "hbm_capacity_bytes": topo.hbm_bytes,
-          "usable_hbm_bytes": topo.usable_hbm_bytes, "model_flops": model_flops / devices}
+  base = {
+      "program": program, "topology": topo.name, "chip": topo.chip, "devices": devices,
+      "mesh": dict(mesh.shape), "batch": batch, "hbm_capacity_bytes": topo.hbm_bytes,
+      "usable_hbm_bytes": topo.usable_hbm_bytes, "model_flops": model_flops / devices
+  }
   if isinstance(compiled, OutOfMemory):
-    return {**base, "total_bytes": compiled.required_bytes, "fits": False, "compiler": compiled.message}
+    return {
+        **base, "total_bytes": compiled.required_bytes, "fits": False, "compiler": compiled.message
+    }
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   used = loop.compiled_bytes(mem)
   text = compiled.as_text()
   costs = hlo_costs.costs(text, devices)
-  if cost is None:  # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
+  # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
+  if cost is None:
     cost = {"flops": costs.xla_like("flops"), "bytes accessed": costs.xla_like("bytes")}
   xla_flops, xla_bytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-  extra = {k: costs.total(k) - costs.xla_like(k) for k in ("flops", "bytes")}  # the loops' further trips
-  r = {**base, "argument_bytes": mem.argument_size_in_bytes, "output_bytes": mem.output_size_in_bytes,
-       "temp_bytes": mem.temp_size_in_bytes, "alias_bytes": mem.alias_size_in_bytes, "total_bytes": used,
-       "fits": used <= topo.usable_hbm_bytes, "xla_flops": xla_flops, "xla_bytes_accessed": xla_bytes,
-       "flops": xla_flops + extra["flops"], "bytes_accessed": xla_bytes + extra["bytes"],
-       "hbm_bytes": costs.total("hbm_bytes"), "ici_bytes": costs.total("ici_bytes"),
-       "hlo_reading": {"bytes_vs_xla": costs.xla_like("bytes") / xla_bytes if xla_bytes else None,
-                       "flops_vs_xla": costs.xla_like("flops") / xla_flops if xla_flops else None,
-                       "loops": {str(k): v for k, v in costs.loops.items()}, "unread_loops": costs.unread_loops},
-       "breakdown": costs.by_category(),
-       # the kernels XLA calls out to (cuDNN attention, cuBLAS GEMMs, Pallas kernels), as they appear in the program
-       "custom_calls": dict(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text)))}
+  # the loops' further trips
+  extra = {k: costs.total(k) - costs.xla_like(k) for k in ("flops", "bytes")}
+  r = {
+      **base,
+      "argument_bytes": mem.argument_size_in_bytes,
+      "output_bytes": mem.output_size_in_bytes,
+      "temp_bytes": mem.temp_size_in_bytes,
+      "alias_bytes": mem.alias_size_in_bytes,
+      "total_bytes": used,
+      "fits": used <= topo.usable_hbm_bytes,
+      "xla_flops": xla_flops,
+      "xla_bytes_accessed": xla_bytes,
+      "flops": xla_flops + extra["flops"],
+      "bytes_accessed": xla_bytes + extra["bytes"],
+      "hbm_bytes": costs.total("hbm_bytes"),
+      "ici_bytes": costs.total("ici_bytes"),
+      "hlo_reading": {
+          "bytes_vs_xla": costs.xla_like("bytes") / xla_bytes if xla_bytes else None,
+          "flops_vs_xla": costs.xla_like("flops") / xla_flops if xla_flops else None,
+          "loops": {str(k): v for k, v in costs.loops.items()}, "unread_loops": costs.unread_loops
+      },
+      "breakdown": costs.by_category(),
+      # the kernels XLA calls out to (cuDNN attention, cuBLAS GEMMs, Pallas kernels), as they appear in the program
+      "custom_calls": dict(collections.Counter(re.findall(r'custom_call_target="([^"]+)"', text)))
+  }
   return roofline.roofline(r, topo.peak_flops, topo.hbm_bandwidth, topo.ici_bandwidth)
 
 
@@ -168,38 +215,49 @@ def advice(config: ml_collections.ConfigDict, r: dict[str, Any]) -> list[str]:
   """Overrides that lower a step's memory, for one that does not fit."""
   over = (r["total_bytes"] - r["usable_hbm_bytes"]) / GiB
   what = "temporaries alone (the compiler's count)" if "compiler" in r else "in all"
-  tips = [f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['usable_hbm_bytes'] / GiB:.2f} GiB per device "
-          f"({over:.2f} GiB over); try:"]
+  tips = [
+      f"needs {r['total_bytes'] / GiB:.2f} GiB ({what}) of {r['usable_hbm_bytes'] / GiB:.2f} GiB per device "
+      f"({over:.2f} GiB over); try:"
+  ]
   if r["chip"] in gpu_targets.KINDS and r["total_bytes"] < 0.95 * r["hbm_capacity_bytes"]:
-    tips.append(f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 in the run's environment (jax's allocator takes "
-                f"{gpu_targets.CLIENT_MEM_FRACTION:.0%} of the GPU by default)")
+    tips.append(
+        f"XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 in the run's environment (jax's allocator takes "
+        f"{gpu_targets.CLIENT_MEM_FRACTION:.0%} of the GPU by default)")
   if config.model.remat in ("none", False):
-    tips.append("--config.model.remat=full (recompute each layer in the backward pass: activations)")
+    tips.append(
+        "--config.model.remat=full (recompute each layer in the backward pass: activations)")
   if config.train.get("grad_cache_chunks") == 0:  # an objective with a gradient cache, not using it
-    tips.append("--config.train.grad_cache_chunks=4 (SRL: the whole batch's negatives at a chunk's activation memory)")
-  tips.append(f"--config.train.microbatches={2 * config.train.microbatches} (gradient accumulation)")
+    tips.append(
+        "--config.train.grad_cache_chunks=4 (SRL: the whole batch's negatives at a chunk's activation memory)"
+    )
+  tips.append(
+      f"--config.train.microbatches={2 * config.train.microbatches} (gradient accumulation)")
   if tuple(config.mesh.shape)[1] == 1 and r["devices"] > 1:
     tips.append("--config.mesh.shape='(1,-1,1)' (FSDP: parameters and optimizer state sharded)")
   return tips
 
 
 def table(reports: list[dict[str, Any]]) -> str:
-  lines = ["| program | topology | mesh | per-device GiB: args / temp / total of usable | fits | TFLOP per device: "
-           "executed / model | GB per device: HBM / all memories / ICI | roofline ms (bound) | MFU bound | HFU bound | "
-           "MFU bound, all bytes as HBM |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+  lines = [
+      "| program | topology | mesh | per-device GiB: args / temp / total of usable | fits | TFLOP per device: "
+      "executed / model | GB per device: HBM / all memories / ICI | roofline ms (bound) | MFU bound | HFU bound | "
+      "MFU bound, all bytes as HBM |", "|---|---|---|---|---|---|---|---|---|---|---|"
+  ]
   for r in reports:
     mesh = "x".join(str(v) for v in r["mesh"].values())
     where = f"| {r['program']} | {r['topology']} ({r['devices']} x {r['chip']}) | {mesh} |"
     if "compiler" in r:  # refused by the compiler: it needs more than HBM
-      lines.append(f"{where} needs {r['total_bytes'] / GiB:.2f} of {r['usable_hbm_bytes'] / GiB:.2f} | NO | "
-                   + "- | " * 6)
+      lines.append(
+          f"{where} needs {r['total_bytes'] / GiB:.2f} of {r['usable_hbm_bytes'] / GiB:.2f} | NO | "
+          + "- | " * 6)
       continue
-    lines.append(f"{where} {r['argument_bytes'] / GiB:.2f} / {r['temp_bytes'] / GiB:.2f} / {r['total_bytes'] / GiB:.2f} "
-                 f"of {r['usable_hbm_bytes'] / GiB:.2f} | {'yes' if r['fits'] else 'NO'} | "
-                 f"{r['flops'] / 1e12:.2f} / {r['model_flops'] / 1e12:.2f} | {r['hbm_bytes'] / 1e9:.1f} / "
-                 f"{r['bytes_accessed'] / 1e9:.1f} / {r['ici_bytes'] / 1e9:.2f} | "
-                 f"{r['roofline_seconds'] * 1e3:.1f} ({r['bound']}) | {r['mfu_bound']:.2f} | {r['hfu_bound']:.2f} | "
-                 f"{r['mfu_bound_all_memories']:.2f} |")
+    lines.append(
+        f"{where} {r['argument_bytes'] / GiB:.2f} / {r['temp_bytes'] / GiB:.2f} / {r['total_bytes'] / GiB:.2f} "
+        f"of {r['usable_hbm_bytes'] / GiB:.2f} | {'yes' if r['fits'] else 'NO'} | "
+        f"{r['flops'] / 1e12:.2f} / {r['model_flops'] / 1e12:.2f} | {r['hbm_bytes'] / 1e9:.1f} / "
+        f"{r['bytes_accessed'] / 1e9:.1f} / {r['ici_bytes'] / 1e9:.2f} | "
+        f"{r['roofline_seconds'] * 1e3:.1f} ({r['bound']}) | {r['mfu_bound']:.2f} | {r['hfu_bound']:.2f} | "
+        f"{r['mfu_bound_all_memories']:.2f} |")
   return "\n".join(lines)
 
 
@@ -207,11 +265,15 @@ def breakdown_table(r: dict[str, Any]) -> str:
   """The step's bytes and FLOPs per category (hlo_costs.category), loops counted, per device."""
   if "breakdown" not in r:
     return ""
-  rows = [f"{r['program']} on {r['topology']}, per device per step:",
-          "| category | HBM GB | all memories GB | GFLOP | ICI GB | instructions |", "|---|---|---|---|---|---|"]
+  rows = [
+      f"{r['program']} on {r['topology']}, per device per step:",
+      "| category | HBM GB | all memories GB | GFLOP | ICI GB | instructions |",
+      "|---|---|---|---|---|---|"
+  ]
   for name, c in r["breakdown"].items():
-    rows.append(f"| {name} | {c['hbm_bytes'] / 1e9:.2f} | {c['bytes'] / 1e9:.2f} | {c['flops'] / 1e9:.1f} | "
-                f"{c['ici_bytes'] / 1e9:.3f} | {c['instructions']} |")
+    rows.append(
+        f"| {name} | {c['hbm_bytes'] / 1e9:.2f} | {c['bytes'] / 1e9:.2f} | {c['flops'] / 1e9:.1f} | "
+        f"{c['ici_bytes'] / 1e9:.3f} | {c['instructions']} |")
   return "\n".join(rows)
 
 
@@ -230,9 +292,11 @@ def main(argv) -> None:
     if not r["fits"]:
       print("\n".join([f"{r['program']}:"] + [f"  {t}" for t in advice(config, r)]))
   if FLAGS.out:
-    record = {"command": " ".join(sys.argv),
-              "commit": workdir_lib.run_info()["commit"], "jax": jax.__version__, "programs": reports,
-              "advice": {r["program"]: advice(config, r) for r in reports if not r["fits"]}}
+    record = {
+        "command": " ".join(sys.argv), "commit": workdir_lib.run_info()["commit"],
+        "jax": jax.__version__, "programs": reports,
+        "advice": {r["program"]: advice(config, r) for r in reports if not r["fits"]}
+    }
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
     with open(FLAGS.out, "w", encoding="utf8") as f:
       json.dump(record, f, indent=1, default=str)
@@ -243,12 +307,17 @@ if __name__ == "__main__":
   from absl import app, flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:nli", lock_config=True)
-  flags.DEFINE_string("topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form; "
-                      f"GPUs: {', '.join(gpu_targets.GPUS)}, each with xN for N of one host")
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:nli",
+                                  lock_config=True)
+  flags.DEFINE_string(
+      "topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form; "
+      f"GPUs: {', '.join(gpu_targets.GPUS)}, each with xN for N of one host")
   flags.DEFINE_string("out", None, "write the reports as JSON here")
-  flags.DEFINE_string("preset", None, "BertConfig preset for a model.init_from that is not a local directory")
-  flags.DEFINE_bool("breakdown", False, "print each program's bytes and FLOPs by category (always in --out)")
-  flags.DEFINE_integer("length", None, "tokens per text (default: model.max_length, else max_position_embeddings)")
+  flags.DEFINE_string("preset", None,
+                      "BertConfig preset for a model.init_from that is not a local directory")
+  flags.DEFINE_bool("breakdown", False,
+                    "print each program's bytes and FLOPs by category (always in --out)")
+  flags.DEFINE_integer("length", None,
+                       "tokens per text (default: model.max_length, else max_position_embeddings)")
   flags.mark_flags_as_required(["config", "topology"])
   cli.run(lambda: (cli.check_config_args(sys.argv[1:]), app.run(main)))

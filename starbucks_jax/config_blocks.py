@@ -17,7 +17,14 @@ import re
 from typing import Any, ClassVar
 
 from starbucks_jax import schedule
-from starbucks_jax.config_lib import Block, ConfigError, check_choice, check_range, config_errors, parse_eval_sets
+from starbucks_jax.config_lib import (
+    Block,
+    ConfigError,
+    check_choice,
+    check_range,
+    config_errors,
+    parse_eval_sets,
+)
 from starbucks_jax.data import batching, corpus, groups, sources
 from starbucks_jax.data.masking import MaskingConfig
 from starbucks_jax.evaluate import retrieval, search
@@ -38,11 +45,14 @@ class Model(Block):
   max_length: int = 0  # tokens per text incl. [CLS]/[SEP]; 0 = the model's own (max_seq_length)
   dtype: str = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   param_dtype: str = "float32"  # parameter and optimizer-state storage dtype
-  remat: str = "none"  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
-  attention: str = "standard"  # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
+  # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
+  remat: str = "none"
+  # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
+  attention: str = "standard"
 
   def check(self) -> None:  # dtype, remat and attention: BertConfig's checks (trainer.ModelSpec)
-    check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))  # AdamW state in float16 underflows
+    # AdamW state in float16 underflows
+    check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
     check_range("model.max_length", self.max_length, 0)
 
 
@@ -58,7 +68,8 @@ class SentenceModel(Model):
 @frozen
 class Schedule(Block):
   KEY: ClassVar[str] = "schedule"
-  pairs: tuple[tuple[int, int], ...] = schedule.STARBUCKS["bert-base"]  # (layer, dim) pairs, small to large
+  # (layer, dim) pairs, small to large
+  pairs: tuple[tuple[int, int], ...] = schedule.STARBUCKS["bert-base"]
 
 
 @frozen
@@ -88,7 +99,8 @@ class Train(Block):
   log_every: int = 10  # steps between metrics.jsonl rows
   checkpoint_every: int = 500  # steps between orbax checkpoints (the last step always saves)
   keep_checkpoints: int = 3  # how many recent checkpoints to keep
-  profile_steps: tuple[int, ...] = ()  # (START, END): a JAX profiler trace of steps START..END-1 in WORKDIR/profile
+  # (START, END): a JAX profiler trace of steps START..END-1 in WORKDIR/profile
+  profile_steps: tuple[int, ...] = ()
 
   def check(self) -> None:
     check_range("train.epochs", self.epochs, 1)
@@ -104,13 +116,15 @@ class Train(Block):
     check_range("train.microbatches", self.microbatches, 1)
     window = self.profile_steps
     if window and not (len(window) == 2 and 0 <= window[0] < window[1]):
-      raise ConfigError(f"train.profile_steps={window}: expected (START, END) steps with 0 <= START < END, or ()")
+      raise ConfigError(
+          f"train.profile_steps={window}: expected (START, END) steps with 0 <= START < END, or ()")
 
 
 @frozen
 class SrlTrain(Train):
   grad_cache_chunks: int = 0  # > 0: gradient cache, encode the batch in this many chunks (memory)
-  forward_splits: int = 1  # > 1: the step's texts as this many independent encoder forwards (CPU speed)
+  # > 1: the step's texts as this many independent encoder forwards (CPU speed)
+  forward_splits: int = 1
 
   def check(self) -> None:
     super().check()
@@ -121,34 +135,43 @@ class SrlTrain(Train):
 @frozen
 class Mesh(Block):
   KEY: ClassVar[str] = "mesh"
-  shape: tuple[int, ...] = (-1, 1, 1)  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
-  rules: tuple[tuple[str, Any], ...] = RULES  # logical axis -> mesh axes (starbucks_jax/sharding.py)
-  shard_optimizer: bool = True  # AdamW moments split over the data-parallel devices (ZeRO-1), params whole
-  coordinator: str = ""  # several processes: 'host:port' of process 0, or 'auto' (TPU pod, SLURM, MPI)
+  # devices along (data, fsdp, tensor); -1 = the rest. FSDP: (1, -1, 1)
+  shape: tuple[int, ...] = (-1, 1, 1)
+  # logical axis -> mesh axes (starbucks_jax/sharding.py)
+  rules: tuple[tuple[str, Any], ...] = RULES
+  # AdamW moments split over the data-parallel devices (ZeRO-1), params whole
+  shard_optimizer: bool = True
+  # several processes: 'host:port' of process 0, or 'auto' (TPU pod, SLURM, MPI)
+  coordinator: str = ""
   num_processes: int = 1  # processes in the run (with a host:port coordinator)
   process_id: int = 0  # this process's index (with a host:port coordinator)
 
   def check(self) -> None:  # the shape against the devices: sharding.check_mesh
     coordinator = self.coordinator
     if coordinator and coordinator != "auto" and not re.fullmatch(r"[^\s:]+:\d+", coordinator):
-      raise ConfigError(f"mesh.coordinator={coordinator!r}: expected 'host:port', 'auto' or '' (one process)")
+      raise ConfigError(
+          f"mesh.coordinator={coordinator!r}: expected 'host:port', 'auto' or '' (one process)")
     check_range("mesh.num_processes", self.num_processes, 1)
     if not 0 <= self.process_id < self.num_processes:
       raise ConfigError(f"mesh.process_id={self.process_id} is not in 0..{self.num_processes - 1} "
                         f"(mesh.num_processes={self.num_processes})")
     if self.num_processes > 1 and not coordinator:
-      raise ConfigError(f"mesh.num_processes={self.num_processes} needs mesh.coordinator (host:port of process 0)")
+      raise ConfigError(
+          f"mesh.num_processes={self.num_processes} needs mesh.coordinator (host:port of process 0)"
+      )
 
 
 @frozen
 class Log(Block):
   KEY: ClassVar[str] = "log"
-  tensorboard: bool = True  # TensorBoard event files in WORKDIR/tb beside metrics.jsonl (tensorboardX)
+  # TensorBoard event files in WORKDIR/tb beside metrics.jsonl (tensorboardX)
+  tensorboard: bool = True
   wandb: str = ""  # a W&B project: log there too (pip install wandb; offline without WANDB_API_KEY)
 
   def check(self) -> None:
     if self.wandb and importlib.util.find_spec("wandb") is None:
-      raise ConfigError(f"log.wandb={self.wandb!r}: Weights & Biases logging needs `pip install wandb`")
+      raise ConfigError(
+          f"log.wandb={self.wandb!r}: Weights & Biases logging needs `pip install wandb`")
     if self.tensorboard and importlib.util.find_spec("tensorboardX") is None:
       raise ConfigError("log.tensorboard=True needs tensorboardX (`pip install tensorboardX`)")
 
@@ -165,15 +188,20 @@ class ExampleData(Block):
   KEY: ClassVar[str] = "data"
   train: str = "hf:sentence-transformers/all-nli:triplet"  # source spec (see data/sources.py)
   format: str = "triplets"  # 'triplets' | 'pairs' | 'scored_pairs' | 'groups' (retrieval)
-  columns: dict[str, str] = dataclasses.field(default_factory=lambda: dict(COLUMNS))  # role -> column
-  score_range: tuple[float, float] = batching.SCORE_RANGE  # scored_pairs: every score in [low, high] (STS-B: 0..5)
+  # role -> column
+  columns: dict[str, str] = dataclasses.field(default_factory=lambda: dict(COLUMNS))
+  # scored_pairs: every score in [low, high] (STS-B: 0..5)
+  score_range: tuple[float, float] = batching.SCORE_RANGE
   batch_size: int = 128  # examples per step (each triplet is 3 texts)
   # True keeps a text from appearing twice in a batch (a false in-batch negative for MNRL); False as
   # the authors' runs (sentence-transformers' default batch sampler keeps duplicates)
   no_duplicates: bool = False
-  length_buckets: str = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,.. | 'auto'
-  num_buckets: int = 3  # length_buckets='auto' or packing: this many pad lengths / row counts (compiles)
-  packing: bool = False  # several texts per row, each attending only to itself (no padding to the longest)
+  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,.. | 'auto'
+  length_buckets: str = "pow2"
+  # length_buckets='auto' or packing: this many pad lengths / row counts (compiles)
+  num_buckets: int = 3
+  # several texts per row, each attending only to itself (no padding to the longest)
+  packing: bool = False
   pack_length: int = 0  # packing: tokens per row; 0 = the longest training text (rounded up to 8)
   group_size: int = 8  # format=groups: passages per query (1 positive + G-1 negatives)
   query_max_length: int = 32  # format=groups: query tokens
@@ -192,14 +220,19 @@ class SentenceEval(Block):
   grid: bool = False  # evaluate every layer x every dim of the schedule instead
   batch_size: int = 128  # texts per encoding batch (eval.packing: rows per batch)
   packing: bool = False  # encode texts packed into shared rows (one compile, little padding)
-  retrieval: str = ""  # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
-  retrieval_similarity: str = "cosine"  # 'cosine' (truncate, normalise) | 'dot' (raw, the retrieval recipe)
+  # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
+  retrieval: str = ""
+  # 'cosine' (truncate, normalise) | 'dot' (raw, the retrieval recipe)
+  retrieval_similarity: str = "cosine"
   query_max_length: int = 64  # query tokens for retrieval evaluation
   passage_max_length: int = 256  # passage tokens (title + text) for retrieval evaluation
   retrieval_k: int = 1000  # documents retrieved per query
-  retrieval_funnels: tuple[str, ...] = ()  # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
-  retrieval_costs: bool = False  # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
-  index_dir: str = ""  # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
+  # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
+  retrieval_funnels: tuple[str, ...] = ()
+  # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
+  retrieval_costs: bool = False
+  # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
+  index_dir: str = ""
 
   @property
   def sts_sets(self) -> tuple[tuple[str, str, str], ...]:
@@ -226,8 +259,9 @@ class SentenceEval(Block):
       with config_errors("eval.retrieval_funnels: "):
         search.parse_funnel(spec)
     if self.index_dir and not os.path.isdir(self.index_dir):
-      raise ConfigError(f"eval.index_dir={self.index_dir!r}: no such folder (make it first to start a shared "
-                        "index there)")
+      raise ConfigError(
+          f"eval.index_dir={self.index_dir!r}: no such folder (make it first to start a shared "
+          "index there)")
 
 
 @frozen
@@ -235,10 +269,12 @@ class FinetuneConfig(Block):
   """A fine-tuning config, typed (finetune.describe reads it)."""
   mode: str = "train"  # 'train': fine-tune, then evaluate; 'eval': evaluate model.init_from only
   seed: int = 0  # seeds data order, dropout and the baselines' sampling
-  resume: str = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
+  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
+  resume: str = "check"
   model: SentenceModel = SentenceModel()
   schedule: SrlSchedule = SrlSchedule()
-  loss: LossConfig = LossConfig()  # task, similarity, KL variant, reduction, pair weights (losses.py)
+  # task, similarity, KL variant, reduction, pair weights (losses.py)
+  loss: LossConfig = LossConfig()
   data: ExampleData = ExampleData()
   mesh: Mesh = Mesh()  # shape (data, fsdp, tensor), rules; coordinator etc. for many hosts
   train: SrlTrain = SrlTrain()
@@ -253,8 +289,10 @@ class FinetuneConfig(Block):
 class Smae(Block):
   KEY: ClassVar[str] = "smae"
   mode: str = "smae"  # 'smae' (MLM + MAE per pair) | '2d_mlm' (MLM per pair) | 'mlm' (full model)
-  encoder_mask_rate: float = MaskingConfig.encoder_rate  # whole-word masking rate of the encoder copy
-  decoder_mask_rate: float = MaskingConfig.decoder_rate  # ... of the decoder copy (includes every encoder-masked word)
+  # whole-word masking rate of the encoder copy
+  encoder_mask_rate: float = MaskingConfig.encoder_rate
+  # ... of the decoder copy (includes every encoder-masked word)
+  decoder_mask_rate: float = MaskingConfig.decoder_rate
   mask_token_prob: float = MaskingConfig.mask_prob  # a masked token becomes [MASK] ...
   random_token_prob: float = MaskingConfig.random_prob  # ... or a random token (else it stays)
 
@@ -273,9 +311,12 @@ class TextData(Block):
   KEY: ClassVar[str] = "data"
   train: str = "hf:HuggingFaceFW/fineweb:sample-100BT"  # text source (see data/sources.py)
   text_column: str = "text"  # the column holding each document
-  streaming: bool = True  # hf: sources only; read lazily, once (one epoch: the stream's length in batches)
-  shuffle_buffer: int = 100_000  # streaming: documents per shuffled block (~0.3 GB of FineWeb text); 0 = in order
-  count_rows: bool = False  # streaming, no length in the metadata: count the rows in one pass (cached)
+  # hf: sources only; read lazily, once (one epoch: the stream's length in batches)
+  streaming: bool = True
+  # streaming: documents per shuffled block (~0.3 GB of FineWeb text); 0 = in order
+  shuffle_buffer: int = 100_000
+  # streaming, no length in the metadata: count the rows in one pass (cached)
+  count_rows: bool = False
   packing: bool = False  # concatenate documents into full rows instead of one window each
   batch_size: int = 512  # rows per step
   length_buckets: str = "pow2"  # pad to 16,32,64,.. (few compiles: TPU) | 'linear': 16,32,48,..
@@ -304,13 +345,14 @@ class PretrainConfig(Block):
   """A pre-training config, typed (pretrain.describe reads it)."""
   mode: str = "pretrain"  # this file's runs pre-train (configs/ft.py fine-tunes)
   seed: int = 0  # seeds data order, windows, masks, dropout and a fresh MLM head
-  resume: str = "check"  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
+  # rerun in a workdir: 'check' stops if the run's meaning changed; 'force' continues
+  resume: str = "check"
   model: Model = Model(max_length=512)
   schedule: Schedule = Schedule()
   smae: Smae = Smae()
   data: TextData = TextData()
   mesh: Mesh = Mesh()
-  train: Train = Train(lr=1e-4, warmup_ratio=0.05, decay="cosine", weight_decay=0.001, log_every=100,
-                       checkpoint_every=2000)
+  train: Train = Train(lr=1e-4, warmup_ratio=0.05, decay="cosine", weight_decay=0.001,
+                       log_every=100, checkpoint_every=2000)
   log: Log = Log()
   eval: MlmEval = MlmEval()

@@ -57,7 +57,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       try:
         out[name] = type(default)(ast.literal_eval(value))
       except (ValueError, SyntaxError):
-        raise ConfigError(f"config argument {name}={value!r}: expected {type(default).__name__}") from None
+        raise ConfigError(
+            f"config argument {name}={value!r}: expected {type(default).__name__}") from None
     else:
       out[name] = value
   return out
@@ -85,13 +86,15 @@ class Block:
     """The block as a config file holds it: the declared defaults, with `values` in their place."""
     names = {f.name for f in dataclasses.fields(cls)}
     if unknown := set(values) - names:
-      raise ConfigError(f"{cls.KEY}: {sorted(unknown)} are not keys of the {cls.KEY} block ({cls.__name__})")
+      raise ConfigError(
+          f"{cls.KEY}: {sorted(unknown)} are not keys of the {cls.KEY} block ({cls.__name__})")
     out = {}
     for f in dataclasses.fields(cls):
       default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
       value = values.get(f.name, default)
       if isinstance(value, Block):  # a nested block: as its own config() with the instance's values
-        value = type(value).config(**{g.name: getattr(value, g.name) for g in dataclasses.fields(value)})
+        value = type(value).config(
+            **{g.name: getattr(value, g.name) for g in dataclasses.fields(value)})
       out[f.name] = ml_collections.ConfigDict(dict(value)) if isinstance(value, dict) else value
     return ml_collections.ConfigDict(out)
 
@@ -108,10 +111,12 @@ class Block:
       if name not in names:
         close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
         hint = f"did you mean {prefix}{close[0]}?" if close else f"its keys: {', '.join(names)}"
-        raise ConfigError(f"{prefix}{name}: no such key in {f'the {key} block' if key else 'the config'}; {hint}")
+        raise ConfigError(
+            f"{prefix}{name}: no such key in {f'the {key} block' if key else 'the config'}; {hint}")
     if missing := [n for n in names if n not in given]:
-      raise ConfigError(f"{prefix}{missing[0]} is missing: build the config with "
-                        f"{cls.__module__}.{cls.__name__}.config() (it declares every key's default)")
+      raise ConfigError(
+          f"{prefix}{missing[0]} is missing: build the config with "
+          f"{cls.__module__}.{cls.__name__}.config() (it declares every key's default)")
     hints = typing.get_type_hints(cls)
     return cls(**{n: typed_value(f"{prefix}{n}", given[n], hints[n]) for n in names})
 
@@ -147,7 +152,10 @@ def typed_value(key: str, value: Any, hint: Any) -> Any:
   elif origin is dict:
     if not hasattr(value, "items"):
       raise ConfigError(f"{key}={value!r}: expected a block of keys")
-    return {typed_value(key, k, args[0]): typed_value(f"{key}.{k}", v, args[1]) for k, v in value.items()}
+    return {
+        typed_value(key, k, args[0]): typed_value(f"{key}.{k}", v, args[1])
+        for k, v in value.items()
+    }
   else:
     raise TypeError(f"{key}: unsupported annotation {hint!r}")
   if not ok:
@@ -163,10 +171,12 @@ def check_choice(key: str, value, choices) -> None:
 def check_range(key: str, value, low=None, high=None, *, low_open: bool = False) -> None:
   """`value` a finite number in the range (NaN and infinities fail every range)."""
   lo = f"> {low}" if low_open else f">= {low}"
-  rng = " and ".join(s for s in (lo if low is not None else "", f"<= {high}" if high is not None else "") if s)
+  rng = " and ".join(s for s in (lo if low is not None else "",
+                                 f"<= {high}" if high is not None else "") if s)
   if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
     raise ConfigError(f"{key}={value!r}; must be a finite number" + (f" {rng}" if rng else ""))
-  if (low is not None and (value <= low if low_open else value < low)) or (high is not None and value > high):
+  if (low is not None and
+      (value <= low if low_open else value < low)) or (high is not None and value > high):
     raise ConfigError(f"{key}={value!r}; must be {rng}")
 
 

@@ -54,13 +54,13 @@ def pool_packed_layers(params, ids, segments, positions, *, config, layers, pool
   return jnp.stack([pooled[n][0] for n in layers])
 
 
-PACKED_TEXTS_PER_ROW = 4  # pack=True: at most this many texts per row on average (bounds the pooling matmul)
+# pack=True: at most this many texts per row on average (bounds the pooling matmul)
+PACKED_TEXTS_PER_ROW = 4
 
 
 class Embedder:
   """Encodes texts with a loaded model; defaults come from the model's sentence settings. `pack`:
   texts share rows of `batch_size` x (longest text) tokens instead of one padded row each."""
-
   def __init__(self, pretrained: model_dirs.Pretrained, batch_size: int = 64, pack: bool = False):
     self.pretrained = pretrained
     self.config = pretrained.config
@@ -71,7 +71,8 @@ class Embedder:
     self._warned_truncation = False
 
   @classmethod
-  def load(cls, source: str, *, batch_size: int = 64, dtype: str = "float32", pack: bool = False) -> "Embedder":
+  def load(cls, source: str, *, batch_size: int = 64, dtype: str = "float32",
+           pack: bool = False) -> "Embedder":
     return cls(checkpoint.load_model(source, dtype=dtype), batch_size=batch_size, pack=pack)
 
   @property
@@ -80,7 +81,7 @@ class Embedder:
 
   def _defaults(self, layer, dim, pooling, normalize):
     s = self.pretrained.sentence
-    first = lambda *xs: next(int(x) for x in xs if x is not None)  # noqa: E731
+    first = lambda *xs: next(int(x) for x in xs if x is not None)
     layer = first(layer, s.layer, self.config.num_hidden_layers)
     dim = first(dim, s.dim, self.config.hidden_size)
     pooling = pooling or s.pooling
@@ -91,8 +92,9 @@ class Embedder:
     return layer, dim, pooling, normalize
 
   def encode(self, texts: list[str], *, layer: int | None = None, dim: int | None = None,
-             pooling: str | None = None, normalize: bool | None = None, batch_size: int | None = None,
-             max_length: int | None = None, show_progress: bool | None = None) -> np.ndarray:
+             pooling: str | None = None, normalize: bool | None = None,
+             batch_size: int | None = None, max_length: int | None = None,
+             show_progress: bool | None = None) -> np.ndarray:
     """[len(texts), dim] float32 embeddings of the (layer, dim) sub-model (only `layer` layers run)."""
     layer, dim, pooling, normalize = self._defaults(layer, dim, pooling, normalize)
     vecs = self.encode_layers(texts, (layer,), pooling=pooling, batch_size=batch_size,
@@ -125,8 +127,9 @@ class Embedder:
       raise InputError(f"batch_size={batch_size}: must be >= 1")
     ids, truncated = tokenize(self.tokenizer, texts, max_length)
     if truncated and not self._warned_truncation:
-      log.warning("%d of %d texts are longer than max_length=%d tokens and were truncated "
-                  "(reported once)", truncated, len(texts), max_length)
+      log.warning(
+          "%d of %d texts are longer than max_length=%d tokens and were truncated "
+          "(reported once)", truncated, len(texts), max_length)
       self._warned_truncation = True
     order = np.argsort([-len(x) for x in ids], kind="stable")
     if self.pack:
@@ -139,10 +142,11 @@ class Embedder:
       seqs = [ids[i] for i in rows]
       length = bucket_length(max(len(x) for x in seqs), max_length)
       batch_ids, mask = pad_batch(seqs, length, batch_size, self.tokenizer.pad_token_id)
-      pooled = np.asarray(pool_layers(self.params, batch_ids, mask, config=self.config,
-                                       layers=layers, pooling=pooling))
+      pooled = np.asarray(
+          pool_layers(self.params, batch_ids, mask, config=self.config, layers=layers,
+                      pooling=pooling))
       for j, layer in enumerate(layers):
-        out[layer][rows] = pooled[j, : len(rows)]
+        out[layer][rows] = pooled[j, :len(rows)]
     return out
 
   def _encode_packed(self, ids, order, out, layers, pooling, rows: int) -> dict[int, np.ndarray]:
@@ -153,13 +157,14 @@ class Embedder:
     flat = np.fromiter((t for i in order for t in ids[i]), np.int32, int(lengths.sum()))
     starts = np.cumsum(lengths) - lengths
     for chosen, row, offset in pack_in_order(lengths, L, rows, cap):
-      batch = fill_rows(flat, starts[chosen], lengths[chosen], row * L + offset, np.arange(len(chosen)), rows * L,
-                        self.tokenizer.pad_token_id)
-      pooled = np.asarray(pool_packed_layers(
-          self.params, *(batch[k].reshape(rows, L) for k in ("ids", "segments", "positions")), config=self.config,
-          layers=layers, pooling=pooling, texts=cap))
+      batch = fill_rows(flat, starts[chosen], lengths[chosen], row * L + offset,
+                        np.arange(len(chosen)), rows * L, self.tokenizer.pad_token_id)
+      pooled = np.asarray(
+          pool_packed_layers(self.params,
+                             *(batch[k].reshape(rows, L) for k in ("ids", "segments", "positions")),
+                             config=self.config, layers=layers, pooling=pooling, texts=cap))
       for j, layer in enumerate(layers):
-        out[layer][order[chosen]] = pooled[j, : len(chosen)]
+        out[layer][order[chosen]] = pooled[j, :len(chosen)]
     return out
 
 
@@ -175,11 +180,13 @@ def read_lines(path: str, skip_empty: bool = False) -> list[str]:
     raise InputError(f"--input {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
   blank = [i + 1 for i, t in enumerate(lines) if not t.strip()]
   if blank and not skip_empty:
-    raise InputError(f"--input {path}:{blank[0]}: blank line ({len(blank)} in all); remove them or pass "
-                     "--skip-empty")
+    raise InputError(
+        f"--input {path}:{blank[0]}: blank line ({len(blank)} in all); remove them or pass "
+        "--skip-empty")
   if blank:
-    print(f"skipped {len(blank)} blank line(s) of {path}; the output has one row per non-blank line",
-          file=sys.stderr)
+    print(
+        f"skipped {len(blank)} blank line(s) of {path}; the output has one row per non-blank line",
+        file=sys.stderr)
   texts = [t for t in lines if t.strip()]
   if not texts:
     raise InputError(f"--input {path}: no texts (one text per line expected)")
@@ -198,18 +205,22 @@ def check_output_path(path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m starbucks_jax.embed", description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="HF / sentence-transformers dir, Hub id, or workdir")
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.embed",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True,
+                 help="HF / sentence-transformers dir, Hub id, or workdir")
   p.add_argument("--layer", type=int, help="run this many layers (default: the model's)")
   p.add_argument("--dim", type=int, help="keep this many dimensions (default: the model's)")
-  p.add_argument("--pooling", choices=POOLINGS, help="default: the model's pooling config, else mean")
+  p.add_argument("--pooling", choices=POOLINGS,
+                 help="default: the model's pooling config, else mean")
   p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                  help="L2-normalise the vectors (default: as the model says)")
   p.add_argument("--input", required=True, help="text file, one text per line")
   p.add_argument("--output", required=True, help="where to write the .npy matrix")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
-  p.add_argument("--skip-empty", action="store_true", help="leave out blank lines (counted) instead of failing")
+  p.add_argument("--skip-empty", action="store_true",
+                 help="leave out blank lines (counted) instead of failing")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   if args.batch_size < 1:
@@ -223,8 +234,9 @@ def main(argv: list[str] | None = None) -> None:
                       normalize=args.normalize, max_length=args.max_length)
   bad = int((~np.isfinite(vecs).all(axis=1)).sum())
   if bad:
-    raise hf.ModelError(f"--model {args.model}: {bad} of {len(vecs)} embeddings are not finite (NaN or "
-                        "infinite); the model's weights or dtype are broken")
+    raise hf.ModelError(
+        f"--model {args.model}: {bad} of {len(vecs)} embeddings are not finite (NaN or "
+        "infinite); the model's weights or dtype are broken")
   np.save(args.output, vecs)
   print(f"wrote {args.output}: {vecs.shape[0]} x {vecs.shape[1]} float32")
 

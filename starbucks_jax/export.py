@@ -33,9 +33,11 @@ def check_output(source: str, output: str, overwrite: bool = False) -> None:
   training workdir, and, unless `overwrite`, a new or empty directory."""
   out = os.path.realpath(os.path.expanduser(output))
   src = os.path.realpath(os.path.expanduser(source))
-  if os.path.exists(src) and (out == src or out.startswith(src + os.sep) or src.startswith(out + os.sep)):
-    raise FileExistsError(f"--output {output}: is (or holds, or is inside) the source model {source}; "
-                          "export to another directory")
+  if os.path.exists(src) and (out == src or out.startswith(src + os.sep) or
+                              src.startswith(out + os.sep)):
+    raise FileExistsError(
+        f"--output {output}: is (or holds, or is inside) the source model {source}; "
+        "export to another directory")
   if workdir_lib.is_workdir(out):
     raise FileExistsError(f"--output {output}: is a training workdir; export to another directory")
   if os.path.exists(out) and not os.path.isdir(out):
@@ -67,18 +69,21 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   os.makedirs(os.path.dirname(output), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=os.path.dirname(output))
   try:
-    model_dirs.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer, dim=dim,
-                               extra_meta={"source": str(source), "step": step})
+    model_dirs.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer,
+                               dim=dim, extra_meta={"source": str(source), "step": step})
     with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
-      f.write(card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size, layer=layer,
-                              dim=dim, pooling=sentence.pooling, title=os.path.basename(output)))
+      f.write(
+          card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
+                          layer=layer, dim=dim, pooling=sentence.pooling,
+                          title=os.path.basename(output)))
     for folder, dirs, files in os.walk(tmp):
       os.chmod(folder, 0o755)
       for name in files:
         os.chmod(os.path.join(folder, name), 0o644)
     old = None
     if os.path.exists(output):  # empty, or --overwrite: moved aside until the new one is in place
-      old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old.", dir=os.path.dirname(output))
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.old.",
+                             dir=os.path.dirname(output))
       os.rename(output, os.path.join(old, "model"))
     os.rename(tmp, output)
     if old:
@@ -100,14 +105,17 @@ def push_to_hub(folder: str, repo_id: str, *, private: bool = False) -> str:
                                commit_message="Upload a starbucks_jax export")
   except Exception as e:
     reason = " ".join(str(e).split())[:300] or type(e).__name__
-    raise ConnectionError(f"--push-to-hub {repo_id}: the upload failed ({type(e).__name__}: {reason}); the export "
-                          f"in {folder} is intact: `hf upload {repo_id} {folder}` retries it") from None
+    raise ConnectionError(
+        f"--push-to-hub {repo_id}: the upload failed ({type(e).__name__}: {reason}); the export "
+        f"in {folder} is intact: `hf upload {repo_id} {folder}` retries it") from None
   return str(getattr(commit, "commit_url", commit))
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m starbucks_jax.export", description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="HF / sentence-transformers dir, Hub id, or workdir")
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.export",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True,
+                 help="HF / sentence-transformers dir, Hub id, or workdir")
   p.add_argument("--output", required=True, help="directory to write")
   p.add_argument("--layer", type=int, help="keep the first N layers (default: all)")
   p.add_argument("--dim", type=int, help="keep the first D dimensions (default: all)")
@@ -116,8 +124,10 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
   p.add_argument("--with-mlm-head", action="store_true", help="write BertForMaskedLM (SMAE runs)")
   p.add_argument("--overwrite", action="store_true", help="replace a non-empty --output directory")
-  p.add_argument("--push-to-hub", metavar="REPO_ID", help="then upload the folder to this Hub model repo")
-  p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+  p.add_argument("--push-to-hub", metavar="REPO_ID",
+                 help="then upload the folder to this Hub model repo")
+  p.add_argument("--private", action="store_true",
+                 help="with --push-to-hub: create the repo private")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   out = export(args.model, args.output, layer=args.layer, dim=args.dim, step=args.step,

@@ -13,7 +13,17 @@ import ml_collections
 import numpy as np
 import optax
 
-from starbucks_jax import checkpoint, losses, metrics, model_dirs, schedule, sharding, srl, timing, trainer
+from starbucks_jax import (
+    checkpoint,
+    losses,
+    metrics,
+    model_dirs,
+    schedule,
+    sharding,
+    srl,
+    timing,
+    trainer,
+)
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_blocks import FinetuneConfig
@@ -36,19 +46,23 @@ class FinetuneRun:
   model: trainer.ModelSpec  # backbone, compute settings and schedule.pairs
   plan: schedule.Plan  # what each step trains (schedule.method)
   loss: losses.LossConfig | None  # the loss block (None in mode=eval)
-  eval_pairs: tuple[schedule.Pair, ...]  # the pairs evaluated: the schedule, the grid, or the separate pair
-  data_shards: int = 1  # devices a batch's examples are split over (packed batches pack each on its own)
+  # the pairs evaluated: the schedule, the grid, or the separate pair
+  eval_pairs: tuple[schedule.Pair, ...]
+  # devices a batch's examples are split over (packed batches pack each on its own)
+  data_shards: int = 1
 
   @property
   def sts_sets(self) -> tuple[tuple[str, str, str], ...]:  # eval.sts as (dataset, split, source)
     return self.blocks.eval.sts_sets
 
   @property
-  def retrieval_sets(self) -> tuple[tuple[str, str, str], ...]:  # eval.retrieval as (dataset, split, folder)
+  # eval.retrieval as (dataset, split, folder)
+  def retrieval_sets(self) -> tuple[tuple[str, str, str], ...]:
     return self.blocks.eval.retrieval_sets
 
 
-def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> FinetuneRun:
+def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None,
+             devices=None) -> FinetuneRun:
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` stands in for the checkpoint's config.json and `devices` for this host's devices
   (compiling for another machine: starbucks_jax.compile)."""
@@ -82,15 +96,17 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
     eval_pairs = (c.schedule.separate_pair,)
   else:
     eval_pairs = model.pairs
-  return FinetuneRun(blocks=c, model=model, plan=plan, loss=loss, eval_pairs=eval_pairs, data_shards=shards)
+  return FinetuneRun(blocks=c, model=model, plan=plan, loss=loss, eval_pairs=eval_pairs,
+                     data_shards=shards)
 
 
 def check_task_format(c: FinetuneConfig) -> None:
   """loss.task against data.format: CoSENT needs scored pairs, the contrastive loss anything else."""
   wants_scores = c.loss.task == "cosent"
   if wants_scores != (c.data.format == "scored_pairs"):
-    raise ConfigError(f"loss.task={c.loss.task!r} needs data.format="
-                      f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not {c.data.format!r}")
+    raise ConfigError(
+        f"loss.task={c.loss.task!r} needs data.format="
+        f"{'scored_pairs' if wants_scores else 'triplets or pairs'}, not {c.data.format!r}")
 
 
 def check_encoding_splits(c: FinetuneConfig, data_devices: int) -> None:
@@ -99,13 +115,16 @@ def check_encoding_splits(c: FinetuneConfig, data_devices: int) -> None:
   into forward splits, and every split keeps the data-parallel sharding."""
   t, batch = c.train, c.data.batch_size
   if t.grad_cache_chunks and batch % t.grad_cache_chunks:
-    raise ConfigError(f"train.grad_cache_chunks={t.grad_cache_chunks} does not divide data.batch_size={batch}")
+    raise ConfigError(
+        f"train.grad_cache_chunks={t.grad_cache_chunks} does not divide data.batch_size={batch}")
   splits, k = t.forward_splits, t.microbatches
   micro = batch // k
   if micro % (splits * data_devices):
-    raise ConfigError(f"train.forward_splits={splits}: data.batch_size={batch}"
-                      + (f" / train.microbatches={k}" if k > 1 else "")
-                      + f" does not split into {splits} forwards over the mesh's {data_devices} data-parallel devices")
+    raise ConfigError(
+        f"train.forward_splits={splits}: data.batch_size={batch}" +
+        (f" / train.microbatches={k}" if k > 1 else "") +
+        f" does not split into {splits} forwards over the mesh's {data_devices} data-parallel devices"
+    )
   chunk = micro // (t.grad_cache_chunks or 1)
   if chunk % splits:
     raise ConfigError(f"train.forward_splits={splits} does not divide the {chunk} examples of each "
@@ -119,29 +138,34 @@ def check_packing(c: FinetuneConfig) -> None:
   if not d.packing:
     return
   if d.format == "groups":
-    raise ConfigError("data.packing=True packs triplets, pairs and scored_pairs; data.format='groups' "
-                      "pads queries and passages")
+    raise ConfigError(
+        "data.packing=True packs triplets, pairs and scored_pairs; data.format='groups' "
+        "pads queries and passages")
   for key, off in (("grad_cache_chunks", 0), ("microbatches", 1), ("forward_splits", 1)):
     if getattr(t, key) != off:
-      raise ConfigError(f"data.packing=True encodes the batch in one forward; train.{key}={getattr(t, key)} "
-                        f"needs data.packing=False (or train.{key}={off})")
+      raise ConfigError(
+          f"data.packing=True encodes the batch in one forward; train.{key}={getattr(t, key)} "
+          f"needs data.packing=False (or train.{key}={off})")
 
 
 def check_teacher(c: FinetuneConfig) -> None:
   """loss.teacher='frozen' serves each example's precomputed teacher vectors with its batch: examples
   of roles (triplets, pairs, scored pairs), not retrieval groups."""
   if c.loss.teacher == "frozen" and c.data.format == "groups":
-    raise ConfigError("loss.teacher='frozen' serves teacher vectors with batches of triplets, pairs or "
-                      "scored_pairs; this run has data.format='groups'")
+    raise ConfigError(
+        "loss.teacher='frozen' serves teacher vectors with batches of triplets, pairs or "
+        "scored_pairs; this run has data.format='groups'")
 
 
-def frozen_teacher(pretrained: model_dirs.Pretrained, examples: batching.Examples, layer: int, pooling: str,
-                   batch_size: int, pack: bool = False) -> np.ndarray:
+def frozen_teacher(pretrained: model_dirs.Pretrained, examples: batching.Examples, layer: int,
+                   pooling: str, batch_size: int, pack: bool = False) -> np.ndarray:
   """[N, R, D] pooled vectors of every training text at `layer` under the starting weights, without
   dropout (float32): the KL teacher of loss.teacher='frozen', fixed through training (a resumed run
   computes the same)."""
   embedder = Embedder(pretrained, batch_size=batch_size, pack=pack)
-  return np.stack([embedder.encode_layers(texts, (layer,), pooling=pooling)[layer] for texts in examples.texts], 1)
+  return np.stack(
+      [embedder.encode_layers(texts, (layer,), pooling=pooling)[layer] for texts in examples.texts],
+      1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -150,29 +174,35 @@ def frozen_teacher(pretrained: model_dirs.Pretrained, examples: batching.Example
 def run_step(run: FinetuneRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
   """The step a fine-tuning run trains with, as its config sets it."""
   c, t = run.blocks, run.blocks.train
-  return srl.make_srl_step(run.model.config, run.plan, run.loss, tx, c.model.pooling, dropout=t.dropout,
-                           grad_cache_chunks=t.grad_cache_chunks, microbatches=t.microbatches,
-                           forward_splits=t.forward_splits, packed=srl.packing(c.data, run.data_shards))
+  return srl.make_srl_step(run.model.config, run.plan, run.loss, tx, c.model.pooling,
+                           dropout=t.dropout, grad_cache_chunks=t.grad_cache_chunks,
+                           microbatches=t.microbatches, forward_splits=t.forward_splits,
+                           packed=srl.packing(c.data, run.data_shards))
 
 
-def train_program(config: ml_collections.ConfigDict, run: FinetuneRun, length: int) -> trainer.TrainProgram:
+def train_program(config: ml_collections.ConfigDict, run: FinetuneRun,
+                  length: int) -> trainer.TrainProgram:
   """The step at `length` tokens per text (groups: the data block's query and passage lengths)."""
   if run.blocks.mode != "train":
-    raise ConfigError(f"mode={run.blocks.mode!r}: only a training run (mode=train) has a step to compile")
+    raise ConfigError(
+        f"mode={run.blocks.mode!r}: only a training run (mode=train) has a step to compile")
   cfg = run.model.config
   batch = abstract_batch(run.blocks, length, shards=run.data_shards, hidden=cfg.hidden_size)
   encoder = cfg.replace(num_hidden_layers=max(run.plan.layers))
   if "segments" in batch:
     P, L = batch["ids"].shape
-    flops, shape = encoder.matmul_flops(P, L), f"{run.blocks.data.batch_size} examples in {P} packed rows x {L} tokens"
+    flops, shape = encoder.matmul_flops(
+        P, L), f"{run.blocks.data.batch_size} examples in {P} packed rows x {L} tokens"
   elif "query_ids" in batch:
     (B, Tq), (P, Tp) = batch["query_ids"].shape, batch["passage_ids"].shape
-    flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
+    flops, shape = encoder.matmul_flops(B, Tq) + encoder.matmul_flops(
+        P, Tp), f"{B} queries x {Tq} + {P} passages x {Tp}"
   else:
     R, B, T = batch["ids"].shape
     flops, shape = encoder.matmul_flops(R * B, T), f"{B} x {R} texts x {T} tokens"
-  return trainer.TrainProgram(lambda tx: run_step(run, tx), abstract_params(cfg), param_logical_axes(cfg),
-                              batch, srl.batch_axes(run.blocks.data), flops, shape)
+  return trainer.TrainProgram(lambda tx: run_step(run, tx), abstract_params(cfg),
+                              param_logical_axes(cfg), batch, srl.batch_axes(run.blocks.data),
+                              flops, shape)
 
 
 def abstract_batch(c: FinetuneConfig, length: int, query_length: int | None = None,
@@ -194,9 +224,12 @@ def abstract_batch(c: FinetuneConfig, length: int, query_length: int | None = No
   if d.format == "groups":
     q, p = query_length or d.query_max_length, passage_length or d.passage_max_length
     rows = d.batch_size * d.group_size
-    return {"query_ids": jax.ShapeDtypeStruct((d.batch_size, q), i32),
-            "query_mask": jax.ShapeDtypeStruct((d.batch_size, q), i32),
-            "passage_ids": jax.ShapeDtypeStruct((rows, p), i32), "passage_mask": jax.ShapeDtypeStruct((rows, p), i32)}
+    return {
+        "query_ids": jax.ShapeDtypeStruct(
+            (d.batch_size, q), i32), "query_mask": jax.ShapeDtypeStruct((d.batch_size, q), i32),
+        "passage_ids": jax.ShapeDtypeStruct((rows, p), i32), "passage_mask": jax.ShapeDtypeStruct(
+            (rows, p), i32)
+    }
   shape = (len(batching.FORMATS[d.format]), d.batch_size, length)
   batch = {"ids": jax.ShapeDtypeStruct(shape, i32), "mask": jax.ShapeDtypeStruct(shape, i32)}
   if d.format == "scored_pairs":
@@ -209,8 +242,8 @@ def _with_teacher(c: FinetuneConfig, batch, hidden):
   if c.loss.teacher == "frozen":
     if hidden is None:
       raise ValueError("abstract_batch: loss.teacher='frozen' needs the hidden size")
-    batch["teacher"] = jax.ShapeDtypeStruct((c.data.batch_size, len(batching.FORMATS[c.data.format]), hidden),
-                                            jnp.float32)
+    batch["teacher"] = jax.ShapeDtypeStruct(
+        (c.data.batch_size, len(batching.FORMATS[c.data.format]), hidden), jnp.float32)
   return batch
 
 
@@ -221,38 +254,46 @@ def make_batcher(c: FinetuneConfig, tokenizer, max_length: int, shards: int | No
   if d.format == "groups":
     data = groups.load_groups(d.train)
     return groups.GroupBatcher(data, tokenizer, batch_size=d.batch_size, group_size=d.group_size,
-                               query_max_length=d.query_max_length, passage_max_length=d.passage_max_length,
-                               seed=c.seed, length_buckets=d.length_buckets), len(data.queries)
+                               query_max_length=d.query_max_length,
+                               passage_max_length=d.passage_max_length, seed=c.seed,
+                               length_buckets=d.length_buckets), len(data.queries)
   examples = batching.load_examples(d.train, d.format, d.columns, d.score_range)
-  return batching.Batcher(examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=c.seed,
-                          no_duplicates=d.no_duplicates, length_buckets=d.length_buckets,
-                          num_buckets=d.num_buckets, pack_length=d.pack_length if d.packing else None,
-                          shards=(shards or sharding.data_parallel_size(sharding.check_mesh(c.mesh)))
-                          if d.packing else 1), len(examples)
+  return batching.Batcher(
+      examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=c.seed,
+      no_duplicates=d.no_duplicates, length_buckets=d.length_buckets, num_buckets=d.num_buckets,
+      pack_length=d.pack_length if d.packing else None,
+      shards=(shards or sharding.data_parallel_size(sharding.check_mesh(c.mesh)))
+      if d.packing else 1), len(examples)
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, run: FinetuneRun) -> model_dirs.Pretrained:
+def train(config: ml_collections.ConfigDict, workdir: str,
+          run: FinetuneRun) -> model_dirs.Pretrained:
   """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
   c, t = run.blocks, run.blocks.train
   setup = trainer.setup_model(c.model, run.model, pooling=c.model.pooling)
-  batcher, num_examples = make_batcher(c, setup.pretrained.tokenizer, setup.max_length, run.data_shards)
+  batcher, num_examples = make_batcher(c, setup.pretrained.tokenizer, setup.max_length,
+                                       run.data_shards)
   steps = trainer.total_steps(t, batcher)
   if t.microbatches > 1:
-    log.warning("train.microbatches=%d: each microbatch of %d is its own in-batch contrastive/CoSENT "
-                "batch (fewer negatives than the batch of %d); train.grad_cache_chunks keeps the whole "
-                "batch's negatives at the same memory", t.microbatches, c.data.batch_size // t.microbatches,
-                c.data.batch_size)
-  log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s", run.plan.method,
-           steps, num_examples, c.data.batch_size, run.plan.pairs or "sampled", run.plan.layers)
+    log.warning(
+        "train.microbatches=%d: each microbatch of %d is its own in-batch contrastive/CoSENT "
+        "batch (fewer negatives than the batch of %d); train.grad_cache_chunks keeps the whole "
+        "batch's negatives at the same memory", t.microbatches, c.data.batch_size // t.microbatches,
+        c.data.batch_size)
+  log.info("training %s for %d steps (%d examples, batch %d), plan: pairs=%s layers=%s",
+           run.plan.method, steps, num_examples, c.data.batch_size, run.plan.pairs or "sampled",
+           run.plan.layers)
 
   pre = setup.pretrained
   if run.loss.teacher == "frozen":  # part of the start-up time (timing.json)
     batcher.teacher = frozen_teacher(pre, batcher.examples, run.plan.teacher[0], c.model.pooling,
                                      c.eval.batch_size, pack=c.eval.packing)
-    log.info("frozen teacher: %s vectors of the starting model's layer %d", batcher.teacher.shape, run.plan.teacher[0])
-  trained = trainer.train_model(config, c, workdir, setup, pre.params["bert"], lambda tx: run_step(run, tx),
-                                batcher, steps,
-                                param_specs=param_logical_axes(setup.config), batch_axes=srl.batch_axes(c.data))
+    log.info("frozen teacher: %s vectors of the starting model's layer %d", batcher.teacher.shape,
+             run.plan.teacher[0])
+  trained = trainer.train_model(config, c, workdir, setup, pre.params["bert"],
+                                lambda tx: run_step(run, tx), batcher, steps,
+                                param_specs=param_logical_axes(setup.config),
+                                batch_axes=srl.batch_axes(c.data))
   return dataclasses.replace(pre, params={**pre.params, "bert": trained})
 
 
@@ -262,12 +303,14 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   c, e = run.blocks, run.blocks.eval
   embedder = Embedder(model, batch_size=e.batch_size, pack=e.packing)
   if c.model.max_length:
-    embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence, max_seq_length=c.model.max_length)
+    embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
+                                                       max_seq_length=c.model.max_length)
   pooling = c.model.pooling
   records = sts.evaluate_sets(embedder, run.sts_sets, run.eval_pairs, pooling=pooling)
   for dataset, split, folder in run.retrieval_sets:
     records += retrieval.evaluate_collection(
-        embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir, pooling=pooling,
+        embedder, retrieval.load_collection(folder, split,
+                                            name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=e.retrieval_similarity == "cosine", query_max_length=e.query_max_length,
         passage_max_length=e.passage_max_length, k=e.retrieval_k, funnels=e.retrieval_funnels,
         costs=e.retrieval_costs, index_dir=e.index_dir)
@@ -275,8 +318,8 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   return results.report(workdir, name, records)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collections.ConfigDict | None = None
-        ) -> list[dict]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        defaults: ml_collections.ConfigDict | None = None) -> list[dict]:
   """Fine-tune and evaluate (mode=train), or evaluate model.init_from (mode=eval).
   `defaults`: the config file's values, for resuming a run made before a key existed
   (workdir.check_resume)."""
@@ -286,7 +329,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collection
   if spec.blocks.mode == "eval":
     workdir_lib.write_config(workdir, config)
     with timing.current().phase("eval"):
-      return evaluate(workdir, checkpoint.load_model(spec.blocks.model.init_from), spec, name="eval")
+      return evaluate(workdir, checkpoint.load_model(spec.blocks.model.init_from), spec,
+                      name="eval")
   # every evaluation row read and checked before training, not after it (read again to evaluate: a
   # corpus is not held in memory through training)
   for _, _, source in spec.sts_sets:

@@ -30,11 +30,14 @@ class Gpu:
 
 
 GPUS = {
-    "a100": Gpu("NVIDIA A100-SXM4-80GB", (8, 0), 108, 167936, 166912, 40 * 2**20, 1.41, 85100068864, 2.03904e12,
-                fpus_per_sm=64),
-    "h100": Gpu("NVIDIA H100 80GB HBM3", (9, 0), 132, 233472, 232448, 50 * 2**20, 1.98, 84942979072, 3.35232e12),
-    "h200": Gpu("NVIDIA H200 141GB HBM3e", (9, 0), 132, 233472, 232448, 50 * 2**20, 1.98, 151397597184, 4.8e12),
-    "b200": Gpu("NVIDIA B200", (10, 0), 148, 233472, 232448, 132644864, 1.965, 191514411008, 7.67232e12),
+    "a100": Gpu("NVIDIA A100-SXM4-80GB", (8, 0), 108, 167936, 166912, 40 * 2**20, 1.41, 85100068864,
+                2.03904e12, fpus_per_sm=64),
+    "h100": Gpu("NVIDIA H100 80GB HBM3", (9, 0), 132, 233472, 232448, 50 * 2**20, 1.98, 84942979072,
+                3.35232e12),
+    "h200": Gpu("NVIDIA H200 141GB HBM3e", (9, 0), 132, 233472, 232448, 50 * 2**20, 1.98,
+                151397597184, 4.8e12),
+    "b200": Gpu("NVIDIA B200", (10, 0), 148, 233472, 232448, 132644864, 1.965, 191514411008,
+                7.67232e12),
 }
 KINDS = frozenset(g.name for g in GPUS.values())  # their device kinds: a report's "chip"
 # What jax lets a process allocate by default: XLA_PYTHON_CLIENT_MEM_FRACTION=0.75 of the device's memory.

@@ -7,12 +7,16 @@ import dataclasses
 import math
 import re
 
-BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
-          "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3fnuz": 1,
-          "f8e5m2fnuz": 1, "s4": 0.5, "u4": 0.5, "token": 0}
+BYTES = {
+    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4,
+    "f32": 4, "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "f8e4m3fn": 1, "f8e5m2": 1,
+    "f8e4m3fnuz": 1, "f8e5m2fnuz": 1, "s4": 0.5, "u4": 0.5, "token": 0
+}
 ARRAY = re.compile(r"\b(pred|bf16|c64|c128|f8e\w+|token|[suf]\d+)\[([0-9,]*)\](?:\{([^}]*)\})?")
 _INSTRUCTION = re.compile(r"\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$")
 _HEADER = re.compile(r"(ENTRY )?%?([\w.\-]+) ")
+
+
 def array_bytes(type_text: str) -> list[tuple[float, int]]:
   """(bytes, memory space) of every array in an HLO type, each dimension padded to its layout's
   first tile (T(8,128): the two most-minor dimensions to multiples of 8 and 128), as XLA sizes them."""
@@ -36,7 +40,8 @@ def array_bytes(type_text: str) -> list[tuple[float, int]]:
 
 def elements(type_text: str) -> int:
   """Elements of every array in an HLO type (untiled)."""
-  return sum(math.prod(int(d) for d in dims.split(",") if d) for _, dims, _ in ARRAY.findall(type_text))
+  return sum(
+      math.prod(int(d) for d in dims.split(",") if d) for _, dims, _ in ARRAY.findall(type_text))
 
 
 def dims_of(type_text: str) -> list[int]:
@@ -111,8 +116,9 @@ class Module:
       m = _INSTRUCTION.match(line)
       if m and current is not None:
         operands, attrs = _split_call(m.group(4))
-        current.append(Instruction(m.group(1), m.group(2), m.group(3), re.findall(r"%([\w.\-]+)", operands), attrs,
-                                   operands.strip()))
+        current.append(
+            Instruction(m.group(1), m.group(2), m.group(3), re.findall(r"%([\w.\-]+)", operands),
+                        attrs, operands.strip()))
     if entry is None:
       raise ValueError("no ENTRY computation in the HLO text")
     return cls(comps, entry, {i.name: i.type for c in comps.values() for i in c})

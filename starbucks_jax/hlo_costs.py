@@ -22,20 +22,26 @@ import re
 from starbucks_jax.hlo import ARRAY, BYTES, Instruction, Module, array_bytes, dims_of, elements
 
 # Instructions that move no data of their own (or whose callees are costed instead).
-_FREE = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
-         "partition-id", "replica-id", "while", "conditional", "call", "domain", "add-dependency"}
+_FREE = {
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "after-all", "opt-barrier",
+    "partition-id", "replica-id", "while", "conditional", "call", "domain", "add-dependency"
+}
 _ASYNC_DONE = re.compile(r"-done$")
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "collective-permute", "all-to-all",
                "collective-broadcast", "ragged-all-to-all")
-_TRANSCENDENTAL = {"exponential", "exponential-minus-one", "log", "log-plus-one", "tanh", "logistic", "sqrt",
-                   "rsqrt", "cbrt", "power", "sine", "cosine", "tan", "atan2", "erf", "erf-inv"}
-_NO_FLOPS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "broadcast", "reshape", "transpose",
-             "copy", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate", "pad", "iota", "convert",
-             "bitcast-convert", "gather", "scatter", "reverse", "select", "clamp", "compare", "and", "or", "xor",
-             "not", "shift-left", "shift-right-logical", "shift-right-arithmetic", "copy-start", "copy-done",
-             "custom-call", "fusion", "rng-bit-generator", "rng-get-and-update-state", "sort", "while",
-             "conditional", "call", "after-all", "partition-id", "replica-id", "opt-barrier", "infeed", "outfeed"}
-
+_TRANSCENDENTAL = {
+    "exponential", "exponential-minus-one", "log", "log-plus-one", "tanh", "logistic", "sqrt",
+    "rsqrt", "cbrt", "power", "sine", "cosine", "tan", "atan2", "erf", "erf-inv"
+}
+_NO_FLOPS = {
+    "parameter", "constant", "get-tuple-element", "tuple", "bitcast", "broadcast", "reshape",
+    "transpose", "copy", "slice", "dynamic-slice", "dynamic-update-slice", "concatenate", "pad",
+    "iota", "convert", "bitcast-convert", "gather", "scatter", "reverse", "select", "clamp",
+    "compare", "and", "or", "xor", "not", "shift-left", "shift-right-logical",
+    "shift-right-arithmetic", "copy-start", "copy-done", "custom-call", "fusion",
+    "rng-bit-generator", "rng-get-and-update-state", "sort", "while", "conditional", "call",
+    "after-all", "partition-id", "replica-id", "opt-barrier", "infeed", "outfeed"
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +60,6 @@ class Cost:
 
 class Costs(list):
   """Cost per executed instruction (a list of Cost) with totals and the per-category breakdown."""
-
   def total(self, field: str = "bytes") -> float:
     return sum(getattr(c, field) * c.trips for c in self)
 
@@ -63,8 +68,8 @@ class Costs(list):
     return sum(getattr(c, field) for c in self)
 
   def by_category(self) -> dict[str, dict[str, float]]:
-    out = collections.defaultdict(lambda: {"bytes": 0.0, "hbm_bytes": 0.0, "flops": 0.0, "ici_bytes": 0.0,
-                                           "instructions": 0})
+    out = collections.defaultdict(
+        lambda: {"bytes": 0.0, "hbm_bytes": 0.0, "flops": 0.0, "ici_bytes": 0.0, "instructions": 0})
     for c in self:
       row = out[category(c)]
       for field in ("bytes", "hbm_bytes", "flops", "ici_bytes"):
@@ -92,7 +97,8 @@ def costs(text: str, devices: int = 1) -> Costs:
   return out
 
 
-def _walk(module: Module, computation: str, trips: int, in_loop: bool, out: list, unknown: list) -> None:
+def _walk(module: Module, computation: str, trips: int, in_loop: bool, out: list,
+          unknown: list) -> None:
   for ins in module.computations[computation]:
     if ins.opcode == "while":
       n = module.trip_count(ins)
@@ -121,8 +127,9 @@ def _walk(module: Module, computation: str, trips: int, in_loop: bool, out: list
     if ins.opcode in _FREE or _ASYNC_DONE.search(ins.opcode):
       continue
     total, hbm = _bytes(module, ins)
-    out.append(Cost(ins.name, ins.opcode, ins.op_name, total, hbm, _flops(module, ins), _ici_bytes(module, ins),
-                    trips, in_loop))
+    out.append(
+        Cost(ins.name, ins.opcode, ins.op_name, total, hbm, _flops(module, ins),
+             _ici_bytes(module, ins), trips, in_loop))
 
 
 def _branches(ins: Instruction) -> list[str]:
@@ -135,10 +142,12 @@ def _branches(ins: Instruction) -> list[str]:
 def _bytes(module: Module, ins: Instruction) -> tuple[float, float]:
   """Operands + outputs of one instruction, tiled; async starts count their source and one destination."""
   outputs = array_bytes(ins.type)
-  if ins.opcode == "copy-start":  # (destination, source, context): the copy reads and writes its size
+  # (destination, source, context): the copy reads and writes its size
+  if ins.opcode == "copy-start":
     (size, dst), (_, src) = outputs[:2]
     return 2 * size, size * ((dst == 0) + (src == 0))
-  if ins.opcode == "slice-start":  # ((operand), slice, context): the slice read from the operand, written out
+  # ((operand), slice, context): the slice read from the operand, written out
+  if ins.opcode == "slice-start":
     (_, src), (size, dst) = outputs[:2]
     return 2 * size, size * ((dst == 0) + (src == 0))
   if ins.opcode.endswith("-start"):
@@ -210,7 +219,10 @@ def _flops(module: Module, ins: Instruction) -> float:
     m = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attrs)
     return float(m.group(1)) if m else 0.0
   if ins.opcode == "reduce" or ins.opcode == "reduce-window":
-    return float(sum(elements(module.types.get(o, "")) for o in ins.operands[:max(len(ins.operands) // 2, 1)]))
+    return float(
+        sum(
+            elements(module.types.get(o, ""))
+            for o in ins.operands[:max(len(ins.operands) // 2, 1)]))
   if ins.opcode in _NO_FLOPS or ins.opcode in _TRANSCENDENTAL:
     return 0.0
   return float(elements(ins.type))
@@ -219,8 +231,9 @@ def _flops(module: Module, ins: Instruction) -> float:
 def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
   """cuDNN's fused attention, a custom call without a cost estimate: the forward's two matmuls (scores
   and context: 2 x 2*B*H*Tq*Tk*head_dim), the backward's five (a flash backward recomputes the scores)."""
-  m = re.search(r'"intermediate_tensor_shape":\s*\{"element_type":\s*"\w+",\s*"dimensions":\s*'
-                r'\["(\d+)",\s*"(\d+)",\s*"(\d+)",\s*"(\d+)"\]', ins.attrs)
+  m = re.search(
+      r'"intermediate_tensor_shape":\s*\{"element_type":\s*"\w+",\s*"dimensions":\s*'
+      r'\["(\d+)",\s*"(\d+)",\s*"(\d+)",\s*"(\d+)"\]', ins.attrs)
   if not m:
     return 0.0
   head_dim = dims_of(module.types.get(ins.operands[0], ""))[-1]
@@ -229,8 +242,10 @@ def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
 
 
 def _logical_bytes(type_text: str) -> float:
-  return float(sum(math.prod(int(d) for d in dims.split(",") if d) * BYTES.get(dtype, 4)
-                   for dtype, dims, _ in ARRAY.findall(type_text)))
+  return float(
+      sum(
+          math.prod(int(d) for d in dims.split(",") if d) * BYTES.get(dtype, 4)
+          for dtype, dims, _ in ARRAY.findall(type_text)))
 
 
 def group_size(ins: Instruction, devices: int) -> int:
@@ -315,8 +330,8 @@ def _convolution_flops(module: Module, ins: Instruction) -> float:
 # ---------------------------------------------------------------------------------------------
 # Categories
 # ---------------------------------------------------------------------------------------------
-CATEGORIES = ("collectives", "optimizer", "attention", "matmuls", "layer norm", "dropout", "embeddings",
-              "loss and heads", "copies", "other")
+CATEGORIES = ("collectives", "optimizer", "attention", "matmuls", "layer norm", "dropout",
+              "embeddings", "loss and heads", "copies", "other")
 
 
 def category(c: Cost) -> str:
@@ -335,11 +350,12 @@ def category(c: Cost) -> str:
     return "layer norm"
   if "/embeddings/" in name:
     return "embeddings"
-  if c.flops > 0 and op in ("fusion", "convolution", "dot") and re.search(r"dense|/query/|/key/|/value/|dot_general", name):
+  if c.flops > 0 and op in ("fusion", "convolution", "dot") and re.search(
+      r"dense|/query/|/key/|/value/|dot_general", name):
     return "matmuls"
   if "loss/" in name or "mlm_head" in name or "MlmHead" in name or "MaeDecoder" in name:
     return "loss and heads"
   if op in ("copy", "copy-start", "transpose", "slice-start"):
-    return "copies"  # between HBM and on-chip memory (the compiler's prefetches and evictions), or layouts
+    # between HBM and on-chip memory (the compiler's prefetches and evictions), or layouts
+    return "copies"
   return "other"
-

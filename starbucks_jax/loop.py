@@ -45,9 +45,11 @@ def fit(config: ml_collections.ConfigDict, c, workdir: str, state: TrainState, t
   mesh = sharding.make_mesh(c.mesh.shape)
   rules = sharding.rules_from_config(c.mesh.rules)
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    state_sh = sharding.state_shardings(state, tx, sharding.param_shardings(param_specs, mesh, rules), mesh,
+    state_sh = sharding.state_shardings(state, tx,
+                                        sharding.param_shardings(param_specs, mesh, rules), mesh,
                                         c.mesh.shard_optimizer)
-    return _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes)
+    return _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh,
+                batch_axes)
 
 
 def jit_step(update, state_sh, batch_sh):
@@ -60,13 +62,15 @@ def jit_step(update, state_sh, batch_sh):
 def warn_if_products_upcast(compiled, dtype: str) -> None:
   """Warns when model.dtype asks for low-precision compute but the compiled CPU step has no matrix
   product in that dtype (XLA:CPU converts bf16/f16 dots to float32): slower than float32, not faster."""
-  if dtype == "float32" or jax.default_backend() != "cpu":  # GPU/TPU dots are library calls in the HLO
+  # GPU/TPU dots are library calls in the HLO
+  if dtype == "float32" or jax.default_backend() != "cpu":
     return
   hlo_type = {"bfloat16": "bf16", "float16": "f16"}[dtype]
   if not re.search(rf"= {hlo_type}\[[^\]]*\]\S* dot\(", compiled.as_text()):
-    log.warning("model.dtype=%s, but XLA computes every matrix product of the compiled step in float32 on "
-                "this CPU (it converts to and from %s around them): slower than model.dtype='float32' here; "
-                "%s compute is for GPU/TPU", dtype, dtype, dtype)
+    log.warning(
+        "model.dtype=%s, but XLA computes every matrix product of the compiled step in float32 on "
+        "this CPU (it converts to and from %s around them): slower than model.dtype='float32' here; "
+        "%s compute is for GPU/TPU", dtype, dtype, dtype)
 
 
 def check_skipped(train_cfg, metrics, done: int, mngr) -> None:
@@ -80,23 +84,27 @@ def check_skipped(train_cfg, metrics, done: int, mngr) -> None:
     last = mngr.latest_step()
     raise FloatingPointError(
         f"the last {skipped} steps (to step {done}) had a non-finite loss or gradient "
-        f"(train.max_consecutive_nonfinite={train_cfg.max_consecutive_nonfinite}); stopped. "
-        + (f"The checkpoint at step {last} in {mngr.directory} is intact." if last is not None else
-           "No checkpoint was written.") + " Check the data, train.lr and model.dtype.")
+        f"(train.max_consecutive_nonfinite={train_cfg.max_consecutive_nonfinite}); stopped. " +
+        (f"The checkpoint at step {last} in {mngr.directory} is intact." if last is not None else
+         "No checkpoint was written.") + " Check the data, train.lr and model.dtype.")
 
 
-def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh, batch_axes):
+def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, state_sh,
+         batch_axes):
   t = c.train
-  mngr = checkpoint.manager(workdir, max_to_keep=t.keep_checkpoints, save_interval_steps=t.checkpoint_every)
+  mngr = checkpoint.manager(workdir, max_to_keep=t.keep_checkpoints,
+                            save_interval_steps=t.checkpoint_every)
   start, state = _restore(mngr, sharding.shard_state(state, state_sh), state_sh)
-  workdir_lib.write_config(workdir, config)  # the model, the data and the checkpoint have all loaded
+  # the model, the data and the checkpoint have all loaded
+  workdir_lib.write_config(workdir, config)
   log.info("mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
   timer = timing.current()
   base_rng = jax.random.key(c.seed)
   writer = metrics_lib.MetricsWriter(workdir, start, c.log, config)
   profile = timing.ProfileWindow(workdir, t.profile_steps)
   examples_per_step = c.data.batch_size
-  executables = {}  # batch shapes -> the step compiled for them: each shape compiles once, ahead of its step
+  # batch shapes -> the step compiled for them: each shape compiles once, ahead of its step
+  executables = {}
   real = padded = 0
   lr_at = jax.jit(lr)  # compiled once: evaluated op by op, the schedule costs ~5 ms per log row
   try:
@@ -114,21 +122,25 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
       step, batch, batch_sh, rng, tokens = item
       real, padded = real + tokens[0], padded + tokens[1]
       profile.before(step)
-      step_fn = _executable(executables, train_step, state_sh, batch_sh, (state, batch, rng), c.model.dtype)
+      step_fn = _executable(executables, train_step, state_sh, batch_sh, (state, batch, rng),
+                            c.model.dtype)
       state, metrics = step_fn(state, batch, rng)
       done = step + 1
       profile.after(done, state)
       progress.update(1)
-      _after_step(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer, progress=progress,
-                  lr_at=lr_at, examples_per_step=examples_per_step)
-    if executables and done < total_steps:  # the data ended first (a stream's epoch): its last step stays
+      _after_step(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer,
+                  progress=progress, lr_at=lr_at, examples_per_step=examples_per_step)
+    # the data ended first (a stream's epoch): its last step stays
+    if executables and done < total_steps:
       _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
     jax.block_until_ready(state)
     with timer.phase("checkpoint"):
       mngr.wait_until_finished()
     steps_run = done - start if executables else 0
-    _record_timing(timer, time.perf_counter() - loop_t0, before, steps=steps_run, compiles=len(executables),
-                   examples=steps_run * examples_per_step, tokens=(real, padded))
+    _record_timing(timer,
+                   time.perf_counter() - loop_t0, before, steps=steps_run,
+                   compiles=len(executables), examples=steps_run * examples_per_step,
+                   tokens=(real, padded))
   finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
     profile.stop(state)
     writer.close()
@@ -157,14 +169,15 @@ class _Interval:
   waited: float = 0.0
 
 
-def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, interval: _Interval, *, mngr,
-                writer, progress, lr_at, examples_per_step: int) -> None:
+def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, interval: _Interval, *,
+                mngr, writer, progress, lr_at, examples_per_step: int) -> None:
   """After step `done`: a stop on a non-finite loss (train.skip_nonfinite=False); a metrics row every
   train.log_every steps and a checkpoint every train.checkpoint_every (both at the last step),
   neither of a state check_skipped refuses."""
   if not t.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
-    raise FloatingPointError(f"non-finite loss at step {done - 1} (train.skip_nonfinite=False); the last "
-                             f"checkpoint in {mngr.directory} is intact")
+    raise FloatingPointError(
+        f"non-finite loss at step {done - 1} (train.skip_nonfinite=False); the last "
+        f"checkpoint in {mngr.directory} is intact")
   logging_now = done % t.log_every == 0 or done == total_steps
   saving_now = done % t.checkpoint_every == 0 or done == total_steps
   if logging_now or saving_now:
@@ -172,7 +185,8 @@ def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, inte
   if logging_now:
     metrics = dict(jax.device_get(metrics))  # waits for the device: the interval is real time
     elapsed = max(time.time() - interval.t0, 1e-9)
-    metrics.update(lr=float(lr_at(done - 1)), examples_per_sec=(done - interval.last_log) * examples_per_step / elapsed,
+    metrics.update(lr=float(lr_at(done - 1)),
+                   examples_per_sec=(done - interval.last_log) * examples_per_step / elapsed,
                    data_wait_frac=interval.waited / elapsed)
     writer.write(done, metrics)
     progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
@@ -183,12 +197,14 @@ def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, inte
                       meta={"step": done}, force=done == total_steps)
 
 
-def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer, lr_at) -> None:
+def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer,
+               lr_at) -> None:
   """The data ended before the planned steps: step `done` is logged (if it was not) and saved."""
   if done != interval.last_log:
     writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
   with timing.current().phase("checkpoint"):
-    checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done}, force=True)
+    checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done},
+                    force=True)
 
 
 def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:
@@ -197,8 +213,9 @@ def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:
   if start is None:
     return 0, state
   log.info("resumed from %s at step %d", mngr.directory, start)
-  return start, sharding.shard_state(TrainState(jnp.asarray(start, jnp.int32), restored["params"],
-                                                restored["opt_state"]), state_sh)
+  return start, sharding.shard_state(
+      TrainState(jnp.asarray(start, jnp.int32), restored["params"], restored["opt_state"]),
+      state_sh)
 
 
 def _compile(train_step, state_sh, batch_sh, args, timer, what: str):
@@ -208,11 +225,13 @@ def _compile(train_step, state_sh, batch_sh, args, timer, what: str):
   with timer.phase("compile"):
     compiled = jit_step(train_step, state_sh, batch_sh).lower(*args).compile()
   mem = compiled.memory_analysis()
-  log.info("compiled %s%s", what, "" if mem is None else
-           f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments {mem.argument_size_in_bytes / 2**20:.1f} "
-           f"MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
+  log.info(
+      "compiled %s%s", what, "" if mem is None else
+      f": temp {mem.temp_size_in_bytes / 2**20:.1f} MiB, arguments {mem.argument_size_in_bytes / 2**20:.1f} "
+      f"MiB, output {mem.output_size_in_bytes / 2**20:.1f} MiB")
   if mem is not None:
-    timer.set(compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
+    timer.set(
+        compiled_step_bytes=max(compiled_bytes(mem), timer.values.get("compiled_step_bytes", 0)))
   return compiled
 
 
@@ -223,15 +242,16 @@ def _timing_start(timer) -> dict[str, float]:
   return {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}
 
 
-def _record_timing(timer, loop_s: float, before: dict[str, float], *, steps: int, compiles: int, examples: int,
-                   tokens: tuple[int, int]) -> None:
+def _record_timing(timer, loop_s: float, before: dict[str, float], *, steps: int, compiles: int,
+                   examples: int, tokens: tuple[int, int]) -> None:
   """This fit's train seconds (its loop less its own compiles and checkpoints) and rates; `tokens`:
   (real, padded) tokens of its batches."""
   train_s = loop_s - sum(timer.seconds.get(k, 0.0) - v for k, v in before.items())
   real, padded = tokens
   timer.add("train", train_s)
   timer.set(steps=steps, compiles=compiles, examples_per_s=examples / loop_s,
-            steady_examples_per_s=examples / max(train_s, 1e-9), padded_frac=1 - real / padded if padded else 0.0)
+            steady_examples_per_s=examples / max(train_s, 1e-9),
+            padded_frac=1 - real / padded if padded else 0.0)
   peak = device_peak_bytes()
   if peak is not None:
     timer.set(device_peak_bytes=peak)
@@ -267,7 +287,8 @@ def device_batches(batcher, start: int, total: int, mesh, batch_axes, base_rng, 
       masks = [v for k, v in batch.items() if k == "mask" or k.endswith("_mask")]
       masks += [batch["segments"] >= 0] if "segments" in batch else []  # packed rows
       tokens = (sum(int(m.sum()) for m in masks), sum(m.size for m in masks))
-      yield (step, sharding.put_batch(batch, layouts[layout]), layouts[layout], fold_in(base_rng, step),
-             tokens)
+      yield (step, sharding.put_batch(batch,
+                                      layouts[layout]), layouts[layout], fold_in(base_rng,
+                                                                                 step), tokens)
 
   return prefetch_lib.in_background(prepare(), prefetch)

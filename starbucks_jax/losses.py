@@ -56,16 +56,21 @@ class LossConfig(Block):
   similarity: str = "cosine"  # 'cosine' (truncate, then L2-normalise) | 'dot'
   scale: float = 20.0  # cosine similarity multiplier (MNRL and CoSENT use 20)
   temperature: float = 1.0  # dot-product divisor
-  kl: str = "features"  # 'features' (authors' STS code) | 'tempered_features' (sentence-transformers) | 'scores' (retrieval, the paper) | 'none'
-  kl_detach: bool = False  # stop the teacher's gradient through the KL (the paper's retrieval code: True)
+  # 'features' (authors' STS code) | 'tempered_features' (sentence-transformers) | 'scores' (retrieval, the paper) | 'none'
+  kl: str = "features"
+  # stop the teacher's gradient through the KL (the paper's retrieval code: True)
+  kl_detach: bool = False
   kl_weight: float = 1.0  # beta
   kl_temperature: float = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
   reduction: str = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
   pair_weights: tuple[float, ...] = ()  # one weight per pair on its task loss; () = all 1
-  pair_weighting: str = "uniform"  # named weights, mean 1: 'inverse_layer' | 'log_layer' | 'inverse_loss'
+  # named weights, mean 1: 'inverse_layer' | 'log_layer' | 'inverse_loss'
+  pair_weighting: str = "uniform"
   full_weight: float = 1.0  # times the full pair's (N, D) task weight
-  teacher: str = "self"  # KL teacher: 'self' (own (N, D), the paper) | 'frozen' (the starting model's)
-  layer_weighting: str = "uniform"  # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
+  # KL teacher: 'self' (own (N, D), the paper) | 'frozen' (the starting model's)
+  teacher: str = "self"
+  # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
+  layer_weighting: str = "uniform"
 
   def check(self) -> None:
     check_choice("loss.task", self.task, TASKS)
@@ -86,19 +91,24 @@ class LossConfig(Block):
     (layer_weighting weighs 2dmse's sampled layer only)."""
     weights = self.pair_weights
     if self.layer_weighting != "uniform" and method != "2dmse":
-      raise ConfigError(f"loss.layer_weighting={self.layer_weighting!r} weighs the sampled layer of "
-                        f"schedule.method='2dmse'; schedule.method={method!r} has none: set it to 'uniform'")
+      raise ConfigError(
+          f"loss.layer_weighting={self.layer_weighting!r} weighs the sampled layer of "
+          f"schedule.method='2dmse'; schedule.method={method!r} has none: set it to 'uniform'")
     if weights and len(weights) != num_pairs:
-      raise ConfigError(f"loss.pair_weights has {len(weights)} weights for {num_pairs} pairs in schedule.pairs")
+      raise ConfigError(
+          f"loss.pair_weights has {len(weights)} weights for {num_pairs} pairs in schedule.pairs")
     if weights and method != "starbucks":
-      raise ConfigError(f"loss.pair_weights weighs the pairs of schedule.method='starbucks' one by one; "
-                        f"schedule.method={method!r} trains other pairs: use loss.pair_weighting")
+      raise ConfigError(
+          f"loss.pair_weights weighs the pairs of schedule.method='starbucks' one by one; "
+          f"schedule.method={method!r} trains other pairs: use loss.pair_weighting")
     if weights and self.pair_weighting != "uniform":
-      raise ConfigError(f"loss.pair_weights and loss.pair_weighting={self.pair_weighting!r} both set the "
-                        "pair weights: keep one")
+      raise ConfigError(
+          f"loss.pair_weights and loss.pair_weighting={self.pair_weighting!r} both set the "
+          "pair weights: keep one")
     if self.teacher == "frozen" and (self.kl == "none" or method not in KL_METHODS):
-      raise ConfigError(f"loss.teacher='frozen' is the KL's teacher for schedule.method in {KL_METHODS} with a "
-                        f"loss.kl; this run has method={method!r}, kl={self.kl!r}")
+      raise ConfigError(
+          f"loss.teacher='frozen' is the KL's teacher for schedule.method in {KL_METHODS} with a "
+          f"loss.kl; this run has method={method!r}, kl={self.kl!r}")
     sampled = method in ("2dmse", "2dmse_retrieval")
     if sampled and (self.pair_weighting != "uniform" or self.full_weight != 1.0):
       raise ConfigError(f"loss.pair_weighting and loss.full_weight weigh a fixed schedule's pairs; "
@@ -193,7 +203,8 @@ def kl_scores(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
 def kl_features(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
   """KL of the feature distributions of every input's raw pooled vector (first d features), x0.3;
   'tempered_features' also divides the features by 0.3 inside the softmax."""
-  every = lambda x: jnp.concatenate([v.reshape(-1, v.shape[-1]) for v in jax.tree_util.tree_leaves(x)])  # noqa: E731
+  every = lambda x: jnp.concatenate(
+      [v.reshape(-1, v.shape[-1]) for v in jax.tree_util.tree_leaves(x)])
   t, s = _teacher(every(teacher_pooled)[:, :d], cfg), every(student_pooled)[:, :d]
   if cfg.kl == "tempered_features":
     t, s = t / cfg.kl_temperature, s / cfg.kl_temperature
@@ -239,8 +250,8 @@ def pair_task_weights(pairs: Sequence[tuple[int, int]], full_pair: tuple[int, in
   return [w * cfg.full_weight if pair == tuple(full_pair) else w for pair, w in zip(pairs, weights)]
 
 
-def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]], full_pair: tuple[int, int],
-             cfg: LossConfig, *, scores=None, use_kl: bool = True,
+def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]],
+             full_pair: tuple[int, int], cfg: LossConfig, *, scores=None, use_kl: bool = True,
              teacher=None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Sum (or mean) over `pairs` of w * task + beta * KL to the full pair (N, D); KL of (N, D) skipped;
   w from `pair_task_weights`. `teacher` (loss.teacher='frozen'): the starting model's pooled (N, D)
@@ -289,8 +300,8 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
     for d < D.
   """
   if not plan.sample_layers:
-    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores, use_kl=plan.use_kl,
-                    teacher=teacher)
+    return srl_loss(pooled_by_layer, plan.pairs, plan.teacher, cfg, scores=scores,
+                    use_kl=plan.use_kl, teacher=teacher)
   if teacher is not None:
     raise ValueError(f"a frozen teacher is for fixed plans; {plan.method!r} samples")
   draw = schedule.sample(plan, rng)
@@ -300,15 +311,15 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
                                    *[pooled_by_layer[n] for n in plan.sample_layers])
   layer = jnp.asarray(plan.sample_layers)[draw["layer"]]
   metrics = {"sampled/layer": layer}
-  kl = lambda t, s, d: cfg.kl_weight * kl_term(t, s, d, cfg) if cfg.kl != "none" else 0.0  # noqa: E731
+  kl = lambda t, s, d: cfg.kl_weight * kl_term(t, s, d, cfg) if cfg.kl != "none" else 0.0
   if plan.method == "2dmse":
     dims = jnp.asarray(plan.sample_dims)
     d_last, d_layer = dims[draw["dim_last"]], dims[draw["dim_layer"]]
     metrics.update({"sampled/dim_last": d_last, "sampled/dim_layer": d_layer})
-    masked = lambda x, d: jax.tree_util.tree_map(lambda v: mask_dims(v, d), x)  # noqa: E731
-    total = (task_loss(masked(teacher, d_last), D, cfg, scores)
-             + layer_weight(layer, cfg.layer_weighting) * task_loss(masked(student, d_layer), D, cfg, scores)
-             + kl(teacher, student, D))
+    masked = lambda x, d: jax.tree_util.tree_map(lambda v: mask_dims(v, d), x)
+    total = (task_loss(masked(teacher, d_last), D, cfg, scores) +
+             layer_weight(layer, cfg.layer_weighting) *
+             task_loss(masked(student, d_layer), D, cfg, scores) + kl(teacher, student, D))
   elif plan.method == "2dmse_retrieval":
     total = task_loss(teacher, D, cfg, scores)
     for d in plan.sample_dims:
@@ -323,7 +334,8 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
 # ---------------------------------------------------------------------------------------------
 # SMAE pre-training
 # ---------------------------------------------------------------------------------------------
-SMAE_MODES = ("smae", "2d_mlm", "mlm")  # full SMAE | MLM on every pair | plain MLM on the full model
+# full SMAE | MLM on every pair | plain MLM on the full model
+SMAE_MODES = ("smae", "2d_mlm", "mlm")
 
 
 def masked_lm_loss(logits, labels, count=None):
@@ -333,7 +345,8 @@ def masked_lm_loss(logits, labels, count=None):
   valid = labels >= 0
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   nll = -jnp.take_along_axis(logp, jnp.maximum(labels, 0)[..., None], axis=-1)[..., 0]
-  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum() if count is None else count, 1)
+  return jnp.sum(jnp.where(valid, nll, 0.0)) / jnp.maximum(valid.sum() if count is None else count,
+                                                           1)
 
 
 def smae_loss(mlm: dict[tuple[int, int], Any], mae: dict[tuple[int, int], Any] | None = None):

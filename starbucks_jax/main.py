@@ -18,11 +18,13 @@ from ml_collections import config_flags
 
 from starbucks_jax import config_lib, objectives, sharding, timing
 
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo", lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:demo",
+                                lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, metrics and results go.")
-flags.DEFINE_string("compilation_cache", os.path.join("~", ".cache", "starbucks_jax", "xla"),
-                    "Persistent XLA compilation cache: a rerun, a resume or a sweep loads the compiled "
-                    "steps instead of compiling them again ('' = off; JAX_COMPILATION_CACHE_DIR wins).")
+flags.DEFINE_string(
+    "compilation_cache", os.path.join("~", ".cache", "starbucks_jax", "xla"),
+    "Persistent XLA compilation cache: a rerun, a resume or a sweep loads the compiled "
+    "steps instead of compiling them again ('' = off; JAX_COMPILATION_CACHE_DIR wins).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,7 +48,8 @@ def run(config, workdir: str, compilation_cache: str = "", defaults=None) -> Non
   use_compilation_cache(compilation_cache)
   objective.run(config, workdir, defaults)
   if sharding.is_primary():
-    timing.current().finish(workdir)  # WORKDIR/timing.json: start-up, compiles, training, evaluation
+    # WORKDIR/timing.json: start-up, compiles, training, evaluation
+    timing.current().finish(workdir)
 
 
 def main(argv):

@@ -34,7 +34,6 @@ def finite_or_none(value) -> float | None:
 
 class MetricsWriter:
   """One row per logged step into every sink; `start` is the step a run resumes at (0: a new run)."""
-
   def __init__(self, workdir: str, start: int = 0, log_cfg=None, config=None):
     """`log_cfg`: the log block (config_blocks.Log; None: metrics.jsonl only); `config`: W&B's run config."""
     self.path = os.path.join(workdir, workdir_lib.METRICS)
@@ -94,9 +93,11 @@ def wandb_run(workdir: str, project: str, config=None):
     run_id = wandb.util.generate_id()
     with open(id_path, "w") as f:
       f.write(run_id)
-  mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+  mode = os.environ.get("WANDB_MODE") or ("online"
+                                          if os.environ.get("WANDB_API_KEY") else "offline")
   if mode == "offline":
-    log.info("W&B logs offline into %s/wandb (no WANDB_API_KEY); `wandb sync` uploads them", workdir)
+    log.info("W&B logs offline into %s/wandb (no WANDB_API_KEY); `wandb sync` uploads them",
+             workdir)
   return wandb.init(project=project, id=run_id, resume="allow", dir=workdir, mode=mode,
                     name=os.path.basename(os.path.normpath(workdir)),
                     config=config.to_dict() if config is not None else None)
@@ -118,12 +119,14 @@ def last_step(workdir: str) -> int:
 def write_results(workdir: str, records: list[dict], log_cfg=None) -> None:
   """A run's evaluation records (per dataset, split, metric and (layer, dim)) as TensorBoard scalars
   `eval/DATASET/SPLIT/METRIC/LxD` at the run's last step, and into the W&B run's summary."""
-  if not sharding.is_primary() or not records or not (log_cfg and (log_cfg.tensorboard or log_cfg.wandb)):
+  if not sharding.is_primary() or not records or not (log_cfg and
+                                                      (log_cfg.tensorboard or log_cfg.wandb)):
     return
   step = last_step(workdir)
-  values = {tag_of(f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"
-                   + (f"/funnel_{r['funnel']}" if r.get("funnel") else "")): r["value"]
-            for r in records if r["value"] is not None and math.isfinite(r["value"])}
+  values = {
+      tag_of(f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}" + (f"/funnel_{r['funnel']}" if r.get("funnel") else "")):
+          r["value"] for r in records if r["value"] is not None and math.isfinite(r["value"])
+  }
   if log_cfg.tensorboard:
     from tensorboardX import SummaryWriter
     with SummaryWriter(os.path.join(workdir, TB_DIR), filename_suffix=".eval") as tb:

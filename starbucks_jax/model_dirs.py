@@ -69,8 +69,10 @@ def resolve_model_dir(name_or_path: str) -> str:
     raise FileNotFoundError(f"no model directory at {path}")
   try:
     from huggingface_hub import snapshot_download
-    return snapshot_download(str(name_or_path), allow_patterns=[
-        "*.json", "*.txt", "model.safetensors*", "*/config.json", "*/*.safetensors"])
+    return snapshot_download(
+        str(name_or_path), allow_patterns=[
+            "*.json", "*.txt", "model.safetensors*", "*/config.json", "*/*.safetensors"
+        ])
   except Exception as e:  # offline, unknown id, no access
     raise FileNotFoundError(
         f"{name_or_path!r} is not a local directory and could not be fetched from the Hugging Face "
@@ -94,8 +96,9 @@ def config_from_hf(path: str, **overrides) -> BertConfig:
   raw = _read_json(file)
   model_type = raw.get("model_type")
   if model_type != "bert":
-    raise hf.ModelError(f"{file}: model_type={model_type!r} (architectures={raw.get('architectures')}); "
-                        "starbucks_jax loads BERT-architecture checkpoints (model_type 'bert') only")
+    raise hf.ModelError(
+        f"{file}: model_type={model_type!r} (architectures={raw.get('architectures')}); "
+        "starbucks_jax loads BERT-architecture checkpoints (model_type 'bert') only")
   if raw.get("hidden_act", "gelu") != "gelu":
     raise hf.ModelError(f"{file}: hidden_act={raw['hidden_act']!r}; only exact 'gelu' is supported")
   if raw.get("position_embedding_type", "absolute") != "absolute":
@@ -104,7 +107,6 @@ def config_from_hf(path: str, **overrides) -> BertConfig:
   fields = {f.name for f in dataclasses.fields(BertConfig)} - set(RUN_FIELDS)
   kw = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
   return BertConfig(**{**kw, **overrides})
-
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -135,8 +137,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
     try:
       import torch
     except ImportError:
-      raise ImportError(f"{binary}: reading pytorch_model.bin needs torch; install torch or convert "
-                        "the checkpoint to model.safetensors") from None
+      raise ImportError(
+          f"{binary}: reading pytorch_model.bin needs torch; install torch or convert "
+          "the checkpoint to model.safetensors") from None
     state = torch.load(binary, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in state.items() if v.is_floating_point()}
   raise FileNotFoundError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES)})")
@@ -171,14 +174,18 @@ def sentence_settings(root: str) -> SentenceSettings:
       cfg = _read_json(os.path.join(folder, "config.json"))
       modes = cfg.get("pooling_mode")
       if modes is None:  # legacy boolean keys
-        legacy = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
-                  "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
-                  "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+        legacy = {
+            "pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
+            "pooling_mode_max_tokens": "max", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len",
+            "pooling_mode_weightedmean_tokens": "weightedmean",
+            "pooling_mode_lasttoken": "lasttoken"
+        }
         modes = [v for k, v in legacy.items() if cfg.get(k)]
       modes = [modes] if isinstance(modes, str) else list(modes)
       if len(modes) != 1 or modes[0] not in POOLINGS:
-        raise hf.ModelError(f"{folder}/config.json: pooling {modes} is not supported; expected one of "
-                            f"{POOLINGS}")
+        raise hf.ModelError(
+            f"{folder}/config.json: pooling {modes} is not supported; expected one of "
+            f"{POOLINGS}")
       settings["pooling"] = modes[0]
     elif kind == "Normalize":
       settings["normalize"] = True
@@ -201,9 +208,9 @@ def _truncation_dim(folder: str) -> int:
   state = read_safetensors_file(os.path.join(folder, "model.safetensors"))
   w = state.get("linear.weight")
   d_out, d_in = cfg.get("out_features"), cfg.get("in_features")
-  ok = (w is not None and w.shape == (d_out, d_in) and "linear.bias" not in state
-        and cfg.get("activation_function", "").endswith("Identity")
-        and np.array_equal(w, np.eye(d_out, d_in, dtype=w.dtype)))
+  ok = (w is not None and w.shape == (d_out, d_in) and "linear.bias" not in state and
+        cfg.get("activation_function", "").endswith("Identity") and
+        np.array_equal(w, np.eye(d_out, d_in, dtype=w.dtype)))
   if not ok:
     raise hf.ModelError(f"{folder}: only a Dense module that truncates (identity weight, no bias, "
                         "Identity activation) is supported")
@@ -240,40 +247,50 @@ def load_pretrained(name_or_path: str, *, dtype: str = "float32", param_dtype: s
 
 def slice_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
   """The params of the first `num_layers` layers (plus embeddings and any heads)."""
-  flat = {p: v for p, v in hf.flatten(params).items()
-          if not (m := re.match(r"bert/encoder/layer_(\d+)/", p)) or int(m.group(1)) < num_layers}
+  flat = {
+      p: v for p, v in hf.flatten(params).items()
+      if not (m := re.match(r"bert/encoder/layer_(\d+)/", p)) or int(m.group(1)) < num_layers
+  }
   return hf.unflatten(flat)
 
 
-def _write_sentence_modules(out_dir: str, hidden: int, d: int, sentence: SentenceSettings) -> list[dict]:
+def _write_sentence_modules(out_dir: str, hidden: int, d: int,
+                            sentence: SentenceSettings) -> list[dict]:
   """sentence-transformers' module folders after the Transformer: Pooling, a truncating Dense to `d`
   when d < hidden, Normalize when the settings normalise; returns modules.json's entries."""
   from safetensors.numpy import save_file
 
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  modules = [{
+      "idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"
+  }, {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
   _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
               {"max_seq_length": sentence.max_seq_length, "do_lower_case": False})
   os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
-  _write_json(os.path.join(out_dir, "1_Pooling", "config.json"), {
-      "word_embedding_dimension": hidden,
-      "pooling_mode_cls_token": sentence.pooling == "cls",
-      "pooling_mode_mean_tokens": sentence.pooling == "mean",
-      "pooling_mode_max_tokens": False, "pooling_mode_mean_sqrt_len_tokens": False})
+  _write_json(
+      os.path.join(out_dir, "1_Pooling", "config.json"), {
+          "word_embedding_dimension": hidden, "pooling_mode_cls_token": sentence.pooling == "cls",
+          "pooling_mode_mean_tokens": sentence.pooling == "mean", "pooling_mode_max_tokens": False,
+          "pooling_mode_mean_sqrt_len_tokens": False
+      })
   if d < hidden:
     folder = os.path.join(out_dir, "2_Dense")
     os.makedirs(folder, exist_ok=True)
-    _write_json(os.path.join(folder, "config.json"), {
-        "in_features": hidden, "out_features": d, "bias": False,
-        "activation_function": "torch.nn.modules.linear.Identity"})
+    _write_json(
+        os.path.join(folder, "config.json"), {
+            "in_features": hidden, "out_features": d, "bias": False,
+            "activation_function": "torch.nn.modules.linear.Identity"
+        })
     save_file({"linear.weight": np.eye(d, hidden, dtype=np.float32)},
               os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})
-    modules.append({"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
+    modules.append(
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"})
   if sentence.normalize:
     idx = len(modules)
     os.makedirs(os.path.join(out_dir, f"{idx}_Normalize"), exist_ok=True)
-    modules.append({"idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
-                    "type": "sentence_transformers.models.Normalize"})
+    modules.append({
+        "idx": idx, "name": str(idx), "path": f"{idx}_Normalize",
+        "type": "sentence_transformers.models.Normalize"
+    })
   return modules
 
 
@@ -308,12 +325,16 @@ def save_pretrained(out_dir: str, config: BertConfig, params: dict[str, Any], to
 
   modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence)
   _write_json(os.path.join(out_dir, "modules.json"), modules)
-  _write_json(os.path.join(out_dir, "config_sentence_transformers.json"),
-              {"__version__": {"sentence_transformers": "2.2.2"}, "prompts": {},
-               "default_prompt_name": None, "similarity_fn_name": "cosine"})
-  _write_json(os.path.join(out_dir, META_FILE),
-              {"layer": n, "dim": d, "pooling": sentence.pooling, "normalize": sentence.normalize,
-               **(extra_meta or {})})
+  _write_json(
+      os.path.join(out_dir, "config_sentence_transformers.json"), {
+          "__version__": {"sentence_transformers": "2.2.2"}, "prompts": {},
+          "default_prompt_name": None, "similarity_fn_name": "cosine"
+      })
+  _write_json(
+      os.path.join(out_dir, META_FILE), {
+          "layer": n, "dim": d, "pooling": sentence.pooling, "normalize": sentence.normalize,
+          **(extra_meta or {})
+      })
   return out_dir
 
 
@@ -321,4 +342,3 @@ def _write_json(path: str, obj: Any) -> None:
   with open(path, "w", encoding="utf8") as f:
     json.dump(obj, f, indent=2)
     f.write("\n")
-

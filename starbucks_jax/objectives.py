@@ -20,8 +20,9 @@ def register(objective: Objective) -> None:
   """Adds `objective`; its name and modes must be new."""
   taken = {m for o in REGISTRY.values() for m in o.modes}
   if objective.name in REGISTRY or taken & set(objective.modes):
-    raise ValueError(f"objective {objective.name!r} (modes {objective.modes}): name or a mode is taken "
-                     f"({sorted(REGISTRY)}, modes {sorted(taken)})")
+    raise ValueError(
+        f"objective {objective.name!r} (modes {objective.modes}): name or a mode is taken "
+        f"({sorted(REGISTRY)}, modes {sorted(taken)})")
   REGISTRY[objective.name] = objective
 
 

@@ -49,8 +49,8 @@ def plot_sizes(pairs, rows: dict[str, dict], path: str, ylabel: str) -> str:
   return _save_lines(plt, fig, ax, path, "(layers, dims)", ylabel, legend_size=8)
 
 
-def plot_differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, path: str, ylabel: str, *,
-                     beyond: float) -> str:
+def plot_differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, path: str,
+                     ylabel: str, *, beyond: float) -> str:
   """Each label minus the baseline per size, with its seeds' sd as error bars, over the band of
   `beyond` x the baseline's sd (what a difference must clear: report.differences)."""
   plt = pyplot()
@@ -105,7 +105,8 @@ def plot_curves(runs: dict[str, str], path: str) -> str | None:
     if not os.path.exists(metrics):
       continue
     rows = workdir_lib.read_metrics(metrics)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label, color=_style(plt, drawn)["color"])
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label,
+            color=_style(plt, drawn)["color"])
     drawn += 1
   if not drawn:
     plt.close(fig)

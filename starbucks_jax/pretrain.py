@@ -62,7 +62,8 @@ def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[schedule.Pair, ...
   return ((config.num_hidden_layers, config.hidden_size),) if mode == "mlm" else tuple(pairs)
 
 
-def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None, devices=None) -> PretrainRun:
+def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None,
+             devices=None) -> PretrainRun:
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` and `devices` stand in for config.json and this host's devices (as finetune.describe)."""
   check_finite(config)
@@ -73,10 +74,13 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
   c.smae.check()
   c.data.check()
   if c.data.streaming and c.train.epochs != 1 and not c.train.max_steps:
-    raise ConfigError(f"train.epochs={c.train.epochs}: a streamed source is read once; set 1 (or train.max_steps)")
+    raise ConfigError(
+        f"train.epochs={c.train.epochs}: a streamed source is read once; set 1 (or train.max_steps)"
+    )
   trainer.check_train(c, sharding.check_mesh(c.mesh, devices))
   c.eval.check()
-  return PretrainRun(blocks=c, model=model, train_pairs=mode_pairs(c.smae.mode, model.pairs, model.config),
+  return PretrainRun(blocks=c, model=model, train_pairs=mode_pairs(c.smae.mode, model.pairs,
+                                                                   model.config),
                      masking=c.smae.masking())
 
 
@@ -89,24 +93,30 @@ def init_params(pre: model_dirs.Pretrained, config: BertConfig, rng: jax.Array) 
   if "mlm_head" in pre.params:
     params["mlm_head"] = pre.params["mlm_head"]
   else:
-    log.warning("%s has no MLM head (a sentence model?): initialising a fresh one (normal(%g), "
-                "LayerNorm 1/0, bias 0)", pre.path, config.initializer_range)
+    log.warning(
+        "%s has no MLM head (a sentence model?): initialising a fresh one (normal(%g), "
+        "LayerNorm 1/0, bias 0)", pre.path, config.initializer_range)
     emb = pre.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
     variables = MlmHead(config).init(rng, jnp.zeros((1, config.hidden_size)), emb)
     params["mlm_head"] = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(variables["params"]))
-  params["mae_decoder"] = {"layer_0": jax.tree_util.tree_map(np.array, params["bert"]["encoder"]["layer_0"])}
+  params["mae_decoder"] = {
+      "layer_0": jax.tree_util.tree_map(np.array, params["bert"]["encoder"]["layer_0"])
+  }
   return params
 
 
 def param_specs(config: BertConfig) -> dict[str, Any]:
   """Logical axes of {bert, mlm_head, mae_decoder} (for the mesh shardings)."""
-  x = jax.ShapeDtypeStruct((1, 2, config.hidden_size), jnp.float32)  # shapes only: callable under any mesh
+  # shapes only: callable under any mesh
+  x = jax.ShapeDtypeStruct((1, 2, config.hidden_size), jnp.float32)
   emb = jax.ShapeDtypeStruct((config.vocab_size, config.hidden_size), jnp.float32)
-  return {"bert": param_logical_axes(config),
-          "mlm_head": sharding.logical_specs(MlmHead(config), x, emb),
-          "mae_decoder": sharding.logical_specs(MaeDecoder(config), x, jax.ShapeDtypeStruct((1, config.hidden_size),
-                                                                                           jnp.float32),
-                                                jax.ShapeDtypeStruct((1, 2), jnp.int32))}
+  return {
+      "bert": param_logical_axes(config),
+      "mlm_head": sharding.logical_specs(MlmHead(config), x, emb),
+      "mae_decoder": sharding.logical_specs(
+          MaeDecoder(config), x, jax.ShapeDtypeStruct((1, config.hidden_size), jnp.float32),
+          jax.ShapeDtypeStruct((1, 2), jnp.int32))
+  }
 
 
 def _gather(x, positions):
@@ -117,14 +127,16 @@ def _gather(x, positions):
 def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, deterministic: bool = True,
                 rng=None) -> tuple[dict, dict | None]:
   """({pair: MLM loss}, {pair: MAE loss} or None) from one encoder forward."""
-  rngs = lambda i: None if deterministic else {"dropout": jax.random.fold_in(rng, i)}  # noqa: E731
-  hidden = hidden_states(params["bert"], config, batch["ids"], batch["mask"], num_layers=max(n for n, _ in pairs),
-                         deterministic=deterministic, rng=None if deterministic else jax.random.fold_in(rng, 0))
+  rngs = lambda i: None if deterministic else {"dropout": jax.random.fold_in(rng, i)}
+  hidden = hidden_states(params["bert"], config, batch["ids"], batch["mask"],
+                         num_layers=max(n for n, _ in pairs), deterministic=deterministic,
+                         rng=None if deterministic else jax.random.fold_in(rng, 0))
   word_emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
   head = MlmHead(config)
 
   @jax.checkpoint
-  def head_loss(head_params, emb, h, labels, count):  # [B, K, d] -> scalar; logits rebuilt for the gradient
+  # [B, K, d] -> scalar; logits rebuilt for the gradient
+  def head_loss(head_params, emb, h, labels, count):
     with jax.named_scope("loss"):
       return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels, count)
 
@@ -136,11 +148,11 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
     if mae is None:
       continue
     first = head.apply({"params": params["mlm_head"]}, h[:, 0], method=lambda m, x: m.transform(x))
-    embedded = BertEmbeddings(config).apply({"params": params["bert"]["embeddings"]}, batch["dec_ids"],
-                                            jnp.zeros_like(batch["dec_ids"]), deterministic,
-                                            rngs=rngs(2 * i + 1))
-    out = MaeDecoder(config).apply({"params": params["mae_decoder"]}, embedded, first, batch["mask"],
-                                   deterministic, rngs=rngs(2 * i + 2))
+    embedded = BertEmbeddings(config).apply({"params": params["bert"]["embeddings"]},
+                                            batch["dec_ids"], jnp.zeros_like(batch["dec_ids"]),
+                                            deterministic, rngs=rngs(2 * i + 1))
+    out = MaeDecoder(config).apply({"params": params["mae_decoder"]}, embedded, first,
+                                   batch["mask"], deterministic, rngs=rngs(2 * i + 2))
     mae[(n, d)] = head_loss(params["mlm_head"], word_emb, _gather(out, batch["mae_positions"]),
                             batch["mae_labels"], batch.get("mae_count"))
   return mlm, mae
@@ -155,11 +167,14 @@ def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTrans
     return losses.smae_loss(mlm, mae)
 
   def prepare(batch, k):
-    counts = {f"{name}_count": (batch[f"{name}_labels"] >= 0).sum() / k for name in ("mlm", "mae")
-              if f"{name}_labels" in batch}
+    counts = {
+        f"{name}_count": (batch[f"{name}_labels"] >= 0).sum() / k for name in ("mlm", "mae")
+        if f"{name}_labels" in batch
+    }
     return {**batch, **counts}
 
-  return step_lib.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare, param_specs=param_specs(config))
+  return step_lib.make_step(loss_fn, tx, microbatches=microbatches, prepare=prepare,
+                            param_specs=param_specs(config))
 
 
 def run_step(run: PretrainRun, tx: optax.GradientTransformation) -> step_lib.TrainStep:
@@ -175,9 +190,13 @@ def abstract_params(config: BertConfig) -> dict[str, Any]:
   def build():
     bert = init_bert_params(config, jax.random.key(0))
     emb = bert["embeddings"]["word_embeddings"]["embedding"]
-    head = nn.meta.unbox(MlmHead(config).init(jax.random.key(0), jnp.zeros((1, config.hidden_size)), emb)["params"])
-    params = {"bert": bert, "mlm_head": head, "mae_decoder": {"layer_0": bert["encoder"]["layer_0"]}}
+    head = nn.meta.unbox(
+        MlmHead(config).init(jax.random.key(0), jnp.zeros((1, config.hidden_size)), emb)["params"])
+    params = {
+        "bert": bert, "mlm_head": head, "mae_decoder": {"layer_0": bert["encoder"]["layer_0"]}
+    }
     return jax.tree.map(lambda x: x.astype(config.storage_dtype), params)
+
   return jax.eval_shape(build)
 
 
@@ -185,23 +204,28 @@ def abstract_batch(run: PretrainRun, length: int) -> dict[str, jax.ShapeDtypeStr
   """Shapes and dtypes of a batch padded to `length`, as the masker makes it."""
   B, i32 = run.blocks.data.batch_size, jnp.int32
   ke, kd = budget(length, run.masking.encoder_rate), budget(length, run.masking.decoder_rate)
-  return {"ids": jax.ShapeDtypeStruct((B, length), i32), "dec_ids": jax.ShapeDtypeStruct((B, length), i32),
-          "mask": jax.ShapeDtypeStruct((B, length), i32),
-          "mlm_positions": jax.ShapeDtypeStruct((B, ke), i32), "mlm_labels": jax.ShapeDtypeStruct((B, ke), i32),
-          "mae_positions": jax.ShapeDtypeStruct((B, kd), i32), "mae_labels": jax.ShapeDtypeStruct((B, kd), i32)}
+  return {
+      "ids": jax.ShapeDtypeStruct((B, length), i32), "dec_ids": jax.ShapeDtypeStruct(
+          (B, length), i32), "mask": jax.ShapeDtypeStruct((B, length), i32),
+      "mlm_positions": jax.ShapeDtypeStruct((B, ke), i32), "mlm_labels": jax.ShapeDtypeStruct(
+          (B, ke), i32), "mae_positions": jax.ShapeDtypeStruct(
+              (B, kd), i32), "mae_labels": jax.ShapeDtypeStruct((B, kd), i32)
+  }
 
 
-def train_program(config: ml_collections.ConfigDict, run: PretrainRun, length: int) -> trainer.TrainProgram:
+def train_program(config: ml_collections.ConfigDict, run: PretrainRun,
+                  length: int) -> trainer.TrainProgram:
   """The step over batches of data.batch_size windows of `length` tokens."""
   cfg, B = run.model.config, run.blocks.data.batch_size
   batch = abstract_batch(run, length)
   masked = (batch["mlm_positions"].shape[1], batch["mae_positions"].shape[1])
   flops = matmul_flops(cfg, B, length, run.train_pairs, run.blocks.smae.mode, masked)
-  return trainer.TrainProgram(lambda tx: run_step(run, tx), abstract_params(cfg), param_specs(cfg), batch,
-                              None, flops, f"batch {B} x {length} tokens")
+  return trainer.TrainProgram(lambda tx: run_step(run, tx), abstract_params(cfg), param_specs(cfg),
+                              batch, None, flops, f"batch {B} x {length} tokens")
 
 
-def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, masked: tuple[int, int]) -> int:
+def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str,
+                 masked: tuple[int, int]) -> int:
   """Model matmul FLOPs of one SMAE training step (forward and backward: x3) over `rows` texts of
   `length` tokens with `masked` = (encoder, decoder) gathered positions per row: the encoder to the
   deepest pair; per pair the MLM head on the encoder-masked positions (dense d x D, vocabulary
@@ -210,7 +234,7 @@ def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, m
   model FLOPs: the compiled program's count has them (HFU)."""
   D, V, I = config.hidden_size, config.vocab_size, config.intermediate_size
   encoder = config.replace(num_hidden_layers=max(n for n, _ in pairs)).matmul_flops(rows, length)
-  head = lambda d, k: 2 * rows * k * (d * D + D * V)  # noqa: E731
+  head = lambda d, k: 2 * rows * k * (d * D + D * V)
   layer = rows * length * (8 * D * D + 4 * D * I + 4 * length * D)
   total = encoder
   for _, d in pairs:
@@ -223,38 +247,44 @@ def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str, m
 # ---------------------------------------------------------------------------------------------
 # The run
 # ---------------------------------------------------------------------------------------------
-def pretrain(config: ml_collections.ConfigDict, workdir: str, run: PretrainRun) -> model_dirs.Pretrained:
+def pretrain(config: ml_collections.ConfigDict, workdir: str,
+             run: PretrainRun) -> model_dirs.Pretrained:
   """Pre-train from model.init_from (or resume the workdir); exports WORKDIR/bert_mlm."""
   c, d = run.blocks, run.blocks.data
-  setup = trainer.setup_model(c.model, run.model, default_length=run.model.config.max_position_embeddings)
+  setup = trainer.setup_model(c.model, run.model,
+                              default_length=run.model.config.max_position_embeddings)
   pre = setup.pretrained
-  batcher = TextBatcher(d.train, pre.tokenizer, Masker(pre.tokenizer, run.masking), batch_size=d.batch_size,
-                        max_length=setup.max_length, seed=c.seed, column=d.text_column, streaming=d.streaming,
-                        packing=d.packing, length_buckets=d.length_buckets, shuffle_buffer=d.shuffle_buffer,
-                        count_rows=d.count_rows)
+  batcher = TextBatcher(d.train, pre.tokenizer, Masker(pre.tokenizer,
+                                                       run.masking), batch_size=d.batch_size,
+                        max_length=setup.max_length, seed=c.seed, column=d.text_column,
+                        streaming=d.streaming, packing=d.packing, length_buckets=d.length_buckets,
+                        shuffle_buffer=d.shuffle_buffer, count_rows=d.count_rows)
   steps = trainer.total_steps(c.train, batcher)
   params = init_params(pre, setup.config, jax.random.key(c.seed))
-  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", c.smae.mode, steps, d.batch_size,
-           setup.max_length, run.train_pairs)
+  log.info("SMAE (%s) for %d steps, batch %d, max length %d, pairs %s", c.smae.mode, steps,
+           d.batch_size, setup.max_length, run.train_pairs)
 
-  trained = trainer.train_model(config, c, workdir, setup, params, lambda tx: run_step(run, tx), batcher, steps,
-                                param_specs=param_specs(setup.config))
+  trained = trainer.train_model(config, c, workdir, setup, params, lambda tx: run_step(run, tx),
+                                batcher, steps, param_specs=param_specs(setup.config))
   model = dataclasses.replace(pre, params={k: trained[k] for k in ("bert", "mlm_head")})
   if not sharding.is_primary():  # the primary process exports
     return model
-  out = model_dirs.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params, model.tokenizer,
-                                   sentence=model.sentence)
+  out = model_dirs.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params,
+                                   model.tokenizer, sentence=model.sentence)
   print(f"BertForMaskedLM: {out} (fine-tune from it with --config.model.init_from={out})")
   return model
 
 
-def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str, name: str) -> list[dict]:
+def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
+                 name: str) -> list[dict]:
   """Masked-token accuracy and loss of every pair (MLM) on `eval.text` -> WORKDIR/results/<name>.json."""
   c, e = run.blocks, run.blocks.eval
   if not e.text:
     return []
-  max_length = min(c.model.max_length or model.config.max_position_embeddings, model.config.max_position_embeddings)
-  batcher = TextBatcher(e.text, model.tokenizer, Masker(model.tokenizer, run.masking), batch_size=e.batch_size,
+  max_length = min(c.model.max_length or model.config.max_position_embeddings,
+                   model.config.max_position_embeddings)
+  batcher = TextBatcher(e.text, model.tokenizer, Masker(model.tokenizer,
+                                                        run.masking), batch_size=e.batch_size,
                         max_length=max_length, seed=c.seed + 1, column=e.text_column)
   pairs = run.model.pairs
   steps = batcher.steps_in(1)
@@ -270,9 +300,11 @@ def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str, n
     out = {}
     for n, d in pairs:
       logits = MlmHead(model.config).apply({"params": params["mlm_head"]},
-                                           _gather(hidden[n][:, :, :d], batch["mlm_positions"]), emb)
+                                           _gather(hidden[n][:, :, :d], batch["mlm_positions"]),
+                                           emb)
       valid = batch["mlm_labels"] >= 0
-      out[(n, d)] = (jnp.sum(jnp.where(valid, logits.argmax(-1) == batch["mlm_labels"], 0)),
+      out[(n, d)] = (jnp.sum(jnp.where(valid,
+                                       logits.argmax(-1) == batch["mlm_labels"], 0)),
                      losses.masked_lm_loss(logits, batch["mlm_labels"]) * valid.sum(), valid.sum())
     return out
 
@@ -289,8 +321,8 @@ def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str, n
   return results.report(workdir, name, records)
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, defaults: ml_collections.ConfigDict | None = None
-        ) -> list[dict]:
+def run(config: ml_collections.ConfigDict, workdir: str,
+        defaults: ml_collections.ConfigDict | None = None) -> list[dict]:
   """Pre-train, export and evaluate masked-token accuracy per pair.
   `defaults`: the config file's values, for resuming a run made before a key existed
   (workdir.check_resume)."""

@@ -49,25 +49,29 @@ def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[
       if os.path.exists(config_path):
         config = json.load(open(config_path))
         method = config.get("schedule", {}).get("method") or config.get("smae", {}).get("mode", "")
-      label = labels.get(os.path.normpath(run), labels.get(os.path.basename(os.path.normpath(run)), method))
+      label = labels.get(os.path.normpath(run),
+                         labels.get(os.path.basename(os.path.normpath(run)), method))
       for name in sorted(os.listdir(os.path.join(run, workdir_lib.RESULTS))):
         if not name.endswith(".json"):
           continue
         for r in json.load(open(os.path.join(run, workdir_lib.RESULTS, name))):
           if r.get("value") is None:  # a non-finite metric: an empty cell, not a number
             continue
-          out.append({**r, "run": run, "label": label or os.path.basename(run), "result": name[:-5]})
+          out.append(
+              {**r, "run": run, "label": label or os.path.basename(run), "result": name[:-5]})
   return out
 
 
-def by_run(records: list[dict[str, Any]], dataset: str, metric: str, split: str | None = None
-           ) -> dict[str, dict[str, dict[tuple[int, int], float]]]:
+def by_run(records: list[dict[str, Any]], dataset: str, metric: str,
+           split: str | None = None) -> dict[str, dict[str, dict[tuple[int, int], float]]]:
   """{label: {run: {pair: value}}} for one dataset, metric (and split): runs of one label are its seeds.
   Records of several splits need `split` (a ValueError otherwise: their values would mix)."""
   if split is None:
-    splits = sorted({r.get("split") for r in records if r["dataset"] == dataset and r["metric"] == metric})
+    splits = sorted(
+        {r.get("split") for r in records if r["dataset"] == dataset and r["metric"] == metric})
     if len(splits) > 1:
-      raise ValueError(f"{dataset} {metric} has splits {', '.join(map(str, splits))}: choose one (--split)")
+      raise ValueError(
+          f"{dataset} {metric} has splits {', '.join(map(str, splits))}: choose one (--split)")
   out: dict[str, dict[str, dict[tuple[int, int], float]]] = {}
   for r in records:
     mine = r["dataset"] == dataset and r["metric"] == metric and split in (None, r.get("split"))
@@ -76,8 +80,8 @@ def by_run(records: list[dict[str, Any]], dataset: str, metric: str, split: str 
   return out
 
 
-def table(records: list[dict[str, Any]], dataset: str, metric: str, pairs=None, split: str | None = None
-          ) -> tuple[list, dict]:
+def table(records: list[dict[str, Any]], dataset: str, metric: str, pairs=None,
+          split: str | None = None) -> tuple[list, dict]:
   """(pairs, {label: {pair: value}}) for one dataset and metric (and split); a pair several runs of a
   label hold (seeds) gets their mean. `pairs` default: every (layer, dim) seen, sorted."""
   rows = {label: _means(runs) for label, runs in by_run(records, dataset, metric, split).items()}
@@ -88,17 +92,19 @@ def table(records: list[dict[str, Any]], dataset: str, metric: str, pairs=None, 
 
 def _means(runs: dict[str, dict]) -> dict[tuple[int, int], float]:
   pairs = {p for row in runs.values() for p in row}
-  return {p: sum(row[p] for row in runs.values() if p in row) / sum(p in row for row in runs.values())
-          for p in sorted(pairs)}
+  return {
+      p: sum(row[p] for row in runs.values() if p in row) / sum(p in row for row in runs.values())
+      for p in sorted(pairs)
+  }
 
 
 def _sd(values: list[float]) -> float:
   mean = sum(values) / len(values)
-  return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+  return (sum((v - mean)**2 for v in values) / (len(values) - 1))**0.5
 
 
-def spreads(records: list[dict[str, Any]], dataset: str, metric: str, pairs, split: str | None = None
-            ) -> dict[str, dict[Any, tuple[float, int]]]:
+def spreads(records: list[dict[str, Any]], dataset: str, metric: str, pairs,
+            split: str | None = None) -> dict[str, dict[Any, tuple[float, int]]]:
   """{label: {pair or 'mean': (sample standard deviation, runs)}} where a label has several runs (its
   seeds) at that pair; 'mean' is over the runs' means over `pairs` (runs holding all of them)."""
   out = {}
@@ -108,7 +114,10 @@ def spreads(records: list[dict[str, Any]], dataset: str, metric: str, pairs, spl
       values = [row[p] for row in runs.values() if p in row]
       if len(values) > 1:
         cells[p] = (_sd(values), len(values))
-    means = [sum(row[p] for p in pairs) / len(pairs) for row in runs.values() if all(p in row for p in pairs)]
+    means = [
+        sum(row[p] for p in pairs) / len(pairs) for row in runs.values()
+        if all(p in row for p in pairs)
+    ]
     if len(means) > 1:
       cells["mean"] = (_sd(means), len(means))
     if cells:
@@ -132,8 +141,11 @@ def markdown(pairs, rows: dict[str, dict], *, digits: int = 4, spread: dict | No
       sd, n = spread[label][key]
       text += f" ± {sd:.{digits}f} ({n})"
     return text
-  lines = ["| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
-           "|---|" + "---:|" * (len(pairs) + 1)]
+
+  lines = [
+      "| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
+      "|---|" + "---:|" * (len(pairs) + 1)
+  ]
   for label, row in rows.items():
     cells = ["" if row.get(p) is None else cell(label, p, row[p], row[p] == best[p]) for p in pairs]
     mean = _mean_over(row, pairs)
@@ -145,21 +157,26 @@ def markdown(pairs, rows: dict[str, dict], *, digits: int = 4, spread: dict | No
 BEYOND = 2.0  # a difference counts when above BEYOND x the larger seed sd of the two labels
 
 
-def differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, *, digits: int = 4) -> str:
+def differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, *,
+                digits: int = 4) -> str:
   """Each label's value minus the baseline's per pair and for the mean over `pairs`, marked + or -
   where |difference| > BEYOND x the larger sample sd (over seeds) of the two labels; a label with
   one run brings no sd, and without the baseline's seeds nothing is marked (the table says so)."""
   if baseline not in rows:
-    raise ValueError(f"baseline {baseline!r} is not a label of the report; labels: {', '.join(rows)}")
+    raise ValueError(
+        f"baseline {baseline!r} is not a label of the report; labels: {', '.join(rows)}")
   base_sd = spread.get(baseline, {})
 
   def value(row, key):
     return _mean_over(row, pairs) if key == "mean" else row.get(key)
-  rule = (f"; + or - where it is beyond {BEYOND:g} x the larger seed sd of the two" if base_sd
-          else f": {baseline} has one run, so its spread is unknown and nothing is marked")
-  lines = [f"Difference from {baseline} per (layer, dim){rule}.", "",
-           "| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
-           "|---|" + "---:|" * (len(pairs) + 1)]
+
+  rule = (f"; + or - where it is beyond {BEYOND:g} x the larger seed sd of the two" if base_sd else
+          f": {baseline} has one run, so its spread is unknown and nothing is marked")
+  lines = [
+      f"Difference from {baseline} per (layer, dim){rule}.", "",
+      "| method | " + " | ".join(f"({n},{d})" for n, d in pairs) + " | mean |",
+      "|---|" + "---:|" * (len(pairs) + 1)
+  ]
   for label, row in rows.items():
     if label == baseline:
       continue
@@ -169,7 +186,7 @@ def differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, *, di
       if mine is None or theirs is None:
         cells.append("")
         continue
-      diff = mine - theirs if abs(mine - theirs) >= 0.5 * 10 ** -digits else 0.0  # no '-0.0000'
+      diff = mine - theirs if abs(mine - theirs) >= 0.5 * 10**-digits else 0.0  # no '-0.0000'
       sd = max(base_sd.get(key, (0.0, 1))[0], spread.get(label, {}).get(key, (0.0, 1))[0])
       beyond = key in base_sd and abs(diff) > BEYOND * sd
       cells.append(f"{diff:+.{digits}f}" + ((" +" if diff > 0 else " -") if beyond else ""))
@@ -180,9 +197,12 @@ def differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, *, di
 def grid_markdown(row: dict, *, digits: int = 4) -> str:
   """A layer x dim grid as a Markdown matrix: rows = layers, columns = dims."""
   layers, dims = sorted({n for n, _ in row}), sorted({d for _, d in row})
-  lines = ["| layers \\ dims | " + " | ".join(str(d) for d in dims) + " |", "|---|" + "---:|" * len(dims)]
+  lines = [
+      "| layers \\ dims | " + " | ".join(str(d) for d in dims) + " |", "|---|" + "---:|" * len(dims)
+  ]
   for n in layers:
-    lines.append(f"| {n} | " + " | ".join(f"{row[(n, d)]:.{digits}f}" if (n, d) in row else "" for d in dims) + " |")
+    lines.append(f"| {n} | " + " | ".join(f"{row[(n, d)]:.{digits}f}" if (n, d) in row else ""
+                                          for d in dims) + " |")
   return "\n".join(lines)
 
 
@@ -203,7 +223,9 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   _, full_rows = table(records, dataset, metric, split=split)
   if not full_rows:
     have = sorted({(r["dataset"], r.get("split"), r["metric"]) for r in records})
-    raise ValueError(f"no records for dataset={dataset!r} split={split!r} metric={metric!r}; the runs have {have}")
+    raise ValueError(
+        f"no records for dataset={dataset!r} split={split!r} metric={metric!r}; the runs have {have}"
+    )
   if pairs is None:  # the schedules' sizes: every pair of a run not evaluated on the whole grid
     schedules = [row for row in full_rows.values() if not is_grid(row)] or list(full_rows.values())
     pairs = sorted({p for row in schedules for p in row})
@@ -217,23 +239,28 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
     spread = spreads(records, dataset, metric, pairs, split)
     where = f"{dataset}{'/' + split if split else ''} {metric}"
     seeds = "; several runs of a method (seeds): mean ± sample standard deviation (runs)" if spread else ""
-    head += (f"{where} per (layer, dim); best per column in bold{seeds}.\n\n"
-             + markdown(pairs, rows, spread=spread) + "\n")
+    head += (f"{where} per (layer, dim); best per column in bold{seeds}.\n\n" +
+             markdown(pairs, rows, spread=spread) + "\n")
     if baseline:
       head += "\n" + differences(pairs, rows, spread, baseline) + "\n"
   with open(files["table"], "w", encoding="utf8") as f:
     f.write(head + grids)
-  files["sizes"] = plots.plot_sizes(pairs, rows, os.path.join(out, "sizes.png"), f"{dataset} {metric}")
+  files["sizes"] = plots.plot_sizes(pairs, rows, os.path.join(out, "sizes.png"),
+                                    f"{dataset} {metric}")
   if baseline and not all(is_grid(row) for row in full_rows.values()):
-    files["differences"] = plots.plot_differences(pairs, rows, spread, baseline, os.path.join(out, "differences.png"),
+    files["differences"] = plots.plot_differences(pairs, rows, spread, baseline,
+                                                  os.path.join(out, "differences.png"),
                                                   f"{dataset} {metric}", beyond=BEYOND)
   grids = {label: row for label, row in full_rows.items() if is_grid(row)}
-  grid = plots.plot_grids(grids, os.path.join(out, "grid.png"), f"{dataset} {metric}") if grids else None
+  grid = plots.plot_grids(grids, os.path.join(out, "grid.png"),
+                          f"{dataset} {metric}") if grids else None
   if grid:
     files["grid"] = grid
   runs = {}
   for r in records:
-    runs.setdefault(f"{r['label']} ({os.path.basename(r['run'])})" if r["label"] == "separate" else r["label"], r["run"])
+    runs.setdefault(
+        f"{r['label']} ({os.path.basename(r['run'])})" if r["label"] == "separate" else r["label"],
+        r["run"])
   curves = plots.plot_curves(runs, os.path.join(out, "curves.png"))
   if curves:
     files["curves"] = curves
@@ -248,7 +275,9 @@ def main(argv=None):
   p.add_argument("--metric", default="spearman_cosine")
   p.add_argument("--split", help="only this split of the dataset (e.g. dev or test)")
   p.add_argument("--title", default="")
-  p.add_argument("--baseline", help="a label: add each label's difference from it, marked beyond the seeds' spread")
+  p.add_argument(
+      "--baseline",
+      help="a label: add each label's difference from it, marked beyond the seeds' spread")
   p.add_argument("--label", action="append", default=[], help="RUN_DIR=LABEL (repeatable)")
   args = p.parse_args(argv)
   labels = {}
@@ -257,8 +286,8 @@ def main(argv=None):
       p.error(f"--label {item!r}: expected RUN_DIR=LABEL")
     run, label = item.split("=", 1)
     labels[run] = label
-  files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric, title=args.title,
-                split=args.split, baseline=args.baseline)
+  files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric,
+                title=args.title, split=args.split, baseline=args.baseline)
   print(open(files["table"]).read())
   for kind, path in files.items():
     print(f"{kind}: {path}")

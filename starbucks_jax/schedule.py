@@ -26,9 +26,11 @@ STARBUCKS = {
 def check_pair(layer: int, dim: int, num_layers: int, hidden_size: int, where: str = "") -> None:
   """A (layer, dim) sub-model must exist: 1 <= layer <= N, 1 <= dim <= D. `where` starts the message."""
   if not 1 <= layer <= num_layers:
-    raise InputError(f"{where}layer={layer} is outside 1..{num_layers} (the model has {num_layers} layers)")
+    raise InputError(
+        f"{where}layer={layer} is outside 1..{num_layers} (the model has {num_layers} layers)")
   if not 1 <= dim <= hidden_size:
-    raise InputError(f"{where}dim={dim} is outside 1..{hidden_size} (the model's hidden size is {hidden_size})")
+    raise InputError(
+        f"{where}dim={dim} is outside 1..{hidden_size} (the model's hidden size is {hidden_size})")
 
 
 def parse_pair(text: str, where: str = "") -> Pair:
@@ -67,7 +69,8 @@ def grid(num_layers: int, hidden_size: int, dims: Iterable[int]) -> tuple[Pair, 
 # ---------------------------------------------------------------------------------------------
 # What each method trains on a step (docs/method.md, "SRL fine-tuning" and "Baselines").
 # ---------------------------------------------------------------------------------------------
-METHODS = ("starbucks", "full", "mrl", "starbucks_mrl", "2dmse", "2dmse_retrieval", "grid", "separate")
+METHODS = ("starbucks", "full", "mrl", "starbucks_mrl", "2dmse", "2dmse_retrieval", "grid",
+           "separate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,16 +104,19 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
     return Plan(method, pairs, (N, D), layers + (N,), use_kl=True)
   if method == "full":  # the task loss on the last layer at full width
     return Plan(method, ((N, D),), (N, D), (N,), use_kl=False)
-  if method == "mrl":  # every dim of S on the last layer, no KL (sentence-transformers' MatryoshkaLoss)
+  # every dim of S on the last layer, no KL (sentence-transformers' MatryoshkaLoss)
+  if method == "mrl":
     return Plan(method, tuple((N, d) for d in dims), (N, D), (N,), use_kl=False)
   if method == "starbucks_mrl":  # the diagonal and every dim of S on the last layer, KL to (N, D)
     both = sorted(set(pairs) | {(N, d) for d in dims})
     return Plan(method, tuple(both), (N, D), layers + (N,), use_kl=True)
   if method == "grid":  # every layer of S with every dim of S, KL to (N, D)
-    return Plan(method, tuple((n, d) for n in layers for d in dims), (N, D), layers + (N,), use_kl=True)
-  if method == "2dmse":  # last layer + one sampled earlier hidden state (0..N-1), one sampled dim of S each
-    return Plan(method, (), (N, D), tuple(range(N + 1)), use_kl=True,
-                sample_layers=tuple(range(N)), sample_dims=dims)
+    return Plan(method, tuple((n, d) for n in layers for d in dims), (N, D), layers + (N,),
+                use_kl=True)
+  # last layer + one sampled earlier hidden state (0..N-1), one sampled dim of S each
+  if method == "2dmse":
+    return Plan(method, (), (N, D), tuple(range(N + 1)), use_kl=True, sample_layers=tuple(range(N)),
+                sample_dims=dims)
   if method == "2dmse_retrieval":  # one sampled layer of S (not N) + N, each with every dim of S
     return Plan(method, (), (N, D), layers + (N,), use_kl=True,
                 sample_layers=tuple(n for n in layers if n != N), sample_dims=dims)
@@ -119,13 +125,15 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
       raise ValueError("schedule.separate_pair: 'separate' trains one (layer, dim) pair; set it")
     n, d = separate_pair
     if separate_train_dim not in ("full", "dim"):
-      raise ValueError(f"schedule.separate_train_dim={separate_train_dim!r}; expected 'full' or 'dim'")
+      raise ValueError(
+          f"schedule.separate_train_dim={separate_train_dim!r}; expected 'full' or 'dim'")
     train_d = D if separate_train_dim == "full" else d
     return Plan(method, ((n, train_d),), (n, D), (n,), use_kl=False)
   raise ValueError(f"schedule.method={method!r}; expected one of {METHODS}")
 
 
-def plan_from_config(schedule_cfg, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int) -> Plan:
+def plan_from_config(schedule_cfg, pairs: tuple[Pair, ...], num_layers: int,
+                     hidden_size: int) -> Plan:
   """The schedule block's Plan over the validated `pairs`; a ConfigError names the key."""
   separate = None
   if schedule_cfg.method == "separate":

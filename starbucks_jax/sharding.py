@@ -79,14 +79,16 @@ def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> jax.sharding.M
   devices = list(jax.devices() if devices is None else devices)
   shape = list(shape)
   if len(shape) != 3 or shape.count(-1) > 1:
-    raise ValueError(f"mesh.shape={tuple(shape)}: expected (data, fsdp, tensor) with at most one -1")
+    raise ValueError(
+        f"mesh.shape={tuple(shape)}: expected (data, fsdp, tensor) with at most one -1")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
     if len(devices) % known:
       raise ValueError(f"mesh.shape={tuple(shape)} does not divide {len(devices)} devices")
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices; there are {len(devices)}")
+    raise ValueError(
+        f"mesh.shape={tuple(shape)} needs {int(np.prod(shape))} devices; there are {len(devices)}")
   types = (jax.sharding.AxisType.Auto,) * 3
   try:
     return jax.make_mesh(tuple(shape), AXES, axis_types=types, devices=devices)
@@ -140,15 +142,17 @@ def state_shardings(state, tx: optax.GradientTransformation, param_sharding: Any
   replicated = NamedSharding(mesh, P())
   moments = param_sharding
   if shard_optimizer:
-    moments = jax.tree_util.tree_map(lambda s, p: optimizer_sharding(s, p.shape, mesh), param_sharding,
-                                     state.params, is_leaf=lambda x: isinstance(x, NamedSharding))
+    moments = jax.tree_util.tree_map(lambda s, p: optimizer_sharding(s, p.shape, mesh),
+                                     param_sharding, state.params,
+                                     is_leaf=lambda x: isinstance(x, NamedSharding))
   opt = optax.tree_utils.tree_map_params(tx, lambda _, s: s, state.opt_state, moments,
                                          transform_non_params=lambda _: replicated,
                                          is_leaf=lambda x: isinstance(x, NamedSharding))
   return type(state)(step=replicated, params=param_sharding, opt_state=opt)
 
 
-def batch_shardings(batch: dict[str, np.ndarray], mesh, batch_axis: dict[str, int] | None = None) -> dict:
+def batch_shardings(batch: dict[str, np.ndarray], mesh,
+                    batch_axis: dict[str, int] | None = None) -> dict:
   """Each array split along its examples axis (0, or `batch_axis[key]`) over (data, fsdp)."""
   out = {}
   for k, v in batch.items():
@@ -164,8 +168,10 @@ def put_batch(batch: dict[str, np.ndarray], shardings: dict) -> dict[str, jax.Ar
   rows its own devices hold."""
   if jax.process_count() == 1:
     return jax.device_put(batch, {k: shardings[k] for k in batch})  # one call for every array
-  return {k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: v[index])
-          for k, v in batch.items()}
+  return {
+      k: jax.make_array_from_callback(np.shape(v), shardings[k], lambda index, v=v: v[index])
+      for k, v in batch.items()
+  }
 
 
 def to_host(tree) -> Any:

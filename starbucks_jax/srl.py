@@ -99,7 +99,8 @@ def _grad_cache(embed_rows, loss_of_pooled, k: int):
     for keys in _streams(batch):
       ids, mask = _flat(batch, *keys)
       if ids.shape[0] % k:
-        raise ValueError(f"train.grad_cache_chunks={k} does not divide the {ids.shape[0]} texts of {keys[0]}")
+        raise ValueError(
+            f"train.grad_cache_chunks={k} does not divide the {ids.shape[0]} texts of {keys[0]}")
       chunked.append((ids.reshape(k, -1, ids.shape[-1]), mask.reshape(k, -1, mask.shape[-1])))
 
     def embed_chunks(p, ids, mask, r):  # [k, rows/k, T] -> {layer: [rows, D]}, one chunk at a time
@@ -107,8 +108,10 @@ def _grad_cache(embed_rows, loss_of_pooled, k: int):
                         (ids, mask, jnp.arange(k)))
       return {n: v.reshape(-1, v.shape[-1]) for n, v in out.items()}
 
-    outs = [embed_chunks(jax.lax.stop_gradient(params), ids, mask, r)
-            for (ids, mask), r in zip(chunked, stream_rngs)]
+    outs = [
+        embed_chunks(jax.lax.stop_gradient(params), ids, mask, r)
+        for (ids, mask), r in zip(chunked, stream_rngs)
+    ]
     (loss, aux), g_outs = jax.value_and_grad(
         lambda o: loss_of_pooled(_assemble(batch, o), batch, sample_rng), has_aux=True)(outs)
 
@@ -127,8 +130,9 @@ def _grad_cache(embed_rows, loss_of_pooled, k: int):
 
 
 def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
-                  tx: optax.GradientTransformation, pooling: str, dropout: bool = True, grad_cache_chunks: int = 0,
-                  microbatches: int = 1, forward_splits: int = 1, packed: Packing | None = None) -> step_lib.TrainStep:
+                  tx: optax.GradientTransformation, pooling: str, dropout: bool = True,
+                  grad_cache_chunks: int = 0, microbatches: int = 1, forward_splits: int = 1,
+                  packed: Packing | None = None) -> step_lib.TrainStep:
   """The fine-tuning step of any plan (SRL or a baseline). grad_cache_chunks > 0: the gradient cache
   (embed every text without gradients, chunk by chunk; take the loss gradient w.r.t. the pooled
   vectors of every layer; then backprop chunk by chunk), so the contrastive batch is not bounded by
@@ -138,12 +142,14 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
   `packed`: batches of packed rows (`batching.Batcher` with pack_length), one forward; the loss sees
   the same [R, B, D] vectors as unpacked."""
   if packed and (grad_cache_chunks or microbatches > 1 or forward_splits > 1):
-    raise ValueError("packed batches are encoded in one forward: no gradient cache, microbatches or splits")
+    raise ValueError(
+        "packed batches are encoded in one forward: no gradient cache, microbatches or splits")
 
   def embed_rows(params, ids, mask, rng):  # [rows, T] -> {layer: pooled [rows, D]}
     return split_forward(
-        lambda i, m, r: pooled_layers(params, bert_cfg, i, m, plan.layers, pooling, deterministic=not dropout, rng=r),
-        ids, mask, rng, forward_splits)
+        lambda i, m, r: pooled_layers(params, bert_cfg, i, m, plan.layers, pooling,
+                                      deterministic=not dropout, rng=r), ids, mask, rng,
+        forward_splits)
 
   def loss_of_pooled(pooled, batch, sample_rng):
     teacher = batch.get("teacher")  # [B, R, D]: examples first in every batch layout
@@ -153,17 +159,24 @@ def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.Lo
 
   def embed_packed(params, batch, rng):  # packed rows -> {layer: [R, B, D]}
     R, B, S = packed.roles, packed.batch, packed.shards
-    out = pooled_layers_packed(params, bert_cfg, batch["ids"], batch["segments"], batch["positions"], plan.layers,
-                               pooling, R * B // S, S, deterministic=not dropout, rng=rng)
-    return {n: v.reshape(S, R, B // S, -1).transpose(1, 0, 2, 3).reshape(R, B, -1) for n, v in out.items()}
+    out = pooled_layers_packed(params, bert_cfg, batch["ids"], batch["segments"],
+                               batch["positions"], plan.layers, pooling, R * B // S, S,
+                               deterministic=not dropout, rng=rng)
+    return {
+        n: v.reshape(S, R, B // S, -1).transpose(1, 0, 2, 3).reshape(R, B, -1)
+        for n, v in out.items()
+    }
 
   def loss_fn(params, batch, rng):
     stream_rngs, sample_rng = _split_rngs(rng)
     if packed:
       return loss_of_pooled(embed_packed(params, batch, stream_rngs[0]), batch, sample_rng)
-    outs = [embed_rows(params, *_flat(batch, *keys), r) for keys, r in zip(_streams(batch), stream_rngs)]
+    outs = [
+        embed_rows(params, *_flat(batch, *keys), r)
+        for keys, r in zip(_streams(batch), stream_rngs)
+    ]
     return loss_of_pooled(_assemble(batch, outs), batch, sample_rng)
 
   cached = _grad_cache(embed_rows, loss_of_pooled, grad_cache_chunks) if grad_cache_chunks else None
-  return step_lib.make_step(loss_fn, tx, cached,
-                           microbatches=microbatches, batch_axes=ROLE_AXES, param_specs=param_logical_axes(bert_cfg))
+  return step_lib.make_step(loss_fn, tx, cached, microbatches=microbatches, batch_axes=ROLE_AXES,
+                            param_specs=param_logical_axes(bert_cfg))

@@ -50,14 +50,16 @@ def decay_mask(params) -> Any:
       {k: not (k[-1] == "bias" or "LayerNorm" in k) for k in flat})
 
 
-def make_optimizer(cfg, total_steps: int, lr: optax.Schedule | None = None) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int,
+                   lr: optax.Schedule | None = None) -> optax.GradientTransformation:
   """AdamW as the train block (config_blocks.Train) sets it: clipping, decay mask, non-finite skips."""
   lr = learning_rate_schedule(cfg, total_steps) if lr is None else lr
   chain = []
   if cfg.clip_grad_norm > 0:
     chain.append(optax.clip_by_global_norm(cfg.clip_grad_norm))
-  chain.append(optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2,
-                           eps=cfg.adam_eps, weight_decay=cfg.weight_decay, mask=decay_mask))
+  chain.append(
+      optax.adamw(lr, b1=cfg.adam_b1, b2=cfg.adam_b2, eps=cfg.adam_eps,
+                  weight_decay=cfg.weight_decay, mask=decay_mask))
   tx = optax.chain(*chain)
   if cfg.skip_nonfinite:  # a step with a non-finite gradient leaves params and moments unchanged
     tx = optax.apply_if_finite(tx, max_consecutive_errors=cfg.max_consecutive_nonfinite)
@@ -67,8 +69,9 @@ def make_optimizer(cfg, total_steps: int, lr: optax.Schedule | None = None) -> o
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
-def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *, microbatches: int = 1,
-              batch_axes: dict[str, int] | None = None, prepare=None, param_specs=None) -> TrainStep:
+def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *,
+              microbatches: int = 1, batch_axes: dict[str, int] | None = None, prepare=None,
+              param_specs=None) -> TrainStep:
   """The TrainStep of `loss_fn(params, batch, rng) -> (loss, aux)`: one gradient, one optimizer
   update; metrics are the loss, its aux terms and the grad norm. `value_and_grad(params, batch, rng)
   -> ((loss, aux), grads)` replaces jax.value_and_grad(loss_fn).
@@ -91,8 +94,10 @@ def make_step(loss_fn, tx: optax.GradientTransformation, value_and_grad=None, *,
 
   def update(state: TrainState, batch, rng):
     (loss, aux), grads = value_and_grad(state.params, batch, rng)
-    grads = nn.with_logical_constraint(grads, param_specs)  # a no-op without a mesh's rules in scope
-    with jax.named_scope("optimizer"):  # names the update's ops in the compiled program (hlo_costs.category)
+    # a no-op without a mesh's rules in scope
+    grads = nn.with_logical_constraint(grads, param_specs)
+    # names the update's ops in the compiled program (hlo_costs.category)
+    with jax.named_scope("optimizer"):
       updates, opt_state = tx.update(grads, state.opt_state, state.params)
       params = optax.apply_updates(state.params, updates)
       grad_norm = optax.global_norm(grads)

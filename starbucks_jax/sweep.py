@@ -36,14 +36,17 @@ class Run:
   config: str  # e.g. 'configs/ft.py:sts_cpu,method=2dmse'
   overrides: tuple[str, ...] = ()  # e.g. ('--config.train.epochs=1',); '{root}' expands to the root
   label: str = ""  # the report's row (default: the run's method)
-  result: str = "final"  # results/<result>.json marks the run done ('eval' for evaluation-only runs)
+  # results/<result>.json marks the run done ('eval' for evaluation-only runs)
+  result: str = "final"
 
   def workdir(self, root: str) -> str:
     return os.path.join(root, self.name)
 
   def command(self, root: str, python: str = sys.executable) -> list[str]:
-    return [python, "-m", "starbucks_jax.main", f"--config={self.config}", f"--workdir={self.workdir(root)}",
-            *(o.replace("{root}", root) for o in self.overrides)]
+    return [
+        python, "-m", "starbucks_jax.main", f"--config={self.config}",
+        f"--workdir={self.workdir(root)}", *(o.replace("{root}", root) for o in self.overrides)
+    ]
 
   def done(self, root: str, archive: str | None = None) -> bool:
     return self.records(root, archive) is not None
@@ -51,11 +54,10 @@ class Run:
   def records(self, root: str, archive: str | None = None) -> str | None:
     """The folder holding the finished run's results: its workdir, else its archived record."""
     for folder in (self.workdir(root), os.path.join(archive, self.name) if archive else None):
-      if folder and os.path.exists(os.path.join(folder, workdir_lib.RESULTS, f"{self.result}.json")):
+      if folder and os.path.exists(os.path.join(folder, workdir_lib.RESULTS,
+                                                f"{self.result}.json")):
         return folder
     return None
-
-
 
 
 def archive_run(workdir: str, dest: str) -> None:
@@ -102,11 +104,12 @@ def archive_finished(runs: Sequence[Run], root: str, archive: str) -> None:
       archive_run(run.workdir(root), os.path.join(archive, run.name))
 
 
-def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, into: str | None = None,
-                  archive: str | None = None) -> None:
+def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str,
+                  into: str | None = None, archive: str | None = None) -> None:
   """Each report's table and pictures, in its own folder or, given `into`, in into/<its name>."""
   for rep in reports:
-    out = rep.out if into is None else os.path.join(into, os.path.basename(os.path.normpath(rep.out)))
+    out = rep.out if into is None else os.path.join(into, os.path.basename(os.path.normpath(
+        rep.out)))
     chosen = [r for r in runs if any(r.name.startswith(prefix) for prefix in rep.runs)]
     finished = [r for r in chosen if r.done(root, archive)]
     if not finished:
@@ -115,8 +118,9 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, int
     folders = {r.name: r.records(root, archive) for r in finished}
     labels = {os.path.normpath(folders[r.name]): r.label for r in finished if r.label}
     records = report.collect([folders[r.name] for r in finished], labels)
-    files = report.write(records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title, split=rep.split,
-                         baseline=rep.baseline if rep.baseline in {r.label for r in finished} else None)
+    files = report.write(
+        records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title, split=rep.split,
+        baseline=rep.baseline if rep.baseline in {r.label for r in finished} else None)
     missing = [r.name for r in chosen if not r.done(root, archive)]
     commits = {}
     for r in finished:
@@ -124,9 +128,10 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str, int
       commit = json.load(open(info))[-1]["commit"] if os.path.exists(info) else "not recorded"
       commits.setdefault(commit, []).append(r.name)
     with open(files["table"], "a", encoding="utf8") as f:
-      f.write(f"\nRuns: {', '.join(r.name for r in finished)} (under `{root}`). Code: "
-              + "; ".join(f"`{c}`: {', '.join(names)}" for c, names in commits.items()) + ".\n")
-      script = os.path.relpath(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "SWEEP.py"
+      f.write(f"\nRuns: {', '.join(r.name for r in finished)} (under `{root}`). Code: " +
+              "; ".join(f"`{c}`: {', '.join(names)}" for c, names in commits.items()) + ".\n")
+      script = os.path.relpath(
+          sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "SWEEP.py"
       f.write(f"Reproduce: `python {script} " + " ".join(f"--only {p}" for p in rep.runs) + "`\n")
       if missing:
         f.write(f"Not finished yet (the same command resumes them): {', '.join(missing)}.\n")
@@ -151,4 +156,5 @@ def main(runs: Sequence[Run], reports: Sequence[Report] = (), *, default_root: s
   if not args.report_only:
     launch(chosen, args.root, print_only=args.print_only, archive=archive)
   if not args.print_only:
-    write_reports(runs, reports, args.root, None if same_root else os.path.join(args.root, "reports"), archive)
+    write_reports(runs, reports, args.root,
+                  None if same_root else os.path.join(args.root, "reports"), archive)

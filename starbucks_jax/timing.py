@@ -77,7 +77,6 @@ class ProfileWindow:
   for XProf / TensorBoard's profile plugin: `tensorboard --logdir WORKDIR/profile` (with
   tensorboard-plugin-profile) or `xprof --logdir WORKDIR/profile`. The first step of a window is
   usually a compile: start after it to see steady steps."""
-
   def __init__(self, workdir: str, steps=()):
     self.folder = os.path.join(workdir, PROFILE_DIR)
     self.start, self.end = (int(steps[0]), int(steps[1])) if steps else (-1, -1)

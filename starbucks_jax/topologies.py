@@ -17,11 +17,19 @@ from starbucks_jax.config_lib import InputError
 
 # Cloud names (TensorCores for v4 / v5p, chips for v5e / v6e) -> JAX topology names.
 TOPOLOGIES = {
-    "v4-8": "v4:2x2x1", "v4-32": "v4:2x2x4",
-    "v5e-1": "v5e:1x1", "v5e-4": "v5e:2x2", "v5e-8": "v5e:2x4", "v5e-32": "v5e:4x8",
-    "v5p-8": "v5p:2x2x1", "v5p-32": "v5p:2x2x4",
-    "v6e-1": "v6e:1x1", "v6e-4": "v6e:2x2", "v6e-8": "v6e:2x4",
+    "v4-8": "v4:2x2x1",
+    "v4-32": "v4:2x2x4",
+    "v5e-1": "v5e:1x1",
+    "v5e-4": "v5e:2x2",
+    "v5e-8": "v5e:2x4",
+    "v5e-32": "v5e:4x8",
+    "v5p-8": "v5p:2x2x1",
+    "v5p-32": "v5p:2x2x4",
+    "v6e-1": "v6e:1x1",
+    "v6e-4": "v6e:2x2",
+    "v6e-8": "v6e:2x4",
 }
+
 
 class CompileError(InputError):
   """What stops a compilation, in one line that says what to do."""
@@ -73,8 +81,10 @@ def usable_hbm(topo: Topology) -> float:
     return topo.spec.hbm_bytes * gpu_targets.CLIENT_MEM_FRACTION
   if topo.chip not in _USABLE:
     mesh = jax.sharding.Mesh(np.array(topo.devices[:1]), ("x",))
-    huge = jax.ShapeDtypeStruct((2**16, 2**16, 16), jnp.float32,  # 256 GiB
-                                sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+    huge = jax.ShapeDtypeStruct(
+        (2**16, 2**16, 16),
+        jnp.float32,  # 256 GiB
+        sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
     result = compiled_or_oom(jax.jit(lambda x: x * 2 + 1).lower(huge))
     if not isinstance(result, OutOfMemory):
       raise CompileError(f"{topo.chip}: a 256 GiB program compiled; cannot read the usable HBM")
@@ -96,8 +106,9 @@ def topology(name: str) -> Topology:
                        f"pip install 'jax[tpu]=={jax.__version__}')") from None
   jax_name = TOPOLOGIES.get(name, name)
   if ":" not in jax_name:
-    raise CompileError(f"--topology={name!r} is unknown; expected one of {sorted(TOPOLOGIES)}, JAX's "
-                       f"'v5e:2x4' form, or GPUs: {sorted(gpu_targets.GPUS)}[xN]")
+    raise CompileError(
+        f"--topology={name!r} is unknown; expected one of {sorted(TOPOLOGIES)}, JAX's "
+        f"'v5e:2x4' form, or GPUs: {sorted(gpu_targets.GPUS)}[xN]")
   options = {"chips_per_host_bounds": (1, 1, 1)} if jax_name.endswith(":1x1") else {}
   # libtpu locks /tmp/libtpu_lockfile for one process per host (a TPU VM's chips); compiling only, any
   # number of processes may load it
@@ -115,15 +126,19 @@ def topology(name: str) -> Topology:
 
 def gpu_topology(name: str, gpu: gpu_targets.Gpu, count: int) -> Topology:
   """`count` GPUs of one host, from the CUDA plugin's deviceless topology (gpu_targets)."""
-  if jax.config.jax_platforms != "cpu":  # the plugin checks for a CUDA driver unless only the CPU was asked for
-    raise CompileError(f"--topology={name!r}: compiling for a GPU without one needs JAX_PLATFORMS=cpu set "
-                       "before jax starts (python -m starbucks_jax.compile sets it)")
+  # the plugin checks for a CUDA driver unless only the CPU was asked for
+  if jax.config.jax_platforms != "cpu":
+    raise CompileError(
+        f"--topology={name!r}: compiling for a GPU without one needs JAX_PLATFORMS=cpu set "
+        "before jax starts (python -m starbucks_jax.compile sets it)")
   from jax.experimental import topologies as jax_topologies
   try:
-    desc = jax_topologies.get_topology_desc(platform="cuda", target_config=gpu_targets.target_config(gpu),
-                                        topology=f"1x1x{count}")
+    desc = jax_topologies.get_topology_desc(platform="cuda",
+                                            target_config=gpu_targets.target_config(gpu),
+                                            topology=f"1x1x{count}")
   except NotImplementedError:
-    raise CompileError(f"--topology={name!r} needs the CUDA plugin: pip install -e '.[gpu]'") from None
+    raise CompileError(
+        f"--topology={name!r} needs the CUDA plugin: pip install -e '.[gpu]'") from None
   except Exception as e:  # noqa: BLE001 (the plugin raises its own runtime errors)
     raise CompileError(f"--topology={name!r}: {str(e).splitlines()[0]}") from None
   return Topology(name, tuple(desc.devices), gpu.name, 1)

@@ -83,8 +83,8 @@ class ModelSpec:
       raise ConfigError(f"model.max_length={model.max_length} exceeds the backbone's "
                         f"max_position_embeddings={backbone.max_position_embeddings}")
     with config_errors():
-      pairs = schedule.validate(schedule_block.pairs, backbone.num_hidden_layers, backbone.hidden_size,
-                                key="schedule.pairs")
+      pairs = schedule.validate(schedule_block.pairs, backbone.num_hidden_layers,
+                                backbone.hidden_size, key="schedule.pairs")
     return cls(dir=model_dir, config=backbone, pairs=pairs)
 
 
@@ -100,17 +100,20 @@ def check_train(c, mesh: jax.sharding.Mesh) -> None:
     raise ConfigError(f"train.microbatches={k} does not divide data.batch_size={batch}")
   data = sharding.data_parallel_size(mesh)
   if (batch // k) % data:
-    raise ConfigError(f"data.batch_size={batch}" + (f" / train.microbatches={k}" if k > 1 else "")
-                      + f" does not split over the mesh's {data} data-parallel devices "
+    raise ConfigError(f"data.batch_size={batch}" + (f" / train.microbatches={k}" if k > 1 else "") +
+                      f" does not split over the mesh's {data} data-parallel devices "
                       f"(mesh.shape={tuple(c.mesh.shape)})")
-  platform = mesh.devices.flat[0].platform  # cuDNN's kernel elsewhere would fail to lower at the first step
+  # cuDNN's kernel elsewhere would fail to lower at the first step
+  platform = mesh.devices.flat[0].platform
   if c.model.attention == "cudnn" and platform != "gpu":
-    raise ConfigError(f"model.attention='cudnn' is cuDNN's kernel for NVIDIA GPUs; this run's devices are "
-                      f"{platform}: use 'dot_product' (XLA's fused core) or 'standard'")
+    raise ConfigError(
+        f"model.attention='cudnn' is cuDNN's kernel for NVIDIA GPUs; this run's devices are "
+        f"{platform}: use 'dot_product' (XLA's fused core) or 'standard'")
 
 
-def start(config: ml_collections.ConfigDict, workdir: str, describe: Callable[[ml_collections.ConfigDict], Any],
-          defaults: ml_collections.ConfigDict | None = None):
+def start(config: ml_collections.ConfigDict, workdir: str,
+          describe: Callable[[ml_collections.ConfigDict],
+                             Any], defaults: ml_collections.ConfigDict | None = None):
   """A run's first steps: jax.distributed (when several processes), `describe(config)` (the
   objective's checks, before any compute; its result is the run's description), and, in a workdir
   that has a run, the check that this config continues it (`defaults`: check_resume). Writes nothing
@@ -143,7 +146,8 @@ def setup_model(model: config_blocks.Model, spec: ModelSpec, *, default_length: 
   max_length = min(model.max_length or default_length or pre.sentence.max_seq_length, limit)
   sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None,
                                  **({"pooling": pooling} if pooling else {}))
-  return Setup(pretrained=dataclasses.replace(pre, sentence=sentence), config=spec.config, max_length=max_length)
+  return Setup(pretrained=dataclasses.replace(pre, sentence=sentence), config=spec.config,
+               max_length=max_length)
 
 
 def total_steps(train_cfg: config_blocks.Train, batcher) -> int:
@@ -152,8 +156,8 @@ def total_steps(train_cfg: config_blocks.Train, batcher) -> int:
 
 
 def train_model(config: ml_collections.ConfigDict, c, workdir: str, setup: Setup, params,
-                step_for: Callable[[optax.GradientTransformation], step_lib.TrainStep], batcher, steps: int, *,
-                param_specs, batch_axes: dict[str, int] | None = None):
+                step_for: Callable[[optax.GradientTransformation], step_lib.TrainStep], batcher,
+                steps: int, *, param_specs, batch_axes: dict[str, int] | None = None):
   """Writes the run's weightless model description (WORKDIR/model), builds the optimizer for
   `steps` from the typed config `c`'s train block, fits `step_for(optimizer)` on the batcher's batches from `params` (cast to the storage
   dtype) and returns the trained parameters as float32 numpy on every process."""
@@ -163,6 +167,7 @@ def train_model(config: ml_collections.ConfigDict, c, workdir: str, setup: Setup
   tx = step_lib.make_optimizer(c.train, steps, lr)
   params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, setup.config.storage_dtype), params)
   state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
-  state = loop.fit(config, c, workdir, state, step_for(tx).update, batcher, steps, lr, tx=tx,
-                   param_specs=param_specs, batch_axes=batch_axes)
+  state = loop.fit(config, c, workdir, state,
+                   step_for(tx).update, batcher, steps, lr, tx=tx, param_specs=param_specs,
+                   batch_axes=batch_axes)
   return jax.tree_util.tree_map(lambda x: x.astype(np.float32), sharding.to_host(state.params))

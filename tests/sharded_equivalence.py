@@ -29,14 +29,17 @@ def main():
   plan = schedule.plan("starbucks", ((1, 16), (2, 32)), 2, 32)
   # adam_eps 1e-6: with 1e-8, AdamW's first update is ~lr * sign(g) and float noise in near-zero
   # gradients (units dropout zeroed) would decide the update check, not the sharding.
-  tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=1.0,
-                                        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-6, weight_decay=0.01,
-                                        skip_nonfinite=False, max_consecutive_nonfinite=1))
+  tcfg = ml_collections.ConfigDict(
+      dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=1.0, adam_b1=0.9,
+           adam_b2=0.999, adam_eps=1e-6, weight_decay=0.01, skip_nonfinite=False,
+           max_consecutive_nonfinite=1))
   tx = step_lib.make_optimizer(tcfg, 10)
   step = srl.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=True)
   rng = np.random.default_rng(0)
-  batch = {"ids": rng.integers(5, cfg.vocab_size, (3, 8, 12)).astype(np.int32),
-           "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 8, 1))).astype(np.int32)}
+  batch = {
+      "ids": rng.integers(5, cfg.vocab_size, (3, 8, 12)).astype(np.int32),
+      "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 8, 1))).astype(np.int32)
+  }
   state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
   key = jax.random.key(1)
 
@@ -53,24 +56,31 @@ def main():
       p_sh = sharding.param_shardings(specs, mesh)
       s_sh = sharding.state_shardings(state, tx, p_sh, mesh, shard_optimizer=zero)
       b_sh = sharding.batch_shardings(batch, mesh, {"ids": 1, "mask": 1})
-      sharded_step = jax.jit(step.update, in_shardings=(s_sh, b_sh, None), out_shardings=(s_sh, None))
-      new_state, metrics = sharded_step(sharding.shard_state(state, s_sh), sharding.put_batch(batch, b_sh), key)
+      sharded_step = jax.jit(step.update, in_shardings=(s_sh, b_sh, None),
+                             out_shardings=(s_sh, None))
+      new_state, metrics = sharded_step(sharding.shard_state(state, s_sh),
+                                        sharding.put_batch(batch, b_sh), key)
       grad_diff = None
       if shape == (4, 1, 2):  # gradients on the richest mesh (the others check loss, norm, update)
-        grads = jax.jit(grad_fn, in_shardings=(p_sh, b_sh, None), out_shardings=p_sh)(
-            sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
+        grads = jax.jit(grad_fn, in_shardings=(p_sh, b_sh, None),
+                        out_shardings=p_sh)(sharding.shard_state(params, p_sh),
+                                            sharding.put_batch(batch, b_sh), key)
         grad_diff = max_rel_diff(grads, ref_grads)[0]
     kernel = new_state.params["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"]
     results[str(shape) + (" shard_optimizer" if zero else "")] = {
         "loss": [float(metrics["loss"]), float(ref_metrics["loss"])],
-        "grad_norm": [float(metrics["grad_norm"]), float(ref_metrics["grad_norm"])],
+        "grad_norm": [float(metrics["grad_norm"]),
+                      float(ref_metrics["grad_norm"])],
         "max_param_diff": max_abs_diff(new_state.params, ref_state.params),
         "max_grad_diff_rel": grad_diff,
         "kernel_sharding": str(kernel.sharding.spec),
-        "mu_sharding": str(new_state.opt_state[1][0].mu["encoder"]["layer_0"]["intermediate"]["dense"]["kernel"].sharding.spec),
+        "mu_sharding": str(new_state.opt_state[1][0].mu["encoder"]["layer_0"]["intermediate"]
+                           ["dense"]["kernel"].sharding.spec),
     }
-  big = {"ids": rng.integers(5, cfg.vocab_size, (3, 16, 12)).astype(np.int32),
-         "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 16, 1))).astype(np.int32)}
+  big = {
+      "ids": rng.integers(5, cfg.vocab_size, (3, 16, 12)).astype(np.int32),
+      "mask": (np.arange(12)[None, None] < rng.integers(4, 13, (3, 16, 1))).astype(np.int32)
+  }
   mesh = sharding.make_mesh((8, 1, 1))
 
   def on_data_mesh(step, ref_step, batch=big, axes=srl.ROLE_AXES):
@@ -80,14 +90,18 @@ def main():
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.RULES):
       p_sh = sharding.param_shardings(specs, mesh)
       b_sh = sharding.batch_shardings(batch, mesh, axes)
-      (loss, _), grads = jax.jit(step.value_and_grad, in_shardings=(p_sh, b_sh, None), out_shardings=(None, p_sh))(
-          sharding.shard_state(params, p_sh), sharding.put_batch(batch, b_sh), key)
-    return {"loss": [float(loss), float(ref_loss)],
-            "grad_norm": [norm(grads), norm(ref_grads)],
-            "max_grad_diff_rel": max_rel_diff(grads, ref_grads)[0]}
+      (loss, _), grads = jax.jit(step.value_and_grad, in_shardings=(p_sh, b_sh, None),
+                                 out_shardings=(None, p_sh))(sharding.shard_state(params, p_sh),
+                                                             sharding.put_batch(batch, b_sh), key)
+    return {
+        "loss": [float(loss), float(ref_loss)], "grad_norm": [norm(grads),
+                                                              norm(ref_grads)],
+        "max_grad_diff_rel": max_rel_diff(grads, ref_grads)[0]
+    }
 
   def srl_step(**kw):
-    return srl.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False, **kw)
+    return srl.make_srl_step(cfg, plan, losses.LossConfig(kl="scores"), tx, "mean", dropout=False,
+                             **kw)
 
   # Gradient accumulation: 2 strided microbatches of 8, each split over 8 devices (vs itself on one).
   acc_step = srl_step(microbatches=2)
@@ -105,15 +119,16 @@ def main():
   call = attention.fa.pl.pallas_call
   attention.fa.pl.pallas_call = lambda *a, **k: call(*a, **{**k, "interpret": True})
   mesh = sharding.make_mesh((4, 1, 2))
-  flash = srl.make_srl_step(dataclasses.replace(cfg, attention="flash"), plan, losses.LossConfig(kl="scores"),
-                                 tx, "mean", dropout=False)
+  flash = srl.make_srl_step(dataclasses.replace(cfg, attention="flash"), plan,
+                            losses.LossConfig(kl="scores"), tx, "mean", dropout=False)
   results["flash (4, 1, 2)"] = on_data_mesh(flash, plain)
   json.dump(results, sys.stdout)
 
 
 def norm(tree) -> float:
   """The global L2 norm of a tree, in NumPy (float64; optax.global_norm eagerly would compile per shape)."""
-  return float(np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree_util.tree_leaves(tree))))
+  return float(
+      np.sqrt(sum(np.sum(np.asarray(x, np.float64)**2) for x in jax.tree_util.tree_leaves(tree))))
 
 
 def packed(batch, shards: int, length: int) -> dict:
@@ -128,8 +143,10 @@ def packed(batch, shards: int, length: int) -> dict:
     lengths = np.array([mask[r, b].sum() for r, b in texts])
     placed.append((texts, lengths, *pack_texts(lengths, length)))
   P = max(p[-1] for p in placed)
-  out = {"ids": np.zeros((shards * P, length), np.int32), "segments": np.full((shards * P, length), -1, np.int32),
-         "positions": np.zeros((shards * P, length), np.int32)}
+  out = {
+      "ids": np.zeros((shards * P, length), np.int32), "segments": np.full(
+          (shards * P, length), -1, np.int32), "positions": np.zeros((shards * P, length), np.int32)
+  }
   for s, (texts, lengths, row, offset, _) in enumerate(placed):
     for n, ((r, b), k, i, o) in enumerate(zip(texts, lengths, row, offset)):
       at = (s * P + i, slice(o, o + k))

@@ -22,7 +22,8 @@ st_losses = pytest.importorskip("sentence_transformers.losses")
 F = torch.nn.functional
 
 PAIRS = ((1, 8), (2, 16), (3, 32))
-DRAWS = ((1, 16, 8), (0, 32, 16))  # (sampled hidden state, dim at the last layer, dim at that layer)
+# (sampled hidden state, dim at the last layer, dim at that layer)
+DRAWS = ((1, 16, 8), (0, 32, 16))
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +43,19 @@ def st_model(path):
 
 
 def features(ids, mask):
-  return [{"input_ids": torch.as_tensor(i), "attention_mask": torch.as_tensor(m),
-           "token_type_ids": torch.zeros_like(torch.as_tensor(i))} for i, m in zip(ids, mask)]
+  return [{
+      "input_ids": torch.as_tensor(i), "attention_mask": torch.as_tensor(m),
+      "token_type_ids": torch.zeros_like(torch.as_tensor(i))
+  } for i, m in zip(ids, mask)]
 
 
 def grads_of(model, loss):
   model.zero_grad()
   loss.backward()
   bert = model[0].auto_model
-  return float(loss.detach()), {n: p.grad.numpy().copy() for n, p in bert.named_parameters() if p.grad is not None}
+  return float(loss.detach()), {
+      n: p.grad.numpy().copy() for n, p in bert.named_parameters() if p.grad is not None
+  }
 
 
 def installed(path, ids, mask, draw, weighting, monkeypatch):
@@ -60,7 +65,8 @@ def installed(path, ids, mask, draw, weighting, monkeypatch):
                                     [d for _, d in PAIRS], layer_weighting=weighting)
   dims = loss.loss.matryoshka_dims  # the MatryoshkaLoss inside, dims sorted large to small
   layer, d_last, d_layer = draw
-  picks = iter([[dims.index(d_last)], [layer], [dims.index(d_layer)]])  # the order the loss draws in
+  # the order the loss draws in
+  picks = iter([[dims.index(d_last)], [layer], [dims.index(d_layer)]])
 
   def sample(population, k):
     pick = next(picks)
@@ -83,7 +89,8 @@ def equations(path, ids, mask, draw, *, linear: bool, detach: bool):
   pooled = {}
   for i, m in zip(ids, mask):
     m = torch.as_tensor(m)
-    hs = bert(input_ids=torch.as_tensor(i), attention_mask=m, output_hidden_states=True).hidden_states
+    hs = bert(input_ids=torch.as_tensor(i), attention_mask=m,
+              output_hidden_states=True).hidden_states
     w = m.unsqueeze(-1).float()
     for n in (layer, bert.config.num_hidden_layers):
       pooled.setdefault(n, []).append((hs[n] * w).sum(1) / w.sum(1).clamp(min=1e-9))
@@ -97,7 +104,8 @@ def equations(path, ids, mask, draw, *, linear: bool, detach: bool):
   teacher = F.softmax(torch.cat(final) / 0.3, dim=-1)
   teacher = teacher.detach() if detach else teacher
   kl = F.kl_div(F.log_softmax(torch.cat(student) / 0.3, dim=-1), teacher, reduction="batchmean")
-  value = mnrl(final, d_last) + (1.0 / (1 + layer) if linear else 1.0) * mnrl(student, d_layer) + 0.3 * kl
+  value = mnrl(final, d_last) + (1.0 /
+                                 (1 + layer) if linear else 1.0) * mnrl(student, d_layer) + 0.3 * kl
   return grads_of(model, value)
 
 
@@ -116,7 +124,8 @@ def ours(path, ids, mask, method):
                            plan.layers, "mean")
     return losses.plan_loss(plan, pooled, loss_cfg, rng=key)[0]
 
-  value_and_grad, sample = jax.jit(jax.value_and_grad(loss)), jax.jit(lambda k: schedule.sample(plan, k))
+  value_and_grad, sample = jax.jit(
+      jax.value_and_grad(loss)), jax.jit(lambda k: schedule.sample(plan, k))
   out = {}
   for key in range(200):  # a key whose draw is each of DRAWS
     d = sample(jax.random.key(key))
@@ -124,7 +133,8 @@ def ours(path, ids, mask, method):
             plan.sample_dims[int(d["dim_layer"])])
     if draw in DRAWS and draw not in out:
       value, grads = value_and_grad(pre.params["bert"], jax.random.key(key))
-      out[draw] = (float(value), hf.params_to_hf({"bert": jax.device_get(grads)}, cfg, prefixed=False))
+      out[draw] = (float(value),
+                   hf.params_to_hf({"bert": jax.device_get(grads)}, cfg, prefixed=False))
   assert set(out) == set(DRAWS), "no key draws every case"
   return out
 

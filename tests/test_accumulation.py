@@ -15,26 +15,33 @@ from conftest import REPO, make_hf_bert, make_tokenizer, max_rel_diff, tiny_srl_
 
 
 def optimizer(steps=10):
-  tcfg = ml_collections.ConfigDict(dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=0.0,
-                                        adam_b1=0.9, adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01,
-                                        skip_nonfinite=False, max_consecutive_nonfinite=1))
+  tcfg = ml_collections.ConfigDict(
+      dict(lr=1e-3, warmup_ratio=0.0, decay="linear", clip_grad_norm=0.0, adam_b1=0.9,
+           adam_b2=0.999, adam_eps=1e-8, weight_decay=0.01, skip_nonfinite=False,
+           max_consecutive_nonfinite=1))
   return step_lib.make_optimizer(tcfg, steps)
 
 
 def test_split_keeps_each_query_with_its_group_and_strides():
   B, G, k = 6, 3, 3
-  batch = {"query_ids": np.arange(B)[:, None] * np.ones((1, 4), int),  # row value = query index
-           "passage_ids": np.repeat(np.arange(B), G)[:, None] * 10 + np.arange(4)[None],  # query*10 + col
-           "ids": np.arange(2 * B).reshape(2, B, 1) * np.ones((1, 1, 5), int),  # roles layout [R, B, T]
-           "count": np.asarray(7)}
+  batch = {
+      "query_ids": np.arange(B)[:, None] * np.ones((1, 4), int),  # row value = query index
+      # query*10 + col
+      "passage_ids": np.repeat(np.arange(B), G)[:, None] * 10 + np.arange(4)[None],
+      # roles layout [R, B, T]
+      "ids": np.arange(2 * B).reshape(2, B, 1) * np.ones((1, 1, 5), int),
+      "count": np.asarray(7)
+  }
   out = jax.device_get(step_lib.split_microbatches(batch, k, {"ids": 1}))
   for j in range(k):
     queries = list(range(j, B, k))  # strided: every microbatch sees every data-parallel shard
     assert out["query_ids"][j][:, 0].tolist() == queries
-    assert out["passage_ids"][j][:, 0].tolist() == [10 * q for q in queries for _ in range(G)]  # i*G layout
+    # i*G layout
+    assert out["passage_ids"][j][:, 0].tolist() == [10 * q for q in queries for _ in range(G)]
     np.testing.assert_array_equal(out["ids"][j][:, :, 0], batch["ids"][:, j::k, 0])
     assert out["count"][j] == 7
-  with pytest.raises(ValueError, match="train.microbatches=4 does not divide the batch's 6 examples"):
+  with pytest.raises(ValueError,
+                     match="train.microbatches=4 does not divide the batch's 6 examples"):
     step_lib.split_microbatches(batch, 4, {"ids": 1})
 
 
@@ -79,11 +86,14 @@ def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path):
   k, B, G = 2, 6, 3
   (q, qm), (p, pm) = ids_mask(B, 6), ids_mask(B * G, 10)
   batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
-  grouped = lambda a, j: a.reshape(B, G, -1)[j::k].reshape(-1, a.shape[-1])  # noqa: E731
-  micro = [{"query_ids": q[j::k], "query_mask": qm[j::k], "passage_ids": grouped(p, j),
-            "passage_mask": grouped(pm, j)} for j in range(k)]
+  grouped = lambda a, j: a.reshape(B, G, -1)[j::k].reshape(-1, a.shape[-1])
+  micro = [{
+      "query_ids": q[j::k], "query_mask": qm[j::k], "passage_ids": grouped(p, j),
+      "passage_mask": grouped(pm, j)
+  } for j in range(k)]
   key = jax.random.key(3)
-  plain = jax.jit(srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
+  plain = jax.jit(
+      srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False).value_and_grad)
   accumulated = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, microbatches=k)
   (loss, aux), grads = jax.jit(accumulated.value_and_grad)(params, batch, key)
   parts = [plain(params, m, jax.random.fold_in(key, j)) for j, m in enumerate(micro)]
@@ -97,12 +107,14 @@ def test_srl_accumulation_is_the_mean_of_its_microbatch_steps(tmp_path):
 def test_microbatches_config_errors_name_the_key():
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
   cfg.train.microbatches = 3
-  with pytest.raises(config_lib.ConfigError, match=r"train.microbatches=3 does not divide data.batch_size"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"train.microbatches=3 does not divide data.batch_size"):
     finetune.describe(cfg)
   cfg.train.microbatches = 0
   with pytest.raises(config_lib.ConfigError, match=r"train.microbatches"):
     finetune.describe(cfg)
   pt = config_lib.load_config(str(REPO / "configs" / "pt.py") + ":demo")
   pt.train.microbatches = 32
-  with pytest.raises(config_lib.ConfigError, match=r"train.microbatches=32 does not divide data.batch_size=16"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"train.microbatches=32 does not divide data.batch_size=16"):
     pretrain.describe(pt)

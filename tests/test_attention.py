@@ -25,12 +25,14 @@ def on_this_cpu(monkeypatch):
   """The flash kernel is a TPU (Mosaic) kernel: on this CPU it runs in Pallas' interpreter. The cuDNN
   core's jax.nn.dot_product_attention call (lengths or segment mask) runs in XLA's implementation."""
   call = attention.fa.pl.pallas_call
-  monkeypatch.setattr(attention.fa.pl, "pallas_call", lambda *a, **k: call(*a, **{**k, "interpret": True}))
+  monkeypatch.setattr(attention.fa.pl, "pallas_call",
+                      lambda *a, **k: call(*a, **{**k, "interpret": True}))
   monkeypatch.setattr(attention, "CUDNN_IMPLEMENTATION", "xla")
 
 
 def tiny(core: str = "standard", dtype: str = "float32") -> BertConfig:
-  return BertConfig.preset("tiny", num_hidden_layers=2, initializer_range=0.5, attention=core, dtype=dtype)
+  return BertConfig.preset("tiny", num_hidden_layers=2, initializer_range=0.5, attention=core,
+                           dtype=dtype)
 
 
 def batch():
@@ -48,7 +50,9 @@ def test_hidden_states_of_real_tokens_equal_the_standard_core(core):
   got = hidden_states(params, tiny(core), ids, mask)
   real = np.asarray(mask, bool)
   for n, (g, w) in enumerate(zip(got, want)):  # padding positions are read by no real token
-    np.testing.assert_allclose(np.asarray(g)[real], np.asarray(w)[real], rtol=2e-5, atol=2e-5, err_msg=f"layer {n}")
+    np.testing.assert_allclose(
+        np.asarray(g)[real],
+        np.asarray(w)[real], rtol=2e-5, atol=2e-5, err_msg=f"layer {n}")
   assert np.abs(np.asarray(want[2])[real]).max() > 0.1  # not a trivially small comparison
 
 
@@ -58,7 +62,8 @@ def test_packed_rows_pool_as_the_standard_core(core):
   params = init_params(tiny(), jax.random.key(0))
   rng = np.random.default_rng(1)
   ids = rng.integers(5, 128, (2, 16)).astype(np.int32)
-  segments = np.array([[0] * 6 + [1] * 7 + [-1] * 3, [2] * 5 + [3] * 4 + [4] * 5 + [-1] * 2], np.int32)
+  segments = np.array([[0] * 6 + [1] * 7 + [-1] * 3, [2] * 5 + [3] * 4 + [4] * 5 + [-1] * 2],
+                      np.int32)
   positions = np.zeros_like(segments)
   for r in range(2):
     for s in set(segments[r]) - {-1}:
@@ -91,7 +96,8 @@ def test_srl_step_loss_and_gradients_equal_the_standard_core(core):
   bf16, bf16_grads = loss_and_grads(tiny(core, "bfloat16"))
   std16, std16_grads = loss_and_grads(tiny("standard", "bfloat16"))
   assert abs(bf16 - want) <= 2 * abs(std16 - want) + 1e-3 * abs(want)
-  assert max_rel_diff(bf16_grads, want_grads)[0] <= 1.5 * max_rel_diff(std16_grads, want_grads)[0] + 1e-3
+  assert max_rel_diff(bf16_grads,
+                      want_grads)[0] <= 1.5 * max_rel_diff(std16_grads, want_grads)[0] + 1e-3
 
 
 def test_cudnn_core_sees_what_the_standard_core_sees():
@@ -102,7 +108,9 @@ def test_cudnn_core_sees_what_the_standard_core_sees():
   q, k, v = (jnp.asarray(rng.normal(size=(4, 16, 2, 8)), jnp.float32) for _ in range(3))
 
   def standard(mask):  # bert.BertSelfAttention's standard core, dropout off
-    scores = jnp.where(mask, jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8), jnp.finfo(jnp.float32).min)
+    scores = jnp.where(mask,
+                       jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(8),
+                       jnp.finfo(jnp.float32).min)
     return np.asarray(jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v))
 
   lengths = np.array([16, 11, 5, 0])
@@ -112,7 +120,8 @@ def test_cudnn_core_sees_what_the_standard_core_sees():
   real = padding.astype(bool)
   np.testing.assert_allclose(got[real], want[real], rtol=1e-5, atol=1e-6)
   assert np.isfinite(got).all()
-  segments = np.array([[0] * 6 + [1] * 7 + [-1] * 3, [2] * 16, [3] * 5 + [4] * 4 + [-1] * 7, [-1] * 16], np.int32)
+  segments = np.array(
+      [[0] * 6 + [1] * 7 + [-1] * 3, [2] * 16, [3] * 5 + [4] * 4 + [-1] * 7, [-1] * 16], np.int32)
   got = np.asarray(attention.cudnn(q, k, v, jnp.asarray(segments), packed=True))
   want = standard(attention_bias_mask(None, jnp.asarray(segments)))
   real = segments >= 0
@@ -129,13 +138,16 @@ def test_cudnn_core_in_the_encoder_is_as_close_as_the_standard_core_in_half_prec
   ids, mask = batch()
   kw = {}
   if packed:
-    segments = jnp.asarray(np.where(np.asarray(mask) > 0, np.arange(16)[None] // 6 + 10 * np.arange(4)[:, None], -1))
+    segments = jnp.asarray(
+        np.where(np.asarray(mask) > 0,
+                 np.arange(16)[None] // 6 + 10 * np.arange(4)[:, None], -1))
     kw = {"segments": segments, "positions": jnp.asarray(np.tile(np.arange(16) % 6, (4, 1)))}
-  last = lambda cfg: np.asarray(hidden_states(params, cfg, ids, mask, **kw)[-1], np.float32)  # noqa: E731
+  last = lambda cfg: np.asarray(hidden_states(params, cfg, ids, mask, **kw)[-1], np.float32)
   real = np.asarray(mask, bool)
   want = last(tiny())[real]
-  got, std, fused = (last(tiny(core, "bfloat16"))[real] for core in ("cudnn", "standard", "dot_product"))
-  rms = lambda x: float(np.sqrt(np.mean(x ** 2)))  # noqa: E731
+  got, std, fused = (last(tiny(core, "bfloat16"))[real]
+                     for core in ("cudnn", "standard", "dot_product"))
+  rms = lambda x: float(np.sqrt(np.mean(x**2)))
   assert rms(got - want) <= 1.5 * rms(std - want) and rms(want) > 0.5
   np.testing.assert_allclose(got, fused, atol=1e-6)
 
@@ -163,7 +175,8 @@ def test_cudnn_core_is_refused_where_it_cannot_run():
   with pytest.raises(ValueError, match="attention='cudnn' computes in half precision"):
     BertConfig(attention="cudnn")
   for dtype, match in (("float32", r"model\.attention: .*half precision"),
-                       ("bfloat16", r"model\.attention='cudnn' is cuDNN's kernel for NVIDIA GPUs; .* cpu")):
+                       ("bfloat16",
+                        r"model\.attention='cudnn' is cuDNN's kernel for NVIDIA GPUs; .* cpu")):
     config = config_lib.load_config("configs/ft.py:demo")
     with config.unlocked():
       config.model.attention, config.model.dtype = "cudnn", dtype

@@ -12,8 +12,10 @@ from conftest import max_rel_diff
 
 torch = pytest.importorskip("torch")
 
-SENTENCES = ["the quick brown fox jumps over the lazy dog.", "a cat sat",
-             "music", "the man plays red guitar on the road with a woman and a dog"]
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog.", "a cat sat", "music",
+    "the man plays red guitar on the road with a woman and a dog"
+]
 
 
 def _batch(tokenizer, texts=SENTENCES):
@@ -42,7 +44,8 @@ def _assert_parity(model_dir):
                                      pre.config.hidden_size)
   diff, scale = np.abs(np.asarray(ours) - ref), np.abs(ref).max(axis=(1, 2, 3))
   real = mask.astype(bool)
-  err_real = diff[:, real].max(axis=(1, 2)) / scale  # per hidden state, relative to its largest value
+  # per hidden state, relative to its largest value
+  err_real = diff[:, real].max(axis=(1, 2)) / scale
   err_all = diff.max(axis=(1, 2, 3)) / scale  # padded rows too: a query-side mask shows there
   # float32 through the layers: real tokens agree to ~1e-6 of the scale; padded rows, whose [PAD]
   # inputs are worse conditioned, drift to ~1e-5 with the kernels' summation order (AVX-512 here)
@@ -74,6 +77,7 @@ def test_parity_detects_query_side_mask(tiny_hf_dir, monkeypatch):
     if cond.ndim == 4 and cond.shape[2] == 1:  # the key mask [B, 1, 1, T]
       cond = cond & jnp.swapaxes(cond, -1, -2)
     return orig(cond, x, y)
+
   monkeypatch.setattr(bert.jnp, "where", where_both)
   with pytest.raises(AssertionError, match="max abs diff"):
     _assert_parity(tiny_hf_dir)
@@ -81,7 +85,8 @@ def test_parity_detects_query_side_mask(tiny_hf_dir, monkeypatch):
 
 def test_parity_detects_wrong_layer_norm_eps(tiny_hf_dir, monkeypatch):
   real = model_dirs.config_from_hf
-  monkeypatch.setattr(model_dirs, "config_from_hf", lambda p, **kw: real(p, **kw).replace(layer_norm_eps=1e-5))
+  monkeypatch.setattr(model_dirs, "config_from_hf",
+                      lambda p, **kw: real(p, **kw).replace(layer_norm_eps=1e-5))
   with pytest.raises(AssertionError, match="max abs diff"):
     _assert_parity(tiny_hf_dir)
 
@@ -110,8 +115,9 @@ def test_packed_rows_equal_each_text_alone_in_pytorch(tiny_hf_dir):
   ref = _torch_hidden_states(tiny_hf_dir, ids, mask, np.zeros_like(types))
   p_ids, segments, positions, where = _packed(pre.tokenizer, SENTENCES, 24)
   assert p_ids.shape[0] < len(SENTENCES) and max(r for r, _, _ in where) < p_ids.shape[0]
-  run = lambda seg: np.asarray(bert.BertEncoder(pre.config).apply(  # noqa: E731
-      {"params": pre.params["bert"]}, p_ids, None, segments=seg, positions=positions))
+  run = lambda seg: np.asarray(
+      bert.BertEncoder(pre.config).apply({"params": pre.params["bert"]}, p_ids, None, segments=seg,
+                                         positions=positions))
   ours, unmasked = run(segments), run(np.where(segments >= 0, 0, -1))
   scale = np.abs(ref).max()
   for i, (r, o, n) in enumerate(where):
@@ -131,7 +137,7 @@ def test_early_exit_equals_slicing():
   for n in range(cfg.num_hidden_layers + 1):
     part = model.apply({"params": params}, ids, mask, num_layers=n)
     assert part.shape[0] == n + 1
-    np.testing.assert_array_equal(np.asarray(part), np.asarray(full[: n + 1]))
+    np.testing.assert_array_equal(np.asarray(part), np.asarray(full[:n + 1]))
 
 
 def test_early_exit_runs_fewer_layers():
@@ -139,7 +145,7 @@ def test_early_exit_runs_fewer_layers():
   cfg = bert.BertConfig.preset("tiny")
   params = bert.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((2, 8), jnp.int32)
-  count = lambda n: jax.jit(lambda p: bert.BertEncoder(cfg).apply(  # noqa: E731
+  count = lambda n: jax.jit(lambda p: bert.BertEncoder(cfg).apply(
       {"params": p}, ids, jnp.ones_like(ids), num_layers=n)).lower(params).as_text().count("erf")
   assert count(1) * cfg.num_hidden_layers == count(cfg.num_hidden_layers) > 0
 
@@ -158,7 +164,7 @@ def test_remat_and_bf16_compute():
   ids = jax.random.randint(jax.random.key(2), (2, 6), 5, cfg.vocab_size)
   mask = jnp.ones_like(ids)
   ref = bert.BertEncoder(cfg).apply({"params": params}, ids, mask)
-  loss = lambda c: lambda p: bert.BertEncoder(c).apply({"params": p}, ids, mask).sum()  # noqa: E731
+  loss = lambda c: lambda p: bert.BertEncoder(c).apply({"params": p}, ids, mask).sum()
   g_ref = jax.grad(loss(cfg))(params)
   for policy in (True, "dots"):  # recompute everything; keep the weight matmuls
     rem = bert.BertEncoder(cfg.replace(remat=policy)).apply({"params": params}, ids, mask)
@@ -178,16 +184,18 @@ def test_dropout_is_active_only_when_not_deterministic():
   params = bert.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((2, 6), jnp.int32)
   model = bert.BertEncoder(cfg)
-  a = model.apply({"params": params}, ids, ids, deterministic=False, rngs={"dropout": jax.random.key(1)})
-  b = model.apply({"params": params}, ids, ids, deterministic=False, rngs={"dropout": jax.random.key(2)})
+  a = model.apply({"params": params}, ids, ids, deterministic=False,
+                  rngs={"dropout": jax.random.key(1)})
+  b = model.apply({"params": params}, ids, ids, deterministic=False,
+                  rngs={"dropout": jax.random.key(2)})
   c = model.apply({"params": params}, ids, ids)
   assert not np.allclose(a, b) and not np.allclose(a, c)
 
 
 def test_every_parameter_has_logical_axes():
   axes = hf.flatten(bert.param_logical_axes(bert.BertConfig.preset("tiny")))
-  shapes = hf.flatten(jax.eval_shape(lambda: bert.init_params(bert.BertConfig.preset("tiny"),
-                                                              jax.random.key(0))))
+  shapes = hf.flatten(
+      jax.eval_shape(lambda: bert.init_params(bert.BertConfig.preset("tiny"), jax.random.key(0))))
   assert axes.keys() == shapes.keys()
   for path, spec in axes.items():
     assert len(spec) == len(shapes[path].shape), path
@@ -212,7 +220,8 @@ def _dot_flops(jaxpr) -> int:
     if eqn.primitive.name == "dot_general":
       (contract, _), _ = eqn.params["dimension_numbers"]
       lhs = eqn.invars[0].aval.shape
-      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i] for i in contract]))
+      total += 2 * int(np.prod(eqn.outvars[0].aval.shape)) * int(np.prod([lhs[i]
+                                                                          for i in contract]))
     for value in eqn.params.values():
       for sub in value if isinstance(value, (tuple, list)) else (value,):
         if isinstance(sub, jax.extend.core.ClosedJaxpr):
@@ -226,7 +235,7 @@ def test_matmul_flops_count_every_matmul_of_the_program():
   cfg = bert.BertConfig.preset("tiny")
   params = bert.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((3, 10), jnp.int32)
-  encode = lambda p: bert.BertEncoder(cfg).apply({"params": p}, ids, jnp.ones_like(ids))  # noqa: E731
+  encode = lambda p: bert.BertEncoder(cfg).apply({"params": p}, ids, jnp.ones_like(ids))
   forward = _dot_flops(jax.make_jaxpr(encode)(params).jaxpr)
   assert forward == cfg.matmul_flops(3, 10, train=False) > 0
   backward = _dot_flops(jax.make_jaxpr(jax.grad(lambda p: encode(p)[-1].sum()))(params).jaxpr)

@@ -38,9 +38,12 @@ def tiny(path, **overrides):
 
 def bert_json(path, layers: int, hidden: int) -> str:
   """A BERT as config.json only (shapes, no weights): what the compiler needs."""
-  json.dump({"model_type": "bert", "vocab_size": 128, "hidden_size": hidden, "num_hidden_layers": layers,
-             "num_attention_heads": 8, "intermediate_size": 4 * hidden, "max_position_embeddings": 64,
-             "type_vocab_size": 2}, open(path / "config.json", "w"))
+  json.dump(
+      {
+          "model_type": "bert", "vocab_size": 128, "hidden_size": hidden,
+          "num_hidden_layers": layers, "num_attention_heads": 8, "intermediate_size": 4 * hidden,
+          "max_position_embeddings": 64, "type_vocab_size": 2
+      }, open(path / "config.json", "w"))
   return str(path)
 
 
@@ -51,18 +54,22 @@ def test_srl_step_compiles_fsdp(topology, tmp_path):
   a wider model compiles longer), and each chip's arguments are well under the one whole copy of the
   parameters and Adam moments that data parallelism keeps on every chip (the SMAE test below
   compiles the data-parallel mesh; one TPU compile here is ~35 s of CI)."""
-  cfg = tiny("ft.py:demo", **{"model.init_from": bert_json(tmp_path, 2, 256), "data.batch_size": 16})
+  cfg = tiny("ft.py:demo",
+             **{"model.init_from": bert_json(tmp_path, 2, 256), "data.batch_size": 16})
   with cfg.unlocked():
     cfg.schedule.pairs = ((1, 128), (2, 256))
     cfg.mesh.shape = (1, -1, 1)
   r = C.programs(cfg, topology, length=16)[0]
   assert r["program"] == "train_step" and r["chip"] == "TPU v5 lite" and r["devices"] == 4
   assert r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
-  assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r["fits"] and 0 < r["mfu_bound"] <= r["hfu_bound"] <= 1
+  assert r["temp_bytes"] > 0 and r["argument_bytes"] > 0 and r[
+      "fits"] and 0 < r["mfu_bound"] <= r["hfu_bound"] <= 1
   assert 1.0 < r["xla_flops"] / r["model_flops"] < 1.15, (r["xla_flops"], r["model_flops"])
   # the HLO reading agrees with XLA's own totals (no loop here), and FSDP's collectives are counted
-  assert 0.9 < r["hlo_reading"]["flops_vs_xla"] < 1.1 and 0.75 < r["hlo_reading"]["bytes_vs_xla"] < 1.25
-  assert r["flops"] == r["xla_flops"] and r["ici_bytes"] > 0 and r["breakdown"]["collectives"]["ici_bytes"] > 0
+  assert 0.9 < r["hlo_reading"]["flops_vs_xla"] < 1.1 and 0.75 < r["hlo_reading"][
+      "bytes_vs_xla"] < 1.25
+  assert r["flops"] == r["xla_flops"] and r["ici_bytes"] > 0 and r["breakdown"]["collectives"][
+      "ici_bytes"] > 0
   assert r["usable_hbm_bytes"] == 15.75 * 2**30  # the compiler's own figure for a v5e chip
   run = finetune.describe(cfg, backbone=C.backbone_of(cfg, None), devices=topology.devices)
   n_params = sum(x.size for x in jax.tree.leaves(bert.abstract_params(run.model.config)))
@@ -75,16 +82,22 @@ def test_smae_step_compiles_with_flash_attention(topology, tmp_path, monkeypatch
   """The SMAE step (encoder and MAE decoder) with model.attention='flash': the Pallas TPU kernel is in
   the compiled program (its numerics: test_attention.py), the optimizer's moments split over the
   devices (mesh.shard_optimizer) shrink each device's arguments."""
-  cfg = tiny("pt.py:tiny", **{"model.init_from": bert_json(tmp_path, 2, 32), "model.attention": "flash",
-                              "mesh.shard_optimizer": False})
+  cfg = tiny(
+      "pt.py:tiny", **{
+          "model.init_from": bert_json(tmp_path, 2, 32), "model.attention": "flash",
+          "mesh.shard_optimizer": False
+      })
   with cfg.unlocked():
     cfg.schedule.pairs = ((1, 16), (2, 32))
   texts = []
   report = C.report
-  monkeypatch.setattr(C, "report", lambda program, compiled, *a: texts.append(compiled.as_text()) or report(program, compiled, *a))
+  monkeypatch.setattr(
+      C, "report", lambda program, compiled, *a: texts.append(compiled.as_text()) or report(
+          program, compiled, *a))
   r = C.programs(cfg, topology, length=16)[0]
   assert r["temp_bytes"] > 0 and r["fits"] and r["xla_flops"] > r["model_flops"] > 0
-  assert texts[0].count('custom_call_target="tpu_custom_call"') >= 2 * 3  # forward + backward, 3 layers
+  # forward + backward, 3 layers
+  assert texts[0].count('custom_call_target="tpu_custom_call"') >= 2 * 3
   with cfg.unlocked():
     cfg.mesh.shard_optimizer = True
   zero = C.programs(cfg, topology, length=16)[0]
@@ -120,48 +133,58 @@ def test_abstract_batches_match_the_batchers(tiny_hf_dir):
   ft = tiny("ft.py:demo")
   with ft.unlocked():
     ft.model.init_from = tiny_hf_dir
-  typed = lambda: FinetuneConfig.from_config(ft)  # noqa: E731
+  typed = lambda: FinetuneConfig.from_config(ft)
   batcher, _ = finetune.make_batcher(typed(), pre.tokenizer, 32)
   _, batch = next(batcher.batches(0, 1))
   length = batch["ids"].shape[-1]
   want = finetune.abstract_batch(typed(), length)
-  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+  assert {k: (v.shape, np.dtype(v.dtype))
+          for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   with ft.unlocked():  # a frozen teacher's vectors ride with the batch
     ft.loss.teacher = "frozen"
   R, H = len(batcher.examples.texts), pre.config.hidden_size
   batcher.teacher = np.zeros((len(batcher.examples), R, H), np.float32)
   _, batch = next(batcher.batches(0, 1))
   want = finetune.abstract_batch(typed(), batch["ids"].shape[-1], hidden=H)
-  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+  assert {k: (v.shape, np.dtype(v.dtype))
+          for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   with ft.unlocked():
     ft.data.packing = True
   batcher, _ = finetune.make_batcher(typed(), pre.tokenizer, 32, shards=2)
   batcher.teacher = np.zeros((len(batcher.examples), R, H), np.float32)
   _, batch = next(batcher.batches(0, 1))
-  want = finetune.abstract_batch(typed(), batcher.pack_length, shards=2, rows=batch["ids"].shape[0], hidden=H)
-  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+  want = finetune.abstract_batch(typed(), batcher.pack_length, shards=2, rows=batch["ids"].shape[0],
+                                 hidden=H)
+  assert {k: (v.shape, np.dtype(v.dtype))
+          for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
   B = ft.data.batch_size  # triplets: without `rows`, one row a text (the memory bound)
   assert finetune.abstract_batch(typed(), 24, shards=2, hidden=H)["ids"].shape == (3 * B, 24)
   pt = tiny("pt.py:tiny")
   with pt.unlocked():
     pt.model.init_from = tiny_hf_dir
   run = pretrain.describe(pt)
-  texts = TextBatcher(pt.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking), batch_size=pt.data.batch_size,
-                      max_length=32, seed=0, column=pt.data.text_column)
+  texts = TextBatcher(pt.data.train, pre.tokenizer, Masker(pre.tokenizer, run.masking),
+                      batch_size=pt.data.batch_size, max_length=32, seed=0,
+                      column=pt.data.text_column)
   _, batch = next(texts.batches(0, 1))
   want = pretrain.abstract_batch(run, batch["ids"].shape[1])
-  assert {k: (v.shape, np.dtype(v.dtype)) for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
+  assert {k: (v.shape, np.dtype(v.dtype))
+          for k, v in batch.items()} == {k: (v.shape, np.dtype(v.dtype)) for k, v in want.items()}
 
 
 def test_a_refused_program_is_reported_with_what_it_needs(topology):
   """The TPU compiler refuses a program larger than HBM; the report says by how much and what to try."""
   class Refused:
     def compile(self):
-      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
-                                       "for HLO temporaries (77.83G) exceeds available HBM (15.75G).")
+      raise jax.errors.JaxRuntimeError(
+          "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required "
+          "for HLO temporaries (77.83G) exceeds available HBM (15.75G).")
+
   oom = T.compiled_or_oom(Refused())
-  assert oom.required_bytes == pytest.approx(77.83 * 2**30) and oom.available_bytes == pytest.approx(15.75 * 2**30)
-  mesh = jax.sharding.Mesh(np.array(topology.devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  assert oom.required_bytes == pytest.approx(
+      77.83 * 2**30) and oom.available_bytes == pytest.approx(15.75 * 2**30)
+  mesh = jax.sharding.Mesh(
+      np.array(topology.devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
   r = C.report("train_step", oom, mesh, topology, 10**12, "batch")
   assert not r["fits"] and "needs 77.83 of 15.75" in C.table([r])
   tips = C.advice(tiny("ft.py:demo"), r)
@@ -171,6 +194,7 @@ def test_a_refused_program_is_reported_with_what_it_needs(topology):
   class Broken:
     def compile(self):
       raise jax.errors.JaxRuntimeError("INTERNAL: something else")
+
   with pytest.raises(jax.errors.JaxRuntimeError, match="something else"):
     T.compiled_or_oom(Broken())
 
@@ -179,20 +203,25 @@ def test_a_loop_body_counts_once_per_trip(topology):
   """XLA's cost analysis counts a while loop's body once; the report counts it once per trip: a scan
   of k matmuls over slices of its input does k times the work, so its FLOPs and bytes grow with k
   while XLA's own FLOPs stay flat."""
-  mesh = jax.sharding.Mesh(np.array(topology.devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+  mesh = jax.sharding.Mesh(
+      np.array(topology.devices[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
   whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
   def report(k):
     def f(x, w):
-      return jax.lax.scan(lambda c, xi: (c + jnp.tanh(xi @ w).sum(0), None), jnp.zeros((1024,)), x)[0]
+      return jax.lax.scan(lambda c, xi: (c + jnp.tanh(xi @ w).sum(0), None), jnp.zeros((1024,)),
+                          x)[0]
+
     shapes = (jax.ShapeDtypeStruct((k, 1024, 1024), jnp.float32, sharding=whole),
               jax.ShapeDtypeStruct((1024, 1024), jnp.float32, sharding=whole))
-    return C.report("scan", jax.jit(f).lower(*shapes).compile(), mesh, topology, 2 * k * 1024**3, "x")
+    return C.report("scan",
+                    jax.jit(f).lower(*shapes).compile(), mesh, topology, 2 * k * 1024**3, "x")
 
   two, eight = report(2), report(8)
   assert set(eight["hlo_reading"]["loops"]) == {"8"} and not eight["hlo_reading"]["unread_loops"]
   assert eight["xla_flops"] == pytest.approx(two["xla_flops"], rel=0.01)  # XLA: the body once
   assert eight["flops"] / two["flops"] == pytest.approx(4, rel=0.02)  # here: once per trip
   assert eight["flops"] == pytest.approx(eight["model_flops"], rel=0.02)
-  assert eight["bytes_accessed"] / two["bytes_accessed"] > 3.3 > eight["xla_bytes_accessed"] / two["xla_bytes_accessed"]
+  assert eight["bytes_accessed"] / two["bytes_accessed"] > 3.3 > eight["xla_bytes_accessed"] / two[
+      "xla_bytes_accessed"]
   assert eight["hbm_bytes"] > 2.5 * two["hbm_bytes"]

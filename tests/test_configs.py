@@ -20,8 +20,10 @@ def _variants(path):
   """Every variant a config file names in its docstring ('  name  description')."""
   src = open(path).read()
   doc = src.split('"""')[1]
-  names = [line.split()[0] for line in doc.split("Variants:")[1].splitlines()
-           if line.startswith("  ") and not line.startswith("   ") and line.strip()]
+  names = [
+      line.split()[0] for line in doc.split("Variants:")[1].splitlines()
+      if line.startswith("  ") and not line.startswith("   ") and line.strip()
+  ]
   return [None] + names
 
 
@@ -37,11 +39,13 @@ def test_every_config_and_variant_loads(path):
 def test_paper_recipes_keep_duplicate_texts_in_a_batch():
   """As the authors' runs (sentence-transformers' default batch sampler); no_duplicates is an option."""
   for variant in _variants(str(REPO / "configs" / "ft.py")):
-    cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + (f":{variant}" if variant else ""))
+    cfg = config_lib.load_config(
+        str(REPO / "configs" / "ft.py") + (f":{variant}" if variant else ""))
     assert cfg.data.no_duplicates is False, variant
 
 
-@pytest.mark.parametrize("method,weighting,detach", [("2dmse", "linear", False), ("2dmse_st6", "uniform", True)])
+@pytest.mark.parametrize("method,weighting,detach", [("2dmse", "linear", False),
+                                                     ("2dmse_st6", "uniform", True)])
 def test_2dmse_presets(method, weighting, detach):
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + f":sts,method={method}")
   assert (cfg.schedule.method, cfg.loss.kl) == ("2dmse", "tempered_features")
@@ -50,14 +54,16 @@ def test_2dmse_presets(method, weighting, detach):
 
 def test_recommended_preset_is_the_ablation_it_rests_on():
   """method=starbucks_scores_1n sets what the ablation sweep's run of that variant overrode, and nothing else."""
-  _, overrides = load_script("experiments/sweep_ablations.py").VARIANTS["kl=scores (detached) + weights 1/n"]
+  _, overrides = load_script(
+      "experiments/sweep_ablations.py").VARIANTS["kl=scores (detached) + weights 1/n"]
   ft = str(REPO / "configs" / "ft.py")
   swept = config_lib.load_config(ft + ":sts_cpu")
   for override in overrides:
     key, value = override.removeprefix("--config.").split("=")
     section, field = key.split(".")
     with swept.unlocked():
-      swept[section][field] = type(swept[section][field])(value == "True" if value in ("True", "False") else value)
+      swept[section][field] = type(
+          swept[section][field])(value == "True" if value in ("True", "False") else value)
   preset = config_lib.load_config(ft + ":sts_cpu,method=starbucks_scores_1n")
   assert preset.to_dict() == swept.to_dict() != config_lib.load_config(ft + ":sts_cpu").to_dict()
   assert (preset.schedule.method, preset.loss.kl, preset.loss.kl_detach, preset.loss.kl_temperature,
@@ -71,14 +77,19 @@ def test_retrieval_recipe_evaluates_as_the_authors():
   block = SentenceEval.from_config(cfg.eval)
   block.check()
   sets = block.retrieval_sets
-  assert [(dataset, split) for dataset, split, _ in sets] == [("msmarco", "dev"), ("msmarco", "dl19"),
+  assert [(dataset, split) for dataset, split, _ in sets] == [("msmarco", "dev"),
+                                                              ("msmarco", "dl19"),
                                                               ("msmarco", "dl20")]
   from starbucks_jax.data import tevatron
   parts = [tevatron.parts(source, split) for _, split, source in sets]
-  assert {corpus for corpus, _, _ in parts} == {"hf:Tevatron/msmarco-passage-corpus/corpus.jsonl.gz"}
-  assert [queries for _, queries, _ in parts] == [f"hf:Tevatron/msmarco-passage/{s}.jsonl.gz" for s in ("dev", "dl19", "dl20")]
-  assert [qrels for _, _, qrels in parts] == ["hf:BeIR/msmarco-qrels@dev", "https://trec.nist.gov/data/deep/2019qrels-pass.txt",
-                                              "https://trec.nist.gov/data/deep/2020qrels-pass.txt"]
+  assert {corpus
+          for corpus, _, _ in parts} == {"hf:Tevatron/msmarco-passage-corpus/corpus.jsonl.gz"}
+  assert [queries for _, queries, _ in parts
+         ] == [f"hf:Tevatron/msmarco-passage/{s}.jsonl.gz" for s in ("dev", "dl19", "dl20")]
+  assert [qrels for _, _, qrels in parts] == [
+      "hf:BeIR/msmarco-qrels@dev", "https://trec.nist.gov/data/deep/2019qrels-pass.txt",
+      "https://trec.nist.gov/data/deep/2020qrels-pass.txt"
+  ]
   assert cfg.data.train == "hf:Tevatron/msmarco-passage/train.jsonl.gz"
 
 
@@ -103,6 +114,7 @@ def tiny_config(tiny_hf_dir):
 def test_invalid_pairs_fail_before_any_weight_is_read(tiny_config, tmp_path, monkeypatch):
   def no_weights(*a, **k):
     raise AssertionError("weights were read before the config was validated")
+
   monkeypatch.setattr(model_dirs, "read_state_dict", no_weights)
   cases = {((1, 8), (5, 16)): r"schedule.pairs\[1\]=\(5, 16\): layer=5 is outside 1..4",
            ((1, 8), (2, 64)): r"schedule.pairs\[1\]=\(2, 64\): dim=64 is outside 1..32",
@@ -118,7 +130,8 @@ def test_invalid_pairs_fail_before_any_weight_is_read(tiny_config, tmp_path, mon
     finetune.run(tiny_config, str(tmp_path / "w"))
   tiny_config.model.pooling = "mean"
   tiny_config.eval.sts = "demo/test=nowhere.jsonl"
-  with pytest.raises(config_lib.ConfigError, match=r"eval.sts \(demo/test\): nowhere.jsonl: no such file"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"eval.sts \(demo/test\): nowhere.jsonl: no such file"):
     finetune.run(tiny_config, str(tmp_path / "w"))
   tiny_config.eval.sts = "demo=demo:sts_test.jsonl"
   with pytest.raises(config_lib.ConfigError, match="DATASET/SPLIT=SOURCE"):
@@ -135,7 +148,8 @@ def test_eval_mode_writes_results(tiny_config, tmp_path):
   assert saved == records
   assert {(r["layer"], r["dim"]) for r in saved} == {(1, 8), (2, 16), (4, 32)}
   assert set(saved[0]) == {"dataset", "split", "metric", "layer", "dim", "value"}
-  assert json.load(open(tmp_path / "w" / "config.json"))["schedule"]["pairs"] == [[1, 8], [2, 16], [4, 32]]
+  assert json.load(open(tmp_path / "w" / "config.json"))["schedule"]["pairs"] == [[1, 8], [2, 16],
+                                                                                  [4, 32]]
   tiny_config.eval.grid = True
   grid = finetune.run(tiny_config, str(tmp_path / "g"))
   assert len(grid) == 4 * 3
@@ -160,9 +174,11 @@ def test_main_command_line(tiny_hf_dir, tmp_path):
   again = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
                 f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))")
   assert again.returncode == 0 and "predates keys that keep their defaults here: loss.full_weight = 1.0" in again.stderr
-  typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}", "--config.modle.pooling=cls")
+  typo = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
+               "--config.modle.pooling=cls")
   assert typo.returncode == 2 and typo.stderr.strip().splitlines()[-1] == (
-      "error: --config.modle.pooling: no such key in configs/ft.py; did you mean --config.model.pooling?")
+      "error: --config.modle.pooling: no such key in configs/ft.py; did you mean --config.model.pooling?"
+  )
   assert "Traceback" not in typo.stderr
 
 
@@ -183,16 +199,20 @@ def test_main_reports_a_bad_run_in_one_line(tiny_hf_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
       cli.run(lambda: main.run(config, workdir))
     err = capsys.readouterr().err
-    assert stop.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert stop.value.code == 2 and "Traceback" not in err and len(
+        err.strip().splitlines()) == 1, err
     return err.strip()
 
   assert error_of("ft.py:eval", "") == "error: --workdir is empty; name the run's directory"
-  assert error_of("ft.py:eval", str(tmp_path / "w"), **{"schedule.pairs": ((1, 8), (9, 16))}).startswith(
-      "error: schedule.pairs[1]=(9, 16)")
+  assert error_of("ft.py:eval", str(tmp_path / "w"), **{"schedule.pairs": (
+      (1, 8), (9, 16))}).startswith("error: schedule.pairs[1]=(9, 16)")
   rows = tmp_path / "train.jsonl"
-  rows.write_text('{"anchor": "a", "positive": "b", "negative": "c"}\n{"anchor": null, "positive": "b", "negative": "c"}\n')
-  assert error_of("ft.py:demo", str(tmp_path / "d"), **{"data.train": str(rows)}) == (
-      f"error: {rows}:2: column 'anchor' = None is null, not a text; remove the row or fill it")
+  rows.write_text(
+      '{"anchor": "a", "positive": "b", "negative": "c"}\n{"anchor": null, "positive": "b", "negative": "c"}\n'
+  )
+  assert error_of("ft.py:demo", str(tmp_path / "d"), **{
+      "data.train": str(rows)
+  }) == (f"error: {rows}:2: column 'anchor' = None is null, not a text; remove the row or fill it")
   assert not (tmp_path / "d" / "config.json").exists()
   # configs/pt.py goes to SMAE pre-training; a bad masking rate fails before any compute
   assert "error: smae.*: masking rates" in error_of("pt.py:tiny", str(tmp_path / "pt"),

@@ -19,12 +19,14 @@ def _jsonl(path, rows):
 def test_jsonl_tsv_csv_and_column_mapping(tmp_path):
   rows = [{"premise": f"a {i}", "hypothesis": f"b {i}", "label": i / 2} for i in range(4)]
   spec = _jsonl(tmp_path / "x.jsonl", rows)
-  got = list(sources.read_rows(spec, {"sentence1": str, "sentence2": str, "score": float},
-                               {"sentence1": "premise", "sentence2": "hypothesis", "score": "label"}))
+  got = list(
+      sources.read_rows(spec, {"sentence1": str, "sentence2": str, "score": float},
+                        {"sentence1": "premise", "sentence2": "hypothesis", "score": "label"}))
   assert got[3] == {"sentence1": "a 3", "sentence2": "b 3", "score": 1.5}
   (tmp_path / "x.tsv").write_text("sentence1\tsentence2\tscore\nhello\tworld\t2.5\n")
-  assert list(sources.read_rows(str(tmp_path / "x.tsv"), {"sentence1": str, "score": float})) == [
-      {"sentence1": "hello", "score": 2.5}]
+  assert list(sources.read_rows(str(tmp_path / "x.tsv"), {"sentence1": str, "score": float})) == [{
+      "sentence1": "hello", "score": 2.5
+  }]
   (tmp_path / "x.csv").write_text('sentence1,sentence2,score\n"a, b",c,1\n')
   assert next(sources.read_rows(str(tmp_path / "x.csv"), {"sentence1": str}))["sentence1"] == "a, b"
 
@@ -57,8 +59,8 @@ def test_hf_datasets_source_from_a_local_folder(tmp_path):
   pytest.importorskip("datasets")
   folder = tmp_path / "my_nli"
   folder.mkdir()
-  _jsonl(folder / "train.jsonl", [{"anchor": f"a{i}", "positive": f"p{i}", "negative": f"n{i}"}
-                                  for i in range(6)])
+  _jsonl(folder / "train.jsonl",
+         [{"anchor": f"a{i}", "positive": f"p{i}", "negative": f"n{i}"} for i in range(6)])
   ex = batching.load_examples(f"hf:{folder}@train", "triplets")
   assert len(ex) == 6 and ex.texts[2][5] == "n5"
   with pytest.raises(DataError, match=r"hf:.*could not load"):
@@ -78,8 +80,11 @@ def tokenizer(tiny_hf_dir):
 
 
 def _examples(n, dup_every=0):
-  anchors = [f"the cat {i}" if not dup_every or i % dup_every else "the same text" for i in range(n)]
-  return batching.Examples(("anchor", "positive"), [anchors, [f"a dog {i}" for i in range(n)]], None)
+  anchors = [
+      f"the cat {i}" if not dup_every or i % dup_every else "the same text" for i in range(n)
+  ]
+  return batching.Examples(("anchor", "positive"), [anchors, [f"a dog {i}" for i in range(n)]],
+                           None)
 
 
 def test_batches_are_deterministic_and_resumable(tokenizer):
@@ -123,8 +128,9 @@ def test_too_few_examples(tokenizer):
 def test_tfds_source_with_mock_data():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=7):
-    s1, s2, scores = __import__("starbucks_jax.evaluate.sts", fromlist=["read_sts"]).read_sts(
-        "tfds:glue/stsb@train", {"score": "label"})
+    s1, s2, scores = __import__("starbucks_jax.evaluate.sts",
+                                fromlist=["read_sts"]).read_sts("tfds:glue/stsb@train",
+                                                                {"score": "label"})
     ex = batching.load_examples("tfds:glue/stsb@validation", "scored_pairs", {"score": "label"})
   assert len(s1) == 7 and isinstance(s1[0], str) and scores.dtype == np.float64
   assert len(ex) == 7 and ex.scores.shape == (7,)
@@ -138,21 +144,25 @@ def test_fitted_buckets_are_the_fewest_padded_tokens_and_hold_every_length():
     count = int(rng.integers(1, 4))
     got = tokenize.fit_buckets(lengths, top, count)
     assert len(got) <= count and got[-1] == top and all(b % 8 == 0 for b in got)
-    padded = lambda bs: sum(min(b for b in bs if b >= n) for n in lengths)  # noqa: E731
+    padded = lambda bs: sum(min(b for b in bs if b >= n) for n in lengths)
     # brute force over every choice of count - 1 smaller multiples of 8: none pads fewer tokens
     smaller = list(range(8, top, 8))
-    best = min(padded(tuple(c) + (top,)) for k in range(count) for c in itertools.combinations(smaller, k))
+    best = min(
+        padded(tuple(c) + (top,)) for k in range(count) for c in itertools.combinations(smaller, k))
     assert padded(got) == best
   with pytest.raises(ValueError, match="does not fit the top bucket 16"):
     tokenize.fit_buckets([20], 16, 2)
 
 
 def test_auto_buckets_keep_every_example_and_its_tokens(tokenizer):
-  ex = batching.Examples(("anchor", "positive"), [[("word " * (i % 23 + 1)).strip() for i in range(64)],
-                                                  [f"a dog {i}" for i in range(64)]], None)
-  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=256, seed=0, length_buckets="auto", num_buckets=2)
+  ex = batching.Examples(("anchor", "positive"),
+                         [[("word " * (i % 23 + 1)).strip()
+                           for i in range(64)], [f"a dog {i}" for i in range(64)]], None)
+  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=256, seed=0, length_buckets="auto",
+                       num_buckets=2)
   longest = max(len(tokenizer(t)["input_ids"]) for role in ex.texts for t in role)
-  assert len(b.buckets) == 2 and b.buckets[-1] == -(-longest // 8) * 8  # the top holds the longest text
+  # the top holds the longest text
+  assert len(b.buckets) == 2 and b.buckets[-1] == -(-longest // 8) * 8
   seen = []
   for _, batch in b.batches(0, b.steps_in(1)):
     assert batch["ids"].shape[-1] in b.buckets
@@ -160,7 +170,8 @@ def test_auto_buckets_keep_every_example_and_its_tokens(tokenizer):
       for row, i in zip(range(8), b.epoch_batches(0)[len(seen) // 8]):
         want = tokenizer(texts[i])["input_ids"]
         n = int(batch["mask"][r, row].sum())
-        assert batch["ids"][r, row, :n].tolist() == want and (batch["ids"][r, row, n:] == tokenizer.pad_token_id).all()
+        assert batch["ids"][r, row, :n].tolist() == want and (batch["ids"][r, row, n:]
+                                                              == tokenizer.pad_token_id).all()
     seen += list(b.epoch_batches(0)[len(seen) // 8])
   assert sorted(seen) == list(range(64))  # every example once per epoch
 
@@ -181,11 +192,11 @@ def test_pack_texts_places_every_text_in_a_row_without_overlap():
 def test_packed_batches_keep_every_text_and_its_positions(tokenizer, shards):
   """Each shard's rows hold exactly its examples' texts, role by role, with positions 0..n-1; every
   example of the epoch appears once; the rows per shard are one of the fitted counts."""
-  ex = batching.Examples(("anchor", "positive", "negative"),
-                         [[("word " * (i % 13 + 1)).strip() for i in range(48)], [f"a dog {i}" for i in range(48)],
-                          [("cat " * (i % 5 + 1)).strip() for i in range(48)]], None)
-  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=64, seed=0, pack_length=0, shards=shards,
-                       num_buckets=2)
+  ex = batching.Examples(("anchor", "positive", "negative"), [[
+      ("word " * (i % 13 + 1)).strip() for i in range(48)
+  ], [f"a dog {i}" for i in range(48)], [("cat " * (i % 5 + 1)).strip() for i in range(48)]], None)
+  b = batching.Batcher(ex, tokenizer, batch_size=8, max_length=64, seed=0, pack_length=0,
+                       shards=shards, num_buckets=2)
   longest = max(len(tokenizer(t)["input_ids"]) for role in ex.texts for t in role)
   assert b.pack_length == -(-longest // 8) * 8 and len(b.buckets) <= 2
   seen = []
@@ -209,5 +220,6 @@ def test_packed_batches_keep_every_text_and_its_positions(tokenizer, shards):
 
 def test_pack_length_shorter_than_a_text_is_an_error(tokenizer):
   ex = batching.Examples(("anchor", "positive"), [["a dog " * 10, "a cat"], ["x", "y"]], None)
-  with pytest.raises(DataError, match="data.pack_length=8 is shorter than the longest training text"):
+  with pytest.raises(DataError,
+                     match="data.pack_length=8 is shorter than the longest training text"):
     batching.Batcher(ex, tokenizer, batch_size=2, max_length=64, seed=0, pack_length=8)

@@ -37,11 +37,12 @@ def test_keep_rate_and_independence():
   b = np.asarray(dropout.keep_mask(jax.random.key(1), shape, 0.9))
   assert a.dtype == bool and a.shape == shape
   assert abs(a.mean() - 0.9) < 1e-3 and abs(b.mean() - 0.9) < 1e-3
-  corr = lambda x, y: np.corrcoef(x.ravel().astype(np.float32), y.ravel().astype(np.float32))[0, 1]  # noqa: E731
+  corr = lambda x, y: np.corrcoef(x.ravel().astype(np.float32), y.ravel().astype(np.float32))[0, 1]
   assert abs(corr(a, b)) < 5e-3  # another key: another mask
   assert abs(corr(a[..., 1:], a[..., :-1])) < 5e-3  # neighbours along the inner counter
   assert abs(corr(a[1:], a[:-1])) < 5e-3  # and along the leading axes
-  assert abs(np.asarray(dropout.keep_mask(jax.random.key(0), (1000, 1000), 0.3)).mean() - 0.3) < 2e-3
+  assert abs(np.asarray(dropout.keep_mask(jax.random.key(0), (1000, 1000), 0.3)).mean() -
+             0.3) < 2e-3
   np.testing.assert_array_equal(a, np.asarray(dropout.keep_mask(jax.random.key(0), shape, 0.9)))
 
 
@@ -55,7 +56,8 @@ def test_dropout_module_zeroes_and_rescales():
   assert layer.apply({}, x, deterministic=True) is x
   assert dropout.Dropout(0.0).apply({}, x, deterministic=False) is x
   assert not np.asarray(dropout.Dropout(1.0).apply({}, x, deterministic=False)).any()
-  bf16 = layer.apply({}, x.astype(jnp.bfloat16), deterministic=False, rngs={"dropout": jax.random.key(3)})
+  bf16 = layer.apply({}, x.astype(jnp.bfloat16), deterministic=False,
+                     rngs={"dropout": jax.random.key(3)})
   assert bf16.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.asarray(bf16) != 0, kept)
   # kept bfloat16 values are x / 0.7 rounded once (not x times a rounded 1 / 0.7)

@@ -13,8 +13,10 @@ from starbucks_jax.data.tokenize import bucket_length, tokenize
 from starbucks_jax.models.bert import BertEncoder
 from starbucks_jax.models.pooling import pool
 
-TEXTS = ["the quick brown fox jumps over the lazy dog.", "a cat sat", "music", "a", "",
-         "the man plays red guitar on the road with a woman and a dog"]
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog.", "a cat sat", "music", "a", "",
+    "the man plays red guitar on the road with a woman and a dog"
+]
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +94,11 @@ def test_cli(tiny_hf_dir, tmp_path, capsys):
   texts = tmp_path / "texts.txt"
   texts.write_text("\n".join(["a cat sat", "the dog", "music"]) + "\n")
   out = tmp_path / "vecs.npy"
-  embed.main(["--model", tiny_hf_dir, "--layer", "2", "--dim", "8", "--input", str(texts),
-              "--output", str(out), "--normalize"])
+  embed.main([
+      "--model", tiny_hf_dir, "--layer", "2", "--dim", "8", "--input",
+      str(texts), "--output",
+      str(out), "--normalize"
+  ])
   vecs = np.load(out)
   assert vecs.shape == (3, 8)
   np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
@@ -102,9 +107,15 @@ def test_cli(tiny_hf_dir, tmp_path, capsys):
   np.testing.assert_allclose(vecs, ref, atol=1e-6)
   (tmp_path / "empty.txt").write_text("")
   with pytest.raises(ValueError, match="empty.txt: no texts"):
-    embed.main(["--model", tiny_hf_dir, "--input", str(tmp_path / "empty.txt"), "--output", str(out)])
+    embed.main(
+        ["--model", tiny_hf_dir, "--input",
+         str(tmp_path / "empty.txt"), "--output",
+         str(out)])
   with pytest.raises(FileNotFoundError, match="nope.txt: no such file"):
-    embed.main(["--model", tiny_hf_dir, "--input", str(tmp_path / "nope.txt"), "--output", str(out)])
+    embed.main(
+        ["--model", tiny_hf_dir, "--input",
+         str(tmp_path / "nope.txt"), "--output",
+         str(out)])
 
 
 def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
@@ -118,8 +129,8 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   mngr.wait_until_finished()
   assert workdir_lib.is_workdir(workdir)
   got = embed.Embedder.load(workdir).encode(TEXTS, layer=2)
-  want = embed.Embedder(model_dirs.Pretrained(pre.config, params, pre.tokenizer, pre.sentence, "")).encode(
-      TEXTS, layer=2)
+  want = embed.Embedder(model_dirs.Pretrained(pre.config, params, pre.tokenizer, pre.sentence,
+                                              "")).encode(TEXTS, layer=2)
   np.testing.assert_allclose(got, want, atol=1e-6)
   with pytest.raises(FileNotFoundError, match="no step 3"):
     checkpoint.load_model(workdir, step=3)
@@ -127,7 +138,8 @@ def test_workdir_checkpoint_is_a_model_source(tiny_hf_dir, tmp_path):
   st = pytest.importorskip("sentence_transformers")
   from starbucks_jax import export
   out = export.export(workdir, str(tmp_path / "sub"), layer=2, dim=16)
-  assert "The (2, 16) sub-model" in open(os.path.join(out, "README.md")).read()  # a card without run facts
+  # a card without run facts
+  assert "The (2, 16) sub-model" in open(os.path.join(out, "README.md")).read()
   theirs = st.SentenceTransformer(out, device="cpu").encode(TEXTS[:4])
   ours = embed.Embedder.load(workdir).encode(TEXTS[:4], layer=2, dim=16)
   cos = (theirs * ours).sum(1) / np.linalg.norm(theirs, axis=1) / np.linalg.norm(ours, axis=1)

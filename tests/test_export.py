@@ -10,8 +10,10 @@ from starbucks_jax import cli, export
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import sts
 
-TEXTS = ["the quick brown fox jumps over the lazy dog.", "a cat sat", "music",
-         "the man plays red guitar on the road with a woman and a dog"]
+TEXTS = [
+    "the quick brown fox jumps over the lazy dog.", "a cat sat", "music",
+    "the man plays red guitar on the road with a woman and a dog"
+]
 
 
 def _cos(a, b):
@@ -65,7 +67,9 @@ def test_exported_minilm_scores_reference_spearman_on_stsb(minilm_dir, shared_da
 
 
 def test_export_cli_and_bad_pairs(tiny_hf_dir, tmp_path, capsys):
-  export.main(["--model", tiny_hf_dir, "--output", str(tmp_path / "cli"), "--layer", "2", "--dim", "16"])
+  export.main(
+      ["--model", tiny_hf_dir, "--output",
+       str(tmp_path / "cli"), "--layer", "2", "--dim", "16"])
   assert "wrote" in capsys.readouterr().out
   meta = json.load(open(tmp_path / "cli" / "starbucks_jax.json"))
   assert (meta["layer"], meta["dim"]) == (2, 16)
@@ -82,16 +86,19 @@ def test_the_cards_loading_lines_give_the_sub_model(st, tiny_hf_dir, tmp_path):
   give the (n, d) sub-model's embeddings; a sub-model export's card says which one it is."""
   out = export.export(tiny_hf_dir, str(tmp_path / "full"))
   text = open(os.path.join(out, "README.md")).read()
-  assert text.startswith("---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\n")
+  assert text.startswith(
+      "---\nlibrary_name: sentence-transformers\npipeline_tag: sentence-similarity\n")
   assert "## Training" not in text  # a model directory, not a run: no training facts to state
   code = text.split("```python\n")[1].split("```")[0]
   assert "n, d = 4, 32" in code
-  code = (code.replace("n, d = 4, 32", "n, d = 2, 16").replace('"PATH_OR_REPO_ID"', repr(out))
-          .replace('model.encode(["A man is playing a guitar."])', "model.encode(TEXTS)"))
+  code = (code.replace("n, d = 4, 32",
+                       "n, d = 2, 16").replace('"PATH_OR_REPO_ID"', repr(out)).replace(
+                           'model.encode(["A man is playing a guitar."])', "model.encode(TEXTS)"))
   scope = {"TEXTS": TEXTS}
   exec(code, scope)
   ours = Embedder.load(tiny_hf_dir).encode(TEXTS, layer=2, dim=16)
-  assert scope["embeddings"].shape == (len(TEXTS), 16) and _cos(ours, scope["embeddings"]).min() >= 0.99999
+  assert scope["embeddings"].shape == (len(TEXTS), 16) and _cos(
+      ours, scope["embeddings"]).min() >= 0.99999
   sub = export.export(tiny_hf_dir, str(tmp_path / "sub"), layer=2, dim=16)
   assert "The (2, 16) sub-model" in open(os.path.join(sub, "README.md")).read()
 
@@ -99,8 +106,11 @@ def test_the_cards_loading_lines_give_the_sub_model(st, tiny_hf_dir, tmp_path):
 def test_push_to_hub_offline_fails_in_one_line_and_keeps_the_export(tiny_hf_dir, tmp_path, capsys):
   """Tests run with HF_HUB_OFFLINE=1 (conftest): the real client refuses, the export stays."""
   with pytest.raises(SystemExit) as stop:
-    cli.run(lambda: export.main(["--model", tiny_hf_dir, "--output", str(tmp_path / "o"), "--push-to-hub", "me/x"]))
+    cli.run(lambda: export.main(
+        ["--model", tiny_hf_dir, "--output",
+         str(tmp_path / "o"), "--push-to-hub", "me/x"]))
   err = capsys.readouterr().err.strip()
   assert stop.value.code == 2 and len(err.splitlines()) == 1, err
-  assert err.startswith("error: --push-to-hub me/x: the upload failed (OfflineModeIsEnabled") and "intact" in err
+  assert err.startswith(
+      "error: --push-to-hub me/x: the upload failed (OfflineModeIsEnabled") and "intact" in err
   assert (tmp_path / "o" / "model.safetensors").exists() and (tmp_path / "o" / "README.md").exists()

@@ -57,9 +57,11 @@ def model_copy(tiny_hf_dir, tmp_path):
 
 @pytest.mark.parametrize("where", ["source", "inside_source", "workdir", "non_empty", "file"])
 def test_export_refuses_an_output_it_would_destroy(model_copy, tmp_path, capsys, where):
-  target = {"source": model_copy, "inside_source": os.path.join(model_copy, "sub"),
-            "workdir": str(tmp_path / "run"), "non_empty": str(tmp_path / "mine"),
-            "file": str(tmp_path / "notes.txt")}[where]
+  target = {
+      "source": model_copy, "inside_source": os.path.join(model_copy,
+                                                          "sub"), "workdir": str(tmp_path / "run"),
+      "non_empty": str(tmp_path / "mine"), "file": str(tmp_path / "notes.txt")
+  }[where]
   os.makedirs(tmp_path / "run" / workdir_lib.CHECKPOINTS)
   os.makedirs(tmp_path / "run" / workdir_lib.MODEL)
   os.makedirs(tmp_path / "mine")
@@ -68,8 +70,10 @@ def test_export_refuses_an_output_it_would_destroy(model_copy, tmp_path, capsys,
   before = tree_digest(tmp_path)
   line = cli_error(capsys, export.main, ["--model", model_copy, "--output", target, "--layer", "2"])
   assert f"--output {target}" in line
-  assert {"source": "source model", "inside_source": "source model", "workdir": "training workdir",
-          "non_empty": "--overwrite", "file": "is a file"}[where] in line
+  assert {
+      "source": "source model", "inside_source": "source model", "workdir": "training workdir",
+      "non_empty": "--overwrite", "file": "is a file"
+  }[where] in line
   assert tree_digest(tmp_path) == before
 
 
@@ -77,10 +81,14 @@ def test_export_overwrite_replaces_and_writes_readable_files(model_copy, tmp_pat
   out = tmp_path / "mine"
   out.mkdir()
   (out / "old.txt").write_text("old")
-  export.main(["--model", model_copy, "--output", str(out), "--layer", "2", "--dim", "16", "--overwrite"])
+  export.main(
+      ["--model", model_copy, "--output",
+       str(out), "--layer", "2", "--dim", "16", "--overwrite"])
   assert not (out / "old.txt").exists() and (out / "model.safetensors").exists()
-  modes = {os.path.relpath(os.path.join(d, f), out): os.stat(os.path.join(d, f)).st_mode & 0o777
-           for d, _, fs in os.walk(out) for f in fs}
+  modes = {
+      os.path.relpath(os.path.join(d, f), out): os.stat(os.path.join(d, f)).st_mode & 0o777
+      for d, _, fs in os.walk(out) for f in fs
+  }
   assert set(modes.values()) == {0o644}, modes
   assert [p for p in os.listdir(tmp_path) if p.startswith(".")] == []  # no temporary folder left
 
@@ -88,20 +96,28 @@ def test_export_overwrite_replaces_and_writes_readable_files(model_copy, tmp_pat
 # ---------------------------------------------------------------------------------------------
 # embed
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["blank_line", "batch_size_0", "no_output_folder", "output_is_folder",
-                                  "no_input", "bad_layer"])
+@pytest.mark.parametrize(
+    "case",
+    ["blank_line", "batch_size_0", "no_output_folder", "output_is_folder", "no_input", "bad_layer"])
 def test_embed_bad_inputs_fail_before_encoding(tiny_hf_dir, tmp_path, capsys, case):
   texts = tmp_path / "in.txt"
   texts.write_text("a cat\n\nthe dog\n" if case == "blank_line" else "a cat\nthe dog\n")
   out = tmp_path / "v.npy"
   argv = ["--model", tiny_hf_dir, "--input", str(texts), "--output", str(out)]
-  argv += {"batch_size_0": ["--batch-size", "0"], "no_output_folder": ["--output", str(tmp_path / "x" / "v.npy")],
-           "output_is_folder": ["--output", str(tmp_path)], "no_input": ["--input", str(tmp_path / "none.txt")],
-           "bad_layer": ["--layer", "9"]}.get(case, [])
+  argv += {
+      "batch_size_0": ["--batch-size",
+                       "0"], "no_output_folder": ["--output",
+                                                  str(tmp_path / "x" / "v.npy")],
+      "output_is_folder": ["--output", str(tmp_path)],
+      "no_input": ["--input", str(tmp_path / "none.txt")], "bad_layer": ["--layer", "9"]
+  }.get(case, [])
   line = cli_error(capsys, embed.main, argv)
-  want = {"blank_line": f"--input {texts}:2: blank line", "batch_size_0": "--batch-size=0: must be >= 1",
-          "no_output_folder": "does not exist", "output_is_folder": "is a directory",
-          "no_input": "none.txt: no such file", "bad_layer": "layer=9 is outside 1..4"}[case]
+  want = {
+      "blank_line": f"--input {texts}:2: blank line",
+      "batch_size_0": "--batch-size=0: must be >= 1", "no_output_folder": "does not exist",
+      "output_is_folder": "is a directory", "no_input": "none.txt: no such file",
+      "bad_layer": "layer=9 is outside 1..4"
+  }[case]
   assert want in line
   assert not out.exists()
 
@@ -109,7 +125,11 @@ def test_embed_bad_inputs_fail_before_encoding(tiny_hf_dir, tmp_path, capsys, ca
 def test_embed_skip_empty_counts_and_drops_blank_lines(tiny_hf_dir, tmp_path, capsys):
   texts = tmp_path / "in.txt"
   texts.write_text("a cat\n   \nthe dog\n\n")
-  embed.main(["--model", tiny_hf_dir, "--input", str(texts), "--output", str(tmp_path / "v.npy"), "--skip-empty"])
+  embed.main([
+      "--model", tiny_hf_dir, "--input",
+      str(texts), "--output",
+      str(tmp_path / "v.npy"), "--skip-empty"
+  ])
   assert "skipped 2 blank line(s)" in capsys.readouterr().err
   assert np.load(tmp_path / "v.npy").shape == (2, 32)
 
@@ -125,7 +145,11 @@ def test_nan_weights_fail_at_load_naming_the_tensor(model_copy, tmp_path, capsys
     model_dirs.load_pretrained(model_copy)
   texts = tmp_path / "in.txt"
   texts.write_text("a cat\n")
-  line = cli_error(capsys, embed.main, ["--model", model_copy, "--input", str(texts), "--output", str(tmp_path / "v.npy")])
+  line = cli_error(
+      capsys, embed.main,
+      ["--model", model_copy, "--input",
+       str(texts), "--output",
+       str(tmp_path / "v.npy")])
   assert name in line and model_copy in line
 
 
@@ -133,24 +157,31 @@ def test_nan_weights_fail_at_load_naming_the_tensor(model_copy, tmp_path, capsys
 # config values: NaN and infinity fail everywhere, as does a value of the wrong kind
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("key,value", [
-    ("train.lr", float("nan")), ("train.lr", float("inf")), ("train.warmup_ratio", float("nan")),
-    ("loss.scale", float("nan")), ("loss.kl_weight", float("-inf")), ("train.adam_eps", float("nan")),
-    ("data.score_range", (0.0, float("nan"))), ("loss.pair_weights", (1.0, float("nan"))),
+    ("train.lr", float("nan")),
+    ("train.lr", float("inf")),
+    ("train.warmup_ratio", float("nan")),
+    ("loss.scale", float("nan")),
+    ("loss.kl_weight", float("-inf")),
+    ("train.adam_eps", float("nan")),
+    ("data.score_range", (0.0, float("nan"))),
+    ("loss.pair_weights", (1.0, float("nan"))),
 ])
 def test_non_finite_config_values_name_the_key(tiny_run, key, value):
   """Whatever the key's own checks, a NaN or infinity anywhere in the config fails before compute."""
   section, name = key.split(".")
   with tiny_run.unlocked():
     tiny_run[section][name] = value
-  with pytest.raises(config_lib.ConfigError, match=rf"^{key}=.*; must be finite \(no NaN or infinity\)"):
+  with pytest.raises(config_lib.ConfigError,
+                     match=rf"^{key}=.*; must be finite \(no NaN or infinity\)"):
     finetune.describe(tiny_run)
 
 
 def test_layer_weighting_names_the_method_it_needs(tiny_run):
   with tiny_run.unlocked():
     tiny_run.loss.layer_weighting = "linear"
-  with pytest.raises(config_lib.ConfigError, match=r"^loss.layer_weighting='linear' weighs the sampled layer "
-                     r"of schedule.method='2dmse'; schedule.method='starbucks' has none"):
+  with pytest.raises(
+      config_lib.ConfigError, match=r"^loss.layer_weighting='linear' weighs the sampled layer "
+      r"of schedule.method='2dmse'; schedule.method='starbucks' has none"):
     finetune.describe(tiny_run)
   with tiny_run.unlocked():
     tiny_run.schedule.method = "2dmse"
@@ -177,7 +208,8 @@ GOOD_TRIPLET = {"anchor": "a cat", "positive": "the cat", "negative": "a dog"}
 @pytest.mark.parametrize("row,message", [
     ({**GOOD_TRIPLET, "anchor": None}, "column 'anchor' = None is null, not a text"),
     ({**GOOD_TRIPLET, "positive": 3}, "column 'positive' = 3 is a int, not a text"),
-    ({**GOOD_TRIPLET, "negative": ["a", "b"]}, "column 'negative' = ['a', 'b'] is a list, not a text"),
+    ({**GOOD_TRIPLET, "negative": ["a", "b"]
+     }, "column 'negative' = ['a', 'b'] is a list, not a text"),
     ({**GOOD_TRIPLET, "anchor": "  "}, "column 'anchor' = '  ' is an empty text"),
     ({"anchor": "a cat", "positive": "the cat"}, "no column 'negative'"),
 ])
@@ -190,9 +222,13 @@ def test_bad_triplet_rows_name_file_and_line(tmp_path, row, message):
 
 
 @pytest.mark.parametrize("score,message", [
-    ("NaN", "is not a finite number"), ("Infinity", "is not a finite number"),
-    ("7.5", "is outside data.score_range [0, 5]"), ("-1", "is outside data.score_range [0, 5]"),
-    ('"high"', "is not a number"), ("null", "is null, not a number"), ("true", "is a bool, not a number"),
+    ("NaN", "is not a finite number"),
+    ("Infinity", "is not a finite number"),
+    ("7.5", "is outside data.score_range [0, 5]"),
+    ("-1", "is outside data.score_range [0, 5]"),
+    ('"high"', "is not a number"),
+    ("null", "is null, not a number"),
+    ("true", "is a bool, not a number"),
 ])
 def test_bad_scores_name_file_line_and_value(tmp_path, score, message):
   path = tmp_path / "sts.jsonl"
@@ -206,7 +242,8 @@ def test_bad_scores_name_file_line_and_value(tmp_path, score, message):
 def test_score_range_is_the_configs(tmp_path):
   path = tmp_path / "sts.jsonl"
   path.write_text('{"sentence1": "a cat", "sentence2": "the cat", "score": 0.9}\n')
-  assert batching.load_examples(str(path), "scored_pairs", score_range=(0.0, 1.0)).scores.tolist() == [pytest.approx(0.9)]
+  assert batching.load_examples(str(path), "scored_pairs",
+                                score_range=(0.0, 1.0)).scores.tolist() == [pytest.approx(0.9)]
   with pytest.raises(DataError, match=r"outside data.score_range \[0, 0.5\]"):
     batching.load_examples(str(path), "scored_pairs", score_range=(0.0, 0.5))
 
@@ -220,15 +257,19 @@ def test_score_range_is_the_configs(tmp_path):
     ("negative_passages", [{"title": 3, "text": "x"}], "has item 0"),
 ])
 def test_bad_passage_lists_name_file_and_line(tmp_path, field, value, message):
-  good = {"query": "what is a cat", "positive_passages": [{"title": "Cat", "text": "a cat is an animal"}],
-          "negative_passages": ["a dog is an animal"]}
+  good = {
+      "query": "what is a cat",
+      "positive_passages": [{"title": "Cat", "text": "a cat is an animal"}],
+      "negative_passages": ["a dog is an animal"]
+  }
   path = tmp_path / "groups.jsonl"
   path.write_text(json.dumps(good) + "\n" + json.dumps({**good, field: value}) + "\n")
   with pytest.raises(DataError) as e:
     groups.load_tevatron(str(path))
   assert str(e.value).startswith(f"{path}:2: column '{field}'") and message in str(e.value)
   path.write_text(json.dumps(good) + "\n")
-  assert groups.load_tevatron(str(path)).passages == ["Cat a cat is an animal", "a dog is an animal"]
+  assert groups.load_tevatron(
+      str(path)).passages == ["Cat a cat is an animal", "a dog is an animal"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,7 +323,8 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_p
   finetune.run(tiny_run, work)  # resumes from step 2: step 3 again
   assert os.listdir(os.path.join(work, workdir_lib.UNREADABLE))[0].startswith("3-")
   resumed = checkpoint.load_model(work).params
-  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), resumed, straight)
+  jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7),
+                         resumed, straight)
   steps = [json.loads(line)["step"] for line in open(os.path.join(work, "metrics.jsonl"))]
   assert steps == [1, 2, 3]  # the lost step's row replaced, not repeated
   # none readable: an error that moves nothing, never a silent restart
@@ -298,12 +340,14 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_p
   assert tree_digest(work) == before
 
 
-def test_a_run_whose_steps_are_all_non_finite_stops_without_results(tiny_run, tmp_path, monkeypatch):
+def test_a_run_whose_steps_are_all_non_finite_stops_without_results(tiny_run, tmp_path,
+                                                                    monkeypatch):
   """A loss that is NaN from the start (as a broken dtype or data would make it): the run stops at
   the first log, writes no checkpoint and no result (never an untrained model reported as trained)."""
   real = finetune.run_step
-  monkeypatch.setattr(finetune, "run_step", lambda run, tx: real(
-      dataclasses.replace(run, loss=dataclasses.replace(run.loss, scale=float("nan"))), tx))
+  monkeypatch.setattr(
+      finetune, "run_step", lambda run, tx: real(
+          dataclasses.replace(run, loss=dataclasses.replace(run.loss, scale=float("nan"))), tx))
   work = tmp_path / "run"
   with pytest.raises(FloatingPointError, match=r"the last 1 steps \(to step 1\) had a non-finite"):
     finetune.run(tiny_run, str(work))
@@ -313,7 +357,9 @@ def test_a_run_whose_steps_are_all_non_finite_stops_without_results(tiny_run, tm
 
 def test_a_bad_eval_set_fails_before_training(tiny_run, tmp_path):
   bad = tmp_path / "sts.jsonl"
-  bad.write_text('{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "sentence2": null, "score": 2}\n')
+  bad.write_text(
+      '{"sentence1": "a", "sentence2": "b", "score": 1}\n{"sentence1": "a", "sentence2": null, "score": 2}\n'
+  )
   with tiny_run.unlocked():
     tiny_run.eval.sts = f"mine/test={bad}"
   work = tmp_path / "run"
@@ -323,9 +369,13 @@ def test_a_bad_eval_set_fails_before_training(tiny_run, tmp_path):
 
 
 def test_results_and_metrics_never_hold_a_bare_nan(tmp_path):
-  recs = [results.record("stsb", "test", "spearman", 1, 8, float("nan")), results.record("stsb", "test", "spearman", 2, 16, 0.5)]
+  recs = [
+      results.record("stsb", "test", "spearman", 1, 8, float("nan")),
+      results.record("stsb", "test", "spearman", 2, 16, 0.5)
+  ]
   path = results.write(str(tmp_path), "final", recs)
-  strict = json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(f"bare {c} in {path}"))
+  strict = json.loads(
+      open(path).read(), parse_constant=lambda c: pytest.fail(f"bare {c} in {path}"))
   assert strict[0]["value"] is None and strict[1]["value"] == 0.5
   assert "| 1 | 8 |" in results.table(recs)
   writer = metrics.MetricsWriter(str(tmp_path))
@@ -336,27 +386,38 @@ def test_results_and_metrics_never_hold_a_bare_nan(tmp_path):
 
 def test_config_args_name_the_flag_and_the_closest_key(monkeypatch):
   monkeypatch.chdir(REPO)
-  with pytest.raises(config_lib.ConfigError, match=r"--config.train.lrr: no such key in configs/ft.py; did you mean --config.train.lr\?"):
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=r"--config.train.lrr: no such key in configs/ft.py; did you mean --config.train.lr\?"):
     cli.check_config_args(["--config=configs/ft.py:demo", "--config.train.lrr=1"])
-  with pytest.raises(config_lib.ConfigError, match="--config=configs/nope.py: config file configs/nope.py not found"):
+  with pytest.raises(config_lib.ConfigError,
+                     match="--config=configs/nope.py: config file configs/nope.py not found"):
     cli.check_config_args(["--config=configs/nope.py"])
   with pytest.raises(config_lib.ConfigError, match="config argument 'dmeo' is unknown"):
     cli.check_config_args(["--config=configs/ft.py:dmeo"])
-  cli.check_config_args(["--config=configs/ft.py:demo", "--config.train.lr=1e-4", "--config.mesh.shape=(1,1,1)"])
+  cli.check_config_args(
+      ["--config=configs/ft.py:demo", "--config.train.lr=1e-4", "--config.mesh.shape=(1,1,1)"])
 
 
 @pytest.mark.parametrize("file,row,message", [
-    ("corpus.jsonl", {"_id": "d2", "title": "T", "text": 5}, "corpus.jsonl:2: title and text must be strings"),
-    ("corpus.jsonl", {"_id": "d2", "title": None, "text": ""}, "corpus.jsonl:2: empty title and text"),
-    ("queries.jsonl", {"_id": "q2", "text": None}, "queries.jsonl:2: text None is not a non-empty string"),
+    ("corpus.jsonl", {"_id": "d2", "title": "T", "text": 5
+                     }, "corpus.jsonl:2: title and text must be strings"),
+    ("corpus.jsonl", {"_id": "d2", "title": None, "text": ""
+                     }, "corpus.jsonl:2: empty title and text"),
+    ("queries.jsonl", {"_id": "q2", "text": None
+                      }, "queries.jsonl:2: text None is not a non-empty string"),
 ])
 def test_bad_beir_rows_name_file_and_line(tmp_path, file, row, message):
   from starbucks_jax.data import beir
   (tmp_path / "qrels").mkdir()
   (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\n")
-  good = {"corpus.jsonl": {"_id": "d1", "title": "A", "text": "a cat"}, "queries.jsonl": {"_id": "q1", "text": "cat?"}}
+  good = {
+      "corpus.jsonl": {"_id": "d1", "title": "A", "text": "a cat"},
+      "queries.jsonl": {"_id": "q1", "text": "cat?"}
+  }
   for name, first in good.items():
-    (tmp_path / name).write_text(json.dumps(first) + "\n" + (json.dumps(row) + "\n" if name == file else ""))
+    (tmp_path /
+     name).write_text(json.dumps(first) + "\n" + (json.dumps(row) + "\n" if name == file else ""))
   with pytest.raises(DataError, match=message):
     beir.load(str(tmp_path), "test")
 
@@ -370,6 +431,8 @@ def test_commands_raise_the_stack_limit_before_jax_loads():
   if hard != resource.RLIM_INFINITY and hard <= 8 << 20:
     pytest.skip("the hard stack limit leaves nothing to raise")
   # the soft limit lowered by the shell (a preexec_fn would fork this multithreaded process)
-  out = subprocess.run(["bash", "-c", 'ulimit -S -s 8192 && exec "$0" -c "$1"', sys.executable, code],
-                       cwd=REPO, capture_output=True, text=True, check=True).stdout
-  assert out.split() == [str(8 << 20), str(hard), "False"]  # the limit at each start: re-executed once
+  out = subprocess.run(
+      ["bash", "-c", 'ulimit -S -s 8192 && exec "$0" -c "$1"', sys.executable, code], cwd=REPO,
+      capture_output=True, text=True, check=True).stdout
+  # the limit at each start: re-executed once
+  assert out.split() == [str(8 << 20), str(hard), "False"]

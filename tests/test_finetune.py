@@ -11,7 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from starbucks_jax import checkpoint, config_lib, embed, export, finetune, losses, schedule, srl, timing
+from starbucks_jax import (
+    checkpoint,
+    config_lib,
+    embed,
+    export,
+    finetune,
+    losses,
+    schedule,
+    srl,
+    timing,
+)
 from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.data import batching
 from starbucks_jax.evaluate import results
@@ -22,16 +32,18 @@ from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalar
 
 
 def optax_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree_util.tree_leaves(tree)))
+  return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree_util.tree_leaves(tree)))
 
 
 def write_scored(path, n, seed=0):
   rng = np.random.default_rng(seed)
   with open(path, "w") as f:
     for i in range(n):
-      f.write(json.dumps({"sentence1": " ".join(rng.choice(WORDS, size=5)),
-                          "sentence2": " ".join(rng.choice(WORDS, size=4)),
-                          "score": float(rng.uniform(0, 5))}) + "\n")
+      f.write(
+          json.dumps({
+              "sentence1": " ".join(rng.choice(WORDS, size=5)), "sentence2": " ".join(
+                  rng.choice(WORDS, size=4)), "score": float(rng.uniform(0, 5))
+          }) + "\n")
   return str(path)
 
 
@@ -60,6 +72,7 @@ def test_one_forward_equals_separate_forwards(tmp_path):
         hidden = BertEncoder(cfg).apply({"params": p}, ids.reshape(12, 10), mask.reshape(12, 10),
                                         num_layers=n)
         return pool(hidden[n], mask.reshape(12, 10), "mean").reshape(3, 4, -1)
+
       teacher = sub(2)
       total = 0.0
       for n, d in pairs:
@@ -73,8 +86,8 @@ def test_one_forward_equals_separate_forwards(tmp_path):
     b, gb = jax.jit(jax.value_and_grad(separate_forwards))(params)
     assert float(a) == pytest.approx(float(b), rel=1e-6)
     jax.tree_util.tree_map(  # atol on each leaf's scale: float32 sums in another order
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6 * max(1.0, float(np.abs(y).max()))),
-        ga, gb)
+        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6 * max(
+            1.0, float(np.abs(y).max()))), ga, gb)
     assert float(optax_norm(ga)) > 1e-3
 
 
@@ -98,7 +111,8 @@ def test_srl_gradient_holds_no_copy_of_the_hidden_state_stack():
     return losses.plan_loss(plan, pooled, losses.LossConfig())[0]
 
   ours_grad, stack_grad = (jax.jit(jax.grad(f)).lower(params).compile() for f in (ours, from_stack))
-  assert stack in stack_grad.as_text()  # the control: the shape string finds the stack when it is there
+  # the control: the shape string finds the stack when it is there
+  assert stack in stack_grad.as_text()
   assert stack not in ours_grad.as_text()
   assert max_rel_diff(ours_grad(params), stack_grad(params))[0] < 1e-5
 
@@ -115,7 +129,8 @@ def test_every_method_trains_two_steps(tiny_run, tmp_path, method):
       tiny_run.loss.pair_weighting, tiny_run.loss.full_weight = "inverse_loss", 0.5
     if method == "starbucks":
       tiny_run.loss.teacher, tiny_run.train.dropout = "frozen", False
-      tiny_run.train.lr, tiny_run.train.warmup_ratio = 1e-3, 0.0  # step 1 moves the model off the teacher
+      # step 1 moves the model off the teacher
+      tiny_run.train.lr, tiny_run.train.warmup_ratio = 1e-3, 0.0
   records = finetune.run(tiny_run, str(tmp_path / method))
   rows = [json.loads(line) for line in open(tmp_path / method / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2]
@@ -124,7 +139,8 @@ def test_every_method_trains_two_steps(tiny_run, tmp_path, method):
     weights = [rows[0][f"weight/{n}_{d}"] for n, d in ((1, 8), (1, 32), (2, 8), (2, 32))]
     assert sum(weights[:3]) + 2 * weights[3] == pytest.approx(4, rel=1e-5)
   if method == "starbucks":
-    assert rows[0]["kl/2_32"] < 1e-6 * rows[0]["kl/1_8"] and rows[1]["kl/2_32"] > 100 * rows[0]["kl/2_32"]
+    assert rows[0]["kl/2_32"] < 1e-6 * rows[0]["kl/1_8"] and rows[1][
+        "kl/2_32"] > 100 * rows[0]["kl/2_32"]
   pairs = {(r["layer"], r["dim"]) for r in records}
   assert pairs == ({(1, 8)} if method == "separate" else {(1, 8), (2, 32)})
   assert checkpoint.manager(str(tmp_path / method), read_only=True).latest_step() == 2
@@ -140,9 +156,11 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
   finetune.run(tiny_run, str(tmp_path / "w"))
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   spent = timer.record()  # the run's time, itemised (main writes it to WORKDIR/timing.json)
-  assert spent["steps"] == rows[-1]["step"] and spent["compiles"] >= 1 and 0 < spent["padded_frac"] < 1
+  assert spent["steps"] == rows[-1]["step"] and spent[
+      "compiles"] >= 1 and 0 < spent["padded_frac"] < 1
   assert all(spent[k] > 0 for k in ("startup_s", "compile_s", "train_s", "eval_s", "checkpoint_s"))
-  assert spent["total_s"] >= spent["startup_s"] + spent["compile_s"] + spent["train_s"] + spent["eval_s"]
+  assert spent[
+      "total_s"] >= spent["startup_s"] + spent["compile_s"] + spent["train_s"] + spent["eval_s"]
   assert set(rows[0]) >= {"task/1_8", "kl/1_8", "task/2_32", "lr", "examples_per_sec"}
   traces = list((tmp_path / "w" / "profile").glob("plugins/profile/*/*.xplane.pb"))  # for XProf
   assert len(traces) == 1 and traces[0].stat().st_size > 0
@@ -156,7 +174,8 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
     tiny_run.train.checkpoint_every = 2
   finetune.run(tiny_run, str(tmp_path / "straight"))
 
-  kill_at(monkeypatch, batching.Batcher, 5)  # killed while step 6's batch is on its way: 5 is logged, not saved
+  # killed while step 6's batch is on its way: 5 is logged, not saved
+  kill_at(monkeypatch, batching.Batcher, 5)
   with pytest.raises(KeyboardInterrupt):
     finetune.run(tiny_run, str(tmp_path / "resumed"))
   assert checkpoint.manager(str(tmp_path / "resumed"), read_only=True).latest_step() == 4
@@ -168,13 +187,15 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
   b = checkpoint.load_model(str(tmp_path / "resumed")).params
   jax.tree_util.tree_map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7), a, b)
   rows = [json.loads(line) for line in open(tmp_path / "resumed" / "metrics.jsonl")]
-  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # the lost step 5's row is replaced by the resumed run's
+  # the lost step 5's row is replaced by the resumed run's
+  assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
   # TensorBoard shows the same: each step once (the killed run's step 5 hidden), JSONL's values,
   # and the evaluation per pair at the last step
   scalars = tb_scalars(tmp_path / "resumed" / "tb")
   for key in ("loss", "grad_norm", "lr", "task/2_32"):
     assert [s for s, _ in scalars[f"train/{key}"]] == [1, 2, 3, 4, 5, 6], key
-    np.testing.assert_allclose([v for _, v in scalars[f"train/{key}"]], [r[key] for r in rows], rtol=1e-6)
+    np.testing.assert_allclose([v for _, v in scalars[f"train/{key}"]], [r[key] for r in rows],
+                               rtol=1e-6)
   final = json.load(open(tmp_path / "resumed" / "results" / "final.json"))
   for r in final:
     tag = f"eval/{r['dataset']}/{r['split']}/{r['metric']}/{r['layer']}x{r['dim']}"
@@ -193,18 +214,25 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
       sent["repo"] = (repo_id, repo_type, private)
 
     def upload_folder(self, folder_path, repo_id, repo_type, commit_message):
-      sent["files"] = sorted(str(p.relative_to(folder_path)) for p in pathlib.Path(folder_path).rglob("*") if p.is_file())
+      sent["files"] = sorted(
+          str(p.relative_to(folder_path)) for p in pathlib.Path(folder_path).rglob("*")
+          if p.is_file())
       return types.SimpleNamespace(commit_url=f"https://huggingface.co/{repo_id}/commit/1")
 
   import huggingface_hub
   monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
-  export.main(["--model", str(tmp_path / "resumed"), "--output", str(tmp_path / "export"),
-               "--push-to-hub", "me/starbucks-tiny", "--private"])
+  export.main([
+      "--model",
+      str(tmp_path / "resumed"), "--output",
+      str(tmp_path / "export"), "--push-to-hub", "me/starbucks-tiny", "--private"
+  ])
   card = (tmp_path / "export" / "README.md").read_text()
-  assert results.table(final) in card and "| steps | 6 |" in card and "| method | starbucks |" in card
+  assert results.table(
+      final) in card and "| steps | 6 |" in card and "| method | starbucks |" in card
   assert sent["repo"] == ("me/starbucks-tiny", "model", True)
-  assert sent["files"] == sorted(str(p.relative_to(tmp_path / "export"))
-                                 for p in (tmp_path / "export").rglob("*") if p.is_file())
+  assert sent["files"] == sorted(
+      str(p.relative_to(tmp_path / "export")) for p in (tmp_path / "export").rglob("*")
+      if p.is_file())
   assert "README.md" in sent["files"] and "model.safetensors" in sent["files"]
 
 
@@ -217,9 +245,11 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
            ("loss.pair_weights", (1.0,), "loss.pair_weights has 1 weights for 2 pairs"),
            ("loss.pair_weighting", "inverse", "loss.pair_weighting='inverse'"),
            ("train.forward_splits", 0, "train.forward_splits=0; must be >= 1"),
-           ("train.forward_splits", 3, "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards"),
+           ("train.forward_splits", 3,
+            "train.forward_splits=3: data.batch_size=16 does not split into 3 forwards"),
            ("data.pack_length", -1, "data.pack_length=-1; must be >= 0"),
-           ("train.profile_steps", (3, 3), "train.profile_steps=(3, 3): expected (START, END) steps")]
+           ("train.profile_steps", (3, 3),
+            "train.profile_steps=(3, 3): expected (START, END) steps")]
   for key, value, msg in cases:
     cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
     with cfg.unlocked():
@@ -229,28 +259,34 @@ def test_training_config_errors_name_the_key(tiny_run, tmp_path):
       cfg[section][name] = value
     with pytest.raises(config_lib.ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
       finetune.run(cfg, str(tmp_path / "w"))
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo,method=separate,layer=9,dim=16")
+  cfg = config_lib.load_config(
+      str(REPO / "configs" / "ft.py") + ":demo,method=separate,layer=9,dim=16")
   with pytest.raises(config_lib.ConfigError, match=r"schedule.separate_pair\[0\]=\(9, 16\)"):
     finetune.run(cfg, str(tmp_path / "w"))
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")  # 16 = 2 microbatches x 2 chunks x 4
+  # 16 = 2 microbatches x 2 chunks x 4
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
   with cfg.unlocked():
     cfg.train.microbatches, cfg.train.grad_cache_chunks, cfg.train.forward_splits = 2, 2, 8
-  with pytest.raises(config_lib.ConfigError, match="train.forward_splits=8 does not divide the 4 examples of each "
-                                                   "train.grad_cache_chunks chunk of a microbatch"):
+  with pytest.raises(
+      config_lib.ConfigError, match="train.forward_splits=8 does not divide the 4 examples of each "
+      "train.grad_cache_chunks chunk of a microbatch"):
     finetune.run(cfg, str(tmp_path / "w"))
   with cfg.unlocked():
     cfg.train.microbatches, cfg.train.forward_splits, cfg.data.packing = 1, 1, True
-  with pytest.raises(config_lib.ConfigError, match="data.packing=True encodes the batch in one forward; "
-                                                   "train.grad_cache_chunks=2 needs data.packing=False"):
+  with pytest.raises(
+      config_lib.ConfigError, match="data.packing=True encodes the batch in one forward; "
+      "train.grad_cache_chunks=2 needs data.packing=False"):
     finetune.run(cfg, str(tmp_path / "w"))
   with cfg.unlocked():
     cfg.data.format = "groups"
-  with pytest.raises(config_lib.ConfigError, match="data.format='groups' pads queries and passages"):
+  with pytest.raises(config_lib.ConfigError,
+                     match="data.format='groups' pads queries and passages"):
     finetune.check_packing(FinetuneConfig.from_config(cfg))
 
 
 @pytest.mark.parametrize("layout,cache,splits", [("roles", 3, 1), ("groups", 2, 1), ("roles", 0, 2),
-                                                   ("roles", 0, 4), ("groups", 0, 2), ("roles", 3, 2)])
+                                                 ("roles", 0, 4), ("groups", 0, 2),
+                                                 ("roles", 3, 2)])
 def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout, cache, splits):
   """The gradient-cache step (embed without gradients chunk by chunk, loss gradient w.r.t. the pooled
   vectors of every layer, backprop chunk by chunk) and train.forward_splits (independent encoder
@@ -265,8 +301,8 @@ def test_gradient_cache_and_split_forwards_equal_the_plain_step(tmp_path, layout
     batch = {"query_ids": q, "query_mask": qm, "passage_ids": p, "passage_mask": pm}
   key = jax.random.key(3)
   plain = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False)
-  other = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=cache,
-                                forward_splits=splits)
+  other = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False,
+                            grad_cache_chunks=cache, forward_splits=splits)
   (l1, aux1), g1 = jax.jit(plain.value_and_grad)(params, batch, key)
   (l2, aux2), g2 = jax.jit(other.value_and_grad)(params, batch, key)
   assert float(l2) == pytest.approx(float(l1), rel=1e-5)
@@ -286,14 +322,14 @@ def test_packed_step_equals_the_padded_step(tmp_path, pooling, shards):
   cfg, params, plan, loss_cfg, _ = tiny_srl_case(tmp_path / "m", "roles")
   tokenizer = checkpoint.load_model(str(tmp_path / "m")).tokenizer
   ex = batching.load_examples(write_triplets(tmp_path / "t.jsonl", 16), "triplets")
-  make = lambda **kw: batching.Batcher(ex, tokenizer, batch_size=8, max_length=32, seed=0, **kw)  # noqa: E731
+  make = lambda **kw: batching.Batcher(ex, tokenizer, batch_size=8, max_length=32, seed=0, **kw)
   padded, packed = make(), make(pack_length=0, shards=shards)
   rows = padded.epoch_batches(0)[0]
   assert packed.make_batch(rows)["ids"].size < padded.make_batch(rows)["ids"].size
   key = jax.random.key(3)
   plain = srl.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False)
   packing = srl.make_srl_step(cfg, plan, loss_cfg, None, pooling, dropout=False,
-                                   packed=srl.Packing(3, 8, shards))
+                              packed=srl.Packing(3, 8, shards))
   (l1, _), g1 = jax.jit(plain.value_and_grad)(params, padded.make_batch(rows), key)
   (l2, _), g2 = jax.jit(packing.value_and_grad)(params, packed.make_batch(rows), key)
   assert float(l2) == pytest.approx(float(l1), rel=1e-5)
@@ -301,14 +337,18 @@ def test_packed_step_equals_the_padded_step(tmp_path, pooling, shards):
   assert rel < 1e-5 and scale > 1e-3
   # a frozen teacher's vectors ([B, R, D] with each batch) meet their own examples in both layouts
   frozen = dataclasses.replace(loss_cfg, teacher="frozen")
-  padded.teacher = packed.teacher = np.random.default_rng(0).normal(size=(16, 3, cfg.hidden_size)).astype(np.float32)
+  padded.teacher = packed.teacher = np.random.default_rng(0).normal(size=(16, 3,
+                                                                          cfg.hidden_size)).astype(
+                                                                              np.float32)
   plain = srl.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False)
   packing = srl.make_srl_step(cfg, plan, frozen, None, pooling, dropout=False,
-                                   packed=srl.Packing(3, 8, shards))
+                              packed=srl.Packing(3, 8, shards))
   (l3, aux3), _ = jax.jit(plain.value_and_grad)(params, padded.make_batch(rows), key)
   (l4, _), _ = jax.jit(packing.value_and_grad)(params, packed.make_batch(rows), key)
-  assert float(l4) == pytest.approx(float(l3), rel=1e-5) and float(l3) != pytest.approx(float(l1), rel=1e-3)
-  assert f"kl/{plan.teacher[0]}_{plan.teacher[1]}" in aux3  # the full pair has a KL to the frozen teacher
+  assert float(l4) == pytest.approx(float(l3), rel=1e-5) and float(l3) != pytest.approx(
+      float(l1), rel=1e-3)
+  # the full pair has a KL to the frozen teacher
+  assert f"kl/{plan.teacher[0]}_{plan.teacher[1]}" in aux3
 
 
 def test_split_forwards_draw_each_splits_dropout(tmp_path):
@@ -318,8 +358,8 @@ def test_split_forwards_draw_each_splits_dropout(tmp_path):
   ids, mask = ids_mask(2, 8, 10)
   rows = (ids.reshape(16, 10), mask.reshape(16, 10))
   key = jax.random.key(5)
-  embed = lambda i, m, r: pooled_layers(params, cfg, i, m, plan.layers, "mean",  # noqa: E731
-                                              deterministic=False, rng=r)
+  embed = lambda i, m, r: pooled_layers(params, cfg, i, m, plan.layers, "mean", deterministic=False,
+                                        rng=r)
   got = jax.jit(lambda i, m: srl.split_forward(embed, i, m, key, 2))(*rows)
   for c in range(2):  # split c holds rows c, c + 2, c + 4, ...
     want = embed(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
@@ -344,15 +384,18 @@ def test_gradient_cache_replays_each_chunks_dropout(tmp_path):
     dropout_key, sample_key = jax.random.split(key)
     stream_key = jax.random.fold_in(dropout_key, 0)
     flat_ids, flat_mask = ids.reshape(-1, 10), mask.reshape(-1, 10)
-    parts = [pooled_layers(p, cfg, a, m, plan.layers, "mean", deterministic=False,
-                                 rng=jax.random.fold_in(stream_key, i))
-             for i, (a, m) in enumerate(zip(np.split(flat_ids, k), np.split(flat_mask, k)))]
+    parts = [
+        pooled_layers(p, cfg, a, m, plan.layers, "mean", deterministic=False,
+                      rng=jax.random.fold_in(stream_key, i))
+        for i, (a, m) in enumerate(zip(np.split(flat_ids, k), np.split(flat_mask, k)))
+    ]
     pooled = {n: jnp.concatenate([q[n] for q in parts]).reshape(2, 6, -1) for n in parts[0]}
     return losses.plan_loss(plan, pooled, loss_cfg, rng=sample_key)[0]
 
   want_loss, want = jax.jit(jax.value_and_grad(chunked_loss))(params)
   assert float(loss) == pytest.approx(float(want_loss), rel=1e-5)
   assert max_rel_diff(grads, want)[0] < 1e-5
-  no_dropout = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, grad_cache_chunks=k)
+  no_dropout = srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False,
+                                 grad_cache_chunks=k)
   (_, _), plain = jax.jit(no_dropout.value_and_grad)(params, batch, key)
   assert max_rel_diff(plain, want)[0] > 1e-3

@@ -13,8 +13,10 @@ from conftest import REPO
 
 def gpu_check(out, *args, timeout=300):
   env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHON": sys.executable}
-  return subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out", str(out), *args],
-                        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+      ["bash",
+       str(REPO / "benchmarks" / "gpu_check.sh"), "--dry-run", "--out",
+       str(out), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def test_dry_run_measures_every_section(tmp_path):
@@ -23,14 +25,19 @@ def test_dry_run_measures_every_section(tmp_path):
   results = json.load(open(tmp_path / "gpu_check.json"))
   assert results["dry_run"] and results["env"]["platform"] == "cpu"
   step, recipe, encode = (results["sections"][k] for k in ("step", "recipe", "encode"))
-  assert [r["attention"] for r in step["rows"]] == ["dot_product"]  # the step with --attention: cuDNN's stand-in
+  # the step with --attention: cuDNN's stand-in
+  assert [r["attention"] for r in step["rows"]] == ["dot_product"]
   for row in step["rows"]:
     assert row["loss"]["relative_difference"] < 1e-5  # ours and the authors' loss on the same batch
-    assert row["examples_per_sec"]["jax/starbucks"] > 0 and row["examples_per_sec"]["torch/starbucks"] > 0
+    assert row["examples_per_sec"]["jax/starbucks"] > 0 and row["examples_per_sec"][
+        "torch/starbucks"] > 0
   timing = recipe["timing"]
-  assert timing["steps"] == 3 and timing["compiled_step_bytes"] > 0 and "device_peak_bytes" not in timing  # CPU
+  # CPU
+  assert timing["steps"] == 3 and timing[
+      "compiled_step_bytes"] > 0 and "device_peak_bytes" not in timing
   assert recipe["result_rows"] >= 6  # the demo STS evaluation at every pair
-  assert [(r["layer"], r["dim"]) for r in encode["rates"]] == [(1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384)]
+  assert [(r["layer"], r["dim"]) for r in encode["rates"]] == [(1, 16), (2, 32), (3, 64), (4, 128),
+                                                               (5, 256), (6, 384)]
   table = open(tmp_path / "gpu_check.md").read()
   assert "dry run" in table and "| nli (generated triplets) | 3 x 8 |" in table and "NOT MEASURED" not in table
 
@@ -40,7 +47,8 @@ def test_a_section_past_its_share_is_not_measured(tmp_path):
   assert done.returncode != 0 and "encode not measured" in done.stderr
   results = json.load(open(tmp_path / "gpu_check.json"))
   assert "timed out" in results["sections"]["encode"]["error"]
-  assert "- encode: NOT MEASURED (SectionTimeout: timed out" in open(tmp_path / "gpu_check.md").read()
+  assert "- encode: NOT MEASURED (SectionTimeout: timed out" in open(tmp_path /
+                                                                     "gpu_check.md").read()
 
 
 def test_a_failed_step_run_is_a_row_of_its_own(tmp_path, monkeypatch):
@@ -51,18 +59,27 @@ def test_a_failed_step_run_is_a_row_of_its_own(tmp_path, monkeypatch):
   def fake_run(cmd, timeout, log):
     if "cudnn" in cmd:
       raise RuntimeError("exit 1: RuntimeError: cuDNN not found. | the line before")
-    json.dump({"batch_pairs": 1, "length": 8, "dtype": "bfloat16", "attention": "standard", "loss": {
-        "relative_difference": 0.0}, "examples_per_sec": {"jax/starbucks": 2.0, "torch/starbucks": 1.0},
-        "gflops_per_sec": {"jax/starbucks": 1.0}}, open(cmd[cmd.index("--out") + 1], "w"))
+    json.dump(
+        {
+            "batch_pairs": 1, "length": 8, "dtype": "bfloat16", "attention": "standard", "loss": {
+                "relative_difference": 0.0
+            }, "examples_per_sec": {"jax/starbucks": 2.0, "torch/starbucks": 1.0},
+            "gflops_per_sec": {"jax/starbucks": 1.0}
+        }, open(cmd[cmd.index("--out") + 1], "w"))
+
   monkeypatch.setattr(gc, "run", fake_run)
   size = {**gc.SIZES["gpu"], "step_runs": ((1, "standard"), (1, "cudnn"))}
   rows = gc.step_section(size, "model", 989.0, str(tmp_path), "log", gc.time.time() + 60)
   assert "examples_per_sec" in rows[0] and "cuDNN not found" in rows[1]["error"]
-  table = gc.table({"dry_run": False, "date": "today", "peak_tflops": 989.0, "sections": {"step": {"rows": rows}}})
+  table = gc.table({
+      "dry_run": False, "date": "today", "peak_tflops": 989.0, "sections": {"step": {"rows": rows}}
+  })
   (line,) = [x for x in table.splitlines() if "| cudnn |" in x]
-  assert "NOT MEASURED (exit 1: RuntimeError: cuDNN not found. / the line before)" in line and line.count("|") == 11
+  assert "NOT MEASURED (exit 1: RuntimeError: cuDNN not found. / the line before)" in line and line.count(
+      "|") == 11
   with pytest.raises(RuntimeError, match="every run failed"):
-    gc.step_section({**size, "step_runs": ((1, "cudnn"),)}, "model", 989.0, str(tmp_path), "log", gc.time.time() + 60)
+    gc.step_section({**size, "step_runs": ((1, "cudnn"),)}, "model", 989.0, str(tmp_path), "log",
+                    gc.time.time() + 60)
 
 
 def test_measuring_processes_get_the_users_environment(tmp_path, monkeypatch):
@@ -70,7 +87,9 @@ def test_measuring_processes_get_the_users_environment(tmp_path, monkeypatch):
   user's run would (and a user's own setting passes through)."""
   from conftest import load_script
   gc = load_script("benchmarks/gpu_check.py")
-  probe = [sys.executable, "-c", "import os; print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'))"]
+  probe = [
+      sys.executable, "-c", "import os; print(os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE'))"
+  ]
   monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   monkeypatch.setattr(gc, "_set_here", {"XLA_PYTHON_CLIENT_PREALLOCATE"})
   assert gc.run(probe, 30, str(tmp_path / "log")).strip() == "None"

@@ -32,17 +32,18 @@ def test_key_table_covers_every_parameter_both_ways():
                                 max_position_embeddings=TINY.max_position_embeddings)
   mlm_keys = set(transformers.BertForMaskedLM(cfg).state_dict())
   base_keys = set(transformers.BertModel(cfg).state_dict())
-  ignored = lambda k: any(p.fullmatch(k) for p in hf._IGNORED_HF)  # noqa: E731
-  assert {k for k in mlm_keys if not ignored(k)} == {
-      hf.hf_key(p, True)[0] for p in ours if not p.startswith("pooler/")}
-  assert {k for k in base_keys if not ignored(k)} == {
-      hf.hf_key(p, False)[0] for p in ours if not p.startswith("mlm_head/")}
+  ignored = lambda k: any(p.fullmatch(k) for p in hf._IGNORED_HF)
+  assert {k for k in mlm_keys if not ignored(k)
+         } == {hf.hf_key(p, True)[0] for p in ours if not p.startswith("pooler/")}
+  assert {k for k in base_keys if not ignored(k)
+         } == {hf.hf_key(p, False)[0] for p in ours if not p.startswith("mlm_head/")}
 
 
 def test_round_trip_is_lossless(tiny_hf_dir, tmp_path):
   pre = model_dirs.load_pretrained(tiny_hf_dir)
   assert set(pre.params) == {"bert", "pooler"}
-  model_dirs.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
+  model_dirs.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer,
+                             sentence=pre.sentence)
   before = load_file(os.path.join(tiny_hf_dir, "model.safetensors"))
   after = load_file(str(tmp_path / "model.safetensors"))
   assert before.keys() == after.keys()
@@ -59,12 +60,15 @@ def test_transformers_loads_the_export(tiny_hf_dir, tmp_path):
   torch = pytest.importorskip("torch")
   import transformers
   pre = model_dirs.load_pretrained(tiny_hf_dir)
-  model_dirs.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
+  model_dirs.save_pretrained(str(tmp_path), pre.config, pre.params, pre.tokenizer,
+                             sentence=pre.sentence)
   a = transformers.AutoModel.from_pretrained(tiny_hf_dir).eval()
   b = transformers.AutoModel.from_pretrained(str(tmp_path)).eval()
   ids = torch.tensor([[2, 40, 41, 42, 3, 0]])
   with torch.no_grad():
-    np.testing.assert_array_equal(a(ids).last_hidden_state.numpy(), b(ids).last_hidden_state.numpy())
+    np.testing.assert_array_equal(
+        a(ids).last_hidden_state.numpy(),
+        b(ids).last_hidden_state.numpy())
   tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
   assert tok("the cat sat")["input_ids"] == pre.tokenizer("the cat sat")["input_ids"]
 
@@ -86,7 +90,8 @@ def test_masked_lm_checkpoint_keeps_its_head(tmp_path):
                                    out.hidden_states[-1].numpy(), words)
   np.testing.assert_allclose(ours, out.logits.numpy(), atol=1e-4, rtol=1e-5)
   # Export as BertForMaskedLM and back: identical tensors under HF names.
-  model_dirs.save_pretrained(str(tmp_path / "out"), pre.config, pre.params, pre.tokenizer, sentence=pre.sentence)
+  model_dirs.save_pretrained(str(tmp_path / "out"), pre.config, pre.params, pre.tokenizer,
+                             sentence=pre.sentence)
   assert json.load(open(tmp_path / "out" / "config.json"))["architectures"] == ["BertForMaskedLM"]
   import transformers
   reloaded = transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "out")).eval()
@@ -111,14 +116,17 @@ def test_sliced_mlm_head_equals_zeroed_columns():
 
 def test_legacy_gamma_beta_and_nsp_head_load(tiny_hf_dir, tmp_path):
   state = load_file(os.path.join(tiny_hf_dir, "model.safetensors"))
-  legacy = {"bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
-            for k, v in state.items()}
+  legacy = {
+      "bert." + k.replace("LayerNorm.weight", "LayerNorm.gamma").replace(
+          "LayerNorm.bias", "LayerNorm.beta"): v for k, v in state.items()
+  }
   legacy["cls.seq_relationship.weight"] = np.zeros((2, TINY.hidden_size), np.float32)
   legacy["cls.seq_relationship.bias"] = np.zeros((2,), np.float32)
   legacy["bert.embeddings.position_ids"] = np.arange(64)[None]
   shutil.copytree(tiny_hf_dir, tmp_path / "legacy")
   save_file(legacy, str(tmp_path / "legacy" / "model.safetensors"))
-  a, b = model_dirs.load_pretrained(tiny_hf_dir), model_dirs.load_pretrained(str(tmp_path / "legacy"))
+  a, b = model_dirs.load_pretrained(tiny_hf_dir), model_dirs.load_pretrained(
+      str(tmp_path / "legacy"))
   jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
 
 
@@ -133,7 +141,8 @@ def test_missing_and_unknown_keys_are_listed(broken_dir):
   del state["encoder.layer.2.output.dense.weight"]
   state["encoder.layer.1.extra_adapter.weight"] = np.zeros(3, np.float32)
   save_file(state, str(broken_dir / "model.safetensors"))
-  with pytest.raises(ValueError, match=r"not part of a BERT model: \['encoder.layer.1.extra_adapter.weight'\]"):
+  with pytest.raises(ValueError,
+                     match=r"not part of a BERT model: \['encoder.layer.1.extra_adapter.weight'\]"):
     model_dirs.load_pretrained(str(broken_dir))
   del state["encoder.layer.1.extra_adapter.weight"]
   save_file(state, str(broken_dir / "model.safetensors"))
@@ -177,7 +186,8 @@ def test_pytorch_bin_checkpoint(tiny_hf_dir, tmp_path):
   torch = pytest.importorskip("torch")
   shutil.copytree(tiny_hf_dir, tmp_path / "bin")
   state = load_file(str(tmp_path / "bin" / "model.safetensors"))
-  torch.save({k: torch.from_numpy(v) for k, v in state.items()}, str(tmp_path / "bin" / "pytorch_model.bin"))
+  torch.save({k: torch.from_numpy(v) for k, v in state.items()},
+             str(tmp_path / "bin" / "pytorch_model.bin"))
   os.remove(tmp_path / "bin" / "model.safetensors")
   a, b = model_dirs.load_pretrained(tiny_hf_dir), model_dirs.load_pretrained(str(tmp_path / "bin"))
   jax.tree_util.tree_map(np.testing.assert_array_equal, a.params, b.params)
@@ -185,7 +195,8 @@ def test_pytorch_bin_checkpoint(tiny_hf_dir, tmp_path):
 
 def test_sentence_transformers_folder_settings(minilm_dir):
   pre = model_dirs.load_pretrained(minilm_dir)
-  assert pre.sentence == model_dirs.SentenceSettings(pooling="mean", normalize=True, max_seq_length=256)
+  assert pre.sentence == model_dirs.SentenceSettings(pooling="mean", normalize=True,
+                                                     max_seq_length=256)
   assert (pre.config.num_hidden_layers, pre.config.hidden_size) == (6, 384)
   assert model_dirs.resolve_model_dir("all-MiniLM-L6-v2") == minilm_dir
 
@@ -196,5 +207,6 @@ def test_unsupported_pooling_is_named(minilm_dir, tmp_path):
   cfg = json.load(open(cfg_file))
   cfg["pooling_mode_mean_tokens"], cfg["pooling_mode_max_tokens"] = False, True
   json.dump(cfg, open(cfg_file, "w"))
-  with pytest.raises(ValueError, match=r"1_Pooling/config.json: pooling \['max'\] is not supported"):
+  with pytest.raises(ValueError,
+                     match=r"1_Pooling/config.json: pooling \['max'\] is not supported"):
     model_dirs.load_pretrained(str(tmp_path / "m"))

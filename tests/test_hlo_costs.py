@@ -68,7 +68,8 @@ ENTRY %main (x: f32[4,8,128], w: f32[128,256], ok: pred[]) -> f32[128,256] {
 
 
 def test_tiled_sizes_and_memory_spaces():
-  assert hlo.array_bytes("f32[8,32]{1,0:T(8,128)}") == [(8 * 128 * 4, 0)]  # 32 columns padded to 128
+  # 32 columns padded to 128
+  assert hlo.array_bytes("f32[8,32]{1,0:T(8,128)}") == [(8 * 128 * 4, 0)]
   assert hlo.array_bytes("bf16[3]{0}") == [(6, 0)]  # no tiling: as is
   assert hlo.array_bytes("f32[5,5]{1,0:T(8,128)S(1)}") == [(8 * 128 * 4, 1)]
   assert hlo.array_bytes("(f32[2]{0}, s32[]{:T(128)})") == [(8, 0), (4, 0)]
@@ -100,12 +101,13 @@ def test_loop_trips_slices_branches_and_collectives_by_hand():
   assert costs.unread_loops == ()
   cats = costs.by_category()
   assert set(cats) <= set(H.CATEGORIES)
-  assert cats["matmuls"]["flops"] == 4 * y.flops and cats["collectives"]["ici_bytes"] == pytest.approx(
-      by_name["g"].ici_bytes + by_name["h"].ici_bytes)
+  assert cats["matmuls"]["flops"] == 4 * y.flops and cats["collectives"][
+      "ici_bytes"] == pytest.approx(by_name["g"].ici_bytes + by_name["h"].ici_bytes)
 
 
 def test_a_loop_whose_bound_is_not_a_constant_is_flagged():
-  text = MODULE.replace("%four = s32[]{:T(128)} constant(4)", "%four = s32[]{:T(128)} get-tuple-element(%c), index=0")
+  text = MODULE.replace("%four = s32[]{:T(128)} constant(4)",
+                        "%four = s32[]{:T(128)} get-tuple-element(%c), index=0")
   costs = H.costs(text)
   assert costs.unread_loops == ("loop",)
   assert all(c.trips == 1 for c in costs)
@@ -126,7 +128,8 @@ ENTRY %e (a: bf16[48,32,256], b: bf16[256,1024,1], c: bf16[48,32,256,1], d: bf16
 """
   by_name = {c.name: c for c in H.costs(text)}
   assert by_name["o"].flops == 2 * 48 * 32 * 256 * 1024
-  assert by_name["q"].flops == 2 * 48 * 32 * 256 * 8 * 32  # the Q projection: [1536, 256] x [256, 8 x 32]
+  # the Q projection: [1536, 256] x [256, 8 x 32]
+  assert by_name["q"].flops == 2 * 48 * 32 * 256 * 8 * 32
 
 
 def test_a_pallas_kernel_counts_the_flops_it_states():
@@ -138,4 +141,5 @@ ENTRY %e (q: bf16[2,4,256,64]) -> bf16[2,4,256,64] {
 """
   (kernel,) = H.costs(text)
   # three operands and the output, each head of 64 padded to the tile's 128 lanes
-  assert kernel.flops == 136314880 and kernel.bytes == 4 * 2 * 4 * 256 * 128 * 2 and H.category(kernel) == "attention"
+  assert kernel.flops == 136314880 and kernel.bytes == 4 * 2 * 4 * 256 * 128 * 2 and H.category(
+      kernel) == "attention"

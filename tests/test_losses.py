@@ -37,7 +37,9 @@ def np_contrastive(pooled, d, cosine=True, scale=20.0, temperature=1.0):
 
 def np_cosent(a, b, gold, d, scale=20.0):
   pred = (np_unit(a[:, :d]) * np_unit(b[:, :d])).sum(-1) * scale
-  terms = [pred[i] - pred[j] for i in range(len(gold)) for j in range(len(gold)) if gold[i] < gold[j]]
+  terms = [
+      pred[i] - pred[j] for i in range(len(gold)) for j in range(len(gold)) if gold[i] < gold[j]
+  ]
   return np.log(1.0 + np.sum(np.exp(terms)))
 
 
@@ -107,18 +109,21 @@ def test_cosent(pooled):
 @pytest.mark.parametrize("kl", ["features", "scores"])
 @pytest.mark.parametrize("reduction", ["sum", "mean"])
 def test_srl_loss_equals_the_equation(pooled, kl, reduction):
-  cfg = losses.LossConfig(kl=kl, reduction=reduction, kl_temperature=0.3 if kl == "features" else 1.0)
+  cfg = losses.LossConfig(kl=kl, reduction=reduction,
+                          kl_temperature=0.3 if kl == "features" else 1.0)
   with jax.enable_x64(True):
     got, metrics = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
   assert float(got) == pytest.approx(np_srl(pooled, kl, reduction=reduction), rel=1e-6)
-  assert set(metrics) == {f"task/{n}_{d}" for n, d in PAIRS} | {f"kl/{n}_{d}" for n, d in PAIRS[:-1]}
+  assert set(metrics) == {f"task/{n}_{d}"
+                          for n, d in PAIRS} | {f"kl/{n}_{d}" for n, d in PAIRS[:-1]}
 
 
 def test_score_kl_with_temperature_and_weight(pooled):
   cfg = losses.LossConfig(kl="scores", kl_temperature=2.0, kl_weight=0.5, similarity="dot")
   with jax.enable_x64(True):
     got, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
-  assert float(got) == pytest.approx(np_srl(pooled, "scores", cosine=False, beta=0.5, tau=2.0), rel=1e-6)
+  assert float(got) == pytest.approx(np_srl(pooled, "scores", cosine=False, beta=0.5, tau=2.0),
+                                     rel=1e-6)
 
 
 def test_kl_of_identical_distributions_is_zero(pooled):
@@ -134,11 +139,13 @@ def test_kl_detach_stops_the_teachers_gradient_only(pooled, kind):
   values = []
   for detach in (False, True):
     cfg = losses.LossConfig(kl=kind, kl_detach=detach)
-    value, (g_teacher, g_student) = jax.value_and_grad(lambda a, b: losses.kl_term(a, b, 6, cfg), argnums=(0, 1))(t, s)
+    value, (g_teacher, g_student) = jax.value_and_grad(lambda a, b: losses.kl_term(a, b, 6, cfg),
+                                                       argnums=(0, 1))(t, s)
     assert np.abs(np.asarray(g_student)).max() > 1e-6, (kind, detach)
     assert (np.abs(np.asarray(g_teacher)).max() > 1e-6) != detach, (kind, detach)
     values.append(float(value))
-  assert values[1] == pytest.approx(values[0], rel=1e-6)  # detaching changes the gradient, not the value
+  # detaching changes the gradient, not the value
+  assert values[1] == pytest.approx(values[0], rel=1e-6)
 
 
 def test_tempered_feature_kl_divides_by_the_temperature_inside_the_softmax(pooled):
@@ -147,7 +154,8 @@ def test_tempered_feature_kl_divides_by_the_temperature_inside_the_softmax(poole
   with jax.enable_x64(True):
     got = losses.kl_term(jnp.asarray(pooled[3]), jnp.asarray(pooled[1]), 6, cfg)
   assert float(got) == pytest.approx(0.3 * np_kl(t / 0.3, s / 0.3), rel=1e-6)
-  assert 0.3 * np_kl(t / 0.3, s / 0.3) != pytest.approx(0.3 * np_kl(t, s), rel=1e-2)  # not 'features'
+  # not 'features'
+  assert 0.3 * np_kl(t / 0.3, s / 0.3) != pytest.approx(0.3 * np_kl(t, s), rel=1e-2)
 
 
 def test_layer_weights_follow_sentence_transformers():
@@ -160,7 +168,8 @@ def test_layer_weights_follow_sentence_transformers():
 def test_pair_weights_scale_the_task_term(pooled):
   cfg = losses.LossConfig(kl="none")
   base, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
-  weighted, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL, dataclasses.replace(cfg, pair_weights=(2.0, 0.0, 1.0)))
+  weighted, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL,
+                                dataclasses.replace(cfg, pair_weights=(2.0, 0.0, 1.0)))
   want = 2 * m["task/1_3"] + m["task/3_12"]
   assert float(weighted) == pytest.approx(float(want), rel=1e-6)
   assert float(base) == pytest.approx(float(sum(m.values())), rel=1e-6)
@@ -168,13 +177,19 @@ def test_pair_weights_scale_the_task_term(pooled):
 
 # Hand-computed task weights over PAIRS (layers 1, 2, 3), before full_weight: mean 1 over the pairs.
 INVERSE_LAYER = [3 * w / (1 + 1 / 2 + 1 / 3) for w in (1, 1 / 2, 1 / 3)]  # 1.636, 0.818, 0.545
-LOG_LAYER = [3 * w / sum(1 / (1 + np.log(n)) for n in (1, 2, 3)) for w in (1 / (1 + np.log(n)) for n in (1, 2, 3))]
+LOG_LAYER = [
+    3 * w / sum(1 / (1 + np.log(n)) for n in (1, 2, 3))
+    for w in (1 / (1 + np.log(n)) for n in (1, 2, 3))
+]
 
 
-@pytest.mark.parametrize("weighting, full_weight, kl", [
-    ("inverse_layer", 1.0, "none"), ("log_layer", 1.0, "features"), ("inverse_loss", 1.0, "scores"),
-    ("uniform", 0.25, "features"), ("inverse_layer", 0.5, "none")])
-def test_named_pair_weightings_and_the_full_weight_equal_hand_computed_sums(pooled, weighting, full_weight, kl):
+@pytest.mark.parametrize("weighting, full_weight, kl", [("inverse_layer", 1.0, "none"),
+                                                        ("log_layer", 1.0, "features"),
+                                                        ("inverse_loss", 1.0, "scores"),
+                                                        ("uniform", 0.25, "features"),
+                                                        ("inverse_layer", 0.5, "none")])
+def test_named_pair_weightings_and_the_full_weight_equal_hand_computed_sums(
+    pooled, weighting, full_weight, kl):
   """L = sum of w_i * task_i + beta * KL_i, the w_i computed here by hand from the scheme's formula."""
   cfg = losses.LossConfig(kl=kl, pair_weighting=weighting, full_weight=full_weight)
   with jax.enable_x64(True):
@@ -185,7 +200,8 @@ def test_named_pair_weightings_and_the_full_weight_equal_hand_computed_sums(pool
     weights = [3 * w / sum(inv) for w in inv]
     assert [float(m[f"weight/{n}_{d}"]) for n, d in PAIRS] == pytest.approx(weights, rel=1e-9)
   else:
-    weights = {"uniform": [1.0, 1.0, 1.0], "inverse_layer": INVERSE_LAYER, "log_layer": LOG_LAYER}[weighting]
+    weights = {"uniform": [1.0, 1.0, 1.0], "inverse_layer": INVERSE_LAYER,
+               "log_layer": LOG_LAYER}[weighting]
   weights = weights[:-1] + [weights[-1] * full_weight]  # FULL is the last pair
   kls = sum(float(v) for k, v in m.items() if k.startswith("kl/"))
   assert float(got) == pytest.approx(sum(w * t for w, t in zip(weights, tasks)) + kls, rel=1e-9)
@@ -199,11 +215,14 @@ def test_named_pair_weightings_and_the_full_weight_equal_hand_computed_sums(pool
 def test_a_frozen_teacher_is_the_kl_teacher_of_every_pair(pooled, kl):
   """teacher given: L = sum of task_i + beta * KL(teacher || pair_i) over every pair, (N, D) included,
   and no gradient flows into the teacher."""
-  cfg = losses.LossConfig(kl=kl, kl_weight=0.5, kl_temperature=0.3 if kl == "features" else 1.0, teacher="frozen")
+  cfg = losses.LossConfig(kl=kl, kl_weight=0.5, kl_temperature=0.3 if kl == "features" else 1.0,
+                          teacher="frozen")
   frozen = RNG.normal(size=(R, B, D))
   with jax.enable_x64(True):
     got, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, teacher=jnp.asarray(frozen))
-    kls = [float(losses.kl_term(jnp.asarray(frozen), jnp.asarray(pooled[n]), d, cfg)) for n, d in PAIRS]
+    kls = [
+        float(losses.kl_term(jnp.asarray(frozen), jnp.asarray(pooled[n]), d, cfg)) for n, d in PAIRS
+    ]
   assert set(m) == {f"task/{n}_{d}" for n, d in PAIRS} | {f"kl/{n}_{d}" for n, d in PAIRS}
   tasks = [float(m[f"task/{n}_{d}"]) for n, d in PAIRS]
   assert float(got) == pytest.approx(sum(tasks) + 0.5 * sum(kls), rel=1e-9)
@@ -211,7 +230,8 @@ def test_a_frozen_teacher_is_the_kl_teacher_of_every_pair(pooled, kl):
     n, d = FULL
     t, s = frozen.reshape(-1, D)[:, :d], pooled[n].reshape(-1, D)[:, :d]
     assert kls[-1] == pytest.approx(0.3 * np_kl(t, s), rel=1e-9)
-  g = jax.grad(lambda t: losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, teacher=t)[0])(jnp.asarray(frozen))
+  g = jax.grad(lambda t: losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg, teacher=t)[0])(
+      jnp.asarray(frozen))
   assert not np.asarray(g).any()
 
 
@@ -229,16 +249,17 @@ def test_inverse_loss_weights_carry_no_gradient(pooled):
     np.testing.assert_allclose(grads[n], want[n], rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("changes, method, message", [
-    (dict(pair_weighting="inverse"), "starbucks", "loss.pair_weighting='inverse'"),
-    (dict(full_weight=-1.0), "starbucks", "loss.full_weight"),
-    (dict(pair_weights=(1.0, 2.0, 3.0), pair_weighting="log_layer"), "starbucks", "keep one"),
-    (dict(pair_weights=(1.0, 2.0, 3.0)), "grid", "use loss.pair_weighting"),
-    (dict(pair_weighting="inverse_layer"), "2dmse", "samples its own"),
-    (dict(full_weight=0.5), "2dmse_retrieval", "samples its own"),
-    (dict(teacher="teacher"), "starbucks", "loss.teacher='teacher'"),
-    (dict(teacher="frozen"), "mrl", "this run has method='mrl'"),
-    (dict(teacher="frozen", kl="none"), "starbucks", "kl='none'")])
+@pytest.mark.parametrize(
+    "changes, method, message",
+    [(dict(pair_weighting="inverse"), "starbucks", "loss.pair_weighting='inverse'"),
+     (dict(full_weight=-1.0), "starbucks", "loss.full_weight"),
+     (dict(pair_weights=(1.0, 2.0, 3.0), pair_weighting="log_layer"), "starbucks", "keep one"),
+     (dict(pair_weights=(1.0, 2.0, 3.0)), "grid", "use loss.pair_weighting"),
+     (dict(pair_weighting="inverse_layer"), "2dmse", "samples its own"),
+     (dict(full_weight=0.5), "2dmse_retrieval", "samples its own"),
+     (dict(teacher="teacher"), "starbucks", "loss.teacher='teacher'"),
+     (dict(teacher="frozen"), "mrl", "this run has method='mrl'"),
+     (dict(teacher="frozen", kl="none"), "starbucks", "kl='none'")])
 def test_pair_weighting_config_errors_name_the_key(changes, method, message):
   block = losses.LossConfig.from_config(losses.LossConfig.config(**changes))
   with pytest.raises(ConfigError, match=re.escape(message)):
@@ -270,8 +291,8 @@ def test_2dmse_loss_is_the_sampled_terms(pooled, kl, weighting):
     n = plan.sample_layers[int(draw["layer"])]
     d1, d2 = plan.sample_dims[int(draw["dim_last"])], plan.sample_dims[int(draw["dim_layer"])]
     w = 1.0 / (1 + n) if weighting == "linear" else 1.0
-    want = (np_contrastive(pooled[3], d1)[0] + w * np_contrastive(pooled[n], d2)[0]
-            + 0.3 * np_kl(pooled[3].reshape(-1, D) / tau, pooled[n].reshape(-1, D) / tau))
+    want = (np_contrastive(pooled[3], d1)[0] + w * np_contrastive(pooled[n], d2)[0] +
+            0.3 * np_kl(pooled[3].reshape(-1, D) / tau, pooled[n].reshape(-1, D) / tau))
     assert float(got) == pytest.approx(want, rel=1e-5)
     assert int(m["sampled/layer"]) == n
     seen.add(n)

@@ -30,15 +30,18 @@ def test_a_resumed_writer_keeps_each_step_once_in_jsonl_and_tensorboard(tmp_path
   resumed.write(3, {"loss": 0.25, "grad_norm": 2.0})
   resumed.close()
   rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-  assert rows == [{"step": 1, "loss": 1.0, "grad_norm": None}, {"step": 2, "loss": 0.5, "grad_norm": None},
+  assert rows == [{"step": 1, "loss": 1.0,
+                   "grad_norm": None}, {"step": 2, "loss": 0.5, "grad_norm": None},
                   {"step": 3, "loss": 0.25, "grad_norm": 2.0}]
   scalars = tb_scalars(tmp_path / "tb")
-  assert scalars["train/loss"] == [(1, 1.0), (2, 0.5), (3, 0.25)]  # step 3 of the first run is purged
+  # step 3 of the first run is purged
+  assert scalars["train/loss"] == [(1, 1.0), (2, 0.5), (3, 0.25)]
   assert scalars["train/grad_norm"] == [(3, 2.0)]  # a non-finite value is left out, as JSON's null
-  metrics.write_results(str(tmp_path), [{"dataset": "stsb", "split": "test", "metric": "spearman", "layer": 2,
-                                         "dim": 32, "value": 0.75},
-                                        {"dataset": "msmarco", "split": "dev", "metric": "RR@10", "layer": 2,
-                                         "dim": 32, "value": 0.25}], log_cfg())
+  metrics.write_results(str(tmp_path), [{
+      "dataset": "stsb", "split": "test", "metric": "spearman", "layer": 2, "dim": 32, "value": 0.75
+  }, {
+      "dataset": "msmarco", "split": "dev", "metric": "RR@10", "layer": 2, "dim": 32, "value": 0.25
+  }], log_cfg())
   scalars = tb_scalars(tmp_path / "tb")
   assert scalars["eval/stsb/test/spearman/2x32"] == [(3, 0.75)]  # at the last step
   assert scalars["eval/msmarco/dev/RR_10/2x32"] == [(3, 0.25)]  # '@' is not a tag character
@@ -46,7 +49,6 @@ def test_a_resumed_writer_keeps_each_step_once_in_jsonl_and_tensorboard(tmp_path
 
 class FakeWandb(types.ModuleType):
   """What the code sends to wandb: init's arguments, logged rows, the summary, finish."""
-
   def __init__(self):
     super().__init__("wandb")
     self.__spec__ = importlib.machinery.ModuleSpec("wandb", None)
@@ -65,6 +67,7 @@ class FakeWandb(types.ModuleType):
 
       def finish(self):
         fake.calls.append(("finish",))
+
     return Run()
 
 
@@ -78,11 +81,13 @@ def test_wandb_run_is_resumable_offline_and_gets_rows_and_results(tmp_path, monk
   writer = metrics.MetricsWriter(str(tmp_path), 0, cfg, ml_collections.ConfigDict({"seed": 3}))
   writer.write(1, {"loss": 0.5})
   writer.close()
-  metrics.write_results(str(tmp_path), [{"dataset": "d", "split": "s", "metric": "m", "layer": 1, "dim": 8,
-                                         "value": 0.5}], cfg)
+  metrics.write_results(
+      str(tmp_path),
+      [{"dataset": "d", "split": "s", "metric": "m", "layer": 1, "dim": 8, "value": 0.5}], cfg)
   inits = [c[1] for c in fake.calls if c[0] == "init"]
   assert len(inits) == 2 and all(kw["id"] == "run123" and kw["resume"] == "allow" for kw in inits)
-  assert inits[0]["mode"] == "offline" and inits[0]["project"] == "starbucks" and inits[0]["config"] == {"seed": 3}
+  assert inits[0]["mode"] == "offline" and inits[0]["project"] == "starbucks" and inits[0][
+      "config"] == {"seed": 3}
   assert ("log", 1, {"train/loss": 0.5}) in fake.calls
   assert ("summary", {"eval/d/s/m/1x8": 0.5}) in fake.calls
   assert (tmp_path / "wandb_id").read_text() == "run123" and not (tmp_path / "tb").exists()

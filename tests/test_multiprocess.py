@@ -17,7 +17,8 @@ from starbucks_jax.config_blocks import Mesh
 
 from conftest import REPO, write_triplets, xla_flags
 
-ENV = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu")
+ENV = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"),
+           JAX_PLATFORMS="cpu")
 
 
 def free_port():
@@ -28,8 +29,9 @@ def free_port():
 
 def launch(args, devices=2):
   env = dict(ENV, XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
-  return subprocess.Popen([sys.executable, str(REPO / "tests" / "multiprocess_run.py"), *map(str, args)],
-                          cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  return subprocess.Popen(
+      [sys.executable, str(REPO / "tests" / "multiprocess_run.py"), *map(str, args)], cwd=REPO,
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def losses(workdir):
@@ -45,7 +47,8 @@ def test_two_processes_train_checkpoint_and_equal_one_process(tiny2_hf_dir, tmp_
   outs = [p.communicate(timeout=600)[0] for p in procs + [ref]]
   for p, out in zip(procs + [ref], outs):
     assert p.returncode == 0, out[-4000:]
-  assert "process 0 of 2: 2 local of 4 devices" in outs[0] and "process 1 of 2: 2 local of 4" in outs[1]
+  assert "process 0 of 2: 2 local of 4 devices" in outs[
+      0] and "process 1 of 2: 2 local of 4" in outs[1]
   assert "process 0 of 1: 4 local of 4 devices" in outs[2]
   assert len(losses(multi)) == 4  # written once, by the primary process
   np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)

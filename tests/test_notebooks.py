@@ -13,9 +13,12 @@ def test_quickstart_notebook_runs_top_to_bottom(minilm_dir, tmp_path, monkeypatc
   nb = nbformat.read(str(REPO / "colab" / "quickstart.ipynb"), as_version=4)
   nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
                           resources={"metadata": {"path": str(tmp_path)}}).execute()
-  text = "\n".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+  text = "\n".join(
+      o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
   assert "(2,32) shape (3, 32)" in text and "(6,384) shape (3, 384)" in text
   assert "| SRL (demo) |" in text  # the report's table
-  images = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
-            if "image/png" in o.get("data", {})]
+  images = [
+      o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs
+      if "image/png" in o.get("data", {})
+  ]
   assert len(images) == 1

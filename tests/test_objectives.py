@@ -21,7 +21,8 @@ from starbucks_jax.models.pooling import pooled_layers
 
 @dataclasses.dataclass(frozen=True)
 class ToyRun:
-  blocks: FinetuneConfig  # the toy reads configs/ft.py's blocks (a new objective may compose its own)
+  # the toy reads configs/ft.py's blocks (a new objective may compose its own)
+  blocks: FinetuneConfig
   model: trainer.ModelSpec
 
 
@@ -39,7 +40,8 @@ def step_for(run):
 
   def loss_fn(params, batch, rng):
     pooled = pooled_layers(params, cfg, batch["ids"], batch["mask"], (N,), "mean")[N]
-    return jnp.mean(pooled.astype(jnp.float32) ** 2), {}
+    return jnp.mean(pooled.astype(jnp.float32)**2), {}
+
   return lambda tx: step_lib.make_step(loss_fn, tx, param_specs=param_logical_axes(cfg))
 
 
@@ -63,12 +65,16 @@ def run(config, workdir, defaults=None):
   setup = trainer.setup_model(c.model, spec.model)
   batcher = RandomIds(c, spec.model.config.vocab_size)
   steps = trainer.total_steps(c.train, batcher)
-  params = trainer.train_model(config, c, workdir, setup, setup.pretrained.params["bert"], step_for(spec),
-                               batcher, steps, param_specs=param_logical_axes(setup.config))
+  params = trainer.train_model(config, c, workdir, setup, setup.pretrained.params["bert"],
+                               step_for(spec), batcher, steps,
+                               param_specs=param_logical_axes(setup.config))
   N, D = spec.model.config.num_hidden_layers, spec.model.config.hidden_size
   _, batch = next(RandomIds(c, spec.model.config.vocab_size).batches(0, 1))
-  loss = float(jnp.mean(pooled_layers(params, setup.config, batch["ids"], batch["mask"], (N,), "mean")[N] ** 2))
-  return results.report(workdir, "final", [results.record("random", "train", "pooled_square", N, D, loss)])
+  loss = float(
+      jnp.mean(
+          pooled_layers(params, setup.config, batch["ids"], batch["mask"], (N,), "mean")[N]**2))
+  return results.report(workdir, "final",
+                        [results.record("random", "train", "pooled_square", N, D, loss)])
 
 
 def train_program(config, run, length):
@@ -79,7 +85,8 @@ def train_program(config, run, length):
                               cfg.matmul_flops(B, length), f"{B} x {length} random ids")
 
 
-TOY = trainer.Objective(name="toy", modes=("toy",), describe=describe, run=run, train_program=train_program)
+TOY = trainer.Objective(name="toy", modes=("toy",), describe=describe, run=run,
+                        train_program=train_program)
 
 
 @pytest.fixture
@@ -102,7 +109,8 @@ def test_a_registered_objective_runs_through_main(toy_registered, tiny_run, tmp_
   assert [(r["metric"], r["layer"], r["dim"]) for r in final] == [("pooled_square", 2, 32)]
   rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
   assert [r["step"] for r in rows] == [1, 2]
-  assert final[0]["value"] < 0.95 * rows[0]["loss"]  # step 0's batch, before and after training: it trained
+  # step 0's batch, before and after training: it trained
+  assert final[0]["value"] < 0.95 * rows[0]["loss"]
   assert json.load(open(tmp_path / "run" / "config.json"))["mode"] == "toy"
 
 
@@ -122,7 +130,8 @@ def test_dispatch_by_mode_and_registry_rules(tiny_run):
   assert objectives.for_config(tiny_run).name == "pretrain"
   with tiny_run.unlocked():
     tiny_run.mode = "toy"
-  with pytest.raises(ConfigError, match=r"mode='toy'; expected one of \('train', 'eval', 'pretrain'\)"):
+  with pytest.raises(ConfigError,
+                     match=r"mode='toy'; expected one of \('train', 'eval', 'pretrain'\)"):
     main.run(tiny_run, "/nonexistent/never/written")
   with pytest.raises(ValueError, match="name or a mode is taken"):
     objectives.register(dataclasses.replace(TOY, modes=("train",)))

@@ -28,13 +28,15 @@ def test_plans_of_fixed_methods():
   assert schedule.plan("full", S, 12, 768).pairs == ((12, 768),)
   assert schedule.plan("mrl", S, 12, 768).pairs == tuple((12, d) for _, d in S)
   assert len(schedule.plan("grid", S, 12, 768).pairs) == 36
-  both = schedule.plan("starbucks_mrl", S, 12, 768)  # the diagonal, then the last layer's other dims
-  assert both.pairs == ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 32), (12, 64), (12, 128),
-                        (12, 256), (12, 512), (12, 768))
+  # the diagonal, then the last layer's other dims
+  both = schedule.plan("starbucks_mrl", S, 12, 768)
+  assert both.pairs == ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 32), (12, 64),
+                        (12, 128), (12, 256), (12, 512), (12, 768))
   assert both.teacher == (12, 768) and both.use_kl and both.layers == (2, 4, 6, 8, 10, 12)
   sep = schedule.plan("separate", S, 12, 768, separate_pair=(4, 64))
   assert sep.pairs == ((4, 768),) and sep.layers == (4,) and not sep.use_kl
-  assert schedule.plan("separate", S, 12, 768, separate_pair=(4, 64), separate_train_dim="dim").pairs == ((4, 64),)
+  assert schedule.plan("separate", S, 12, 768, separate_pair=(4, 64),
+                       separate_train_dim="dim").pairs == ((4, 64),)
   with pytest.raises(ValueError, match="separate_pair"):
     schedule.plan("separate", S, 12, 768)
 

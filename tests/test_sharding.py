@@ -15,25 +15,32 @@ from conftest import REPO, xla_flags
 
 
 def test_sharded_step_equals_single_device_step():
-  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"), JAX_PLATFORMS="cpu")
-  out = subprocess.run([sys.executable, str(REPO / "tests" / "sharded_equivalence.py")], env=env, cwd=REPO,
-                       capture_output=True, text=True, timeout=900)
+  env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=8"),
+             JAX_PLATFORMS="cpu")
+  out = subprocess.run(
+      [sys.executable, str(REPO / "tests" / "sharded_equivalence.py")], env=env, cwd=REPO,
+      capture_output=True, text=True, timeout=900)
   assert out.returncode == 0, out.stderr[-3000:]
   results = json.loads(out.stdout)
   # Data-parallel microbatches and split forwards: loss, gradient norm and every gradient (within
   # 1e-5 of the gradients' scale) equal the one-device step's; the update that follows from the
   # gradients is the meshes' check below.
-  for case in ("accumulate (8, 1, 1)",  # 2 microbatches inside the step, data-parallel
-               "forward splits (8, 1, 1)",  # 2 encoder forwards, data-parallel, vs one
-               "packed (8, 1, 1)",  # each device's texts packed in its rows, vs padded on one
-               "flash (4, 1, 2)"):  # the flash kernel per device (shard_map) vs the standard core on one
+  for case in (
+      "accumulate (8, 1, 1)",  # 2 microbatches inside the step, data-parallel
+      "forward splits (8, 1, 1)",  # 2 encoder forwards, data-parallel, vs one
+      "packed (8, 1, 1)",  # each device's texts packed in its rows, vs padded on one
+      # the flash kernel per device (shard_map) vs the standard core on one
+      "flash (4, 1, 2)"):
     r = results.pop(case)
     assert r["loss"][0] == pytest.approx(r["loss"][1], rel=1e-5), case
     assert r["grad_norm"][0] == pytest.approx(r["grad_norm"][1], rel=1e-5), case
     assert r["max_grad_diff_rel"] < 1e-5, case
-  zero = results.pop("(8, 1, 1) shard_optimizer")  # ZeRO-1: the same update, each moment split 8 ways
-  assert zero["loss"][0] == pytest.approx(zero["loss"][1], rel=1e-5) and zero["max_param_diff"] < 1e-5
-  assert zero["kernel_sharding"] == "P('fsdp', 'tensor')" and zero["mu_sharding"] == "P('data', None)"
+  # ZeRO-1: the same update, each moment split 8 ways
+  zero = results.pop("(8, 1, 1) shard_optimizer")
+  assert zero["loss"][0] == pytest.approx(zero["loss"][1],
+                                          rel=1e-5) and zero["max_param_diff"] < 1e-5
+  assert zero["kernel_sharding"] == "P('fsdp', 'tensor')" and zero[
+      "mu_sharding"] == "P('data', None)"
   assert set(results) == {"(1, 8, 1)", "(4, 1, 2)"}
   assert results["(4, 1, 2)"]["max_grad_diff_rel"] is not None
   for mesh, r in results.items():

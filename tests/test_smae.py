@@ -66,7 +66,7 @@ def reference_word_masks(tokens, order, enc_rate, dec_rate):
     dec += word
     if len(enc) + len(word) <= enc_n:
       enc += word
-  to_mask = lambda idx: np.isin(np.arange(len(tokens)), idx)  # noqa: E731
+  to_mask = lambda idx: np.isin(np.arange(len(tokens)), idx)
   return to_mask(enc), to_mask(dec), words
 
 
@@ -104,7 +104,8 @@ def test_masking_rates_and_replacement_over_many_samples(tokenizer):
   original = np.full_like(batch["ids"], tokenizer.pad_token_id)
   for b, t in enumerate(texts):
     original[b, :len(t)] = t
-  for key, pos_key, lab_key in (("ids", "mlm_positions", "mlm_labels"), ("dec_ids", "mae_positions", "mae_labels")):
+  for key, pos_key, lab_key in (("ids", "mlm_positions", "mlm_labels"), ("dec_ids", "mae_positions",
+                                                                         "mae_labels")):
     valid = batch[lab_key] >= 0
     pos, lab = batch[pos_key], batch[lab_key]
     np.testing.assert_array_equal(np.take_along_axis(original, pos, 1)[valid], lab[valid])
@@ -139,7 +140,8 @@ def test_sliced_head_equals_head_with_zeroed_columns():
   rng = jax.random.key(0)
   emb = jax.random.normal(rng, (cfg.vocab_size, cfg.hidden_size))
   params = nn.meta.unbox(MlmHead(cfg).init(rng, jnp.zeros((1, cfg.hidden_size)), emb)["params"])
-  params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape), params)
+  params = jax.tree_util.tree_map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(1), x.shape),
+                                  params)
   x = jax.random.normal(jax.random.key(2), (3, 5, cfg.hidden_size))
   for d in (4, 16, 32):
     sliced = MlmHead(cfg).apply({"params": params}, x[..., :d], emb)
@@ -158,9 +160,11 @@ def test_mae_decoder_input_is_the_transformed_vector_then_the_decoder_copy():
   params = nn.meta.unbox(MaeDecoder(cfg).init(jax.random.key(2), embedded, first, mask)["params"])
   got = MaeDecoder(cfg).apply({"params": params}, embedded, first, mask)
   manual = jnp.concatenate([first[:, None], embedded[:, 1:]], axis=1)
-  want = BertLayer(cfg).apply({"params": params["layer_0"]}, manual, (attention_bias_mask(mask), mask), True)
+  want = BertLayer(cfg).apply({"params": params["layer_0"]}, manual,
+                              (attention_bias_mask(mask), mask), True)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
-  other = BertLayer(cfg).apply({"params": params["layer_0"]}, embedded, (attention_bias_mask(mask), mask), True)
+  other = BertLayer(cfg).apply({"params": params["layer_0"]}, embedded,
+                               (attention_bias_mask(mask), mask), True)
   assert np.abs(np.asarray(got - other)).max() > 1e-3
 
 
@@ -188,7 +192,7 @@ def torch_smae_loss(model, batch, pairs, mode):
   CrossEntropyLoss(ignore_index=-100), a deep copy of layer 0 as the decoder."""
   import torch
   import torch.nn.functional as F
-  t = lambda k: torch.as_tensor(np.asarray(batch[k], np.int64))  # noqa: E731
+  t = lambda k: torch.as_tensor(np.asarray(batch[k], np.int64))
   ids, mask, dec_ids = t("ids"), t("mask"), t("dec_ids")
   B, T = ids.shape
 
@@ -200,7 +204,8 @@ def torch_smae_loss(model, batch, pairs, mode):
           out[b, int(p)] = int(lab)
     return out
 
-  labels, dec_labels = dense_labels("mlm_positions", "mlm_labels"), dense_labels("mae_positions", "mae_labels")
+  labels, dec_labels = dense_labels("mlm_positions",
+                                    "mlm_labels"), dense_labels("mae_positions", "mae_labels")
   pred = model.cls.predictions
 
   def transform(x):
@@ -214,7 +219,8 @@ def torch_smae_loss(model, batch, pairs, mode):
     total = 0.0
     for n, d in pairs:
       h = hs[n][:, :, :d]
-      mlm = F.cross_entropy(pred.decoder(transform(h)).reshape(-1, pred.decoder.out_features), labels.reshape(-1))
+      mlm = F.cross_entropy(
+          pred.decoder(transform(h)).reshape(-1, pred.decoder.out_features), labels.reshape(-1))
       if mode == "2d_mlm":
         total += mlm
         continue
@@ -222,8 +228,9 @@ def torch_smae_loss(model, batch, pairs, mode):
       emb[:, :1] = transform(h)[:, :1]
       out = decoder_layer(emb, attention_mask=ext)
       out = out[0] if isinstance(out, tuple) else out
-      mae = F.cross_entropy(pred.decoder(transform(out)).reshape(-1, pred.decoder.out_features),
-                            dec_labels.reshape(-1))
+      mae = F.cross_entropy(
+          pred.decoder(transform(out)).reshape(-1, pred.decoder.out_features),
+          dec_labels.reshape(-1))
       total += (mlm + mae) / 2
   return float(total / len(pairs))
 
@@ -235,9 +242,11 @@ def test_smae_loss_equals_pytorch_reference(tmp_path, tokenizer, mode):
   params = pretrain.init_params(pre, pre.config, jax.random.key(0))
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
   texts = encoded(tokenizer, random_texts(6, seed=3, low=4, high=14))
-  batch = masker.batch(texts, max(map(len, texts)) + 2, tokenizer.pad_token_id, np.random.default_rng(1))
+  batch = masker.batch(texts,
+                       max(map(len, texts)) + 2, tokenizer.pad_token_id, np.random.default_rng(1))
   pairs = ((1, 8), (2, 16), (4, 32))
-  mlm, mae = pretrain.pair_losses(params, pre.config, {k: jnp.asarray(v) for k, v in batch.items()}, pairs, mode)
+  mlm, mae = pretrain.pair_losses(params, pre.config, {k: jnp.asarray(v) for k, v in batch.items()},
+                                  pairs, mode)
   got = float(losses.smae_loss(mlm, mae)[0])
   want = torch_smae_loss(model, batch, pairs, mode)
   assert got == pytest.approx(want, rel=1e-5)
@@ -250,8 +259,9 @@ def test_fresh_head_from_a_sentence_model_is_announced(tiny_hf_dir, caplog):
     params = pretrain.init_params(pre, pre.config, jax.random.key(0))
   assert "no MLM head" in caplog.text
   assert set(params) == {"bert", "mlm_head", "mae_decoder"}
-  np.testing.assert_array_equal(params["mae_decoder"]["layer_0"]["output"]["dense"]["kernel"],
-                                pre.params["bert"]["encoder"]["layer_0"]["output"]["dense"]["kernel"])
+  np.testing.assert_array_equal(
+      params["mae_decoder"]["layer_0"]["output"]["dense"]["kernel"],
+      pre.params["bert"]["encoder"]["layer_0"]["output"]["dense"]["kernel"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,7 +276,8 @@ def write_text(path, n, seed=0):
 def test_text_batcher_windows_packing_and_determinism(tmp_path, tokenizer):
   spec = write_text(tmp_path / "docs.txt", 40)
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
-  make = lambda **kw: corpus.TextBatcher(spec, tokenizer, masker, batch_size=8, max_length=16, seed=3, **kw)  # noqa: E731
+  make = lambda **kw: corpus.TextBatcher(spec, tokenizer, masker, batch_size=8, max_length=16,
+                                         seed=3, **kw)
   a, b = make(), make()
   assert a.steps_in(2) == 2 * (40 // 8)
   for (sa, x), (sb, y) in zip(a.batches(0, 10), b.batches(0, 10)):
@@ -291,27 +302,31 @@ def test_text_sources_jsonl_column_and_errors(tmp_path, tokenizer):
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
   path = tmp_path / "docs.jsonl"
   path.write_text("".join(json.dumps({"body": t}) + "\n" for t in random_texts(10)))
-  batcher = corpus.TextBatcher(str(path), tokenizer, masker, batch_size=4, max_length=32, seed=0, column="body")
+  batcher = corpus.TextBatcher(str(path), tokenizer, masker, batch_size=4, max_length=32, seed=0,
+                               column="body")
   assert batcher.steps_in(1) == 2
   with pytest.raises(DataError, match=r"docs.jsonl:1: no column 'text'"):
     corpus.TextBatcher(str(path), tokenizer, masker, batch_size=4, max_length=32, seed=0)
   with pytest.raises(DataError, match="fewer than one batch"):
-    corpus.TextBatcher(str(path), tokenizer, masker, batch_size=40, max_length=32, seed=0, column="body")
+    corpus.TextBatcher(str(path), tokenizer, masker, batch_size=40, max_length=32, seed=0,
+                       column="body")
 
 
 def test_streamed_hf_source_reads_in_order_and_resumes_by_skipping(tmp_path, tokenizer):
   pytest.importorskip("datasets")
   folder = tmp_path / "corpus"
   folder.mkdir()
-  (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(24)))
+  (folder / "train.jsonl").write_text("".join(
+      json.dumps({"text": t}) + "\n" for t in random_texts(24)))
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
-  make = lambda: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=4, max_length=32,  # noqa: E731
+  make = lambda: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=4, max_length=32,
                                     seed=0, streaming=True)
   whole = dict(make().batches(0, 6))
   resumed = dict(make().batches(4, 6))
   assert sorted(resumed) == [4, 5]
   assert all((resumed[s][k] == whole[s][k]).all() for s in (4, 5) for k in whole[s])
-  assert sorted(dict(make().batches(0, 7))) == list(range(6))  # the stream ends the epoch, not the run
+  # the stream ends the epoch, not the run
+  assert sorted(dict(make().batches(0, 7))) == list(range(6))
 
 
 def test_stream_length_from_metadata_or_a_cached_count(tmp_path, tokenizer, monkeypatch):
@@ -319,11 +334,13 @@ def test_stream_length_from_metadata_or_a_cached_count(tmp_path, tokenizer, monk
   monkeypatch.setattr(sources, "ROW_COUNTS", str(tmp_path / "counts.json"))
   folder = tmp_path / "corpus"
   folder.mkdir()
-  (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(24)))
+  (folder / "train.jsonl").write_text("".join(
+      json.dumps({"text": t}) + "\n" for t in random_texts(24)))
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
-  make = lambda **kw: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=5, max_length=32,  # noqa: E731
-                                         seed=0, streaming=True, **kw)
-  with pytest.raises(DataError, match=r"not in its metadata; set train.max_steps, or data.count_rows=True"):
+  make = lambda **kw: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=5,
+                                         max_length=32, seed=0, streaming=True, **kw)
+  with pytest.raises(DataError,
+                     match=r"not in its metadata; set train.max_steps, or data.count_rows=True"):
     make().steps_in(1)
   assert make(count_rows=True).steps_in(1) == 4  # 24 rows counted once: 4 whole batches of 5
   assert json.load(open(tmp_path / "counts.json")) == {f"hf:{folder}": 24}
@@ -333,7 +350,8 @@ def test_stream_length_from_metadata_or_a_cached_count(tmp_path, tokenizer, monk
   card = tmp_path / "carded"  # a dataset card whose metadata gives the split's size
   card.mkdir()
   (card / "train.jsonl").write_text((folder / "train.jsonl").read_text())
-  (card / "README.md").write_text("---\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 24\n---\n")
+  (card / "README.md"
+  ).write_text("---\ndataset_info:\n  splits:\n  - name: train\n    num_examples: 24\n---\n")
   assert sources.stream_length(f"hf:{card}") == 24
 
 
@@ -344,7 +362,7 @@ def test_shuffle_buffer_permutes_each_block_and_resumes_exactly(tmp_path, tokeni
   texts = [f"document {i} " + t for i, t in enumerate(random_texts(23))]
   (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
-  make = lambda: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=4, max_length=32,  # noqa: E731
+  make = lambda: corpus.TextBatcher(f"hf:{folder}", tokenizer, masker, batch_size=4, max_length=32,
                                     seed=0, streaming=True, shuffle_buffer=10)
   order = list(make()._shuffled(0))
   for lo, hi in ((0, 10), (10, 20), (20, 23)):  # each block of 10 a permutation of its own rows
@@ -388,9 +406,11 @@ def test_tiny_run_loss_falls_and_exports_a_masked_lm(tiny_pt, tmp_path):
   rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
   assert rows[-1]["loss"] < rows[0]["loss"] - 0.3
   assert {"mlm/1_16", "mae/1_16", "mlm/2_32", "mae/2_32", "grad_norm", "lr"} <= set(rows[0])
-  assert {(r["layer"], r["dim"], r["metric"]) for r in records} >= {(1, 16, "mlm_accuracy"), (2, 32, "mlm_loss")}
+  assert {(r["layer"], r["dim"], r["metric"]) for r in records} >= {(1, 16, "mlm_accuracy"),
+                                                                    (2, 32, "mlm_loss")}
   assert json.load(open(tmp_path / "w" / "results" / "final.json")) == records
-  scalars = tb_scalars(tmp_path / "w" / "tb")  # pre-training logs to TensorBoard as fine-tuning does
+  # pre-training logs to TensorBoard as fine-tuning does
+  scalars = tb_scalars(tmp_path / "w" / "tb")
   assert [s for s, _ in scalars["train/mlm/1_16"]] == [r["step"] for r in rows]
   assert scalars["eval/docs/eval/mlm_loss/2x32"][0][0] == rows[-1]["step"]
   # the export is a BertForMaskedLM that transformers loads; its logits equal our head on layer N
@@ -400,11 +420,14 @@ def test_tiny_run_loss_falls_and_exports_a_masked_lm(tiny_pt, tmp_path):
   ours = checkpoint.load_model(str(out))
   ids = np.array([[2, 40, 41, 42, 4, 3]])
   with torch.no_grad():
-    theirs = model(torch.as_tensor(ids), attention_mask=torch.ones(1, 6, dtype=torch.long)).logits.numpy()
+    theirs = model(torch.as_tensor(ids),
+                   attention_mask=torch.ones(1, 6, dtype=torch.long)).logits.numpy()
   from starbucks_jax.models.bert import BertEncoder
-  hidden = BertEncoder(ours.config).apply({"params": ours.params["bert"]}, jnp.asarray(ids), jnp.ones((1, 6), jnp.int32))
-  mine = MlmHead(ours.config).apply({"params": ours.params["mlm_head"]}, hidden[-1],
-                                    ours.params["bert"]["embeddings"]["word_embeddings"]["embedding"])
+  hidden = BertEncoder(ours.config).apply({"params": ours.params["bert"]}, jnp.asarray(ids),
+                                          jnp.ones((1, 6), jnp.int32))
+  mine = MlmHead(
+      ours.config).apply({"params": ours.params["mlm_head"]}, hidden[-1],
+                         ours.params["bert"]["embeddings"]["word_embeddings"]["embedding"])
   np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
   # ... and fine-tuning accepts both the export and the workdir as init_from
   for source in (str(out), str(tmp_path / "w")):
@@ -421,7 +444,8 @@ def test_a_streamed_epoch_ends_the_run_where_the_stream_ends(tiny_pt, tmp_path):
   pytest.importorskip("datasets")
   folder = tmp_path / "stream"
   folder.mkdir()
-  (folder / "train.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(18)))
+  (folder / "train.jsonl").write_text("".join(
+      json.dumps({"text": t}) + "\n" for t in random_texts(18)))
   with tiny_pt.unlocked():
     tiny_pt.data.train = f"hf:{folder}"
     tiny_pt.data.streaming = True
@@ -446,7 +470,7 @@ def test_pretraining_resumes_to_identical_parameters(tiny_pt, tmp_path, monkeypa
     pretrain.run(tiny_pt, str(tmp_path / "resumed"))
   monkeypatch.undo()
   pretrain.run(tiny_pt, str(tmp_path / "resumed"))
-  mngr = lambda name: checkpoint.manager(str(tmp_path / name), read_only=True)  # noqa: E731
+  mngr = lambda name: checkpoint.manager(str(tmp_path / name), read_only=True)
   a = checkpoint.restore(mngr("straight"), 6)["params"]
   b = checkpoint.restore(mngr("resumed"), 6)["params"]
   assert set(a) == {"bert", "mlm_head", "mae_decoder"}
@@ -458,12 +482,10 @@ def test_pt_config_variants_load_and_errors_name_the_key(tiny_pt, tmp_path):
     cfg = config_lib.load_config(f"{REPO}/configs/pt.py{variant}")
     assert cfg.mode == "pretrain"
   assert pretrain.describe(tiny_pt).train_pairs == ((1, 16), (2, 32))
-  cases = [("smae.mode", "mae", "smae.mode='mae'"),
-           ("smae.encoder_mask_rate", 0.6, "smae"),
+  cases = [("smae.mode", "mae", "smae.mode='mae'"), ("smae.encoder_mask_rate", 0.6, "smae"),
            ("data.streaming", True, "data.streaming=True is for hf"),
            ("data.train", str(tmp_path / "nope.txt"), "data.train: .*nope.txt: no such file"),
-           ("schedule.pairs", ((1, 8), (3, 16)), "schedule.pairs"),
-           ("train.lr", 0.0, "train.lr")]
+           ("schedule.pairs", ((1, 8), (3, 16)), "schedule.pairs"), ("train.lr", 0.0, "train.lr")]
   for key, value, match in cases:
     cfg = copy.deepcopy(tiny_pt)
     with cfg.unlocked():
@@ -477,12 +499,14 @@ def test_pt_config_variants_load_and_errors_name_the_key(tiny_pt, tmp_path):
     cfg.data.streaming = True
     cfg.train.max_steps = 0
     cfg.train.epochs = 2
-  with pytest.raises(config_lib.ConfigError, match="train.epochs=2: a streamed source is read once"):
+  with pytest.raises(config_lib.ConfigError,
+                     match="train.epochs=2: a streamed source is read once"):
     pretrain.describe(cfg)
   with cfg.unlocked():
     cfg.data.streaming = False
     cfg.data.shuffle_buffer = 1000
-  with pytest.raises(config_lib.ConfigError, match="data.shuffle_buffer=1000 is for streamed sources"):
+  with pytest.raises(config_lib.ConfigError,
+                     match="data.shuffle_buffer=1000 is for streamed sources"):
     pretrain.describe(cfg)
   cfg = copy.deepcopy(tiny_pt)
   with cfg.unlocked():
@@ -494,8 +518,8 @@ def test_tfds_text_source_with_mock_data(tokenizer):
   tfds = pytest.importorskip("tensorflow_datasets")
   masker = masking.Masker(tokenizer, masking.MaskingConfig())
   with tfds.testing.mock_data(num_examples=12):
-    batcher = corpus.TextBatcher("tfds:imdb_reviews@train", tokenizer, masker, batch_size=4, max_length=32,
-                                 seed=0)
+    batcher = corpus.TextBatcher("tfds:imdb_reviews@train", tokenizer, masker, batch_size=4,
+                                 max_length=32, seed=0)
   assert len(batcher.tokens) == 12 and batcher.steps_in(1) == 3
   step, batch = next(batcher.batches(0, 1))
   assert batch["ids"].shape[0] == 4 and (batch["mask"].sum(1) >= 2).all()

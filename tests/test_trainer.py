@@ -22,7 +22,8 @@ def test_nonfinite_step_is_skipped(tiny_hf_dir):
   plan = schedule.plan("full", ((4, 32),), 4, 32)
   ids = jnp.ones((3, 2, 6), jnp.int32)
   batch = {"ids": ids, "mask": jnp.ones_like(ids)}
-  bad = srl.make_srl_step(pre.config, plan, losses.LossConfig(scale=float("nan")), tx, "mean", dropout=False)
+  bad = srl.make_srl_step(pre.config, plan, losses.LossConfig(scale=float("nan")), tx, "mean",
+                          dropout=False)
   new, metrics = bad.update(state, batch, jax.random.key(0))
   assert not np.isfinite(float(metrics["loss"])) and int(metrics["skipped_steps"]) == 1
   jax.tree_util.tree_map(np.testing.assert_array_equal, new.params, state.params)
@@ -41,15 +42,19 @@ def test_bf16_step_keeps_float32_params_state_and_loss(tiny_hf_dir):
   out = {}
   for dtype in ("float32", "bfloat16"):
     step = srl.make_srl_step(pre.config.replace(dtype=dtype), plan, losses.LossConfig(), tx, "mean",
-                                 dropout=False)
+                             dropout=False)
     state = step_lib.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     new, metrics = jax.jit(step.update)(state, batch, jax.random.key(1))
     out[dtype] = float(metrics["loss"])
     assert metrics["loss"].dtype == jnp.float32
     assert {str(x.dtype) for x in jax.tree_util.tree_leaves(new.params)} == {"float32"}
-    floats = {str(x.dtype) for x in jax.tree_util.tree_leaves(new.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)}
+    floats = {
+        str(x.dtype) for x in jax.tree_util.tree_leaves(new.opt_state)
+        if jnp.issubdtype(x.dtype, jnp.floating)
+    }
     assert floats == {"float32"}  # Adam moments (and clipping/skip state) in float32
-  assert out["bfloat16"] == pytest.approx(out["float32"], rel=0.05) and out["bfloat16"] != out["float32"]
+  assert out["bfloat16"] == pytest.approx(out["float32"],
+                                          rel=0.05) and out["bfloat16"] != out["float32"]
 
 
 def test_low_precision_compute_that_xla_cpu_upcasts_is_reported(caplog):
@@ -66,6 +71,7 @@ def test_low_precision_compute_that_xla_cpu_upcasts_is_reported(caplog):
   class KeepsBf16:  # the HLO text of a program whose product stays in bf16
     def as_text(self):
       return "ROOT %dot.1 = bf16[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={1}"
+
   caplog.clear()
   with caplog.at_level("WARNING", logger="starbucks_jax.trainer"):
     loop.warn_if_products_upcast(KeepsBf16(), "bfloat16")
@@ -89,9 +95,11 @@ def test_weight_decay_skips_biases_and_layer_norm(tiny_hf_dir):
 
 
 def test_prefetched_batches_keep_the_order_the_data_and_the_keys(tiny_hf_dir):
-  ex = batching.Examples(("anchor", "positive"), [[f"the cat {i}" for i in range(40)], [f"a dog {i}" for i in range(40)]],
+  ex = batching.Examples(("anchor", "positive"),
+                         [[f"the cat {i}" for i in range(40)], [f"a dog {i}" for i in range(40)]],
                          None)
-  batcher = batching.Batcher(ex, model_dirs.load_tokenizer(tiny_hf_dir), batch_size=8, max_length=16, seed=1)
+  batcher = batching.Batcher(ex, model_dirs.load_tokenizer(tiny_hf_dir), batch_size=8,
+                             max_length=16, seed=1)
   mesh = sharding.make_mesh((1, 1, 1))
   base = jax.random.key(7)
   for start in (0, 6):  # a fresh run and one resumed at step 6 (into the second epoch)
@@ -99,6 +107,8 @@ def test_prefetched_batches_keep_the_order_the_data_and_the_keys(tiny_hf_dir):
     want = list(batcher.batches(start, 12))
     assert [g[0] for g in got] == [w[0] for w in want] == list(range(start, 12))
     for (step, batch, _, key, tokens), (_, host) in zip(got, want):
-      assert set(batch) == set(host) and all(np.array_equal(np.asarray(batch[k]), host[k]) for k in host)
-      assert np.array_equal(jax.random.key_data(key), jax.random.key_data(jax.random.fold_in(base, step)))
+      assert set(batch) == set(host) and all(
+          np.array_equal(np.asarray(batch[k]), host[k]) for k in host)
+      assert np.array_equal(jax.random.key_data(key),
+                            jax.random.key_data(jax.random.fold_in(base, step)))
       assert tokens == (int(host["mask"].sum()), host["mask"].size)

@@ -27,8 +27,10 @@ from starbucks_jax.data.tokenize import BUCKETS, bucket_length, fit_buckets, tok
 log = logging.getLogger(__name__)
 
 SCORE_RANGE = (0.0, 5.0)  # STS-B's similarity scale
-FORMATS = {"triplets": ("anchor", "positive", "negative"), "pairs": ("anchor", "positive"),
-           "scored_pairs": ("sentence1", "sentence2")}
+FORMATS = {
+    "triplets": ("anchor", "positive", "negative"), "pairs": ("anchor", "positive"),
+    "scored_pairs": ("sentence1", "sentence2")
+}
 
 
 def check_config(data) -> None:
@@ -70,6 +72,7 @@ def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None,
       if not low <= x <= high:
         raise ValueError(f"is outside data.score_range [{low:g}, {high:g}]")
       return x
+
     fields["score"] = score
   rows = list(read_rows(spec, fields, columns))
   if not rows:
@@ -83,7 +86,6 @@ class Batcher:
   packed (`pack_length`), {'ids', 'segments', 'positions': [P, pack_length] int32, 'scores'}: the
   texts of shard s (its B/shards examples, role by role) fill rows s*P/shards .. (s+1)*P/shards - 1;
   `segments` numbers a token's text within its shard (role r, example b: r * B/shards + b), -1 padding."""
-
   def __init__(self, examples: Examples, tokenizer, *, batch_size: int, max_length: int, seed: int,
                no_duplicates: bool = False, length_buckets: str = "pow2", num_buckets: int = 3,
                pack_length: int | None = None, shards: int = 1):
@@ -102,12 +104,15 @@ class Batcher:
       flat.append(np.fromiter((t for s in ids for t in s), np.int32, int(lengths[-1].sum())))
       truncated += n
     self.flat, self.lengths = flat, np.stack(lengths)  # [R] x [sum of lengths], [R, N]
-    self.starts = np.concatenate([np.zeros((len(flat), 1), np.int64), np.cumsum(self.lengths, 1)[:, :-1]], 1)
+    self.starts = np.concatenate(
+        [np.zeros((len(flat), 1), np.int64),
+         np.cumsum(self.lengths, 1)[:, :-1]], 1)
     if truncated:
       log.warning("%d training texts are longer than max_length=%d and were truncated", truncated,
                   max_length)
     self._epochs: dict[int, list[np.ndarray]] = {}
-    self.teacher: np.ndarray | None = None  # [N, R, D] vectors served as batch['teacher'] [B, R, D] (loss.teacher=frozen)
+    # [N, R, D] vectors served as batch['teacher'] [B, R, D] (loss.teacher=frozen)
+    self.teacher: np.ndarray | None = None
     self._buckets = None
     self.pack_length = None
     if pack_length is not None:  # 0: the longest text, rounded up to a multiple of 8
@@ -116,7 +121,8 @@ class Batcher:
       if longest > self.pack_length:
         raise DataError(f"data.pack_length={pack_length} is shorter than the longest training text "
                         f"({longest} tokens with max_length={max_length}); raise it or set it to 0")
-      self.flat_all = np.concatenate(flat)  # every role's ids end to end, and each text's start there
+      # every role's ids end to end, and each text's start there
+      self.flat_all = np.concatenate(flat)
       self.starts_all = self.starts + np.cumsum([0] + [len(f) for f in flat[:-1]])[:, None]
 
   @property
@@ -128,11 +134,13 @@ class Batcher:
       if self._buckets is None:
         needs = [self._placement(rows)[2] for rows in self.epoch_batches(0)]
         self._buckets = fit_buckets(needs, max(needs), self.num_buckets, multiple=1)
-        slots = sum(self.shards * self.pack_length * min(b for b in self._buckets if b >= n) for n in needs)
+        slots = sum(self.shards * self.pack_length * min(b for b in self._buckets if b >= n)
+                    for n in needs)
         real = sum(int(self.lengths[:, rows].sum()) for rows in self.epoch_batches(0))
-        log.info("packed rows of %d tokens, %s rows per shard fitted to epoch 0 (data.num_buckets=%d): "
-                 "%.3f of its tokens are padding", self.pack_length, self._buckets, self.num_buckets,
-                 1 - real / slots)
+        log.info(
+            "packed rows of %d tokens, %s rows per shard fitted to epoch 0 (data.num_buckets=%d): "
+            "%.3f of its tokens are padding", self.pack_length, self._buckets, self.num_buckets,
+            1 - real / slots)
       return self._buckets
     if self.length_buckets != "auto":
       return self.length_buckets
@@ -141,11 +149,12 @@ class Batcher:
       longest = [int(self.lengths[:, rows].max()) for rows in batches]
       top = min(-(-int(self.lengths.max()) // 8) * 8, self.max_length)
       self._buckets = fit_buckets(longest, top, self.num_buckets)
-      padded = sum(self.lengths.shape[0] * self.batch_size * bucket_length(n, self.max_length, buckets=self._buckets)
-                   for n in longest)
+      padded = sum(self.lengths.shape[0] * self.batch_size *
+                   bucket_length(n, self.max_length, buckets=self._buckets) for n in longest)
       real = sum(int(self.lengths[:, rows].sum()) for rows in batches)
-      log.info("length buckets %s fitted to epoch 0 (data.num_buckets=%d): %.3f of its tokens are padding",
-               self._buckets, self.num_buckets, 1 - real / padded)
+      log.info(
+          "length buckets %s fitted to epoch 0 (data.num_buckets=%d): %.3f of its tokens are padding",
+          self._buckets, self.num_buckets, 1 - real / padded)
     return self._buckets
 
   def epoch_batches(self, epoch: int) -> list[np.ndarray]:
@@ -200,15 +209,18 @@ class Batcher:
     fits = [b for b in self.buckets if b >= need]
     per_shard = min(fits) if fits else lengths.shape[1]  # beyond epoch 0's largest: one text a row
     if not fits:
-      log.warning("a batch needs %d packed rows per shard, more than the fitted %s: padded to %d rows "
-                  "(one more compile)", need, self.buckets, per_shard)
+      log.warning(
+          "a batch needs %d packed rows per shard, more than the fitted %s: padded to %d rows "
+          "(one more compile)", need, self.buckets, per_shard)
     n = lengths.shape[1]  # texts per shard
     examples = np.asarray(rows).reshape(S, -1)
     src = self.starts_all[:, examples].transpose(1, 0, 2).reshape(S, n)  # [S, n] start in flat_all
     dst = np.stack([(s * per_shard + p[0]) * L + p[1] for s, p in enumerate(packed)])
-    batch = {k: v.reshape(S * per_shard, L) for k, v in fill_rows(
-        self.flat_all, src.ravel(), lengths.ravel(), dst.ravel(), np.tile(np.arange(n), S), S * per_shard * L,
-        self.pad_id).items()}
+    batch = {
+        k: v.reshape(S * per_shard, L)
+        for k, v in fill_rows(self.flat_all, src.ravel(), lengths.ravel(), dst.ravel(),
+                              np.tile(np.arange(n), S), S * per_shard * L, self.pad_id).items()
+    }
     if self.examples.scores is not None:
       batch["scores"] = self.examples.scores[rows]
     if self.teacher is not None:

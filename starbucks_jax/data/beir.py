@@ -46,7 +46,8 @@ def check_folder(key: str, folder: str, split: str, *, corpus: bool) -> None:
   path = os.path.expanduser(folder)
   has_qrels = os.path.isfile(os.path.join(path, "qrels", f"{split}.tsv"))
   if corpus and not (has_qrels and os.path.isfile(os.path.join(path, "corpus.jsonl"))):
-    raise ConfigError(f"{key}: {folder} is not a BEIR folder with corpus.jsonl and qrels/{split}.tsv")
+    raise ConfigError(
+        f"{key}: {folder} is not a BEIR folder with corpus.jsonl and qrels/{split}.tsv")
   if not has_qrels:
     raise ConfigError(f"{key}: {folder} has no qrels/{split}.tsv")
 
@@ -86,8 +87,9 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
       if len(row) != 3 and len(trec) == 4:
         row = [trec[0], trec[2], trec[3]]
       elif len(row) != 3:
-        raise DataError(f"{path}:{line_no}: expected 3 tab-separated fields (query-id, corpus-id, score) or "
-                        "4 of TREC qrels (query, iteration, document, relevance)")
+        raise DataError(
+            f"{path}:{line_no}: expected 3 tab-separated fields (query-id, corpus-id, score) or "
+            "4 of TREC qrels (query, iteration, document, relevance)")
       try:
         qrels.setdefault(row[0], {})[row[1]] = int(row[2])
       except ValueError:
@@ -98,7 +100,8 @@ def read_qrels(path: str) -> dict[str, dict[str, int]]:
 def _download(url: str, cache: str | None = None) -> str:
   """The local copy of `url` in the qrels cache, downloaded on first use."""
   folder = os.path.expanduser(cache or QRELS_CACHE)
-  path = os.path.join(folder, hashlib.sha1(url.encode()).hexdigest()[:10] + "-" + os.path.basename(url))
+  path = os.path.join(folder,
+                      hashlib.sha1(url.encode()).hexdigest()[:10] + "-" + os.path.basename(url))
   if not os.path.isfile(path):
     os.makedirs(folder, exist_ok=True)
     try:
@@ -118,7 +121,8 @@ def load_qrels(spec: str, *, cache: str | None = None) -> dict[str, dict[str, in
     return read_qrels(_download(spec, cache))
   if spec.startswith("hf:"):
     qrels: dict[str, dict[str, int]] = {}
-    for row in sources.read_rows(spec, {"query-id": identifier, "corpus-id": identifier, "score": float}):
+    for row in sources.read_rows(spec,
+                                 {"query-id": identifier, "corpus-id": identifier, "score": float}):
       if row["score"] != int(row["score"]):
         raise DataError(f"{spec}: score {row['score']} is not an integer")
       qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
@@ -144,11 +148,13 @@ def collection(name: str, split: str, doc_ids: list[str], docs: list[str], queri
   relevant = {d for judged in qrels.values() for d, rel in judged.items() if rel > 0}
   absent = relevant - set(doc_ids)
   if relevant and absent == relevant:
-    raise DataError(f"{where}: none of the {len(relevant)} relevant document ids (e.g. {sorted(relevant)[:3]}) "
-                    "is in the corpus; the qrels belong to another corpus or its ids are spelled differently")
+    raise DataError(
+        f"{where}: none of the {len(relevant)} relevant document ids (e.g. {sorted(relevant)[:3]}) "
+        "is in the corpus; the qrels belong to another corpus or its ids are spelled differently")
   if absent:
-    log.warning("%s: %d of %d relevant documents are not in the corpus (e.g. %s)", where, len(absent),
-                len(relevant), sorted(absent)[:3])
+    log.warning("%s: %d of %d relevant documents are not in the corpus (e.g. %s)", where,
+                len(absent), len(relevant),
+                sorted(absent)[:3])
   query_ids = sorted(qrels, key=lambda q: (len(q), q))
   return Collection(name, split, doc_ids, docs, query_ids, [queries[q] for q in query_ids], qrels)
 
@@ -163,8 +169,9 @@ def _load_hf(spec: str, split: str, name: str | None) -> Collection:
     corpus = datasets.load_dataset(repo, "corpus", split="corpus")
     queries = datasets.load_dataset(repo, "queries", split="queries")
   except Exception as e:  # offline, unknown name or split
-    raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
-                    "download the BEIR folder and point eval.retrieval at it") from None
+    raise DataError(
+        f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
+        "download the BEIR folder and point eval.retrieval at it") from None
   qrels = load_qrels(f"hf:{repo}-qrels@{split}")
   doc_ids = [str(x) for x in corpus["_id"]]
   docs = [passage_text(t, x) for t, x in zip(corpus["title"], corpus["text"])]
@@ -187,8 +194,9 @@ def load(folder: str, split: str = "test", name: str | None = None) -> Collectio
     seen.add(doc_id)
     title, text = row.get("title") or "", row["text"] if row["text"] is not None else ""
     if not isinstance(title, str) or not isinstance(text, str):
-      raise DataError(f"{path}:{line_no}: title and text must be strings, got {type(title).__name__} and "
-                      f"{type(text).__name__}")
+      raise DataError(
+          f"{path}:{line_no}: title and text must be strings, got {type(title).__name__} and "
+          f"{type(text).__name__}")
     joined = passage_text(title, text)
     if not joined:
       raise DataError(f"{path}:{line_no}: empty title and text")
@@ -197,7 +205,8 @@ def load(folder: str, split: str = "test", name: str | None = None) -> Collectio
   queries = {}
   for line_no, row in _jsonl(os.path.join(folder, "queries.jsonl"), ("_id", "text")):
     if not isinstance(row["text"], str) or not row["text"].strip():
-      raise DataError(f"{folder}/queries.jsonl:{line_no}: text {row['text']!r} is not a non-empty string")
+      raise DataError(
+          f"{folder}/queries.jsonl:{line_no}: text {row['text']!r} is not a non-empty string")
     queries[str(row["_id"])] = row["text"]
-  return collection(name or os.path.basename(os.path.normpath(folder)), split, doc_ids, docs, queries, qrels,
-                    where=f"{folder} (qrels/{split}.tsv, queries.jsonl)")
+  return collection(name or os.path.basename(os.path.normpath(folder)), split, doc_ids, docs,
+                    queries, qrels, where=f"{folder} (qrels/{split}.tsv, queries.jsonl)")

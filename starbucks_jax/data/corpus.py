@@ -40,8 +40,9 @@ def check_config(data_cfg) -> None:
   if data_cfg.streaming and not data_cfg.train.startswith("hf:"):
     raise ConfigError(f"data.streaming=True is for hf: sources, not {data_cfg.train!r}")
   if data_cfg.shuffle_buffer and not data_cfg.streaming:
-    raise ConfigError(f"data.shuffle_buffer={data_cfg.shuffle_buffer} is for streamed sources; an in-memory "
-                      "source is shuffled whole every epoch: set it to 0")
+    raise ConfigError(
+        f"data.shuffle_buffer={data_cfg.shuffle_buffer} is for streamed sources; an in-memory "
+        "source is shuffled whole every epoch: set it to 0")
   if data_cfg.packing and data_cfg.streaming:
     raise ConfigError("data.packing=True needs an in-memory source (data.streaming=False)")
   check_choice("data.length_buckets", data_cfg.length_buckets, BUCKETS)
@@ -58,7 +59,6 @@ def window(ids: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
 
 class TextBatcher:
   """Serves (step, batch) for SMAE: ids, dec_ids, mask [B, T]; mlm_/mae_ positions and labels."""
-
   def __init__(self, spec: str, tokenizer, masker: Masker, *, batch_size: int, max_length: int,
                seed: int, column: str = "text", streaming: bool = False, packing: bool = False,
                length_buckets: str = "pow2", tokenize_batch: int = 1024, shuffle_buffer: int = 0,
@@ -79,13 +79,15 @@ class TextBatcher:
         raise DataError(f"{spec}: no documents")
       self.tokens = self._tokenize(texts)
       if self.rows_per_epoch(0) < batch_size:
-        raise DataError(f"{spec}: {self.rows_per_epoch(0)} rows are fewer than one batch of {batch_size}")
+        raise DataError(
+            f"{spec}: {self.rows_per_epoch(0)} rows are fewer than one batch of {batch_size}")
 
   def _tokenize(self, texts: list[str]) -> list[np.ndarray]:
     out = []
     for i in range(0, len(texts), self.tokenize_batch):
-      enc = self.tokenizer(texts[i:i + self.tokenize_batch], add_special_tokens=False, verbose=False,
-                           return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+      enc = self.tokenizer(texts[i:i + self.tokenize_batch], add_special_tokens=False,
+                           verbose=False, return_attention_mask=False,
+                           return_token_type_ids=False)["input_ids"]
       out.extend(np.asarray(x, np.int32) for x in enc)
     return out
 
@@ -110,10 +112,12 @@ class TextBatcher:
     if self.streaming:
       rows = stream_length(self.spec, count=self.count_rows)
       if rows is None:
-        raise DataError(f"{self.spec}: the stream's length is not in its metadata; set train.max_steps, "
-                        "or data.count_rows=True to count its rows once (cached)")
+        raise DataError(
+            f"{self.spec}: the stream's length is not in its metadata; set train.max_steps, "
+            "or data.count_rows=True to count its rows once (cached)")
       if epochs != 1:
-        raise DataError(f"{self.spec}: a streamed source is read once (train.epochs=1), not {epochs} times")
+        raise DataError(
+            f"{self.spec}: a streamed source is read once (train.epochs=1), not {epochs} times")
       return rows // self.batch_size
     return sum(self.rows_per_epoch(e) // self.batch_size for e in range(epochs))
 
@@ -155,8 +159,8 @@ class TextBatcher:
     permutation of its own (block k: rng(seed, 2^21, k)); 0 keeps the stream's order."""
     W = self.shuffle_buffer
     block = first // W if W else 0
-    texts = (r["text"] for r in read_rows(self.spec, {"text": str}, {"text": self.column}, streaming=True,
-                                          skip=block * W if W else first))
+    texts = (r["text"] for r in read_rows(self.spec, {"text": str}, {"text": self.column},
+                                          streaming=True, skip=block * W if W else first))
     if not W:
       yield from texts
       return
@@ -172,7 +176,8 @@ class TextBatcher:
   # ----- batches -----
   def make_batch(self, step: int, rows: list[np.ndarray]) -> dict[str, np.ndarray]:
     length = bucket_length(max(len(r) for r in rows), self.max_length, buckets=self.length_buckets)
-    return self.masker.batch(rows, length, self.pad, np.random.default_rng([self.seed, 1 << 20, step]))
+    return self.masker.batch(rows, length, self.pad,
+                             np.random.default_rng([self.seed, 1 << 20, step]))
 
   def batches(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     step = start_step
@@ -184,6 +189,7 @@ class TextBatcher:
         return
       yield step, self.make_batch(step, rows)
       step += 1
-    if step < num_steps:  # a stream shorter than train.max_steps (or its metadata): the epoch is over
+    # a stream shorter than train.max_steps (or its metadata): the epoch is over
+    if step < num_steps:
       log.warning("%s: the stream ended after %d steps of the %d asked for; the run ends here",
                   self.spec, step, num_steps)

@@ -55,12 +55,14 @@ def passage_texts(value) -> list[str]:
   """A Tevatron passage list: each item a text or a {'title', 'text'} object (docid and others ignored)."""
   texts = []
   for j, p in enumerate(typed(value, list)):
-    if isinstance(p, dict) and isinstance(p.get("text", ""), str) and isinstance(p.get("title") or "", str):
+    if isinstance(p, dict) and isinstance(p.get("text", ""), str) and isinstance(
+        p.get("title") or "", str):
       texts.append(beir.passage_text(p.get("title"), p.get("text")))
     elif isinstance(p, str):
       texts.append(p.strip())
     else:
-      raise TypeError(f"has item {j} = {p!r:.40}, not a passage text or a {{'title', 'text'}} object")
+      raise TypeError(
+          f"has item {j} = {p!r:.40}, not a passage text or a {{'title', 'text'}} object")
   return texts
 
 
@@ -87,7 +89,8 @@ def load_tevatron(spec: str) -> Groups:
   for row in read_rows(spec, fields):
     out.queries.append(row["query"])
     out.positives.append([index(t) for t in row["positive_passages"]])
-    out.negatives.append([index(t) for t in row["negative_passages"] if t])  # an empty negative is dropped
+    # an empty negative is dropped
+    out.negatives.append([index(t) for t in row["negative_passages"] if t])
   if not out.queries:
     raise DataError(f"{spec}: no training groups")
   return out
@@ -114,9 +117,9 @@ def load_groups(spec: str) -> Groups:
 
 class GroupBatcher:
   """(step, batch) for retrieval training; the interface of batching.Batcher."""
-
-  def __init__(self, groups: Groups, tokenizer, *, batch_size: int, group_size: int, query_max_length: int,
-               passage_max_length: int, seed: int, length_buckets: str = "pow2"):
+  def __init__(self, groups: Groups, tokenizer, *, batch_size: int, group_size: int,
+               query_max_length: int, passage_max_length: int, seed: int,
+               length_buckets: str = "pow2"):
     if len(groups.queries) < batch_size:
       raise DataError(f"{len(groups.queries)} queries are fewer than one batch of {batch_size}")
     self.groups, self.B, self.G, self.seed = groups, batch_size, group_size, seed
@@ -145,17 +148,21 @@ class GroupBatcher:
     draw = np.random.default_rng([self.seed, 8, epoch, i])
     if negs:
       return [pos] + [negs[j] for j in draw.integers(0, len(negs), k)]
-    pool = [j for j in draw.choice(len(g.passages), k + len(g.positives[i]), replace=False)
-            if j not in g.positives[i]]
+    pool = [
+        j for j in draw.choice(len(g.passages), k + len(g.positives[i]), replace=False)
+        if j not in g.positives[i]
+    ]
     return [pos] + pool[:k]
 
   def make_batch(self, epoch: int, rows: np.ndarray) -> dict[str, np.ndarray]:
     q = [self.query_ids[i] for i in rows]
     p = [self.passage_ids[j] for i in rows for j in self.group(epoch, int(i))]
-    q_ids, q_mask = pad_batch(q, bucket_length(max(map(len, q)), self.q_len, buckets=self.length_buckets),
-                              len(q), self.pad_id)
-    p_ids, p_mask = pad_batch(p, bucket_length(max(map(len, p)), self.p_len, buckets=self.length_buckets),
-                              len(p), self.pad_id)
+    q_ids, q_mask = pad_batch(
+        q, bucket_length(max(map(len, q)), self.q_len, buckets=self.length_buckets), len(q),
+        self.pad_id)
+    p_ids, p_mask = pad_batch(
+        p, bucket_length(max(map(len, p)), self.p_len, buckets=self.length_buckets), len(p),
+        self.pad_id)
     return {"query_ids": q_ids, "query_mask": q_mask, "passage_ids": p_ids, "passage_mask": p_mask}
 
   def batches(self, start_step: int, num_steps: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

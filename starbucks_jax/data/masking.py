@@ -61,7 +61,6 @@ def _greedy(lengths: np.ndarray, limit: int) -> np.ndarray:
 
 class Masker:
   """Nested whole-word masks and 80/10/10 replacement for one tokenizer's vocabulary."""
-
   def __init__(self, tokenizer, config: MaskingConfig):
     self.config = config
     self.vocab_size = len(tokenizer)
@@ -107,13 +106,14 @@ class Masker:
     out = ids.copy()
     u = rng.random(ids.shape)
     to_mask = masked & (u < self.config.mask_prob)
-    to_random = masked & (u >= self.config.mask_prob) & (u < self.config.mask_prob + self.config.random_prob)
+    to_random = masked & (u >= self.config.mask_prob) & (u < self.config.mask_prob +
+                                                         self.config.random_prob)
     out[to_mask] = self.mask_id
     out[to_random] = rng.integers(0, self.vocab_size, int(to_random.sum()))
     return out
 
-  def batch(self, texts: list[np.ndarray], length: int, pad_id: int, rng: np.random.Generator
-            ) -> dict[str, np.ndarray]:
+  def batch(self, texts: list[np.ndarray], length: int, pad_id: int,
+            rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Padded encoder and decoder inputs plus the gathered masked positions and their labels.
 
     texts: token ids with [CLS]/[SEP], each at most `length` long. Returns ids, dec_ids, mask
@@ -121,10 +121,12 @@ class Masker:
     """
     B, T = len(texts), length
     ke, kd = budget(T, self.config.encoder_rate), budget(T, self.config.decoder_rate)
-    out = {"ids": np.full((B, T), pad_id, np.int32), "dec_ids": np.full((B, T), pad_id, np.int32),
-           "mask": np.zeros((B, T), np.int32),
-           "mlm_positions": np.zeros((B, ke), np.int32), "mlm_labels": np.full((B, ke), -1, np.int32),
-           "mae_positions": np.zeros((B, kd), np.int32), "mae_labels": np.full((B, kd), -1, np.int32)}
+    out = {
+        "ids": np.full((B, T), pad_id, np.int32), "dec_ids": np.full((B, T), pad_id, np.int32),
+        "mask": np.zeros((B, T), np.int32), "mlm_positions": np.zeros((B, ke), np.int32),
+        "mlm_labels": np.full((B, ke), -1, np.int32), "mae_positions": np.zeros(
+            (B, kd), np.int32), "mae_labels": np.full((B, kd), -1, np.int32)
+    }
     for b, ids in enumerate(texts):
       ids = np.asarray(ids, np.int32)
       if len(ids) > T:

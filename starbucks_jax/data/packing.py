@@ -14,13 +14,15 @@ def pack_texts(lengths: np.ndarray, row_length: int) -> tuple[np.ndarray, np.nda
   Returns (row, offset) of every text and the number of rows used; every length <= row_length."""
   lengths = np.asarray(lengths)
   order = np.argsort(-lengths, kind="stable")
-  _, placed_row, placed_offset = next(pack_in_order(lengths[order], row_length, len(lengths), len(lengths)))
+  _, placed_row, placed_offset = next(
+      pack_in_order(lengths[order], row_length, len(lengths), len(lengths)))
   row, offset = np.empty(len(lengths), np.int64), np.empty(len(lengths), np.int64)
   row[order], offset[order] = placed_row, placed_offset
   return row, offset, int(placed_row.max()) + 1
 
 
-def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def pack_in_order(lengths, row_length: int, rows: int,
+                  max_texts: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Texts in the given order (longest first packs best) into batches of `rows` rows of `row_length`
   tokens: each text goes to the first row of the open batch with room; the batch closes when a text
   fits no row and every row is taken, or at `max_texts` texts. Yields (texts, row, offset) per batch."""
@@ -44,14 +46,17 @@ def pack_in_order(lengths, row_length: int, rows: int, max_texts: int) -> Iterat
     yield np.array(texts), np.array(row), np.array(offset)
 
 
-def fill_rows(flat: np.ndarray, starts, counts, slots, segments, size: int, pad_id: int) -> dict[str, np.ndarray]:
+def fill_rows(flat: np.ndarray, starts, counts, slots, segments, size: int,
+              pad_id: int) -> dict[str, np.ndarray]:
   """Flat packed arrays of `size` tokens: text i's `counts[i]` tokens, read from `flat` at
   `starts[i]`, written from slot `slots[i]` on with segment id `segments[i]` and positions 0.."""
   counts = np.asarray(counts)
   within = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
   dst = np.repeat(slots, counts) + within
-  out = {"ids": np.full(size, pad_id, np.int32), "segments": np.full(size, -1, np.int32),
-         "positions": np.zeros(size, np.int32)}
+  out = {
+      "ids": np.full(size, pad_id, np.int32), "segments": np.full(size, -1, np.int32),
+      "positions": np.zeros(size, np.int32)
+  }
   out["ids"][dst] = flat[np.repeat(starts, counts) + within]
   out["segments"][dst], out["positions"][dst] = np.repeat(segments, counts), within
   return out

@@ -43,7 +43,8 @@ class DataError(InputError):
 
 def _extension(path: str) -> str:
   """'corpus.jsonl.gz' -> 'jsonl': the format's extension, under a .gz."""
-  return os.path.splitext(path[:-3] if path.lower().endswith(".gz") else path)[1].lstrip(".").lower()
+  return os.path.splitext(path[:-3] if path.lower().endswith(".gz") else path)[1].lstrip(
+      ".").lower()
 
 
 def open_text(path: str, newline: str | None = None):
@@ -58,11 +59,14 @@ def _format_of(spec: str) -> tuple[str, str]:
   if sep and head in FORMATS:
     return head, rest
   ext = _extension(spec)
-  fmt = {"json": "jsonl", "jsonl": "jsonl", "tsv": "tsv", "csv": "csv", "parquet": "parquet",
-         "txt": "txt"}.get(ext)
+  fmt = {
+      "json": "jsonl", "jsonl": "jsonl", "tsv": "tsv", "csv": "csv", "parquet": "parquet",
+      "txt": "txt"
+  }.get(ext)
   if fmt is None:
-    raise DataError(f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet/.txt file (or .gz of "
-                    f"one) or a prefix such as jsonl:{spec}")
+    raise DataError(
+        f"{spec}: cannot tell the format; use a .jsonl/.tsv/.csv/.parquet/.txt file (or .gz of "
+        f"one) or a prefix such as jsonl:{spec}")
   return fmt, spec
 
 
@@ -91,7 +95,8 @@ def load_args(spec: str) -> tuple[tuple, dict]:
     return (name, config), {"split": split}
   builder = _HUB_BUILDERS.get(_extension(name))
   if builder is None:
-    raise DataError(f"{spec}: a file of a Hub repo must be .jsonl, .json, .csv or .parquet (or .gz of one)")
+    raise DataError(
+        f"{spec}: a file of a Hub repo must be .jsonl, .json, .csv or .parquet (or .gz of one)")
   if config or split != "train":
     raise DataError(f"{spec}: a file of a Hub repo is one table; drop the :CONFIG and @SPLIT")
   return (builder,), {"data_files": HUB_FILES + name, "split": "train"}
@@ -163,7 +168,8 @@ def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
       yield i, row
 
 
-def _remote_rows(spec: str, streaming: bool = False, skip: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def _remote_rows(spec: str, streaming: bool = False,
+                 skip: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
   kind, name, config, split = parse_remote(spec)
   if streaming and kind != "hf":
     raise DataError(f"{spec}: streaming is for hf: sources")
@@ -178,8 +184,9 @@ def _remote_rows(spec: str, streaming: bool = False, skip: int = 0) -> Iterator[
       if skip:  # a streamed source resumes by skipping what was read
         ds = ds.skip(skip)
     except Exception as e:  # offline, unknown name or split
-      raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
-                      "save the dataset to a local folder or file and point the spec there") from None
+      raise DataError(
+          f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]}); offline, "
+          "save the dataset to a local folder or file and point the spec there") from None
     for i, row in enumerate(ds, 1 + skip):
       yield i, row
     return
@@ -190,13 +197,15 @@ def _remote_rows(spec: str, streaming: bool = False, skip: int = 0) -> Iterator[
   try:
     source = tfds.data_source(name if config is None else f"{name}/{config}", split=split)
   except Exception as e:
-    raise DataError(f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    raise DataError(
+        f"{spec}: could not load ({type(e).__name__}: {str(e).splitlines()[0]})") from None
   for i in range(skip, len(source)):
     row = source[i]
     yield i + 1, {k: v.decode("utf8") if isinstance(v, bytes) else v for k, v in row.items()}
 
 
-ROW_COUNTS = os.path.join("~", ".cache", "starbucks_jax", "row_counts.json")  # counted stream lengths
+# counted stream lengths
+ROW_COUNTS = os.path.join("~", ".cache", "starbucks_jax", "row_counts.json")
 
 
 def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -> int | None:
@@ -209,7 +218,8 @@ def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -
   args, kwargs = load_args(spec)
   try:
     import datasets
-    splits = datasets.load_dataset_builder(*args, **{k: v for k, v in kwargs.items() if k != "split"}).info.splits or {}
+    splits = datasets.load_dataset_builder(
+        *args, **{k: v for k, v in kwargs.items() if k != "split"}).info.splits or {}
     if split in splits and splits[split].num_examples:
       return int(splits[split].num_examples)
   except Exception:  # offline or no card: the cache or a count may still say
@@ -229,7 +239,8 @@ def stream_length(spec: str, *, count: bool = False, cache: str | None = None) -
 
 
 def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] | None = None, *,
-              streaming: bool = False, skip: int = 0, optional: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+              streaming: bool = False, skip: int = 0,
+              optional: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
   """Rows of a source with `fields` ({name: type}), columns renamed by `columns`. `streaming` (hf:
   only) reads lazily; `skip` rows are passed over first (how a streamed source resumes); a field
   named in `optional` may be missing (its type then sees None)."""
@@ -252,8 +263,8 @@ def read_rows(spec: str, fields: Mapping[str, type], columns: Mapping[str, str] 
       try:
         out[name] = typed(value, kind)
       except (TypeError, ValueError) as e:
-        raise DataError(f"{path}:{line_no}: column {col!r} = {_short(value)} {e}"
-                        + ("; remove the row or fill it" if kind is str else "")) from None
+        raise DataError(f"{path}:{line_no}: column {col!r} = {_short(value)} {e}" +
+                        ("; remove the row or fill it" if kind is str else "")) from None
     yield out
 
 

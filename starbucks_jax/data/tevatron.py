@@ -38,12 +38,16 @@ def parts(source: str, split: str) -> tuple[str, str, str]:
   if "+" in body:
     named = body.split("+")
     if len(named) != 3 or not all(named):
-      raise DataError(f"{source}: expected {PREFIX}CORPUS+QUERIES+QRELS (three sources) or {PREFIX}FOLDER")
+      raise DataError(
+          f"{source}: expected {PREFIX}CORPUS+QUERIES+QRELS (three sources) or {PREFIX}FOLDER")
     return named[0], named[1], named[2]
   folder = os.path.expanduser(body)
-  return (_first_file(os.path.join(folder, "corpus.jsonl"), os.path.join(folder, "corpus.jsonl.gz")),
-          _first_file(os.path.join(folder, f"{split}.jsonl"), os.path.join(folder, f"{split}.jsonl.gz")),
-          _first_file(os.path.join(folder, "qrels", f"{split}.tsv"), os.path.join(folder, "qrels", f"{split}.txt")))
+  return (_first_file(os.path.join(folder, "corpus.jsonl"), os.path.join(folder,
+                                                                         "corpus.jsonl.gz")),
+          _first_file(os.path.join(folder, f"{split}.jsonl"),
+                      os.path.join(folder, f"{split}.jsonl.gz")),
+          _first_file(os.path.join(folder, "qrels", f"{split}.tsv"),
+                      os.path.join(folder, "qrels", f"{split}.txt")))
 
 
 def check(key: str, source: str, split: str) -> None:
@@ -71,8 +75,9 @@ def read_corpus(spec: str) -> tuple[list[str], list[str]]:
   """(doc ids, "title text" passages) of a Tevatron corpus (the last one read is kept: dev, DL19 and
   DL20 share one)."""
   doc_ids, docs, seen = [], [], set()
-  for row in sources.read_rows(spec, {"docid": beir.identifier, "title": _optional_text, "text": _optional_text},
-                               optional=("title",)):
+  for row in sources.read_rows(
+      spec, {"docid": beir.identifier, "title": _optional_text, "text": _optional_text},
+      optional=("title",)):
     if row["docid"] in seen:
       raise DataError(f"{spec}: duplicate docid {row['docid']!r}")
     passage = beir.passage_text(row["title"], row["text"])
@@ -90,8 +95,10 @@ def load(source: str, split: str, name: str | None = None) -> beir.Collection:
   """The judged queries of `split` against the corpus, as a beir.Collection."""
   corpus, queries_spec, qrels_spec = parts(source, split)
   qrels = beir.load_qrels(qrels_spec)
-  queries = {row["query_id"]: row["query"]
-             for row in sources.read_rows(queries_spec, {"query_id": beir.identifier, "query": str})}
+  queries = {
+      row["query_id"]: row["query"]
+      for row in sources.read_rows(queries_spec, {"query_id": beir.identifier, "query": str})
+  }
   doc_ids, docs = read_corpus(corpus)
   return beir.collection(name or "tevatron", split, doc_ids, docs, queries, qrels,
                          where=f"{source} ({split})")

@@ -17,7 +17,7 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[in
   for enc in backend.encode_batch(list(texts)):
     seq = enc.ids
     if len(seq) > max_length:
-      seq = seq[: max_length - 1] + seq[-1:]
+      seq = seq[:max_length - 1] + seq[-1:]
       truncated += 1
     ids.append(seq)
   return ids, truncated
@@ -26,7 +26,8 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[list[list[in
 BUCKETS = ("pow2", "linear")
 
 
-def bucket_length(length: int, max_length: int, multiple: int = 16, buckets: str | tuple[int, ...] = "pow2") -> int:
+def bucket_length(length: int, max_length: int, multiple: int = 16,
+                  buckets: str | tuple[int, ...] = "pow2") -> int:
   """Pad length for a batch whose longest row is `length`, capped at `max_length`; `buckets` a
   tuple: the smallest of those lengths that holds it (fit_buckets).
 
@@ -78,11 +79,12 @@ def fit_buckets(lengths, top: int, count: int, multiple: int = 8) -> tuple[int, 
   return tuple(sorted(out))
 
 
-def pad_batch(seqs: list[list[int]], length: int, rows: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_batch(seqs: list[list[int]], length: int, rows: int,
+              pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """[rows, length] int32 ids and attention mask; rows beyond len(seqs) are all padding."""
   ids = np.full((rows, length), pad_id, np.int32)
   mask = np.zeros((rows, length), np.int32)
   for i, s in enumerate(seqs):
-    ids[i, : len(s)] = s
-    mask[i, : len(s)] = 1
+    ids[i, :len(s)] = s
+    mask[i, :len(s)] = 1
   return ids, mask

@@ -70,30 +70,33 @@ def _ms_per_query(fn, count: int) -> float:
   return 1000 * (time.perf_counter() - t) / count
 
 
-def measure(embedder, queries: list[str], query_vecs: dict[int, np.ndarray], folder: str, configurations, *,
-            num_docs: int, max_length: int, pooling: str | None = None, normalize: bool = False,
-            sample: int = 256) -> list[dict[str, Any]]:
+def measure(embedder, queries: list[str], query_vecs: dict[int, np.ndarray], folder: str,
+            configurations, *, num_docs: int, max_length: int, pooling: str | None = None,
+            normalize: bool = False, sample: int = 256) -> list[dict[str, Any]]:
   """One cost record per configuration (a tuple of stages): FLOPs, bytes and measured ms per query on
   the first `sample` queries; `query_vecs` are the queries' vectors the evaluation encoded."""
   queries = list(queries)[:sample]
   lengths = [len(t) for t in tokenize(embedder.tokenizer, queries, max_length)[0]]
   deepest = {max(n for (n, _), _ in stages) for stages in configurations}
-  encode_ms = {n: _ms_per_query(lambda n=n: embedder.encode_layers(queries, (n,), pooling=pooling,
-                                                                     max_length=max_length), len(queries))
-               for n in sorted(deepest)}
+  encode_ms = {
+      n: _ms_per_query(
+          lambda n=n: embedder.encode_layers(queries, (n,), pooling=pooling, max_length=max_length),
+          len(queries)) for n in sorted(deepest)
+  }
   vecs = {n: v[:len(queries)] for n, v in query_vecs.items()}
   out = []
   for stages in configurations:
     n_max = max(n for (n, _), _ in stages)
-    searching = _ms_per_query(lambda s=stages: search.funnel_topk(vecs, folder, s, normalize=normalize), len(queries))
-    out.append({"configuration": name_of(stages), "layers": n_max,
-                "query_flops": query_flops(embedder.config, lengths, n_max),
-                "search_flops": search_flops(stages, num_docs), "index_bytes": index_bytes(stages),
-                "query_ms": encode_ms[n_max], "search_ms": searching, "queries_timed": len(queries),
-                "num_docs": num_docs})
+    searching = _ms_per_query(
+        lambda s=stages: search.funnel_topk(vecs, folder, s, normalize=normalize), len(queries))
+    out.append({
+        "configuration": name_of(stages), "layers": n_max,
+        "query_flops": query_flops(embedder.config, lengths,
+                                   n_max), "search_flops": search_flops(stages, num_docs),
+        "index_bytes": index_bytes(stages), "query_ms": encode_ms[n_max], "search_ms": searching,
+        "queries_timed": len(queries), "num_docs": num_docs
+    })
   return out
-
-
 
 
 def write(workdir: str, dataset: str, split: str, rows: list[dict[str, Any]]) -> str:

@@ -41,7 +41,7 @@ def fingerprint(params) -> str:
   h = hashlib.sha1()
   for path, x in sorted(jax.tree_util.tree_flatten_with_path(params)[0], key=lambda t: str(t[0])):
     x = np.asarray(x, np.float32).ravel()
-    h.update(str(path).encode() + x[:: max(1, x.size // 4096)].tobytes())
+    h.update(str(path).encode() + x[::max(1, x.size // 4096)].tobytes())
   return h.hexdigest()[:16]
 
 
@@ -54,29 +54,38 @@ def encode_corpus(embedder, doc_ids: list[str], docs: list[str], pairs, folder: 
                   shard_size: int = 50_000) -> dict:
   """Write (or finish) the index of `docs` in `folder`; returns its metadata."""
   dims = layer_dims(pairs)
-  meta = {"model": embedder.pretrained.path, "weights": fingerprint(embedder.pretrained.params["bert"]),
-          "pooling": pooling or embedder.pretrained.sentence.pooling,
-          "max_length": max_length or embedder.max_length, "layers": {str(k): v for k, v in dims.items()},
-          "shard_size": shard_size, "count": len(docs)}
+  meta = {
+      "model": embedder.pretrained.path, "weights": fingerprint(embedder.pretrained.params["bert"]),
+      "pooling": pooling or embedder.pretrained.sentence.pooling,
+      "max_length": max_length or embedder.max_length,
+      "layers": {str(k): v for k, v in dims.items()}, "shard_size": shard_size, "count": len(docs)
+  }
   os.makedirs(folder, exist_ok=True)
   meta_path = os.path.join(folder, "index.json")
   if os.path.exists(meta_path):
     old = json.load(open(meta_path))
-    if {**old, "model": None} != {**meta, "model": None}:  # the weights' fingerprint, not a path, names the model
-      raise ValueError(f"{meta_path}: an index with other settings is there ({old}); use another folder")
+    # the weights' fingerprint, not a path, names the model
+    if {**old, "model": None} != {**meta, "model": None}:
+      raise ValueError(
+          f"{meta_path}: an index with other settings is there ({old}); use another folder")
   else:
     with open(os.path.join(folder, "ids.json"), "w") as f:
       json.dump(list(doc_ids), f)
     with open(meta_path, "w") as f:
       json.dump(meta, f, indent=1)
   shards = range(0, len(docs), shard_size)
-  todo = [k for k, _ in enumerate(shards) if not all(os.path.exists(_shard_path(folder, n, k)) for n in dims)]
+  todo = [
+      k for k, _ in enumerate(shards)
+      if not all(os.path.exists(_shard_path(folder, n, k)) for n in dims)
+  ]
   if len(todo) < len(shards):
-    log.info("%s: %d of %d shards already encoded; resuming", folder, len(shards) - len(todo), len(shards))
+    log.info("%s: %d of %d shards already encoded; resuming", folder,
+             len(shards) - len(todo), len(shards))
   t0, encoded = time.time(), 0
   for k in tqdm(todo, desc=f"encode corpus ({len(docs)} docs)", disable=len(todo) < 2):
     texts = docs[k * shard_size:(k + 1) * shard_size]
-    vecs = embedder.encode_layers(texts, tuple(dims), pooling=meta["pooling"], max_length=meta["max_length"])
+    vecs = embedder.encode_layers(texts, tuple(dims), pooling=meta["pooling"],
+                                  max_length=meta["max_length"])
     for n, d in dims.items():
       path = _shard_path(folder, n, k)
       os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -114,7 +123,8 @@ def _meta(folder: str, layer: int, dim: int) -> dict:
   meta = json.load(open(os.path.join(folder, "index.json")))
   kept = meta["layers"].get(str(layer))
   if kept is None or dim > kept:
-    raise ValueError(f"{folder}: no vectors for (layer {layer}, dim {dim}); the index keeps {meta['layers']}")
+    raise ValueError(
+        f"{folder}: no vectors for (layer {layer}, dim {dim}); the index keeps {meta['layers']}")
   return meta
 
 

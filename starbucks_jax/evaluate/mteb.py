@@ -59,7 +59,6 @@ class SharedEncodings:
   """Pooled encodings of text lists at every layer of `layers`, from one pass through the deepest;
   kept (most recent first) while they fit in `budget_bytes`, so sub-models reuse them. A list too
   large to keep at every layer is encoded at the one layer asked for."""
-
   def __init__(self, embedder, layers, budget_bytes: float, max_length: int | None = None):
     self.embedder = embedder
     self.layers = tuple(sorted(set(layers)))
@@ -95,9 +94,9 @@ class SharedEncodings:
 
 def model_meta(name: str, layer: int, dim: int, *, revision: str | None, max_tokens: int):
   from mteb.models.model_meta import ModelMeta
-  return ModelMeta(loader=None, name=f"{name}-{layer}x{dim}", revision=revision, release_date=None, languages=None,
-                   n_parameters=None, memory_usage_mb=None, max_tokens=max_tokens, embed_dim=dim, license=None,
-                   open_weights=True, public_training_code=None,
+  return ModelMeta(loader=None, name=f"{name}-{layer}x{dim}", revision=revision, release_date=None,
+                   languages=None, n_parameters=None, memory_usage_mb=None, max_tokens=max_tokens,
+                   embed_dim=dim, license=None, open_weights=True, public_training_code=None,
                    public_training_data=None, framework=["JAX"], similarity_fn_name="cosine",
                    use_instructions=False, training_datasets=None)
 
@@ -131,15 +130,17 @@ def parse_local(flag: str, value: str) -> tuple[str, str, str]:
   """NAME[:SPLIT]=SOURCE -> (name, split, source); split defaults to test."""
   m = LOCAL.match(value)
   if not m:
-    raise InputError(f"{flag} {value}: expected NAME[:SPLIT]=SOURCE, e.g. {flag} stsb:dev=data/stsb/dev.jsonl")
+    raise InputError(
+        f"{flag} {value}: expected NAME[:SPLIT]=SOURCE, e.g. {flag} stsb:dev=data/stsb/dev.jsonl")
   return m["name"], m["split"] or "test", m["source"]
 
 
 def _metadata(name: str, split: str, source: str, kind: str, main_score: str):
   from mteb.abstasks.task_metadata import TaskMetadata
-  return TaskMetadata(name=name, dataset={"path": source, "revision": "local"}, type=kind, category="t2t",
-                      modalities=["text"], eval_splits=[split], eval_langs=["und"], main_score=main_score,
-                      description=f"{kind} task {name} ({split}) read from {source} by starbucks_jax")
+  return TaskMetadata(
+      name=name, dataset={"path": source, "revision": "local"}, type=kind, category="t2t",
+      modalities=["text"], eval_splits=[split], eval_langs=["und"], main_score=main_score,
+      description=f"{kind} task {name} ({split}) read from {source} by starbucks_jax")
 
 
 def local_sts_task(name: str, split: str, source: str):
@@ -149,11 +150,15 @@ def local_sts_task(name: str, split: str, source: str):
   s1, s2, scores = sts_lib.read_sts(source)
 
   class LocalSTS(AbsTaskSTS):
-    metadata = _metadata(name, split, source, "STS", "cosine_spearman")  # scores 0..5, as MTEB's STS
+    # scores 0..5, as MTEB's STS
+    metadata = _metadata(name, split, source, "STS", "cosine_spearman")
 
     def load_data(self, *args, **kwargs):
-      self.dataset = {"default": {split: Dataset.from_dict(
-          {"sentence1": s1, "sentence2": s2, "score": scores.tolist()})}}
+      self.dataset = {
+          "default": {
+              split: Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": scores.tolist()})
+          }
+      }
       self.data_loaded = True
 
   return LocalSTS()
@@ -169,10 +174,15 @@ def local_retrieval_task(name: str, split: str, source: str):
     metadata = _metadata(name, split, source, "Retrieval", "ndcg_at_10")
 
     def load_data(self, *args, **kwargs):
-      self.dataset = {"default": {split: {
-          "corpus": Dataset.from_dict({"id": c.doc_ids, "text": c.docs}),
-          "queries": Dataset.from_dict({"id": c.query_ids, "text": c.queries}),
-          "relevant_docs": c.qrels, "top_ranked": None}}}
+      self.dataset = {
+          "default": {
+              split: {
+                  "corpus": Dataset.from_dict({"id": c.doc_ids, "text": c.docs}),
+                  "queries": Dataset.from_dict({"id": c.query_ids, "text": c.queries}),
+                  "relevant_docs": c.qrels, "top_ranked": None
+              }
+          }
+      }
       self.data_loaded = True
 
   return LocalRetrieval()
@@ -203,9 +213,10 @@ def load_data(task) -> None:
     task.load_data()
   except (ConnectionError, OSError, ValueError) as e:
     path = task.metadata.dataset.get("path")
-    raise InputError(f"MTEB task {task.metadata.name}: its data ({path}) did not load: {cli.one_line(e)}. Without "
-                     "network MTEB reads a datasets cache that holds it (HF_HUB_OFFLINE=1); or give the data as "
-                     "a local --sts/--retrieval task") from None
+    raise InputError(
+        f"MTEB task {task.metadata.name}: its data ({path}) did not load: {cli.one_line(e)}. Without "
+        "network MTEB reads a datasets cache that holds it (HF_HUB_OFFLINE=1); or give the data as "
+        "a local --sts/--retrieval task") from None
 
 
 def check_data(tasks) -> None:
@@ -248,7 +259,8 @@ def revision_of(embedder, max_length: int | None) -> str:
   """The MTEB revision of a model: a hash of its weights and sentence settings, so that results kept
   in DIR/mteb are reused only for the same model."""
   weights = index_lib.fingerprint(embedder.pretrained.params["bert"])
-  return hashlib.sha1(repr((weights, embedder.pretrained.sentence, max_length)).encode()).hexdigest()[:12]
+  return hashlib.sha1(repr(
+      (weights, embedder.pretrained.sentence, max_length)).encode()).hexdigest()[:12]
 
 
 def default_name(source: str) -> str:
@@ -268,26 +280,28 @@ def scores_to_records(task_result, main_score: str, layer: int, dim: int) -> lis
 
 
 def evaluate(embedder, tasks, pairs, output: str, *, name: str, revision: str | None = None,
-             cache_gb: float = 4.0, max_length: int | None = None,
-             normalize: bool | None = None, overwrite: bool = False) -> list[dict[str, Any]]:
+             cache_gb: float = 4.0, max_length: int | None = None, normalize: bool | None = None,
+             overwrite: bool = False) -> list[dict[str, Any]]:
   """Every task at every pair; MTEB's files under OUTPUT/mteb, our records in OUTPUT/results/mteb.json.
   Tasks run in the outer loop so that the pairs share each task's encodings."""
   mteb = _mteb()
   shared = SharedEncodings(embedder, [n for n, _ in pairs], cache_gb * 2**30, max_length)
   normalize = embedder.pretrained.sentence.normalize if normalize is None else normalize
   cache = mteb.ResultCache(cache_path=os.path.join(output, CACHE_DIR))
-  models = {(n, d): sub_model(shared, n, d, model_meta(name, n, d, revision=revision,
-                                                       max_tokens=max_length or embedder.max_length), normalize)
-            for n, d in pairs}
+  models = {(n, d): sub_model(
+                shared, n, d,
+                model_meta(name, n, d, revision=revision, max_tokens=max_length or
+                           embedder.max_length), normalize) for n, d in pairs}
   records = []
   for task in tasks:
     loaded_here = not task.data_loaded  # loaded once for all pairs (MTEB would load it for each)
     if loaded_here:
       load_data(task)
     for (n, d), model in models.items():
-      result = mteb.evaluate(model, task, cache=cache, overwrite_strategy="always" if overwrite else "only-missing",
-                             show_progress_bar=False,
-                             encode_kwargs={"batch_size": embedder.batch_size, "show_progress_bar": False})
+      result = mteb.evaluate(
+          model, task, cache=cache, overwrite_strategy="always" if overwrite else "only-missing",
+          show_progress_bar=False,
+          encode_kwargs={"batch_size": embedder.batch_size, "show_progress_bar": False})
       for task_result in result.task_results:
         new = scores_to_records(task_result, task.metadata.main_score, n, d)
         records += new
@@ -317,21 +331,28 @@ def tasks_of(args) -> list:
 
 def parser() -> argparse.ArgumentParser:
   """The command line of `python -m starbucks_jax.evaluate.mteb`."""
-  p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate.mteb", description=__doc__.split("\n")[0])
-  p.add_argument("--model", required=True, help="HF / sentence-transformers dir, Hub id, or workdir")
-  p.add_argument("--output", help="where to write results (default: the workdir, when --model is one)")
-  p.add_argument("--tasks", default="", help="MTEB task names, comma-separated (e.g. STSBenchmark,SciFact)")
-  p.add_argument("--sts", action="append", default=[], metavar="NAME[:SPLIT]=SOURCE",
-                 help="a local STS task: a JSONL/CSV/TSV file or hf: source of sentence1, sentence2, score")
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate.mteb",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--model", required=True,
+                 help="HF / sentence-transformers dir, Hub id, or workdir")
+  p.add_argument("--output",
+                 help="where to write results (default: the workdir, when --model is one)")
+  p.add_argument("--tasks", default="",
+                 help="MTEB task names, comma-separated (e.g. STSBenchmark,SciFact)")
+  p.add_argument(
+      "--sts", action="append", default=[], metavar="NAME[:SPLIT]=SOURCE",
+      help="a local STS task: a JSONL/CSV/TSV file or hf: source of sentence1, sentence2, score")
   p.add_argument("--retrieval", action="append", default=[], metavar="NAME[:SPLIT]=SOURCE",
                  help="a local retrieval task: a BEIR folder, hf:BeIR/NAME or tevatron: collection")
-  p.add_argument("--splits", default="", help="only these splits of the --tasks (e.g. dev,validation)")
+  p.add_argument("--splits", default="",
+                 help="only these splits of the --tasks (e.g. dev,validation)")
   p.add_argument("--pairs", help="LAYERxDIM sub-models, comma-separated (default: see above)")
   p.add_argument("--name", help=f"MTEB model name ORG/NAME (default: {NAME_PREFIX}/<folder name>)")
   p.add_argument("--step", type=int, help="checkpoint step of a workdir (default: latest)")
   p.add_argument("--batch-size", type=int, default=64)
   p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
-  p.add_argument("--cache-gb", type=float, default=4.0, help="memory for encodings shared by the pairs")
+  p.add_argument("--cache-gb", type=float, default=4.0,
+                 help="memory for encodings shared by the pairs")
   p.add_argument("--overwrite", action="store_true", help="re-evaluate results already in DIR/mteb")
   return p
 
@@ -360,9 +381,11 @@ def main(argv: list[str] | None = None) -> None:
   pairs = parse_pairs(args.pairs, cfg.num_hidden_layers, cfg.hidden_size) if args.pairs else \
       default_pairs(args.model, embedder.pretrained)
   name = args.name or default_name(args.model)
-  print(f"evaluating {len(tasks)} task(s) at {len(pairs)} pair(s): " + " ".join(f"{n}x{d}" for n, d in pairs))
-  records = evaluate(embedder, tasks, pairs, output, name=name, revision=revision_of(embedder, args.max_length),
-                     cache_gb=args.cache_gb, max_length=args.max_length, overwrite=args.overwrite)
+  print(f"evaluating {len(tasks)} task(s) at {len(pairs)} pair(s): " + " ".join(f"{n}x{d}"
+                                                                                for n, d in pairs))
+  records = evaluate(embedder, tasks, pairs, output, name=name,
+                     revision=revision_of(embedder, args.max_length), cache_gb=args.cache_gb,
+                     max_length=args.max_length, overwrite=args.overwrite)
   print(results.table(records))
   print(f"results: {os.path.join(output, workdir_lib.RESULTS, RESULTS_NAME + '.json')}; "
         f"MTEB's files: {os.path.join(output, CACHE_DIR, 'results')}")

@@ -28,7 +28,8 @@ from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import cost as cost_lib
 
 
-def rows_of(workdir: str, metric: str, corpus_size: int | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+def rows_of(workdir: str, metric: str,
+            corpus_size: int | None = None) -> dict[tuple[str, str], list[dict[str, Any]]]:
   """{(dataset, split): [cost row + 'value' of `metric`]} for every configuration with both;
   `corpus_size`: the rows' search FLOPs over that many passages instead of the collection's own."""
   values = {}
@@ -41,7 +42,10 @@ def rows_of(workdir: str, metric: str, corpus_size: int | None = None) -> dict[t
           values[(r["dataset"], r["split"], config)] = r["value"]
   out = {}
   for key, costs in cost_lib.read(workdir).items():
-    rows = [dict(c, value=values[(*key, c["configuration"])]) for c in costs if (*key, c["configuration"]) in values]
+    rows = [
+        dict(c, value=values[(*key, c["configuration"])]) for c in costs
+        if (*key, c["configuration"]) in values
+    ]
     for r in rows if corpus_size else ():
       r["search_flops"] = cost_lib.search_flops_at(r["configuration"], corpus_size)
     if rows:
@@ -57,8 +61,10 @@ def front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """The configurations no other beats: none with at most their FLOPs and at least their value, one
   of the two strictly."""
   def beaten(r):
-    return any(total_flops(o) <= total_flops(r) and o["value"] >= r["value"]
-               and (total_flops(o) < total_flops(r) or o["value"] > r["value"]) for o in rows)
+    return any(
+        total_flops(o) <= total_flops(r) and o["value"] >= r["value"] and
+        (total_flops(o) < total_flops(r) or o["value"] > r["value"]) for o in rows)
+
   return sorted((r for r in rows if not beaten(r)), key=total_flops)
 
 
@@ -78,21 +84,25 @@ def summary(label_rows: dict[str, list[dict[str, Any]]], metric: str, tolerance:
     found = cheapest_within(rows, tolerance)
     if found:
       full, best = found
-      lines.append(f"- {label}: the cheapest configuration within {tolerance} {metric} of {full['configuration']} "
-                   f"({full['value']:.4f}) is {best['configuration']} ({best['value']:.4f}) at "
-                   f"{total_flops(best) / total_flops(full):.1%} of its FLOPs per query.")
+      lines.append(
+          f"- {label}: the cheapest configuration within {tolerance} {metric} of {full['configuration']} "
+          f"({full['value']:.4f}) is {best['configuration']} ({best['value']:.4f}) at "
+          f"{total_flops(best) / total_flops(full):.1%} of its FLOPs per query.")
   return "\n".join(lines)
 
 
 def markdown(label_rows: dict[str, list[dict[str, Any]]], metric: str) -> str:
-  lines = [f"| run | configuration | {metric} | query MFLOPs | search MFLOPs | query ms | search ms | "
-           "index B/passage | front |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+  lines = [
+      f"| run | configuration | {metric} | query MFLOPs | search MFLOPs | query ms | search ms | "
+      "index B/passage | front |", "|---|---|---:|---:|---:|---:|---:|---:|---|"
+  ]
   for label, rows in label_rows.items():
     best = {id(r) for r in front(rows)}
     for r in sorted(rows, key=total_flops):
-      lines.append(f"| {label} | {r['configuration']} | {r['value']:.4f} | {r['query_flops'] / 1e6:.2f} | "
-                   f"{r['search_flops'] / 1e6:.2f} | {r['query_ms']:.3f} | {r['search_ms']:.3f} | "
-                   f"{r['index_bytes']} | {'front' if id(r) in best else ''} |")
+      lines.append(
+          f"| {label} | {r['configuration']} | {r['value']:.4f} | {r['query_flops'] / 1e6:.2f} | "
+          f"{r['search_flops'] / 1e6:.2f} | {r['query_ms']:.3f} | {r['search_ms']:.3f} | "
+          f"{r['index_bytes']} | {'front' if id(r) in best else ''} |")
   return "\n".join(lines)
 
 
@@ -100,9 +110,11 @@ def plot(label_rows: dict[str, list[dict[str, Any]]], metric: str, path: str, ti
   plt = plots.pyplot()
   fig, ax = plt.subplots(figsize=(6.4, 4.2))
   for label, rows in label_rows.items():
-    dots = ax.scatter([total_flops(r) for r in rows], [r["value"] for r in rows], s=18, label=f"{label}")
+    dots = ax.scatter([total_flops(r) for r in rows], [r["value"] for r in rows], s=18,
+                      label=f"{label}")
     best = front(rows)
-    ax.plot([total_flops(r) for r in best], [r["value"] for r in best], color=dots.get_facecolor()[0], lw=1)
+    ax.plot([total_flops(r) for r in best], [r["value"] for r in best],
+            color=dots.get_facecolor()[0], lw=1)
     for r in rows:
       ax.annotate(r["configuration"], (total_flops(r), r["value"]), fontsize=5, alpha=0.7)
   ax.set_xscale("log")
@@ -126,32 +138,40 @@ def write(workdirs: list[str], out: str, metric: str = "nDCG@10", labels: list[s
   per_run = {label: rows_of(w, metric, corpus_size) for label, w in zip(labels, workdirs)}
   keys = sorted({k for rows in per_run.values() for k in rows})
   if not keys:
-    raise InputError(f"{', '.join(workdirs)}: no retrieval records with costs for {metric} (evaluate with "
-                     "--config.eval.retrieval_costs=True)")
+    raise InputError(
+        f"{', '.join(workdirs)}: no retrieval records with costs for {metric} (evaluate with "
+        "--config.eval.retrieval_costs=True)")
   os.makedirs(out, exist_ok=True)
   files = []
   for dataset, split in keys:
-    label_rows = {label: rows[(dataset, split)] for label, rows in per_run.items() if (dataset, split) in rows}
+    label_rows = {
+        label: rows[(dataset, split)] for label, rows in per_run.items() if (dataset, split) in rows
+    }
     base = os.path.join(out, f"{dataset}_{split}" + (f"_N{corpus_size}" if corpus_size else ""))
     scale = f" with search FLOPs over {corpus_size:,} passages (ms measured on the collection)" if corpus_size else ""
     with open(base + ".md", "w", encoding="utf8") as f:
-      f.write(f"{dataset}/{split} {metric} against cost per query{scale}; 'front': no configuration of the "
-              "same run is as good for less.\n\n" + summary(label_rows, metric, tolerance) + "\n\n"
-              + markdown(label_rows, metric) + "\n")
-    title = f"{dataset}/{split}" + (f", search over {corpus_size:,} passages" if corpus_size else "")
+      f.write(
+          f"{dataset}/{split} {metric} against cost per query{scale}; 'front': no configuration of the "
+          "same run is as good for less.\n\n" + summary(label_rows, metric, tolerance) + "\n\n" +
+          markdown(label_rows, metric) + "\n")
+    title = f"{dataset}/{split}" + (f", search over {corpus_size:,} passages"
+                                    if corpus_size else "")
     files += [base + ".md", plot(label_rows, metric, base + ".png", title)]
   return files
 
 
 def main(argv: list[str] | None = None) -> None:
-  p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate.pareto", description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m starbucks_jax.evaluate.pareto",
+                              description=__doc__.split("\n")[0])
   p.add_argument("--workdir", action="append", required=True, help="a run's workdir (repeatable)")
   p.add_argument("--label", action="append", help="a name per --workdir (default: the folder name)")
   p.add_argument("--metric", default="nDCG@10")
   p.add_argument("--out", help="default: the first workdir's pareto/")
-  p.add_argument("--corpus-size", type=int, help="search FLOPs over this many passages (e.g. 8841823)")
-  p.add_argument("--tolerance", type=float, default=0.005,
-                 help="the summary's loss of quality allowed against the largest size (default 0.005)")
+  p.add_argument("--corpus-size", type=int,
+                 help="search FLOPs over this many passages (e.g. 8841823)")
+  p.add_argument(
+      "--tolerance", type=float, default=0.005,
+      help="the summary's loss of quality allowed against the largest size (default 0.005)")
   args = p.parse_args(argv)
   if args.corpus_size is not None and args.corpus_size < 1:
     raise InputError(f"--corpus-size {args.corpus_size}: give a number of passages of at least 1")
@@ -160,8 +180,8 @@ def main(argv: list[str] | None = None) -> None:
   for w in args.workdir:
     if not os.path.isdir(w):
       raise FileNotFoundError(f"--workdir {w}: no such directory")
-  files = write(args.workdir, args.out or os.path.join(args.workdir[0], "pareto"), args.metric, args.label,
-                args.corpus_size, args.tolerance)
+  files = write(args.workdir, args.out or os.path.join(args.workdir[0], "pareto"), args.metric,
+                args.label, args.corpus_size, args.tolerance)
   for path in files:
     if path.endswith(".md"):
       print(open(path).read())

@@ -15,8 +15,10 @@ def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: f
   """One result; a non-finite value (a constant embedding's correlation) is null, never a bare NaN.
   `funnel`: the search chain that made it (search.parse_funnel), its last stage being (layer, dim)."""
   value = float(value)
-  out = {"dataset": dataset, "split": split, "metric": metric, "layer": int(layer), "dim": int(dim),
-         "value": value if math.isfinite(value) else None}
+  out = {
+      "dataset": dataset, "split": split, "metric": metric, "layer": int(layer), "dim": int(dim),
+      "value": value if math.isfinite(value) else None
+  }
   return {**out, "funnel": funnel} if funnel else out
 
 
@@ -45,15 +47,20 @@ def table(records: Iterable[dict[str, Any]]) -> str:
   records = list(records)
   cols = sorted({(r["dataset"], r["split"], r["metric"], r.get("funnel", "")) for r in records})
   pairs = sorted({(r["layer"], r["dim"]) for r in records})
-  value = {(r["layer"], r["dim"], r["dataset"], r["split"], r["metric"], r.get("funnel", "")): r["value"]
-           for r in records if r["value"] is not None}
+  value = {
+      (r["layer"], r["dim"], r["dataset"], r["split"], r["metric"], r.get("funnel", "")): r["value"]
+      for r in records if r["value"] is not None
+  }
   heads = [f"{d}/{s} {m}" + (f" [{f}]" if f else "") for d, s, m, f in cols]
   widths = [max(len(h), 7) for h in heads]
-  lines = ["| layer | dim | " + " | ".join(h.rjust(w) for h, w in zip(heads, widths)) + " |",
-           "|---:|---:|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"]
+  lines = [
+      "| layer | dim | " + " | ".join(h.rjust(w) for h, w in zip(heads, widths)) + " |",
+      "|---:|---:|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
+  ]
   for layer, dim in pairs:
     cells = [f"{value[(layer, dim, *c)]:.4f}" if (layer, dim, *c) in value else "" for c in cols]
-    lines.append(f"| {layer} | {dim} | " + " | ".join(x.rjust(w) for x, w in zip(cells, widths)) + " |")
+    lines.append(f"| {layer} | {dim} | " + " | ".join(x.rjust(w)
+                                                      for x, w in zip(cells, widths)) + " |")
   means = []
   for c in cols:
     vals = [value[(layer, dim, *c)] for layer, dim in pairs if (layer, dim, *c) in value]

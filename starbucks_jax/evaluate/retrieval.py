@@ -72,9 +72,10 @@ def measure(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]],
 
 
 def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: str, *,
-                        pooling: str | None = None, normalize: bool = False, query_max_length: int = 64,
-                        passage_max_length: int = 256, k: int = 1000, metrics=METRICS,
-                        funnels: tuple[str, ...] = (), costs: bool = False, index_dir: str = "") -> list[dict]:
+                        pooling: str | None = None, normalize: bool = False,
+                        query_max_length: int = 64, passage_max_length: int = 256, k: int = 1000,
+                        metrics=METRICS, funnels: tuple[str, ...] = (), costs: bool = False,
+                        index_dir: str = "") -> list[dict]:
   """Records of every pair, and of every funnel (search.parse_funnel: its stages' vectors come from
   the same index, its queries from the same early-exit pass). `costs`: each configuration's cost per
   query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json. `index_dir`: where NAME's index is
@@ -86,7 +87,8 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
   index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, stored, folder,
                           max_length=passage_max_length, pooling=pooling)
   layers = tuple(sorted({n for n, _ in stored}))
-  query_vecs = embedder.encode_layers(collection.queries, layers, pooling=pooling, max_length=query_max_length)
+  query_vecs = embedder.encode_layers(collection.queries, layers, pooling=pooling,
+                                      max_length=query_max_length)
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   k = min(k, len(collection.doc_ids))
   # a pair is a one-stage funnel; only a chain's records and run file carry its spec
@@ -106,8 +108,8 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
   if costs:
-    rows = cost.measure(embedder, collection.queries, query_vecs, folder, [stages for _, stages in configurations],
-                        num_docs=len(collection.doc_ids),
+    rows = cost.measure(embedder, collection.queries, query_vecs, folder,
+                        [stages for _, stages in configurations], num_docs=len(collection.doc_ids),
                         max_length=query_max_length, pooling=pooling, normalize=normalize)
     cost.write(workdir, name, split, rows)
   return records

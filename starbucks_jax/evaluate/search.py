@@ -93,10 +93,12 @@ def rescore(queries: np.ndarray, vectors, rows: np.ndarray, k: int, *, normalize
       vecs = vectors(distinct)
       padded = np.zeros((1 << (len(distinct) - 1).bit_length(), vecs.shape[-1]), np.float32)
       padded[:len(vecs)] = vecs
-      sc, pick = _rescore_shared(jnp.asarray(queries[sl]), jnp.asarray(padded), jnp.asarray(where.reshape(cand.shape)),
-                                 valid, k=k, normalize=normalize)
+      sc, pick = _rescore_shared(jnp.asarray(queries[sl]), jnp.asarray(padded),
+                                 jnp.asarray(where.reshape(cand.shape)), valid, k=k,
+                                 normalize=normalize)
     else:
-      sc, pick = _rescore_each(jnp.asarray(queries[sl]), jnp.asarray(vectors(cand)), valid, k=k, normalize=normalize)
+      sc, pick = _rescore_each(jnp.asarray(queries[sl]), jnp.asarray(vectors(cand)), valid, k=k,
+                               normalize=normalize)
     sc, pick = np.asarray(sc), np.asarray(pick)
     out_scores[sl] = sc
     out_rows[sl] = np.where(np.isfinite(sc), np.take_along_axis(rows[sl], pick, 1), -1)
@@ -119,25 +121,28 @@ def parse_funnel(spec: str) -> tuple[Stage, ...]:
     if k < 1 or n < 1 or d < 1:
       raise InputError(f"funnel {spec!r}: stage {i + 1} needs a layer, dim and k of at least 1")
     if i and k > stages[i - 1][1]:
-      raise InputError(f"funnel {spec!r}: stage {i + 1} keeps {k} of the previous stage's {stages[i - 1][1]}")
+      raise InputError(
+          f"funnel {spec!r}: stage {i + 1} keeps {k} of the previous stage's {stages[i - 1][1]}")
   return tuple(stages)
 
 
-def funnel_topk(query_vecs: dict[int, np.ndarray], folder: str, stages, *, normalize: bool = False
-                ) -> tuple[np.ndarray, np.ndarray]:
+def funnel_topk(query_vecs: dict[int, np.ndarray], folder: str, stages, *,
+                normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Funnel search over an index (evaluate/index.py): exact top-k1 with the first stage's (layer, dim)
   vectors, then each stage rescores the survivors with its own stored vectors. `query_vecs[layer]`
   are the queries' pooled vectors (one early-exit pass gives every layer the funnel needs)."""
   (n, d), k = stages[0]
-  scores, rows = exact_topk(query_vecs[n][:, :d], index_lib.shards(folder, n, d), k, normalize=normalize)
+  scores, rows = exact_topk(query_vecs[n][:, :d], index_lib.shards(folder, n, d), k,
+                            normalize=normalize)
   for (n, d), k in stages[1:]:
-    scores, rows = rescore(query_vecs[n][:, :d], lambda r, n=n, d=d: index_lib.gather(folder, n, d, r), rows, k,
+    scores, rows = rescore(query_vecs[n][:, :d],
+                           lambda r, n=n, d=d: index_lib.gather(folder, n, d, r), rows, k,
                            normalize=normalize)
   return scores, rows
 
 
-def faiss_topk(queries: np.ndarray, corpus: np.ndarray, k: int, *, normalize: bool = False
-               ) -> tuple[np.ndarray, np.ndarray]:
+def faiss_topk(queries: np.ndarray, corpus: np.ndarray, k: int, *,
+               normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """The same search with FAISS's exact inner-product index (IndexFlatIP), when installed."""
   try:
     import faiss
@@ -152,11 +157,13 @@ def faiss_topk(queries: np.ndarray, corpus: np.ndarray, k: int, *, normalize: bo
   return index.search(q, k)
 
 
-def run_dict(query_ids: list[str], doc_ids: list[str], scores: np.ndarray, rows: np.ndarray
-             ) -> dict[str, dict[str, float]]:
+def run_dict(query_ids: list[str], doc_ids: list[str], scores: np.ndarray,
+             rows: np.ndarray) -> dict[str, dict[str, float]]:
   """{query id: {doc id: score}} from a top-k result (rows -1 dropped)."""
-  return {q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
-          for i, q in enumerate(query_ids)}
+  return {
+      q: {doc_ids[r]: float(s) for s, r in zip(scores[i], rows[i]) if r >= 0}
+      for i, q in enumerate(query_ids)
+  }
 
 
 def write_trec(path: str, run: dict[str, dict[str, float]], tag: str) -> str:

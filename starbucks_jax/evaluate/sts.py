@@ -15,8 +15,9 @@ from starbucks_jax.data.sources import DataError, read_rows
 from starbucks_jax.evaluate.results import record
 
 
-def read_sts(spec: str, columns: Mapping[str, str] | None = None, score_range: tuple[float, float] = (0, 5)
-             ) -> tuple[list[str], list[str], np.ndarray]:
+def read_sts(
+    spec: str, columns: Mapping[str, str] | None = None, score_range: tuple[float, float] = (0, 5)
+) -> tuple[list[str], list[str], np.ndarray]:
   rows = list(read_rows(spec, {"sentence1": str, "sentence2": str, "score": float}, columns))
   if len(rows) < 3:
     raise DataError(f"{spec}: {len(rows)} scored pairs; an STS evaluation needs at least 3")
@@ -35,8 +36,8 @@ def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
 
 
 def evaluate_sts(embedder, sentences1: list[str], sentences2: list[str], scores: np.ndarray,
-                 pairs: Iterable[tuple[int, int]], *, dataset: str, split: str, pooling: str | None = None
-                 ) -> list[dict[str, Any]]:
+                 pairs: Iterable[tuple[int, int]], *, dataset: str, split: str,
+                 pooling: str | None = None) -> list[dict[str, Any]]:
   """Spearman (cosine) for every (layer, dim) of `pairs`, from one encoding pass."""
   pairs = list(pairs)
   unique = sorted(set(sentences1) | set(sentences2))
@@ -52,11 +53,12 @@ def evaluate_sts(embedder, sentences1: list[str], sentences2: list[str], scores:
   return out
 
 
-def evaluate_sets(embedder, eval_sets: list[tuple[str, str, str]], pairs, *, pooling: str | None = None
-                  ) -> list[dict[str, Any]]:
+def evaluate_sets(embedder, eval_sets: list[tuple[str, str, str]], pairs, *,
+                  pooling: str | None = None) -> list[dict[str, Any]]:
   """Every (dataset, split, source) of `eval_sets` at every pair; records for results.write."""
   out = []
   for dataset, split, spec in eval_sets:
     s1, s2, scores = read_sts(spec)
-    out += evaluate_sts(embedder, s1, s2, scores, pairs, dataset=dataset, split=split, pooling=pooling)
+    out += evaluate_sts(embedder, s1, s2, scores, pairs, dataset=dataset, split=split,
+                        pooling=pooling)
   return out

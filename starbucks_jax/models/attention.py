@@ -42,9 +42,12 @@ def cudnn(q, k, v, segment_ids, packed: bool):
   scale = 1.0 / math.sqrt(q.shape[-1])
   if packed:
     mask = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]
-    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=CUDNN_IMPLEMENTATION)
-  lengths = jnp.maximum(segment_ids.astype(jnp.int32).sum(-1), 1)  # an all-padding row reads its first token
-  return jax.nn.dot_product_attention(q, k, v, scale=scale, query_seq_lengths=lengths, key_value_seq_lengths=lengths,
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                        implementation=CUDNN_IMPLEMENTATION)
+  # an all-padding row reads its first token
+  lengths = jnp.maximum(segment_ids.astype(jnp.int32).sum(-1), 1)
+  return jax.nn.dot_product_attention(q, k, v, scale=scale, query_seq_lengths=lengths,
+                                      key_value_seq_lengths=lengths,
                                       implementation=CUDNN_IMPLEMENTATION)
 
 
@@ -54,12 +57,14 @@ def flash(q, k, v, segment_ids, block: int = 128):
   mesh = jax.sharding.get_abstract_mesh()
   qkv = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
   segments = nn.logical_to_mesh_axes(("batch", "length"))
-  size = lambda entry: 1 if entry is None else mesh.shape[entry] if isinstance(entry, str) else math.prod(  # noqa: E731
-      mesh.shape[a] for a in entry)
-  if mesh.empty or any(d % size(e) for d, e in zip(q.shape, qkv)):  # one device, or shapes only (init)
+  size = lambda entry: 1 if entry is None else mesh.shape[entry] if isinstance(
+      entry, str) else math.prod(mesh.shape[a] for a in entry)
+  # one device, or shapes only (init)
+  if mesh.empty or any(d % size(e) for d, e in zip(q.shape, qkv)):
     return flash_kernel(q, k, v, segment_ids, block)
-  return jax.shard_map(lambda *a: flash_kernel(*a, block), mesh=mesh, in_specs=(qkv, qkv, qkv, segments),
-                       out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
+  return jax.shard_map(lambda *a: flash_kernel(*a, block), mesh=mesh,
+                       in_specs=(qkv, qkv, qkv, segments), out_specs=qkv,
+                       check_vma=False)(q, k, v, segment_ids)
 
 
 def flash_kernel(q, k, v, segment_ids, block: int = 128):
@@ -72,11 +77,13 @@ def flash_kernel(q, k, v, segment_ids, block: int = 128):
   if pad:
     q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
     segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-2)
-  sizes = fa.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1, block_q_major_dkv=block,
-                        block_k_major_dkv=block, block_k_dkv=block, block_q_dkv=block, block_k_major_dq=block,
-                        block_k_dq=block, block_q_dq=block)
-  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # noqa: E731  [B, heads, T, head_dim]
+  sizes = fa.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1,
+                        block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
+                        block_q_dkv=block, block_k_major_dq=block, block_k_dq=block,
+                        block_q_dq=block)
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, heads, T, head_dim]
   segment_ids = segment_ids.astype(jnp.int32)
-  out = fa.flash_attention(heads_first(q), heads_first(k), heads_first(v), segment_ids=fa.SegmentIds(segment_ids, segment_ids),
+  out = fa.flash_attention(heads_first(q), heads_first(k), heads_first(v),
+                           segment_ids=fa.SegmentIds(segment_ids, segment_ids),
                            sm_scale=1.0 / math.sqrt(q.shape[-1]), block_sizes=sizes)
   return heads_first(out)[:, :T]

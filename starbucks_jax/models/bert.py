@@ -30,9 +30,10 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.floa
 # model.remat: what the backward pass keeps of each layer (the rest is recomputed). "none" keeps
 # everything; "full" keeps only the layer's input; "dots" keeps the matmul outputs that have no
 # batch dimension in their contraction (weights x activations), recomputing the cheap rest.
-REMAT_POLICIES = {"none": None, "full": None, "dots": "dots_with_no_batch_dims_saveable",
-                  "dots_saveable": "dots_saveable"}
-
+REMAT_POLICIES = {
+    "none": None, "full": None, "dots": "dots_with_no_batch_dims_saveable",
+    "dots_saveable": "dots_saveable"
+}
 
 # BertConfig fields that say how to run the model, not what it is (not in an HF config.json)
 RUN_FIELDS = ("dtype", "param_dtype", "remat", "attention")
@@ -57,23 +58,28 @@ class BertConfig:
   dtype: str = "float32"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # storage dtype of parameters
   remat: bool | str = False  # False/'none', True/'full', 'dots', 'dots_saveable' (REMAT_POLICIES)
-  attention: str = "standard"  # the attention core: models/attention.py (the fused ones drop attention dropout)
+  # the attention core: models/attention.py (the fused ones drop attention dropout)
+  attention: str = "standard"
 
   def __post_init__(self):
     if self.remat_policy not in REMAT_POLICIES:
-      raise ValueError(f"BertConfig.remat={self.remat!r}; expected True, False or one of {sorted(REMAT_POLICIES)}")
+      raise ValueError(
+          f"BertConfig.remat={self.remat!r}; expected True, False or one of {sorted(REMAT_POLICIES)}"
+      )
     if self.attention not in attention.ATTENTIONS:
-      raise ValueError(f"BertConfig.attention={self.attention!r}; expected one of {attention.ATTENTIONS}")
+      raise ValueError(
+          f"BertConfig.attention={self.attention!r}; expected one of {attention.ATTENTIONS}")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in _DTYPES:
-        raise ValueError(f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+        raise ValueError(
+            f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
     if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
-      raise ValueError(f"BertConfig.attention='cudnn' computes in half precision (cuDNN's fused kernel); "
-                       f"dtype={self.dtype!r} needs 'bfloat16' or 'float16'")
-    if self.hidden_size % self.num_attention_heads:
       raise ValueError(
-          f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
-          f"num_attention_heads={self.num_attention_heads}")
+          f"BertConfig.attention='cudnn' computes in half precision (cuDNN's fused kernel); "
+          f"dtype={self.dtype!r} needs 'bfloat16' or 'float16'")
+    if self.hidden_size % self.num_attention_heads:
+      raise ValueError(f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
+                       f"num_attention_heads={self.num_attention_heads}")
 
   @property
   def remat_policy(self) -> str:
@@ -138,10 +144,10 @@ def _zeros(axes):
 
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.compute_dtype,
-                      param_dtype=config.storage_dtype, name=name,
-                      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-                      bias_init=_zeros(("norm",)))
+  return nn.LayerNorm(
+      epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
+      name=name, scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                         ("norm",)), bias_init=_zeros(("norm",)))
 
 
 class Dense(nn.Module):
@@ -161,8 +167,9 @@ class Dense(nn.Module):
     kernel = self.param("kernel", _init(cfg, self.axes), shape, cfg.storage_dtype)
     bias = self.param("bias", _zeros(self.axes[-len(features):]), features, cfg.storage_dtype)
     x = x.astype(cfg.compute_dtype)
-    y = jax.lax.dot_general(x, jnp.asarray(kernel, cfg.compute_dtype),
-                            ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))), ((), ())))
+    y = jax.lax.dot_general(
+        x, jnp.asarray(kernel, cfg.compute_dtype),
+        ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))), ((), ())))
     return y + jnp.asarray(bias, cfg.compute_dtype)
 
 
@@ -180,14 +187,15 @@ class BertEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, input_ids, token_type_ids, deterministic: bool, positions=None):
     cfg = self.config
-    embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.compute_dtype,  # noqa: E731
-                                           param_dtype=cfg.storage_dtype,
-                                           embedding_init=_init(cfg, axes), name=n)
+    embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.compute_dtype,
+                                           param_dtype=cfg.storage_dtype, embedding_init=_init(
+                                               cfg, axes), name=n)
     if positions is None:
       positions = jnp.arange(input_ids.shape[1])[None, :]
-    x = (embed("word_embeddings", cfg.vocab_size, ("vocab", "embed"))(input_ids)
-         + embed("position_embeddings", cfg.max_position_embeddings, (None, "embed"))(positions)
-         + embed("token_type_embeddings", cfg.type_vocab_size, (None, "embed"))(token_type_ids))
+    x = (embed("word_embeddings", cfg.vocab_size, ("vocab", "embed"))(input_ids) +
+         embed("position_embeddings", cfg.max_position_embeddings,
+               (None, "embed"))(positions) + embed("token_type_embeddings", cfg.type_vocab_size,
+                                                   (None, "embed"))(token_type_ids))
     x = _layer_norm(cfg, "LayerNorm")(x)
     x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     return _constrain(x, ("batch", "length", "embed"))
@@ -213,17 +221,20 @@ class BertSelfAttention(nn.Module):
     cfg = self.config
     attention_mask, segment_ids = keys
     heads = (cfg.num_attention_heads, cfg.head_dim)
-    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), n)(x) for n in ("query", "key", "value"))
+    q, k, v = (_dense(cfg, heads, ("embed", "heads", "kv"), n)(x)
+               for n in ("query", "key", "value"))
     q = _constrain(q, ("batch", "length", "heads", "kv"))
     k = _constrain(k, ("batch", "length", "heads", "kv"))
     v = _constrain(v, ("batch", "length", "heads", "kv"))
     if cfg.attention == "dot_product":
-      return _constrain(attention.dot_product(q, k, v, attention_mask), ("batch", "length", "heads", "kv"))
+      return _constrain(attention.dot_product(q, k, v, attention_mask),
+                        ("batch", "length", "heads", "kv"))
     if cfg.attention == "flash":
       return _constrain(attention.flash(q, k, v, segment_ids), ("batch", "length", "heads", "kv"))
     if cfg.attention == "cudnn":
       packed = attention_mask.shape[2] > 1  # attention_bias_mask: [B, 1, T, T] for packed rows
-      return _constrain(attention.cudnn(q, k, v, segment_ids, packed), ("batch", "length", "heads", "kv"))
+      return _constrain(attention.cudnn(q, k, v, segment_ids, packed),
+                        ("batch", "length", "heads", "kv"))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
     scores = jnp.where(attention_mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
@@ -252,8 +263,8 @@ class BertAttention(nn.Module):
   @nn.compact
   def __call__(self, x, keys, deterministic: bool):
     context = BertSelfAttention(self.config, name="self")(x, keys, deterministic)
-    return BertOutput(self.config, ("heads", "kv", "embed"), 2, name="output")(
-        context, x, deterministic)
+    return BertOutput(self.config, ("heads", "kv", "embed"), 2, name="output")(context, x,
+                                                                               deterministic)
 
 
 class BertIntermediate(nn.Module):
@@ -285,7 +296,8 @@ def remat_layer(config: BertConfig):
   saveable = REMAT_POLICIES[config.remat_policy]
   if config.remat_policy == "none":
     return BertLayer
-  return nn.remat(BertLayer, static_argnums=(3,), policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
+  return nn.remat(BertLayer, static_argnums=(3,),
+                  policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
 
 
 class BertLayerStack(nn.Module):
@@ -312,14 +324,17 @@ class BertEncoder(nn.Module):
   """
   config: BertConfig
 
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
-               deterministic: bool = True, segments=None, positions=None):
-    return jnp.stack(self.hidden_states(input_ids, attention_mask, token_type_ids, num_layers=num_layers,
-                                        deterministic=deterministic, segments=segments, positions=positions))
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, *,
+               num_layers: int | None = None, deterministic: bool = True, segments=None,
+               positions=None):
+    return jnp.stack(
+        self.hidden_states(input_ids, attention_mask, token_type_ids, num_layers=num_layers,
+                           deterministic=deterministic, segments=segments, positions=positions))
 
   @nn.compact
-  def hidden_states(self, input_ids, attention_mask, token_type_ids=None, *, num_layers: int | None = None,
-                    deterministic: bool = True, segments=None, positions=None) -> tuple[jax.Array, ...]:
+  def hidden_states(self, input_ids, attention_mask, token_type_ids=None, *,
+                    num_layers: int | None = None, deterministic: bool = True, segments=None,
+                    positions=None) -> tuple[jax.Array, ...]:
     cfg = self.config
     n = cfg.num_hidden_layers if num_layers is None else num_layers
     if not 0 <= n <= cfg.num_hidden_layers:
@@ -332,19 +347,23 @@ class BertEncoder(nn.Module):
     if (segments is None) != (positions is None):
       raise ValueError("packed rows need both segments and positions")
     x = BertEmbeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic, positions)
-    keys = (attention_bias_mask(attention_mask, segments), attention_mask if segments is None else segments)
+    keys = (attention_bias_mask(attention_mask,
+                                segments), attention_mask if segments is None else segments)
     return tuple(BertLayerStack(cfg, name="encoder")(x, keys, n, deterministic))
 
 
-def hidden_states(params, config: BertConfig, input_ids, attention_mask, *, num_layers: int | None = None,
-                  deterministic: bool = True, rng: jax.Array | None = None, segments=None,
+def hidden_states(params, config: BertConfig, input_ids, attention_mask, *,
+                  num_layers: int | None = None, deterministic: bool = True,
+                  rng: jax.Array | None = None, segments=None,
                   positions=None) -> tuple[jax.Array, ...]:
   """The encoder's forward as a function: num_layers + 1 hidden states [B, T, D] (HF order), only
   the first num_layers layers run; `rng` is the dropout key when not deterministic. Packed rows
   (several texts per row): `segments` and `positions` [B, T] (`attention_bias_mask`)."""
-  return BertEncoder(config).apply({"params": params}, input_ids, attention_mask, num_layers=num_layers,
-                                   deterministic=deterministic, segments=segments, positions=positions,
-                                   rngs=None if deterministic else {"dropout": rng}, method="hidden_states")
+  return BertEncoder(config).apply({"params": params}, input_ids, attention_mask,
+                                   num_layers=num_layers, deterministic=deterministic,
+                                   segments=segments, positions=positions,
+                                   rngs=None if deterministic else {"dropout": rng},
+                                   method="hidden_states")
 
 
 def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
@@ -365,4 +384,5 @@ def param_logical_axes(config: BertConfig) -> dict[str, Any]:
   def init():  # inputs made inside: nothing runs eagerly (callable under any mesh)
     ids = jnp.zeros((1, 8), jnp.int32)
     return BertEncoder(config).init(jax.random.key(0), ids, jnp.ones_like(ids))
+
   return nn.get_partition_spec(jax.eval_shape(init))["params"]

@@ -12,7 +12,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import BertConfig, _init, _layer_norm, _zeros, attention_bias_mask, gelu, remat_layer
+from starbucks_jax.models.bert import (
+    BertConfig,
+    _init,
+    _layer_norm,
+    _zeros,
+    attention_bias_mask,
+    gelu,
+    remat_layer,
+)
 
 
 class SlicedDense(nn.Module):
@@ -71,7 +79,8 @@ class BertPooler(nn.Module):
   def __call__(self, hidden):
     cfg = self.config
     dense = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-                     kernel_init=_init(cfg, ("embed", "mlp")), bias_init=_zeros(("mlp",)), name="dense")
+                     kernel_init=_init(cfg, ("embed", "mlp")), bias_init=_zeros(
+                         ("mlp",)), name="dense")
     return jnp.tanh(dense(hidden[:, 0]))
 
 

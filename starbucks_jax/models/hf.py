@@ -29,8 +29,9 @@ class ModelError(InputError):
 # The key table. {i}: layer index; {x}: one of the alternatives listed in _GROUPS.
 # (our path under its group, HF name after the prefix, transform)
 # ---------------------------------------------------------------------------------------------
-_GROUPS = {"i": r"\d+", "qkv": "query|key|value", "emb": "word|position|token_type",
-           "ln": "scale|bias"}
+_GROUPS = {
+    "i": r"\d+", "qkv": "query|key|value", "emb": "word|position|token_type", "ln": "scale|bias"
+}
 KEY_TABLE: tuple[tuple[str, str, str], ...] = (
     ("bert/embeddings/{emb}_embeddings/embedding", "embeddings.{emb}_embeddings.weight", "copy"),
     ("bert/embeddings/LayerNorm/{ln}", "embeddings.LayerNorm.{ln}", "copy"),
@@ -44,13 +45,15 @@ KEY_TABLE: tuple[tuple[str, str, str], ...] = (
      "encoder.layer.{i}.attention.output.dense.bias", "copy"),
     ("bert/encoder/layer_{i}/attention/output/LayerNorm/{ln}",
      "encoder.layer.{i}.attention.output.LayerNorm.{ln}", "copy"),
-    ("bert/encoder/layer_{i}/intermediate/dense/kernel", "encoder.layer.{i}.intermediate.dense.weight",
-     "linear"),
+    ("bert/encoder/layer_{i}/intermediate/dense/kernel",
+     "encoder.layer.{i}.intermediate.dense.weight", "linear"),
     ("bert/encoder/layer_{i}/intermediate/dense/bias", "encoder.layer.{i}.intermediate.dense.bias",
      "copy"),
-    ("bert/encoder/layer_{i}/output/dense/kernel", "encoder.layer.{i}.output.dense.weight", "linear"),
+    ("bert/encoder/layer_{i}/output/dense/kernel", "encoder.layer.{i}.output.dense.weight",
+     "linear"),
     ("bert/encoder/layer_{i}/output/dense/bias", "encoder.layer.{i}.output.dense.bias", "copy"),
-    ("bert/encoder/layer_{i}/output/LayerNorm/{ln}", "encoder.layer.{i}.output.LayerNorm.{ln}", "copy"),
+    ("bert/encoder/layer_{i}/output/LayerNorm/{ln}", "encoder.layer.{i}.output.LayerNorm.{ln}",
+     "copy"),
     ("pooler/dense/kernel", "pooler.dense.weight", "linear"),
     ("pooler/dense/bias", "pooler.dense.bias", "copy"),
     ("mlm_head/transform/dense/kernel", "cls.predictions.transform.dense.weight", "linear"),
@@ -65,9 +68,8 @@ _IGNORED_HF = (
     re.compile(r"cls\.seq_relationship\.(weight|bias)"),
 )
 # Legacy TF-converted names (bert-base-uncased's own files): LayerNorm.gamma / .beta.
-_LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"),
-           (re.compile(r"LayerNorm\.beta$"), "LayerNorm.bias"))
-
+_LEGACY = ((re.compile(r"LayerNorm\.gamma$"), "LayerNorm.weight"), (re.compile(r"LayerNorm\.beta$"),
+                                                                    "LayerNorm.bias"))
 
 # LayerNorm parameters are named scale/bias here and weight/bias in HF.
 _LN_TO_HF = {"scale": "weight", "bias": "bias"}
@@ -149,7 +151,8 @@ def our_key(hf_name: str) -> tuple[str, str] | None:
   return None
 
 
-def params_to_hf(params: dict[str, Any], config: BertConfig, prefixed: bool) -> dict[str, np.ndarray]:
+def params_to_hf(params: dict[str, Any], config: BertConfig,
+                 prefixed: bool) -> dict[str, np.ndarray]:
   """Our tree -> HF state dict (float32 numpy, contiguous)."""
   out, transforms = {}, _transforms(config)
   for path, x in flatten(params).items():
@@ -167,8 +170,8 @@ def check_finite_weight(source: str, name: str, x) -> None:
       raise ModelError(f"{source}: weight {name!r} has {bad} NaN or infinite value(s) of {x.size}")
 
 
-def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str = "<state dict>"
-                   ) -> dict[str, Any]:
+def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
+                   source: str = "<state dict>") -> dict[str, Any]:
   """HF state dict -> our tree. Unknown keys or missing encoder keys raise, listing them."""
   flat, unknown, renamed = {}, [], {}
   transforms = _transforms(config)
@@ -188,8 +191,9 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str
     try:
       flat[path] = transforms[transform][1](np.asarray(x))
     except ValueError as e:
-      raise ModelError(f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
-                       f"(hidden_size={config.hidden_size}, heads={config.num_attention_heads}): {e}")
+      raise ModelError(
+          f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
+          f"(hidden_size={config.hidden_size}, heads={config.num_attention_heads}): {e}")
   if unknown:
     raise ModelError(f"{source}: {len(unknown)} weight(s) are not part of a BERT model: "
                      f"{sorted(unknown)[:20]}")
@@ -204,7 +208,9 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str
                      f"{[hf_key(p, False)[0] for p in extra_layers][:20]}")
   for group in ("pooler", "mlm_head"):
     have = {p for p in flat if p.startswith(group + "/")}
-    want = {p for p in expected_paths(config, pooler=True, mlm_head=True) if p.startswith(group + "/")}
+    want = {
+        p for p in expected_paths(config, pooler=True, mlm_head=True) if p.startswith(group + "/")
+    }
     if have and have != want:
       raise ModelError(f"{source}: incomplete {group} weights; missing "
                        f"{[hf_key(p, False)[0] for p in sorted(want - have)]}")
@@ -212,8 +218,9 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig, source: str
   if decoder is not None:
     words = flat["bert/embeddings/word_embeddings/embedding"]
     if decoder.shape != words.shape or not np.array_equal(np.asarray(decoder), np.asarray(words)):
-      raise ModelError(f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
-                       "only MLM heads tied to the embeddings (HF's default) are supported")
+      raise ModelError(
+          f"{source}: cls.predictions.decoder.weight differs from the word embeddings; "
+          "only MLM heads tied to the embeddings (HF's default) are supported")
   return unflatten(flat)
 
 
@@ -228,15 +235,16 @@ def expected_paths(config: BertConfig, pooler: bool, mlm_head: bool) -> list[str
   shapes = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
   paths = ["bert/" + p for p in flatten(shapes)]
   if pooler:
-    tree = jax.eval_shape(lambda: BertPooler(config).init(
-        jax.random.key(0), jnp.zeros((1, 2, config.hidden_size)))["params"])
+    tree = jax.eval_shape(lambda: BertPooler(config).init(jax.random.key(
+        0), jnp.zeros((1, 2, config.hidden_size)))["params"])
     paths += ["pooler/" + p for p in flatten(tree)]
   if mlm_head:
-    tree = jax.eval_shape(lambda: MlmHead(config).init(
-        jax.random.key(0), jnp.zeros((1, config.hidden_size)),
-        jnp.zeros((config.vocab_size, config.hidden_size)))["params"])
+    tree = jax.eval_shape(
+        lambda: MlmHead(config).init(jax.random.key(0), jnp.zeros(
+            (1, config.hidden_size)), jnp.zeros((config.vocab_size, config.hidden_size)))["params"])
     paths += ["mlm_head/" + p for p in flatten(tree)]
   return paths
+
 
 def config_to_hf(config: BertConfig, architecture: str) -> dict[str, Any]:
   keep = {f.name for f in dataclasses.fields(BertConfig)} - set(RUN_FIELDS)

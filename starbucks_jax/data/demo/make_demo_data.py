@@ -19,9 +19,10 @@ import os
 import random
 import re
 
-SUBJECTS = [("a man", "a guy"), ("a woman", "a lady"), ("a child", "a kid"), ("an old man", "an elderly man"),
-            ("a girl", "a young girl"), ("a boy", "a young boy"), ("a couple", "a pair of friends"),
-            ("a chef", "a cook"), ("a student", "a pupil"), ("a dog", "a puppy")]
+SUBJECTS = [("a man", "a guy"), ("a woman", "a lady"), ("a child", "a kid"),
+            ("an old man", "an elderly man"), ("a girl", "a young girl"), ("a boy", "a young boy"),
+            ("a couple", "a pair of friends"), ("a chef", "a cook"), ("a student", "a pupil"),
+            ("a dog", "a puppy")]
 ACTIVITIES = [("is playing a guitar", "plays the guitar", "is strumming a guitar"),
               ("is riding a bicycle", "rides a bike", "is cycling"),
               ("is cooking dinner", "prepares a meal", "is making food"),
@@ -34,8 +35,9 @@ ACTIVITIES = [("is playing a guitar", "plays the guitar", "is strumming a guitar
               ("is talking on the phone", "makes a phone call", "is chatting on a phone"),
               ("is dancing", "dances", "is moving to music"),
               ("is washing the dishes", "cleans the plates", "is scrubbing dishes")]
-PLACES = [("in the park", "at the park"), ("at home", "in the house"), ("on the street", "on the road"),
-          ("in the kitchen", "in a kitchen"), ("near the beach", "by the sea"), ("in a garden", "in the yard")]
+PLACES = [("in the park", "at the park"), ("at home", "in the house"),
+          ("on the street", "on the road"), ("in the kitchen", "in a kitchen"),
+          ("near the beach", "by the sea"), ("in a garden", "in the yard")]
 
 
 def scene(rng, s, a, p, variant):
@@ -48,7 +50,8 @@ def sts_pairs(rng, n):
   kinds = [(5.0, "same"), (3.8, "place"), (3.0, "subject"), (1.6, "activity"), (0.4, "all")]
   for i in range(n):
     score, kind = kinds[i % len(kinds)]
-    s, a, p = rng.randrange(len(SUBJECTS)), rng.randrange(len(ACTIVITIES)), rng.randrange(len(PLACES))
+    s, a, p = rng.randrange(len(SUBJECTS)), rng.randrange(len(ACTIVITIES)), rng.randrange(
+        len(PLACES))
     s2, a2, p2 = s, a, p
     if kind in ("place", "all"):
       p2 = (p + rng.randrange(1, len(PLACES))) % len(PLACES)
@@ -59,19 +62,26 @@ def sts_pairs(rng, n):
     v1, v2 = rng.randrange(6), rng.randrange(6)
     if v1 == v2:
       v2 = (v2 + 1) % 6
-    out.append({"sentence1": scene(rng, s, a, p, v1), "sentence2": scene(rng, s2, a2, p2, v2),
-                "score": min(5.0, max(0.0, round(score + rng.uniform(-0.4, 0.4), 2)))})  # on the 0..5 scale
+    out.append({
+        "sentence1": scene(rng, s, a, p, v1),
+        "sentence2": scene(rng, s2, a2, p2, v2),
+        # on the 0..5 scale
+        "score": min(5.0, max(0.0, round(score + rng.uniform(-0.4, 0.4), 2)))
+    })
   return out
 
 
 def triplets(rng, n):
   out = []
   for _ in range(n):
-    s, a, p = rng.randrange(len(SUBJECTS)), rng.randrange(len(ACTIVITIES)), rng.randrange(len(PLACES))
+    s, a, p = rng.randrange(len(SUBJECTS)), rng.randrange(len(ACTIVITIES)), rng.randrange(
+        len(PLACES))
     a_neg = (a + rng.randrange(1, len(ACTIVITIES))) % len(ACTIVITIES)
     v = rng.randrange(6)
-    out.append({"anchor": scene(rng, s, a, p, v), "positive": scene(rng, s, a, p, v + 1),
-                "negative": scene(rng, s, a_neg, p, v)})
+    out.append({
+        "anchor": scene(rng, s, a, p, v), "positive": scene(rng, s, a, p, v + 1),
+        "negative": scene(rng, s, a_neg, p, v)
+    })
   return out
 
 
