@@ -37,12 +37,14 @@ as the authors, or train at d).
                best STS-B dev mean of 14 variants on sts_cpu; measured on STS-B/CoSENT at CPU
                scale only; its figures: experiments/recipes.md).
 The two 2DMSE presets are
-sentence-transformers' Matryoshka2dLoss in two versions (one sampled earlier hidden state 0..N-1,
-0 the embedding output; one sampled dim per call; KL over softmax(e / 0.3) x 0.3):
-    2dmse      the version behind the papers' 2DMSE numbers (sentence-transformers 2.x-3.x, 2024):
-               the sampled layer i's loss weighted 1/(1+i), the KL's teacher not detached
-               (loss.layer_weighting='linear', loss.kl='tempered_features', loss.kl_detach=False);
-    2dmse_st6  today's (sentence-transformers 6.x, after its issue #3757): weight 1, teacher detached.
+sentence-transformers' Matryoshka2dLoss in two versions (the last layer and one sampled earlier
+hidden state, one sampled dim per call; KL over softmax(e / 0.3) x 0.3):
+    2dmse      the version behind the papers' 2DMSE numbers (sentence-transformers 3.0, 2024):
+               hidden state k drawn from 1..N-1 (never the embedding output), its loss weighted
+               1/k, the KL's teacher not detached (schedule.sample_embedding_output=False,
+               loss.layer_weighting='linear', loss.kl='tempered_features', loss.kl_detach=False);
+    2dmse_st6  today's (sentence-transformers 6.x, after its issue #3757): drawn from 0..N-1 (0 the
+               embedding output), weight 1, teacher detached.
 
 Every run validates the whole config (including the schedule against the backbone's config.json)
 before it touches a weight, and writes WORKDIR/config.json, WORKDIR/metrics.jsonl, orbax
@@ -111,6 +113,7 @@ def get_config(arg=None):
     c.train.log_every = 5
     c.eval.sts = "demo/test=demo:sts_test.jsonl"
   if arg.method in ("2dmse", "2dmse_st6"):  # Matryoshka2dLoss as the authors ran it, or as today
+    c.schedule.sample_embedding_output = arg.method == "2dmse_st6"
     c.loss.kl = "tempered_features"
     c.loss.layer_weighting = "linear" if arg.method == "2dmse" else "uniform"
     c.loss.kl_detach = arg.method == "2dmse_st6"

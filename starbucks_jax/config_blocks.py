@@ -77,6 +77,9 @@ class SrlSchedule(Schedule):
   method: str = "starbucks"  # schedule.METHODS (the baselines of docs/method.md)
   separate_pair: tuple[int, int] = (0, 0)  # method=separate: the one (layer, dim) trained
   separate_train_dim: str = "full"  # separate: 'full' width (authors) or 'dim'
+  # 2dmse: hidden state 0 (the embedding output) can be drawn too, as sentence-transformers 6.x
+  # draws; False: hidden states 1..N-1, as its 2024 releases (3.0) drew
+  sample_embedding_output: bool = False
 
 
 @frozen

@@ -219,10 +219,12 @@ def kl_term(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
   return jnp.zeros((), jnp.float32)
 
 
-def layer_weight(layer, weighting: str):
-  """The task weight of a sampled layer (hidden-state index; 0 is the embedding output), as
-  sentence-transformers' AdaptiveLayerLoss: 'uniform' 1, 'linear' 1/(1+i), 'log' 1/(1+ln(1+i))."""
-  i = jnp.asarray(layer, jnp.float32)
+def layer_weight(index, weighting: str):
+  """The task weight of the drawn layer by its `index` in the list drawn from (Plan.sample_layers),
+  as sentence-transformers' AdaptiveLayerLoss weighs its `layer_idx` into its cached hidden states:
+  'uniform' 1, 'linear' 1/(1+i), 'log' 1/(1+ln(1+i)). Hidden state k is entry k of 0..N-1 (6.x) and
+  entry k-1 of 1..N-1 (3.0, 2024: 'linear' gives it 1/k)."""
+  i = jnp.asarray(index, jnp.float32)
   if weighting == "linear":
     return 1.0 / (1.0 + i)
   if weighting == "log":
@@ -294,8 +296,9 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
   Fixed plans (starbucks, full, mrl, grid, separate) are `srl_loss` over plan.pairs. The sampled
   baselines draw with `rng` and always sum their terms, as their reference code does:
   - 2dmse: task(N, d1) + w(n') task(n', d2) + beta * KL(N || n') over all D features (the KL
-    compares full-width pooled vectors, as Matryoshka2dLoss's layer KL does), n' one of the
-    hidden states 0..N-1 (0: the embedding output), w = `layer_weight(n', cfg.layer_weighting)`.
+    compares full-width pooled vectors, as Matryoshka2dLoss's layer KL does), n' one of
+    plan.sample_layers (hidden states 1..N-1, or 0..N-1), w = `layer_weight(i, cfg.layer_weighting)`
+    with i the draw's index in that list.
   - 2dmse_retrieval: task(N, D) + sum over d of S of [task(n', d) + beta KL] + [task(N, d) + beta KL]
     for d < D.
   """
@@ -318,7 +321,7 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
     metrics.update({"sampled/dim_last": d_last, "sampled/dim_layer": d_layer})
     masked = lambda x, d: jax.tree_util.tree_map(lambda v: mask_dims(v, d), x)
     total = (task_loss(masked(teacher, d_last), D, cfg, scores) +
-             layer_weight(layer, cfg.layer_weighting) *
+             layer_weight(draw["layer"], cfg.layer_weighting) *
              task_loss(masked(student, d_layer), D, cfg, scores) + kl(teacher, student, D))
   elif plan.method == "2dmse_retrieval":
     total = task_loss(teacher, D, cfg, scores)

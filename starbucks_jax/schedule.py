@@ -95,8 +95,11 @@ class Plan:
 
 
 def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int, *,
-         separate_pair: Pair | None = None, separate_train_dim: str = "full") -> Plan:
-  """The Plan of `method` over the validated schedule `pairs` of an N-layer, D-dim backbone."""
+         separate_pair: Pair | None = None, separate_train_dim: str = "full",
+         sample_embedding_output: bool = False) -> Plan:
+  """The Plan of `method` over the validated schedule `pairs` of an N-layer, D-dim backbone.
+  `sample_embedding_output`: 2dmse draws from hidden states 0..N-1 (sentence-transformers 6.x)
+  instead of 1..N-1 (its 2024 releases, 3.0: the embedding output is never drawn)."""
   N, D = num_layers, hidden_size
   dims = tuple(d for _, d in pairs)
   layers = tuple(n for n, _ in pairs)
@@ -113,9 +116,13 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
   if method == "grid":  # every layer of S with every dim of S, KL to (N, D)
     return Plan(method, tuple((n, d) for n in layers for d in dims), (N, D), layers + (N,),
                 use_kl=True)
-  # last layer + one sampled earlier hidden state (0..N-1), one sampled dim of S each
+  # last layer + one sampled earlier hidden state (1..N-1, or 0..N-1), one sampled dim of S each
   if method == "2dmse":
-    return Plan(method, (), (N, D), tuple(range(N + 1)), use_kl=True, sample_layers=tuple(range(N)),
+    drawable = tuple(range(0 if sample_embedding_output else 1, N))
+    if not drawable:
+      raise ValueError(f"schedule.method='2dmse' draws an earlier hidden state of 1..N-1; this "
+                       f"backbone has N={N} layer")
+    return Plan(method, (), (N, D), drawable + (N,), use_kl=True, sample_layers=drawable,
                 sample_dims=dims)
   if method == "2dmse_retrieval":  # one sampled layer of S (not N) + N, each with every dim of S
     return Plan(method, (), (N, D), layers + (N,), use_kl=True,
@@ -142,9 +149,13 @@ def plan_from_config(schedule_cfg, pairs: tuple[Pair, ...], num_layers: int,
                           key="schedule.separate_pair")[0]
     except ValueError as e:
       raise ConfigError(f"{e} (method=separate trains one pair: set layer=N,dim=D)") from None
+  if schedule_cfg.sample_embedding_output and schedule_cfg.method != "2dmse":
+    raise ConfigError(f"schedule.sample_embedding_output=True is a choice of schedule.method="
+                      f"'2dmse'; this run has method={schedule_cfg.method!r}")
   with config_errors():
     return plan(schedule_cfg.method, pairs, num_layers, hidden_size, separate_pair=separate,
-                separate_train_dim=schedule_cfg.separate_train_dim)
+                separate_train_dim=schedule_cfg.separate_train_dim,
+                sample_embedding_output=schedule_cfg.sample_embedding_output)
 
 
 def sample(p: Plan, rng) -> dict[str, Any]:

@@ -44,12 +44,13 @@ def test_paper_recipes_keep_duplicate_texts_in_a_batch():
     assert cfg.data.no_duplicates is False, variant
 
 
-@pytest.mark.parametrize("method,weighting,detach", [("2dmse", "linear", False),
-                                                     ("2dmse_st6", "uniform", True)])
-def test_2dmse_presets(method, weighting, detach):
+@pytest.mark.parametrize("method,weighting,detach,embedding_output",
+                         [("2dmse", "linear", False, False), ("2dmse_st6", "uniform", True, True)])
+def test_2dmse_presets(method, weighting, detach, embedding_output):
   cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + f":sts,method={method}")
   assert (cfg.schedule.method, cfg.loss.kl) == ("2dmse", "tempered_features")
   assert (cfg.loss.layer_weighting, cfg.loss.kl_detach) == (weighting, detach)
+  assert cfg.schedule.sample_embedding_output is embedding_output
 
 
 def test_recommended_preset_is_the_ablation_it_rests_on():

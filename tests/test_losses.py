@@ -276,10 +276,13 @@ def test_mask_dims_equals_truncation(pooled):
     assert float(a) == pytest.approx(float(b), rel=1e-5)
 
 
-@pytest.mark.parametrize("kl,weighting", [("features", "uniform"), ("tempered_features", "linear")])
-def test_2dmse_loss_is_the_sampled_terms(pooled, kl, weighting):
-  """Given the draw, 2dmse = task(N, d1) + w(n') task(n', d2) + 0.3 KL(N || n') over D."""
-  plan = schedule.plan("2dmse", PAIRS, 3, 12)
+@pytest.mark.parametrize("kl,weighting,embedding_output", [("features", "uniform", True),
+                                                           ("tempered_features", "linear", True),
+                                                           ("tempered_features", "linear", False)])
+def test_2dmse_loss_is_the_sampled_terms(pooled, kl, weighting, embedding_output):
+  """Given the draw, 2dmse = task(N, d1) + w(i) task(n', d2) + 0.3 KL(N || n') over D, with i the
+  draw's index in the drawable hidden states (0..N-1: i = n'; 1..N-1: i = n' - 1)."""
+  plan = schedule.plan("2dmse", PAIRS, 3, 12, sample_embedding_output=embedding_output)
   cfg = losses.LossConfig(kl=kl, layer_weighting=weighting)
   tau = 0.3 if kl == "tempered_features" else 1.0
   seen = set()
@@ -290,13 +293,14 @@ def test_2dmse_loss_is_the_sampled_terms(pooled, kl, weighting):
       got, m = losses.plan_loss(plan, _jax(pooled), cfg, rng=rng)
     n = plan.sample_layers[int(draw["layer"])]
     d1, d2 = plan.sample_dims[int(draw["dim_last"])], plan.sample_dims[int(draw["dim_layer"])]
-    w = 1.0 / (1 + n) if weighting == "linear" else 1.0
+    first = 0 if embedding_output else 1
+    w = 1.0 / (1 + n - first) if weighting == "linear" else 1.0
     want = (np_contrastive(pooled[3], d1)[0] + w * np_contrastive(pooled[n], d2)[0] +
             0.3 * np_kl(pooled[3].reshape(-1, D) / tau, pooled[n].reshape(-1, D) / tau))
     assert float(got) == pytest.approx(want, rel=1e-5)
     assert int(m["sampled/layer"]) == n
     seen.add(n)
-  assert seen == {0, 1, 2}
+  assert seen == ({0, 1, 2} if embedding_output else {1, 2})
 
 
 def test_2dmse_retrieval_loss(pooled):

@@ -42,9 +42,12 @@ def test_plans_of_fixed_methods():
 
 
 def test_2dmse_draws_uniformly_from_the_right_sets():
-  """Matryoshka2dLoss: one earlier hidden state of 0..N-1 (0: the embedding output) and, for each
-  call, one dim of S - uniform."""
-  plan = schedule.plan("2dmse", S, 12, 768)
+  """Matryoshka2dLoss: one earlier hidden state of 0..N-1 (0: the embedding output; today's
+  library) and, for each call, one dim of S - uniform. Its 2024 releases drew from 1..N-1."""
+  assert schedule.plan("2dmse", S, 12, 768).sample_layers == tuple(range(1, 12))
+  with pytest.raises(ValueError, match="N=1 layer"):
+    schedule.plan("2dmse", ((1, 8),), 1, 8)
+  plan = schedule.plan("2dmse", S, 12, 768, sample_embedding_output=True)
   assert plan.sample_layers == tuple(range(12)) and plan.sample_dims == tuple(d for _, d in S)
   assert plan.layers == tuple(range(13))
   draws = jax.vmap(lambda k: schedule.sample(plan, k))(jax.random.split(jax.random.key(0), 6000))
@@ -68,3 +71,12 @@ def test_2dmse_retrieval_samples_layers_of_the_schedule_only():
 
 def test_grid_for_evaluation():
   assert schedule.grid(2, 64, [16, 32, 128]) == ((1, 16), (1, 32), (2, 16), (2, 32))
+
+
+def test_sample_embedding_output_is_2dmse_only():
+  from starbucks_jax.config_blocks import SrlSchedule
+  from starbucks_jax.config_lib import ConfigError
+  block = SrlSchedule.config(method="starbucks", pairs=S, sample_embedding_output=True)
+  with pytest.raises(ConfigError,
+                     match="sample_embedding_output=True is a choice of schedule.method='2dmse'"):
+    schedule.plan_from_config(block, S, 12, 768)
