@@ -52,12 +52,13 @@ class FinetuneRun:
   data_shards: int = 1
 
   @property
-  def sts_sets(self) -> tuple[tuple[str, str, str], ...]:  # eval.sts as (dataset, split, source)
+  def sts_sets(self) -> tuple[tuple[str, str, str], ...]:
+    """eval.sts as (dataset, split, source)."""
     return self.blocks.eval.sts_sets
 
   @property
-  # eval.retrieval as (dataset, split, folder)
   def retrieval_sets(self) -> tuple[tuple[str, str, str], ...]:
+    """eval.retrieval as (dataset, split, folder)."""
     return self.blocks.eval.retrieval_sets
 
 

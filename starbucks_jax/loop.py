@@ -192,9 +192,7 @@ def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, inte
     progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
     interval.t0, interval.last_log, interval.waited = time.time(), done, 0.0
   if saving_now:
-    with timing.current().phase("checkpoint"):
-      checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state,
-                      meta={"step": done}, force=done == total_steps)
+    _save(mngr, done, state, force=done == total_steps)
 
 
 def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer,
@@ -202,9 +200,14 @@ def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mn
   """The data ended before the planned steps: step `done` is logged (if it was not) and saved."""
   if done != interval.last_log:
     writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
+  _save(mngr, done, state, force=True)
+
+
+def _save(mngr, done: int, state: TrainState, *, force: bool) -> None:
+  """The state after step `done` as an orbax checkpoint (asynchronous), timed as checkpoint time."""
   with timing.current().phase("checkpoint"):
     checkpoint.save(mngr, done, params=state.params, opt_state=state.opt_state, meta={"step": done},
-                    force=True)
+                    force=force)
 
 
 def _restore(mngr, state: TrainState, state_sh) -> tuple[int, TrainState]:

@@ -134,8 +134,8 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
   word_emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
   head = MlmHead(config)
 
-  @jax.checkpoint
   # [B, K, d] -> scalar; logits rebuilt for the gradient
+  @jax.checkpoint
   def head_loss(head_params, emb, h, labels, count):
     with jax.named_scope("loss"):
       return losses.masked_lm_loss(head.apply({"params": head_params}, h, emb), labels, count)

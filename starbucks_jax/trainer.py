@@ -111,9 +111,11 @@ def check_train(c, mesh: jax.sharding.Mesh) -> None:
         f"{platform}: use 'dot_product' (XLA's fused core) or 'standard'")
 
 
-def start(config: ml_collections.ConfigDict, workdir: str,
-          describe: Callable[[ml_collections.ConfigDict],
-                             Any], defaults: ml_collections.ConfigDict | None = None):
+Describe = Callable[[ml_collections.ConfigDict], Any]  # an objective's describe(config)
+
+
+def start(config: ml_collections.ConfigDict, workdir: str, describe: Describe,
+          defaults: ml_collections.ConfigDict | None = None):
   """A run's first steps: jax.distributed (when several processes), `describe(config)` (the
   objective's checks, before any compute; its result is the run's description), and, in a workdir
   that has a run, the check that this config continues it (`defaults`: check_resume). Writes nothing
@@ -159,8 +161,9 @@ def train_model(config: ml_collections.ConfigDict, c, workdir: str, setup: Setup
                 step_for: Callable[[optax.GradientTransformation], step_lib.TrainStep], batcher,
                 steps: int, *, param_specs, batch_axes: dict[str, int] | None = None):
   """Writes the run's weightless model description (WORKDIR/model), builds the optimizer for
-  `steps` from the typed config `c`'s train block, fits `step_for(optimizer)` on the batcher's batches from `params` (cast to the storage
-  dtype) and returns the trained parameters as float32 numpy on every process."""
+  `steps` from the typed config `c`'s train block, fits `step_for(optimizer)` on the batcher's
+  batches from `params` (cast to the storage dtype) and returns the trained parameters as float32
+  numpy on every process. `config` is the config as given (written to the workdir)."""
   if sharding.is_primary():
     checkpoint.write_model_dir(workdir, setup.pretrained)
   lr = step_lib.learning_rate_schedule(c.train, steps)
