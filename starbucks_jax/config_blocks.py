@@ -45,6 +45,8 @@ class Model(Block):
   max_length: int = 0  # tokens per text incl. [CLS]/[SEP]; 0 = the model's own (max_seq_length)
   dtype: str = "bfloat16"  # compute dtype: float32 | bfloat16 | float16 (params stay float32)
   param_dtype: str = "float32"  # parameter and optimizer-state storage dtype
+  # 'pure': activations in dtype; 'amp': matmuls in dtype, residual stream and LayerNorms float32
+  precision: str = "pure"
   # 'none' | 'full' (recompute each layer) | 'dots' (keep weight matmuls) | 'dots_saveable'
   remat: str = "none"
   # or fused: 'dot_product' (XLA), 'flash' (TPU), 'cudnn' (NVIDIA, bf16): no attn dropout
@@ -222,6 +224,7 @@ class SentenceEval(Block):
   sts: str = ""  # DATASET/SPLIT=SOURCE, comma-separated: Spearman per pair
   grid: bool = False  # evaluate every layer x every dim of the schedule instead
   batch_size: int = 128  # texts per encoding batch (eval.packing: rows per batch)
+  dtype: str = "float32"  # matmul dtype of encoding: float32 | bfloat16 (model.precision applies)
   packing: bool = False  # encode texts packed into shared rows (one compile, little padding)
   # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
   retrieval: str = ""
@@ -250,6 +253,7 @@ class SentenceEval(Block):
     for dataset, split, spec in self.sts_sets:
       sources.check_spec(f"eval.sts ({dataset}/{split})", spec)
     check_range("eval.batch_size", self.batch_size, 1)
+    check_choice("eval.dtype", self.dtype, ("float32", "bfloat16", "float16"))
     for dataset, split, source in self.retrieval_sets:
       retrieval.check_source(f"eval.retrieval ({dataset}/{split})", source, split)
     if not self.retrieval_sets:

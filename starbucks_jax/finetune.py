@@ -302,7 +302,9 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
   WORKDIR/results/<name>.json."""
   c, e = run.blocks, run.blocks.eval
-  embedder = Embedder(model, batch_size=e.batch_size, pack=e.packing)
+  config = model.config.replace(dtype=e.dtype, precision=c.model.precision)
+  embedder = Embedder(dataclasses.replace(model, config=config), batch_size=e.batch_size,
+                      pack=e.packing)
   if c.model.max_length:
     embedder.pretrained.sentence = dataclasses.replace(embedder.pretrained.sentence,
                                                        max_seq_length=c.model.max_length)

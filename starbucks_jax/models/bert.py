@@ -36,12 +36,17 @@ REMAT_POLICIES = {
 }
 
 # BertConfig fields that say how to run the model, not what it is (not in an HF config.json)
-RUN_FIELDS = ("dtype", "param_dtype", "remat", "attention")
+RUN_FIELDS = ("dtype", "param_dtype", "precision", "remat", "attention")
+# 'pure': every activation in dtype; 'amp': matmuls in dtype, the residual stream, embeddings and
+# LayerNorms in float32 (what PyTorch autocast does: its linear layers return half precision, its
+# layer_norm float32, and the residual sum promotes to float32)
+PRECISIONS = ("pure", "amp")
 
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-  """Architecture (HF field names) plus how to run it (RUN_FIELDS: dtype, param_dtype, remat, attention)."""
+  """Architecture (HF field names) plus how to run it (RUN_FIELDS: dtype, param_dtype, precision,
+  remat, attention)."""
 
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -57,6 +62,7 @@ class BertConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # storage dtype of parameters
+  precision: str = "pure"  # PRECISIONS: where activations other than matmul outputs live
   remat: bool | str = False  # False/'none', True/'full', 'dots', 'dots_saveable' (REMAT_POLICIES)
   # the attention core: models/attention.py (the fused ones drop attention dropout)
   attention: str = "standard"
@@ -73,6 +79,8 @@ class BertConfig:
       if getattr(self, name) not in _DTYPES:
         raise ValueError(
             f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+    if self.precision not in PRECISIONS:
+      raise ValueError(f"BertConfig.precision={self.precision!r}; expected one of {PRECISIONS}")
     if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
       raise ValueError(
           f"BertConfig.attention='cudnn' computes in half precision (cuDNN's fused kernel); "
@@ -94,6 +102,11 @@ class BertConfig:
   @property
   def compute_dtype(self):
     return _DTYPES[self.dtype]
+
+  @property
+  def stream_dtype(self):
+    """The residual stream's dtype (embeddings, LayerNorm outputs, hidden states)."""
+    return jnp.float32 if self.precision == "amp" else self.compute_dtype
 
   @property
   def storage_dtype(self):
@@ -145,7 +158,7 @@ def _zeros(axes):
 
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
-      epsilon=config.layer_norm_eps, dtype=config.compute_dtype, param_dtype=config.storage_dtype,
+      epsilon=config.layer_norm_eps, dtype=config.stream_dtype, param_dtype=config.storage_dtype,
       name=name, scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
                                                          ("norm",)), bias_init=_zeros(("norm",)))
 
@@ -187,7 +200,7 @@ class BertEmbeddings(nn.Module):
   @nn.compact
   def __call__(self, input_ids, token_type_ids, deterministic: bool, positions=None):
     cfg = self.config
-    embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.compute_dtype,
+    embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.stream_dtype,
                                            param_dtype=cfg.storage_dtype, embedding_init=_init(
                                                cfg, axes), name=n)
     if positions is None:

@@ -66,7 +66,7 @@ class MlmHead(nn.Module):
                            self.config.storage_dtype)
 
   def __call__(self, x, word_embeddings):
-    h = self.transform(x)
+    h = self.transform(x).astype(self.config.compute_dtype)  # a matmul: half precision under amp
     logits = jnp.dot(h, jnp.asarray(word_embeddings, h.dtype).T)
     return logits.astype(jnp.float32) + self.bias.astype(jnp.float32)
 
