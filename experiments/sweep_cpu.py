@@ -11,7 +11,10 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
   the same code (SMAE + SRL vs SRL);
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only; 14
   funnels scored on the SRL and full-only indexes (retrieval_scifact_funnels, experiments/elastic_retrieval.md);
-- retrieval_demo: the offline demo (configs/retrieval.py:demo), SRL and full-only, with funnels and costs.
+- retrieval_demo: the offline demo (configs/retrieval.py:demo), SRL and full-only, with funnels and costs;
+- precision_nli_cpu: configs/ft.py:nli_cpu in float32, pure bf16 and amp (bf16 matmuls, float32
+  stream: the authors' PyTorch AMP), three seeds each; the amp models also encoded in bf16
+  (eval.dtype) for evaluation (experiments/precision.md).
 
     python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/]
         [--print-only] [--report-only]
@@ -89,6 +92,22 @@ RUNS = [
     *(Run(f"retrieval_demo/{m}", f"configs/retrieval.py:demo,method={m}", DEMO_FUNNELS, label=label)
       for m, label in (("starbucks", "SRL"), ("full", "full only"))),
 ]
+# model.dtype, model.precision of each label
+PRECISIONS = {
+    "float32": ("float32", "pure"), "bf16": ("bfloat16", "pure"), "amp": ("bfloat16", "amp")
+}
+NLI_DEV = "--config.eval.sts=stsb/dev=../shared/data/stsb/dev.jsonl"
+RUNS += [
+    *(Run(f"precision_nli_cpu/{name}_seed{seed}", "configs/ft.py:nli_cpu",
+          (f"--config.model.dtype={dtype}", f"--config.model.precision={precision}",
+           f"--config.seed={seed}"), label=name) for seed in range(3)
+      for name, (dtype, precision) in PRECISIONS.items()),
+    *(Run(f"precision_nli_cpu/amp_seed{seed}_eval_bf16", "configs/ft.py:eval",
+          (f"--config.model.init_from={{root}}/precision_nli_cpu/amp_seed{seed}", NLI_DEV,
+           "--config.model.precision=amp", "--config.eval.dtype=bfloat16",
+           "--config.eval.packing=True", "--config.eval.batch_size=32"),
+          label="amp, encoded in bf16", result="eval") for seed in range(3)),
+]
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb",
            "spearman_cosine",
@@ -105,6 +124,8 @@ REPORTS = [
     ),
     Report(os.path.join(OUT, "scifact"), ("retrieval_scifact/",), "scifact", "nDCG@10",
            "SciFact test nDCG@10 per size"),
+    Report(os.path.join(OUT, "precision"), ("precision_nli_cpu/",), "stsb", "spearman_cosine",
+           "STS-B dev Spearman per size, nli_cpu recipe, by precision (3 seeds)", baseline="amp"),
     Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",
            "The offline retrieval demo (pydocs test) nDCG@10 per size"),
 ]
