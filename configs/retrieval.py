@@ -47,12 +47,32 @@ Variants:
             (WORKDIR/costs; `python -m starbucks_jax.evaluate.pareto --workdir W` plots the front).
             Recorded: experiments/elastic_retrieval.md.
 
-Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py).
+  beir      Table A2: evaluate model.init_from (a trained workdir, an HF or sentence-transformers
+            dir; no training) on the paper's 12 BEIR sets, nDCG@10 (with MRR@10, R@100, R@1000)
+            per size, test split: DBpedia-entity, Quora, SciDocs, SciFact, Climate-FEVER, ArguAna,
+            Touche-2020 (BEIR's webis-touche2020), FiQA, TREC-COVID, NFCorpus, FEVER, HotpotQA.
+            From the Hub (hf:BeIR/NAME + hf:BeIR/NAME-qrels) or, with beir_dir=D, from BEIR's
+            unzipped folders D/NAME (corpus.jsonl, queries.jsonl, qrels/test.tsv). Lengths: the
+            authors state none for BEIR (their 32 / 196 are MS MARCO's), so both are BERT's 512:
+            a batch is padded to its longest text, so the limit only cuts what BERT must, and
+            BEIR has long texts on both sides (ArguAna's queries are whole arguments; TREC-COVID,
+            NFCorpus, SciDocs and SciFact passages are abstracts). Dot product as trained; a
+            retrieved document with the query's own id is dropped, as BEIR's evaluation does
+            (ArguAna and Quora hold their queries in the corpus). The 12 corpora hold ~21.8M
+            passages (~2.5x MS MARCO's tokens: >= ~2 h on one v5e chip, scaled from the compiled
+            MS MARCO encoding bound). `python -m starbucks_jax.paper a2 WORKDIR` lays the results
+            out as Table A2, the paper's rows beside ours.
+  beir_scifact  The beir evaluation cut down to the one BEIR set a developer checkout holds
+            (../shared/data/beir_scifact), with all-MiniLM-L6-v2 and its schedule, mean pooling
+            and cosine as that model was trained: ~6 min on 2 CPU cores.
+
+Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py);
+beir_dir=D (beir: local BEIR folders instead of the Hub).
 """
 
 import os
 
-from starbucks_jax import config_lib
+from starbucks_jax import config_lib, paper
 from starbucks_jax.data import sources
 from starbucks_jax.schedule import STARBUCKS
 
@@ -71,8 +91,14 @@ def msmarco_source(split: str) -> str:
   return f"tevatron:{MSMARCO_CORPUS}+hf:Tevatron/msmarco-passage/{split}.jsonl.gz+{MSMARCO_QRELS[split]}"
 
 
+def beir_source(name: str, beir_dir: str = "") -> str:
+  """A BEIR set's eval.retrieval source: the Hub's BeIR/NAME, or the unzipped folder beir_dir/NAME."""
+  return os.path.join(beir_dir, name) if beir_dir else f"hf:BeIR/{name}"
+
+
 def get_config(arg=None):
-  arg = config_lib.parse_arg(arg, demo=False, scifact=False, method="starbucks", layer=0, dim=0)
+  arg = config_lib.parse_arg(arg, demo=False, scifact=False, beir=False, beir_scifact=False,
+                             beir_dir="", method="starbucks", layer=0, dim=0)
   here = os.path.dirname(os.path.abspath(__file__))
   base = f"method={arg.method},layer={arg.layer},dim={arg.dim}"
   c = config_lib.load_config(os.path.join(here, "ft.py") + ":" + base)
@@ -130,5 +156,19 @@ def get_config(arg=None):
     c.train.log_every = 5
     c.eval.retrieval = f"pydocs/test={demo}"
     c.eval.query_max_length = 16
+  if arg.beir or arg.beir_scifact:  # Table A2: evaluation only, lengths as the docstring says
+    c.mode = "eval"
+    c.eval.query_max_length = 512
+    c.eval.passage_max_length = 512
+    c.eval.retrieval_skip_self = True
+    c.eval.retrieval = ",".join(f"{name}/test={beir_source(name, arg.beir_dir)}"
+                                for name in paper.BEIR)
+  if arg.beir_scifact:
+    c.model.init_from = "all-MiniLM-L6-v2"
+    c.model.pooling = "mean"
+    c.model.dtype = "float32"
+    c.schedule.pairs = STARBUCKS["minilm-l6-h384"]
+    c.eval.retrieval_similarity = "cosine"
+    c.eval.retrieval = f"scifact/test={SHARED}/beir_scifact"
   c.lock()
   return c

@@ -31,9 +31,9 @@ OUT = os.path.join(HERE, "results_tpu")
 MAIN = ("v5e-1", "v5e-8", "v6e-8", "v5p-8")  # the four topologies
 # name -> (config, overrides, tokens per text (None = the config's maximum), topologies)
 RECIPES = {
-    "nli": ("configs/ft.py:nli", [], 128, MAIN),
+    "nli": ("configs/ft.py:nli", [], 128, MAIN + ("v4-8",)),
     "sts": ("configs/ft.py:sts", [], 64, MAIN),
-    "retrieval": ("configs/retrieval.py", [], None, MAIN),
+    "retrieval": ("configs/retrieval.py", [], None, MAIN + ("v4-8",)),
     "smae": ("configs/pt.py", [], None, MAIN),
     "nli_full": ("configs/ft.py:nli,method=full", [], 128, ("v5e-8",)),  # SRL / full-only bytes
     "nli_gc4": ("configs/ft.py:nli", ["--config.train.grad_cache_chunks=4"], 128, ("v5e-1",)),
@@ -41,7 +41,7 @@ RECIPES = {
         ("configs/retrieval.py", ["--config.train.grad_cache_chunks=8"], None, ("v5e-1",)),
     "smae_remat_mb4":
         ("configs/pt.py", ["--config.model.remat=full",
-                           "--config.train.microbatches=4"], None, ("v5e-8", "v6e-8")),
+                           "--config.train.microbatches=4"], None, ("v5e-8", "v6e-8", "v4-8")),
     # SMAE as is with the moments replicated: ZeRO-1 adds ~3.7 GiB of temporaries to this step (v6e-8)
     "smae_replicated_moments":
         ("configs/pt.py", ["--config.mesh.shard_optimizer=False"], None, ("v6e-8",)),

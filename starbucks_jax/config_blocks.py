@@ -233,6 +233,8 @@ class SentenceEval(Block):
   query_max_length: int = 64  # query tokens for retrieval evaluation
   passage_max_length: int = 256  # passage tokens (title + text) for retrieval evaluation
   retrieval_k: int = 1000  # documents retrieved per query
+  # drop a retrieved document whose id is the query's (BEIR's ignore_identical_ids)
+  retrieval_skip_self: bool = False
   # chains 'LAYERxDIM:K,...': retrieve with the first, rescore with the next
   retrieval_funnels: tuple[str, ...] = ()
   # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)

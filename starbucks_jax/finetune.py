@@ -316,7 +316,7 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
                                             name=dataset), run.eval_pairs, workdir, pooling=pooling,
         normalize=e.retrieval_similarity == "cosine", query_max_length=e.query_max_length,
         passage_max_length=e.passage_max_length, k=e.retrieval_k, funnels=e.retrieval_funnels,
-        costs=e.retrieval_costs, index_dir=e.index_dir)
+        costs=e.retrieval_costs, index_dir=e.index_dir, skip_self=e.retrieval_skip_self)
   metrics.write_results(workdir, records, c.log)
   return results.report(workdir, name, records)
 

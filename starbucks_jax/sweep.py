@@ -26,7 +26,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from starbucks_jax import report
+from starbucks_jax import paper, report
 from starbucks_jax import workdir as workdir_lib
 
 
@@ -79,6 +79,7 @@ class Report:
   title: str = ""
   split: str | None = None  # only this split of the dataset (None: any)
   baseline: str | None = None  # a label: the table of differences from it (report.differences)
+  paper: str = ""  # 'a1' | 'a2': also paper_table.md, the paper's table layout beside ours (paper.py)
 
 
 def launch(runs: Sequence[Run], root: str, *, print_only: bool = False, cwd: str | None = None,
@@ -121,6 +122,10 @@ def write_reports(runs: Sequence[Run], reports: Sequence[Report], root: str,
     files = report.write(
         records, out, dataset=rep.dataset, metric=rep.metric, title=rep.title, split=rep.split,
         baseline=rep.baseline if rep.baseline in {r.label for r in finished} else None)
+    if rep.paper:
+      with open(os.path.join(out, "paper_table.md"), "w", encoding="utf8") as f:
+        f.write(f"# {rep.title}: the paper's Table {rep.paper.upper()} layout\n\n")
+        f.write(paper.markdown(records, rep.paper))
     missing = [r.name for r in chosen if not r.done(root, archive)]
     commits = {}
     for r in finished:

@@ -22,3 +22,24 @@ def test_quickstart_notebook_runs_top_to_bottom(minilm_dir, tmp_path, monkeypatc
       if "image/png" in o.get("data", {})
   ]
   assert len(images) == 1
+
+
+def test_tpu_nli_notebook_runs_in_quick_mode(minilm_dir, tmp_path, monkeypatch):
+  """The TPU notebook's path on CPU: training through `main` (which raises the stack limit), the
+  paper's Table A1 layout printed, and the run's files saved where SAVE_TO points."""
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  monkeypatch.setenv("STARBUCKS_NOTEBOOK_QUICK", "1")
+  monkeypatch.setenv("STARBUCKS_NOTEBOOK_SAVE_TO", str(tmp_path / "drive"))
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  nb = nbformat.read(str(REPO / "colab" / "tpu_nli.ipynb"), as_version=4)
+  nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}}).execute()
+  text = "\n".join(
+      o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
+  assert "| Demi | (2, 32) | starbucks |" in text and "| Demi | (2, 32) | paper BERT-SRL |" in text
+  assert "Mean of the Average over the six sizes, paper BERT-SRL: 0.7682" in text
+  saved = list((tmp_path / "drive").glob("nli_*"))
+  assert len(saved) == 1 and (saved[0] / "results" / "final.json").exists()
+  assert (saved[0] / "report" / "paper_table.md").exists()
+  assert not (saved[0] / "checkpoints").exists()

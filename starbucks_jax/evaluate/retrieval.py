@@ -75,11 +75,12 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
                         pooling: str | None = None, normalize: bool = False,
                         query_max_length: int = 64, passage_max_length: int = 256, k: int = 1000,
                         metrics=METRICS, funnels: tuple[str, ...] = (), costs: bool = False,
-                        index_dir: str = "") -> list[dict]:
+                        index_dir: str = "", skip_self: bool = False) -> list[dict]:
   """Records of every pair, and of every funnel (search.parse_funnel: its stages' vectors come from
   the same index, its queries from the same early-exit pass). `costs`: each configuration's cost per
   query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json. `index_dir`: where NAME's index is
-  kept (default WORKDIR/index), e.g. another run's of the same weights, to score more funnels on it."""
+  kept (default WORKDIR/index), e.g. another run's of the same weights, to score more funnels on it.
+  `skip_self`: a document with the query's own id is not a result (BEIR's ignore_identical_ids)."""
   name, split = collection.name, collection.split
   folder = os.path.join(index_dir or os.path.join(workdir, workdir_lib.INDEX), name)
   chains = {spec: search.parse_funnel(spec) for spec in funnels}
@@ -92,12 +93,18 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   k = min(k, len(collection.doc_ids))
   # a pair is a one-stage funnel; only a chain's records and run file carry its spec
-  configurations = [(None, (((n, d), k),)) for n, d in pairs] + list(chains.items())
+  configurations = [(None, (((n, d), min(k + skip_self, len(collection.doc_ids))),))
+                    for n, d in pairs] + list(chains.items())
   metrics = metrics_for(collection.qrels, metrics)
   records = []
   for spec, stages in configurations:
     scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
     run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
+    if skip_self:
+      run = {
+          q: dict(sorted(((d, s) for d, s in docs.items() if d != q), key=lambda t: -t[1])[:k])
+          for q, docs in run.items()
+      }
     (n, d), _ = stages[-1]
     if spec is None:
       tag, file = f"starbucks_{n}_{d}", f"{name}_{split}_{n}_{d}.trec"

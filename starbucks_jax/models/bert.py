@@ -37,9 +37,8 @@ REMAT_POLICIES = {
 
 # BertConfig fields that say how to run the model, not what it is (not in an HF config.json)
 RUN_FIELDS = ("dtype", "param_dtype", "precision", "remat", "attention")
-# 'pure': every activation in dtype; 'amp': matmuls in dtype, the residual stream, embeddings and
-# LayerNorms in float32 (what PyTorch autocast does: its linear layers return half precision, its
-# layer_norm float32, and the residual sum promotes to float32)
+# 'pure': activations in dtype; 'amp': matmuls in dtype, embeddings, LayerNorms and the residual
+# stream float32 (PyTorch autocast: half-precision linear outputs, float32 layer_norm and sums)
 PRECISIONS = ("pure", "amp")
 
 
