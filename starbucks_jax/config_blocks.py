@@ -224,7 +224,8 @@ class SentenceEval(Block):
   sts: str = ""  # DATASET/SPLIT=SOURCE, comma-separated: Spearman per pair
   grid: bool = False  # evaluate every layer x every dim of the schedule instead
   batch_size: int = 128  # texts per encoding batch (eval.packing: rows per batch)
-  dtype: str = "float32"  # matmul dtype of encoding: float32 | bfloat16 (model.precision applies)
+  # encoding dtype, every activation: float32 | bfloat16 (the authors' retrieval encoding) | float16
+  dtype: str = "float32"
   packing: bool = False  # encode texts packed into shared rows (one compile, little padding)
   # DATASET/SPLIT=BEIR_FOLDER, comma-separated: nDCG@10, MRR@10, R@100/1000 per pair
   retrieval: str = ""

@@ -302,7 +302,7 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
   WORKDIR/results/<name>.json."""
   c, e = run.blocks, run.blocks.eval
-  config = model.config.replace(dtype=e.dtype, precision=c.model.precision)
+  config = model.config.replace(dtype=e.dtype, precision="pure")  # eval.dtype throughout
   embedder = Embedder(dataclasses.replace(model, config=config), batch_size=e.batch_size,
                       pack=e.packing)
   if c.model.max_length:

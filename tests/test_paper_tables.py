@@ -127,3 +127,22 @@ def test_beir_scifact_runs_from_main_and_reports_table_a2(shared_data, tiny2_hf_
   assert f"| {value:.4f} |" in ours and ours.count("–") == 12  # 11 sets and the average missing
   assert "| Demi | (2, 32) | paper BERT-SRL |" in out.stdout  # the run's label: starbucks
   assert open(tmp_path / "a2.md").read() == out.stdout.rstrip("\n") + "\n"
+
+
+@pytest.mark.parametrize("topology", ["v5e-8", "v5p-8"])
+def test_sweep_paper_runbook_for_a_topology(topology):
+  out = subprocess.run(
+      [sys.executable, "experiments/sweep_paper.py", "--topology", topology, "--print-only"],
+      cwd=REPO, check=True, capture_output=True, text=True).stdout
+  blocks = {b.splitlines()[0]: b for b in out.split("\n\n") if b.startswith("# ")}
+  smae = next(b for head, b in blocks.items() if head.startswith("# smae/pt:"))
+  remat = "--config.model.remat=full --config.train.microbatches=4"
+  assert (remat in smae) == (topology != "v5p-8")  # a v5p-8 holds the SMAE step as is
+  nli = blocks[next(h for h in blocks if h.startswith("# nli/starbucks/seed0:"))]
+  assert "4358 steps x" in nli and "chip-hours" in nli and "(mean 0.7682)" in nli
+  smae_nli = blocks[next(h for h in blocks if h.startswith("# smae/nli/seed0:"))]
+  assert "SMAE-SRL 7-set STS average" in smae_nli and "(mean 0.7837)" in smae_nli
+  beir_run = blocks[next(h for h in blocks if h.startswith("# beir/msmarco/starbucks/seed0:"))]
+  assert "configs/retrieval.py:beir" in beir_run and remat not in beir_run
+  assert "--worker=all" in out and "--config.mesh.coordinator=auto" in out
+  assert out.rstrip().splitlines()[-1].startswith("# all runs: >= ")

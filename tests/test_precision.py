@@ -87,3 +87,18 @@ def test_precision_keys_fail_by_name(minilm_dir):
   c.eval.dtype = "int8"
   with pytest.raises(config_lib.ConfigError, match="eval.dtype"):
     finetune.describe(c)
+
+
+def test_eval_dtype_encodes_in_that_dtype(minilm_dir, tmp_path):
+  """eval.dtype=bfloat16 encodes everything in bf16 (the authors' retrieval encoding loads the
+  weights in bf16): the Spearman moves, by rounding only."""
+  scores = {}
+  for dtype in ("float32", "bfloat16"):
+    c = config_lib.load_config("configs/ft.py:eval")
+    with c.unlocked():
+      c.eval.dtype = dtype
+      c.schedule.pairs = ((1, 16), (6, 384))
+    records = finetune.run(c, str(tmp_path / dtype))
+    scores[dtype] = np.array([r["value"] for r in records])
+  assert not np.array_equal(scores["float32"], scores["bfloat16"])
+  np.testing.assert_allclose(scores["bfloat16"], scores["float32"], atol=0.02)
