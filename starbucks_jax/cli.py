@@ -19,9 +19,14 @@ DEBUG_ENV = "STARBUCKS_DEBUG"
 
 def run(main: Callable[[], object]) -> None:
   """Calls `main`; an InputError (config, data, model, argument), a file-system error naming its path
-  (missing, exists, permission) or a stopped training run becomes one line on stderr and exit 2."""
+  (missing, exists, permission) or a stopped training run becomes one line on stderr and exit 2; a
+  run stopped by a signal (preemption.Stopped), its line and exit 128 + the signal."""
+  from starbucks_jax.preemption import Stopped
   try:
     main()
+  except Stopped as e:  # a signal: the step was saved
+    sys.stderr.write(f"{e}\n")
+    sys.exit(e.exit_status)
   except (InputError, OSError, FloatingPointError) as e:
     if os.environ.get(DEBUG_ENV):
       raise

@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from starbucks_jax import checkpoint, sharding, timing
+from starbucks_jax import checkpoint, preemption, sharding, timing
 from starbucks_jax import metrics as metrics_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data import prefetch as prefetch_lib
@@ -107,6 +107,7 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
   executables = {}
   real = padded = 0
   lr_at = jax.jit(lr)  # compiled once: evaluated op by op, the schedule costs ~5 ms per log row
+  watch = preemption.Watch().__enter__()  # SIGTERM / SIGINT: save the step, then stop
   try:
     interval = _Interval(time.time(), start)  # the first interval includes compilation
     progress = tqdm(total=total_steps, initial=start, desc="train", mininterval=5.0,
@@ -130,6 +131,10 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
       progress.update(1)
       _after_step(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer,
                   progress=progress, lr_at=lr_at, examples_per_step=examples_per_step)
+      signum = watch.signal(done)
+      if signum is not None and done < total_steps:
+        _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
+        raise preemption.Stopped(done, signum)
     # the data ended first (a stream's epoch): its last step stays
     if executables and done < total_steps:
       _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
@@ -142,6 +147,7 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
                    compiles=len(executables), examples=steps_run * examples_per_step,
                    tokens=(real, padded))
   finally:  # an interrupted run keeps every checkpoint it started to write, and its logged rows
+    watch.__exit__()
     profile.stop(state)
     writer.close()
     progress.close()
@@ -197,10 +203,12 @@ def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, inte
 
 def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer,
                lr_at) -> None:
-  """The data ended before the planned steps: step `done` is logged (if it was not) and saved."""
+  """The data ended before the planned steps, or a signal stops the run: step `done` is logged
+  (if it was not) and saved (if it was not)."""
   if done != interval.last_log:
     writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
-  _save(mngr, done, state, force=True)
+  if mngr.latest_step() != done:  # not saved on schedule already
+    _save(mngr, done, state, force=True)
 
 
 def _save(mngr, done: int, state: TrainState, *, force: bool) -> None:

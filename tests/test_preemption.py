@@ -1,0 +1,85 @@
+"""SIGTERM / SIGINT mid-run: the step in flight is saved, the run stops with one line, and the rerun
+ends bit-identical to an uninterrupted run (starbucks_jax/preemption.py)."""
+
+import json
+import os
+import signal
+
+import jax
+import numpy as np
+import pytest
+
+from starbucks_jax import checkpoint, cli, finetune, loop, preemption
+from starbucks_jax import workdir as workdir_lib
+
+
+def _rows(work):
+  """metrics.jsonl without its timings (examples_per_sec, data_wait_frac)."""
+  rows = [json.loads(line) for line in open(os.path.join(work, "metrics.jsonl"))]
+  return [{k: v for k, v in r.items() if k not in ("examples_per_sec", "data_wait_frac")}
+          for r in rows]
+
+
+def _signal_after(monkeypatch, at: int, signum: int, seen: dict):
+  """Sends `signum` to this process right after step `at` (as a VM's shutdown would, mid-loop)."""
+  after_step = loop._after_step
+
+  def hooked(t, done, *args, **kw):
+    after_step(t, done, *args, **kw)
+    if done == at:
+      os.kill(os.getpid(), signum)
+      seen["handler_after_first"] = signal.getsignal(signum)
+
+  monkeypatch.setattr(loop, "_after_step", hooked)
+
+
+def test_a_signal_saves_the_step_and_the_rerun_is_bit_identical(tiny_run, tmp_path, monkeypatch):
+  signum = signal.SIGTERM
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 5
+    tiny_run.train.checkpoint_every = 2
+  straight = str(tmp_path / "straight")
+  finetune.run(tiny_run, straight)
+  before = signal.getsignal(signum)
+  seen = {}
+  _signal_after(monkeypatch, 3, signum, seen)
+  work = str(tmp_path / "stopped")
+  with pytest.raises(preemption.Stopped) as stopped:
+    finetune.run(tiny_run, work)
+  assert str(stopped.value) == (f"stopped at step 3 by {signal.Signals(signum).name}; rerun the "
+                                "same command to resume")
+  assert stopped.value.exit_status == 128 + signum
+  assert seen["handler_after_first"] == signal.SIG_DFL  # a second signal ends the process at once
+  assert signal.getsignal(signum) is before  # the loop's handlers are gone with it
+  # the scheduled save of step 2 (perhaps still being written) and the signal's step 3 both kept
+  mngr = checkpoint.manager(work, read_only=True)
+  assert mngr.all_steps() == [2, 3]
+  assert [r["step"] for r in _rows(work)] == [1, 2, 3]
+  assert not os.path.exists(os.path.join(work, workdir_lib.RESULTS))  # no results of a stopped run
+
+  monkeypatch.undo()
+  finetune.run(tiny_run, work)  # the same command: resumes at step 3
+  a, b = checkpoint.load_model(straight).params, checkpoint.load_model(work).params
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  assert _rows(work) == _rows(straight)
+  assert json.load(open(os.path.join(work, "results", "final.json"))) == json.load(
+      open(os.path.join(straight, "results", "final.json")))
+
+
+def test_ctrl_c_on_a_scheduled_save_is_not_saved_twice(tiny_run, tmp_path, monkeypatch):
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 4
+    tiny_run.train.checkpoint_every = 2
+  _signal_after(monkeypatch, 2, signal.SIGINT, {})
+  work = str(tmp_path / "run")
+  with pytest.raises(preemption.Stopped, match="stopped at step 2 by SIGINT"):
+    finetune.run(tiny_run, work)
+  assert checkpoint.manager(work, read_only=True).all_steps() == [2]
+
+
+def test_the_command_line_prints_the_line_and_exits_128_plus_the_signal(capsys):
+  with pytest.raises(SystemExit) as done:
+    cli.run(lambda: (_ for _ in ()).throw(preemption.Stopped(7, signal.SIGTERM)))
+  assert done.value.code == 143
+  assert capsys.readouterr().err == ("stopped at step 7 by SIGTERM; rerun the same command to "
+                                     "resume\n")
