@@ -196,9 +196,21 @@ def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, inte
                    data_wait_frac=interval.waited / elapsed)
     writer.write(done, metrics)
     progress.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+    if progress.disable and sharding.is_primary():  # no terminal (nohup, ssh): a line in the log
+      log.info("%s", progress_line(done, total_steps, metrics,
+                                   elapsed / (done - interval.last_log)))
     interval.t0, interval.last_log, interval.waited = time.time(), done, 0.0
   if saving_now:
     _save(mngr, done, state, force=done == total_steps)
+
+
+def progress_line(done: int, total: int, metrics, seconds_per_step: float) -> str:
+  """`step 40/200 loss 1.2345 52.1 ex/s ETA 0:02:13`: what the progress bar shows, for a log."""
+  eta = int(round((total - done) * seconds_per_step))
+  return (
+      f"step {done}/{total} loss {float(metrics['loss']):.4f} "
+      f"{metrics['examples_per_sec']:.1f} ex/s ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+  )
 
 
 def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer,

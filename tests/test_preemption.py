@@ -2,7 +2,9 @@
 ends bit-identical to an uninterrupted run (starbucks_jax/preemption.py)."""
 
 import json
+import logging
 import os
+import re
 import signal
 
 import jax
@@ -33,13 +35,19 @@ def _signal_after(monkeypatch, at: int, signum: int, seen: dict):
   monkeypatch.setattr(loop, "_after_step", hooked)
 
 
-def test_a_signal_saves_the_step_and_the_rerun_is_bit_identical(tiny_run, tmp_path, monkeypatch):
+def test_a_signal_saves_the_step_and_the_rerun_is_bit_identical(tiny_run, tmp_path, monkeypatch,
+                                                                caplog):
   signum = signal.SIGTERM
   with tiny_run.unlocked():
     tiny_run.train.max_steps = 5
     tiny_run.train.checkpoint_every = 2
   straight = str(tmp_path / "straight")
+  caplog.set_level(logging.INFO, logger="starbucks_jax.loop")
   finetune.run(tiny_run, straight)
+  # no terminal here: the progress bar's line goes to the log every train.log_every steps
+  lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+  assert len(lines) == 5 and re.fullmatch(r"step 5/5 loss \d+\.\d{4} [\d.]+ ex/s ETA 0:00:00",
+                                          lines[-1]), lines
   before = signal.getsignal(signum)
   seen = {}
   _signal_after(monkeypatch, 3, signum, seen)
@@ -75,6 +83,11 @@ def test_ctrl_c_on_a_scheduled_save_is_not_saved_twice(tiny_run, tmp_path, monke
   with pytest.raises(preemption.Stopped, match="stopped at step 2 by SIGINT"):
     finetune.run(tiny_run, work)
   assert checkpoint.manager(work, read_only=True).all_steps() == [2]
+
+
+def test_progress_line():
+  line = loop.progress_line(40, 200, {"loss": 1.23456, "examples_per_sec": 52.14}, 0.84)
+  assert line == "step 40/200 loss 1.2346 52.1 ex/s ETA 0:02:14"
 
 
 def test_the_command_line_prints_the_line_and_exits_128_plus_the_signal(capsys):
