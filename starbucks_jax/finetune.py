@@ -321,6 +321,7 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   return results.report(workdir, name, records)
 
 
+@trainer.releases_workdir
 def run(config: ml_collections.ConfigDict, workdir: str,
         defaults: ml_collections.ConfigDict | None = None) -> list[dict]:
   """Fine-tune and evaluate (mode=train), or evaluate model.init_from (mode=eval).

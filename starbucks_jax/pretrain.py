@@ -321,6 +321,7 @@ def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
   return results.report(workdir, name, records)
 
 
+@trainer.releases_workdir
 def run(config: ml_collections.ConfigDict, workdir: str,
         defaults: ml_collections.ConfigDict | None = None) -> list[dict]:
   """Pre-train, export and evaluate masked-token accuracy per pair.

@@ -10,6 +10,7 @@ An objective (finetune.py: SRL and its baselines; pretrain.py: SMAE) supplies a 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -114,6 +115,19 @@ def check_train(c, mesh: jax.sharding.Mesh) -> None:
 Describe = Callable[[ml_collections.ConfigDict], Any]  # an objective's describe(config)
 
 
+def releases_workdir(run):
+  """An objective's `run(config, workdir, ...)` that lets go of the workdir lock `start` took when
+  it returns or fails (a signal, an error), so the next run there, in any process, may start."""
+  @functools.wraps(run)
+  def wrapped(config, workdir, *args, **kw):
+    try:
+      return run(config, workdir, *args, **kw)
+    finally:
+      workdir_lib.unlock(workdir)
+
+  return wrapped
+
+
 def start(config: ml_collections.ConfigDict, workdir: str, describe: Describe,
           defaults: ml_collections.ConfigDict | None = None):
   """A run's first steps: jax.distributed (when several processes), `describe(config)` (the
@@ -124,6 +138,8 @@ def start(config: ml_collections.ConfigDict, workdir: str, describe: Describe,
   mesh.check()
   sharding.start_processes(mesh)
   run = describe(config)
+  if jax.process_index() == 0:  # one writer per workdir (released by releases_workdir)
+    workdir_lib.lock(workdir)
   workdir_lib.check_resume(workdir, config, defaults)
   return run
 

@@ -9,6 +9,7 @@
     results/       evaluation records, one JSON per evaluation (evaluate.results)
     costs/         cost per query of each retrieval pair and funnel (evaluate.cost)
     index/         retrieval indexes of the corpus (evaluate.retrieval)
+    lock           held by the run writing here: its host, pid and start (lock / unlock)
 
 jax is imported only by the functions that start a run: the report tools read workdirs without it.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,7 @@ from typing import Any
 
 import ml_collections
 
-from starbucks_jax.config_lib import ConfigError
+from starbucks_jax.config_lib import ConfigError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ MODEL = "model"
 RESULTS = "results"
 COSTS = "costs"
 INDEX = "index"
+LOCK = "lock"
 # with results/*.json: a run's record, without its weights
 RECORD_FILES = (CONFIG, METRICS, RUN, TIMING)
 
@@ -154,3 +157,71 @@ def run_info() -> dict[str, Any]:
       "jax": jax.__version__, "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
       "processes": jax.process_count()
   }
+
+
+class WorkdirInUse(InputError):
+  """Another run is writing to the workdir."""
+
+
+def _holder() -> dict[str, Any]:
+  return {
+      "host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%Y-%m-%d %H:%M:%S")
+  }
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # someone else's live process
+    return True
+  return True
+
+
+def lock(workdir: str) -> None:
+  """Marks `workdir` as written by this process (WORKDIR/lock, created atomically). Another live
+  holder is a WorkdirInUse error naming it; a holder on this host whose process is gone is stale and
+  replaced; a holder on another host cannot be checked from here, so the message says how to clear
+  it. This process holding it already is fine (a library caller's second run). Readers (export,
+  embed, evaluation of a finished run from elsewhere) take no lock."""
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, LOCK)
+  me = _holder()
+  while True:
+    try:
+      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      held = _read_lock(path)
+      if held is None:  # being written this moment, or left half-written: look again
+        time.sleep(0.1)
+        held = _read_lock(path)
+      if held is None or (held.get("host") == me["host"] and not _alive(int(held.get("pid", 0)))):
+        log.warning("%s: a stale lock (%s) replaced", path, held)
+        os.remove(path)
+        continue
+      if held.get("host") == me["host"] and held.get("pid") == me["pid"]:
+        return
+      where = "" if held.get("host") == me["host"] else (
+          "; it runs on another host, so if it is gone (a preempted VM), delete that file")
+      raise WorkdirInUse(
+          f"{workdir} is in use by pid {held.get('pid')} on {held.get('host')} since "
+          f"{held.get('since')} ({path}){where}")
+    with os.fdopen(fd, "w", encoding="utf8") as f:
+      json.dump(me, f)
+    return
+
+
+def _read_lock(path: str) -> dict[str, Any] | None:
+  try:
+    return json.load(open(path, encoding="utf8"))
+  except (OSError, ValueError):
+    return None
+
+
+def unlock(workdir: str) -> None:
+  """Removes WORKDIR/lock if this process holds it."""
+  path = os.path.join(workdir, LOCK)
+  held = _read_lock(path)
+  if held and (held.get("host"), held.get("pid")) == (socket.gethostname(), os.getpid()):
+    os.remove(path)

@@ -1,11 +1,13 @@
 """SIGTERM / SIGINT mid-run: the step in flight is saved, the run stops with one line, and the rerun
-ends bit-identical to an uninterrupted run (starbucks_jax/preemption.py)."""
+ends bit-identical to an uninterrupted run (starbucks_jax/preemption.py); one run per workdir."""
 
 import json
 import logging
 import os
 import re
 import signal
+import socket
+import subprocess
 
 import jax
 import numpy as np
@@ -64,6 +66,7 @@ def test_a_signal_saves_the_step_and_the_rerun_is_bit_identical(tiny_run, tmp_pa
   assert mngr.all_steps() == [2, 3]
   assert [r["step"] for r in _rows(work)] == [1, 2, 3]
   assert not os.path.exists(os.path.join(work, workdir_lib.RESULTS))  # no results of a stopped run
+  assert not os.path.exists(os.path.join(work, workdir_lib.LOCK))  # free for the rerun
 
   monkeypatch.undo()
   finetune.run(tiny_run, work)  # the same command: resumes at step 3
@@ -96,3 +99,53 @@ def test_the_command_line_prints_the_line_and_exits_128_plus_the_signal(capsys):
   assert done.value.code == 143
   assert capsys.readouterr().err == ("stopped at step 7 by SIGTERM; rerun the same command to "
                                      "resume\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# One run per workdir
+# ---------------------------------------------------------------------------------------------
+def _write_lock(work, **holder):
+  os.makedirs(work, exist_ok=True)
+  with open(os.path.join(work, workdir_lib.LOCK), "w") as f:
+    json.dump({"host": socket.gethostname(), "since": "2026-01-01 00:00:00", **holder}, f)
+
+
+def test_the_workdir_lock(tmp_path, caplog):
+  work = str(tmp_path / "w")
+  workdir_lib.lock(work)
+  held = json.load(open(os.path.join(work, workdir_lib.LOCK)))
+  assert (held["host"], held["pid"]) == (socket.gethostname(), os.getpid())
+  workdir_lib.lock(work)  # this process again: a library caller's second run
+  workdir_lib.unlock(work)
+  assert not os.path.exists(os.path.join(work, workdir_lib.LOCK))
+  # a live process on this host (the one that started us) holds it
+  _write_lock(work, pid=os.getppid())
+  with pytest.raises(
+      workdir_lib.WorkdirInUse,
+      match=rf"{work} is in use by pid {os.getppid()} on {socket.gethostname()} "
+      r"since 2026-01-01 00:00:00 \(.*/lock\)$"):
+    workdir_lib.lock(work)
+  workdir_lib.unlock(work)  # not ours: left alone
+  assert os.path.exists(os.path.join(work, workdir_lib.LOCK))
+  # its process is gone: stale, replaced
+  dead = subprocess.Popen(["true"])
+  dead.wait()
+  _write_lock(work, pid=dead.pid)
+  workdir_lib.lock(work)
+  assert json.load(open(os.path.join(work, workdir_lib.LOCK)))["pid"] == os.getpid()
+  assert "stale lock" in caplog.text
+  # another host: cannot be checked from here
+  _write_lock(work, pid=1, host="tpu-vm-worker-7")
+  with pytest.raises(workdir_lib.WorkdirInUse, match="another host, so if it is gone .* delete"):
+    workdir_lib.lock(work)
+
+
+def test_a_second_run_on_a_workdir_in_use_changes_nothing(tiny_run, tmp_path, capsys):
+  from test_faults import cli_error, tree_digest
+  work = str(tmp_path / "run")
+  _write_lock(work, pid=os.getppid())
+  before = tree_digest(work)
+  from starbucks_jax import main
+  line = cli_error(capsys, lambda _: main.run(tiny_run, work), None)
+  assert line.startswith(f"error: {work} is in use by pid {os.getppid()}")
+  assert tree_digest(work) == before
