@@ -64,12 +64,12 @@ def is_workdir(path: str) -> bool:
   return os.path.isdir(os.path.join(path, CHECKPOINTS)) and os.path.isdir(os.path.join(path, MODEL))
 
 
-# Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated, laid out in
-# memory or extended; every other key changes what the checkpoints mean.
+# Keys a rerun in the same workdir may change: how the run is logged, saved, evaluated or laid out
+# in memory; every other key changes what the checkpoints mean. Not train.max_steps or epochs: the
+# learning-rate warmup and decay are laid over the run's total steps, so a new total moves the rate.
 RESUMABLE_CHANGES = ("train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-                     "train.max_steps", "train.profile_steps", "log.", "train.microbatches",
-                     "train.grad_cache_chunks", "train.forward_splits", "model.remat", "mesh.",
-                     "eval.", "resume")
+                     "train.profile_steps", "log.", "train.microbatches", "train.grad_cache_chunks",
+                     "train.forward_splits", "model.remat", "mesh.", "eval.", "resume")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -115,8 +115,12 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
   listed = lambda cs: "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cs)
   if changed and config.resume != "force":
     more = f" (and {len(changed) - 8} more)" if len(changed) > 8 else ""
+    total = [k for k, _, _ in changed if k in ("train.max_steps", "train.epochs")]
+    why = (f" ({' and '.join(total)} set the total steps the learning rate's warmup and decay are "
+           "laid over: resumed, the rate would jump to the new schedule's at that step)"
+           if total else "")
     raise ConfigError(
-        f"{workdir} holds a run with another config: {listed(changed[:8])}{more}. Use a new "
+        f"{workdir} holds a run with another config: {listed(changed[:8])}{more}{why}. Use a new "
         "--workdir, or --config.resume=force to continue it anyway")
   if changes:  # recorded: the log here, the new config.json and run.json once the run starts
     log.info("continuing %s with changed keys: %s", workdir, listed(changes))

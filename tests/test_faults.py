@@ -287,12 +287,21 @@ def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
   assert "train.lr: 5e-05 -> 0.001" in str(e.value) and "data.batch_size: 8 -> 4" in str(e.value)
   assert "--config.resume=force" in str(e.value)
   assert tree_digest(work) == before
-  # what does not change the run's meaning is allowed (here: extending it and logging less often;
-  # test_truncated_newest_checkpoint... runs such an extension)
+  # what does not change the run's meaning is allowed (here: logging and saving less often)
   with tiny_run.unlocked():
     tiny_run.train.lr, tiny_run.data.batch_size = 5e-5, 8
-    tiny_run.train.max_steps, tiny_run.train.log_every = 3, 3
+    tiny_run.train.log_every, tiny_run.train.checkpoint_every = 3, 3
   workdir_lib.check_resume(work, tiny_run)
+  # a new total of steps moves the learning-rate schedule under the resumed run: refused, and why
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 3
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=r"train.max_steps: 2 -> 3 \(train.max_steps set the total steps the "
+      r"learning rate's warmup and decay are laid over: resumed, the rate would jump"):
+    workdir_lib.check_resume(work, tiny_run)
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 2
   # a run older than a key: absent -> the config file's default is no change; anything else is
   saved = json.load(open(os.path.join(work, "config.json")))
   del saved["train"]["adam_eps"]
@@ -333,8 +342,6 @@ def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_p
       if not name.endswith(".json") and "_METADATA" not in name:
         open(os.path.join(folder, name), "wb").close()
   before = tree_digest(work)
-  with tiny_run.unlocked():
-    tiny_run.train.max_steps = 4
   with pytest.raises(hf.ModelError, match="no checkpoint reads back"):
     finetune.run(tiny_run, work)
   assert tree_digest(work) == before
