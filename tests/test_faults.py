@@ -221,6 +221,22 @@ def test_bad_triplet_rows_name_file_and_line(tmp_path, row, message):
   assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value)
 
 
+@pytest.mark.parametrize("suffix", ["jsonl", "txt", "tsv", "jsonl.gz"])
+def test_a_byte_that_is_not_utf8_names_file_line_and_column(tmp_path, suffix):
+  import gzip
+
+  from starbucks_jax.data import sources
+  good = {"jsonl": json.dumps(GOOD_TRIPLET), "txt": "a cat", "tsv": "a cat\tthe cat"}
+  head = {"tsv": "anchor\tpositive\n"}.get(suffix, "")
+  kind = suffix.split(".")[0]
+  data = (head + (good[kind] + "\n") * 2).encode() + b'{"anchor": "caf\xe9"}\n'
+  path = tmp_path / f"train.{suffix}"
+  path.write_bytes(gzip.compress(data) if suffix.endswith(".gz") else data)
+  line = 4 if kind == "tsv" else 3  # after the header (tsv) and two good rows
+  with pytest.raises(DataError, match=rf"^{path}:{line}: byte 0xe9 at column \d+ is not UTF-8"):
+    list(sources.read_rows(str(path), {"anchor": str} if kind != "txt" else {"text": str}))
+
+
 @pytest.mark.parametrize("score,message", [
     ("NaN", "is not a finite number"),
     ("Infinity", "is not a finite number"),

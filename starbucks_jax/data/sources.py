@@ -54,6 +54,18 @@ def open_text(path: str, newline: str | None = None):
   return open(path, encoding="utf8", newline=newline)
 
 
+def text_lines(path: str) -> Iterator[tuple[int, str]]:
+  """(line number, line) of a UTF-8 text file (gunzipped when .gz), each line decoded alone, so a
+  byte that is not UTF-8 is a DataError naming the file and its exact line."""
+  with (gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")) as f:
+    for line_no, raw in enumerate(f, 1):
+      try:
+        yield line_no, raw.decode("utf8").replace("\r\n", "\n")
+      except UnicodeDecodeError as e:
+        raise DataError(f"{path}:{line_no}: byte 0x{raw[e.start]:02x} at column {e.start + 1} is "
+                        "not UTF-8 (save the file as UTF-8)") from None
+
+
 def _format_of(spec: str) -> tuple[str, str]:
   head, sep, rest = spec.partition(":")
   if sep and head in FORMATS:
@@ -129,36 +141,34 @@ def check_spec(key: str, spec: str) -> None:
 
 def jsonl_rows(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   """(line number, object) of each non-blank line of a JSON-lines file (gzipped if .gz)."""
-  with open_text(path) as f:
-    for line_no, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
-      if not isinstance(row, dict):
-        raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
-      yield line_no, row
+  for line_no, line in text_lines(path):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"{path}:{line_no}: not valid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+      raise DataError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+    yield line_no, row
 
 
 def _raw_rows(fmt: str, path: str) -> Iterator[tuple[int, dict[str, Any]]]:
   if fmt == "txt":
-    with open_text(path) as f:
-      for line_no, line in enumerate(f, 1):
-        if line.strip():
-          yield line_no, {"text": line.rstrip("\n")}
+    for line_no, line in text_lines(path):
+      if line.strip():
+        yield line_no, {"text": line.rstrip("\n")}
   elif fmt == "jsonl":
     yield from jsonl_rows(path)
   elif fmt in ("tsv", "csv"):
-    with open_text(path, newline="") as f:
-      reader = csv.DictReader(f, delimiter="\t" if fmt == "tsv" else ",",
-                              quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
-      for row in reader:
-        if None in row or any(v is None for v in row.values()):
-          raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
-                          f"({', '.join(reader.fieldnames)})")
-        yield reader.line_num, row
+    lines = (line for _, line in text_lines(path))  # decoded one by one: a bad byte names its line
+    reader = csv.DictReader(lines, delimiter="\t" if fmt == "tsv" else ",",
+                            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL)
+    for row in reader:
+      if None in row or any(v is None for v in row.values()):
+        raise DataError(f"{path}:{reader.line_num}: expected {len(reader.fieldnames)} fields "
+                        f"({', '.join(reader.fieldnames)})")
+      yield reader.line_num, row
   elif fmt == "parquet":
     try:
       import pyarrow.parquet as pq
