@@ -10,7 +10,9 @@ Without a variant: the paper's recipe. bert-base-uncased (or an SMAE run: model.
 MS MARCO passage with its BM25 negatives (hf:Tevatron/msmarco-passage, ~400k queries), group 8,
 batch 128 queries, 3 epochs (~9.4k steps), query 32 / passage 196 tokens, CLS pooling, raw dot
 product / temperature 1, score KL (tau 1, teacher detached), summed over the six pairs as the code
-does, AdamW lr 1e-4, warmup 10%, linear decay, wd 0, bf16. Needs the Hub. Evaluated as the authors
+does, AdamW lr 1e-4, warmup 10%, linear decay, wd 0, bf16 (the authors' AMP and bf16 evaluation:
+model.precision=amp eval.dtype=bfloat16; no difference at CPU scale: experiments/precision.md).
+Needs the Hub. Evaluated as the authors
 do, on Tevatron's title + text corpus (8.8M passages, hf:Tevatron/msmarco-passage-corpus, the same
 "title text" passages as training) with Tevatron's queries for MS MARCO dev (6,980 queries; MRR@10
 is the paper's metric; qrels from BeIR/msmarco-qrels dev), TREC DL 2019 (43) and DL 2020 (54)

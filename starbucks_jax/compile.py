@@ -138,8 +138,10 @@ def _length(config: ml_collections.ConfigDict, cfg: BertConfig, length: int | No
 
 
 def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
-  """The corpus encoder of retrieval evaluation (Embedder: float32, one chip), one batch of passages."""
-  cfg = run.model.config.replace(dtype="float32", param_dtype="float32", remat=False,
+  """The corpus encoder of retrieval evaluation (Embedder: eval.dtype throughout, one chip), one
+  batch of passages."""
+  dtype = config.eval.get("dtype", "float32")
+  cfg = run.model.config.replace(dtype=dtype, param_dtype="float32", precision="pure", remat=False,
                                  attention="standard")
   B, T = config.eval.batch_size, config.eval.passage_max_length
   mesh = sharding.make_mesh((1, 1, 1), topo.devices[:1])
@@ -151,7 +153,7 @@ def _eval_encoder(config, run, topo: Topology) -> dict[str, Any]:
   compiled = pool_layers.lower(params, ids, ids, config=cfg, layers=layers,
                                pooling=config.model.pooling).compile()
   flops = cfg.replace(num_hidden_layers=max(layers)).matmul_flops(B, T, train=False)
-  return report("eval_encoder", compiled, mesh, topo, flops, f"{B} passages x {T} tokens, float32")
+  return report("eval_encoder", compiled, mesh, topo, flops, f"{B} passages x {T} tokens, {dtype}")
 
 
 # ---------------------------------------------------------------------------------------------
