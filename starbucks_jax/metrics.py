@@ -43,9 +43,7 @@ class MetricsWriter:
       return
     if os.path.exists(self.path):
       kept = [row for row in workdir_lib.read_metrics(self.path) if row["step"] <= start]
-      with open(self.path + ".tmp", "w", encoding="utf8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in kept)
-      os.replace(self.path + ".tmp", self.path)
+      workdir_lib.write_atomically(self.path, "".join(json.dumps(row) + "\n" for row in kept))
     if log_cfg and log_cfg.tensorboard:
       self.tb = tensorboard_writer(workdir, start)
     if log_cfg and log_cfg.wandb:

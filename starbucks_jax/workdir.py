@@ -134,14 +134,25 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   path = os.path.join(workdir, CONFIG)
   if not sharding.is_primary():
     return path
-  with open(path, "w", encoding="utf8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  write_atomically(path, config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   run_path = os.path.join(workdir, RUN)
   history = json.load(open(run_path)) if os.path.exists(run_path) else []
   history.append(run_info())
-  with open(run_path, "w", encoding="utf8") as f:
-    json.dump(history, f, indent=1)
+  write_atomically(run_path, json.dumps(history, indent=1))
   return path
+
+
+def write_atomically(path: str, text: str) -> None:
+  """`text` into `path` through a temporary file renamed over it: a crash or a full disk leaves the
+  old file whole, never a half-written one."""
+  tmp = f"{path}.tmp"
+  try:
+    with open(tmp, "w", encoding="utf8") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def run_info() -> dict[str, Any]:

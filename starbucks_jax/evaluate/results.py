@@ -25,11 +25,7 @@ def record(dataset: str, split: str, metric: str, layer: int, dim: int, value: f
 def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
   path = os.path.join(workdir, workdir_lib.RESULTS, f"{name}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w", encoding="utf8") as f:
-    json.dump(records, f, indent=1, allow_nan=False)
-    f.write("\n")
-  os.replace(tmp, path)
+  workdir_lib.write_atomically(path, json.dumps(records, indent=1, allow_nan=False) + "\n")
   return path
 
 
