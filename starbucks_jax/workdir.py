@@ -10,12 +10,14 @@
     costs/         cost per query of each retrieval pair and funnel (evaluate.cost)
     index/         retrieval indexes of the corpus (evaluate.retrieval)
     lock           held by the run writing here: its host, pid and start (lock / unlock)
+    data.json      the training data's identity: sizes and content hashes of its files (data_identity)
 
 jax is imported only by the functions that start a run: the report tools read workdirs without it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -42,6 +44,7 @@ RESULTS = "results"
 COSTS = "costs"
 INDEX = "index"
 LOCK = "lock"
+DATA = "data.json"
 # with results/*.json: a run's record, without its weights
 RECORD_FILES = (CONFIG, METRICS, RUN, TIMING)
 
@@ -124,6 +127,72 @@ def check_resume(workdir: str, config: ml_collections.ConfigDict,
         "--workdir, or --config.resume=force to continue it anyway")
   if changes:  # recorded: the log here, the new config.json and run.json once the run starts
     log.info("continuing %s with changed keys: %s", workdir, listed(changes))
+  check_data(workdir, config)
+
+
+def data_identity(spec: str) -> dict[str, Any]:
+  """What a training source is: a Hub or TFDS name stands for itself; a local file or folder
+  (`beir:FOLDER@SPLIT`, `demo:`) is each file's size, mtime and a SHA-256 of its first and last
+  MiB (all of it when smaller)."""
+  from starbucks_jax.data import sources
+  if not spec or spec.startswith(("hf:", "tfds:")):
+    return {"spec": spec}
+  if spec.startswith("beir:"):
+    path = os.path.expanduser(spec[len("beir:"):].partition("@")[0])
+  else:
+    try:
+      path = sources.resolve_spec(spec)[1]
+    except ValueError:  # checked elsewhere, with the key's name
+      return {"spec": spec}
+  files = [path] if os.path.isfile(path) else sorted(
+      os.path.join(d, f) for d, _, names in os.walk(path) for f in names)
+  return {
+      "spec": spec, "files": {
+          os.path.relpath(f, path) if f != path else os.path.basename(f): _fingerprint(f)
+          for f in files
+      }
+  }
+
+
+def _fingerprint(path: str, block: int = 1 << 20) -> dict[str, Any]:
+  size = os.path.getsize(path)
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    digest.update(f.read(block))
+    if size > 2 * block:
+      f.seek(size - block)
+    digest.update(f.read())
+  return {"size": size, "mtime": os.path.getmtime(path), "sha256": digest.hexdigest()}
+
+
+def check_data(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """A rerun trains on the data the run started with: a file whose size or content changed (under
+  the same data.train) is a ConfigError unless resume='force'; a new mtime alone is logged."""
+  path = os.path.join(workdir, DATA)
+  spec = config.get("data", {}).get("train", "")
+  if not os.path.exists(path) or not spec:
+    return
+  saved = json.load(open(path, encoding="utf8")).get("data.train", {})
+  if saved.get("spec") != spec:
+    return  # a changed data.train is a config change (check_resume)
+  now = data_identity(spec)
+  old_files, new_files = saved.get("files", {}), now.get("files", {})
+  changed = [
+      f for f in sorted(old_files.keys() | new_files.keys())
+      if {k: v for k, v in old_files.get(f, {}).items()
+          if k != "mtime"} != {k: v for k, v in new_files.get(f, {}).items() if k != "mtime"}
+  ]
+  if changed and config.get("resume") != "force":
+    f = changed[0]
+    was, now_ = old_files.get(f, {}), new_files.get(f, {})
+    raise ConfigError(
+        f"data.train={spec!r}: {f} changed since {workdir} started (size {was.get('size', 'absent')}"
+        f" -> {now_.get('size', 'absent')}, content {'the same' if was.get('sha256') == now_.get('sha256') else 'differs'})"
+        f"{f' (and {len(changed) - 1} more files)' if len(changed) > 1 else ''}; the checkpoints "
+        "were trained on the old data. Use a new --workdir, or --config.resume=force to continue on "
+        "the new data")
+  if changed:
+    log.warning("data.train changed since the run started (%s); continuing (resume=force)", changed)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
@@ -139,6 +208,9 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   history = json.load(open(run_path)) if os.path.exists(run_path) else []
   history.append(run_info())
   write_atomically(run_path, json.dumps(history, indent=1))
+  train = config.get("data", {}).get("train", "")
+  write_atomically(os.path.join(workdir, DATA),
+                   json.dumps({"data.train": data_identity(train)}, indent=1) + "\n")
   return path
 
 

@@ -332,6 +332,31 @@ def test_a_changed_config_on_rerun_stops_before_writing(tiny_run, tmp_path):
     workdir_lib.check_resume(work, tiny_run, defaults)
 
 
+def test_changed_training_data_on_rerun_is_refused(tiny_run, tmp_path, caplog):
+  work = str(tmp_path / "run")
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 1
+  finetune.run(tiny_run, work)
+  data = tiny_run.data.train
+  recorded = json.load(open(os.path.join(work, workdir_lib.DATA)))["data.train"]
+  assert recorded["spec"] == data and list(recorded["files"]) == ["train.jsonl"]
+  os.utime(data, (1, 1))  # touched (copied, restored from a backup): the same data
+  workdir_lib.check_resume(work, tiny_run)
+  size = os.path.getsize(data)
+  with open(data, "a") as f:
+    f.write(json.dumps({"anchor": "new", "positive": "row", "negative": "here"}) + "\n")
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=rf"data.train='{data}': train.jsonl changed since {work} started \(size "
+      rf"{size} -> {os.path.getsize(data)}, content differs\); the checkpoints were "
+      "trained on the old data"):
+    workdir_lib.check_resume(work, tiny_run)
+  with tiny_run.unlocked():
+    tiny_run.resume = "force"
+  workdir_lib.check_resume(work, tiny_run)
+  assert "data.train changed since the run started" in caplog.text
+
+
 def test_truncated_newest_checkpoint_resumes_from_the_one_before(tiny_run, tmp_path):
   work = str(tmp_path / "run")
   with tiny_run.unlocked():
