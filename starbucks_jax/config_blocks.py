@@ -56,6 +56,9 @@ class Model(Block):
     # AdamW state in float16 underflows
     check_choice("model.param_dtype", self.param_dtype, ("float32", "bfloat16"))
     check_range("model.max_length", self.max_length, 0)
+    if self.max_length == 1:  # [CLS] and [SEP] take two
+      raise ConfigError("model.max_length=1: expected 0 (the model's own) or at least 2 tokens "
+                        "([CLS] and [SEP] take two)")
 
 
 @frozen

@@ -176,6 +176,14 @@ def test_non_finite_config_values_name_the_key(tiny_run, key, value):
     finetune.describe(tiny_run)
 
 
+def test_max_length_one_names_the_key(tiny_run):
+  with tiny_run.unlocked():
+    tiny_run.model.max_length = 1
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^model.max_length=1: expected 0 .* at least 2"):
+    finetune.describe(tiny_run)
+
+
 def test_layer_weighting_names_the_method_it_needs(tiny_run):
   with tiny_run.unlocked():
     tiny_run.loss.layer_weighting = "linear"
