@@ -17,6 +17,7 @@ import statistics
 from typing import Any, NamedTuple
 
 from starbucks_jax import cli, report
+from starbucks_jax.config_lib import InputError
 
 SIZES = {(2, 32): "Demi", (4, 64): "Short", (6, 128): "Tall", (8, 256): "Grande",
          (10, 512): "Venti", (12, 768): "Trenta"}
@@ -273,7 +274,10 @@ def main(argv=None):
   p.add_argument("--out", help="also write the table to this file")
   args = p.parse_args(argv)
   labels = dict(item.split("=", 1) for item in args.label if "=" in item)
-  text = markdown(report.collect(args.roots, labels), args.table)
+  records = report.collect(args.roots, labels)
+  if not records:
+    raise InputError(f"{', '.join(args.roots)}: no results/*.json under them (a finished run has)")
+  text = markdown(records, args.table)
   print(text)
   if args.out:
     with open(args.out, "w", encoding="utf8") as f:

@@ -26,6 +26,7 @@ from typing import Any, Iterable
 
 from starbucks_jax import cli, plots
 from starbucks_jax import workdir as workdir_lib
+from starbucks_jax.config_lib import InputError
 
 
 def _runs(root: str) -> Iterable[str]:
@@ -34,6 +35,14 @@ def _runs(root: str) -> Iterable[str]:
     dirs.sort()
     if os.path.basename(here) == workdir_lib.RESULTS and any(f.endswith(".json") for f in files):
       yield os.path.dirname(here)
+
+
+def _json(path: str):
+  try:
+    with open(path, encoding="utf8") as f:
+      return json.load(f)
+  except ValueError as e:
+    raise InputError(f"{path}: not valid JSON ({e}); a run interrupted while writing it?") from None
 
 
 def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[dict[str, Any]]:
@@ -47,14 +56,14 @@ def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[
       method = ""
       config_path = os.path.join(run, workdir_lib.CONFIG)
       if os.path.exists(config_path):
-        config = json.load(open(config_path))
+        config = _json(config_path)
         method = config.get("schedule", {}).get("method") or config.get("smae", {}).get("mode", "")
       label = labels.get(os.path.normpath(run),
                          labels.get(os.path.basename(os.path.normpath(run)), method))
       for name in sorted(os.listdir(os.path.join(run, workdir_lib.RESULTS))):
         if not name.endswith(".json"):
           continue
-        for r in json.load(open(os.path.join(run, workdir_lib.RESULTS, name))):
+        for r in _json(os.path.join(run, workdir_lib.RESULTS, name)):
           if r.get("value") is None:  # a non-finite metric: an empty cell, not a number
             continue
           out.append(
@@ -218,12 +227,12 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   sharing a label (seeds) are averaged, with their spread in the table; `baseline` (a label) adds
   the table of differences from it."""
   if not records:
-    raise ValueError("no result records to report")
+    raise InputError("no result records to report (a finished run has results/*.json)")
   os.makedirs(out, exist_ok=True)
   _, full_rows = table(records, dataset, metric, split=split)
   if not full_rows:
     have = sorted({(r["dataset"], r.get("split"), r["metric"]) for r in records})
-    raise ValueError(
+    raise InputError(
         f"no records for dataset={dataset!r} split={split!r} metric={metric!r}; the runs have {have}"
     )
   if pairs is None:  # the schedules' sizes: every pair of a run not evaluated on the whole grid
@@ -286,8 +295,11 @@ def main(argv=None):
       p.error(f"--label {item!r}: expected RUN_DIR=LABEL")
     run, label = item.split("=", 1)
     labels[run] = label
-  files = write(collect(args.roots, labels), args.out, dataset=args.dataset, metric=args.metric,
-                title=args.title, split=args.split, baseline=args.baseline)
+  records = collect(args.roots, labels)
+  if not records:
+    raise InputError(f"{', '.join(args.roots)}: no results/*.json under them (a finished run has)")
+  files = write(records, args.out, dataset=args.dataset, metric=args.metric, title=args.title,
+                split=args.split, baseline=args.baseline)
   print(open(files["table"]).read())
   for kind, path in files.items():
     print(f"{kind}: {path}")

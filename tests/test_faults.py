@@ -492,3 +492,18 @@ def test_commands_raise_the_stack_limit_before_jax_loads():
       capture_output=True, text=True, check=True).stdout
   # the limit at each start: re-executed once
   assert out.split() == [str(8 << 20), str(hard), "False"]
+
+
+def test_report_tools_on_an_empty_or_corrupt_folder_print_one_line(tmp_path, capsys):
+  from starbucks_jax import paper, report
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  for main, argv in ((report.main, [str(empty), "--out",
+                                    str(tmp_path / "o")]), (paper.main, ["a2", str(empty)])):
+    assert cli_error(capsys, main, argv) == (f"error: {empty}: no results/*.json under them (a "
+                                             "finished run has)")
+  bad = tmp_path / "bad" / "results"
+  bad.mkdir(parents=True)
+  (bad / "final.json").write_text("[{")
+  line = cli_error(capsys, report.main, [str(tmp_path / "bad"), "--out", str(tmp_path / "o")])
+  assert line.startswith(f"error: {bad / 'final.json'}: not valid JSON (")
