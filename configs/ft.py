@@ -7,8 +7,8 @@ Variants:
   nli       The authors' "full" STS recipe: bert-base-uncased, AllNLI triplets (557,850,
             hf:sentence-transformers/all-nli:triplet), MNRL (cosine x 20, in-batch + hard negatives),
             batch 128, 1 epoch (4,358 steps), AdamW lr 5e-5, warmup 10%, linear decay, wd 0, mean
-            pooling, feature KL x0.3, sum over the six pairs; bf16 (the authors' fp16 AMP as
-            model.precision=amp in bf16: experiments/precision.md). Evaluated on STS-B test, STS12-16 and
+            pooling, feature KL x0.3, sum over the six pairs; bf16 (the authors' fp16 AMP:
+            model.precision=amp, in bf16; experiments/precision.md). Evaluated on STS-B test, STS12-16 and
             SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies, and a TPU or GPU:
             the epoch in >= 74 s on a v5e-8, >= 1.9 min on one H200 with model.attention=cudnn
             (compiled bounds; memory and settings per chip: experiments/recipes.md). Paper (Table

@@ -94,7 +94,7 @@ def msmarco_source(split: str) -> str:
 
 
 def beir_source(name: str, beir_dir: str = "") -> str:
-  """A BEIR set's eval.retrieval source: the Hub's BeIR/NAME, or the unzipped folder beir_dir/NAME."""
+  """A BEIR set's eval.retrieval source: the Hub's BeIR/NAME, or the folder beir_dir/NAME."""
   return os.path.join(beir_dir, name) if beir_dir else f"hf:BeIR/{name}"
 
 

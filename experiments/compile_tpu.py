@@ -50,7 +50,7 @@ RECIPES = {
     "retrieval_flash":
         ("configs/retrieval.py", ["--config.model.attention=flash"], None, ("v5e-8",)),
     "smae_flash": ("configs/pt.py", ["--config.model.attention=flash"], None, ("v5p-8", "v6e-8")),
-    # PyTorch-AMP-style precision (float32 residual stream): what it costs (experiments/precision.md)
+    # PyTorch-AMP-style precision (float32 residual stream): its cost (experiments/precision.md)
     "nli_amp": ("configs/ft.py:nli", ["--config.model.precision=amp"], 128, ("v5e-8",)),
     "retrieval_amp": ("configs/retrieval.py", ["--config.model.precision=amp"], None, ("v5e-8",)),
     # cuDNN's fused flash attention on NVIDIA GPUs (no attention-probs dropout either)

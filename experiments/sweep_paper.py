@@ -169,7 +169,8 @@ def runbook(runs, topology: str, root: str) -> str:
   """The commands for one TPU VM of `topology`, each after its bound and the paper's number."""
   chips = CHIPS[topology]
   lines = [
-      f"# The paper sweep on a TPU VM {topology} ({chips} chips). One host: run each command on it.",
+      f"# The paper sweep on a TPU VM {topology} ({chips} chips). One host: run each command "
+      "on it.",
       "# A slice of several hosts (v5e-16, v4-16, ...): every worker runs the same command, with",
       "# --config.mesh.coordinator=auto added (jax.distributed.initialize() finds the coordinator,",
       "# worker 0, from the TPU VM's metadata), in a workdir every worker sees (NFS, gcsfuse):",

@@ -130,17 +130,11 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
       profile.after(done, state)
       progress.update(1)
       _after_step(t, done, total_steps, state, metrics, interval, mngr=mngr, writer=writer,
-                  progress=progress, lr_at=lr_at, examples_per_step=examples_per_step)
-      signum = watch.signal(done)
-      if signum is not None and done < total_steps:
-        _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
-        raise preemption.Stopped(done, signum)
+                  progress=progress, lr_at=lr_at, examples_per_step=examples_per_step, watch=watch)
     # the data ended first (a stream's epoch): its last step stays
     if executables and done < total_steps:
       _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
-    jax.block_until_ready(state)
-    with timer.phase("checkpoint"):
-      mngr.wait_until_finished()
+    _wait_for_saves(state, mngr, timer)
     steps_run = done - start if executables else 0
     _record_timing(timer,
                    time.perf_counter() - loop_t0, before, steps=steps_run,
@@ -176,10 +170,12 @@ class _Interval:
 
 
 def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, interval: _Interval, *,
-                mngr, writer, progress, lr_at, examples_per_step: int) -> None:
+                mngr, writer, progress, lr_at, examples_per_step: int,
+                watch: preemption.Watch) -> None:
   """After step `done`: a stop on a non-finite loss (train.skip_nonfinite=False); a metrics row every
   train.log_every steps and a checkpoint every train.checkpoint_every (both at the last step),
-  neither of a state check_skipped refuses."""
+  neither of a state check_skipped refuses; on a signal (`watch`), the step saved and the run
+  stopped (preemption.Stopped)."""
   if not t.skip_nonfinite and not np.isfinite(float(metrics["loss"])):
     raise FloatingPointError(
         f"non-finite loss at step {done - 1} (train.skip_nonfinite=False); the last "
@@ -202,15 +198,18 @@ def _after_step(t, done: int, total_steps: int, state: TrainState, metrics, inte
     interval.t0, interval.last_log, interval.waited = time.time(), done, 0.0
   if saving_now:
     _save(mngr, done, state, force=done == total_steps)
+  signum = watch.signal(done)
+  if signum is not None and done < total_steps:
+    _save_last(done, state, metrics, interval, mngr=mngr, writer=writer, lr_at=lr_at)
+    raise preemption.Stopped(done, signum)
 
 
 def progress_line(done: int, total: int, metrics, seconds_per_step: float) -> str:
   """`step 40/200 loss 1.2345 52.1 ex/s ETA 0:02:13`: what the progress bar shows, for a log."""
   eta = int(round((total - done) * seconds_per_step))
-  return (
-      f"step {done}/{total} loss {float(metrics['loss']):.4f} "
-      f"{metrics['examples_per_sec']:.1f} ex/s ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
-  )
+  hms = f"{eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+  return (f"step {done}/{total} loss {float(metrics['loss']):.4f} "
+          f"{metrics['examples_per_sec']:.1f} ex/s ETA {hms}")
 
 
 def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mngr, writer,
@@ -221,6 +220,13 @@ def _save_last(done: int, state: TrainState, metrics, interval: _Interval, *, mn
     writer.write(done, {**dict(jax.device_get(metrics)), "lr": float(lr_at(done - 1))})
   if mngr.latest_step() != done:  # not saved on schedule already
     _save(mngr, done, state, force=True)
+
+
+def _wait_for_saves(state: TrainState, mngr, timer) -> None:
+  """The last step computed and every checkpoint written, timed as checkpoint time."""
+  jax.block_until_ready(state)
+  with timer.phase("checkpoint"):
+    mngr.wait_until_finished()
 
 
 def _save(mngr, done: int, state: TrainState, *, force: bool) -> None:

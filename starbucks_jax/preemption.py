@@ -9,7 +9,7 @@ One process: Python handlers set the flag the loop reads after each step. Severa
 (jax.distributed): a process cannot stop alone (the others would wait for it in the next
 collective), so no handler is installed: SIGTERM is left to JAX's preemption sync manager, which
 hears it on any host and names one step at which every process stops
-(`reached_preemption_sync_point`): all save that step. Ctrl-C there stops the process as Python does.
+(`reached_preemption_sync_point`): all save that step. Ctrl-C there ends the process as usual.
 """
 
 from __future__ import annotations

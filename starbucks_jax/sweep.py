@@ -79,7 +79,7 @@ class Report:
   title: str = ""
   split: str | None = None  # only this split of the dataset (None: any)
   baseline: str | None = None  # a label: the table of differences from it (report.differences)
-  paper: str = ""  # 'a1' | 'a2': also paper_table.md, the paper's table layout beside ours (paper.py)
+  paper: str = ""  # 'a1' | 'a2': also paper_table.md, the paper's table beside ours (paper.py)
 
 
 def launch(runs: Sequence[Run], root: str, *, print_only: bool = False, cwd: str | None = None,

@@ -10,7 +10,7 @@
     costs/         cost per query of each retrieval pair and funnel (evaluate.cost)
     index/         retrieval indexes of the corpus (evaluate.retrieval)
     lock           held by the run writing here: its host, pid and start (lock / unlock)
-    data.json      the training data's identity: sizes and content hashes of its files (data_identity)
+    data.json      the training data's identity: its files' sizes and hashes (data_identity)
 
 jax is imported only by the functions that start a run: the report tools read workdirs without it.
 """
@@ -185,12 +185,13 @@ def check_data(workdir: str, config: ml_collections.ConfigDict) -> None:
   if changed and config.get("resume") != "force":
     f = changed[0]
     was, now_ = old_files.get(f, {}), new_files.get(f, {})
+    content = "the same" if was.get("sha256") == now_.get("sha256") else "differs"
+    more = f" (and {len(changed) - 1} more files)" if len(changed) > 1 else ""
     raise ConfigError(
-        f"data.train={spec!r}: {f} changed since {workdir} started (size {was.get('size', 'absent')}"
-        f" -> {now_.get('size', 'absent')}, content {'the same' if was.get('sha256') == now_.get('sha256') else 'differs'})"
-        f"{f' (and {len(changed) - 1} more files)' if len(changed) > 1 else ''}; the checkpoints "
-        "were trained on the old data. Use a new --workdir, or --config.resume=force to continue on "
-        "the new data")
+        f"data.train={spec!r}: {f} changed since {workdir} started (size "
+        f"{was.get('size', 'absent')} -> {now_.get('size', 'absent')}, content {content}){more}; "
+        "the checkpoints were trained on the old data. Use a new --workdir, or "
+        "--config.resume=force to continue on the new data")
   if changed:
     log.warning("data.train changed since the run started (%s); continuing (resume=force)", changed)
 

@@ -1,4 +1,4 @@
-"""model.precision='amp' against PyTorch CPU autocast (bf16) on the same weights, and its config keys.
+"""model.precision='amp' against PyTorch's CPU autocast (bf16) on the same weights; the keys.
 
 Autocast's rules (torch.autocast, CPU, bfloat16): linear layers and matmuls return bfloat16,
 layer_norm and softmax float32, so the residual stream and every hidden state stay float32.

@@ -25,14 +25,14 @@ def _rows(work):
 
 
 def _signal_after(monkeypatch, at: int, signum: int, seen: dict):
-  """Sends `signum` to this process right after step `at` (as a VM's shutdown would, mid-loop)."""
+  """Sends `signum` to this process as step `at` completes (as a VM's shutdown would, mid-loop)."""
   after_step = loop._after_step
 
   def hooked(t, done, *args, **kw):
-    after_step(t, done, *args, **kw)
     if done == at:
       os.kill(os.getpid(), signum)
       seen["handler_after_first"] = signal.getsignal(signum)
+    after_step(t, done, *args, **kw)
 
   monkeypatch.setattr(loop, "_after_step", hooked)
 
