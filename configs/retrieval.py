@@ -66,7 +66,7 @@ Variants:
             out as Table A2, the paper's rows beside ours.
   beir_scifact  The beir evaluation cut down to the one BEIR set a developer checkout holds
             (../shared/data/beir_scifact), with all-MiniLM-L6-v2 and its schedule, mean pooling
-            and cosine as that model was trained: ~6 min on 2 CPU cores.
+            and cosine as that model was trained: ~40 min on 2 CPU cores (experiments/recipes.md).
 
 Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py);
 beir_dir=D (beir: local BEIR folders instead of the Hub).
