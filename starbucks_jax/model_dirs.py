@@ -115,11 +115,17 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
 
   def read_safetensors(file):
     out = {}
-    with safe_open(file, framework="flax") as f:  # flax handles bfloat16 files too
-      for k in f.keys():
-        x = np.asarray(f.get_tensor(k))
-        out[k] = x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) or x.dtype.kind == "V" \
-            else x
+    try:
+      with safe_open(file, framework="flax") as f:  # flax handles bfloat16 files too
+        for k in f.keys():
+          x = np.asarray(f.get_tensor(k))
+          out[k] = x.astype(
+              np.float32) if np.issubdtype(x.dtype, np.floating) or x.dtype.kind == "V" else x
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
+      if isinstance(e, FileNotFoundError):
+        raise
+      raise hf.ModelError(f"{file}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())}"
+                          "); a download cut short? Fetch the file again") from None
     return out
 
   single = os.path.join(path, "model.safetensors")
@@ -228,7 +234,12 @@ def load_tokenizer(path: str):
   if not any(os.path.exists(os.path.join(path, f)) for f in TOKENIZER_FILES):
     raise FileNotFoundError(f"{path}: no tokenizer files (looked for {', '.join(TOKENIZER_FILES)})")
   from transformers import AutoTokenizer
-  return AutoTokenizer.from_pretrained(path, use_fast=True)
+  try:
+    return AutoTokenizer.from_pretrained(path, use_fast=True)
+  except Exception as e:  # noqa: BLE001 (tokenizers' parse errors have no common type)
+    raise hf.ModelError(f"{path}: the tokenizer files cannot be read ({type(e).__name__}: "
+                        f"{' '.join(str(e).split())[:200]}); a download cut short? Fetch them "
+                        "again") from None
 
 
 def load_pretrained(name_or_path: str, *, dtype: str = "float32", param_dtype: str = "float32",

@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -507,3 +508,35 @@ def test_report_tools_on_an_empty_or_corrupt_folder_print_one_line(tmp_path, cap
   (bad / "final.json").write_text("[{")
   line = cli_error(capsys, report.main, [str(tmp_path / "bad"), "--out", str(tmp_path / "o")])
   assert line.startswith(f"error: {bad / 'final.json'}: not valid JSON (")
+
+
+@pytest.mark.parametrize("key,value,weight", [
+    ("vocab_size", 200, "embeddings.word_embeddings."),
+    ("intermediate_size", 48, "encoder.layer.0.intermediate.dense."),
+    ("max_position_embeddings", 128, "embeddings.position_embeddings."),
+])
+def test_a_config_json_of_another_model_names_the_weight(model_copy, key, value, weight):
+  path = os.path.join(model_copy, "config.json")
+  config = json.load(open(path))
+  config[key] = value
+  json.dump(config, open(path, "w"))
+  with pytest.raises(
+      hf.ModelError, match=rf"{model_copy}: weight '{re.escape(weight)}\w+' has shape "
+      rf".* but config.json \(.*{key}={value}.*\) makes it .*: the config and the "
+      "weights are not of one model"):
+    model_dirs.load_pretrained(model_copy)
+
+
+@pytest.mark.parametrize("file,cut", [("model.safetensors", 0.5), ("model.safetensors", 0.0),
+                                      ("tokenizer.json", 0.5)])
+def test_a_download_cut_short_names_the_file(model_copy, file, cut):
+  path = os.path.join(model_copy, file)
+  if not os.path.exists(path):
+    pytest.skip(f"the tiny model has no {file}")
+  with open(path, "r+b") as f:
+    f.truncate(int(os.path.getsize(path) * cut))
+  where = path if file.endswith(".safetensors") else model_copy
+  with pytest.raises(hf.ModelError,
+                     match=rf"^{re.escape(where)}: .*cannot be read .*a download cut "
+                     "short"):
+    model_dirs.load_pretrained(model_copy)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from starbucks_jax.config_lib import InputError
-from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
+from starbucks_jax.models.bert import RUN_FIELDS, BertConfig, abstract_params
 
 PARAM_GROUPS = ("bert", "pooler", "mlm_head")  # the groups of our tree that HF checkpoints hold
 
@@ -170,6 +170,21 @@ def check_finite_weight(source: str, name: str, x) -> None:
       raise ModelError(f"{source}: weight {name!r} has {bad} NaN or infinite value(s) of {x.size}")
 
 
+def check_shapes(flat: dict[str, np.ndarray], config: BertConfig, source: str) -> None:
+  """A ModelError naming the first encoder weight whose shape config.json's sizes do not give (a
+  config.json from another model, or weights cut short): before any compute."""
+  want = {f"bert/{k}": tuple(v.shape) for k, v in flatten(abstract_params(config)).items()}
+  for path, x in flat.items():
+    if path in want and tuple(np.shape(x)) != want[path]:
+      c = config
+      raise ModelError(
+          f"{source}: weight {hf_key(path, False)[0]!r} has shape {tuple(np.shape(x))}, but "
+          f"config.json (vocab_size={c.vocab_size}, hidden_size={c.hidden_size}, "
+          f"intermediate_size={c.intermediate_size}, max_position_embeddings="
+          f"{c.max_position_embeddings}, type_vocab_size={c.type_vocab_size}) makes it "
+          f"{want[path]}: the config and the weights are not of one model")
+
+
 def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
                    source: str = "<state dict>") -> dict[str, Any]:
   """HF state dict -> our tree. Unknown keys or missing encoder keys raise, listing them."""
@@ -202,6 +217,7 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
   if missing:
     raise ModelError(f"{source}: {len(missing)} BERT weight(s) are missing: "
                      f"{[hf_key(p, False)[0] for p in missing][:20]}")
+  check_shapes(flat, config, source)
   extra_layers = sorted(p for p in flat if p.startswith("bert/") and p not in expected)
   if extra_layers:
     raise ModelError(f"{source}: weights beyond num_hidden_layers={config.num_hidden_layers}: "
