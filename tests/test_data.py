@@ -120,6 +120,15 @@ def test_no_duplicates_keeps_repeated_texts_apart(tokenizer):
   assert any(len({ex.texts[0][i] for i in rows}) < 5 for rows in plain.epoch_batches(0))
 
 
+def test_no_batch_without_duplicates_is_an_error_not_a_hang(tokenizer):
+  ex = _examples(12, dup_every=1)  # every anchor the same text: no two rows share a batch
+  batcher = batching.Batcher(ex, tokenizer, batch_size=4, max_length=16, seed=0, no_duplicates=True)
+  with pytest.raises(
+      DataError, match=r"data.batch_size=4: no batch can be made of 12 examples "
+      r"whose texts repeat \(data.no_duplicates=True"):
+    batcher.position(3)  # looped forever before
+
+
 def test_too_few_examples(tokenizer):
   with pytest.raises(DataError, match="fewer than one batch of 8"):
     batching.Batcher(_examples(5), tokenizer, batch_size=8, max_length=16, seed=0)

@@ -181,6 +181,11 @@ class Batcher:
           if len(batch) < B:
             break
           batches.append(np.array(batch))
+      if not batches:  # every epoch would be empty: a run would wait for a batch forever
+        raise DataError(f"data.batch_size={B}: no batch can be made of {len(order)} examples" + (
+            " whose texts repeat (data.no_duplicates=True keeps a text out of a batch that has "
+            "it)" if self.no_duplicates and len(order) >= B else "") +
+                        "; lower data.batch_size or add examples")
       self._epochs = {epoch: batches}  # keep one epoch in memory
     return self._epochs[epoch]
 
