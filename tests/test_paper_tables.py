@@ -112,7 +112,8 @@ def test_beir_scifact_runs_from_main_and_reports_table_a2(shared_data, tiny2_hf_
   subprocess.run([
       sys.executable, "-m", "starbucks_jax.main", "--config=configs/retrieval.py:beir_scifact",
       f"--workdir={work}", f"--config.model.init_from={tiny2_hf_dir}",
-      "--config.schedule.pairs=((1,16),(2,32))", "--compilation_cache="
+      "--config.schedule.pairs=((1,16),(2,32))", "--config.eval.batch_size=1024",
+      "--compilation_cache="
   ], cwd=REPO, env=env, check=True, capture_output=True)
   records = json.load(open(work / "results" / "eval.json"))
   ndcg = {(r["layer"], r["dim"]) for r in records if r["metric"] == "nDCG@10"}

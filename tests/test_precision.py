@@ -89,15 +89,16 @@ def test_precision_keys_fail_by_name(minilm_dir):
     finetune.describe(c)
 
 
-def test_eval_dtype_encodes_in_that_dtype(minilm_dir, tmp_path):
+def test_eval_dtype_encodes_in_that_dtype(tiny_hf_dir, tmp_path):
   """eval.dtype=bfloat16 encodes everything in bf16 (the authors' retrieval encoding loads the
   weights in bf16): the Spearman moves, by rounding only."""
   scores = {}
   for dtype in ("float32", "bfloat16"):
     c = config_lib.load_config("configs/ft.py:eval")
     with c.unlocked():
+      c.model.init_from = tiny_hf_dir
       c.eval.dtype = dtype
-      c.schedule.pairs = ((1, 16), (6, 384))
+      c.schedule.pairs = ((1, 16), (4, 32))
     records = finetune.run(c, str(tmp_path / dtype))
     scores[dtype] = np.array([r["value"] for r in records])
   assert not np.array_equal(scores["float32"], scores["bfloat16"])
