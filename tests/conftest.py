@@ -227,20 +227,15 @@ def tiny_run(tiny2_hf_dir, tmp_path):
 
 # The longest tests (1-2.5 min each on 2 cores, mostly compiles) start first: with `-n 2`, one left
 # for the end keeps a worker busy alone while the other idles.
-LONGEST_FIRST = (
-    "test_gpu_check.py::test_dry_run_measures_every_section",
-    "test_sharding.py::test_sharded_step_equals_single_device_step",
-    "test_configs.py::test_main_command_line",
-    "test_compile_gpu.py::test_cudnn_attention_compiles_for_an_h100",
-    "test_compile.py::test_srl_step_compiles_fsdp",
-    "test_notebooks.py::test_quickstart_notebook_runs_top_to_bottom",
-    "test_multiprocess.py::test_two_processes_train_checkpoint_and_equal_one_process",
-    "test_export.py::test_exported_minilm_scores_reference_spearman_on_stsb",
-    "test_smae.py::test_pretraining_resumes_to_identical_parameters",
-    "test_compile.py::test_smae_step_compiles_with_flash_attention",
-    "test_mteb.py::test_minilm_sub_models_score_as_our_evaluators_and_as_sentence_transformers",
-    "test_notebooks.py::test_tpu_nli_notebook_runs_in_quick_mode",
-    "test_paper_tables.py::test_beir_scifact_runs_from_main_and_reports_table_a2")
+LONGEST_FIRST = ("test_gpu_check.py::test_dry_run_measures_every_section",
+                 "test_sharding.py::test_sharded_step_equals_single_device_step",
+                 "test_configs.py::test_main_command_line",
+                 "test_compile_gpu.py::test_cudnn_attention_compiles_for_an_h100",
+                 "test_compile.py::test_srl_step_compiles_fsdp",
+                 "test_notebooks.py::test_quickstart_notebook_runs_top_to_bottom",
+                 "test_multiprocess.py::test_two_processes_train_checkpoint_and_equal_one_process",
+                 "test_export.py::test_exported_minilm_scores_reference_spearman_on_stsb",
+                 "test_smae.py::test_pretraining_resumes_to_identical_parameters")
 
 
 def pytest_collection_modifyitems(items):

@@ -10,6 +10,7 @@ directories (and the Hub) is model_dirs.py's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from typing import Any
 
@@ -170,10 +171,16 @@ def check_finite_weight(source: str, name: str, x) -> None:
       raise ModelError(f"{source}: weight {name!r} has {bad} NaN or infinite value(s) of {x.size}")
 
 
+@functools.lru_cache(maxsize=16)
+def _encoder_shapes(config: BertConfig) -> dict[str, tuple[int, ...]]:
+  """Each encoder parameter's shape under `config` (traced once per config)."""
+  return {f"bert/{k}": tuple(v.shape) for k, v in flatten(abstract_params(config)).items()}
+
+
 def check_shapes(flat: dict[str, np.ndarray], config: BertConfig, source: str) -> None:
   """A ModelError naming the first encoder weight whose shape config.json's sizes do not give (a
   config.json from another model, or weights cut short): before any compute."""
-  want = {f"bert/{k}": tuple(v.shape) for k, v in flatten(abstract_params(config)).items()}
+  want = _encoder_shapes(config)
   for path, x in flat.items():
     if path in want and tuple(np.shape(x)) != want[path]:
       c = config
