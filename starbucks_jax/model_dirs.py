@@ -121,9 +121,9 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
           x = np.asarray(f.get_tensor(k))
           out[k] = x.astype(
               np.float32) if np.issubdtype(x.dtype, np.floating) or x.dtype.kind == "V" else x
+    except FileNotFoundError:
+      raise
     except Exception as e:  # noqa: BLE001 (safetensors raises its own error types)
-      if isinstance(e, FileNotFoundError):
-        raise
       raise hf.ModelError(f"{file}: cannot be read ({type(e).__name__}: {' '.join(str(e).split())}"
                           "); a download cut short? Fetch the file again") from None
     return out
