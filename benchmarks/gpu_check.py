@@ -51,11 +51,11 @@ from starbucks_jax.schedule import STARBUCKS  # noqa: E402 - the checkout's pack
 SIZES = {
     "gpu": dict(preset="bert-base", dtype="bfloat16",
                 step_runs=((32, "standard"), (128, "standard"), (128, "cudnn")), step_length=128,
-                step_steps=10, recipe_batch=128, encode_docs=8192, encode_length=196,
-                encode_batch=512),
+                step_steps=10, recipe_batch=128, recipe_words=(8, 40), encode_docs=8192,
+                encode_length=196, encode_batch=512),
     "dry": dict(preset="minilm-l6-h384", dtype="float32", step_runs=((4, "dot_product"),),
-                step_length=16, step_steps=1, recipe_batch=8, encode_docs=32, encode_length=32,
-                encode_batch=16),
+                step_length=16, step_steps=1, recipe_batch=8, recipe_words=(4, 20), encode_docs=32,
+                encode_length=32, encode_batch=16),
 }
 SHARE = {"step": 0.5, "recipe": 0.32, "encode": 0.18}  # of the budget left when each section starts
 
@@ -140,23 +140,25 @@ def step_section(size: dict, model_dir: str, peak: float, out: str, log: str,
   return rows
 
 
-def write_triplets(path: str, rows: int, seed: int = 0) -> None:
+def write_triplets(path: str, rows: int, words: tuple[int, int] = (8, 40), seed: int = 0) -> None:
   """AllNLI-shaped triplets of placeholder words (one token each in the random model's vocabulary):
-  anchors of 8-40 words, positives and negatives of 4-24."""
+  anchors of `words` (8-40: AllNLI's), positives and negatives of about half as many (a dry run's
+  shorter texts fit one length bucket: one compile)."""
   rng = random.Random(seed)
+  lo, hi = words
   text = lambda lo, hi: " ".join(f"w{rng.randrange(1000, 30000)}"
                                  for _ in range(rng.randint(lo, hi)))
+  short = (lo // 2, hi * 3 // 5)
   with open(path, "w") as f:
     for _ in range(rows):
-      f.write(
-          json.dumps({"anchor": text(8, 40), "positive": text(4, 24), "negative": text(4, 24)}) +
-          "\n")
+      row = {"anchor": text(lo, hi), "positive": text(*short), "negative": text(*short)}
+      f.write(json.dumps(row) + "\n")
 
 
 def recipe_section(size: dict, model_dir: str, steps: int, work: str, log: str,
                    deadline: float) -> dict:
   data = os.path.join(work, "triplets.jsonl")
-  write_triplets(data, steps * size["recipe_batch"])
+  write_triplets(data, steps * size["recipe_batch"], size["recipe_words"])
   workdir = os.path.join(work, "nli")
   t = time.time()
   run([
