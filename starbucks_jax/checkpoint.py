@@ -7,8 +7,13 @@ HF/sentence-transformers description of the model (config, tokenizer, pooling) w
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import re
+import shutil
+import sys
 import time
 from typing import Any
 
@@ -42,10 +47,74 @@ def manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: i
 
 def save(mngr: ocp.CheckpointManager, step: int, *, params: Any, opt_state: Any = None,
          meta: dict[str, Any] | None = None, force: bool = False) -> bool:
+  """Starts writing `step` (after the save in flight, if any, is written); a write that fails is a
+  SaveFailed."""
   items = {"params": ocp.args.StandardSave(params), "meta": ocp.args.JsonSave(meta or {})}
   if opt_state is not None:
     items["opt_state"] = ocp.args.StandardSave(opt_state)
-  return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+  with _save_errors(mngr):
+    return mngr.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def wait(mngr: ocp.CheckpointManager) -> None:
+  """Every save in flight written; a write that failed is a SaveFailed."""
+  with _save_errors(mngr):
+    mngr.wait_until_finished()
+
+
+def close(mngr: ocp.CheckpointManager) -> None:
+  """wait(), then the manager closed. While another error propagates (a failed save, a signal), a
+  second failure of the same writes is not raised over it."""
+  try:
+    wait(mngr)
+  except SaveFailed:
+    if sys.exc_info()[0] is None:
+      raise
+  finally:
+    with contextlib.suppress(Exception):  # noqa: BLE001 (its saves have failed or finished)
+      mngr.close()
+
+
+class SaveFailed(OSError):
+  """A checkpoint could not be written (a full disk, a file-size limit, a read-only folder)."""
+
+
+@contextlib.contextmanager
+def _save_errors(mngr: ocp.CheckpointManager):
+  """Orbax's error for a write that failed in its threads, as one SaveFailed."""
+  try:
+    yield
+  except SaveFailed:
+    raise
+  except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise ValueError, OSError, ...)
+    raise save_failed(mngr, e) from e
+
+
+def save_failed(mngr: ocp.CheckpointManager, e: BaseException) -> SaveFailed:
+  """The SaveFailed for orbax's error `e`: the folder, the step, the reason and what is intact; the
+  failed step's partial folder is removed (it holds the space the disk lacked)."""
+  folder = str(mngr.directory)
+  text = " ".join(str(e).split())
+  errno = workdir_lib.errno_of(e)
+  why = os.strerror(errno) if errno else (text[:300] or type(e).__name__)
+  step = re.search(re.escape(folder) + r"/(\d+)", text)
+  partial = [
+      os.path.join(folder, name) for name in os.listdir(folder) if ".orbax-checkpoint-tmp" in name
+  ] if os.path.isdir(folder) else []
+  for path in partial if jax.process_index() == 0 else ():  # frees the space it took
+    shutil.rmtree(path, ignore_errors=True)
+  with contextlib.suppress(Exception):  # noqa: BLE001 (the folder may be unreadable)
+    mngr.reload()
+  done = [s for s in _finished_steps(folder) if not step or s != int(step[1])]
+  intact = (f"the checkpoint of step {max(done)} is intact: free space (or lift the limit) and "
+            "rerun the same command to resume"
+            if done else "no checkpoint was written before it: a rerun starts from step 0")
+  what = f"writing the checkpoint of step {step[1]}" if step else "writing a checkpoint"
+  return SaveFailed(errno, f"{what} failed ({why}); {intact}", folder)
+
+
+def _finished_steps(folder: str) -> list[int]:
+  return [int(n) for n in os.listdir(folder) if n.isdigit()] if os.path.isdir(folder) else []
 
 
 def restore_latest(mngr: ocp.CheckpointManager, *, params: Any,
@@ -136,3 +205,56 @@ def load_model(source: str, *, step: int | None = None,
   return model_dirs.Pretrained(config=config, params=params,
                                tokenizer=model_dirs.load_tokenizer(model_dir), sentence=sentence,
                                path=source)
+
+
+@contextlib.contextmanager
+def quiet_save_threads():
+  """While a run trains: orbax's threads log each failed write with its traceback, tensorstore's
+  callbacks into orbax's closed event loop print one more per write in flight, and asyncio logs
+  each of its futures (~600 lines for one full disk). They are held back: a SaveFailed says it in
+  one line (and the rest of that noise is dropped); without one they are logged after all.
+  STARBUCKS_DEBUG=1 shows everything as it comes."""
+  if os.environ.get("STARBUCKS_DEBUG"):
+    yield
+    return
+  held, hook = [], sys.unraisablehook
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+
+  def hold_log(record):
+    if record.levelno >= logging.ERROR and _from_orbax(record):
+      held.append(("log", record))
+      return False
+    return True
+
+  def hold_unraisable(u):
+    held.append(("unraisable", u)) if _closed_loop(u) else hook(u)
+
+  for logger in loggers:
+    logger.addFilter(hold_log)
+  sys.unraisablehook = hold_unraisable
+  try:
+    yield
+  except SaveFailed:  # said once: orbax's coroutines left pending are finalised now, quietly
+    gc.collect()
+    held.clear()
+    raise
+  finally:
+    sys.unraisablehook = hook
+    for logger in loggers:
+      logger.removeFilter(hold_log)
+    for kind, item in held:
+      logging.getLogger(item.name).handle(item) if kind == "log" else hook(item)
+
+
+def _from_orbax(record: logging.LogRecord) -> bool:
+  """A record of orbax's, or of asyncio about a future of orbax's."""
+  text = record.pathname + str(record.msg) + repr(record.args) + repr(record.exc_info)
+  return f"{os.sep}orbax{os.sep}" in text or ".orbax-checkpoint-tmp" in text
+
+
+def _closed_loop(u) -> bool:
+  """An unraisable error of a failed orbax write: a callback into its closed event loop, or one of
+  its coroutines finalised."""
+  code = getattr(u.object, "cr_code", None)
+  return (u.exc_type is RuntimeError and str(u.exc_value) == "Event loop is closed") or (
+      code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename)

@@ -52,6 +52,23 @@ def one_line(e: BaseException) -> str:
   return " ".join(text.split()) or type(e).__name__
 
 
+def check_output_file(path: str, flag: str, *, make_folder: bool = False) -> None:
+  """A command's output file can be written at `path`, checked before any compute: not a directory,
+  its folder there (or, with `make_folder`, creatable) and writable."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.isdir(path):
+    raise IsADirectoryError(f"{flag} {path}: is a directory; name a file")
+  existing = folder
+  while make_folder and not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if os.path.exists(existing) and not os.path.isdir(existing):
+    raise NotADirectoryError(f"{flag} {path}: {existing} is a file, not a folder")
+  if not os.path.isdir(existing):
+    raise FileNotFoundError(f"{flag} {path}: the folder {existing} does not exist")
+  if not os.access(existing, os.W_OK):
+    raise PermissionError(f"{flag} {path}: the folder {existing} is not writable")
+
+
 def check_config_args(argv: Iterable[str]) -> None:
   """The `--config=FILE[:ARGS]` of a command line loads, and every `--config.KEY=` names one of its
   keys, once; otherwise a ConfigError names the flag (and the closest key): absl would print a traceback."""

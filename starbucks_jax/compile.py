@@ -286,6 +286,8 @@ def main(argv) -> None:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   config = FLAGS.config
   topo = topology(FLAGS.topology)
+  if FLAGS.out:
+    cli.check_output_file(FLAGS.out, "--out", make_folder=True)
   reports = programs(config, topo, preset=FLAGS.preset, length=FLAGS.length)
   print(table(reports))
   if FLAGS.breakdown:
@@ -300,8 +302,7 @@ def main(argv) -> None:
         "advice": {r["program"]: advice(config, r) for r in reports if not r["fits"]}
     }
     os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-    with open(FLAGS.out, "w", encoding="utf8") as f:
-      json.dump(record, f, indent=1, default=str)
+    workdir_lib.write_atomically(FLAGS.out, json.dumps(record, indent=1, default=str))
     print(f"wrote {FLAGS.out}")
 
 

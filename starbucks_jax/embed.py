@@ -22,6 +22,7 @@ import functools
 import logging
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from starbucks_jax import checkpoint, cli, model_dirs
+from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.data.packing import fill_rows, pack_in_order
 from starbucks_jax.data.tokenize import bucket_length, pad_batch, tokenize
@@ -193,17 +195,6 @@ def read_lines(path: str, skip_empty: bool = False) -> list[str]:
   return texts
 
 
-def check_output_path(path: str) -> None:
-  """The .npy can be written there, checked before any encoding."""
-  folder = os.path.dirname(os.path.abspath(path))
-  if os.path.isdir(path):
-    raise IsADirectoryError(f"--output {path}: is a directory; name a .npy file")
-  if not os.path.isdir(folder):
-    raise FileNotFoundError(f"--output {path}: the folder {folder} does not exist")
-  if not os.access(folder, os.W_OK):
-    raise PermissionError(f"--output {path}: the folder {folder} is not writable")
-
-
 def main(argv: list[str] | None = None) -> None:
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.embed",
                               description=__doc__.split("\n")[0])
@@ -227,7 +218,7 @@ def main(argv: list[str] | None = None) -> None:
     raise InputError(f"--batch-size={args.batch_size}: must be >= 1")
   if args.max_length is not None and args.max_length < 3:
     raise InputError(f"--max-length={args.max_length}: must be >= 3 ([CLS], a token, [SEP])")
-  check_output_path(args.output)
+  cli.check_output_file(args.output, "--output")
   texts = read_lines(args.input, args.skip_empty)
   model = Embedder.load(args.model, batch_size=args.batch_size)
   vecs = model.encode(texts, layer=args.layer, dim=args.dim, pooling=args.pooling,
@@ -237,8 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     raise hf.ModelError(
         f"--model {args.model}: {bad} of {len(vecs)} embeddings are not finite (NaN or "
         "infinite); the model's weights or dtype are broken")
-  np.save(args.output, vecs)
-  print(f"wrote {args.output}: {vecs.shape[0]} x {vecs.shape[1]} float32")
+  out = args.output if args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
+  # numpy writes a real file with tofile(), whose short write says no errno: through .write() it does
+  workdir_lib.write_atomically(out, lambda f: np.save(types.SimpleNamespace(write=f.write), vecs))
+  print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ from starbucks_jax.models import hf
 from starbucks_jax.models.pooling import POOLINGS
 from starbucks_jax.schedule import check_pair
 
+log = logging.getLogger(__name__)
+
 
 def check_output(source: str, output: str, overwrite: bool = False) -> None:
   """`output` may be written: never the source model or a folder inside it (or holding it), never a
@@ -46,11 +48,30 @@ def check_output(source: str, output: str, overwrite: bool = False) -> None:
     raise FileExistsError(f"--output {output}: is not empty; pass --overwrite to replace it")
 
 
+def remove_leftovers(output: str) -> None:
+  """A run killed mid-export leaves its temporary siblings of `output` (`.NAME.*`): removed, except
+  a previous export moved aside when `output` itself is missing (the kill came between the two
+  renames), which is moved back first."""
+  parent, name = os.path.dirname(output), os.path.basename(output)
+  for entry in sorted(os.listdir(parent)) if os.path.isdir(parent) else ():
+    path = os.path.join(parent, entry)
+    if not (entry.startswith(f".{name}.") and os.path.isdir(path)):
+      continue
+    aside = os.path.join(path, "model")
+    if entry.startswith(f".{name}.old.") and os.path.isdir(aside) and not os.path.exists(output):
+      os.rename(aside, output)
+      log.warning("moved %s back to %s (an export was cut short)", aside, output)
+    shutil.rmtree(path)
+    log.info("removed %s, left by an export that was cut short", path)
+
+
 def export(source: str, output: str, *, layer: int | None = None, dim: int | None = None,
            step: int | None = None, pooling: str | None = None, normalize: bool | None = None,
            with_mlm_head: bool = False, overwrite: bool = False) -> str:
   """Writes the model to a temporary sibling of `output`, renamed into place at the end (a crash
-  leaves `output` as it was); files get the usual permissions (0644, folders 0755)."""
+  leaves `output` as it was; its leftovers go on the next run); files get the usual permissions
+  (0644, folders 0755)."""
+  remove_leftovers(os.path.realpath(os.path.expanduser(output)))
   check_output(source, output, overwrite)
   model = checkpoint.load_model(source, step=step)
   cfg, s = model.config, model.sentence
@@ -69,13 +90,15 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   os.makedirs(os.path.dirname(output), exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(output)}.", dir=os.path.dirname(output))
   try:
-    model_dirs.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer,
-                               dim=dim, extra_meta={"source": str(source), "step": step})
-    with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
-      f.write(
-          card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
-                          layer=layer, dim=dim, pooling=sentence.pooling,
-                          title=os.path.basename(output)))
+    # a full disk: one error naming --output, which stays as it was
+    with workdir_lib.naming_errors(output, rename=True):
+      model_dirs.save_pretrained(tmp, cfg, params, model.tokenizer, sentence=sentence, layer=layer,
+                                 dim=dim, extra_meta={"source": str(source), "step": step})
+      with open(os.path.join(tmp, "README.md"), "w", encoding="utf8") as f:
+        f.write(
+            card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
+                            layer=layer, dim=dim, pooling=sentence.pooling,
+                            title=os.path.basename(output)))
     for folder, dirs, files in os.walk(tmp):
       os.chmod(folder, 0o755)
       for name in files:

@@ -44,7 +44,7 @@ def fit(config: ml_collections.ConfigDict, c, workdir: str, state: TrainState, t
   examples axis (default 0). Start-up, compile, train and checkpoint seconds go to timing.current()."""
   mesh = sharding.make_mesh(c.mesh.shape)
   rules = sharding.rules_from_config(c.mesh.rules)
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), checkpoint.quiet_save_threads():
     state_sh = sharding.state_shardings(state, tx,
                                         sharding.param_shardings(param_specs, mesh, rules), mesh,
                                         c.mesh.shard_optimizer)
@@ -145,8 +145,7 @@ def _fit(config, c, workdir, state, train_step, batcher, total_steps, lr, mesh, 
     profile.stop(state)
     writer.close()
     progress.close()
-    mngr.wait_until_finished()
-    mngr.close()
+    checkpoint.close(mngr)
   return state
 
 
@@ -226,7 +225,7 @@ def _wait_for_saves(state: TrainState, mngr, timer) -> None:
   """The last step computed and every checkpoint written, timed as checkpoint time."""
   jax.block_until_ready(state)
   with timer.phase("checkpoint"):
-    mngr.wait_until_finished()
+    checkpoint.wait(mngr)
 
 
 def _save(mngr, done: int, state: TrainState, *, force: bool) -> None:

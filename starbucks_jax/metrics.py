@@ -53,7 +53,7 @@ class MetricsWriter:
     if not self.primary:
       return
     row = {"step": int(step), **{k: finite_or_none(v) for k, v in metrics.items()}}
-    with open(self.path, "a", encoding="utf8") as f:
+    with workdir_lib.naming_errors(self.path), open(self.path, "a", encoding="utf8") as f:
       f.write(json.dumps(row, allow_nan=False) + "\n")
     values = {tag_of(f"train/{k}"): v for k, v in row.items() if k != "step" and v is not None}
     if self.tb is not None:

@@ -17,15 +17,17 @@ jax is imported only by the functions that start a run: the report tools read wo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import IO, Any, Callable
 
 import ml_collections
 
@@ -215,17 +217,40 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> str:
   return path
 
 
-def write_atomically(path: str, text: str) -> None:
-  """`text` into `path` through a temporary file renamed over it: a crash or a full disk leaves the
-  old file whole, never a half-written one."""
+def write_atomically(path: str, content: str | Callable[[IO[bytes]], object]) -> None:
+  """`content` (a text, or a function writing a binary file) into `path` through a temporary file
+  renamed over it: a crash or a full disk leaves the old file whole (or none), never a half-written
+  one, and the error names `path`."""
   tmp = f"{path}.tmp"
   try:
-    with open(tmp, "w", encoding="utf8") as f:
-      f.write(text)
+    with naming_errors(path), open(tmp, "wb") as f:
+      content(f) if callable(content) else f.write(content.encode("utf8"))
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def errno_of(e: BaseException) -> int | None:
+  """The OS error behind `e`: an OSError's, or the one safetensors ("os error 28") or tensorstore
+  ("os_error_code='28'") put in their text."""
+  if isinstance(e, OSError) and e.errno:
+    return e.errno
+  found = re.search(r"os[ _]error[ _](?:code=')?(\d+)", str(e))
+  return int(found[1]) if found else None
+
+
+@contextlib.contextmanager
+def naming_errors(path: str, *, rename: bool = False):
+  """A write inside that fails for want of space or rights (an OSError without a file name, or a
+  library's error carrying an errno; with `rename`, any OSError) raises an OSError naming `path`."""
+  try:
+    yield
+  except Exception as e:  # noqa: BLE001 (safetensors raises its own type)
+    code = errno_of(e)
+    if code is None or (isinstance(e, OSError) and e.filename and not rename):
+      raise
+    raise OSError(code, os.strerror(code), path) from e
 
 
 def run_info() -> dict[str, Any]:

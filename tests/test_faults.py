@@ -1,6 +1,7 @@
 """Bad inputs and faults: each gets one line naming the file, line or key, before any compute, and
 changes nothing it should not (docs: README "Reliability")."""
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -23,7 +24,7 @@ from starbucks_jax.data.sources import DataError
 from starbucks_jax.evaluate import results
 from starbucks_jax.models import hf
 
-from conftest import REPO
+from conftest import REPO, kill_at
 
 
 def tree_digest(path) -> dict[str, str]:
@@ -540,3 +541,99 @@ def test_a_download_cut_short_names_the_file(model_copy, file, cut):
                      match=rf"^{re.escape(where)}: .*cannot be read .*a download cut "
                      "short"):
     model_dirs.load_pretrained(model_copy)
+
+
+# ---------------------------------------------------------------------------------------------
+# a full disk: one line naming the path, nothing half-written, nothing lost
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_size_limit(nbytes: int):
+  """Writes past `nbytes` of any file fail as on a full disk (EFBIG; Python ignores SIGXFSZ)."""
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+  try:
+    yield
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_full_disk_during_a_save_says_so_once_and_loses_nothing(tiny_run, tmp_path, monkeypatch,
+                                                                  capfd):
+  with tiny_run.unlocked():
+    tiny_run.train.max_steps = 3
+  straight = str(tmp_path / "straight")
+  finetune.run(tiny_run, straight)
+  work = str(tmp_path / "run")
+  kill_at(monkeypatch, batching.Batcher, 1)  # step 1 saved
+  with pytest.raises(KeyboardInterrupt):
+    finetune.run(tiny_run, work)
+  monkeypatch.undo()
+  capfd.readouterr()
+  with file_size_limit(64 * 1024), pytest.raises(checkpoint.SaveFailed) as failed:
+    finetune.run(tiny_run, work)  # resumes at step 1; step 2's save runs out of space
+  folder = os.path.join(work, workdir_lib.CHECKPOINTS)
+  assert cli.one_line(failed.value) == (
+      f"{folder}: writing the checkpoint of step 2 failed (File too large); the checkpoint of step "
+      "1 is intact: free space (or lift the limit) and rerun the same command to resume")
+  err = capfd.readouterr().err  # orbax's threads' tracebacks and callbacks held back
+  assert "Traceback" not in err and "Event loop is closed" not in err and "orbax" not in err
+  assert os.listdir(folder) == ["1"]  # step 2's partial folder removed
+  assert not os.path.exists(os.path.join(work, workdir_lib.LOCK))
+  finetune.run(tiny_run, work)  # space again: the same command resumes at step 1
+  a, b = checkpoint.load_model(straight).params, checkpoint.load_model(work).params
+  jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+  assert [r["step"]
+          for r in workdir_lib.read_metrics(os.path.join(work, "metrics.jsonl"))] == [1, 2, 3]
+
+
+def test_export_and_embed_on_a_full_disk_name_the_output_and_write_nothing(
+    model_copy, tiny_hf_dir, tmp_path, capsys):
+  out = tmp_path / "exported"
+  with file_size_limit(16 * 1024), pytest.raises(OSError) as failed:
+    export.export(model_copy, str(out))
+  assert cli.one_line(failed.value) == f"{out}: File too large"
+  assert os.listdir(tmp_path) == ["source"]  # no output, no temporary folder
+  texts = tmp_path / "texts.txt"
+  texts.write_text("".join(f"the cat sat on the mat {i}\n" for i in range(200)))
+  vecs = tmp_path / "vecs.npy"
+  with file_size_limit(4096):
+    line = cli_error(capsys, embed.main,
+                     ["--model", tiny_hf_dir, "--input",
+                      str(texts), "--output",
+                      str(vecs)])
+  assert line == f"error: {vecs}: File too large"
+  assert sorted(os.listdir(tmp_path)) == ["source", "texts.txt"]  # not a 0-byte .npy
+
+
+def test_export_removes_what_a_cut_short_export_left(model_copy, tmp_path):
+  out = tmp_path / "exported"
+  export.export(model_copy, str(out))
+  first = tree_digest(out)
+  os.makedirs(tmp_path / ".exported.abc123")  # killed while writing
+  (tmp_path / ".exported.abc123" / "config.json").write_text("{")
+  aside = tmp_path / ".exported.old.def456"  # killed between moving the old export aside and
+  os.makedirs(aside)  # moving the new one in: the old one goes back
+  os.rename(out, aside / "model")
+  with pytest.raises(FileExistsError, match="is not empty"):
+    export.export(model_copy, str(out))
+  assert sorted(os.listdir(tmp_path)) == ["exported", "source"] and tree_digest(out) == first
+  os.makedirs(tmp_path / ".exported.ghi789")
+  export.export(model_copy, str(out), overwrite=True)
+  assert sorted(os.listdir(tmp_path)) == ["exported", "source"]
+
+
+def test_an_output_file_is_checked_before_compute(tmp_path):
+  """`compile --out` and `embed --output`: refused before any compile or encoding."""
+  (tmp_path / "file").write_text("")
+  cli.check_output_file(str(tmp_path / "new" / "deeper" / "r.json"), "--out", make_folder=True)
+  for path, make, message in [
+      (tmp_path, True, f"--out {tmp_path}: is a directory; name a file"),
+      (tmp_path / "file" / "r.json", True,
+       f"--out {tmp_path / 'file' / 'r.json'}: {tmp_path / 'file'} is a file, not a folder"),
+      (tmp_path / "new" / "r.json", False,
+       f"--out {tmp_path / 'new' / 'r.json'}: the folder {tmp_path / 'new'} does not exist")
+  ]:
+    with pytest.raises(OSError) as refused:
+      cli.check_output_file(str(path), "--out", make_folder=make)
+    assert cli.one_line(refused.value) == message
+  assert sorted(os.listdir(tmp_path)) == ["file"]  # nothing made
