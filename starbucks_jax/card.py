@@ -48,8 +48,9 @@ def _hub_id(name: str | None) -> str | None:
 
 
 def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: int, pooling: str,
-               title: str) -> str:
+               title: str, model_type: str = "bert") -> str:
   """The card of an export of `source` (a workdir or a model directory) at (layer, dim)."""
+  from starbucks_jax.models import hf  # local: the card needs no jax until here
   workdir = workdir_lib.is_workdir(source)
   config, records, steps = _run_facts(source) if workdir else ({}, [], 0)
   base = _hub_id(config.get("model", {}).get("init_from")) if workdir else _hub_id(source)
@@ -64,7 +65,8 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
   lines = [*front, "", f"# {title}", ""]
   if whole:
     lines += [
-        f"A 2D Matryoshka sentence embedding model (Starbucks): a BERT encoder of {num_layers} layers and "
+        f"A 2D Matryoshka sentence embedding model (Starbucks): a {hf.architecture(model_type).name} encoder "
+        f"of {num_layers} layers and "
         f"{hidden} dimensions whose first n layers, {pooling}-pooled and cut to the first d dimensions, "
         "are an embedding model of their own at each (n, d) it was trained at.", ""
     ]

@@ -234,9 +234,12 @@ def quiet_save_threads():
   sys.unraisablehook = hold_unraisable
   try:
     yield
-  except SaveFailed:  # said once: orbax's coroutines left pending are finalised now, quietly
+  except SaveFailed:  # said once: what orbax's pending writes print later is dropped too
     gc.collect()
     held.clear()
+    for logger in loggers:
+      logger.addFilter(lambda record: not (record.levelno >= logging.ERROR and _from_orbax(record)))
+    hook = lambda u, hook=hook: None if _closed_loop(u) else hook(u)
     raise
   finally:
     sys.unraisablehook = hook

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
-import os
 import sys
 import types
 
@@ -79,7 +78,7 @@ class Embedder:
 
   @property
   def max_length(self) -> int:
-    return min(self.pretrained.sentence.max_seq_length, self.config.max_position_embeddings)
+    return min(self.pretrained.sentence.max_seq_length, self.config.max_tokens)
 
   def _defaults(self, layer, dim, pooling, normalize):
     s = self.pretrained.sentence
@@ -123,7 +122,7 @@ class Embedder:
     out = {layer: np.zeros((len(texts), self.config.hidden_size), np.float32) for layer in layers}
     if not texts:
       return out
-    max_length = min(max_length or self.max_length, self.config.max_position_embeddings)
+    max_length = min(max_length or self.max_length, self.config.max_tokens)
     batch_size = self.batch_size if batch_size is None else batch_size
     if batch_size < 1:
       raise InputError(f"batch_size={batch_size}: must be >= 1")
@@ -154,7 +153,7 @@ class Embedder:
   def _encode_packed(self, ids, order, out, layers, pooling, rows: int) -> dict[int, np.ndarray]:
     """Texts longest first into batches of `rows` packed rows as long as the longest text: one shape."""
     lengths = np.array([len(ids[i]) for i in order])
-    L = min(-(-int(lengths[0]) // 8) * 8, self.config.max_position_embeddings)
+    L = min(-(-int(lengths[0]) // 8) * 8, self.config.max_tokens)
     cap = PACKED_TEXTS_PER_ROW * rows
     flat = np.fromiter((t for i in order for t in ids[i]), np.int32, int(lengths.sum()))
     starts = np.cumsum(lengths) - lengths

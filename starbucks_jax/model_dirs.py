@@ -94,11 +94,7 @@ def config_from_hf(path: str, **overrides) -> BertConfig:
   if not os.path.exists(file):
     raise FileNotFoundError(f"{file} not found: not a Hugging Face model directory")
   raw = _read_json(file)
-  model_type = raw.get("model_type")
-  if model_type != "bert":
-    raise hf.ModelError(
-        f"{file}: model_type={model_type!r} (architectures={raw.get('architectures')}); "
-        "starbucks_jax loads BERT-architecture checkpoints (model_type 'bert') only")
+  hf.architecture(raw.get("model_type"), where=f"{file}: ")
   if raw.get("hidden_act", "gelu") != "gelu":
     raise hf.ModelError(f"{file}: hidden_act={raw['hidden_act']!r}; only exact 'gelu' is supported")
   if raw.get("position_embedding_type", "absolute") != "absolute":
@@ -330,8 +326,7 @@ def save_pretrained(out_dir: str, config: BertConfig, params: dict[str, Any], to
   if weights:
     state = hf.params_to_hf(sub_params, sub_config, prefixed=with_head)
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  arch = "BertForMaskedLM" if with_head else "BertModel"
-  _write_json(os.path.join(out_dir, "config.json"), hf.config_to_hf(sub_config, arch))
+  _write_json(os.path.join(out_dir, "config.json"), hf.config_to_hf(sub_config, with_head))
   tokenizer.save_pretrained(out_dir)
 
   modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence)

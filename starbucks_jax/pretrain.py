@@ -251,8 +251,7 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
              run: PretrainRun) -> model_dirs.Pretrained:
   """Pre-train from model.init_from (or resume the workdir); exports WORKDIR/bert_mlm."""
   c, d = run.blocks, run.blocks.data
-  setup = trainer.setup_model(c.model, run.model,
-                              default_length=run.model.config.max_position_embeddings)
+  setup = trainer.setup_model(c.model, run.model, default_length=run.model.config.max_tokens)
   pre = setup.pretrained
   batcher = TextBatcher(d.train, pre.tokenizer, Masker(pre.tokenizer,
                                                        run.masking), batch_size=d.batch_size,
@@ -281,8 +280,7 @@ def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
   c, e = run.blocks, run.blocks.eval
   if not e.text:
     return []
-  max_length = min(c.model.max_length or model.config.max_position_embeddings,
-                   model.config.max_position_embeddings)
+  max_length = min(c.model.max_length or model.config.max_tokens, model.config.max_tokens)
   batcher = TextBatcher(e.text, model.tokenizer, Masker(model.tokenizer,
                                                         run.masking), batch_size=e.batch_size,
                         max_length=max_length, seed=c.seed + 1, column=e.text_column)

@@ -80,9 +80,12 @@ class ModelSpec:
     for key in RUN_FIELDS:
       with config_errors(f"model.{key}: "):
         backbone = backbone.replace(**{key: getattr(model, key)})
-    if model.max_length > backbone.max_position_embeddings:
-      raise ConfigError(f"model.max_length={model.max_length} exceeds the backbone's "
-                        f"max_position_embeddings={backbone.max_position_embeddings}")
+    if model.max_length > backbone.max_tokens:
+      raise ConfigError(
+          f"model.max_length={model.max_length} exceeds the backbone's {backbone.max_tokens} tokens "
+          f"(max_position_embeddings={backbone.max_position_embeddings}"
+          f"{f' less its {backbone.position_offset} reserved rows' if backbone.position_offset else ''})"
+      )
     with config_errors():
       pairs = schedule.validate(schedule_block.pairs, backbone.num_hidden_layers,
                                 backbone.hidden_size, key="schedule.pairs")
@@ -160,7 +163,7 @@ def setup_model(model: config_blocks.Model, spec: ModelSpec, *, default_length: 
   `default_length`, else the checkpoint's max_seq_length, capped at max_position_embeddings.
   `pooling` replaces the checkpoint's (None keeps it)."""
   pre = checkpoint.load_model(model.init_from)
-  limit = spec.config.max_position_embeddings
+  limit = spec.config.max_tokens
   max_length = min(model.max_length or default_length or pre.sentence.max_seq_length, limit)
   sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None,
                                  **({"pooling": pooling} if pooling else {}))

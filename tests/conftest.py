@@ -73,25 +73,60 @@ def make_tokenizer(path):
   return tok
 
 
+def make_xlmr_tokenizer(path):
+  """A SentencePiece-style (Unigram, Metaspace) XLM-RoBERTa tokenizer over VOCAB's words and
+  letters: <s> 0, <pad> 1, </s> 2, <unk> 3 as XLM-R numbers them, <mask> last (128 entries)."""
+  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+  from transformers import XLMRobertaTokenizerFast
+  words = [w for w in VOCAB[5:] if not w.startswith(("##", "[unused"))]
+  pieces = ["<s>", "<pad>", "</s>", "<unk>", "\u2581"] + ["\u2581" + w for w in words] + words
+  pieces = list(dict.fromkeys(pieces))[:127] + ["<mask>"]
+  pieces += [f"<unused{i}>" for i in range(128 - len(pieces))]
+  model = models.Unigram([(p, 0.0 if i < 4 else -1.0 - len(p) * 0.01)
+                          for i, p in enumerate(pieces)], unk_id=3)
+  tok = Tokenizer(model)
+  tok.pre_tokenizer, tok.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+  tok.post_processor = processors.TemplateProcessing(single="<s> $A </s>",
+                                                     pair="<s> $A </s> </s> $B </s>",
+                                                     special_tokens=[("<s>", 0), ("</s>", 2)])
+  fast = XLMRobertaTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
+                                 sep_token="</s>", cls_token="<s>", unk_token="<unk>",
+                                 pad_token="<pad>", mask_token="<mask>", model_max_length=64)
+  assert fast("the cat")["input_ids"][:2] == [0, pieces.index("\u2581the")], "vocab lost"
+  fast.save_pretrained(str(path))
+  return fast
+
+
 def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, seed=0,
-                 initializer_range=0.5, embedding_scale=1e-3):
-  """Save a random HF BertModel (or BertForMaskedLM) + tokenizer into `path`; return the torch model.
+                 initializer_range=0.5, embedding_scale=1e-3, model_type="bert"):
+  """Save a random HF BertModel (or BertForMaskedLM; or, by `model_type`, RoBERTa's or XLM-R's
+  classes) + tokenizer into `path`; return the torch model.
 
   Large random weights everywhere (approximate GELU or a query-side mask cannot hide), and embedding
   tables scaled by `embedding_scale` so the embedding LayerNorm sees a tiny variance, where a wrong
-  epsilon shows.
+  epsilon shows. RoBERTa's kinds: one token type, pad id 1, positions 2.., LayerNorm eps 1e-5.
   """
   import torch
   import transformers
   torch.manual_seed(seed)
-  cfg = transformers.BertConfig(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
-                                num_attention_heads=heads, intermediate_size=2 * hidden,
-                                max_position_embeddings=64, initializer_range=initializer_range)
-  model = (transformers.BertForMaskedLM(cfg) if mlm else transformers.BertModel(
-      cfg, add_pooling_layer=pooler))
+  sizes = dict(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
+               num_attention_heads=heads, intermediate_size=2 * hidden,
+               initializer_range=initializer_range)
+  if model_type == "bert":
+    cfg, classes = transformers.BertConfig(max_position_embeddings=64,
+                                           **sizes), (transformers.BertModel,
+                                                      transformers.BertForMaskedLM)
+  else:
+    roberta = model_type == "roberta"
+    kind = transformers.RobertaConfig if roberta else transformers.XLMRobertaConfig
+    cfg = kind(max_position_embeddings=66, type_vocab_size=1, pad_token_id=1, bos_token_id=0,
+               eos_token_id=2, layer_norm_eps=1e-5, **sizes)
+    classes = ((transformers.RobertaModel, transformers.RobertaForMaskedLM) if roberta else
+               (transformers.XLMRobertaModel, transformers.XLMRobertaForMaskedLM))
+  model = classes[1](cfg) if mlm else classes[0](cfg, add_pooling_layer=pooler)
   with torch.no_grad():  # HF zero-inits biases and sets LayerNorm to 1/0: randomise them too
     for name, p in model.named_parameters():
-      if name.endswith("bias") or "LayerNorm" in name:
+      if name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name:
         p.add_(torch.randn_like(p) * 0.3)
     for table in ("word", "position", "token_type"):
       getattr(model.base_model.embeddings, f"{table}_embeddings").weight.mul_(embedding_scale)
@@ -99,7 +134,10 @@ def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, 
   path = pathlib.Path(path)
   path.mkdir(parents=True, exist_ok=True)
   model.save_pretrained(str(path))
-  make_tokenizer(path).save_pretrained(str(path))
+  if model_type == "bert":
+    make_tokenizer(path).save_pretrained(str(path))
+  else:
+    make_xlmr_tokenizer(path)
   return model
 
 

@@ -569,7 +569,7 @@ def test_a_full_disk_during_a_save_says_so_once_and_loses_nothing(tiny_run, tmp_
     finetune.run(tiny_run, work)
   monkeypatch.undo()
   capfd.readouterr()
-  with file_size_limit(64 * 1024), pytest.raises(checkpoint.SaveFailed) as failed:
+  with file_size_limit(16 * 1024), pytest.raises(checkpoint.SaveFailed) as failed:
     finetune.run(tiny_run, work)  # resumes at step 1; step 2's save runs out of space
   folder = os.path.join(work, workdir_lib.CHECKPOINTS)
   assert cli.one_line(failed.value) == (

@@ -67,6 +67,9 @@ def test_a_signal_saves_the_step_and_the_rerun_is_bit_identical(tiny_run, tmp_pa
   assert [r["step"] for r in _rows(work)] == [1, 2, 3]
   assert not os.path.exists(os.path.join(work, workdir_lib.RESULTS))  # no results of a stopped run
   assert not os.path.exists(os.path.join(work, workdir_lib.LOCK))  # free for the rerun
+  _write_lock(work, pid=os.getppid())  # while a run holds the workdir, readers (export, embed) read
+  assert checkpoint.load_model(work).params["bert"]
+  os.remove(os.path.join(work, workdir_lib.LOCK))
 
   monkeypatch.undo()
   finetune.run(tiny_run, work)  # the same command: resumes at step 3

@@ -69,14 +69,19 @@ class Masker:
       raise ValueError(f"{type(tokenizer).__name__} has no [MASK] token; SMAE needs one")
     self.special = np.zeros(self.vocab_size, bool)
     self.special[list(tokenizer.all_special_ids)] = True
-    self.continuation = np.zeros(self.vocab_size, bool)  # WordPiece '##' pieces continue a word
-    for token, i in tokenizer.get_vocab().items():
-      if token.startswith("##") and i < self.vocab_size:
-        self.continuation[i] = True
+    self.continuation = np.zeros(self.vocab_size, bool)  # pieces that continue a word
+    vocab = tokenizer.get_vocab()
+    # WordPiece marks a continuation ('##ing'); SentencePiece ('\u2581the') and byte-level BPE
+    # ('\u0120the') mark a word's start, so every other piece continues one
+    start = next((m for m in ("\u2581", "\u0120") if any(t.startswith(m) for t in vocab)), None)
+    for token, i in vocab.items():
+      if i < self.vocab_size and not self.special[i]:
+        self.continuation[i] = (token.startswith("##")
+                                if start is None else not token.startswith(start))
 
   def words(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(positions, word) of one unpadded text's maskable tokens: `word[i]` numbers the word the
-    token at `positions[i]` belongs to (a token and the `##` pieces after it)."""
+    token at `positions[i]` belongs to (a token and the pieces continuing it)."""
     positions = np.flatnonzero(~self.special[ids])
     starts = ~self.continuation[ids[positions]]
     if positions.size:

@@ -59,6 +59,9 @@ class BertConfig:
   attention_probs_dropout_prob: float = 0.1
   pad_token_id: int = 0
   initializer_range: float = 0.02
+  # HF's model_type: "bert", or "roberta" / "xlm-roberta" (the same encoder; positions count from
+  # pad_token_id + 1, as HF's RobertaEmbeddings number them): models/hf.py ARCHITECTURES
+  model_type: str = "bert"
   dtype: str = "float32"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"  # storage dtype of parameters
   precision: str = "pure"  # PRECISIONS: where activations other than matmul outputs live
@@ -93,6 +96,16 @@ class BertConfig:
     if isinstance(self.remat, bool):
       return "full" if self.remat else "none"
     return self.remat
+
+  @property
+  def position_offset(self) -> int:
+    """The position embedding row of a text's first token (RoBERTa reserves 0..pad_token_id)."""
+    return self.pad_token_id + 1 if self.model_type in ("roberta", "xlm-roberta") else 0
+
+  @property
+  def max_tokens(self) -> int:
+    """The longest text the position embeddings cover."""
+    return self.max_position_embeddings - self.position_offset
 
   @property
   def head_dim(self) -> int:
@@ -204,6 +217,7 @@ class BertEmbeddings(nn.Module):
                                                cfg, axes), name=n)
     if positions is None:
       positions = jnp.arange(input_ids.shape[1])[None, :]
+    positions = positions + cfg.position_offset
     x = (embed("word_embeddings", cfg.vocab_size, ("vocab", "embed"))(input_ids) +
          embed("position_embeddings", cfg.max_position_embeddings,
                (None, "embed"))(positions) + embed("token_type_embeddings", cfg.type_vocab_size,

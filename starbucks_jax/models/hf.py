@@ -22,6 +22,42 @@ from starbucks_jax.models.bert import RUN_FIELDS, BertConfig, abstract_params
 PARAM_GROUPS = ("bert", "pooler", "mlm_head")  # the groups of our tree that HF checkpoints hold
 
 
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """What one HF model_type's checkpoints are, against BERT's names (KEY_TABLE): its classes, the
+  prefix of the encoder's weights inside its MLM class, and its MLM head's names (HF name start,
+  BERT's)."""
+  name: str
+  model: str
+  masked_lm: str
+  prefix: str
+  mlm_names: tuple[tuple[str, str], ...] = ()
+
+
+_ROBERTA_MLM = (("lm_head.dense.", "cls.predictions.transform.dense."),
+                ("lm_head.layer_norm.", "cls.predictions.transform.LayerNorm."),
+                ("lm_head.decoder.", "cls.predictions.decoder."), ("lm_head.bias",
+                                                                   "cls.predictions.bias"))
+# The one registry of the architectures the project loads and writes, keyed by HF's model_type.
+# RoBERTa and XLM-RoBERTa are BERT's encoder with positions counted from pad_token_id + 1
+# (BertConfig.position_offset) and one token type.
+ARCHITECTURES = {
+    "bert": Architecture("BERT", "BertModel", "BertForMaskedLM", "bert."),
+    "roberta": Architecture("RoBERTa", "RobertaModel", "RobertaForMaskedLM", "roberta.",
+                            _ROBERTA_MLM),
+    "xlm-roberta": Architecture("XLM-RoBERTa", "XLMRobertaModel", "XLMRobertaForMaskedLM",
+                                "roberta.", _ROBERTA_MLM),
+}
+
+
+def architecture(model_type: str, where: str = "") -> Architecture:
+  """The registry's entry; an unsupported model_type is a ModelError listing the supported ones."""
+  if model_type not in ARCHITECTURES:
+    raise ModelError(f"{where}model_type={model_type!r} is not supported; starbucks_jax loads "
+                     f"{', '.join(repr(t) for t in ARCHITECTURES)}")
+  return ARCHITECTURES[model_type]
+
+
 class ModelError(InputError):
   """A model directory or checkpoint that cannot be used as it is; the message names the file."""
 
@@ -126,8 +162,10 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
   return tree
 
 
-def hf_key(our_path: str, prefixed: bool) -> tuple[str, str]:
-  """(HF name, transform) of one of our parameter paths; `prefixed` adds 'bert.' to encoder keys."""
+def hf_key(our_path: str, prefixed: bool, model_type: str = "bert") -> tuple[str, str]:
+  """(HF name, transform) of one of our parameter paths in a `model_type` checkpoint; `prefixed`
+  adds the MLM class's prefix ('bert.', 'roberta.') to encoder keys."""
+  arch = architecture(model_type)
   for pat, template, transform in _OURS:
     m = pat.match(our_path)
     if m:
@@ -135,13 +173,19 @@ def hf_key(our_path: str, prefixed: bool) -> tuple[str, str]:
       if "ln" in groups:
         groups["ln"] = _LN_TO_HF[groups["ln"]]
       name = template.format(**groups)
-      return ("bert." + name if prefixed and _is_encoder_key(our_path) else name), transform
+      for theirs, bert in arch.mlm_names:
+        if name.startswith(bert):
+          name = theirs + name[len(bert):]
+      return (arch.prefix + name if prefixed and _is_encoder_key(our_path) else name), transform
   raise KeyError(f"parameter {our_path!r} has no Hugging Face name in KEY_TABLE")
 
 
-def our_key(hf_name: str) -> tuple[str, str] | None:
-  """(our path, transform) of an HF weight name (with or without the 'bert.' prefix), else None."""
-  name = hf_name[5:] if hf_name.startswith("bert.") else hf_name
+def our_key(hf_name: str, model_type: str = "bert") -> tuple[str, str] | None:
+  """(our path, transform) of a `model_type` checkpoint's weight name (with or without the MLM
+  class's prefix), else None."""
+  arch = architecture(model_type)
+  name = hf_name[len(arch.prefix):] if hf_name.startswith(arch.prefix) else hf_name
+  name = _bert_name(name, arch)
   for pat, template, transform in _THEIRS:
     m = pat.match(name)
     if m:
@@ -152,12 +196,20 @@ def our_key(hf_name: str) -> tuple[str, str] | None:
   return None
 
 
+def _bert_name(name: str, arch: Architecture) -> str:
+  """An HF weight name (without prefix) as BERT's checkpoints call it."""
+  for theirs, bert in arch.mlm_names:
+    if name.startswith(theirs):
+      return bert + name[len(theirs):]
+  return name
+
+
 def params_to_hf(params: dict[str, Any], config: BertConfig,
                  prefixed: bool) -> dict[str, np.ndarray]:
-  """Our tree -> HF state dict (float32 numpy, contiguous)."""
+  """Our tree -> HF state dict of config.model_type (float32 numpy, contiguous)."""
   out, transforms = {}, _transforms(config)
   for path, x in flatten(params).items():
-    name, transform = hf_key(path, prefixed)
+    name, transform = hf_key(path, prefixed, config.model_type)
     out[name] = np.ascontiguousarray(transforms[transform][0](np.asarray(x, np.float32)))
   return out
 
@@ -185,7 +237,7 @@ def check_shapes(flat: dict[str, np.ndarray], config: BertConfig, source: str) -
     if path in want and tuple(np.shape(x)) != want[path]:
       c = config
       raise ModelError(
-          f"{source}: weight {hf_key(path, False)[0]!r} has shape {tuple(np.shape(x))}, but "
+          f"{source}: weight {hf_key(path, False, config.model_type)[0]!r} has shape {tuple(np.shape(x))}, but "
           f"config.json (vocab_size={c.vocab_size}, hidden_size={c.hidden_size}, "
           f"intermediate_size={c.intermediate_size}, max_position_embeddings="
           f"{c.max_position_embeddings}, type_vocab_size={c.type_vocab_size}) makes it "
@@ -204,7 +256,7 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
   for name, x in renamed.items():
     if any(p.fullmatch(name) for p in _IGNORED_HF):
       continue
-    mapped = our_key(name)
+    mapped = our_key(name, config.model_type)
     if mapped is None:
       unknown.append(name)
       continue
@@ -217,18 +269,19 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
           f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
           f"(hidden_size={config.hidden_size}, heads={config.num_attention_heads}): {e}")
   if unknown:
-    raise ModelError(f"{source}: {len(unknown)} weight(s) are not part of a BERT model: "
-                     f"{sorted(unknown)[:20]}")
+    raise ModelError(
+        f"{source}: {len(unknown)} weight(s) are not part of a {architecture(config.model_type).name} model: "
+        f"{sorted(unknown)[:20]}")
   expected = {p for p in expected_paths(config, pooler=False, mlm_head=False)}
   missing = sorted(expected - flat.keys())
   if missing:
     raise ModelError(f"{source}: {len(missing)} BERT weight(s) are missing: "
-                     f"{[hf_key(p, False)[0] for p in missing][:20]}")
+                     f"{[hf_key(p, False, config.model_type)[0] for p in missing][:20]}")
   check_shapes(flat, config, source)
   extra_layers = sorted(p for p in flat if p.startswith("bert/") and p not in expected)
   if extra_layers:
     raise ModelError(f"{source}: weights beyond num_hidden_layers={config.num_hidden_layers}: "
-                     f"{[hf_key(p, False)[0] for p in extra_layers][:20]}")
+                     f"{[hf_key(p, False, config.model_type)[0] for p in extra_layers][:20]}")
   for group in ("pooler", "mlm_head"):
     have = {p for p in flat if p.startswith(group + "/")}
     want = {
@@ -236,8 +289,12 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
     }
     if have and have != want:
       raise ModelError(f"{source}: incomplete {group} weights; missing "
-                       f"{[hf_key(p, False)[0] for p in sorted(want - have)]}")
-  decoder = renamed.get("cls.predictions.decoder.weight")
+                       f"{[hf_key(p, False, config.model_type)[0] for p in sorted(want - have)]}")
+  arch = architecture(config.model_type)
+  decoder = {
+      _bert_name(k[len(arch.prefix):] if k.startswith(arch.prefix) else k, arch): v
+      for k, v in renamed.items()
+  }.get("cls.predictions.decoder.weight")
   if decoder is not None:
     words = flat["bert/embeddings/word_embeddings/embedding"]
     if decoder.shape != words.shape or not np.array_equal(np.asarray(decoder), np.asarray(words)):
@@ -269,9 +326,11 @@ def expected_paths(config: BertConfig, pooler: bool, mlm_head: bool) -> list[str
   return paths
 
 
-def config_to_hf(config: BertConfig, architecture: str) -> dict[str, Any]:
+def config_to_hf(config: BertConfig, masked_lm: bool = False) -> dict[str, Any]:
+  """HF's config.json fields of `config` (its model_type's model class, or its MLM class)."""
+  arch = architecture(config.model_type)
   keep = {f.name for f in dataclasses.fields(BertConfig)} - set(RUN_FIELDS)
   out = {k: getattr(config, k) for k in sorted(keep)}
-  out.update(model_type="bert", architectures=[architecture], hidden_act="gelu",
+  out.update(architectures=[arch.masked_lm if masked_lm else arch.model], hidden_act="gelu",
              position_embedding_type="absolute", torch_dtype="float32")
   return out

@@ -1,0 +1,144 @@
+"""Backbones beyond BERT through the architecture registry (models/hf.py ARCHITECTURES): RoBERTa and
+XLM-RoBERTa against transformers' own classes at every layer, padded and packed; HF and
+sentence-transformers round trips; a 2D training run."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from starbucks_jax import config_lib, embed, export, finetune, model_dirs
+from starbucks_jax.models import bert, hf
+
+from conftest import REPO, make_hf_bert, write_triplets
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+SENTENCES = [
+    "the quick brown fox jumps over the lazy dog", "a cat sat", "music",
+    "the man plays red guitar on the road with a woman and a dog"
+]
+CLASSES = {"roberta": "RobertaModel", "xlm-roberta": "XLMRobertaModel"}
+
+
+@pytest.fixture(scope="module", params=["roberta", "xlm-roberta"])
+def roberta_dir(request, tmp_path_factory):
+  path = tmp_path_factory.mktemp(request.param)
+  make_hf_bert(path, layers=3, model_type=request.param)
+  return str(path)
+
+
+def torch_hidden_states(model_dir, ids, mask, mlm=False):
+  model = transformers.AutoModel.from_pretrained(model_dir).eval()
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                output_hidden_states=True)
+  return np.stack([h.numpy() for h in out.hidden_states])
+
+
+def test_every_hidden_state_equals_transformers(roberta_dir):
+  """Padded rows (HF numbers positions from pad_token_id + 1 and gives pads pad_token_id's row)."""
+  pre = model_dirs.load_pretrained(roberta_dir)
+  cfg = pre.config
+  assert (cfg.position_offset, cfg.type_vocab_size, cfg.max_tokens) == (2, 1, 64)
+  enc = pre.tokenizer(SENTENCES, padding=True, return_tensors="np")
+  ids, mask = enc["input_ids"], enc["attention_mask"]
+  assert mask.min() == 0 and ids[0, 0] == 0 and (ids[mask == 0] == 1).all()
+  ours = np.asarray(bert.BertEncoder(cfg).apply({"params": pre.params["bert"]}, ids, mask))
+  ref = torch_hidden_states(roberta_dir, ids, mask)
+  assert ours.shape == ref.shape == (4, *ids.shape, 32)
+  real = mask.astype(bool)
+  err = np.abs(ours - ref)[:, real].max(axis=(1, 2)) / np.abs(ref).max(axis=(1, 2, 3))
+  assert err.max() <= 1e-5, err
+  # without the offset, positions are wrong at every layer
+  shifted = np.asarray(
+      bert.BertEncoder(cfg.replace(model_type="bert")).apply({"params": pre.params["bert"]}, ids,
+                                                             mask))
+  assert (np.abs(shifted - ref)[1:, real].max(axis=(1, 2)) > 1e-3).all()
+
+
+def test_packed_rows_equal_each_text_alone(roberta_dir):
+  from test_bert import _packed
+  pre = model_dirs.load_pretrained(roberta_dir)
+  enc = pre.tokenizer(SENTENCES, padding=True, return_tensors="np")
+  ref = torch_hidden_states(roberta_dir, enc["input_ids"], enc["attention_mask"])
+  ids, segments, positions, where = _packed(pre.tokenizer, SENTENCES, 24)
+  ours = np.asarray(
+      bert.BertEncoder(pre.config).apply({"params": pre.params["bert"]}, ids, None,
+                                         segments=segments, positions=positions))
+  scale = np.abs(ref).max()
+  for i, (r, o, n) in enumerate(where):
+    np.testing.assert_allclose(ours[:, r, o:o + n], ref[:, i, :n], atol=1e-5 * scale, rtol=0)
+
+
+def test_export_round_trips_through_transformers_and_sentence_transformers(roberta_dir, tmp_path):
+  """The (2, 16) sub-model: transformers loads it as its own class (hidden states of the first two
+  layers as the source's), sentence-transformers encodes as `embed` does; the MLM class too."""
+  model_type = json.load(open(os.path.join(roberta_dir, "config.json")))["model_type"]
+  out = export.export(roberta_dir, str(tmp_path / "sub"), layer=2, dim=16)
+  config = json.load(open(os.path.join(out, "config.json")))
+  assert (config["model_type"], config["architectures"]) == (model_type, [CLASSES[model_type]])
+  pre = model_dirs.load_pretrained(roberta_dir)
+  enc = pre.tokenizer(SENTENCES, padding=True, return_tensors="np")
+  full = torch_hidden_states(roberta_dir, enc["input_ids"], enc["attention_mask"])
+  sub = torch_hidden_states(out, enc["input_ids"], enc["attention_mask"])
+  real = enc["attention_mask"].astype(bool)
+  np.testing.assert_allclose(sub[:, real], full[:3, real], rtol=0, atol=1e-5 * np.abs(full).max())
+  from sentence_transformers import SentenceTransformer
+  theirs = SentenceTransformer(out, device="cpu").encode(SENTENCES)
+  ours = embed.Embedder.load(out).encode(SENTENCES)
+  assert theirs.shape == ours.shape == (4, 16)
+  np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+  # an MLM checkpoint in: its head out again under the class's own names
+  mlm_dir = tmp_path / "mlm"
+  make_hf_bert(mlm_dir, layers=2, mlm=True, model_type=model_type)
+  again = export.export(str(mlm_dir), str(tmp_path / "mlm_out"), with_mlm_head=True)
+  a = transformers.AutoModelForMaskedLM.from_pretrained(str(mlm_dir)).eval()
+  b = transformers.AutoModelForMaskedLM.from_pretrained(again).eval()
+  ids = torch.tensor(enc["input_ids"])
+  with torch.no_grad():
+    np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_an_xlm_roberta_backbone_trains_in_2d(tmp_path):
+  model = tmp_path / "xlmr"
+  make_hf_bert(model, layers=2, model_type="xlm-roberta")
+  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  with cfg.unlocked():
+    cfg.model.init_from = str(model)
+    cfg.model.max_length = 32
+    cfg.schedule.pairs = ((1, 8), (2, 32))
+    cfg.data.train = write_triplets(tmp_path / "train.jsonl", 80)
+    cfg.data.batch_size = 8
+    cfg.train.max_steps = 10
+    cfg.train.log_every = 1
+    cfg.train.lr = 1e-3
+  work = str(tmp_path / "run")
+  finetune.run(cfg, work)
+  losses = [json.loads(line)["loss"] for line in open(os.path.join(work, "metrics.jsonl"))]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  records = json.load(open(os.path.join(work, "results", "final.json")))
+  assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 32)}
+  assert json.load(open(os.path.join(work, "model", "config.json")))["model_type"] == "xlm-roberta"
+
+
+def test_the_registry_names_what_it_supports():
+  with pytest.raises(
+      hf.ModelError, match=r"model_type='modernbert' is not supported; "
+      r"starbucks_jax loads 'bert', 'roberta', 'xlm-roberta'"):
+    hf.architecture("modernbert")
+
+
+def test_whole_word_masking_reads_sentencepiece_word_starts(tmp_path):
+  """SMAE masks whole words: with SentencePiece a word is a '\u2581' piece and the pieces after it."""
+  from starbucks_jax.data.masking import Masker, MaskingConfig
+
+  from conftest import make_xlmr_tokenizer
+  tok = make_xlmr_tokenizer(tmp_path)
+  ids = np.array(tok("the cats sat")["input_ids"])
+  pieces = tok.convert_ids_to_tokens(ids.tolist())
+  assert pieces == ["<s>", "\u2581the", "\u2581cat", "s", "\u2581sat", "</s>"], pieces
+  positions, word = Masker(tok, MaskingConfig()).words(ids)
+  assert positions.tolist() == [1, 2, 3, 4] and word.tolist() == [0, 1, 1, 2]
