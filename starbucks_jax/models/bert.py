@@ -183,6 +183,7 @@ class Dense(nn.Module):
   features: int | tuple[int, ...]
   axes: tuple[str, ...]  # logical axes of the kernel: contracted input axes, then output axes
   contract: int = 1  # how many trailing input axes are contracted
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -190,11 +191,13 @@ class Dense(nn.Module):
     features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
     shape = x.shape[x.ndim - self.contract:] + features
     kernel = self.param("kernel", _init(cfg, self.axes), shape, cfg.storage_dtype)
-    bias = self.param("bias", _zeros(self.axes[-len(features):]), features, cfg.storage_dtype)
     x = x.astype(cfg.compute_dtype)
     y = jax.lax.dot_general(
         x, jnp.asarray(kernel, cfg.compute_dtype),
         ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))), ((), ())))
+    if not self.use_bias:
+      return y
+    bias = self.param("bias", _zeros(self.axes[-len(features):]), features, cfg.storage_dtype)
     return y + jnp.asarray(bias, cfg.compute_dtype)
 
 
