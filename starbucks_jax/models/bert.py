@@ -21,10 +21,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from starbucks_jax.models import attention
 from starbucks_jax.models.dropout import Dropout
+from starbucks_jax.models.layers import Dense, gelu, normal_init, zeros_init
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # model.remat: what the backward pass keeps of each layer (the rest is recomputed). "none" keeps
@@ -154,51 +154,11 @@ PRESETS = {
 }
 
 
-def gelu(x):
-  """HF's "gelu", the exact erf form, written as PyTorch computes it: x / 2 * (1 + erf(x / sqrt 2)).
-  (jax.nn.gelu's exact form goes through erfc, several times slower on XLA:CPU.)"""
-  return x * (1 + jax.lax.erf(x * np.asarray(math.sqrt(0.5), x.dtype))) * np.asarray(0.5, x.dtype)
-
-
-def _init(config: BertConfig, axes: tuple[str | None, ...]):
-  return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
-
-
-def _zeros(axes):
-  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
-
-
 def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
   return nn.LayerNorm(
       epsilon=config.layer_norm_eps, dtype=config.stream_dtype, param_dtype=config.storage_dtype,
-      name=name, scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                                         ("norm",)), bias_init=_zeros(("norm",)))
-
-
-class Dense(nn.Module):
-  """A dense layer over the trailing `contract` input axes into `features` (int or tuple) output axes,
-  with its kernel created at its real rank, so the logical axes annotate the array they name (flax's
-  DenseGeneral initialises a flattened 2-D kernel, which breaks logical sharding rules)."""
-  config: BertConfig
-  features: int | tuple[int, ...]
-  axes: tuple[str, ...]  # logical axes of the kernel: contracted input axes, then output axes
-  contract: int = 1  # how many trailing input axes are contracted
-  use_bias: bool = True
-
-  @nn.compact
-  def __call__(self, x):
-    cfg = self.config
-    features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
-    shape = x.shape[x.ndim - self.contract:] + features
-    kernel = self.param("kernel", _init(cfg, self.axes), shape, cfg.storage_dtype)
-    x = x.astype(cfg.compute_dtype)
-    y = jax.lax.dot_general(
-        x, jnp.asarray(kernel, cfg.compute_dtype),
-        ((tuple(range(x.ndim - self.contract, x.ndim)), tuple(range(self.contract))), ((), ())))
-    if not self.use_bias:
-      return y
-    bias = self.param("bias", _zeros(self.axes[-len(features):]), features, cfg.storage_dtype)
-    return y + jnp.asarray(bias, cfg.compute_dtype)
+      name=name, scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=zeros_init(("norm",)))
 
 
 def _dense(config: BertConfig, features, axes, name: str, contract: int = 1) -> Dense:
@@ -216,8 +176,8 @@ class BertEmbeddings(nn.Module):
   def __call__(self, input_ids, token_type_ids, deterministic: bool, positions=None):
     cfg = self.config
     embed = lambda n, rows, axes: nn.Embed(rows, cfg.hidden_size, dtype=cfg.stream_dtype,
-                                           param_dtype=cfg.storage_dtype, embedding_init=_init(
-                                               cfg, axes), name=n)
+                                           param_dtype=cfg.storage_dtype,
+                                           embedding_init=normal_init(cfg, axes), name=n)
     if positions is None:
       positions = jnp.arange(input_ids.shape[1])[None, :]
     positions = positions + cfg.position_offset

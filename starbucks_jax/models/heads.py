@@ -12,15 +12,8 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import (
-    BertConfig,
-    _init,
-    _layer_norm,
-    _zeros,
-    attention_bias_mask,
-    gelu,
-    remat_layer,
-)
+from starbucks_jax.models.bert import BertConfig, _layer_norm, attention_bias_mask, remat_layer
+from starbucks_jax.models.layers import gelu, normal_init, zeros_init
 
 
 class SlicedDense(nn.Module):
@@ -32,9 +25,9 @@ class SlicedDense(nn.Module):
   @nn.compact
   def __call__(self, x):
     cfg = self.config
-    kernel = self.param("kernel", _init(cfg, self.kernel_axes), (cfg.hidden_size, self.features),
-                        cfg.storage_dtype)
-    bias = self.param("bias", _zeros(self.kernel_axes[1:]), (self.features,), cfg.storage_dtype)
+    kernel = self.param("kernel", normal_init(cfg, self.kernel_axes),
+                        (cfg.hidden_size, self.features), cfg.storage_dtype)
+    bias = self.param("bias", zeros_init(self.kernel_axes[1:]), (self.features,), cfg.storage_dtype)
     d = x.shape[-1]
     if d > cfg.hidden_size:
       raise ValueError(f"input dim {d} exceeds hidden_size={cfg.hidden_size}")
@@ -62,7 +55,7 @@ class MlmHead(nn.Module):
 
   def setup(self):
     self.transform = MlmTransform(self.config)
-    self.bias = self.param("bias", _zeros(("vocab",)), (self.config.vocab_size,),
+    self.bias = self.param("bias", zeros_init(("vocab",)), (self.config.vocab_size,),
                            self.config.storage_dtype)
 
   def __call__(self, x, word_embeddings):
@@ -79,7 +72,7 @@ class BertPooler(nn.Module):
   def __call__(self, hidden):
     cfg = self.config
     dense = nn.Dense(cfg.hidden_size, dtype=cfg.compute_dtype, param_dtype=cfg.storage_dtype,
-                     kernel_init=_init(cfg, ("embed", "mlp")), bias_init=_zeros(
+                     kernel_init=normal_init(cfg, ("embed", "mlp")), bias_init=zeros_init(
                          ("mlp",)), name="dense")
     return jnp.tanh(dense(hidden[:, 0]))
 

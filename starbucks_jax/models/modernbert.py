@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from starbucks_jax.models import bert
-from starbucks_jax.models.bert import Dense, gelu
 from starbucks_jax.models.dropout import Dropout
+from starbucks_jax.models.layers import Dense, gelu, normal_init, zeros_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +120,7 @@ def _norm(cfg: ModernBertConfig, name: str) -> nn.LayerNorm:
       epsilon=cfg.norm_eps, use_bias=cfg.norm_bias, dtype=cfg.stream_dtype,
       param_dtype=cfg.storage_dtype, name=name,
       scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                              ("norm",)), bias_init=bert._zeros(("norm",)))
+                                              ("norm",)), bias_init=zeros_init(("norm",)))
 
 
 def rope(x, positions, theta: float):
@@ -244,7 +244,7 @@ class _Embeddings(nn.Module):
   def __call__(self, input_ids, deterministic: bool):
     cfg = self.config
     x = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.stream_dtype,
-                 param_dtype=cfg.storage_dtype, embedding_init=bert._init(cfg, ("vocab", "embed")),
+                 param_dtype=cfg.storage_dtype, embedding_init=normal_init(cfg, ("vocab", "embed")),
                  name="tok_embeddings")(input_ids)
     x = Dropout(cfg.embedding_dropout)(_norm(cfg, "norm")(x), deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
