@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
         f"--model {args.model}: {bad} of {len(vecs)} embeddings are not finite (NaN or "
         "infinite); the model's weights or dtype are broken")
   out = args.output if args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
-  # numpy writes a real file with tofile(), whose short write says no errno: through .write() it does
+  # numpy writes a real file with tofile(), whose short write has no errno; through .write() it has
   workdir_lib.write_atomically(out, lambda f: np.save(types.SimpleNamespace(write=f.write), vecs))
   print(f"wrote {out}: {vecs.shape[0]} x {vecs.shape[1]} float32")
 

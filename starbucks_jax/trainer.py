@@ -81,11 +81,11 @@ class ModelSpec:
       with config_errors(f"model.{key}: "):
         backbone = backbone.replace(**{key: getattr(model, key)})
     if model.max_length > backbone.max_tokens:
+      offset = backbone.position_offset
       raise ConfigError(
-          f"model.max_length={model.max_length} exceeds the backbone's {backbone.max_tokens} tokens "
-          f"(max_position_embeddings={backbone.max_position_embeddings}"
-          f"{f' less its {backbone.position_offset} reserved rows' if backbone.position_offset else ''})"
-      )
+          f"model.max_length={model.max_length} exceeds the backbone's {backbone.max_tokens} "
+          f"tokens (max_position_embeddings={backbone.max_position_embeddings}"
+          f"{f' less its {offset} reserved rows' if offset else ''})")
     with config_errors():
       pairs = schedule.validate(schedule_block.pairs, backbone.num_hidden_layers,
                                 backbone.hidden_size, key="schedule.pairs")

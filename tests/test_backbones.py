@@ -132,7 +132,7 @@ def test_the_registry_names_what_it_supports():
 
 
 def test_whole_word_masking_reads_sentencepiece_word_starts(tmp_path):
-  """SMAE masks whole words: with SentencePiece a word is a '\u2581' piece and the pieces after it."""
+  """SMAE masks whole words: in SentencePiece, a '\u2581' piece and the pieces after it."""
   from starbucks_jax.data.masking import Masker, MaskingConfig
 
   from conftest import make_xlmr_tokenizer

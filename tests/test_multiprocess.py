@@ -1,6 +1,6 @@
-"""A two-process jax.distributed run on localhost (CPU, 2 fake devices each): it trains, checkpoints,
-stops together when one host is preempted, resumes and evaluates, and its losses and parameters equal
-a one-process run on 4 devices with the same global batches."""
+"""A two-process jax.distributed run on localhost (CPU, 2 fake devices each): it trains,
+checkpoints, stops together when one host is preempted, resumes and evaluates, and its losses and
+parameters equal a one-process run on 4 devices with the same global batches."""
 
 import json
 import os

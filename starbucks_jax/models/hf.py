@@ -237,7 +237,8 @@ def check_shapes(flat: dict[str, np.ndarray], config: BertConfig, source: str) -
     if path in want and tuple(np.shape(x)) != want[path]:
       c = config
       raise ModelError(
-          f"{source}: weight {hf_key(path, False, config.model_type)[0]!r} has shape {tuple(np.shape(x))}, but "
+          f"{source}: weight {hf_key(path, False, c.model_type)[0]!r} has shape "
+          f"{tuple(np.shape(x))}, but "
           f"config.json (vocab_size={c.vocab_size}, hidden_size={c.hidden_size}, "
           f"intermediate_size={c.intermediate_size}, max_position_embeddings="
           f"{c.max_position_embeddings}, type_vocab_size={c.type_vocab_size}) makes it "
@@ -269,9 +270,9 @@ def params_from_hf(state: dict[str, np.ndarray], config: BertConfig,
           f"{source}: weight {name!r} of shape {np.shape(x)} does not fit the config "
           f"(hidden_size={config.hidden_size}, heads={config.num_attention_heads}): {e}")
   if unknown:
-    raise ModelError(
-        f"{source}: {len(unknown)} weight(s) are not part of a {architecture(config.model_type).name} model: "
-        f"{sorted(unknown)[:20]}")
+    name = architecture(config.model_type).name
+    raise ModelError(f"{source}: {len(unknown)} weight(s) are not part of a {name} model: "
+                     f"{sorted(unknown)[:20]}")
   expected = {p for p in expected_paths(config, pooler=False, mlm_head=False)}
   missing = sorted(expected - flat.keys())
   if missing:

@@ -28,9 +28,9 @@ def zeros_init(axes):
 
 
 class Dense(nn.Module):
-  """A dense layer over the trailing `contract` input axes into `features` (int or tuple) output axes,
-  with its kernel created at its real rank, so the logical axes annotate the array they name (flax's
-  DenseGeneral initialises a flattened 2-D kernel, which breaks logical sharding rules)."""
+  """A dense layer over the trailing `contract` input axes into `features` (int or tuple) output
+  axes, with its kernel created at its real rank, so the logical axes annotate the array they name
+  (flax's DenseGeneral initialises a flattened 2-D kernel, which breaks logical sharding rules)."""
   config: Any
   features: int | tuple[int, ...]
   axes: tuple[str, ...]  # logical axes of the kernel: contracted input axes, then output axes
