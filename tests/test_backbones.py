@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from starbucks_jax import config_lib, embed, export, finetune, model_dirs
+from starbucks_jax import embed, export, finetune, model_dirs
 from starbucks_jax.models import bert, hf
 
-from conftest import REPO, make_hf_bert, write_triplets
+from conftest import make_hf_bert
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -102,18 +102,14 @@ def test_export_round_trips_through_transformers_and_sentence_transformers(rober
     np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), rtol=1e-5, atol=1e-4)
 
 
-def test_an_xlm_roberta_backbone_trains_in_2d(tmp_path):
+def test_an_xlm_roberta_backbone_trains_in_2d(tiny_run, tmp_path):
   model = tmp_path / "xlmr"
   make_hf_bert(model, layers=2, model_type="xlm-roberta")
-  cfg = config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo")
+  cfg = tiny_run
   with cfg.unlocked():
     cfg.model.init_from = str(model)
-    cfg.model.max_length = 32
-    cfg.schedule.pairs = ((1, 8), (2, 32))
-    cfg.data.train = write_triplets(tmp_path / "train.jsonl", 80)
-    cfg.data.batch_size = 8
     cfg.train.max_steps = 10
-    cfg.train.log_every = 1
+    cfg.train.checkpoint_every = 10
     cfg.train.lr = 1e-3
   work = str(tmp_path / "run")
   finetune.run(cfg, work)

@@ -6,7 +6,7 @@ import subprocess
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLUMNS = 100
-LONG_LINES = 374  # when the 100-column formatting came in (issue 42): a ratchet that only goes down
+LONG_LINES = 373  # when the 100-column formatting came in (issue 42): a ratchet that only goes down
 
 
 def long_lines() -> list[str]:

@@ -24,9 +24,8 @@ import jax.numpy as jnp
 
 from starbucks_jax.models import attention
 from starbucks_jax.models.dropout import Dropout
-from starbucks_jax.models.layers import Dense, gelu, normal_init, zeros_init
+from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, normal_init, zeros_init
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # model.remat: what the backward pass keeps of each layer (the rest is recomputed). "none" keeps
 # everything; "full" keeps only the layer's input; "dots" keeps the matmul outputs that have no
 # batch dimension in their contraction (weights x activations), recomputing the cheap rest.
@@ -43,7 +42,7 @@ PRECISIONS = ("pure", "amp")
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(RunSettings):
   """Architecture (HF field names) plus how to run it (RUN_FIELDS: dtype, param_dtype, precision,
   remat, attention)."""
 
@@ -78,9 +77,9 @@ class BertConfig:
       raise ValueError(
           f"BertConfig.attention={self.attention!r}; expected one of {attention.ATTENTIONS}")
     for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in _DTYPES:
+      if getattr(self, name) not in DTYPES:
         raise ValueError(
-            f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(_DTYPES)}")
+            f"BertConfig.{name}={getattr(self, name)!r}; expected one of {sorted(DTYPES)}")
     if self.precision not in PRECISIONS:
       raise ValueError(f"BertConfig.precision={self.precision!r}; expected one of {PRECISIONS}")
     if self.attention == "cudnn" and self.dtype not in ("bfloat16", "float16"):
@@ -92,12 +91,6 @@ class BertConfig:
                        f"num_attention_heads={self.num_attention_heads}")
 
   @property
-  def remat_policy(self) -> str:
-    if isinstance(self.remat, bool):
-      return "full" if self.remat else "none"
-    return self.remat
-
-  @property
   def position_offset(self) -> int:
     """The position embedding row of a text's first token (RoBERTa reserves 0..pad_token_id)."""
     return self.pad_token_id + 1 if self.model_type in ("roberta", "xlm-roberta") else 0
@@ -106,23 +99,6 @@ class BertConfig:
   def max_tokens(self) -> int:
     """The longest text the position embeddings cover."""
     return self.max_position_embeddings - self.position_offset
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_attention_heads
-
-  @property
-  def compute_dtype(self):
-    return _DTYPES[self.dtype]
-
-  @property
-  def stream_dtype(self):
-    """The residual stream's dtype (embeddings, LayerNorm outputs, hidden states)."""
-    return jnp.float32 if self.precision == "amp" else self.compute_dtype
-
-  @property
-  def storage_dtype(self):
-    return _DTYPES[self.param_dtype]
 
   def matmul_flops(self, texts: int, length: int, train: bool = True) -> int:
     """Matmul FLOPs of encoding `texts` texts of `length` tokens through every layer (forward; x3
@@ -133,9 +109,6 @@ class BertConfig:
     D, I, T = self.hidden_size, self.intermediate_size, length
     forward = self.num_hidden_layers * texts * T * (8 * D * D + 4 * D * I + 4 * T * D)
     return 3 * forward if train else forward
-
-  def replace(self, **kw) -> "BertConfig":
-    return dataclasses.replace(self, **kw)
 
   @classmethod
   def preset(cls, name: str, **overrides) -> "BertConfig":
@@ -280,12 +253,14 @@ class BertLayer(nn.Module):
     return _constrain(x, ("batch", "length", "embed"))
 
 
-def remat_layer(config: BertConfig):
-  """BertLayer, or its rematerialised form under config.remat (REMAT_POLICIES; the same parameter names)."""
+def remat_layer(config, layer_cls=None, static_argnums=(3,)):
+  """`layer_cls` (BertLayer), or its rematerialised form under config.remat (REMAT_POLICIES; the
+  same parameter names); `static_argnums`: its `deterministic` argument."""
+  layer_cls = BertLayer if layer_cls is None else layer_cls
   saveable = REMAT_POLICIES[config.remat_policy]
   if config.remat_policy == "none":
-    return BertLayer
-  return nn.remat(BertLayer, static_argnums=(3,),
+    return layer_cls
+  return nn.remat(layer_cls, static_argnums=static_argnums,
                   policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
 
 

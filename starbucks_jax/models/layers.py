@@ -4,6 +4,7 @@ encoder config with initializer_range, compute_dtype and storage_dtype."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -11,6 +12,38 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+class RunSettings:
+  """What an encoder config derives from its run fields (dtype, param_dtype, precision, remat),
+  shared by BertConfig and ModernBertConfig."""
+  @property
+  def remat_policy(self) -> str:
+    if isinstance(self.remat, bool):
+      return "full" if self.remat else "none"
+    return self.remat
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def stream_dtype(self):
+    """The residual stream's dtype (embeddings, LayerNorm outputs, hidden states)."""
+    return jnp.float32 if self.precision == "amp" else self.compute_dtype
+
+  @property
+  def storage_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_attention_heads
+
+  def replace(self, **kw):
+    return dataclasses.replace(self, **kw)
 
 
 def gelu(x):

@@ -19,19 +19,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from starbucks_jax.models import bert
 from starbucks_jax.models.dropout import Dropout
-from starbucks_jax.models.layers import Dense, gelu, normal_init, zeros_init
+from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, normal_init, zeros_init
 
 
 @dataclasses.dataclass(frozen=True)
-class ModernBertConfig:
+class ModernBertConfig(RunSettings):
   """Architecture (HF's ModernBertConfig field names) plus how to run it (as BertConfig's)."""
 
   vocab_size: int = 50368
@@ -68,30 +70,10 @@ class ModernBertConfig:
       raise ValueError(f"ModernBertConfig.attention={self.attention!r}: only 'standard' is built "
                        "(local windows in the fused cores are not)")
     for name in ("dtype", "param_dtype"):
-      if getattr(self, name) not in bert._DTYPES:
+      if getattr(self, name) not in DTYPES:
         raise ValueError(f"ModernBertConfig.{name}={getattr(self, name)!r}")
     if self.precision not in bert.PRECISIONS or self.remat_policy not in bert.REMAT_POLICIES:
       raise ValueError(f"ModernBertConfig: precision={self.precision!r}, remat={self.remat!r}")
-
-  @property
-  def remat_policy(self) -> str:
-    return ("full" if self.remat else "none") if isinstance(self.remat, bool) else self.remat
-
-  @property
-  def head_dim(self) -> int:
-    return self.hidden_size // self.num_attention_heads
-
-  @property
-  def compute_dtype(self):
-    return bert._DTYPES[self.dtype]
-
-  @property
-  def stream_dtype(self):
-    return jnp.float32 if self.precision == "amp" else self.compute_dtype
-
-  @property
-  def storage_dtype(self):
-    return bert._DTYPES[self.param_dtype]
 
   @property
   def max_tokens(self) -> int:
@@ -110,9 +92,6 @@ class ModernBertConfig:
       seen = T if self.is_global(i) else min(T, self.local_attention + 1)
       forward += texts * T * (8 * D * D + 6 * D * I + 4 * seen * D)
     return 3 * forward if train else forward
-
-  def replace(self, **kw) -> "ModernBertConfig":
-    return dataclasses.replace(self, **kw)
 
 
 def _norm(cfg: ModernBertConfig, name: str) -> nn.LayerNorm:
@@ -188,14 +167,6 @@ class ModernBertLayer(nn.Module):
     return nn.with_logical_constraint(x.astype(cfg.stream_dtype), ("batch", "length", "embed"))
 
 
-def _layer_cls(config: ModernBertConfig):
-  saveable = bert.REMAT_POLICIES[config.remat_policy]
-  if config.remat_policy == "none":
-    return ModernBertLayer
-  return nn.remat(ModernBertLayer, static_argnums=(4,),
-                  policy=getattr(jax.checkpoint_policies, saveable) if saveable else None)
-
-
 class ModernBertEncoder(nn.Module):
   """Embeddings, layers_0 .. layers_{N-1} and the final norm; HF's ModernBertModel's names."""
   config: ModernBertConfig
@@ -226,7 +197,7 @@ class ModernBertEncoder(nn.Module):
     full = bert.attention_bias_mask(attention_mask, segments)
     near = jnp.abs(jnp.arange(T)[:, None] - jnp.arange(T)[None, :]) <= cfg.local_attention // 2
     masks = (full, full & near[None, None])
-    states, layer_cls = [x], _layer_cls(cfg)
+    states, layer_cls = [x], bert.remat_layer(cfg, ModernBertLayer, static_argnums=(4,))
     for i in range(n):  # static: only the first n layers are traced and run
       x = layer_cls(cfg, i, name=f"layers_{i}")(x, masks, positions, deterministic)
       states.append(x)
@@ -272,9 +243,6 @@ _KEYS = (
 
 def params_from_hf(state: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
   """An HF ModernBertModel state dict (numpy) as our encoder's tree; unknown names raise."""
-  import re
-
-  import numpy as np
   D, H, K, I = (config.hidden_size, config.num_attention_heads, config.head_dim,
                 config.intermediate_size)
   reshape = {  # (weight, bias) from HF's layout
