@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI, second stack: what a Colab or TPU-VM user gets on Python 3.12 (pyenv's): the newest jax, flax,
 # optax, orbax and transformers the index resolves for `pip install -e '.[tpu]'` (jax[tpu] pairs
-# libtpu with that jax), then the offline demo and the tests that touch each layer of the stack.
+# libtpu with that jax), then the offline demo, the GPU slot's dry run (tests marked newest_stack: that
+# machine has this stack's Python and nearly its jax) and the tests that touch each layer of the stack.
 set -euo pipefail
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ got = {f"{r['layer']}x{r['dim']}": r["value"] for r in json.load(open(sys.argv[1
 bad = {k: (got.get(k), v) for k, v in ref["spearman_cosine"].items() if got.get(k) is None or abs(got[k] - v) > ref["tolerance"]}
 sys.exit(f"demo differs from .ci/demo_reference.json on this stack: {bad}" if bad else 0)
 PY
-python -m pytest -q -n 2 tests/test_bert.py::test_parity_random_large_init tests/test_bert.py::test_parity_all_minilm \
+python -m pytest -q -n 2 -m "newest_stack or not newest_stack" tests/test_gpu_check.py::test_dry_run_measures_every_section tests/test_bert.py::test_parity_random_large_init tests/test_bert.py::test_parity_all_minilm \
   "tests/test_finetune.py::test_every_method_trains_two_steps" \
   tests/test_finetune.py::test_resume_after_interruption_gives_identical_parameters \
   tests/test_faults.py::test_truncated_newest_checkpoint_resumes_from_the_one_before \

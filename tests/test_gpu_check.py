@@ -19,6 +19,7 @@ def gpu_check(out, *args, timeout=300):
        str(out), *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.newest_stack  # CI runs it on the stack nearest the GPU slot's (.ci/newest.sh)
 def test_dry_run_measures_every_section(tmp_path):
   done = gpu_check(tmp_path)
   assert done.returncode == 0, done.stderr[-3000:]
