@@ -51,7 +51,7 @@ import numpy as np
 from starbucks_jax import checkpoint, losses, model_dirs, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import load_config
-from starbucks_jax.models import attention, bert
+from starbucks_jax.models import attention, bert, encoders
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("starbucks", "full")  # the SRL step and the full-only step
@@ -110,7 +110,7 @@ def random_model_dir(preset: str, out_dir: str, seed: int = 0) -> str:
   vocab = {specials.get(i, f"w{i}"): i for i in range(config.vocab_size)}
   tokenizer = BertTokenizerFast(vocab=vocab, do_lower_case=True,
                                 model_max_length=config.max_position_embeddings)
-  params = jax.device_get(bert.init_params(config, jax.random.key(seed)))
+  params = jax.device_get(encoders.init_params(config, jax.random.key(seed)))
   return model_dirs.save_pretrained(
       out_dir, config, {"bert": params}, tokenizer,
       sentence=model_dirs.SentenceSettings(max_seq_length=config.max_position_embeddings))

@@ -7,7 +7,7 @@ Needs libtpu (`pip install -e .[tpu]`) for TPUs, the CUDA plugin (`.[gpu]`) for 
 h200x8, ...: gpu_targets); no accelerator, no weights and no data are read. The program is the
 one `main` would jit (loop.jit_step over the objective's train_program, with the run's mesh, rules,
 shardings, donation and dtypes), over abstract parameters and optimizer state: shapes come from the
-checkpoint's config.json when model.init_from is a local directory, else from the BertConfig preset
+checkpoint's config.json when model.init_from is a local directory, else from the encoder preset
 named by --preset (default: guessed from model.init_from). The batch is padded to --length tokens
 (default: model.max_length, else max_position_embeddings: the largest shape a run can meet). Retrieval configs also
 compile the evaluation encoder (eval.batch_size passages of eval.passage_max_length on one chip; TPUs only).
@@ -57,8 +57,8 @@ from starbucks_jax import (
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.embed import pool_layers
-from starbucks_jax.models.bert import PRESETS as BERT_PRESETS
-from starbucks_jax.models.bert import BertConfig, abstract_params
+from starbucks_jax.models import encoders
+from starbucks_jax.models.encoders import EncoderConfig, abstract_params
 from starbucks_jax.topologies import (
     TOPOLOGIES,
     CompileError,
@@ -72,14 +72,15 @@ log = logging.getLogger(__name__)
 GiB = 2**30
 PRESETS = {
     "bert-base-uncased": "bert-base", "bert-base-cased": "bert-base",
-    "all-MiniLM-L6-v2": "minilm-l6-h384"
+    "all-MiniLM-L6-v2": "minilm-l6-h384", "ModernBERT-base": "modernbert-base",
+    "ModernBERT-large": "modernbert-large", "granite-embedding-english-r2": "modernbert-base"
 }
 
 
 # ---------------------------------------------------------------------------------------------
 # Programs
 # ---------------------------------------------------------------------------------------------
-def backbone_of(config: ml_collections.ConfigDict, preset: str | None) -> BertConfig | None:
+def backbone_of(config: ml_collections.ConfigDict, preset: str | None) -> EncoderConfig | None:
   """None when model.init_from is a local model or workdir (its config.json is read); else the preset."""
   source = config.model.init_from
   if preset is None:
@@ -91,8 +92,8 @@ def backbone_of(config: ml_collections.ConfigDict, preset: str | None) -> BertCo
       if preset is None:
         raise CompileError(
             f"model.init_from={source!r} is not a local model directory and has no known "
-            f"preset: pass --preset (one of {sorted(BERT_PRESETS)})") from None
-  return BertConfig.preset(preset)
+            f"preset: pass --preset (one of {sorted(encoders.PRESETS)})") from None
+  return encoders.preset(preset)
 
 
 def _compile_step(config, topo: Topology, program: trainer.TrainProgram):
@@ -130,7 +131,7 @@ def programs(config: ml_collections.ConfigDict, topo: Topology, *, preset: str |
   return out
 
 
-def _length(config: ml_collections.ConfigDict, cfg: BertConfig, length: int | None) -> int:
+def _length(config: ml_collections.ConfigDict, cfg: EncoderConfig, length: int | None) -> int:
   """--length, else model.max_length, else max_position_embeddings (a fine-tuning run's own default,
   the checkpoint's max_seq_length, needs the checkpoint)."""
   return length or min(config.model.max_length or cfg.max_position_embeddings,
@@ -316,8 +317,10 @@ if __name__ == "__main__":
       "topology", None, f"TPU topology: {', '.join(TOPOLOGIES)} or JAX's 'v5e:2x4' form; "
       f"GPUs: {', '.join(gpu_targets.GPUS)}, each with xN for N of one host")
   flags.DEFINE_string("out", None, "write the reports as JSON here")
-  flags.DEFINE_string("preset", None,
-                      "BertConfig preset for a model.init_from that is not a local directory")
+  flags.DEFINE_string(
+      "preset", None,
+      "encoder preset (models/encoders.py PRESETS) for a model.init_from that is not a "
+      "local directory")
   flags.DEFINE_bool("breakdown", False,
                     "print each program's bytes and FLOPs by category (always in --out)")
   flags.DEFINE_integer("length", None,

@@ -31,7 +31,7 @@ from starbucks_jax.config_lib import ConfigError, check_choice, check_finite
 from starbucks_jax.data import batching, groups
 from starbucks_jax.embed import Embedder
 from starbucks_jax.evaluate import results, retrieval, search, sts
-from starbucks_jax.models.bert import BertConfig, abstract_params, param_logical_axes
+from starbucks_jax.models.encoders import EncoderConfig, abstract_params, param_logical_axes
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class FinetuneRun:
     return self.blocks.eval.retrieval_sets
 
 
-def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None,
+def describe(config: ml_collections.ConfigDict, *, backbone: EncoderConfig | None = None,
              devices=None) -> FinetuneRun:
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` stands in for the checkpoint's config.json and `devices` for this host's devices

@@ -1,7 +1,8 @@
 """Model directories: Hugging Face and sentence-transformers folders read into a `Pretrained` (the
-BertConfig, the params, the tokenizer and the sentence settings: pooling, normalisation, max length,
-layer, dim) and written back, standalone (layer, dim) sub-models included; all-MiniLM-L6-v2 from its
-pip package; Hub ids through huggingface_hub. The key table and conversions are models/hf.py's.
+encoder config, the params, the tokenizer and the sentence settings: pooling, normalisation, max
+length, layer, dim) and written back, standalone (layer, dim) sub-models included; all-MiniLM-L6-v2
+from its pip package; Hub ids through huggingface_hub. The key tables are models/hf.py's, config.json
+models/hf_config.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from starbucks_jax.models import hf
-from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
+from starbucks_jax.models import encoders, hf, hf_config
+from starbucks_jax.models.encoders import EncoderConfig
 from starbucks_jax.models.pooling import POOLINGS
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ class SentenceSettings:
 
 @dataclasses.dataclass
 class Pretrained:
-  config: BertConfig
+  config: EncoderConfig
   params: dict[str, Any]  # {'bert': ..., optionally 'pooler', 'mlm_head'}
   tokenizer: Any  # transformers PreTrainedTokenizerFast
   sentence: SentenceSettings
@@ -88,21 +89,13 @@ def _read_json(path: str) -> Any:
     raise hf.ModelError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
 
 
-def config_from_hf(path: str, **overrides) -> BertConfig:
-  """BertConfig from DIR/config.json; a non-BERT architecture is an error naming the file."""
+def config_from_hf(path: str, **overrides) -> EncoderConfig:
+  """The encoder config of DIR/config.json (hf_config.py); an architecture we do not compute is an
+  error naming the file."""
   file = os.path.join(path, "config.json")
   if not os.path.exists(file):
     raise FileNotFoundError(f"{file} not found: not a Hugging Face model directory")
-  raw = _read_json(file)
-  hf.architecture(raw.get("model_type"), where=f"{file}: ")
-  if raw.get("hidden_act", "gelu") != "gelu":
-    raise hf.ModelError(f"{file}: hidden_act={raw['hidden_act']!r}; only exact 'gelu' is supported")
-  if raw.get("position_embedding_type", "absolute") != "absolute":
-    raise hf.ModelError(f"{file}: position_embedding_type={raw['position_embedding_type']!r}; only "
-                        "'absolute' is supported")
-  fields = {f.name for f in dataclasses.fields(BertConfig)} - set(RUN_FIELDS)
-  kw = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
-  return BertConfig(**{**kw, **overrides})
+  return hf_config.config_from_json(_read_json(file), file, **overrides)
 
 
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -256,7 +249,7 @@ def slice_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
   """The params of the first `num_layers` layers (plus embeddings and any heads)."""
   flat = {
       p: v for p, v in hf.flatten(params).items()
-      if not (m := re.match(r"bert/encoder/layer_(\d+)/", p)) or int(m.group(1)) < num_layers
+      if not p.startswith("bert/") or (encoders.layer_index(p[5:]) or 0) < num_layers
   }
   return hf.unflatten(flat)
 
@@ -301,7 +294,7 @@ def _write_sentence_modules(out_dir: str, hidden: int, d: int,
   return modules
 
 
-def save_pretrained(out_dir: str, config: BertConfig, params: dict[str, Any], tokenizer, *,
+def save_pretrained(out_dir: str, config: EncoderConfig, params: dict[str, Any], tokenizer, *,
                     sentence: SentenceSettings, layer: int | None = None, dim: int | None = None,
                     extra_meta: dict[str, Any] | None = None, weights: bool = True) -> str:
   """Write an HF + sentence-transformers directory; with layer/dim, the standalone sub-model (n, d).
@@ -326,7 +319,7 @@ def save_pretrained(out_dir: str, config: BertConfig, params: dict[str, Any], to
   if weights:
     state = hf.params_to_hf(sub_params, sub_config, prefixed=with_head)
     save_file(state, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-  _write_json(os.path.join(out_dir, "config.json"), hf.config_to_hf(sub_config, with_head))
+  _write_json(os.path.join(out_dir, "config.json"), hf_config.config_to_hf(sub_config, with_head))
   tokenizer.save_pretrained(out_dir)
 
   modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence)

@@ -11,8 +11,9 @@ schedule; for each pair (n, d):
 The loss is the mean over pairs of (MLM + MAE) / 2 (`losses.smae_loss`); `smae.mode` 2d_mlm drops
 the MAE term and mlm trains the full model only (plain MLM, the control). Each pair's vocabulary
 logits are recomputed in the backward pass (jax.checkpoint), so at most one pair's [B, K, vocab]
-is alive at a time. At the end the run writes WORKDIR/bert_mlm, an HF BertForMaskedLM directory
-that fine-tuning takes as model.init_from (so does the workdir itself).
+is alive at a time. At the end the run writes WORKDIR/bert_mlm, an HF masked-LM directory (its
+architecture's: BertForMaskedLM, ModernBertForMaskedLM, ...) that fine-tuning takes as
+model.init_from (so does the workdir itself).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from starbucks_jax.data import sources
 from starbucks_jax.data.corpus import TextBatcher
 from starbucks_jax.data.masking import Masker, MaskingConfig, budget
 from starbucks_jax.evaluate import results
-from starbucks_jax.models.bert import BertConfig, BertEmbeddings, hidden_states, param_logical_axes
-from starbucks_jax.models.bert import init_params as init_bert_params
+from starbucks_jax.models import encoders, hf
+from starbucks_jax.models.encoders import EncoderConfig, hidden_states, param_logical_axes
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
 
 log = logging.getLogger(__name__)
@@ -57,12 +58,12 @@ class PretrainRun:
   masking: MaskingConfig  # the smae block's masking rates
 
 
-def mode_pairs(mode: str, pairs, config: BertConfig) -> tuple[schedule.Pair, ...]:
+def mode_pairs(mode: str, pairs, config: EncoderConfig) -> tuple[schedule.Pair, ...]:
   """The pairs a mode trains: the schedule, or the full model alone for plain MLM."""
   return ((config.num_hidden_layers, config.hidden_size),) if mode == "mlm" else tuple(pairs)
 
 
-def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None = None,
+def describe(config: ml_collections.ConfigDict, *, backbone: EncoderConfig | None = None,
              devices=None) -> PretrainRun:
   """Checks everything that can be checked without compute; a ConfigError names the key.
   `backbone` and `devices` stand in for config.json and this host's devices (as finetune.describe)."""
@@ -87,7 +88,8 @@ def describe(config: ml_collections.ConfigDict, *, backbone: BertConfig | None =
 # ---------------------------------------------------------------------------------------------
 # The step
 # ---------------------------------------------------------------------------------------------
-def init_params(pre: model_dirs.Pretrained, config: BertConfig, rng: jax.Array) -> dict[str, Any]:
+def init_params(pre: model_dirs.Pretrained, config: EncoderConfig,
+                rng: jax.Array) -> dict[str, Any]:
   """{bert, mlm_head, mae_decoder} from a checkpoint; a missing MLM head is initialised fresh."""
   params = {"bert": pre.params["bert"]}
   if "mlm_head" in pre.params:
@@ -96,16 +98,16 @@ def init_params(pre: model_dirs.Pretrained, config: BertConfig, rng: jax.Array) 
     log.warning(
         "%s has no MLM head (a sentence model?): initialising a fresh one (normal(%g), "
         "LayerNorm 1/0, bias 0)", pre.path, config.initializer_range)
-    emb = pre.params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    emb = encoders.word_embeddings(pre.params["bert"], config)
     variables = MlmHead(config).init(rng, jnp.zeros((1, config.hidden_size)), emb)
     params["mlm_head"] = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(variables["params"]))
   params["mae_decoder"] = {
-      "layer_0": jax.tree_util.tree_map(np.array, params["bert"]["encoder"]["layer_0"])
+      "layer_0": jax.tree_util.tree_map(np.array, encoders.first_layer(params["bert"], config))
   }
   return params
 
 
-def param_specs(config: BertConfig) -> dict[str, Any]:
+def param_specs(config: EncoderConfig) -> dict[str, Any]:
   """Logical axes of {bert, mlm_head, mae_decoder} (for the mesh shardings)."""
   # shapes only: callable under any mesh
   x = jax.ShapeDtypeStruct((1, 2, config.hidden_size), jnp.float32)
@@ -124,14 +126,14 @@ def _gather(x, positions):
   return jnp.take_along_axis(x, positions[..., None], axis=1)
 
 
-def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, deterministic: bool = True,
-                rng=None) -> tuple[dict, dict | None]:
+def pair_losses(params, config: EncoderConfig, batch, pairs, mode: str, *,
+                deterministic: bool = True, rng=None) -> tuple[dict, dict | None]:
   """({pair: MLM loss}, {pair: MAE loss} or None) from one encoder forward."""
   rngs = lambda i: None if deterministic else {"dropout": jax.random.fold_in(rng, i)}
   hidden = hidden_states(params["bert"], config, batch["ids"], batch["mask"],
                          num_layers=max(n for n, _ in pairs), deterministic=deterministic,
                          rng=None if deterministic else jax.random.fold_in(rng, 0))
-  word_emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  word_emb = encoders.word_embeddings(params["bert"], config)
   head = MlmHead(config)
 
   # [B, K, d] -> scalar; logits rebuilt for the gradient
@@ -148,9 +150,8 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
     if mae is None:
       continue
     first = head.apply({"params": params["mlm_head"]}, h[:, 0], method=lambda m, x: m.transform(x))
-    embedded = BertEmbeddings(config).apply({"params": params["bert"]["embeddings"]},
-                                            batch["dec_ids"], jnp.zeros_like(batch["dec_ids"]),
-                                            deterministic, rngs=rngs(2 * i + 1))
+    embedded = encoders.embed(params["bert"], config, batch["dec_ids"], deterministic,
+                              None if deterministic else jax.random.fold_in(rng, 2 * i + 1))
     out = MaeDecoder(config).apply({"params": params["mae_decoder"]}, embedded, first,
                                    batch["mask"], deterministic, rngs=rngs(2 * i + 2))
     mae[(n, d)] = head_loss(params["mlm_head"], word_emb, _gather(out, batch["mae_positions"]),
@@ -158,7 +159,7 @@ def pair_losses(params, config: BertConfig, batch, pairs, mode: str, *, determin
   return mlm, mae
 
 
-def make_smae_step(config: BertConfig, pairs, mode: str, tx: optax.GradientTransformation,
+def make_smae_step(config: EncoderConfig, pairs, mode: str, tx: optax.GradientTransformation,
                    dropout: bool = True, microbatches: int = 1) -> step_lib.TrainStep:
   """The SMAE step; microbatches > 1 accumulates gradients and equals the whole batch's step: each
   microbatch's token means divide by the batch's masked-token counts / k (`make_step`'s prepare)."""
@@ -184,16 +185,17 @@ def run_step(run: PretrainRun, tx: optax.GradientTransformation) -> step_lib.Tra
                         microbatches=c.train.microbatches)
 
 
-def abstract_params(config: BertConfig) -> dict[str, Any]:
+def abstract_params(config: EncoderConfig) -> dict[str, Any]:
   """Shapes and dtypes of {bert, mlm_head, mae_decoder} (no memory) in their storage dtype
   (model.param_dtype)."""
   def build():
-    bert = init_bert_params(config, jax.random.key(0))
-    emb = bert["embeddings"]["word_embeddings"]["embedding"]
+    bert = encoders.init_params(config, jax.random.key(0))
+    emb = encoders.word_embeddings(bert, config)
     head = nn.meta.unbox(
         MlmHead(config).init(jax.random.key(0), jnp.zeros((1, config.hidden_size)), emb)["params"])
     params = {
-        "bert": bert, "mlm_head": head, "mae_decoder": {"layer_0": bert["encoder"]["layer_0"]}
+        "bert": bert, "mlm_head": head,
+        "mae_decoder": {"layer_0": encoders.first_layer(bert, config)}
     }
     return jax.tree.map(lambda x: x.astype(config.storage_dtype), params)
 
@@ -224,7 +226,7 @@ def train_program(config: ml_collections.ConfigDict, run: PretrainRun,
                               batch, None, flops, f"batch {B} x {length} tokens")
 
 
-def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str,
+def matmul_flops(config: EncoderConfig, rows: int, length: int, pairs, mode: str,
                  masked: tuple[int, int]) -> int:
   """Model matmul FLOPs of one SMAE training step (forward and backward: x3) over `rows` texts of
   `length` tokens with `masked` = (encoder, decoder) gathered positions per row: the encoder to the
@@ -232,10 +234,10 @@ def matmul_flops(config: BertConfig, rows: int, length: int, pairs, mode: str,
   projection) and, for smae, the decoder layer over every position and the head on the
   decoder-masked ones. The heads' logits recomputed in the backward pass (jax.checkpoint) are not
   model FLOPs: the compiled program's count has them (HFU)."""
-  D, V, I = config.hidden_size, config.vocab_size, config.intermediate_size
+  D, V = config.hidden_size, config.vocab_size
   encoder = config.replace(num_hidden_layers=max(n for n, _ in pairs)).matmul_flops(rows, length)
   head = lambda d, k: 2 * rows * k * (d * D + D * V)
-  layer = rows * length * (8 * D * D + 4 * D * I + 4 * length * D)
+  layer = config.replace(num_hidden_layers=1).matmul_flops(rows, length, train=False)
   total = encoder
   for _, d in pairs:
     total += 3 * head(d, masked[0])
@@ -270,7 +272,8 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str,
     return model
   out = model_dirs.save_pretrained(os.path.join(workdir, EXPORT_DIR), model.config, model.params,
                                    model.tokenizer, sentence=model.sentence)
-  print(f"BertForMaskedLM: {out} (fine-tune from it with --config.model.init_from={out})")
+  masked_lm = hf.architecture(model.config.model_type).masked_lm
+  print(f"{masked_lm}: {out} (fine-tune from it with --config.model.init_from={out})")
   return model
 
 
@@ -294,7 +297,7 @@ def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
   def mlm_stats(params, batch):
     hidden = hidden_states(params["bert"], model.config, batch["ids"], batch["mask"],
                            num_layers=max(n for n, _ in pairs))
-    emb = params["bert"]["embeddings"]["word_embeddings"]["embedding"]
+    emb = encoders.word_embeddings(params["bert"], model.config)
     out = {}
     for n, d in pairs:
       logits = MlmHead(model.config).apply({"params": params["mlm_head"]},

@@ -20,6 +20,9 @@ Pair = tuple[int, int]
 STARBUCKS = {
     "bert-base": ((2, 32), (4, 64), (6, 128), (8, 256), (10, 512), (12, 768)),
     "minilm-l6-h384": ((1, 16), (2, 32), (3, 64), (4, 128), (5, 256), (6, 384)),
+    # the paper's six sizes at the same fractions of depth over ModernBERT-base's 22 layers (layer
+    # round(22 k / 6), BERT-base's 2k of 12) and its dims 32..768
+    "modernbert-base": ((4, 32), (7, 64), (11, 128), (15, 256), (18, 512), (22, 768)),
 }
 
 

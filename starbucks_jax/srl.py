@@ -17,7 +17,7 @@ import optax
 from starbucks_jax import losses, schedule
 from starbucks_jax import step as step_lib
 from starbucks_jax.data import batching
-from starbucks_jax.models.bert import BertConfig, param_logical_axes
+from starbucks_jax.models.encoders import EncoderConfig, param_logical_axes
 from starbucks_jax.models.pooling import pooled_layers, pooled_layers_packed
 
 
@@ -129,7 +129,7 @@ def _grad_cache(embed_rows, loss_of_pooled, k: int):
   return cached_value_and_grad
 
 
-def make_srl_step(bert_cfg: BertConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
+def make_srl_step(bert_cfg: EncoderConfig, plan: schedule.Plan, loss_cfg: losses.LossConfig,
                   tx: optax.GradientTransformation, pooling: str, dropout: bool = True,
                   grad_cache_chunks: int = 0, microbatches: int = 1, forward_splits: int = 1,
                   packed: Packing | None = None) -> step_lib.TrainStep:

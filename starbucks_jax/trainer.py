@@ -23,7 +23,7 @@ from starbucks_jax import checkpoint, config_blocks, loop, model_dirs, schedule,
 from starbucks_jax import step as step_lib
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import ConfigError, check_choice, config_errors
-from starbucks_jax.models.bert import RUN_FIELDS, BertConfig
+from starbucks_jax.models.encoders import RUN_FIELDS, EncoderConfig
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,12 +62,12 @@ class Objective:
 class ModelSpec:
   """The checked `model` block and schedule: what a run trains, read from config.json alone."""
   dir: str  # the directory holding the backbone's config.json
-  config: BertConfig  # the backbone as the run computes it (model.dtype, param_dtype, remat)
+  config: EncoderConfig  # the backbone as the run computes it (model.dtype, param_dtype, remat)
   pairs: tuple[schedule.Pair, ...]  # schedule.pairs, checked against the backbone
 
   @classmethod
   def from_config(cls, model: config_blocks.Model, schedule_block: config_blocks.Schedule,
-                  backbone: BertConfig | None = None) -> "ModelSpec":
+                  backbone: EncoderConfig | None = None) -> "ModelSpec":
     """The checked model block (model.check() has run) and schedule.pairs; `backbone` replaces
     reading model.init_from's config.json (dir is then '')."""
     model_dir = ""
@@ -153,7 +153,7 @@ def start(config: ml_collections.ConfigDict, workdir: str, describe: Describe,
 @dataclasses.dataclass(frozen=True)
 class Setup:
   pretrained: model_dirs.Pretrained  # the starting checkpoint, with this run's sentence settings
-  config: BertConfig  # as the run computes it (ModelSpec.config)
+  config: EncoderConfig  # as the run computes it (ModelSpec.config)
   max_length: int  # tokens per text
 
 

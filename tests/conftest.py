@@ -99,8 +99,8 @@ def make_xlmr_tokenizer(path):
 
 def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, seed=0,
                  initializer_range=0.5, embedding_scale=1e-3, model_type="bert"):
-  """Save a random HF BertModel (or BertForMaskedLM; or, by `model_type`, RoBERTa's or XLM-R's
-  classes) + tokenizer into `path`; return the torch model.
+  """Save a random HF BertModel (or BertForMaskedLM; or, by `model_type`, RoBERTa's, XLM-R's or
+  ModernBERT's classes) + tokenizer into `path`; return the torch model.
 
   Large random weights everywhere (approximate GELU or a query-side mask cannot hide), and embedding
   tables scaled by `embedding_scale` so the embedding LayerNorm sees a tiny variance, where a wrong
@@ -112,6 +112,8 @@ def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, 
   sizes = dict(vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
                num_attention_heads=heads, intermediate_size=2 * hidden,
                initializer_range=initializer_range)
+  if model_type == "modernbert":
+    return make_hf_modernbert(path, layers=layers, hidden=hidden, heads=heads, mlm=mlm, seed=seed)
   if model_type == "bert":
     cfg, classes = transformers.BertConfig(max_position_embeddings=64,
                                            **sizes), (transformers.BertModel,
@@ -138,6 +140,32 @@ def make_hf_bert(path, *, layers=4, hidden=32, heads=4, mlm=False, pooler=True, 
     make_tokenizer(path).save_pretrained(str(path))
   else:
     make_xlmr_tokenizer(path)
+  return model
+
+
+def make_hf_modernbert(path, *, layers=4, hidden=32, heads=4, mlm=False, seed=0, biases=False):
+  """Save a random HF ModernBertModel (or ModernBertForMaskedLM) with VOCAB's WordPiece tokenizer:
+  global attention on layers 0 and 3, a +-4-token window on the others (texts here are longer),
+  its norms randomised (and every bias, with `biases`: the release has none); return the model."""
+  import torch
+  import transformers
+  torch.manual_seed(seed)
+  cfg = transformers.ModernBertConfig(
+      vocab_size=len(VOCAB), hidden_size=hidden, num_hidden_layers=layers,
+      num_attention_heads=heads, intermediate_size=int(1.5 * hidden), max_position_embeddings=64,
+      local_attention=8, global_attn_every_n_layers=3, norm_bias=biases, attention_bias=biases,
+      mlp_bias=biases, classifier_bias=biases, initializer_range=0.3, pad_token_id=0,
+      bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3)
+  model = (transformers.ModernBertForMaskedLM if mlm else transformers.ModernBertModel)(cfg)
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name:
+        p.add_(torch.randn_like(p) * 0.3)
+  model.eval()
+  path = pathlib.Path(path)
+  path.mkdir(parents=True, exist_ok=True)
+  model.save_pretrained(str(path))
+  make_tokenizer(path).save_pretrained(str(path))
   return model
 
 

@@ -15,7 +15,8 @@ import numpy as np
 from starbucks_jax import losses, schedule, sharding, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.models import attention
-from starbucks_jax.models.bert import BertConfig, init_params, param_logical_axes
+from starbucks_jax.models.bert import BertConfig
+from starbucks_jax.models.encoders import init_params, param_logical_axes
 
 from conftest import max_abs_diff, max_rel_diff  # tests/ is this script's directory
 

@@ -12,7 +12,8 @@ from starbucks_jax import config_lib, finetune, losses, schedule, srl
 from starbucks_jax import step as step_lib
 from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.models import attention
-from starbucks_jax.models.bert import BertConfig, attention_bias_mask, hidden_states, init_params
+from starbucks_jax.models.bert import BertConfig, attention_bias_mask
+from starbucks_jax.models.encoders import hidden_states, init_params
 from starbucks_jax.models.pooling import pooled_layers, pooled_layers_packed
 
 from conftest import max_rel_diff

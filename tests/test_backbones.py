@@ -1,6 +1,7 @@
 """Backbones beyond BERT through the architecture registry (models/hf.py ARCHITECTURES): RoBERTa and
-XLM-RoBERTa against transformers' own classes at every layer, padded and packed; HF and
-sentence-transformers round trips; a 2D training run."""
+XLM-RoBERTa against transformers' own classes at every layer, padded and packed (ModernBERT's
+encoder: test_modernbert.py); for each, HF and sentence-transformers round trips of the (n, d)
+sub-models and of MLM checkpoints, and a 2D training run; SMAE pre-training on ModernBERT."""
 
 import json
 import os
@@ -102,29 +103,11 @@ def test_export_round_trips_through_transformers_and_sentence_transformers(rober
     np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), rtol=1e-5, atol=1e-4)
 
 
-def test_an_xlm_roberta_backbone_trains_in_2d(tiny_run, tmp_path):
-  model = tmp_path / "xlmr"
-  make_hf_bert(model, layers=2, model_type="xlm-roberta")
-  cfg = tiny_run
-  with cfg.unlocked():
-    cfg.model.init_from = str(model)
-    cfg.train.max_steps = 10
-    cfg.train.checkpoint_every = 10
-    cfg.train.lr = 1e-3
-  work = str(tmp_path / "run")
-  finetune.run(cfg, work)
-  losses = [json.loads(line)["loss"] for line in open(os.path.join(work, "metrics.jsonl"))]
-  assert np.mean(losses[-3:]) < np.mean(losses[:3])
-  records = json.load(open(os.path.join(work, "results", "final.json")))
-  assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 32)}
-  assert json.load(open(os.path.join(work, "model", "config.json")))["model_type"] == "xlm-roberta"
-
-
 def test_the_registry_names_what_it_supports():
   with pytest.raises(
-      hf.ModelError, match=r"model_type='modernbert' is not supported; "
-      r"starbucks_jax loads 'bert', 'roberta', 'xlm-roberta'"):
-    hf.architecture("modernbert")
+      hf.ModelError, match=r"model_type='deberta-v2' is not supported; "
+      r"starbucks_jax loads 'bert', 'roberta', 'xlm-roberta', 'modernbert'$"):
+    hf.architecture("deberta-v2")
 
 
 def test_whole_word_masking_reads_sentencepiece_word_starts(tmp_path):
@@ -138,3 +121,77 @@ def test_whole_word_masking_reads_sentencepiece_word_starts(tmp_path):
   assert pieces == ["<s>", "\u2581the", "\u2581cat", "s", "\u2581sat", "</s>"], pieces
   positions, word = Masker(tok, MaskingConfig()).words(ids)
   assert positions.tolist() == [1, 2, 3, 4] and word.tolist() == [0, 1, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def modernbert_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("modernbert")
+  make_hf_bert(path, layers=4, model_type="modernbert")
+  return str(path)
+
+
+LONG = SENTENCES + ["the woman plays blue guitar in the house and the dog sleeps by the tree"]
+
+
+@pytest.mark.parametrize("layer,dim", [(1, 8), (2, 16), (4, 32)])
+def test_modernbert_sub_models_export_as_transformers_computes_them(modernbert_dir, tmp_path, layer,
+                                                                    dim):
+  """A (n, d) export is an n-layer ModernBertModel whose output is the source's layer n through the
+  final norm (local layers included: texts longer than the +-4 window); sentence-transformers
+  encodes it as `embed` does, and as `embed` encodes the pair from the source by early exit."""
+  out = export.export(modernbert_dir, str(tmp_path / "sub"), layer=layer, dim=dim)
+  config = json.load(open(os.path.join(out, "config.json")))
+  assert config["architectures"] == ["ModernBertModel"] and config["num_hidden_layers"] == layer
+  pre = model_dirs.load_pretrained(modernbert_dir)
+  enc = pre.tokenizer(LONG, padding=True, return_tensors="pt")
+  full = transformers.AutoModel.from_pretrained(modernbert_dir).eval()
+  sub = transformers.AutoModel.from_pretrained(out).eval()
+  with torch.no_grad():
+    states = full(**enc, output_hidden_states=True).hidden_states  # the last one already normed
+    want = states[layer] if layer == len(states) - 1 else full.final_norm(states[layer])
+    got = sub(**enc).last_hidden_state
+  real = enc["attention_mask"].numpy().astype(bool)
+  scale = np.abs(want.numpy()).max()
+  np.testing.assert_allclose(got.numpy()[real], want.numpy()[real], rtol=0, atol=1e-5 * scale)
+  from sentence_transformers import SentenceTransformer
+  theirs = SentenceTransformer(out, device="cpu").encode(LONG)
+  ours = embed.Embedder.load(out).encode(LONG)
+  early = embed.Embedder.load(modernbert_dir).encode(LONG, layer=layer, dim=dim)
+  assert theirs.shape == ours.shape == (5, dim)
+  np.testing.assert_allclose(theirs, ours, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(early, ours, rtol=1e-5, atol=1e-6)
+
+
+def test_a_modernbert_mlm_checkpoint_round_trips(tmp_path):
+  """ModernBertForMaskedLM (every bias on) in, its head (dense, norm, decoder bias; decoder tied)
+  out under its own names: equal logits."""
+  make_hf_bert(tmp_path / "mlm", layers=3, mlm=True, model_type="modernbert")
+  again = export.export(str(tmp_path / "mlm"), str(tmp_path / "out"), with_mlm_head=True)
+  assert json.load(open(os.path.join(again,
+                                     "config.json")))["architectures"] == ["ModernBertForMaskedLM"]
+  a = transformers.AutoModelForMaskedLM.from_pretrained(str(tmp_path / "mlm")).eval()
+  b = transformers.AutoModelForMaskedLM.from_pretrained(again).eval()
+  ids = torch.tensor(model_dirs.load_pretrained(again).tokenizer(LONG, padding=True)["input_ids"])
+  with torch.no_grad():
+    np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", ["xlm-roberta", "modernbert"])
+def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type):
+  """SRL on the demo-style triplets: the loss falls, every pair is evaluated, the export keeps the
+  architecture."""
+  model = tmp_path / model_type
+  make_hf_bert(model, layers=2, model_type=model_type)
+  cfg = tiny_run
+  with cfg.unlocked():
+    cfg.model.init_from = str(model)
+    cfg.train.max_steps = 10
+    cfg.train.checkpoint_every = 10
+    cfg.train.lr = 1e-3
+  work = str(tmp_path / "run")
+  finetune.run(cfg, work)
+  losses = [json.loads(line)["loss"] for line in open(os.path.join(work, "metrics.jsonl"))]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3])
+  records = json.load(open(os.path.join(work, "results", "final.json")))
+  assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 32)}
+  assert json.load(open(os.path.join(work, "model", "config.json")))["model_type"] == model_type

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from starbucks_jax import model_dirs
-from starbucks_jax.models import bert, hf
+from starbucks_jax.models import bert, encoders, hf
 
 from conftest import max_rel_diff
 
@@ -129,7 +129,7 @@ def test_packed_rows_equal_each_text_alone_in_pytorch(tiny_hf_dir):
 
 def test_early_exit_equals_slicing():
   cfg = bert.BertConfig.preset("tiny", initializer_range=0.5)
-  params = bert.init_params(cfg, jax.random.key(1))
+  params = encoders.init_params(cfg, jax.random.key(1))
   ids = jax.random.randint(jax.random.key(2), (3, 7), 5, cfg.vocab_size)
   mask = jnp.array([[1] * 7, [1] * 4 + [0] * 3, [1] * 2 + [0] * 5])
   model = bert.BertEncoder(cfg)
@@ -143,7 +143,7 @@ def test_early_exit_equals_slicing():
 def test_early_exit_runs_fewer_layers():
   """Early exit is a shorter program, not a slice of the full one."""
   cfg = bert.BertConfig.preset("tiny")
-  params = bert.init_params(cfg, jax.random.key(0))
+  params = encoders.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((2, 8), jnp.int32)
   count = lambda n: jax.jit(lambda p: bert.BertEncoder(cfg).apply(
       {"params": p}, ids, jnp.ones_like(ids), num_layers=n)).lower(params).as_text().count("erf")
@@ -152,7 +152,7 @@ def test_early_exit_runs_fewer_layers():
 
 def test_num_layers_out_of_range():
   cfg = bert.BertConfig.preset("tiny")
-  params = bert.init_params(cfg, jax.random.key(0))
+  params = encoders.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((1, 4), jnp.int32)
   with pytest.raises(ValueError, match="num_layers=5 is outside 0..4"):
     bert.BertEncoder(cfg).apply({"params": params}, ids, ids, num_layers=5)
@@ -160,7 +160,7 @@ def test_num_layers_out_of_range():
 
 def test_remat_and_bf16_compute():
   cfg = bert.BertConfig.preset("tiny", initializer_range=0.2)
-  params = bert.init_params(cfg, jax.random.key(0))
+  params = encoders.init_params(cfg, jax.random.key(0))
   ids = jax.random.randint(jax.random.key(2), (2, 6), 5, cfg.vocab_size)
   mask = jnp.ones_like(ids)
   ref = bert.BertEncoder(cfg).apply({"params": params}, ids, mask)
@@ -181,7 +181,7 @@ def test_remat_and_bf16_compute():
 
 def test_dropout_is_active_only_when_not_deterministic():
   cfg = bert.BertConfig.preset("tiny")
-  params = bert.init_params(cfg, jax.random.key(0))
+  params = encoders.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((2, 6), jnp.int32)
   model = bert.BertEncoder(cfg)
   a = model.apply({"params": params}, ids, ids, deterministic=False,
@@ -193,9 +193,10 @@ def test_dropout_is_active_only_when_not_deterministic():
 
 
 def test_every_parameter_has_logical_axes():
-  axes = hf.flatten(bert.param_logical_axes(bert.BertConfig.preset("tiny")))
+  axes = hf.flatten(encoders.param_logical_axes(bert.BertConfig.preset("tiny")))
   shapes = hf.flatten(
-      jax.eval_shape(lambda: bert.init_params(bert.BertConfig.preset("tiny"), jax.random.key(0))))
+      jax.eval_shape(
+          lambda: encoders.init_params(bert.BertConfig.preset("tiny"), jax.random.key(0))))
   assert axes.keys() == shapes.keys()
   for path, spec in axes.items():
     assert len(spec) == len(shapes[path].shape), path
@@ -233,7 +234,7 @@ def _dot_flops(jaxpr) -> int:
 
 def test_matmul_flops_count_every_matmul_of_the_program():
   cfg = bert.BertConfig.preset("tiny")
-  params = bert.init_params(cfg, jax.random.key(0))
+  params = encoders.init_params(cfg, jax.random.key(0))
   ids = jnp.ones((3, 10), jnp.int32)
   encode = lambda p: bert.BertEncoder(cfg).apply({"params": p}, ids, jnp.ones_like(ids))
   forward = _dot_flops(jax.make_jaxpr(encode)(params).jaxpr)

@@ -11,7 +11,7 @@ import pytest
 
 from starbucks_jax import config_lib, finetune, pretrain, sharding
 from starbucks_jax.config_blocks import FinetuneConfig
-from starbucks_jax.models import bert
+from starbucks_jax.models import encoders
 
 from conftest import REPO
 
@@ -72,7 +72,7 @@ def test_srl_step_compiles_fsdp(topology, tmp_path):
       "ici_bytes"] > 0
   assert r["usable_hbm_bytes"] == 15.75 * 2**30  # the compiler's own figure for a v5e chip
   run = finetune.describe(cfg, backbone=C.backbone_of(cfg, None), devices=topology.devices)
-  n_params = sum(x.size for x in jax.tree.leaves(bert.abstract_params(run.model.config)))
+  n_params = sum(x.size for x in jax.tree.leaves(encoders.abstract_params(run.model.config)))
   replicated_state = 3 * 4 * n_params  # float32 parameters and Adam's two moments, whole
   # measured: 6.6 MB per chip against 19.6 MB for the data-parallel compile (which adds the batch)
   assert r["argument_bytes"] < 0.5 * replicated_state, (r["argument_bytes"], replicated_state)

@@ -25,7 +25,8 @@ from starbucks_jax import (
 from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.data import batching
 from starbucks_jax.evaluate import results
-from starbucks_jax.models.bert import BertConfig, BertEncoder, init_params
+from starbucks_jax.models.bert import BertConfig, BertEncoder
+from starbucks_jax.models.encoders import init_params
 from starbucks_jax.models.pooling import pool, pooled_layers
 
 from conftest import REPO, WORDS, kill_at, make_hf_bert, max_rel_diff, tb_scalars, tiny_srl_case

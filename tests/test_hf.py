@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import flax.linen as nn
@@ -11,32 +12,40 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from starbucks_jax import model_dirs
-from starbucks_jax.models import bert, hf
+from starbucks_jax.models import bert, hf, modernbert
 
 from conftest import make_hf_bert
 
 TINY = bert.BertConfig.preset("tiny")
 
 
-def test_key_table_covers_every_parameter_both_ways():
-  ours = set(hf.expected_paths(TINY, pooler=True, mlm_head=True))
-  theirs = {hf.hf_key(p, prefixed=True)[0] for p in ours}
-  assert len(theirs) == len(ours)
-  assert {hf.our_key(k)[0] for k in theirs} == ours
-  # ... and the HF side is exactly what transformers builds for the same shapes.
+@pytest.mark.parametrize("model_type", list(hf.ARCHITECTURES))
+def test_key_table_covers_every_parameter_both_ways(model_type):
+  """Every path our modules create has one HF name and back; the HF side is exactly what
+  transformers builds for the same shapes (its model class and its MLM class), less what the
+  architecture's entry ignores (buffers, the tied decoder, BERT's NSP head)."""
   transformers = pytest.importorskip("transformers")
-  cfg = transformers.BertConfig(vocab_size=TINY.vocab_size, hidden_size=TINY.hidden_size,
-                                num_hidden_layers=TINY.num_hidden_layers,
-                                num_attention_heads=TINY.num_attention_heads,
-                                intermediate_size=TINY.intermediate_size,
-                                max_position_embeddings=TINY.max_position_embeddings)
-  mlm_keys = set(transformers.BertForMaskedLM(cfg).state_dict())
-  base_keys = set(transformers.BertModel(cfg).state_dict())
-  ignored = lambda k: any(p.fullmatch(k) for p in hf._IGNORED_HF)
+  arch = hf.ARCHITECTURES[model_type]
+  sizes = dict(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+               intermediate_size=64, max_position_embeddings=64)
+  if model_type == "modernbert":
+    ours_cfg = modernbert.ModernBertConfig(**sizes, pad_token_id=0)
+    theirs_cfg = transformers.ModernBertConfig(**sizes, pad_token_id=0, bos_token_id=1,
+                                               eos_token_id=2, cls_token_id=1, sep_token_id=2)
+  else:
+    ours_cfg = bert.BertConfig(**sizes, model_type=model_type)
+    theirs_cfg = transformers.AutoConfig.for_model(model_type, **sizes)
+  ours = set(hf.expected_paths(ours_cfg, pooler=True, mlm_head=True))
+  theirs = {hf.hf_key(p, True, model_type)[0] for p in ours}
+  assert len(theirs) == len(ours)
+  assert {hf.our_key(k, model_type)[0] for k in theirs} == ours
+  mlm_keys = set(getattr(transformers, arch.masked_lm)(theirs_cfg).state_dict())
+  base_keys = set(getattr(transformers, arch.model)(theirs_cfg).state_dict())
+  ignored = lambda k: any(re.fullmatch(p, k) for p in arch.ignored)
   assert {k for k in mlm_keys if not ignored(k)
-         } == {hf.hf_key(p, True)[0] for p in ours if not p.startswith("pooler/")}
+         } == {hf.hf_key(p, True, model_type)[0] for p in ours if not p.startswith("pooler/")}
   assert {k for k in base_keys if not ignored(k)
-         } == {hf.hf_key(p, False)[0] for p in ours if not p.startswith("mlm_head/")}
+         } == {hf.hf_key(p, False, model_type)[0] for p in ours if not p.startswith("mlm_head/")}
 
 
 def test_round_trip_is_lossless(tiny_hf_dir, tmp_path):
@@ -164,7 +173,7 @@ def test_other_architecture_is_rejected(broken_dir):
   json.dump(cfg, open(broken_dir / "config.json", "w"))
   with pytest.raises(
       ValueError, match=r"config.json: model_type='gpt2' is not supported; "
-      r"starbucks_jax loads 'bert', 'roberta', 'xlm-roberta'$"):
+      r"starbucks_jax loads 'bert', 'roberta', 'xlm-roberta', 'modernbert'$"):
     model_dirs.load_pretrained(str(broken_dir))
 
 

@@ -5,7 +5,7 @@ padded and packed rows longer than the local window, at every layer a schedule c
 import numpy as np
 import pytest
 
-from starbucks_jax.models import modernbert
+from starbucks_jax.models import hf, modernbert
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -32,7 +32,7 @@ def make_modernbert(*, biases: bool, layers: int = 4, seed: int = 0):
         p.add_(torch.randn_like(p) * 0.3)
   ours = modernbert.ModernBertConfig(**sizes)
   state = {k: v.numpy() for k, v in model.state_dict().items()}
-  return model, ours, modernbert.params_from_hf(state, ours)
+  return model, ours, hf.params_from_hf(state, ours)["bert"]
 
 
 def batch(seed: int = 0):

@@ -15,7 +15,7 @@ from starbucks_jax import step as step_lib
 from starbucks_jax.config_blocks import FinetuneConfig
 from starbucks_jax.config_lib import ConfigError, check_choice
 from starbucks_jax.evaluate import results
-from starbucks_jax.models.bert import init_params, param_logical_axes
+from starbucks_jax.models.encoders import init_params, param_logical_axes
 from starbucks_jax.models.pooling import pooled_layers
 
 

@@ -13,6 +13,7 @@ import pytest
 from starbucks_jax import checkpoint, config_lib, finetune, losses, model_dirs, pretrain
 from starbucks_jax.data import corpus, masking, sources
 from starbucks_jax.data.sources import DataError
+from starbucks_jax.models import encoders
 from starbucks_jax.models.bert import BertConfig, BertLayer, attention_bias_mask
 from starbucks_jax.models.heads import MaeDecoder, MlmHead
 
@@ -393,6 +394,35 @@ def tiny_pt(tmp_path):
     cfg.eval.text = cfg.data.train
     cfg.eval.text_column = "text"
   return cfg
+
+
+def test_smae_pretrains_a_modernbert(tiny_pt, tmp_path):
+  """SMAE on a ModernBERT (layer 1 local: the texts outrun its +-4 window): MLM and MAE at every
+  pair, the loss falls, the export is a ModernBertForMaskedLM whose logits are our head's."""
+  import torch
+  import transformers
+  make_hf_bert(tmp_path / "mb", layers=2, mlm=True, model_type="modernbert")
+  with tiny_pt.unlocked():
+    tiny_pt.model.init_from = str(tmp_path / "mb")
+    tiny_pt.train.max_steps = 8
+    tiny_pt.train.lr = 3e-3
+    tiny_pt.train.warmup_ratio = 0.0
+  pretrain.run(tiny_pt, str(tmp_path / "w"))
+  rows = [json.loads(line) for line in open(tmp_path / "w" / "metrics.jsonl")]
+  assert rows[-1]["loss"] < rows[0]["loss"]
+  assert {"mlm/1_16", "mae/1_16", "mlm/2_32", "mae/2_32"} <= set(rows[0])
+  out = tmp_path / "w" / pretrain.EXPORT_DIR
+  model = transformers.AutoModelForMaskedLM.from_pretrained(str(out)).eval()
+  assert type(model).__name__ == "ModernBertForMaskedLM"
+  ours = checkpoint.load_model(str(out))
+  ids = np.array([[2, 40, 41, 42, 4, 43, 44, 45, 46, 47, 48, 49, 3]])
+  with torch.no_grad():
+    theirs = model(torch.as_tensor(ids)).logits.numpy()
+  hidden = encoders.hidden_states(ours.params["bert"], ours.config, jnp.asarray(ids),
+                                  jnp.ones_like(jnp.asarray(ids)))
+  mine = MlmHead(ours.config).apply({"params": ours.params["mlm_head"]}, hidden[-1],
+                                    encoders.word_embeddings(ours.params["bert"], ours.config))
+  np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-4)
 
 
 def test_tiny_run_loss_falls_and_exports_a_masked_lm(tiny_pt, tmp_path):

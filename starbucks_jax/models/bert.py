@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -24,7 +23,14 @@ import jax.numpy as jnp
 
 from starbucks_jax.models import attention
 from starbucks_jax.models.dropout import Dropout
-from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, normal_init, zeros_init
+from starbucks_jax.models.layers import (
+    DTYPES,
+    Dense,
+    RunSettings,
+    gelu,
+    layer_norm,
+    normal_init,
+)
 
 # model.remat: what the backward pass keeps of each layer (the rest is recomputed). "none" keeps
 # everything; "full" keeps only the layer's input; "dots" keeps the matmul outputs that have no
@@ -90,6 +96,16 @@ class BertConfig(RunSettings):
       raise ValueError(f"BertConfig: hidden_size={self.hidden_size} is not divisible by "
                        f"num_attention_heads={self.num_attention_heads}")
 
+  # What the heads (models/heads.py) read of any encoder config: BERT's norms and dense layers all
+  # have biases, its LayerNorm epsilon is layer_norm_eps.
+  norm_bias = True
+  classifier_bias = True
+  decoder_bias = True
+
+  @property
+  def norm_eps(self) -> float:
+    return self.layer_norm_eps
+
   @property
   def position_offset(self) -> int:
     """The position embedding row of a text's first token (RoBERTa reserves 0..pad_token_id)."""
@@ -127,13 +143,6 @@ PRESETS = {
 }
 
 
-def _layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=config.layer_norm_eps, dtype=config.stream_dtype, param_dtype=config.storage_dtype,
-      name=name, scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-      bias_init=zeros_init(("norm",)))
-
-
 def _dense(config: BertConfig, features, axes, name: str, contract: int = 1) -> Dense:
   return Dense(config, features, tuple(axes), contract, name=name)
 
@@ -158,7 +167,7 @@ class BertEmbeddings(nn.Module):
          embed("position_embeddings", cfg.max_position_embeddings,
                (None, "embed"))(positions) + embed("token_type_embeddings", cfg.type_vocab_size,
                                                    (None, "embed"))(token_type_ids))
-    x = _layer_norm(cfg, "LayerNorm")(x)
+    x = layer_norm(cfg, "LayerNorm")(x)
     x = Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
     return _constrain(x, ("batch", "length", "embed"))
 
@@ -216,7 +225,7 @@ class BertOutput(nn.Module):
     cfg = self.config
     h = _dense(cfg, cfg.hidden_size, self.kernel_axes, "dense", contract=self.contract)(h)
     h = Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
-    return _layer_norm(cfg, "LayerNorm")(residual + h)
+    return layer_norm(cfg, "LayerNorm")(residual + h)
 
 
 class BertAttention(nn.Module):
@@ -282,7 +291,7 @@ class BertLayerStack(nn.Module):
 class BertEncoder(nn.Module):
   """Embeddings + layers; returns all hidden states [num_layers + 1, B, T, D] in HF order.
 
-  `apply(..., method="hidden_states")` (or the function `hidden_states`) returns the same states as
+  `apply(..., method="hidden_states")` (or encoders.hidden_states) returns the same states as
   a tuple of num_layers + 1 arrays [B, T, D]: losses pick layers from the tuple, since the gradient
   of `stacked[n]` is a zero-padded copy of the whole stack, which XLA does not fold away.
   """
@@ -314,39 +323,3 @@ class BertEncoder(nn.Module):
     keys = (attention_bias_mask(attention_mask,
                                 segments), attention_mask if segments is None else segments)
     return tuple(BertLayerStack(cfg, name="encoder")(x, keys, n, deterministic))
-
-
-def hidden_states(params, config: BertConfig, input_ids, attention_mask, *,
-                  num_layers: int | None = None, deterministic: bool = True,
-                  rng: jax.Array | None = None, segments=None,
-                  positions=None) -> tuple[jax.Array, ...]:
-  """The encoder's forward as a function: num_layers + 1 hidden states [B, T, D] (HF order), only
-  the first num_layers layers run; `rng` is the dropout key when not deterministic. Packed rows
-  (several texts per row): `segments` and `positions` [B, T] (`attention_bias_mask`)."""
-  return BertEncoder(config).apply({"params": params}, input_ids, attention_mask,
-                                   num_layers=num_layers, deterministic=deterministic,
-                                   segments=segments, positions=positions,
-                                   rngs=None if deterministic else {"dropout": rng},
-                                   method="hidden_states")
-
-
-def init_params(config: BertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
-  """Random parameters (unboxed) for `config`; HF's init: normal(initializer_range), LN ones/zeros."""
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  variables = BertEncoder(config).init(rng, ids, jnp.ones_like(ids))
-  return nn.meta.unbox(variables["params"])
-
-
-def abstract_params(config: BertConfig) -> dict[str, Any]:
-  """Shapes and dtypes of init_params' tree (no memory), in the storage dtype (config.param_dtype)."""
-  return jax.eval_shape(lambda: jax.tree.map(lambda x: x.astype(config.storage_dtype),
-                                             init_params(config, jax.random.key(0))))
-
-
-def param_logical_axes(config: BertConfig) -> dict[str, Any]:
-  """The logical axis names of every parameter, as a tree of PartitionSpec (no allocation)."""
-  def init():  # inputs made inside: nothing runs eagerly (callable under any mesh)
-    ids = jnp.zeros((1, 8), jnp.int32)
-    return BertEncoder(config).init(jax.random.key(0), ids, jnp.ones_like(ids))
-
-  return nn.get_partition_spec(jax.eval_shape(init))["params"]

@@ -1,6 +1,6 @@
 """Building blocks the encoders share (models/bert.py, models/modernbert.py): HF's exact GELU, the
 initialisers with logical axes, and a dense layer whose kernel keeps its real rank. `config` is any
-encoder config with initializer_range, compute_dtype and storage_dtype."""
+encoder config with initializer_range, norm_eps, norm_bias, compute_dtype and storage_dtype."""
 
 from __future__ import annotations
 
@@ -50,6 +50,15 @@ def gelu(x):
   """HF's "gelu", the exact erf form, written as PyTorch computes it: x / 2 * (1 + erf(x / sqrt 2)).
   (jax.nn.gelu's exact form goes through erfc, several times slower on XLA:CPU.)"""
   return x * (1 + jax.lax.erf(x * np.asarray(math.sqrt(0.5), x.dtype))) * np.asarray(0.5, x.dtype)
+
+
+def layer_norm(config, name: str) -> nn.LayerNorm:
+  """A LayerNorm of the config's norm_eps, with a bias when config.norm_bias; float32 under amp."""
+  return nn.LayerNorm(
+      epsilon=config.norm_eps, use_bias=config.norm_bias, dtype=config.stream_dtype,
+      param_dtype=config.storage_dtype, name=name,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                              ("norm",)), bias_init=zeros_init(("norm",)))
 
 
 def normal_init(config, axes: tuple[str | None, ...]):

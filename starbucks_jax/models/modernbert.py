@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from starbucks_jax.models import bert
 from starbucks_jax.models.dropout import Dropout
-from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, normal_init, zeros_init
+from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, layer_norm, normal_init
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +50,13 @@ class ModernBertConfig(RunSettings):
   embedding_dropout: float = 0.0
   attention_dropout: float = 0.0
   mlp_dropout: float = 0.0
+  classifier_bias: bool = False  # the MLM head's dense layer (HF's ModernBertPredictionHead)
+  decoder_bias: bool = True  # the MLM decoder's bias (its weight is tied to the token table)
   pad_token_id: int = 50283
+  bos_token_id: int = 50281  # the special tokens' ids, kept for the config.json we write
+  eos_token_id: int = 50282
+  cls_token_id: int = 50281
+  sep_token_id: int = 50282
   initializer_range: float = 0.02
   model_type: str = "modernbert"
   dtype: str = "float32"
@@ -75,6 +78,8 @@ class ModernBertConfig(RunSettings):
     if self.precision not in bert.PRECISIONS or self.remat_policy not in bert.REMAT_POLICIES:
       raise ValueError(f"ModernBertConfig: precision={self.precision!r}, remat={self.remat!r}")
 
+  position_offset = 0  # RoPE: no position rows to reserve
+
   @property
   def max_tokens(self) -> int:
     return self.max_position_embeddings
@@ -94,12 +99,13 @@ class ModernBertConfig(RunSettings):
     return 3 * forward if train else forward
 
 
-def _norm(cfg: ModernBertConfig, name: str) -> nn.LayerNorm:
-  return nn.LayerNorm(
-      epsilon=cfg.norm_eps, use_bias=cfg.norm_bias, dtype=cfg.stream_dtype,
-      param_dtype=cfg.storage_dtype, name=name,
-      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(),
-                                              ("norm",)), bias_init=zeros_init(("norm",)))
+# ModernBERT's released shapes (answerdotai/ModernBERT-base, -large; granite-embedding-english-r2 is
+# the base shape): the compile reports' --preset
+PRESETS = {
+    "modernbert-base": ModernBertConfig(),
+    "modernbert-large": ModernBertConfig(hidden_size=1024, intermediate_size=2624,
+                                         num_hidden_layers=28, num_attention_heads=16),
+}
 
 
 def rope(x, positions, theta: float):
@@ -161,9 +167,9 @@ class ModernBertLayer(nn.Module):
   def __call__(self, x, masks, positions, deterministic: bool):
     cfg = self.config
     mask = masks[0] if cfg.is_global(self.layer) else masks[1]
-    h = x if self.layer == 0 else _norm(cfg, "attn_norm")(x)
+    h = x if self.layer == 0 else layer_norm(cfg, "attn_norm")(x)
     x = x + ModernBertAttention(cfg, self.layer, name="attn")(h, mask, positions, deterministic)
-    x = x + ModernBertMLP(cfg, name="mlp")(_norm(cfg, "mlp_norm")(x), deterministic)
+    x = x + ModernBertMLP(cfg, name="mlp")(layer_norm(cfg, "mlp_norm")(x), deterministic)
     return nn.with_logical_constraint(x.astype(cfg.stream_dtype), ("batch", "length", "embed"))
 
 
@@ -193,7 +199,7 @@ class ModernBertEncoder(nn.Module):
     T = input_ids.shape[1]
     if positions is None:
       positions = jnp.arange(T)[None, :]
-    x = _Embeddings(cfg, name="embeddings")(input_ids, deterministic)
+    x = Embeddings(cfg, name="embeddings")(input_ids, deterministic)
     full = bert.attention_bias_mask(attention_mask, segments)
     near = jnp.abs(jnp.arange(T)[:, None] - jnp.arange(T)[None, :]) <= cfg.local_attention // 2
     masks = (full, full & near[None, None])
@@ -202,12 +208,12 @@ class ModernBertEncoder(nn.Module):
       x = layer_cls(cfg, i, name=f"layers_{i}")(x, masks, positions, deterministic)
       states.append(x)
     if normed and n:  # each state past the embeddings as the sub-model of its depth outputs it
-      final = _norm(cfg, "final_norm")
+      final = layer_norm(cfg, "final_norm")
       states[1:] = [final(h) for h in states[1:]]
     return tuple(states)
 
 
-class _Embeddings(nn.Module):
+class Embeddings(nn.Module):
   """HF's ModernBertEmbeddings: the token table, its LayerNorm, dropout (no positions: RoPE)."""
   config: ModernBertConfig
 
@@ -217,57 +223,5 @@ class _Embeddings(nn.Module):
     x = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.stream_dtype,
                  param_dtype=cfg.storage_dtype, embedding_init=normal_init(cfg, ("vocab", "embed")),
                  name="tok_embeddings")(input_ids)
-    x = Dropout(cfg.embedding_dropout)(_norm(cfg, "norm")(x), deterministic=deterministic)
+    x = Dropout(cfg.embedding_dropout)(layer_norm(cfg, "norm")(x), deterministic=deterministic)
     return nn.with_logical_constraint(x, ("batch", "length", "embed"))
-
-
-def init_params(config: ModernBertConfig, rng: jax.Array, seq_len: int = 8) -> dict[str, Any]:
-  ids = jnp.zeros((1, seq_len), jnp.int32)
-  return nn.meta.unbox(ModernBertEncoder(config).init(rng, ids, jnp.ones_like(ids))["params"])
-
-
-# HF ModernBertModel's weight names (inside ModernBertForMaskedLM: after "model.") -> our paths and
-# the reshape from HF's [out, in] matrices. {i}: the layer; {w}: weight (LayerNorm: scale) or bias.
-_KEYS = (
-    (r"embeddings\.tok_embeddings\.weight", "embeddings/tok_embeddings/embedding", "copy"),
-    (r"embeddings\.norm\.(?P<w>weight|bias)", "embeddings/norm/{w}", "copy"),
-    (r"layers\.(?P<i>\d+)\.(?P<n>attn_norm|mlp_norm)\.(?P<w>weight|bias)", "layers_{i}/{n}/{w}",
-     "copy"),
-    (r"layers\.(?P<i>\d+)\.attn\.Wqkv\.(?P<w>weight|bias)", "layers_{i}/attn/Wqkv/{w}", "qkv"),
-    (r"layers\.(?P<i>\d+)\.attn\.Wo\.(?P<w>weight|bias)", "layers_{i}/attn/Wo/{w}", "heads_out"),
-    (r"layers\.(?P<i>\d+)\.mlp\.Wi\.(?P<w>weight|bias)", "layers_{i}/mlp/Wi/{w}", "glu"),
-    (r"layers\.(?P<i>\d+)\.mlp\.Wo\.(?P<w>weight|bias)", "layers_{i}/mlp/Wo/{w}", "linear"),
-    (r"final_norm\.(?P<w>weight|bias)", "final_norm/{w}", "copy"),
-)
-
-
-def params_from_hf(state: dict[str, Any], config: ModernBertConfig) -> dict[str, Any]:
-  """An HF ModernBertModel state dict (numpy) as our encoder's tree; unknown names raise."""
-  D, H, K, I = (config.hidden_size, config.num_attention_heads, config.head_dim,
-                config.intermediate_size)
-  reshape = {  # (weight, bias) from HF's layout
-      "copy": (lambda x: x, lambda x: x), "linear": (lambda x: x.T, lambda x: x),
-      "qkv": (lambda x: x.T.reshape(D, 3, H, K), lambda x: x.reshape(3, H, K)),
-      "heads_out": (lambda x: x.T.reshape(H, K, D), lambda x: x), "glu":
-          (lambda x: x.T.reshape(D, 2, I), lambda x: x.reshape(2, I))
-  }
-  tree: dict[str, Any] = {}
-  for name, x in state.items():
-    name = name.removeprefix("model.")
-    for pattern, path, how in _KEYS:
-      m = re.fullmatch(pattern, name)
-      if m:
-        break
-    else:
-      raise ValueError(f"{name!r} is not a ModernBERT encoder weight")
-    groups = m.groupdict()
-    is_bias = groups.get("w") == "bias"
-    if "w" in groups:
-      norm = "norm" in path.format(**groups).split("/")[-2]
-      groups["w"] = "bias" if is_bias else ("scale" if norm else "kernel")
-    *parents, leaf = path.format(**groups).split("/")
-    node = tree
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = reshape[how][1 if is_bias else 0](np.asarray(x, np.float32))
-  return tree

@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from starbucks_jax.models.bert import BertConfig, hidden_states
+from starbucks_jax.models.encoders import EncoderConfig, hidden_states
 
 POOLINGS = ("mean", "cls")
 
@@ -22,7 +22,7 @@ def pool(hidden, attention_mask, pooling: str):
   raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
 
 
-def pooled_layers(params, config: BertConfig, ids, mask, layers, pooling: str, *,
+def pooled_layers(params, config: EncoderConfig, ids, mask, layers, pooling: str, *,
                   deterministic: bool = True, rng: jax.Array | None = None) -> dict[int, jax.Array]:
   """ONE encoder forward over ids/mask [..., T] (e.g. roles [R, B, T]), stopping at the deepest of
   `layers` -> {layer: pooled [..., D] float32}."""
@@ -51,8 +51,8 @@ def pool_packed(hidden, segments, positions, pooling: str, texts: int):
                     precision=jax.lax.Precision.HIGHEST)
 
 
-def pooled_layers_packed(params, config: BertConfig, ids, segments, positions, layers, pooling: str,
-                         texts: int, shards: int = 1, *, deterministic: bool = True,
+def pooled_layers_packed(params, config: EncoderConfig, ids, segments, positions, layers,
+                         pooling: str, texts: int, shards: int = 1, *, deterministic: bool = True,
                          rng: jax.Array | None = None) -> dict[int, jax.Array]:
   """`pooled_layers` for packed rows: ids/segments/positions [P, L], the rows of shard s being
   P/shards consecutive rows holding its `texts` texts -> {layer: [shards, texts, D] float32}."""
