@@ -58,6 +58,14 @@ RECIPES = {
     "retrieval_cudnn":
         ("configs/retrieval.py", ["--config.model.attention=cudnn"], None, ("h100", "h200")),
     "smae_cudnn": ("configs/pt.py", ["--config.model.attention=cudnn"], None, ("h100x8", "h200x8")),
+    # ModernBERT-base (configs/modernbert.py): AllNLI at 128 tokens; 8,192-token passages (long)
+    "modernbert_nli": ("configs/modernbert.py", [], 128, ("v5e-8", "v6e-8")),
+    "modernbert_long": ("configs/modernbert.py:long", [], 8192, ("v5e-8", "v6e-8")),
+    "modernbert_long_flash": ("configs/modernbert.py:long", ["--config.model.attention=flash"],
+                              8192, ("v5e-8", "v6e-8")),
+    "modernbert_long_flash_fsdp":
+        ("configs/modernbert.py:long",
+         ["--config.model.attention=flash", "--config.mesh.shape=(1,-1,1)"], 8192, ("v5e-8",)),
     "smae_remat_flash_mb2": ("configs/pt.py", [
         "--config.model.remat=full", "--config.model.attention=flash",
         "--config.train.microbatches=2"

@@ -102,3 +102,37 @@ def test_packed_rows_equal_each_text_alone():
   scale = np.abs(ref).max()
   for i, ((r, o), n) in enumerate(zip(rows, LENGTHS)):
     np.testing.assert_allclose(ours[:, r, o:o + n], ref[:, i, :n], rtol=0, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("core", ["dot_product", "flash"])
+def test_the_fused_cores_equal_the_standard_one(core, monkeypatch):
+  """model.attention on ModernBERT: XLA's fused call and the TPU splash kernel (here in Pallas'
+  interpreter) with a block-sparse band on the local layers give every real token's state at every
+  layer as the standard core, padded and packed, and the same gradient."""
+  import jax
+
+  from starbucks_jax.models import attention
+  monkeypatch.setattr(attention, "SPLASH_INTERPRET", True)
+  _, cfg, params = make_modernbert(biases=True)
+  ids, mask = batch()
+  fused = cfg.replace(attention=core)
+  real = mask.astype(bool)
+  want = np.asarray(modernbert.ModernBertEncoder(cfg).apply({"params": params}, ids, mask))
+  got = np.asarray(modernbert.ModernBertEncoder(fused).apply({"params": params}, ids, mask))
+  np.testing.assert_allclose(got[:, real], want[:, real], rtol=0, atol=2e-5 * np.abs(want).max())
+  segments = np.where(mask, np.arange(4)[:, None], -1).reshape(1, -1)  # the four texts in one row
+  positions = np.tile(np.arange(ids.shape[1]), 4)[None]
+  packed = modernbert.ModernBertEncoder(fused).apply({"params": params}, ids.reshape(1, -1), None,
+                                                     segments=segments, positions=positions)
+  np.testing.assert_allclose(
+      np.asarray(packed)[:, 0, real.reshape(-1)], want[:, real], rtol=0,
+      atol=2e-5 * np.abs(want).max())
+
+  def loss(p, c):
+    states = modernbert.ModernBertEncoder(c).apply({"params": p}, ids, mask)
+    return (states[-1] * mask[..., None]).sum() + (states[2] * mask[..., None]).mean()
+
+  g_want = jax.grad(loss)(params, cfg)
+  g_got = jax.grad(loss)(params, fused)
+  for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max() + 1e-6)

@@ -11,6 +11,8 @@ call (flash: without materialising the [batch, heads, T, T] scores in memory).
   padding; packed rows pass their segments' mask, which cuDNN applies as a bias.
 - 'flash': the Pallas flash-attention kernel for TPUs that ships with jax (compiled for any TPU
   topology by starbucks_jax.compile; on another backend it runs only in Pallas' interpreter).
+  ModernBERT's layers run jax's splash-attention kernel instead (`splash`): the same tiling with a
+  block-sparse mask, so a local layer computes only the key blocks its window reaches.
 The fused cores have no dropout on the attention probabilities: a run with any of them trains without
 it (hidden-state dropout stays). Otherwise they compute the same function: for every real token the
 same context vector (padding positions, which no real token reads and pooling skips, may differ).
@@ -18,16 +20,20 @@ same context vector (padding positions, which no real token reads and pooling sk
 
 from __future__ import annotations
 
+import functools
 import math
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental.pallas.ops.tpu import flash_attention as fa
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_lib
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as mask_lib
 
 ATTENTIONS = ("standard", "dot_product", "flash", "cudnn")
 # jax.nn.dot_product_attention's implementation for the 'cudnn' core ('xla' runs the same call on a CPU: tests).
 CUDNN_IMPLEMENTATION = "cudnn"
+SPLASH_INTERPRET = False  # run the splash kernel in Pallas' interpreter (tests on a CPU)
 
 
 def dot_product(q, k, v, mask):
@@ -51,9 +57,11 @@ def cudnn(q, k, v, segment_ids, packed: bool):
                                       implementation=CUDNN_IMPLEMENTATION)
 
 
-def flash(q, k, v, segment_ids, block: int = 128):
-  """`flash_kernel` per device under a mesh (a Pallas kernel is not partitioned by the compiler: it
-  runs in a shard_map over the batch and head axes, as the logical rules shard them)."""
+def flash(q, k, v, segment_ids, block: int = 128, window: int | None = None, splash: bool = False):
+  """`flash_kernel` (or `splash_kernel` with `splash`, its `window`) per device under a mesh (a
+  Pallas kernel is not partitioned by the compiler: it runs in a shard_map over the batch and head
+  axes, as the logical rules shard them)."""
+  kernel = functools.partial(splash_kernel, window=window) if splash else flash_kernel
   mesh = jax.sharding.get_abstract_mesh()
   qkv = nn.logical_to_mesh_axes(("batch", "length", "heads", "kv"))
   segments = nn.logical_to_mesh_axes(("batch", "length"))
@@ -61,10 +69,9 @@ def flash(q, k, v, segment_ids, block: int = 128):
       entry, str) else math.prod(mesh.shape[a] for a in entry)
   # one device, or shapes only (init)
   if mesh.empty or any(d % size(e) for d, e in zip(q.shape, qkv)):
-    return flash_kernel(q, k, v, segment_ids, block)
-  return jax.shard_map(lambda *a: flash_kernel(*a, block), mesh=mesh,
-                       in_specs=(qkv, qkv, qkv, segments), out_specs=qkv,
-                       check_vma=False)(q, k, v, segment_ids)
+    return kernel(q, k, v, segment_ids, block)
+  return jax.shard_map(lambda *a: kernel(*a, block), mesh=mesh, in_specs=(qkv, qkv, qkv, segments),
+                       out_specs=qkv, check_vma=False)(q, k, v, segment_ids)
 
 
 def flash_kernel(q, k, v, segment_ids, block: int = 128):
@@ -86,4 +93,29 @@ def flash_kernel(q, k, v, segment_ids, block: int = 128):
   out = fa.flash_attention(heads_first(q), heads_first(k), heads_first(v),
                            segment_ids=fa.SegmentIds(segment_ids, segment_ids),
                            sm_scale=1.0 / math.sqrt(q.shape[-1]), block_sizes=sizes)
+  return heads_first(out)[:, :T]
+
+
+def splash_kernel(q, k, v, segment_ids, block: int = 128, window: int | None = None):
+  """As `flash_kernel` (same arguments, padding and result), through jax's splash-attention kernel
+  with a block-sparse mask: every key (window None), or the keys within `window` positions on
+  either side (ModernBERT's local layers): blocks outside the band are skipped, not masked."""
+  B, T, H, K = q.shape
+  pad = -T % block
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-2)
+  L = T + pad
+  one = (mask_lib.FullMask((L, L)) if window is None else mask_lib.LocalMask((L, L),
+                                                                             (window, window), 0))
+  sizes = splash_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                                block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                                block_q_dq=block, block_kv_dq=block)
+  kernel = splash_lib.make_splash_mha_single_device(mask_lib.MultiHeadMask([one] * H),
+                                                    block_sizes=sizes, interpret=SPLASH_INTERPRET)
+  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, heads, T, head_dim]
+  segment_ids = segment_ids.astype(jnp.int32)
+  q = q * jnp.asarray(1.0 / math.sqrt(K), q.dtype)  # the kernel does not scale
+  out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash_lib.SegmentIds(s, s)))(
+      heads_first(q), heads_first(k), heads_first(v), segment_ids)
   return heads_first(out)[:, :T]

@@ -102,5 +102,6 @@ class MaeDecoder(nn.Module):
     if isinstance(cfg, modernbert.ModernBertConfig):
       positions = jnp.arange(x.shape[1])[None, :]
       layer = remat_layer(cfg, modernbert.ModernBertLayer, static_argnums=(4,))
-      return layer(cfg, 0, name="layer_0")(x, (mask, mask), positions, deterministic)
+      return layer(cfg, 0, name="layer_0")(x, (mask, mask, attention_mask), positions,
+                                           deterministic)
     return remat_layer(cfg)(cfg, name="layer_0")(x, (mask, attention_mask), deterministic)

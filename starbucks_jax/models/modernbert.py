@@ -24,9 +24,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from starbucks_jax.models import bert
+from starbucks_jax.models import attention, bert
 from starbucks_jax.models.dropout import Dropout
 from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, layer_norm, normal_init
+
+# model.attention on ModernBERT: models/attention.py's cores but cuDNN's ('flash': the splash kernel)
+ATTENTIONS = ("standard", "dot_product", "flash")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +72,9 @@ class ModernBertConfig(RunSettings):
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"ModernBertConfig: hidden_size={self.hidden_size} is not divisible by "
                        f"num_attention_heads={self.num_attention_heads}")
-    if self.attention != "standard":
-      raise ValueError(f"ModernBertConfig.attention={self.attention!r}: only 'standard' is built "
-                       "(local windows in the fused cores are not)")
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"ModernBertConfig.attention={self.attention!r}; expected one of "
+                       f"{ATTENTIONS} (cuDNN's fused kernel has no two-sided window)")
     for name in ("dtype", "param_dtype"):
       if getattr(self, name) not in DTYPES:
         raise ValueError(f"ModernBertConfig.{name}={getattr(self, name)!r}")
@@ -125,21 +128,33 @@ class ModernBertAttention(nn.Module):
   layer: int
 
   @nn.compact
-  def __call__(self, x, mask, positions, deterministic: bool):
+  def __call__(self, x, mask, segment_ids, positions, deterministic: bool):
     cfg = self.config
     qkv = Dense(cfg, (3, cfg.num_attention_heads, cfg.head_dim), ("embed", None, "heads", "kv"),
                 use_bias=cfg.attention_bias, name="Wqkv")(x)
     q, k, v = (qkv[:, :, i] for i in range(3))
     theta = cfg.global_rope_theta if cfg.is_global(self.layer) else cfg.local_rope_theta
     q, k = rope(q, positions, theta), rope(k, positions, theta)
+    if cfg.attention == "dot_product":
+      context = attention.dot_product(q, k, v, mask)
+    elif cfg.attention == "flash":
+      window = None if cfg.is_global(self.layer) else cfg.local_attention // 2
+      context = attention.flash(q, k, v, segment_ids, window=window, splash=True)
+    else:
+      context = self.standard(q, k, v, mask, deterministic)
+    context = nn.with_logical_constraint(context, ("batch", "length", "heads", "kv"))
+    out = Dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), contract=2,
+                use_bias=cfg.attention_bias, name="Wo")(context)
+    return Dropout(cfg.attention_dropout)(out, deterministic=deterministic)
+
+  def standard(self, q, k, v, mask, deterministic: bool):
+    """HF's eager attention: scores and softmax in float32, dropout on the probabilities."""
+    cfg = self.config
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(cfg.head_dim)
     scores = jnp.where(mask, scores.astype(jnp.float32), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(cfg.compute_dtype)
     probs = Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-    context = jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(cfg.compute_dtype))
-    out = Dense(cfg, cfg.hidden_size, ("heads", "kv", "embed"), contract=2,
-                use_bias=cfg.attention_bias, name="Wo")(context)
-    return Dropout(cfg.attention_dropout)(out, deterministic=deterministic)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v.astype(cfg.compute_dtype))
 
 
 class ModernBertMLP(nn.Module):
@@ -168,7 +183,8 @@ class ModernBertLayer(nn.Module):
     cfg = self.config
     mask = masks[0] if cfg.is_global(self.layer) else masks[1]
     h = x if self.layer == 0 else layer_norm(cfg, "attn_norm")(x)
-    x = x + ModernBertAttention(cfg, self.layer, name="attn")(h, mask, positions, deterministic)
+    x = x + ModernBertAttention(cfg, self.layer, name="attn")(h, mask, masks[2], positions,
+                                                              deterministic)
     x = x + ModernBertMLP(cfg, name="mlp")(layer_norm(cfg, "mlp_norm")(x), deterministic)
     return nn.with_logical_constraint(x.astype(cfg.stream_dtype), ("batch", "length", "embed"))
 
@@ -202,7 +218,8 @@ class ModernBertEncoder(nn.Module):
     x = Embeddings(cfg, name="embeddings")(input_ids, deterministic)
     full = bert.attention_bias_mask(attention_mask, segments)
     near = jnp.abs(jnp.arange(T)[:, None] - jnp.arange(T)[None, :]) <= cfg.local_attention // 2
-    masks = (full, full & near[None, None])
+    # (global, local, segment ids: the fused cores' form of the first)
+    masks = (full, full & near[None, None], attention_mask if segments is None else segments)
     states, layer_cls = [x], bert.remat_layer(cfg, ModernBertLayer, static_argnums=(4,))
     for i in range(n):  # static: only the first n layers are traced and run
       x = layer_cls(cfg, i, name=f"layers_{i}")(x, masks, positions, deterministic)
