@@ -183,11 +183,15 @@ def report(program: str, compiled, mesh, topo: Topology, model_flops: int,
   text = compiled.as_text()
   costs = hlo_costs.costs(text, devices)
   # a deviceless GPU compile has no cost analysis: the HLO reading stands in for it
-  if cost is None:
+  hlo_read = cost is None
+  if hlo_read:
     cost = {"flops": costs.xla_like("flops"), "bytes accessed": costs.xla_like("bytes")}
   xla_flops, xla_bytes = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
-  # the loops' further trips
+  # the loops' further trips; and the kernels XLA's analysis counts as none, once (their further
+  # trips are in the first term)
   extra = {k: costs.total(k) - costs.xla_like(k) for k in ("flops", "bytes")}
+  if not hlo_read:
+    extra["flops"] += costs.uncosted_flops()
   r = {
       **base,
       "argument_bytes": mem.argument_size_in_bytes,

@@ -67,6 +67,11 @@ class Costs(list):
     """The total with every loop body counted once, as XLA's cost analysis counts it."""
     return sum(getattr(c, field) for c in self)
 
+  def uncosted_flops(self) -> float:
+    """The FLOPs of the kernels XLA's cost analysis counts as none (splash attention: no cost
+    estimate), loop bodies once, as XLA counts."""
+    return sum(c.flops for c in self if c.name.startswith("splash_mha_"))
+
   def by_category(self) -> dict[str, dict[str, float]]:
     out = collections.defaultdict(
         lambda: {"bytes": 0.0, "hbm_bytes": 0.0, "flops": 0.0, "ici_bytes": 0.0, "instructions": 0})
@@ -215,6 +220,8 @@ def _flops(module: Module, ins: Instruction) -> float:
   if ins.opcode == "custom-call":
     if 'custom_call_target="__cudnn$fmha' in ins.attrs:
       return _cudnn_attention_flops(module, ins)
+    if ins.name.startswith("splash_mha_"):
+      return _splash_attention_flops(module, ins)
     # a Pallas kernel states its cost (pl.CostEstimate), as XLA reads it
     m = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attrs)
     return float(m.group(1)) if m else 0.0
@@ -239,6 +246,27 @@ def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
   head_dim = dims_of(module.types.get(ins.operands[0], ""))[-1]
   matmuls = 5 if re.search(r'custom_call_target="__cudnn\$fmha\w*Backward"', ins.attrs) else 2
   return matmuls * 2.0 * math.prod(int(x) for x in m.groups()) * head_dim
+
+
+# matmuls per visited block of jax's splash-attention kernels: forward q k^T and p v; dq recomputes
+# the scores, then dp = do v^T, dq = ds k; dkv recomputes them, then dv = p^T do, dp, dk = ds^T q
+_SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+
+
+def _splash_attention_flops(module: Module, ins: Instruction) -> float:
+  """jax's splash attention, a Pallas kernel without a cost estimate: its grid of visited (q, kv)
+  blocks is the shape of its first operand (the block-sparse mask's next-block table, [1, rows,
+  visited]), each block T/rows square; per block 2 * block^2 * head_dim FLOPs a matmul, for every
+  (batch, head) of its q operand [B, H, T, head_dim]. Without the table: every block."""
+  kind = ins.name.removeprefix("splash_mha_").split("_")[0]
+  q = dims_of(module.types.get(ins.operands[2], "")) if len(ins.operands) > 2 else []
+  table = dims_of(module.types.get(ins.operands[0], "")) if ins.operands else []
+  if kind not in _SPLASH_MATMULS or len(q) != 4:
+    return 0.0
+  B, H, T, D = q
+  rows, visited = (table[1], table[2]) if len(table) == 3 else (1, 1)
+  block = T / rows
+  return _SPLASH_MATMULS[kind] * 2.0 * B * H * rows * visited * block * block * D
 
 
 def _logical_bytes(type_text: str) -> float:

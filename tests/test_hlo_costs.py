@@ -143,3 +143,27 @@ ENTRY %e (q: bf16[2,4,256,64]) -> bf16[2,4,256,64] {
   # three operands and the output, each head of 64 padded to the tile's 128 lanes
   assert kernel.flops == 136314880 and kernel.bytes == 4 * 2 * 4 * 256 * 128 * 2 and H.category(
       kernel) == "attention"
+
+
+def test_a_splash_kernel_counts_the_blocks_its_mask_visits():
+  """jax's splash kernels state no cost: their FLOPs are the visited (q, kv) blocks of the mask's
+  next-block table ([1, rows, visited]: a local layer's band 8 x 3 of 8 x 8 blocks of 128) times
+  2 * 128^2 * head_dim per matmul, for each of B x H; the forward has two matmuls, dq three, dkv
+  four; and the report adds them to XLA's count, which has none of them."""
+  text = """HloModule s
+ENTRY %e (q: bf16[16,4,1024,16], t: s8[1,8,3], g: s8[1,8,8]) -> bf16[16,4,1024,16] {
+  %q = bf16[16,4,1024,16]{3,2,1,0} parameter(0)
+  %t = s8[1,8,3]{2,1,0} parameter(1)
+  %g = s8[1,8,8]{2,1,0} parameter(2)
+  %splash_mha_fwd_segmented_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%t, %t, %q, %q, %q), custom_call_target="tpu_custom_call"
+  %splash_mha_dq_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%g, %g, %q, %q, %q), custom_call_target="tpu_custom_call"
+  ROOT %splash_mha_dkv_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%t, %t, %q, %q, %q), custom_call_target="tpu_custom_call"
+}
+"""
+  costs = H.costs(text)
+  by_name = {c.name.split(".")[0]: c for c in costs}
+  per_block = 2 * 16 * 4 * 128 * 128 * 16  # one matmul over one block pair, every (batch, head)
+  assert by_name["splash_mha_fwd_segmented_residuals"].flops == 2 * 8 * 3 * per_block
+  assert by_name["splash_mha_dq_segmented_no_residuals"].flops == 3 * 8 * 8 * per_block
+  assert by_name["splash_mha_dkv_segmented_no_residuals"].flops == 4 * 8 * 3 * per_block
+  assert costs.uncosted_flops() == (2 * 24 + 3 * 64 + 4 * 24) * per_block
