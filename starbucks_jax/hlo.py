@@ -50,6 +50,21 @@ def dims_of(type_text: str) -> list[int]:
   return [int(d) for d in m.group(2).split(",") if d] if m else []
 
 
+def _joined_lines(text: str) -> list[str]:
+  """The HLO text's lines, an instruction whose attributes span several lines (a Pallas kernel's
+  metadata: a line may even start with '}}, metadata=') joined into one: only a computation's
+  header or its closing '}' starts a line at column 0."""
+  out: list[str] = []
+  for line in text.splitlines():
+    header = _HEADER.match(line) and line.rstrip().endswith("{")
+    if out and out[-1].startswith(" ") and not line.startswith(" ") and line.rstrip() != "}" \
+        and not header:
+      out[-1] += line
+    else:
+      out.append(line)
+  return out
+
+
 def _split_call(rest: str) -> tuple[str, str]:
   """'a, b), attr=..' -> ('a, b', ', attr=..'): the operand list up to its closing parenthesis."""
   depth = 0
@@ -104,7 +119,7 @@ class Module:
   @classmethod
   def parse(cls, text: str) -> "Module":
     comps, current, entry = {}, None, None
-    for line in text.splitlines():
+    for line in _joined_lines(text):
       if not line.startswith(" "):
         m = _HEADER.match(line)
         if m and line.rstrip().endswith("{"):

@@ -255,18 +255,19 @@ _SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
 
 def _splash_attention_flops(module: Module, ins: Instruction) -> float:
   """jax's splash attention, a Pallas kernel without a cost estimate: its grid of visited (q, kv)
-  blocks is the shape of its first operand (the block-sparse mask's next-block table, [1, rows,
-  visited]), each block T/rows square; per block 2 * block^2 * head_dim FLOPs a matmul, for every
-  (batch, head) of its q operand [B, H, T, head_dim]. Without the table: every block."""
+  blocks is the shape of its first operand (the block-sparse mask's next-block table: [1, q blocks,
+  kv blocks visited] forward and dq, [1, q blocks visited, kv blocks] dkv), each block T / (the
+  unshrunk axis) square; per block 2 * block^2 * head_dim FLOPs a matmul, for every (batch, head) of
+  its q operand [B, H, T, head_dim]. Without the table: one block of T."""
   kind = ins.name.removeprefix("splash_mha_").split("_")[0]
   q = dims_of(module.types.get(ins.operands[2], "")) if len(ins.operands) > 2 else []
   table = dims_of(module.types.get(ins.operands[0], "")) if ins.operands else []
   if kind not in _SPLASH_MATMULS or len(q) != 4:
     return 0.0
   B, H, T, D = q
-  rows, visited = (table[1], table[2]) if len(table) == 3 else (1, 1)
-  block = T / rows
-  return _SPLASH_MATMULS[kind] * 2.0 * B * H * rows * visited * block * block * D
+  pairs, blocks = (table[1] * table[2], max(table[1:])) if len(table) == 3 else (1, 1)
+  block = T / blocks  # the table's unshrunk axis: every block of one side
+  return _SPLASH_MATMULS[kind] * 2.0 * B * H * pairs * block * block * D
 
 
 def _logical_bytes(type_text: str) -> float:

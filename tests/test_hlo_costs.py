@@ -147,17 +147,22 @@ ENTRY %e (q: bf16[2,4,256,64]) -> bf16[2,4,256,64] {
 
 def test_a_splash_kernel_counts_the_blocks_its_mask_visits():
   """jax's splash kernels state no cost: their FLOPs are the visited (q, kv) blocks of the mask's
-  next-block table ([1, rows, visited]: a local layer's band 8 x 3 of 8 x 8 blocks of 128) times
+  next-block table (a local layer's band: 8 x 3 of 8 x 8 blocks of 128; dkv's table shrinks the
+  other axis, 3 x 8) times
   2 * 128^2 * head_dim per matmul, for each of B x H; the forward has two matmuls, dq three, dkv
-  four; and the report adds them to XLA's count, which has none of them."""
+  four; and the report adds them to XLA's count, which has none of them. The kernels' metadata
+  spans lines, one starting with '}}': the instructions after it still count."""
   text = """HloModule s
-ENTRY %e (q: bf16[16,4,1024,16], t: s8[1,8,3], g: s8[1,8,8]) -> bf16[16,4,1024,16] {
+ENTRY %e (q: bf16[16,4,1024,16], t: s8[1,8,3], g: s8[1,8,8], u: s8[1,3,8]) -> bf16[16,4,1024,16] {
   %q = bf16[16,4,1024,16]{3,2,1,0} parameter(0)
   %t = s8[1,8,3]{2,1,0} parameter(1)
   %g = s8[1,8,8]{2,1,0} parameter(2)
-  %splash_mha_fwd_segmented_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%t, %t, %q, %q, %q), custom_call_target="tpu_custom_call"
+  %u = s8[1,3,8]{2,1,0} parameter(3)
+  %splash_mha_fwd_segmented_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%t, %t, %q, %q, %q), custom_call_target="tpu_custom_call", frontend_attributes={kernel_metadata={"a": "{
+"xprof_metadata":"{\\"block_q\\": 128}"
+}}, metadata={op_name="splash"}
   %splash_mha_dq_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%g, %g, %q, %q, %q), custom_call_target="tpu_custom_call"
-  ROOT %splash_mha_dkv_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%t, %t, %q, %q, %q), custom_call_target="tpu_custom_call"
+  ROOT %splash_mha_dkv_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%u, %u, %q, %q, %q), custom_call_target="tpu_custom_call"
 }
 """
   costs = H.costs(text)
