@@ -133,7 +133,7 @@ def modernbert_dir(tmp_path_factory):
 LONG = SENTENCES + ["the woman plays blue guitar in the house and the dog sleeps by the tree"]
 
 
-@pytest.mark.parametrize("layer,dim", [(1, 8), (2, 16), (4, 32)])
+@pytest.mark.parametrize("layer,dim", [(2, 16), (4, 32)])  # through a local layer; the last
 def test_modernbert_sub_models_export_as_transformers_computes_them(modernbert_dir, tmp_path, layer,
                                                                     dim):
   """A (n, d) export is an n-layer ModernBertModel whose output is the source's layer n through the
