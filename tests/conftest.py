@@ -234,8 +234,9 @@ def max_rel_diff(a, b):
   return max_abs_diff(a, b) / scale, scale
 
 
-def tiny_srl_case(path, layout: str):
-  """A random 2-layer tiny BERT saved to `path` and loaded as a sentence model, the (1,16) (2,32)
+def tiny_srl_case(path, layout: str, model_type: str = "bert"):
+  """A random 2-layer tiny BERT (or `model_type`) saved to `path` and loaded as a sentence model, the
+  (1,16) (2,32)
   Starbucks plan (a sub-model and the full model: every SRL term at the least compile time), the
   loss of `layout` ('roles': feature KL, cosine; 'groups': score KL, dot) and `ids_mask(*shape)`,
   random ids with a random-length mask per row.
@@ -243,7 +244,7 @@ def tiny_srl_case(path, layout: str):
   import numpy as np
 
   from starbucks_jax import checkpoint, losses, schedule
-  make_hf_bert(path, layers=2, initializer_range=0.2, embedding_scale=1.0)
+  make_hf_bert(path, layers=2, initializer_range=0.2, embedding_scale=1.0, model_type=model_type)
   pre = checkpoint.load_model(str(path))
   cfg = pre.config
   plan = schedule.plan("starbucks", ((1, 16), (2, 32)), 2, 32)

@@ -195,3 +195,29 @@ def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type):
   records = json.load(open(os.path.join(work, "results", "final.json")))
   assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 32)}
   assert json.load(open(os.path.join(work, "model", "config.json")))["model_type"] == model_type
+
+
+def test_packing_and_the_gradient_cache_on_modernbert(tmp_path):
+  """The SRL step on ModernBERT (layer 1 local, texts past its +-4 window) over packed rows, and with
+  the gradient cache, gives the plain padded step's loss and gradients."""
+  import jax
+
+  from starbucks_jax import checkpoint, srl
+  from starbucks_jax.data import batching
+
+  from conftest import max_rel_diff, tiny_srl_case, write_triplets
+  cfg, params, plan, loss_cfg, _ = tiny_srl_case(tmp_path / "m", "roles", "modernbert")
+  tokenizer = checkpoint.load_model(str(tmp_path / "m")).tokenizer
+  ex = batching.load_examples(write_triplets(tmp_path / "t.jsonl", 16), "triplets")
+  make = lambda **kw: batching.Batcher(ex, tokenizer, batch_size=8, max_length=32, seed=0, **kw)
+  padded, packed = make(), make(pack_length=0)
+  rows = padded.epoch_batches(0)[0]
+  key = jax.random.key(3)
+  step = lambda **kw: jax.jit(
+      srl.make_srl_step(cfg, plan, loss_cfg, None, "mean", dropout=False, **kw).value_and_grad)
+  (want, _), g_want = step()(params, padded.make_batch(rows), key)
+  for (loss, _), grads in (step(packed=srl.Packing(3, 8, 1))(params, packed.make_batch(rows), key),
+                           step(grad_cache_chunks=2)(params, padded.make_batch(rows), key)):
+    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    rel, scale = max_rel_diff(grads, g_want)
+    assert rel < 1e-5 and scale > 1e-3
