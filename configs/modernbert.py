@@ -18,8 +18,9 @@ Variants:
             retriever already: 22 layers, 768 dims, 8,192 tokens), so that its full size stays
             as it was while the five smaller ones learn (its own CLS pooling).
   long      the msmarco recipe with passages of up to 8,192 tokens (ModernBERT's context): batch 8
-            queries of groups of 2 (one passage per query and chip on 8 chips), model.remat=full. What fits on which chips, and the compiled
-            bounds: experiments/results_tpu/ (modernbert_* rows) and experiments/recipes.md.
+            queries of groups of 2 (one passage per query and chip on 8 chips), model.remat=full.
+            What fits on which chips, and the compiled bounds: experiments/results_tpu/README.md
+            (ModernBERT-base) and its modernbert_* rows.
 
 Needs the Hub or local copies (a TPU host without the Hub: download once, then pass the folder as
 --config.model.init_from=DIR; the data as configs/ft.py and configs/retrieval.py say):

@@ -1,8 +1,8 @@
 """Model directories: Hugging Face and sentence-transformers folders read into a `Pretrained` (the
 encoder config, the params, the tokenizer and the sentence settings: pooling, normalisation, max
 length, layer, dim) and written back, standalone (layer, dim) sub-models included; all-MiniLM-L6-v2
-from its pip package; Hub ids through huggingface_hub. The key tables are models/hf.py's, config.json
-models/hf_config.py's.
+from its pip package; Hub ids through huggingface_hub. The key tables are models/hf.py's,
+config.json models/hf_config.py's.
 """
 
 from __future__ import annotations

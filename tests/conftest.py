@@ -235,8 +235,8 @@ def max_rel_diff(a, b):
 
 
 def tiny_srl_case(path, layout: str, model_type: str = "bert"):
-  """A random 2-layer tiny BERT (or `model_type`) saved to `path` and loaded as a sentence model, the
-  (1,16) (2,32)
+  """A random 2-layer tiny BERT (or `model_type`) saved to `path` and loaded as a sentence model,
+  the (1,16) (2,32)
   Starbucks plan (a sub-model and the full model: every SRL term at the least compile time), the
   loss of `layout` ('roles': feature KL, cosine; 'groups': score KL, dot) and `ids_mask(*shape)`,
   random ids with a random-length mask per row.

@@ -198,7 +198,8 @@ def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type):
 
 
 def test_packing_and_the_gradient_cache_on_modernbert(tmp_path):
-  """The SRL step on ModernBERT (layer 1 local, texts past its +-4 window) over packed rows, and with
+  """The SRL step on ModernBERT (layer 1 local, texts past its +-4 window) over packed rows, and
+  with
   the gradient cache, gives the plain padded step's loss and gradients."""
   import jax
 

@@ -153,22 +153,22 @@ def test_a_splash_kernel_counts_the_blocks_its_mask_visits():
   four; and the report adds them to XLA's count, which has none of them. The kernels' metadata
   spans lines, one starting with '}}': the instructions after it still count."""
   text = """HloModule s
-ENTRY %e (q: bf16[16,4,1024,16], t: s8[1,8,3], g: s8[1,8,8], u: s8[1,3,8]) -> bf16[16,4,1024,16] {
+ENTRY %e (q: bf16[16,4,1024,16], t: s8[1,8,3], g: s8[1,8,8], u: s8[1,3,8]) -> bf16[1] {
   %q = bf16[16,4,1024,16]{3,2,1,0} parameter(0)
   %t = s8[1,8,3]{2,1,0} parameter(1)
   %g = s8[1,8,8]{2,1,0} parameter(2)
   %u = s8[1,3,8]{2,1,0} parameter(3)
-  %splash_mha_fwd_segmented_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%t, %t, %q, %q, %q), custom_call_target="tpu_custom_call", frontend_attributes={kernel_metadata={"a": "{
+  %splash_mha_fwd_x.1 = bf16[16,4,1024,16] custom-call(%t, %t, %q, %q, %q), metadata={"a": "{
 "xprof_metadata":"{\\"block_q\\": 128}"
 }}, metadata={op_name="splash"}
-  %splash_mha_dq_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%g, %g, %q, %q, %q), custom_call_target="tpu_custom_call"
-  ROOT %splash_mha_dkv_segmented_no_residuals.1 = bf16[16,4,1024,16]{3,2,1,0} custom-call(%u, %u, %q, %q, %q), custom_call_target="tpu_custom_call"
+  %splash_mha_dq_x.1 = bf16[16,4,1024,16] custom-call(%g, %g, %q, %q, %q)
+  ROOT %splash_mha_dkv_x.1 = bf16[16,4,1024,16] custom-call(%u, %u, %q, %q, %q)
 }
 """
   costs = H.costs(text)
   by_name = {c.name.split(".")[0]: c for c in costs}
   per_block = 2 * 16 * 4 * 128 * 128 * 16  # one matmul over one block pair, every (batch, head)
-  assert by_name["splash_mha_fwd_segmented_residuals"].flops == 2 * 8 * 3 * per_block
-  assert by_name["splash_mha_dq_segmented_no_residuals"].flops == 3 * 8 * 8 * per_block
-  assert by_name["splash_mha_dkv_segmented_no_residuals"].flops == 4 * 8 * 3 * per_block
+  assert by_name["splash_mha_fwd_x"].flops == 2 * 8 * 3 * per_block
+  assert by_name["splash_mha_dq_x"].flops == 3 * 8 * 8 * per_block
+  assert by_name["splash_mha_dkv_x"].flops == 4 * 8 * 3 * per_block
   assert costs.uncosted_flops() == (2 * 24 + 3 * 64 + 4 * 24) * per_block

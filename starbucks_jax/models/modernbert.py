@@ -28,7 +28,7 @@ from starbucks_jax.models import attention, bert
 from starbucks_jax.models.dropout import Dropout
 from starbucks_jax.models.layers import DTYPES, Dense, RunSettings, gelu, layer_norm, normal_init
 
-# model.attention on ModernBERT: models/attention.py's cores but cuDNN's ('flash': the splash kernel)
+# model.attention on ModernBERT: models/attention.py's cores but cuDNN's ('flash': splash)
 ATTENTIONS = ("standard", "dot_product", "flash")
 
 
