@@ -70,7 +70,7 @@ class Costs(list):
   def uncosted_flops(self) -> float:
     """The FLOPs of the kernels XLA's cost analysis counts as none (splash attention: no cost
     estimate), loop bodies once, as XLA counts."""
-    return sum(c.flops for c in self if c.name.startswith("splash_mha_"))
+    return sum(c.flops for c in self if c.name.startswith(SPLASH))
 
   def by_category(self) -> dict[str, dict[str, float]]:
     out = collections.defaultdict(
@@ -220,7 +220,7 @@ def _flops(module: Module, ins: Instruction) -> float:
   if ins.opcode == "custom-call":
     if 'custom_call_target="__cudnn$fmha' in ins.attrs:
       return _cudnn_attention_flops(module, ins)
-    if ins.name.startswith("splash_mha_"):
+    if ins.name.startswith(SPLASH):
       return _splash_attention_flops(module, ins)
     # a Pallas kernel states its cost (pl.CostEstimate), as XLA reads it
     m = re.search(r'"cost_estimate":\{"flops":"(\d+)"', ins.attrs)
@@ -251,6 +251,7 @@ def _cudnn_attention_flops(module: Module, ins: Instruction) -> float:
 # matmuls per visited block of jax's splash-attention kernels: forward q k^T and p v; dq recomputes
 # the scores, then dp = do v^T, dq = ds k; dkv recomputes them, then dv = p^T do, dp, dk = ds^T q
 _SPLASH_MATMULS = {"fwd": 2, "dq": 3, "dkv": 4}
+SPLASH = "splash_mha_"  # the start of a splash kernel's instruction names
 
 
 def _splash_attention_flops(module: Module, ins: Instruction) -> float:
@@ -259,7 +260,7 @@ def _splash_attention_flops(module: Module, ins: Instruction) -> float:
   kv blocks visited] forward and dq, [1, q blocks visited, kv blocks] dkv), each block T / (the
   unshrunk axis) square; per block 2 * block^2 * head_dim FLOPs a matmul, for every (batch, head) of
   its q operand [B, H, T, head_dim]. Without the table: one block of T."""
-  kind = ins.name.removeprefix("splash_mha_").split("_")[0]
+  kind = ins.name.removeprefix(SPLASH).split("_")[0]
   q = dims_of(module.types.get(ins.operands[2], "")) if len(ins.operands) > 2 else []
   table = dims_of(module.types.get(ins.operands[0], "")) if ins.operands else []
   if kind not in _SPLASH_MATMULS or len(q) != 4:

@@ -80,16 +80,11 @@ def flash_kernel(q, k, v, segment_ids, block: int = 128):
   kernel tiles the sequence in blocks of 128 (a TPU vector's lanes): a length that is not a multiple
   is padded with a segment of its own, which no real token sees, and cut off again."""
   T = q.shape[1]
-  pad = -T % block
-  if pad:
-    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-2)
+  q, k, v, segment_ids = _to_blocks(q, k, v, segment_ids, block)
   sizes = fa.BlockSizes(block_q=block, block_k_major=block, block_k=block, block_b=1,
                         block_q_major_dkv=block, block_k_major_dkv=block, block_k_dkv=block,
                         block_q_dkv=block, block_k_major_dq=block, block_k_dq=block,
                         block_q_dq=block)
-  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, heads, T, head_dim]
-  segment_ids = segment_ids.astype(jnp.int32)
   out = fa.flash_attention(heads_first(q), heads_first(k), heads_first(v),
                            segment_ids=fa.SegmentIds(segment_ids, segment_ids),
                            sm_scale=1.0 / math.sqrt(q.shape[-1]), block_sizes=sizes)
@@ -101,11 +96,8 @@ def splash_kernel(q, k, v, segment_ids, block: int = 128, window: int | None = N
   with a block-sparse mask: every key (window None), or the keys within `window` positions on
   either side (ModernBERT's local layers): blocks outside the band are skipped, not masked."""
   B, T, H, K = q.shape
-  pad = -T % block
-  if pad:
-    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
-    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-2)
-  L = T + pad
+  q, k, v, segment_ids = _to_blocks(q, k, v, segment_ids, block)
+  L = q.shape[1]
   one = (mask_lib.FullMask((L, L)) if window is None else mask_lib.LocalMask((L, L),
                                                                              (window, window), 0))
   sizes = splash_lib.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
@@ -113,9 +105,22 @@ def splash_kernel(q, k, v, segment_ids, block: int = 128, window: int | None = N
                                 block_q_dq=block, block_kv_dq=block)
   kernel = splash_lib.make_splash_mha_single_device(mask_lib.MultiHeadMask([one] * H),
                                                     block_sizes=sizes, interpret=SPLASH_INTERPRET)
-  heads_first = lambda x: jnp.swapaxes(x, 1, 2)  # [B, heads, T, head_dim]
-  segment_ids = segment_ids.astype(jnp.int32)
   q = q * jnp.asarray(1.0 / math.sqrt(K), q.dtype)  # the kernel does not scale
   out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash_lib.SegmentIds(s, s)))(
       heads_first(q), heads_first(k), heads_first(v), segment_ids)
   return heads_first(out)[:, :T]
+
+
+def heads_first(x):
+  """[B, T, heads, head_dim] <-> [B, heads, T, head_dim] (the Pallas kernels' layout)."""
+  return jnp.swapaxes(x, 1, 2)
+
+
+def _to_blocks(q, k, v, segment_ids, block: int):
+  """The kernels tile the sequence in blocks: a length that is not a multiple is padded with a
+  segment of its own (-2), which no real token sees; segment ids as int32."""
+  pad = -q.shape[1] % block
+  if pad:
+    q, k, v = (jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))) for x in (q, k, v))
+    segment_ids = jnp.pad(segment_ids, ((0, 0), (0, pad)), constant_values=-2)
+  return q, k, v, segment_ids.astype(jnp.int32)
