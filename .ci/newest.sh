@@ -29,4 +29,4 @@ python -m pytest -q -n 2 -m "newest_stack or not newest_stack" tests/test_gpu_ch
   "tests/test_finetune.py::test_every_method_trains_two_steps" \
   tests/test_finetune.py::test_resume_after_interruption_gives_identical_parameters \
   tests/test_faults.py::test_truncated_newest_checkpoint_resumes_from_the_one_before \
-  tests/test_compile.py::test_srl_step_compiles_fsdp tests/test_compile.py::test_a_loop_body_counts_once_per_trip
+  tests/test_compile.py::test_smae_step_compiles_with_flash_attention tests/test_compile.py::test_a_loop_body_counts_once_per_trip

@@ -7,6 +7,7 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from starbucks_jax import config_lib, finetune, pretrain, sharding
@@ -80,30 +81,33 @@ def test_srl_step_compiles_fsdp(topology, tmp_path):
 
 def test_smae_step_compiles_with_flash_attention(topology, tmp_path, monkeypatch):
   """The SMAE step (encoder and MAE decoder) with model.attention='flash': the Pallas TPU kernel is in
-  the compiled program (its numerics: test_attention.py), the optimizer's moments split over the
-  devices (mesh.shard_optimizer) shrink each device's arguments."""
+  the compiled program (its numerics: test_attention.py), and with mesh.shard_optimizer the compiled
+  program takes each Adam moment split over the data-parallel devices, the parameters whole (ZeRO-1;
+  its update: test_sharding.py; bert-base on v5e-8: 1.22 -> 0.51 GiB of arguments per chip)."""
   cfg = tiny(
       "pt.py:tiny", **{
           "model.init_from": bert_json(tmp_path, 2, 32), "model.attention": "flash",
-          "mesh.shard_optimizer": False
+          "mesh.shard_optimizer": True
       })
   with cfg.unlocked():
     cfg.schedule.pairs = ((1, 16), (2, 32))
-  texts = []
+  compiled_programs = []
   report = C.report
   monkeypatch.setattr(
-      C, "report", lambda program, compiled, *a: texts.append(compiled.as_text()) or report(
+      C, "report", lambda program, compiled, *a: compiled_programs.append(compiled) or report(
           program, compiled, *a))
   r = C.programs(cfg, topology, length=16)[0]
   assert r["temp_bytes"] > 0 and r["fits"] and r["xla_flops"] > r["model_flops"] > 0
   # forward + backward, 3 layers
-  assert texts[0].count('custom_call_target="tpu_custom_call"') >= 2 * 3
-  with cfg.unlocked():
-    cfg.mesh.shard_optimizer = True
-  zero = C.programs(cfg, topology, length=16)[0]
-  # params whole, the two moments in quarters; the tiny model's many bias and LayerNorm vectors fill a
-  # whole TPU tile however they are split, so the saving here is 18% (bert-base on v5e-8: 1.22 -> 0.51 GiB)
-  assert zero["argument_bytes"] < 0.85 * r["argument_bytes"]
+  compiled = compiled_programs[0]
+  assert compiled.as_text().count('custom_call_target="tpu_custom_call"') >= 2 * 3
+  state = compiled.input_shardings[0][0]  # (state, batch, key): the TrainState's shardings
+  word = lambda tree: tree["bert"]["embeddings"]["word_embeddings"]["embedding"]
+  shape = (128, 32)
+  assert word(state.params).shard_shape(shape) == shape
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)
+  moments, = (s for s in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(s))
+  assert word(moments.mu).shard_shape(shape) == word(moments.nu).shard_shape(shape) == (32, 32)
 
 
 def test_bad_topology_and_mesh_fail_in_one_line(topology):
