@@ -48,8 +48,9 @@ def _hub_id(name: str | None) -> str | None:
 
 
 def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: int, pooling: str,
-               title: str, model_type: str = "bert") -> str:
-  """The card of an export of `source` (a workdir or a model directory) at (layer, dim)."""
+               title: str, model_type: str = "bert", prompts: tuple[str, str] = ("", "")) -> str:
+  """The card of an export of `source` (a workdir or a model directory) at (layer, dim); with
+  (query, document) `prompts`, its use shows encode_query / encode_document."""
   from starbucks_jax.models import hf  # local: the card needs no jax until here
   workdir = workdir_lib.is_workdir(source)
   config, records, steps = _run_facts(source) if workdir else ({}, [], 0)
@@ -84,19 +85,23 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
   if records:
     lines += ["## Results per (layer, dim)", "", results.table(records), ""]
   lines += ["## Use", "", "```python", "from sentence_transformers import SentenceTransformer", ""]
+  encode = ["embeddings = model.encode([\"A man is playing a guitar.\"])"]
+  if any(prompts):  # sentence-transformers puts the stored prompt before each text
+    encode = [
+        f"queries = model.encode_query([\"Who plays the guitar?\"])  # prompt {prompts[0]!r}",
+        "passages = model.encode_document([\"A man is playing a guitar.\"])  # prompt "
+        f"{prompts[1]!r}"
+    ]
   if whole:
     n, d = num_layers, hidden
+    layers = "layers" if model_type == "modernbert" else "encoder.layer"  # the HF module's list
     lines += [
         f"n, d = {n}, {d}  # any trained size: the first n layers, the first d dimensions",
         "model = SentenceTransformer(\"PATH_OR_REPO_ID\", truncate_dim=d)",
-        "model[0].auto_model.encoder.layer = model[0].auto_model.encoder.layer[:n]",
-        "embeddings = model.encode([\"A man is playing a guitar.\"])"
+        f"model[0].auto_model.{layers} = model[0].auto_model.{layers}[:n]", *encode
     ]
   else:
-    lines += [
-        "model = SentenceTransformer(\"PATH_OR_REPO_ID\")",
-        "embeddings = model.encode([\"A man is playing a guitar.\"])  # "
-        f"{dim} dimensions from {layer} layers"
-    ]
+    lines += ["model = SentenceTransformer(\"PATH_OR_REPO_ID\")", *encode]
+    lines[-1] += f"  # {dim} dimensions from {layer} layers"
   lines += ["```", ""]
   return "\n".join(lines)

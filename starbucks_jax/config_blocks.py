@@ -64,6 +64,11 @@ class Model(Block):
 @frozen
 class SentenceModel(Model):
   pooling: str = "mean"  # 'mean' | 'cls'
+  # text before each query / anchor (and both sides of symmetric pairs, STS) and before each passage
+  # / positive / negative, at training and evaluation, stored in exports; 'stored': the checkpoint's
+  # own prompts (config_sentence_transformers.json), '' none; e.g. 'query: ' and 'passage: ' (E5)
+  query_prompt: str = "stored"
+  passage_prompt: str = "stored"
 
   def check(self) -> None:
     check_choice("model.pooling", self.pooling, POOLINGS)

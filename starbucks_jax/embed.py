@@ -7,7 +7,7 @@
 Command line (one text per line in, a .npy matrix out):
 
     python -m starbucks_jax.embed --model DIR --layer N --dim D --pooling mean \\
-        --input texts.txt --output vecs.npy [--normalize]
+        --input texts.txt --output vecs.npy [--normalize] [--prompt-name query | --prompt 'query: ']
 
 Texts are sorted by length and padded to a few bucket lengths, so jit compiles a handful of
 programs; with `pack=True` they share rows instead (each text attending only to itself), one
@@ -92,23 +92,39 @@ class Embedder:
       raise ValueError(f"pooling={pooling!r}; expected one of {POOLINGS}")
     return layer, dim, pooling, normalize
 
+  def prompt(self, role: str) -> str:
+    """The model's prompt for 'query' or 'document' texts ('' if none): SentenceSettings.prompt."""
+    return self.pretrained.sentence.prompt(role)
+
   def encode(self, texts: list[str], *, layer: int | None = None, dim: int | None = None,
              pooling: str | None = None, normalize: bool | None = None,
              batch_size: int | None = None, max_length: int | None = None,
-             show_progress: bool | None = None) -> np.ndarray:
-    """[len(texts), dim] float32 embeddings of the (layer, dim) sub-model (only `layer` layers run)."""
+             show_progress: bool | None = None, prompt_name: str | None = None,
+             prompt: str | None = None) -> np.ndarray:
+    """[len(texts), dim] float32 embeddings of the (layer, dim) sub-model (only `layer` layers run).
+    `prompt_name` (one of the model's named prompts) or `prompt` goes before each text, as in
+    sentence-transformers' encode."""
     layer, dim, pooling, normalize = self._defaults(layer, dim, pooling, normalize)
+    if prompt_name is not None:
+      prompts = self.pretrained.sentence.prompts
+      if prompt is not None or prompt_name not in prompts:
+        raise InputError(f"prompt_name={prompt_name!r}: " +
+                         ("pass prompt_name or prompt, not both" if prompt is not None else
+                          f"the model's prompts are {sorted(prompts) or 'none'}"))
+      prompt = prompts[prompt_name]
     vecs = self.encode_layers(texts, (layer,), pooling=pooling, batch_size=batch_size,
-                              max_length=max_length, show_progress=show_progress)[layer][:, :dim]
+                              max_length=max_length, show_progress=show_progress, prompt=prompt or
+                              "")[layer][:, :dim]
     if normalize:
       vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
     return vecs
 
   def encode_layers(self, texts: list[str], layers: tuple[int, ...], *, pooling: str | None = None,
                     batch_size: int | None = None, max_length: int | None = None,
-                    show_progress: bool | None = None) -> dict[int, np.ndarray]:
+                    show_progress: bool | None = None, prompt: str = "") -> dict[int, np.ndarray]:
     """{layer: [len(texts), hidden] pooled, unnormalised} for several layers from ONE pass per batch
-    (the encoder stops at the deepest layer asked for). Any (layer, dim) is `out[layer][:, :dim]`."""
+    (the encoder stops at the deepest layer asked for). Any (layer, dim) is `out[layer][:, :dim]`.
+    `prompt` goes before each text (its tokens count toward max_length and the pooling)."""
     layers = tuple(sorted({int(x) for x in layers}))
     for layer in layers:
       check_pair(layer, 1, self.config.num_hidden_layers, self.config.hidden_size)
@@ -119,6 +135,8 @@ class Embedder:
     for i, t in enumerate(texts):
       if not isinstance(t, str):
         raise TypeError(f"texts[{i}] is {type(t).__name__}, not str")
+    if prompt:
+      texts = [prompt + t for t in texts]
     out = {layer: np.zeros((len(texts), self.config.hidden_size), np.float32) for layer in layers}
     if not texts:
       return out
@@ -211,6 +229,11 @@ def main(argv: list[str] | None = None) -> None:
   p.add_argument("--max-length", type=int, help="tokens per text (default: the model's)")
   p.add_argument("--skip-empty", action="store_true",
                  help="leave out blank lines (counted) instead of failing")
+  prompts = p.add_mutually_exclusive_group()
+  prompts.add_argument(
+      "--prompt-name",
+      help="one of the model's named prompts (e.g. query, document) before each text")
+  prompts.add_argument("--prompt", help="this text before each text (e.g. 'query: ')")
   args = p.parse_args(argv)
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
   if args.batch_size < 1:
@@ -221,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
   texts = read_lines(args.input, args.skip_empty)
   model = Embedder.load(args.model, batch_size=args.batch_size)
   vecs = model.encode(texts, layer=args.layer, dim=args.dim, pooling=args.pooling,
-                      normalize=args.normalize, max_length=args.max_length)
+                      normalize=args.normalize, max_length=args.max_length,
+                      prompt_name=args.prompt_name, prompt=args.prompt)
   bad = int((~np.isfinite(vecs).all(axis=1)).sum())
   if bad:
     raise hf.ModelError(

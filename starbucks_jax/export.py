@@ -80,7 +80,7 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
   check_pair(layer, dim, cfg.num_hidden_layers, cfg.hidden_size, where=f"exporting {source}: ")
   sentence = model_dirs.SentenceSettings(pooling=pooling or s.pooling,
                                          normalize=s.normalize if normalize is None else normalize,
-                                         max_seq_length=s.max_seq_length)
+                                         max_seq_length=s.max_seq_length, prompts=s.prompts)
   params = dict(model.params)
   if not with_mlm_head:
     params.pop("mlm_head", None)
@@ -98,7 +98,8 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
         f.write(
             card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
                             layer=layer, dim=dim, pooling=sentence.pooling,
-                            title=os.path.basename(output), model_type=cfg.model_type))
+                            title=os.path.basename(output), model_type=cfg.model_type,
+                            prompts=(sentence.prompt("query"), sentence.prompt("document"))))
     for folder, dirs, files in os.walk(tmp):
       os.chmod(folder, 0o755)
       for name in files:

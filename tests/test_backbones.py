@@ -178,23 +178,33 @@ def test_a_modernbert_mlm_checkpoint_round_trips(tmp_path):
 
 @pytest.mark.parametrize("model_type", ["xlm-roberta", "modernbert"])
 def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type):
-  """SRL on the demo-style triplets: the loss falls, every pair is evaluated, the export keeps the
-  architecture."""
+  """SRL on the demo-style triplets with E5's prompts: the loss falls, every pair is evaluated on
+  STS and on a retrieval collection (its corpus index encoded with the passage prompt), the run's
+  model keeps the architecture and stores the prompts."""
+  from test_mteb import small_beir
   model = tmp_path / model_type
   make_hf_bert(model, layers=2, model_type=model_type)
   cfg = tiny_run
   with cfg.unlocked():
     cfg.model.init_from = str(model)
+    cfg.model.query_prompt, cfg.model.passage_prompt = "query: ", "passage: "
     cfg.train.max_steps = 10
     cfg.train.checkpoint_every = 10
     cfg.train.lr = 1e-3
+    cfg.eval.retrieval = f"pydoc/test={small_beir(tmp_path / 'beir')}"
+    cfg.eval.passage_max_length = 32
   work = str(tmp_path / "run")
   finetune.run(cfg, work)
   losses = [json.loads(line)["loss"] for line in open(os.path.join(work, "metrics.jsonl"))]
   assert np.mean(losses[-3:]) < np.mean(losses[:3])
   records = json.load(open(os.path.join(work, "results", "final.json")))
-  assert {(r["layer"], r["dim"]) for r in records} == {(1, 8), (2, 32)}
+  for dataset in ("demo", "pydoc"):
+    assert {(r["layer"], r["dim"]) for r in records if r["dataset"] == dataset} == {(1, 8), (2, 32)}
   assert json.load(open(os.path.join(work, "model", "config.json")))["model_type"] == model_type
+  stored = json.load(open(os.path.join(work, "model", "config_sentence_transformers.json")))
+  assert stored["prompts"] == {"query": "query: ", "document": "passage: "}
+  assert json.load(open(os.path.join(work, "index", "pydoc",
+                                     "index.json")))["prompt"] == "passage: "
 
 
 def test_packing_and_the_gradient_cache_on_modernbert(tmp_path):

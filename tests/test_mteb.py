@@ -17,6 +17,7 @@ from starbucks_jax.evaluate import retrieval, sts
 
 mteb = pytest.importorskip("mteb")
 from starbucks_jax.evaluate import mteb as adapter  # noqa: E402
+from starbucks_jax.evaluate import mteb_tasks  # noqa: E402
 
 DEMO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "starbucks_jax",
                     "data", "demo")
@@ -53,8 +54,8 @@ def test_minilm_sub_models_score_as_our_evaluators_and_as_sentence_transformers(
   embedder = Embedder.load(minilm_dir)
   beir = small_beir(tmp_path / "beir")
   tasks = [
-      adapter.local_sts_task("demo-sts", "test", STS),
-      adapter.local_retrieval_task("pydoc", "test", beir)
+      mteb_tasks.local_sts_task("demo-sts", "test", STS),
+      mteb_tasks.local_retrieval_task("pydoc", "test", beir)
   ]
   out = str(tmp_path / "out")
   got = values(
@@ -103,7 +104,7 @@ def test_pairs_share_one_pass_and_a_rerun_evaluates_only_what_is_missing(tiny_hf
   embedder.encode_layers = lambda texts, layers, **kw: calls.append(layers) or real(
       texts, layers, **kw)
   pairs = ((1, 8), (2, 16), (4, 32))
-  sts_task = adapter.local_sts_task("demo-sts", "test", STS)
+  sts_task = mteb_tasks.local_sts_task("demo-sts", "test", STS)
   first = adapter.evaluate(embedder, [sts_task], pairs, str(tmp_path), name="o/tiny", revision="a")
   # sentence1 and sentence2: one pass each for the three pairs
   assert calls == [(1, 2, 4), (1, 2, 4)]
@@ -117,7 +118,7 @@ def test_pairs_share_one_pass_and_a_rerun_evaluates_only_what_is_missing(tiny_hf
                    hf_split="test", hf_subset="default"), want, atol=1e-6)
 
   calls.clear()  # a rerun with one more task: the finished one is read back, not evaluated
-  more = [sts_task, adapter.local_retrieval_task("pydoc", "test", BEIR)]
+  more = [sts_task, mteb_tasks.local_retrieval_task("pydoc", "test", BEIR)]
   second = adapter.evaluate(embedder, more, pairs, str(tmp_path), name="o/tiny", revision="a")
   assert calls == [(1, 2, 4), (1, 2, 4)]  # the retrieval queries and corpus only
   assert values(r for r in second
@@ -148,7 +149,7 @@ def test_workdir_command_line_defaults_to_its_schedule_and_folder(tiny_hf_dir, t
                                                                              ("demo", "dev", 3, 24)]
   assert "| 3 | 24 |" in capsys.readouterr().out
   # the same weights score the same through the Python API
-  again = adapter.evaluate(Embedder.load(workdir), [adapter.local_sts_task("demo", "dev", STS)],
+  again = adapter.evaluate(Embedder.load(workdir), [mteb_tasks.local_sts_task("demo", "dev", STS)],
                            ((3, 24),), str(tmp_path / "api"), name="o/x")
   assert again[0]["value"] == pytest.approx(values(records)[("demo", "dev", 3, 24)], abs=1e-6)
   revisions = os.listdir(os.path.join(workdir, "mteb", "results", "starbucks_jax__run-3x24"))
@@ -197,4 +198,4 @@ def test_an_mteb_task_without_its_data_fails_in_one_line(tiny_hf_dir, tmp_path):
 def test_missing_mteb_names_the_extra(monkeypatch):
   monkeypatch.setitem(sys.modules, "mteb", None)
   with pytest.raises(InputError, match=r'pip install "starbucks_jax\[mteb\]"'):
-    adapter.named_tasks(["STSBenchmark"], None)
+    mteb_tasks.named_tasks(["STSBenchmark"], None)

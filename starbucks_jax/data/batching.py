@@ -56,6 +56,16 @@ class Examples:
   def __len__(self) -> int:
     return len(self.texts[0])
 
+  def with_prompts(self, query: str, passage: str) -> Examples:
+    """The examples with `query` before each anchor and `passage` before each positive and negative;
+    scored pairs are symmetric: `query` before both sentences."""
+    if not (query or passage):
+      return self
+    symmetric = self.roles == FORMATS["scored_pairs"]
+    prompts = [query if r == 0 or symmetric else passage for r in range(len(self.roles))]
+    return dataclasses.replace(
+        self, texts=[[p + t for t in texts] for p, texts in zip(prompts, self.texts)])
+
 
 def load_examples(spec: str, fmt: str, columns: Mapping[str, str] | None = None,
                   score_range: tuple[float, float] = SCORE_RANGE) -> Examples:

@@ -50,6 +50,11 @@ class Groups:
   negatives: list[list[int]]  # per query: indices into passages ([] = draw from the whole corpus)
   passages: list[str]
 
+  def with_prompts(self, query: str, passage: str) -> Groups:
+    """The groups with `query` before each query and `passage` before each passage."""
+    return dataclasses.replace(self, queries=[query + t for t in self.queries],
+                               passages=[passage + t for t in self.passages])
+
 
 def passage_texts(value) -> list[str]:
   """A Tevatron passage list: each item a text or a {'title', 'text'} object (docid and others ignored)."""

@@ -4,7 +4,8 @@ One encoder pass per batch stops at the deepest layer of the pairs and keeps the
 every layer the pairs use, truncated to the largest dim that layer is used at (docs/method.md,
 "Evaluation": encode once, truncate at search time). Layout of an index directory:
 
-    index.json               model, weights fingerprint, pooling, max_length, {layer: dim kept}, shard size, count
+    index.json               model, weights fingerprint, pooling, max_length, passage prompt,
+                             {layer: dim kept}, shard size, count
     ids.json                 the document ids, in row order
     layer_<n>/<k>.npy        float32 [rows of shard k, dim kept for layer n]
 
@@ -57,13 +58,13 @@ def encode_corpus(embedder, doc_ids: list[str], docs: list[str], pairs, folder: 
   meta = {
       "model": embedder.pretrained.path, "weights": fingerprint(embedder.pretrained.params["bert"]),
       "pooling": pooling or embedder.pretrained.sentence.pooling,
-      "max_length": max_length or embedder.max_length,
+      "max_length": max_length or embedder.max_length, "prompt": embedder.prompt("document"),
       "layers": {str(k): v for k, v in dims.items()}, "shard_size": shard_size, "count": len(docs)
   }
   os.makedirs(folder, exist_ok=True)
   meta_path = os.path.join(folder, "index.json")
   if os.path.exists(meta_path):
-    old = json.load(open(meta_path))
+    old = {"prompt": "", **json.load(open(meta_path))}  # an index from before prompts had none
     # the weights' fingerprint, not a path, names the model
     if {**old, "model": None} != {**meta, "model": None}:
       raise ValueError(
@@ -85,7 +86,7 @@ def encode_corpus(embedder, doc_ids: list[str], docs: list[str], pairs, folder: 
   for k in tqdm(todo, desc=f"encode corpus ({len(docs)} docs)", disable=len(todo) < 2):
     texts = docs[k * shard_size:(k + 1) * shard_size]
     vecs = embedder.encode_layers(texts, tuple(dims), pooling=meta["pooling"],
-                                  max_length=meta["max_length"])
+                                  max_length=meta["max_length"], prompt=meta["prompt"])
     for n, d in dims.items():
       path = _shard_path(folder, n, k)
       os.makedirs(os.path.dirname(path), exist_ok=True)

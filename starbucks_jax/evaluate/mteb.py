@@ -29,27 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from starbucks_jax import checkpoint, cli, schedule
+from starbucks_jax import checkpoint, cli, model_dirs, schedule
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import index as index_lib
+from starbucks_jax.evaluate import mteb_tasks as tasks_lib
 from starbucks_jax.evaluate import results
-from starbucks_jax.evaluate import retrieval as retrieval_lib
-from starbucks_jax.evaluate import sts as sts_lib
 
 log = logging.getLogger(__name__)
 RESULTS_NAME = "mteb"  # DIR/results/mteb.json
 CACHE_DIR = "mteb"  # DIR/mteb: MTEB's ResultCache
 NAME_PREFIX = "starbucks_jax"  # MTEB model names are ORG/NAME
-
-
-def _mteb():
-  try:
-    import mteb
-  except ImportError:
-    raise InputError("MTEB evaluation needs the mteb package: pip install \"starbucks_jax[mteb]\" "
-                     "(or pip install mteb)") from None
-  return mteb
 
 
 # ---------------------------------------------------------------------------------------------
@@ -103,7 +93,11 @@ def model_meta(name: str, layer: int, dim: int, *, revision: str | None, max_tok
 
 def sub_model(shared: SharedEncodings, layer: int, dim: int, meta, normalize: bool):
   """An MTEB encoder (EncoderProtocol) for the (layer, dim) sub-model; cosine similarity."""
-  from mteb.models.abs_encoder import AbsEncoder
+  from mteb.models.abs_encoder import AbsEncoder, get_prompt_name
+
+  # the names MTEB reads a prompt under (it leaves out others, e.g. 'passage')
+  prompts, _ = AbsEncoder.validate_task_to_prompt_name(shared.embedder.pretrained.sentence.prompts,
+                                                       raise_for_invalid_keys=False)
 
   class SubModel(AbsEncoder):
     def __init__(self):
@@ -111,120 +105,17 @@ def sub_model(shared: SharedEncodings, layer: int, dim: int, meta, normalize: bo
       self.mteb_model_meta = meta
 
     def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs):
-      texts = [t for batch in inputs for t in batch["text"]]
+      # the model's named prompt by MTEB's own rule (task name, task type, then query / document:
+      # STS, which has no prompt type, gets none), as MTEB runs a sentence-transformers model
+      name = get_prompt_name(prompts, task_metadata, prompt_type)
+      prompt = prompts[name] if name else ""
+      texts = [prompt + t for batch in inputs for t in batch["text"]]
       vecs = np.array(shared.pooled(texts, layer)[:, :dim])
       if normalize:
         vecs /= np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
       return vecs
 
   return SubModel()
-
-
-# ---------------------------------------------------------------------------------------------
-# The task side: MTEB tasks by name, and MTEB tasks of local data.
-# ---------------------------------------------------------------------------------------------
-LOCAL = re.compile(r"^(?P<name>[^:=\s]+)(?::(?P<split>[^:=\s]+))?=(?P<source>.+)$")
-
-
-def parse_local(flag: str, value: str) -> tuple[str, str, str]:
-  """NAME[:SPLIT]=SOURCE -> (name, split, source); split defaults to test."""
-  m = LOCAL.match(value)
-  if not m:
-    raise InputError(
-        f"{flag} {value}: expected NAME[:SPLIT]=SOURCE, e.g. {flag} stsb:dev=data/stsb/dev.jsonl")
-  return m["name"], m["split"] or "test", m["source"]
-
-
-def _metadata(name: str, split: str, source: str, kind: str, main_score: str):
-  from mteb.abstasks.task_metadata import TaskMetadata
-  return TaskMetadata(
-      name=name, dataset={"path": source, "revision": "local"}, type=kind, category="t2t",
-      modalities=["text"], eval_splits=[split], eval_langs=["und"], main_score=main_score,
-      description=f"{kind} task {name} ({split}) read from {source} by starbucks_jax")
-
-
-def local_sts_task(name: str, split: str, source: str):
-  """An MTEB STS task (cosine Spearman) of an STS source: rows {sentence1, sentence2, score 0..5}."""
-  from datasets import Dataset
-  from mteb.abstasks.sts import AbsTaskSTS
-  s1, s2, scores = sts_lib.read_sts(source)
-
-  class LocalSTS(AbsTaskSTS):
-    # scores 0..5, as MTEB's STS
-    metadata = _metadata(name, split, source, "STS", "cosine_spearman")
-
-    def load_data(self, *args, **kwargs):
-      self.dataset = {
-          "default": {
-              split: Dataset.from_dict({"sentence1": s1, "sentence2": s2, "score": scores.tolist()})
-          }
-      }
-      self.data_loaded = True
-
-  return LocalSTS()
-
-
-def local_retrieval_task(name: str, split: str, source: str):
-  """An MTEB retrieval task (nDCG@10) of a collection: passages as this project reads them."""
-  from datasets import Dataset
-  from mteb.abstasks.retrieval import AbsTaskRetrieval
-  c = retrieval_lib.load_collection(source, split, name=name)
-
-  class LocalRetrieval(AbsTaskRetrieval):
-    metadata = _metadata(name, split, source, "Retrieval", "ndcg_at_10")
-
-    def load_data(self, *args, **kwargs):
-      self.dataset = {
-          "default": {
-              split: {
-                  "corpus": Dataset.from_dict({"id": c.doc_ids, "text": c.docs}),
-                  "queries": Dataset.from_dict({"id": c.query_ids, "text": c.queries}),
-                  "relevant_docs": c.qrels, "top_ranked": None
-              }
-          }
-      }
-      self.data_loaded = True
-
-  return LocalRetrieval()
-
-
-def named_tasks(names: list[str], splits: list[str] | None):
-  """MTEB's tasks by name (metadata only: data loads when evaluated); an unknown name is an InputError."""
-  mteb = _mteb()
-  tasks = []
-  for name in names:
-    try:
-      task = mteb.get_task(name)
-    except KeyError as e:
-      raise InputError(f"--tasks {name}: {str(e).strip(chr(34) + chr(39))}") from None
-    if splits:
-      missing = [s for s in splits if s not in task.metadata.eval_splits]
-      if missing:
-        raise InputError(f"--splits {','.join(splits)}: {name} has no split {missing[0]} "
-                         f"(its splits: {','.join(task.metadata.eval_splits)})")
-      task = task.filter_eval_splits(splits)
-    tasks.append(task)
-  return tasks
-
-
-def load_data(task) -> None:
-  """Loads a task's data; an unreachable Hub or a missing dataset is an InputError naming the task."""
-  try:
-    task.load_data()
-  except (ConnectionError, OSError, ValueError) as e:
-    path = task.metadata.dataset.get("path")
-    raise InputError(
-        f"MTEB task {task.metadata.name}: its data ({path}) did not load: {cli.one_line(e)}. Without "
-        "network MTEB reads a datasets cache that holds it (HF_HUB_OFFLINE=1); or give the data as "
-        "a local --sts/--retrieval task") from None
-
-
-def check_data(tasks) -> None:
-  """Every task's data loads (read, then let go): a task that cannot fails before any encoding."""
-  for task in tasks:
-    if not task.data_loaded:
-      load_data(task)
-      task.unload_data()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +175,7 @@ def evaluate(embedder, tasks, pairs, output: str, *, name: str, revision: str | 
              overwrite: bool = False) -> list[dict[str, Any]]:
   """Every task at every pair; MTEB's files under OUTPUT/mteb, our records in OUTPUT/results/mteb.json.
   Tasks run in the outer loop so that the pairs share each task's encodings."""
-  mteb = _mteb()
+  mteb = tasks_lib.mteb_package()
   shared = SharedEncodings(embedder, [n for n, _ in pairs], cache_gb * 2**30, max_length)
   normalize = embedder.pretrained.sentence.normalize if normalize is None else normalize
   cache = mteb.ResultCache(cache_path=os.path.join(output, CACHE_DIR))
@@ -296,7 +187,7 @@ def evaluate(embedder, tasks, pairs, output: str, *, name: str, revision: str | 
   for task in tasks:
     loaded_here = not task.data_loaded  # loaded once for all pairs (MTEB would load it for each)
     if loaded_here:
-      load_data(task)
+      tasks_lib.load_data(task)
     for (n, d), model in models.items():
       result = mteb.evaluate(
           model, task, cache=cache, overwrite_strategy="always" if overwrite else "only-missing",
@@ -317,15 +208,18 @@ def evaluate(embedder, tasks, pairs, output: str, *, name: str, revision: str | 
 def tasks_of(args) -> list:
   """The command line's tasks (--tasks, --sts, --retrieval), each with its data checked."""
   splits = [s for s in args.splits.split(",") if s]
-  tasks = named_tasks([t for t in args.tasks.split(",") if t], splits)
-  tasks += [local_sts_task(*parse_local("--sts", v)) for v in args.sts]
-  tasks += [local_retrieval_task(*parse_local("--retrieval", v)) for v in args.retrieval]
+  tasks = tasks_lib.named_tasks([t for t in args.tasks.split(",") if t], splits)
+  tasks += [tasks_lib.local_sts_task(*tasks_lib.parse_local("--sts", v)) for v in args.sts]
+  tasks += [
+      tasks_lib.local_retrieval_task(*tasks_lib.parse_local("--retrieval", v))
+      for v in args.retrieval
+  ]
   if not tasks:
     raise InputError("no tasks: give --tasks, --sts or --retrieval")
   names = [t.metadata.name for t in tasks]
   if len(set(names)) != len(names):
     raise InputError(f"task names repeat: {names}; give each local task its own NAME")
-  check_data(tasks)
+  tasks_lib.check_data(tasks)
   return tasks
 
 
@@ -354,6 +248,12 @@ def parser() -> argparse.ArgumentParser:
   p.add_argument("--cache-gb", type=float, default=4.0,
                  help="memory for encodings shared by the pairs")
   p.add_argument("--overwrite", action="store_true", help="re-evaluate results already in DIR/mteb")
+  for role, example in (("query", "query: "), ("passage", "passage: ")):
+    p.add_argument(
+        f"--{role}-prompt", default=model_dirs.STORED,
+        help=f"text before each {role} (e.g. {example!r}; picked as MTEB picks a "
+        "sentence-transformers model's prompts); default: the model's stored prompt; "
+        "'' for none")
   return p
 
 
@@ -377,6 +277,8 @@ def main(argv: list[str] | None = None) -> None:
   from starbucks_jax.embed import Embedder
   embedder = Embedder.load(args.model, batch_size=args.batch_size) if args.step is None else \
       Embedder(checkpoint.load_model(args.model, step=args.step), batch_size=args.batch_size)
+  embedder.pretrained.sentence = model_dirs.with_prompts(embedder.pretrained.sentence,
+                                                         args.query_prompt, args.passage_prompt)
   cfg = embedder.config
   pairs = parse_pairs(args.pairs, cfg.num_hidden_layers, cfg.hidden_size) if args.pairs else \
       default_pairs(args.model, embedder.pretrained)

@@ -89,7 +89,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
                           max_length=passage_max_length, pooling=pooling)
   layers = tuple(sorted({n for n, _ in stored}))
   query_vecs = embedder.encode_layers(collection.queries, layers, pooling=pooling,
-                                      max_length=query_max_length)
+                                      max_length=query_max_length, prompt=embedder.prompt("query"))
   os.makedirs(os.path.join(workdir, "runs"), exist_ok=True)
   k = min(k, len(collection.doc_ids))
   # a pair is a one-stage funnel; only a chain's records and run file carry its spec

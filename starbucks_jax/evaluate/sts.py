@@ -38,13 +38,15 @@ def spearman(pred: np.ndarray, gold: np.ndarray) -> float:
 def evaluate_sts(embedder, sentences1: list[str], sentences2: list[str], scores: np.ndarray,
                  pairs: Iterable[tuple[int, int]], *, dataset: str, split: str,
                  pooling: str | None = None) -> list[dict[str, Any]]:
-  """Spearman (cosine) for every (layer, dim) of `pairs`, from one encoding pass."""
+  """Spearman (cosine) for every (layer, dim) of `pairs`, from one encoding pass; both sentences
+  of a pair are alike (symmetric), so both get the query prompt, if the model has one."""
   pairs = list(pairs)
   unique = sorted(set(sentences1) | set(sentences2))
   index = {t: i for i, t in enumerate(unique)}
   i1 = np.array([index[t] for t in sentences1])
   i2 = np.array([index[t] for t in sentences2])
-  pooled = embedder.encode_layers(unique, tuple(layer for layer, _ in pairs), pooling=pooling)
+  pooled = embedder.encode_layers(unique, tuple(layer for layer, _ in pairs), pooling=pooling,
+                                  prompt=embedder.prompt("query"))
   out = []
   for layer, dim in sorted(pairs):
     full = pooled[layer]
