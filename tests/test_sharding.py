@@ -1,5 +1,6 @@
 """The sharded train step on 8 fake CPU devices equals the single-device step (data, fsdp and data x tensor
-meshes; gradient accumulation and split forwards on the data mesh), and mesh shapes are checked."""
+meshes; gradient accumulation and split forwards on the data mesh), mesh shapes are checked, and the
+rules split every weight matrix of BERT and ModernBERT."""
 
 import json
 import os
@@ -7,9 +8,11 @@ import subprocess
 import sys
 
 import jax
+import numpy as np
 import pytest
 
 from starbucks_jax import sharding
+from starbucks_jax.models import encoders
 
 from conftest import REPO, xla_flags
 
@@ -59,3 +62,36 @@ def test_make_mesh_shapes():
     sharding.make_mesh((2, 1, 1), devices=jax.devices()[:1])
   with pytest.raises(ValueError, match="at most one -1"):
     sharding.make_mesh((-1, -1, 1))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "modernbert-base"])
+def test_every_matrix_is_split_over_fsdp_and_tensor(preset):
+  """The logical rules reach every weight matrix of each architecture (ModernBERT's fused QKV and
+  GeGLU input included): on a (1, 4, 2) mesh each is split over fsdp on its model dimension and over
+  tensor on heads / MLP / vocabulary, and the split divides it; biases and norms split on one axis
+  at most. Shapes only: nothing is allocated or compiled."""
+  T = pytest.importorskip("starbucks_jax.topologies")
+  pytest.importorskip("libtpu")
+  cfg = encoders.preset(preset)
+  mesh = sharding.make_mesh((1, 4, 2), T.topology("v5e:2x4").devices)
+  shapes = jax.eval_shape(lambda: encoders.init_params(cfg, jax.random.key(0)))
+  shardings = sharding.param_shardings(encoders.param_logical_axes(cfg), mesh)
+  flat, checked = jax.tree_util.tree_leaves_with_path(shapes), 0
+  assert len(flat) == len(jax.tree_util.tree_leaves(shardings))
+  for (path, leaf), sh in zip(flat, jax.tree_util.tree_leaves(shardings)):
+    name = jax.tree_util.keystr(path)
+    used = [
+        a for entry in sh.spec if entry for a in ((entry,) if isinstance(entry, str) else entry)
+    ]
+    if "position_embeddings" in name or "token_type_embeddings" in name:
+      assert used == ["fsdp"], (name, sh.spec)  # a table of positions or types: no tensor axis
+    elif name.endswith(("['kernel']", "['embedding']")):  # a weight matrix, the token table
+      assert sorted(used) == ["fsdp", "tensor"], (name, sh.spec)
+      checked += 1
+    else:  # a bias or a norm's scale
+      assert len(used) <= 1, (name, sh.spec)
+    assert np.prod(sh.shard_shape(leaf.shape)) * np.prod([mesh.shape[a] for a in used]) == \
+        np.prod(leaf.shape), name
+  # per layer: BERT's query, key, value, output, intermediate, output; ModernBERT's Wqkv, Wo, Wi,
+  # Wo (MLP); and the token table
+  assert checked == (6 if preset == "tiny" else 4) * cfg.num_hidden_layers + 1
