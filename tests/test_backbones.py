@@ -176,11 +176,13 @@ def test_a_modernbert_mlm_checkpoint_round_trips(tmp_path):
     np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_type", ["xlm-roberta", "modernbert"])
-def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type):
-  """SRL on the demo-style triplets with E5's prompts: the loss falls, every pair is evaluated on
-  STS and on a retrieval collection (its corpus index encoded with the passage prompt), the run's
-  model keeps the architecture and stores the prompts."""
+@pytest.mark.parametrize("model_type,method", [("xlm-roberta", "starbucks"),
+                                               ("modernbert", "2dmse")])
+def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type, method):
+  """SRL (ModernBERT: 2DMSE, its sampled layers through the final norm) on the demo-style triplets
+  with E5's prompts: the loss falls, every pair is evaluated on STS and on a retrieval collection (its
+  corpus index encoded with the passage prompt), the run's model keeps the architecture and stores
+  the prompts."""
   from test_mteb import small_beir
   model = tmp_path / model_type
   make_hf_bert(model, layers=2, model_type=model_type)
@@ -188,6 +190,7 @@ def test_a_backbone_trains_in_2d(tiny_run, tmp_path, model_type):
   with cfg.unlocked():
     cfg.model.init_from = str(model)
     cfg.model.query_prompt, cfg.model.passage_prompt = "query: ", "passage: "
+    cfg.schedule.method = method
     cfg.train.max_steps = 10
     cfg.train.checkpoint_every = 10
     cfg.train.lr = 1e-3
