@@ -248,6 +248,9 @@ class SentenceEval(Block):
   retrieval_funnels: tuple[str, ...] = ()
   # each pair's and funnel's cost per query -> WORKDIR/costs (evaluate/cost.py)
   retrieval_costs: bool = False
+  # queries at every layer n_q against passages at every layer n_doc >= n_q of the schedule, each
+  # dim -> WORKDIR/cross_depth (evaluate/cross_depth.py: tables, heat-maps, query FLOPs per cell)
+  retrieval_cross_depth: bool = False
   # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
   index_dir: str = ""
 

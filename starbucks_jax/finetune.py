@@ -322,11 +322,11 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
   records = sts.evaluate_sets(embedder, run.sts_sets, run.eval_pairs, pooling=pooling)
   for dataset, split, folder in run.retrieval_sets:
     records += retrieval.evaluate_collection(
-        embedder, retrieval.load_collection(folder, split,
-                                            name=dataset), run.eval_pairs, workdir, pooling=pooling,
-        normalize=e.retrieval_similarity == "cosine", query_max_length=e.query_max_length,
-        passage_max_length=e.passage_max_length, k=e.retrieval_k, funnels=e.retrieval_funnels,
-        costs=e.retrieval_costs, index_dir=e.index_dir, skip_self=e.retrieval_skip_self)
+        embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir,
+        pooling=pooling, normalize=e.retrieval_similarity == "cosine",
+        query_max_length=e.query_max_length, passage_max_length=e.passage_max_length,
+        k=e.retrieval_k, funnels=e.retrieval_funnels, costs=e.retrieval_costs,
+        index_dir=e.index_dir, skip_self=e.retrieval_skip_self, cross_depth=e.retrieval_cross_depth)
   metrics.write_results(workdir, records, c.log)
   return results.report(workdir, name, records)
 

@@ -72,8 +72,9 @@ def plot_differences(pairs, rows: dict[str, dict], spread: dict, baseline: str, 
   return _save_lines(plt, fig, ax, path, "(layers, dims)", f"{ylabel} - {baseline}", legend_size=8)
 
 
-def plot_grids(grids: dict[str, dict], path: str, title: str) -> str:
-  """A layer x dim heatmap for each label's grid ({(layer, dim): value})."""
+def plot_grids(grids: dict[str, dict], path: str, title: str, *, xlabel: str = "dims",
+               ylabel: str = "layers") -> str:
+  """A heatmap for each label's grid ({(row, column): value}; by default (layer, dim))."""
   plt = pyplot()
   fig, axes = plt.subplots(1, len(grids), figsize=(4.8 * len(grids), 4.0), squeeze=False)
   for ax, (label, row) in zip(axes[0], grids.items()):
@@ -82,8 +83,8 @@ def plot_grids(grids: dict[str, dict], path: str, title: str) -> str:
     im = ax.imshow(values, origin="lower", aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(dims)), dims)
     ax.set_yticks(range(len(layers)), layers)
-    ax.set_xlabel("dims")
-    ax.set_ylabel("layers")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{label}: {title}", fontsize=9)
     for i, line in enumerate(values):
       for j, v in enumerate(line):

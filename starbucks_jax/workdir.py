@@ -44,6 +44,7 @@ UNREADABLE = "checkpoints_unreadable"  # steps that did not read back, kept for 
 MODEL = "model"
 RESULTS = "results"
 COSTS = "costs"
+CROSS_DEPTH = "cross_depth"  # evaluate/cross_depth.py
 INDEX = "index"
 LOCK = "lock"
 DATA = "data.json"

@@ -40,6 +40,14 @@ def query_flops(config, lengths, layer: int) -> float:
   return float(np.mean([cut.matmul_flops(1, int(t), train=False) for t in lengths]))
 
 
+def query_lengths(embedder, queries: list[str], max_length: int) -> list[int]:
+  """Each query's token count as the evaluation encodes it (its prompt included, cut at max_length)."""
+  prompt = embedder.prompt("query")
+  return [
+      len(t) for t in tokenize(embedder.tokenizer, [prompt + q for q in queries], max_length)[0]
+  ]
+
+
 def search_flops(stages, num_docs: int) -> float:
   """Multiply-adds x 2 of one query's search: every passage at the first stage's dim, then each
   rescoring stage's dim over the previous stage's survivors."""
@@ -76,11 +84,12 @@ def measure(embedder, queries: list[str], query_vecs: dict[int, np.ndarray], fol
   """One cost record per configuration (a tuple of stages): FLOPs, bytes and measured ms per query on
   the first `sample` queries; `query_vecs` are the queries' vectors the evaluation encoded."""
   queries = list(queries)[:sample]
-  lengths = [len(t) for t in tokenize(embedder.tokenizer, queries, max_length)[0]]
+  lengths = query_lengths(embedder, queries, max_length)
   deepest = {max(n for (n, _), _ in stages) for stages in configurations}
   encode_ms = {
       n: _ms_per_query(
-          lambda n=n: embedder.encode_layers(queries, (n,), pooling=pooling, max_length=max_length),
+          lambda n=n: embedder.encode_layers(queries, (
+              n,), pooling=pooling, max_length=max_length, prompt=embedder.prompt("query")),
           len(queries)) for n in sorted(deepest)
   }
   vecs = {n: v[:len(queries)] for n, v in query_vecs.items()}

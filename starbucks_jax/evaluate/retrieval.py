@@ -19,6 +19,7 @@ import os
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.data import beir, tevatron
 from starbucks_jax.evaluate import cost, results, search
+from starbucks_jax.evaluate import cross_depth as cross_depth_lib
 from starbucks_jax.evaluate import index as index_lib
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,20 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
                         pooling: str | None = None, normalize: bool = False,
                         query_max_length: int = 64, passage_max_length: int = 256, k: int = 1000,
                         metrics=METRICS, funnels: tuple[str, ...] = (), costs: bool = False,
-                        index_dir: str = "", skip_self: bool = False) -> list[dict]:
+                        index_dir: str = "", skip_self: bool = False,
+                        cross_depth: bool = False) -> list[dict]:
   """Records of every pair, and of every funnel (search.parse_funnel: its stages' vectors come from
   the same index, its queries from the same early-exit pass). `costs`: each configuration's cost per
   query (evaluate/cost.py) into WORKDIR/costs/NAME_SPLIT.json. `index_dir`: where NAME's index is
   kept (default WORKDIR/index), e.g. another run's of the same weights, to score more funnels on it.
-  `skip_self`: a document with the query's own id is not a result (BEIR's ignore_identical_ids)."""
+  `skip_self`: a document with the query's own id is not a result (BEIR's ignore_identical_ids).
+  `cross_depth`: every (query layer, passage layer, dim) cell too, into WORKDIR/cross_depth
+  (evaluate/cross_depth.py)."""
   name, split = collection.name, collection.split
   folder = os.path.join(index_dir or os.path.join(workdir, workdir_lib.INDEX), name)
   chains = {spec: search.parse_funnel(spec) for spec in funnels}
   stored = tuple(pairs) + tuple(pair for stages in chains.values() for pair, _ in stages)
+  stored += cross_depth_lib.stored_pairs(pairs) if cross_depth else ()
   index_lib.encode_corpus(embedder, collection.doc_ids, collection.docs, stored, folder,
                           max_length=passage_max_length, pooling=pooling)
   layers = tuple(sorted({n for n, _ in stored}))
@@ -101,10 +106,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
     run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
     if skip_self:
-      run = {
-          q: dict(sorted(((d, s) for d, s in docs.items() if d != q), key=lambda t: -t[1])[:k])
-          for q, docs in run.items()
-      }
+      run = search.without_self(run, k)
     (n, d), _ = stages[-1]
     if spec is None:
       tag, file = f"starbucks_{n}_{d}", f"{name}_{split}_{n}_{d}.trec"
@@ -114,6 +116,14 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     search.write_trec(os.path.join(workdir, "runs", file), run, tag)
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
+  if cross_depth:
+    path = cross_depth_lib.write(
+        workdir,
+        cross_depth_lib.evaluate(
+            collection, query_vecs, folder, pairs, k=k, normalize=normalize, metrics=metrics,
+            measure=measure, skip_self=skip_self, config=embedder.config,
+            query_lengths=cost.query_lengths(embedder, collection.queries, query_max_length)))
+    log.info("cross-depth cells (query layer x passage layer x dim): %s", path)
   if costs:
     rows = cost.measure(embedder, collection.queries, query_vecs, folder,
                         [stages for _, stages in configurations], num_docs=len(collection.doc_ids),

@@ -166,6 +166,14 @@ def run_dict(query_ids: list[str], doc_ids: list[str], scores: np.ndarray,
   }
 
 
+def without_self(run: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, float]]:
+  """The run without each query's own id among its documents, k kept (BEIR's ignore_identical_ids)."""
+  return {
+      q: dict(sorted(((d, s) for d, s in docs.items() if d != q), key=lambda t: -t[1])[:k])
+      for q, docs in run.items()
+  }
+
+
 def write_trec(path: str, run: dict[str, dict[str, float]], tag: str) -> str:
   """A TREC run file: `qid Q0 docid rank score tag`, best first."""
   with open(path, "w", encoding="utf8") as f:

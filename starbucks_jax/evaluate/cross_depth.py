@@ -1,0 +1,97 @@
+"""Cross-depth retrieval (eval.retrieval_cross_depth): queries encoded with n_q layers against
+passages encoded with n_doc >= n_q layers, at the same dim d. Passages are encoded once, offline, at
+any depth; a query is encoded online, so a shallow query encoder is where a 2D model can save.
+
+Every cell (n_q, n_doc, d) over the schedule's layers and dims is searched exactly from the one-pass
+index (every layer of the schedule stored at the largest dim) with the queries' vectors of the same
+early-exit pass. Written per collection to WORKDIR/cross_depth/ (apart from results/, whose records
+are one per size): NAME_SPLIT.json (records with `query_layer`, and the query encoder's FLOPs per
+cell), NAME_SPLIT.md (rows n_q, columns n_doc, a block per metric and dim) and a heat-map per metric.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from starbucks_jax import workdir as workdir_lib
+from starbucks_jax.evaluate import cost, results, search
+from starbucks_jax.evaluate import index as index_lib
+
+
+def stored_pairs(pairs) -> tuple[tuple[int, int], ...]:
+  """The index pairs every cell reads: each layer of `pairs` at their largest dim."""
+  dim = max(d for _, d in pairs)
+  return tuple((n, dim) for n in sorted({n for n, _ in pairs}))
+
+
+def cells(pairs) -> list[tuple[int, int, int]]:
+  """(n_q, n_doc, d) for every pair of the schedule's layers n_q <= n_doc and every dim d."""
+  layers, dims = sorted({n for n, _ in pairs}), sorted({d for _, d in pairs})
+  return [(q, n, d) for d in dims for n in layers for q in layers if q <= n]
+
+
+def evaluate(collection, query_vecs: dict[int, np.ndarray], folder: str, pairs, *, k: int,
+             normalize: bool, metrics, measure, skip_self: bool = False, config=None,
+             query_lengths: list[int] | None = None) -> list[dict[str, Any]]:
+  """Records of every cell: `measure(qrels, run, metrics)` of the exact top-k of the queries' (n_q, d)
+  vectors over the passages' (n_doc, d) vectors (`skip_self`: retrieval.evaluate_collection's); with `config` and the queries' token counts, each
+  record has the query encoder's mean matmul FLOPs through n_q layers (cost.query_flops)."""
+  lengths = query_lengths if config is not None else None
+  out = []
+  for q, n, d in cells(pairs):
+    scores, rows = search.exact_topk(query_vecs[q][:, :d], index_lib.shards(folder, n, d),
+                                     min(k + skip_self, len(collection.doc_ids)),
+                                     normalize=normalize)
+    run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
+    run = search.without_self(run, k) if skip_self else run
+    flops = cost.query_flops(config, lengths, q) if lengths is not None else None
+    for metric, value in measure(collection.qrels, run, metrics).items():
+      r = results.record(collection.name, collection.split, metric, n, d, value)
+      out.append({**r, "query_layer": q, **({"query_flops": flops} if flops is not None else {})})
+  return out
+
+
+def table(records: list[dict[str, Any]]) -> str:
+  """One block per (metric, dim): rows the query's layers, columns the passages' layers."""
+  lines = []
+  for metric in sorted({r["metric"] for r in records}):
+    for d in sorted({r["dim"] for r in records}):
+      rows = [r for r in records if r["metric"] == metric and r["dim"] == d]
+      docs, queries = sorted({r["layer"] for r in rows}), sorted({r["query_layer"] for r in rows})
+      value = {(r["query_layer"], r["layer"]): r["value"] for r in rows}
+      lines += [
+          f"{metric}, dim {d} (rows: query layers, columns: passage layers)", "",
+          "| query \\ passage | " + " | ".join(map(str, docs)) + " |",
+          "|---:|" + "---:|" * len(docs)
+      ]
+      for q in queries:
+        cells_ = [f"{value[(q, n)]:.4f}" if value.get((q, n)) is not None else "" for n in docs]
+        lines.append(f"| {q} | " + " | ".join(cells_) + " |")
+      lines.append("")
+  return "\n".join(lines)
+
+
+def write(workdir: str, records: list[dict[str, Any]], *, plot: bool = True) -> str:
+  """WORKDIR/cross_depth/NAME_SPLIT.json and .md, and NAME_SPLIT_METRIC.png (a heat-map per dim)."""
+  dataset, split = records[0]["dataset"], records[0]["split"]
+  folder = os.path.join(workdir, workdir_lib.CROSS_DEPTH)
+  base = os.path.join(folder, f"{dataset}_{split}")
+  os.makedirs(folder, exist_ok=True)
+  workdir_lib.write_atomically(base + ".json", json.dumps(records, indent=1) + "\n")
+  workdir_lib.write_atomically(base + ".md", table(records) + "\n")
+  if plot:
+    from starbucks_jax import plots
+    for metric in sorted({r["metric"] for r in records}):
+      grids = {
+          f"dim {d}": {(r["query_layer"], r["layer"]): np.nan if r["value"] is None else r["value"]
+                       for r in records if r["metric"] == metric and r["dim"] == d}
+          for d in sorted({r["dim"] for r in records})
+      }
+      plots.plot_grids(grids, f"{base}_{re.sub(r'[^A-Za-z0-9]+', '_', metric)}.png", metric,
+                       xlabel="passage layers", ylabel="query layers")
+  return base + ".json"
