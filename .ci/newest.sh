@@ -26,7 +26,7 @@ bad = {k: (got.get(k), v) for k, v in ref["spearman_cosine"].items() if got.get(
 sys.exit(f"demo differs from .ci/demo_reference.json on this stack: {bad}" if bad else 0)
 PY
 python -m pytest -q -n 2 -m "newest_stack or not newest_stack" tests/test_gpu_check.py::test_dry_run_measures_every_section tests/test_bert.py::test_parity_random_large_init tests/test_bert.py::test_parity_all_minilm \
-  "tests/test_finetune.py::test_every_method_trains_two_steps" \
+  "tests/test_finetune.py::test_every_method_trains_two_steps[starbucks]" "tests/test_finetune.py::test_every_method_trains_two_steps[2dmse]" \
   tests/test_finetune.py::test_resume_after_interruption_gives_identical_parameters \
   tests/test_faults.py::test_truncated_newest_checkpoint_resumes_from_the_one_before \
   tests/test_compile.py::test_smae_step_compiles_with_flash_attention tests/test_compile.py::test_a_loop_body_counts_once_per_trip

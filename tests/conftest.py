@@ -298,7 +298,7 @@ def tiny_run(tiny2_hf_dir, tmp_path):
 LONGEST_FIRST = ("test_gpu_check.py::test_dry_run_measures_every_section",
                  "test_sharding.py::test_sharded_step_equals_single_device_step",
                  "test_configs.py::test_main_command_line",
-                 "test_compile_gpu.py::test_cudnn_attention_compiles_for_an_h100",
+                 "test_compile_gpu.py::test_srl_step_compiles_for_two_h100s_with_cudnn_attention",
                  "test_compile.py::test_srl_step_compiles_fsdp",
                  "test_notebooks.py::test_quickstart_notebook_runs_top_to_bottom",
                  "test_multiprocess.py::test_two_processes_train_checkpoint_and_equal_one_process",

@@ -163,17 +163,19 @@ def test_remat_and_bf16_compute():
   params = encoders.init_params(cfg, jax.random.key(0))
   ids = jax.random.randint(jax.random.key(2), (2, 6), 5, cfg.vocab_size)
   mask = jnp.ones_like(ids)
-  ref = bert.BertEncoder(cfg).apply({"params": params}, ids, mask)
-  loss = lambda c: lambda p: bert.BertEncoder(c).apply({"params": p}, ids, mask).sum()
-  g_ref = jax.grad(loss(cfg))(params)
+  # jitted: op by op, the encoder's ops would compile one by one (250 compiles)
+  apply = jax.jit(lambda p, c: bert.BertEncoder(c).apply({"params": p}, ids, mask),
+                  static_argnums=1)
+  grad = jax.jit(jax.grad(lambda p, c: apply(p, c).sum()), static_argnums=1)
+  ref, g_ref = apply(params, cfg), grad(params, cfg)
   for policy in (True, "dots"):  # recompute everything; keep the weight matmuls
-    rem = bert.BertEncoder(cfg.replace(remat=policy)).apply({"params": params}, ids, mask)
+    rem = apply(params, cfg.replace(remat=policy))
     np.testing.assert_allclose(rem, ref, atol=1e-6)
-    g_rem = jax.grad(loss(cfg.replace(remat=policy)))(params)
+    g_rem = grad(params, cfg.replace(remat=policy))
     assert max_rel_diff(g_rem, g_ref)[0] < 1e-6  # of the gradients' scale (~28 here)
   with pytest.raises(ValueError, match="BertConfig.remat='some'"):
     cfg.replace(remat="some")
-  low = bert.BertEncoder(cfg.replace(dtype="bfloat16")).apply({"params": params}, ids, mask)
+  low = apply(params, cfg.replace(dtype="bfloat16"))
   assert low.dtype == jnp.bfloat16
   assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(low, np.float32), ref, atol=0.1)

@@ -362,11 +362,12 @@ def test_split_forwards_draw_each_splits_dropout(tmp_path):
   embed = lambda i, m, r: pooled_layers(params, cfg, i, m, plan.layers, "mean", deterministic=False,
                                         rng=r)
   got = jax.jit(lambda i, m: srl.split_forward(embed, i, m, key, 2))(*rows)
-  for c in range(2):  # split c holds rows c, c + 2, c + 4, ...
-    want = embed(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
+  for c in range(2):  # split c holds rows c, c + 2, c + 4, ... (jitted: eager, 100 op compiles)
+    want = jax.jit(embed)(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
     for n in plan.layers:
       np.testing.assert_allclose(got[n][c::2], want[n], rtol=1e-5, atol=1e-6)
-  nodrop = pooled_layers(params, cfg, *rows, plan.layers, "mean", deterministic=True)
+  nodrop = jax.jit(lambda i, m: pooled_layers(params, cfg, i, m, plan.layers, "mean",
+                                              deterministic=True))(*rows)
   assert not np.allclose(got[max(plan.layers)], nodrop[max(plan.layers)], atol=1e-4)
 
 

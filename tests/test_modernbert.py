@@ -117,13 +117,15 @@ def test_the_fused_cores_equal_the_standard_one(core, monkeypatch):
   ids, mask = batch()
   fused = cfg.replace(attention=core)
   real = mask.astype(bool)
-  want = np.asarray(modernbert.ModernBertEncoder(cfg).apply({"params": params}, ids, mask))
-  got = np.asarray(modernbert.ModernBertEncoder(fused).apply({"params": params}, ids, mask))
+  # jitted: op by op, the encoder's ops would compile one by one (250 compiles)
+  apply = jax.jit(lambda p, ids, mask, c, **kw: modernbert.ModernBertEncoder(c).apply(
+      {"params": p}, ids, mask, **kw), static_argnums=3)
+  want = np.asarray(apply(params, ids, mask, cfg))
+  got = np.asarray(apply(params, ids, mask, fused))
   np.testing.assert_allclose(got[:, real], want[:, real], rtol=0, atol=2e-5 * np.abs(want).max())
   segments = np.where(mask, np.arange(4)[:, None], -1).reshape(1, -1)  # the four texts in one row
   positions = np.tile(np.arange(ids.shape[1]), 4)[None]
-  packed = modernbert.ModernBertEncoder(fused).apply({"params": params}, ids.reshape(1, -1), None,
-                                                     segments=segments, positions=positions)
+  packed = apply(params, ids.reshape(1, -1), None, fused, segments=segments, positions=positions)
   np.testing.assert_allclose(
       np.asarray(packed)[:, 0, real.reshape(-1)], want[:, real], rtol=0,
       atol=2e-5 * np.abs(want).max())
@@ -132,7 +134,8 @@ def test_the_fused_cores_equal_the_standard_one(core, monkeypatch):
     states = modernbert.ModernBertEncoder(c).apply({"params": p}, ids, mask)
     return (states[-1] * mask[..., None]).sum() + (states[2] * mask[..., None]).mean()
 
-  g_want = jax.grad(loss)(params, cfg)
-  g_got = jax.grad(loss)(params, fused)
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  g_want = grad(params, cfg)
+  g_got = grad(params, fused)
   for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max() + 1e-6)
