@@ -71,6 +71,10 @@ class LossConfig(Block):
   teacher: str = "self"
   # 2dmse: the sampled layer i's task weight: 1 | 'linear' 1/(1+i) | 'log' 1/(1+ln(1+i))
   layer_weighting: str = "uniform"
+  # shallow queries, deep documents (evaluate/cross_depth.py): each pair (n < N, d) also trains its
+  # queries at layer n against the documents at layer N (the same d), with this weight on that task
+  # loss and, with kl='scores', on its score KL from the full pair; 0 = off
+  cross_depth_weight: float = 0.0
 
   def check(self) -> None:
     check_choice("loss.task", self.task, TASKS)
@@ -85,6 +89,10 @@ class LossConfig(Block):
     check_choice("loss.pair_weighting", self.pair_weighting, PAIR_WEIGHTINGS)
     check_range("loss.full_weight", self.full_weight, 0)
     check_choice("loss.teacher", self.teacher, TEACHERS)
+    check_range("loss.cross_depth_weight", self.cross_depth_weight, 0)
+    if self.cross_depth_weight and self.task != "contrastive":
+      raise ConfigError(f"loss.cross_depth_weight pairs queries with documents; loss.task="
+                        f"{self.task!r} scores symmetric pairs: use 'contrastive' or set it to 0")
 
   def check_plan(self, num_pairs: int, method: str) -> None:
     """Against the schedule: `num_pairs` its length (for pair_weights), `method` its method
@@ -110,6 +118,9 @@ class LossConfig(Block):
           f"loss.teacher='frozen' is the KL's teacher for schedule.method in {KL_METHODS} with a "
           f"loss.kl; this run has method={method!r}, kl={self.kl!r}")
     sampled = method in ("2dmse", "2dmse_retrieval")
+    if sampled and self.cross_depth_weight:
+      raise ConfigError(f"loss.cross_depth_weight adds terms to a fixed schedule's pairs; "
+                        f"schedule.method={method!r} samples its own")
     if sampled and (self.pair_weighting != "uniform" or self.full_weight != 1.0):
       raise ConfigError(f"loss.pair_weighting and loss.full_weight weigh a fixed schedule's pairs; "
                         f"schedule.method={method!r} samples its own (see loss.layer_weighting)")
@@ -278,9 +289,31 @@ def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]],
       kl = kl_term(teacher, pooled_by_layer[n], d, cfg)
       metrics[f"kl/{n}_{d}"] = kl
       total = total + cfg.kl_weight * kl
+  if cfg.cross_depth_weight:
+    total = total + cross_depth_loss(pooled_by_layer, pairs, n_full, teacher, cfg, metrics,
+                                     use_kl=use_kl)
   if cfg.reduction == "mean":
     total = total / len(pairs)
   return total, metrics
+
+
+def cross_depth_loss(pooled_by_layer, pairs, n_full: int, teacher, cfg: LossConfig, metrics: dict,
+                     *, use_kl: bool = True):
+  """loss.cross_depth_weight x (task + beta x score KL from `teacher`) of every pair (n < N, d): its
+  queries (role 0, or the groups' queries) at layer n against the documents (the other roles, or the
+  passages) at layer N; adds 'cross/n_d' ('cross_kl/n_d') to metrics."""
+  total = jnp.zeros((), jnp.float32)
+  for n, d in pairs:
+    if n == n_full:
+      continue
+    q, docs = pooled_by_layer[n], pooled_by_layer[n_full]
+    mixed = (q[0], docs[1]) if isinstance(q, tuple) else jnp.concatenate([q[:1], docs[1:]])
+    metrics[f"cross/{n}_{d}"] = task = task_loss(mixed, d, cfg)
+    total = total + cfg.cross_depth_weight * task
+    if use_kl and cfg.kl == "scores":
+      metrics[f"cross_kl/{n}_{d}"] = kl = kl_scores(teacher, mixed, d, cfg)
+      total = total + cfg.cross_depth_weight * cfg.kl_weight * kl
+  return total
 
 
 def mask_dims(x, d):

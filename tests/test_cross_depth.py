@@ -1,14 +1,19 @@
-"""Cross-depth retrieval (eval.retrieval_cross_depth): queries at n_q layers against passages at
-n_doc >= n_q layers equal a hand computation; the diagonal equals the per-size evaluation; the files."""
+"""Cross-depth retrieval: queries at n_q layers against passages at n_doc >= n_q layers
+(eval.retrieval_cross_depth) equal a hand computation, the diagonal the per-size evaluation; its
+training terms (loss.cross_depth_weight) equal their equations."""
 
+import dataclasses
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_retrieval import PAIRS, write_beir
 
-from starbucks_jax import embed
+from starbucks_jax import embed, losses
+from starbucks_jax.config_lib import ConfigError
 from starbucks_jax.data import beir
 from starbucks_jax.evaluate import cost, cross_depth, retrieval
 
@@ -58,3 +63,50 @@ def test_cells_equal_a_hand_computation_and_the_diagonal_the_sizes(tiny_hf_dir, 
   assert len(list((tmp_path / "w" / "cross_depth").glob("toy_test_*.png"))) == len(metrics)
   assert not os.path.exists(os.path.join(work, "results", "cross_depth"))  # apart from the sizes'
   assert cross_depth.cells(PAIRS)[:3] == [(1, 1, 8), (1, 2, 8), (2, 2, 8)]
+
+
+def _log_softmax(x):
+  x = x - x.max(-1, keepdims=True)
+  return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+@pytest.mark.parametrize("layout", ["roles", "groups"])
+def test_the_cross_depth_training_terms_equal_their_equations(layout):
+  """loss.cross_depth_weight: for (1, 16) of ((1, 16), (2, 32)), w x [MNRL of layer 1's queries
+  against layer 2's documents at 16 dims + beta x KL(full pair's scores || those scores)], in NumPy
+  (float64); the full pair adds no term."""
+  rng = np.random.default_rng(0)
+  B, D = 4, 32
+  if layout == "roles":  # anchor, positive, negative
+    pooled = {n: rng.normal(size=(3, B, D)) for n in (1, 2)}
+    queries, docs = (lambda n: pooled[n][0]), (lambda n: pooled[n][1:].reshape(-1, D))
+    labels = np.arange(B)
+  else:  # 4 queries, groups of 2 passages
+    pooled = {n: (rng.normal(size=(B, D)), rng.normal(size=(2 * B, D))) for n in (1, 2)}
+    queries, docs = (lambda n: pooled[n][0]), (lambda n: pooled[n][1])
+    labels = np.arange(B) * 2
+  cfg = losses.LossConfig(kl="scores", kl_detach=True, kl_temperature=0.5, kl_weight=0.7)
+  weighted = dataclasses.replace(cfg, cross_depth_weight=0.25)
+  as_jax = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float32), pooled)
+  pairs = ((1, 16), (2, 32))
+  base, _ = losses.srl_loss(as_jax, pairs, (2, 32), cfg)
+  total, metrics = losses.srl_loss(as_jax, pairs, (2, 32), weighted)
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  logits = lambda q, c: 20.0 * unit(q) @ unit(c).T
+  student = logits(queries(1)[:, :16], docs(2)[:, :16])
+  task = -np.mean(_log_softmax(student)[np.arange(B), labels])
+  t, s = _log_softmax(logits(queries(2), docs(2)) / 0.5), _log_softmax(student / 0.5)
+  kl = np.sum(np.exp(t) * (t - s)) / B
+  assert float(metrics["cross/1_16"]) == pytest.approx(task, rel=1e-5)
+  assert float(metrics["cross_kl/1_16"]) == pytest.approx(kl, rel=1e-4)
+  assert float(total - base) == pytest.approx(0.25 * (task + 0.7 * kl), rel=1e-4)
+  assert "cross/2_32" not in metrics
+
+
+def test_cross_depth_training_refuses_what_it_cannot_pair():
+  with pytest.raises(ConfigError, match="loss.cross_depth_weight pairs queries with documents"):
+    losses.LossConfig(task="cosent", cross_depth_weight=1.0).check()
+  with pytest.raises(ConfigError, match="schedule.method='2dmse' samples its own"):
+    losses.LossConfig(cross_depth_weight=1.0).check_plan(2, "2dmse")
+  with pytest.raises(ConfigError, match="loss.cross_depth_weight"):
+    losses.LossConfig(cross_depth_weight=-1.0).check()
