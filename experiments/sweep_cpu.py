@@ -12,11 +12,13 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only; 14
   funnels scored on the SRL and full-only indexes (retrieval_scifact_funnels, experiments/elastic_retrieval.md);
 - retrieval_demo: the offline demo (configs/retrieval.py:demo), SRL and full-only, with funnels and costs;
+- cross_depth_scifact: SciFact with every (query layer, passage layer, dim) cell scored, SRL and SRL
+  with the cross-depth training terms, three seeds (experiments/asymmetric_retrieval.md);
 - precision_nli_cpu: configs/ft.py:nli_cpu in float32, pure bf16 and amp (bf16 matmuls, float32
   stream: the authors' PyTorch AMP), three seeds each; the amp models also encoded in bf16
   (eval.dtype) for evaluation (experiments/precision.md).
 
-    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/]
+    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/|cross_depth_scifact/]
         [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
@@ -108,6 +110,15 @@ RUNS += [
            "--config.eval.packing=True", "--config.eval.batch_size=32"),
           label="amp, encoded in bf16", result="eval") for seed in range(3)),
 ]
+# shallow queries against deep passages (experiments/asymmetric_retrieval.md): every cross-depth
+# cell of SRL and of SRL with the cross-depth terms (loss.cross_depth_weight=1)
+RUNS += [
+    Run(f"cross_depth_scifact/{name}", "configs/retrieval.py:scifact",
+        ("--config.eval.retrieval_cross_depth=True", f"--config.loss.cross_depth_weight={weight}",
+         f"--config.seed={seed}"), label=label) for seed in range(3)
+    for name, weight, label in ((f"starbucks_seed{seed}", 0.0, "SRL"), (f"cross_depth_seed{seed}",
+                                                                        1.0, "SRL + cross-depth"))
+]
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb",
            "spearman_cosine",
@@ -128,6 +139,8 @@ REPORTS = [
            "STS-B dev Spearman per size, nli_cpu recipe, by precision (3 seeds)", baseline="amp"),
     Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",
            "The offline retrieval demo (pydocs test) nDCG@10 per size"),
+    Report(os.path.join(OUT, "cross_depth_scifact"), ("cross_depth_scifact/",), "scifact",
+           "nDCG@10", "SciFact test nDCG@10 per size: SRL and SRL + cross-depth terms"),
 ]
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Cross-depth retrieval: queries at n_q layers against passages at n_doc >= n_q layers
 (eval.retrieval_cross_depth) equal a hand computation, the diagonal the per-size evaluation; its
-training terms (loss.cross_depth_weight) equal their equations."""
+training terms (loss.cross_depth_weight) equal their equations; quantized (int8, binary) first stages
+of a funnel (issue 46) equal a NumPy search."""
 
 import dataclasses
 import json
@@ -13,9 +14,10 @@ import pytest
 from test_retrieval import PAIRS, write_beir
 
 from starbucks_jax import embed, losses
-from starbucks_jax.config_lib import ConfigError
+from starbucks_jax.config_lib import ConfigError, InputError
 from starbucks_jax.data import beir
-from starbucks_jax.evaluate import cost, cross_depth, retrieval
+from starbucks_jax.evaluate import cost, cross_depth, retrieval, search
+from starbucks_jax.evaluate import index as index_lib
 
 
 def test_cells_equal_a_hand_computation_and_the_diagonal_the_sizes(tiny_hf_dir, tmp_path):
@@ -110,3 +112,41 @@ def test_cross_depth_training_refuses_what_it_cannot_pair():
     losses.LossConfig(cross_depth_weight=1.0).check_plan(2, "2dmse")
   with pytest.raises(ConfigError, match="loss.cross_depth_weight"):
     losses.LossConfig(cross_depth_weight=-1.0).check()
+
+
+def test_quantized_first_stages_equal_a_numpy_search(tiny_hf_dir, tmp_path):
+  """'2x16i8:K': float queries against each passage's int8 vector (per-dimension scale: the corpus'
+  largest |value| / 127) dequantized, cosine; '2x16b:K': the signs of both (d - 2 x Hamming). Both
+  equal NumPy on the stored float vectors, and read files stored once in the index."""
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
+  col = beir.load(write_beir(tmp_path / "toy", n_docs=40), "test")
+  folder = str(tmp_path / "index")
+  index_lib.encode_corpus(embedder, col.doc_ids, col.docs, PAIRS, folder, max_length=32,
+                          shard_size=15)
+  q = embedder.encode_layers(col.queries, (1, 2, 4), max_length=16)
+  kept = np.concatenate([b for _, b in index_lib.shards(folder, 2, 16)]).astype(np.float64)
+  scale = np.abs(kept).max(0) / 127
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  reference = {
+      "i8": unit(q[2][:, :16].astype(np.float64)) @ unit(np.rint(kept / scale) * scale).T,
+      "b": np.where(q[2][:, :16] > 0, 1.0, -1.0) @ np.where(kept > 0, 1.0, -1.0).T
+  }
+  for suffix, want in reference.items():
+    stages = search.parse_funnel(f"2x16{suffix}:7")
+    assert cost.name_of(stages) == f"2x16{suffix}"
+    scores, rows = search.funnel_topk(q, folder, stages, normalize=True)
+    np.testing.assert_allclose(scores, -np.sort(-want, axis=1)[:, :7], rtol=1e-5, atol=1e-5)
+    # each returned row scores what NumPy gives it (binary scores tie: any order among equals)
+    np.testing.assert_allclose(np.take_along_axis(want, rows, 1), scores, rtol=1e-5, atol=1e-5)
+  assert np.load(os.path.join(folder, "layer_2", "int8", "1.npy")).dtype == np.int8
+  assert np.load(os.path.join(folder, "layer_2", "binary", "0.npy")).shape == (15, 2)  # 16 bits
+  # a quantized shortlist rescored by float vectors, and what the cost model counts
+  funnel = search.parse_funnel("2x16b:20,4x32:5")
+  rows = search.funnel_topk(q, folder, funnel, normalize=True)[1]
+  first = search.funnel_topk(q, folder, funnel[:1], normalize=True)[1]
+  assert all(set(r) <= set(f) for r, f in zip(rows, first))
+  assert cost.index_bytes(funnel) == 2 + 4 * 32 and cost.search_flops(funnel, 40) == 2 * 1 * 40 + \
+      2 * 32 * 20
+  assert cost.index_bytes(search.parse_funnel("2x16i8:20,2x16:5")) == 16 + 4 * 16
+  with pytest.raises(InputError, match="only the first stage searches quantized"):
+    search.parse_funnel("2x16:20,4x32b:5")

@@ -27,11 +27,10 @@ Stage = search.Stage
 
 
 def name_of(stages) -> str:
-  """'2x32' for one size, else the funnel's chain."""
+  """'2x32' for one size, else the funnel's chain (as parse_funnel reads it)."""
   if len(stages) == 1:
-    (n, d), _ = stages[0]
-    return f"{n}x{d}"
-  return ",".join(f"{n}x{d}:{k}" for (n, d), k in stages)
+    return search.pair_name(stages[0][0])
+  return ",".join(f"{search.pair_name(pair)}:{k}" for pair, k in stages)
 
 
 def query_flops(config, lengths, layer: int) -> float:
@@ -49,10 +48,11 @@ def query_lengths(embedder, queries: list[str], max_length: int) -> list[int]:
 
 
 def search_flops(stages, num_docs: int) -> float:
-  """Multiply-adds x 2 of one query's search: every passage at the first stage's dim, then each
-  rescoring stage's dim over the previous stage's survivors."""
+  """Multiply-adds x 2 of one query's search: every passage at the first stage's dim (int8: as many
+  integer ones; binary: an XOR and a popcount per 64 dims), then each rescoring stage's dim over the
+  previous stage's survivors."""
   (_, d), k = stages[0]
-  flops = 2.0 * d * num_docs
+  flops = 2.0 * (-(-d // 64) if search.kind_of(stages[0][0]) == "binary" else d) * num_docs
   for (_, d), k_next in stages[1:]:
     flops += 2.0 * d * min(k, num_docs)
     k = k_next
@@ -67,8 +67,12 @@ def search_flops_at(configuration: str, num_docs: int) -> float:
 
 
 def index_bytes(stages) -> int:
-  """float32 bytes per passage of the vectors the configuration reads (largest dim per layer)."""
-  return 4 * sum(index_lib.layer_dims([pair for pair, _ in stages]).values())
+  """Bytes per passage of the vectors the configuration reads: float32 at the largest dim per layer
+  of the float stages, and a quantized first stage's own (int8: 1 a dim; binary: 1 bit a dim)."""
+  floats = [pair for pair, _ in stages if search.kind_of(pair) == "float"]
+  (_, d), kind = stages[0][0], search.kind_of(stages[0][0])
+  quantized = {"float": 0, "int8": d, "binary": -(-d // 8)}[kind]
+  return 4 * sum(index_lib.layer_dims(floats).values()) + quantized
 
 
 def _ms_per_query(fn, count: int) -> float:

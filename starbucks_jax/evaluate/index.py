@@ -24,6 +24,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
+QUANTIZATIONS = ("int8", "binary")  # a funnel's first stage: search.parse_funnel's 'i8' / 'b'
 
 
 def layer_dims(pairs) -> dict[int, int]:
@@ -127,6 +128,49 @@ def _meta(folder: str, layer: int, dim: int) -> dict:
     raise ValueError(
         f"{folder}: no vectors for (layer {layer}, dim {dim}); the index keeps {meta['layers']}")
   return meta
+
+
+def quantized_shards(folder: str, layer: int, dim: int, kind: str):
+  """The (layer, dim) vectors as a quantized first stage searches them, shard by shard: (first row,
+  [rows, dim] float32). 'int8': each dimension scaled by its largest |value| over the corpus / 127
+  and rounded (dequantized here); 'binary': the signs (+1 where > 0, else -1). Stored once beside the
+  float shards (layer_<n>/<kind>/<k>.npy at the layer's kept dim, int8's scale.npy; binary packed 8
+  dims a byte), so any dim of the layer reads them."""
+  meta = _meta(folder, layer, dim)
+  if kind not in QUANTIZATIONS:
+    raise ValueError(f"quantization {kind!r}; expected one of {QUANTIZATIONS}")
+  count = -(-meta["count"] // meta["shard_size"])
+  base = os.path.join(folder, f"layer_{layer}", kind)
+  os.makedirs(base, exist_ok=True)
+  scale = None
+  if kind == "int8":
+    scale_path = os.path.join(base, "scale.npy")
+    if not os.path.exists(scale_path):
+      peak = np.max([np.abs(np.load(_shard_path(folder, layer, k))).max(0) for k in range(count)],
+                    0)
+      _save(scale_path, (np.where(peak > 0, peak, 1.0) / 127).astype(np.float32))
+    scale = np.load(scale_path)
+  start = 0
+  for k in range(count):
+    path = os.path.join(base, f"{k}.npy")
+    if not os.path.exists(path):
+      x = np.load(_shard_path(folder, layer, k))
+      _save(
+          path,
+          np.clip(np.rint(x / scale), -127, 127).astype(np.int8)
+          if scale is not None else np.packbits(x > 0, axis=1))
+    stored = np.load(path, mmap_mode="r")
+    if scale is not None:
+      block = stored[:, :dim].astype(np.float32) * scale[:dim]
+    else:
+      block = np.unpackbits(stored, axis=1, count=dim).astype(np.float32) * 2 - 1
+    yield start, block
+    start += len(stored)
+
+
+def _save(path: str, array: np.ndarray) -> None:
+  np.save(path + ".tmp.npy", array)
+  os.replace(path + ".tmp.npy", path)
 
 
 def shards(folder: str, layer: int, dim: int, mmap: bool = True):

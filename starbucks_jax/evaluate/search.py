@@ -106,17 +106,46 @@ def rescore(queries: np.ndarray, vectors, rows: np.ndarray, k: int, *, normalize
 
 
 Stage = tuple[tuple[int, int], int]  # ((layer, dim), documents kept)
+SUFFIXES = {"i8": "int8", "b": "binary"}  # a quantized first stage: '2x64b:2000,6x384:10'
+
+
+class QuantizedPair(tuple):
+  """The (layer, dim) of a funnel's first stage searched over quantized vectors (`kind`: 'int8' or
+  'binary', index.quantized_shards); a (layer, dim) tuple everywhere else."""
+  def __new__(cls, pair, kind: str):
+    out = super().__new__(cls, pair)
+    out.kind = kind
+    return out
+
+
+def kind_of(pair) -> str:
+  """'float', or a QuantizedPair's quantization."""
+  return getattr(pair, "kind", "float")
+
+
+def pair_name(pair) -> str:
+  """'2x64', '2x64i8' or '2x64b'."""
+  suffix = {v: k for k, v in SUFFIXES.items()}.get(kind_of(pair), "")
+  return f"{pair[0]}x{pair[1]}{suffix}"
 
 
 def parse_funnel(spec: str) -> tuple[Stage, ...]:
   """'2x32:1000,4x128:100,6x384:10' -> (((2, 32), 1000), ((4, 128), 100), ((6, 384), 10)): the first
-  stage retrieves, each next one rescores the previous stage's documents and keeps no more of them."""
+  stage retrieves, each next one rescores the previous stage's documents and keeps no more of them.
+  The first stage may search int8 ('2x64i8:2000') or binary ('2x64b:2000') vectors; rescoring is
+  float."""
   stages = []
-  for part in spec.split(","):
+  for i, part in enumerate(spec.split(",")):
     pair, colon, k = part.partition(":")
     if not (colon and k.strip().isdigit()):
       raise InputError(f"funnel {spec!r}: {part!r} is not LAYERxDIM:K (e.g. 2x32:1000,6x384:10)")
-    stages.append((parse_pair(pair, where=f"funnel {spec!r}: "), int(k)))
+    pair = pair.strip()
+    suffix = next((s for s in SUFFIXES if pair.endswith(s) and pair[:-len(s)][-1:].isdigit()), "")
+    if suffix and i:
+      raise InputError(f"funnel {spec!r}: {part!r}: only the first stage searches quantized "
+                       "vectors (i8, b); rescoring stages are float")
+    size = parse_pair(pair[:len(pair) - len(suffix)], where=f"funnel {spec!r}: ")
+    stages.append((QuantizedPair(size, SUFFIXES[suffix]) if suffix else size, int(k)))
   for i, ((n, d), k) in enumerate(stages):
     if k < 1 or n < 1 or d < 1:
       raise InputError(f"funnel {spec!r}: stage {i + 1} needs a layer, dim and k of at least 1")
@@ -129,11 +158,17 @@ def parse_funnel(spec: str) -> tuple[Stage, ...]:
 def funnel_topk(query_vecs: dict[int, np.ndarray], folder: str, stages, *,
                 normalize: bool = False) -> tuple[np.ndarray, np.ndarray]:
   """Funnel search over an index (evaluate/index.py): exact top-k1 with the first stage's (layer, dim)
-  vectors, then each stage rescores the survivors with its own stored vectors. `query_vecs[layer]`
+  vectors (float, or quantized: parse_funnel), then each stage rescores the survivors with its own
+  stored float vectors. `query_vecs[layer]`
   are the queries' pooled vectors (one early-exit pass gives every layer the funnel needs)."""
   (n, d), k = stages[0]
-  scores, rows = exact_topk(query_vecs[n][:, :d], index_lib.shards(folder, n, d), k,
-                            normalize=normalize)
+  kind, queries = kind_of(stages[0][0]), query_vecs[n][:, :d]
+  if kind == "float":
+    scores, rows = exact_topk(queries, index_lib.shards(folder, n, d), k, normalize=normalize)
+  else:  # int8: float queries against dequantized passages; binary: signs both sides (d - 2 x Hamming)
+    queries = np.where(queries > 0, 1.0, -1.0).astype(np.float32) if kind == "binary" else queries
+    scores, rows = exact_topk(queries, index_lib.quantized_shards(folder, n, d, kind), k,
+                              normalize=normalize and kind == "int8")
   for (n, d), k in stages[1:]:
     scores, rows = rescore(query_vecs[n][:, :d],
                            lambda r, n=n, d=d: index_lib.gather(folder, n, d, r), rows, k,
