@@ -366,8 +366,8 @@ def test_split_forwards_draw_each_splits_dropout(tmp_path):
     want = jax.jit(embed)(rows[0][c::2], rows[1][c::2], jax.random.fold_in(key, c))
     for n in plan.layers:
       np.testing.assert_allclose(got[n][c::2], want[n], rtol=1e-5, atol=1e-6)
-  nodrop = jax.jit(lambda i, m: pooled_layers(params, cfg, i, m, plan.layers, "mean",
-                                              deterministic=True))(*rows)
+  nodrop = jax.jit(
+      lambda i, m: pooled_layers(params, cfg, i, m, plan.layers, "mean", deterministic=True))(*rows)
   assert not np.allclose(got[max(plan.layers)], nodrop[max(plan.layers)], atol=1e-4)
 
 

@@ -118,8 +118,9 @@ def test_the_fused_cores_equal_the_standard_one(core, monkeypatch):
   fused = cfg.replace(attention=core)
   real = mask.astype(bool)
   # jitted: op by op, the encoder's ops would compile one by one (250 compiles)
-  apply = jax.jit(lambda p, ids, mask, c, **kw: modernbert.ModernBertEncoder(c).apply(
-      {"params": p}, ids, mask, **kw), static_argnums=3)
+  apply = jax.jit(
+      lambda p, ids, mask, c, **kw: modernbert.ModernBertEncoder(c).apply({"params": p}, ids, mask,
+                                                                          **kw), static_argnums=3)
   want = np.asarray(apply(params, ids, mask, cfg))
   got = np.asarray(apply(params, ids, mask, fused))
   np.testing.assert_allclose(got[:, real], want[:, real], rtol=0, atol=2e-5 * np.abs(want).max())
