@@ -8,9 +8,12 @@ random_model_dir: speed does not depend on the weights), the data generated or s
 each in processes of its own, each result written as soon as it exists:
 
   env      the devices, the stack's versions, nvidia-smi's line.
+  profile  our step at the step section's first shape under jax's profiler (gpu_profile.py): wall
+           vs device-busy ms per step, kernels per step, time by kind of kernel, the top kernels,
+           and the Perfetto trace; it and that first step run share one compilation cache.
   step     the SRL train step, ours vs sentence-transformers + the authors' loss on the same batches
-           (their loss checked equal to ours first), at two batch sizes, then the larger with our
-           step on cuDNN's fused attention (model.attention=cudnn): examples/s, model TFLOP/s and
+           (their loss checked equal to ours first), at 128 pairs, the same with our step on cuDNN's
+           fused attention (model.attention=cudnn), then at 32 pairs: examples/s, model TFLOP/s and
            MFU against --peak-tflops (989: an H100/H200 SXM's dense bf16), via vs_pytorch.py.
   recipe   `python -m starbucks_jax.main --config=configs/ft.py:nli` end to end (bf16, batch 128,
            MNRL + feature KL over the six pairs) on generated triplets for --recipe-steps steps, then
@@ -19,11 +22,15 @@ each in processes of its own, each result written as soon as it exists:
   encode   the retrieval corpus encoder's passages/s at every (layer, dim) of the schedule, each
            size running only its layers (early exit), via retrieval.py.
 
-Writes DIR/gpu_check.json (everything, rewritten after each section) and DIR/gpu_check.md (the
-table). DIR defaults to $OUT (the slot's return folder), else ./gpu_check_out. A section that fails
-or outlives its share of --budget is recorded as such and the next one runs. `--dry-run` runs the
-same sections on this CPU with MiniLM's shape at tiny sizes (CI runs it): every code path but the
-device's (one step run, its attention core XLA's fused one standing in for cuDNN's, which needs a GPU).
+Each section's first minute or so is compiling (autotuning included): sections get shares of
+--budget (SHARE), a section's runs split what is left of its share. Writes DIR/gpu_check.json
+(everything, rewritten after each section), DIR/gpu_check.md (the tables), gpu_check.log (every
+child's output), each step run's step_b*.json as it ends and the profile's trace: 7 files, within a
+slot's 8 returned. DIR defaults to $OUT (the slot's return folder), else ./gpu_check_out. A
+section that fails or outlives its share of --budget is recorded as such and the next one runs.
+`--dry-run` runs the same sections on this CPU with MiniLM's shape at tiny sizes (CI runs it): every
+code path but the device's (one step run, its attention core XLA's fused one standing in for
+cuDNN's, which needs a GPU).
 """
 
 from __future__ import annotations
@@ -50,14 +57,15 @@ from starbucks_jax.schedule import STARBUCKS  # noqa: E402 - the checkout's pack
 # What each run measures: the paper's bert-base in bf16 on a GPU; MiniLM's shape, tiny, in a dry run.
 SIZES = {
     "gpu": dict(preset="bert-base", dtype="bfloat16",
-                step_runs=((32, "standard"), (128, "standard"), (128, "cudnn")), step_length=128,
+                step_runs=((128, "standard"), (128, "cudnn"), (32, "standard")), step_length=128,
                 step_steps=10, recipe_batch=128, recipe_words=(8, 40), encode_docs=8192,
                 encode_length=196, encode_batch=512),
     "dry": dict(preset="minilm-l6-h384", dtype="float32", step_runs=((4, "dot_product"),),
                 step_length=16, step_steps=1, recipe_batch=8, recipe_words=(15, 28), encode_docs=32,
                 encode_length=32, encode_batch=16),
 }
-SHARE = {"step": 0.5, "recipe": 0.32, "encode": 0.18}  # of the budget left when each section starts
+SHARE = {"profile": 0.16, "step": 0.48, "recipe": 0.22,
+         "encode": 0.14}  # of the budget left when each section starts
 
 # This process only looks at the devices and writes the random model (on the CPU): it must not take
 # jax's default 75% of the GPU from the processes that measure. They get the environment as a user has it.
@@ -69,9 +77,10 @@ class SectionTimeout(Exception):
   pass
 
 
-def run(cmd: list[str], timeout: float, log_path: str) -> str:
-  """Run a child process (this checkout on its path), its output appended to `log_path`; its stdout."""
-  env = {k: v for k, v in os.environ.items() if k not in _set_here}
+def run(cmd: list[str], timeout: float, log_path: str, extra_env: dict | None = None) -> str:
+  """Run a child process (this checkout on its path, `extra_env` added), its output appended to
+  `log_path`; its stdout."""
+  env = {k: v for k, v in os.environ.items() if k not in _set_here} | (extra_env or {})
   env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
   try:
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
@@ -111,8 +120,8 @@ def env_section() -> dict:
   }
 
 
-def step_section(size: dict, model_dir: str, peak: float, out: str, log: str,
-                 deadline: float) -> list[dict]:
+def step_section(size: dict, model_dir: str, peak: float, out: str, log: str, deadline: float,
+                 env: dict) -> list[dict]:
   """One vs_pytorch.py run per (batch, our attention core); a run that fails is a row with its error."""
   rows = []
   for batch, core in size["step_runs"]:
@@ -128,7 +137,7 @@ def step_section(size: dict, model_dir: str, peak: float, out: str, log: str,
           str(size["step_steps"]), "--rounds", "1", "--dtype", size["dtype"], "--attention", core,
           "--peak-tflops",
           str(peak), "--out", path
-      ], share, log)
+      ], share, log, env)
       rows.append(json.load(open(path)))
     except (RuntimeError, SectionTimeout) as e:
       rows.append({
@@ -138,6 +147,23 @@ def step_section(size: dict, model_dir: str, peak: float, out: str, log: str,
   if all("error" in r for r in rows):
     raise RuntimeError("every run failed: " + "; ".join(r["error"] for r in rows))
   return rows
+
+
+def profile_section(size: dict, model_dir: str, out: str, work: str, log: str, deadline: float,
+                    env: dict) -> dict:
+  """Our step at the step section's first shape, traced (gpu_profile.py): where the time goes. Its
+  summary goes into gpu_check.json, its trace to `out` (a slot returns 8 files at most)."""
+  batch, core = size["step_runs"][0]
+  folder = os.path.join(work, "profile")
+  run([
+      sys.executable,
+      os.path.join(HERE, "gpu_profile.py"), "--model", model_dir, "--batch",
+      str(batch), "--length",
+      str(size["step_length"]), "--dtype", size["dtype"], "--attention", core, "--steps",
+      str(size["step_steps"]), "--out", folder
+  ], deadline - time.time(), log, env)
+  shutil.copy(os.path.join(folder, "profile_trace.json.gz"), out)
+  return json.load(open(os.path.join(folder, "profile.json")))
 
 
 def write_triplets(path: str, rows: int, words: tuple[int, int] = (8, 40), seed: int = 0) -> None:
@@ -180,9 +206,9 @@ def recipe_section(size: dict, model_dir: str, steps: int, work: str, log: str,
   }  # one per (layer, dim) and dataset: the evaluation ran
 
 
-def encode_section(size: dict, model_dir: str, schedule: str, out: str, log: str,
+def encode_section(size: dict, model_dir: str, schedule: str, work: str, log: str,
                    deadline: float) -> dict:
-  path = os.path.join(out, "encode.json")
+  path = os.path.join(work, "encode.json")
   run([
       sys.executable,
       os.path.join(HERE, "retrieval.py"), "--model", model_dir, "--schedule", schedule, "--docs",
@@ -248,6 +274,21 @@ def table(results: dict) -> str:
         f"| ({r['layer']}, {r['dim']}) | {r['passages_per_s']:.1f} |" for r in encode["rates"]
     ]
     lines.append(f"| every layer in one pass | {encode['all_layers_passages_per_s']:.1f} |")
+  profile = results["sections"].get("profile", {})
+  if "summary" in profile:
+    s = profile["summary"]
+    lines += [
+        "", f"Profile of our step ({profile['batch']} pairs x {profile['length']}, "
+        f"{profile['attention']}): wall {s['wall_ms_per_step']:.1f} ms/step, device busy "
+        f"{s['busy_ms_per_step']:.1f} ms/step, {s['kernels_per_step']:.0f} kernels/step; "
+        "ms/step by "
+        "kind: " + ", ".join(f"{k} {ms:.2f}" for k, ms in s["ms_per_step_by_kind"].items()), "",
+        "| top kernel (HLO op) | kind | ms/step | calls/step |", "|---|---|---|---|"
+    ]
+    lines += [
+        f"| {t['name'][:80].replace('|', '/')} | {t['kind']} | {t['ms_per_step']:.3f} | "
+        f"{t['calls_per_step']:.0f} |" for t in s["top"][:12]
+    ]
   return "\n".join(lines) + "\n"
 
 
@@ -265,7 +306,7 @@ def main() -> None:
                  help="the same sections on this CPU, MiniLM's shape, tiny sizes")
   p.add_argument("--out", default=os.environ.get("OUT") or "gpu_check_out",
                  help="where the results go")
-  p.add_argument("--budget", type=float, default=420.0, help="seconds for all sections together")
+  p.add_argument("--budget", type=float, default=500.0, help="seconds for all sections together")
   p.add_argument("--peak-tflops", type=float, default=989.0,
                  help="the device's dense bf16 peak, for MFU")
   p.add_argument("--recipe-steps", type=int, default=0,
@@ -306,11 +347,14 @@ def main() -> None:
   # the init's arrays stay off the GPU
   with jax.default_device(jax.local_devices(backend="cpu")[0]):
     model_dir = random_model_dir(size["preset"], os.path.join(work, "model"))
+  # the profile's step and the step section's first are one program: compiled once (autotuning too)
+  cache = {"JAX_COMPILATION_CACHE_DIR": os.path.join(work, "jax_cache")}
   sections = {
+      "profile": lambda end: profile_section(size, model_dir, args.out, work, log, end, cache),
       "step": lambda end:
-              {"rows": step_section(size, model_dir, args.peak_tflops, args.out, log, end)},
+              {"rows": step_section(size, model_dir, args.peak_tflops, args.out, log, end, cache)},
       "recipe": lambda end: recipe_section(size, model_dir, steps, work, log, end),
-      "encode": lambda end: encode_section(size, model_dir, size["preset"], args.out, log, end),
+      "encode": lambda end: encode_section(size, model_dir, size["preset"], work, log, end),
   }
   chosen = [name for name in sections if name in only]
   for i, name in enumerate(chosen):

@@ -211,15 +211,9 @@ def worker(side: str, args, setup) -> None:
                                   args.dtype)
     times = _times(lambda m, i: torch_step(batch, m), args.steps)
   else:
-    jbatch = {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
-    params = pre.params["bert"]
     jitted, states = {}, {}
     for m in METHODS:
-      jitted[m] = jax.jit(
-          srl.make_srl_step(cfg, schedule.plan(m, pairs, N, D), loss_cfg, tx, "mean",
-                            forward_splits=args.forward_splits).update, donate_argnums=(0,))
-      states[m] = step_lib.TrainState(jnp.zeros((), jnp.int32),
-                                      jax.tree_util.tree_map(jnp.array, params), tx.init(params))
+      jitted[m], states[m], jbatch = jax_step(cfg, setup, m, args.forward_splits)
 
     def step(m, i):
       states[m], metrics = jitted[m](states[m], jbatch, jax.random.key(i))
@@ -227,6 +221,21 @@ def worker(side: str, args, setup) -> None:
 
     times = _times(step, args.steps)
   print(json.dumps(times))
+
+
+def jax_step(cfg, setup, method: str, forward_splits: int = 1):
+  """(jitted update(state, batch, key), its initial TrainState, the batch on the device): our
+  step for `method` (starbucks: SRL over the schedule; full: the (N, D) task loss alone), the
+  state donated."""
+  pre, _, pairs, _, tx, loss_cfg, batch = setup
+  N, D = cfg.num_hidden_layers, cfg.hidden_size
+  params = pre.params["bert"]
+  update = jax.jit(
+      srl.make_srl_step(cfg, schedule.plan(method, pairs, N, D), loss_cfg, tx, "mean",
+                        forward_splits=forward_splits).update, donate_argnums=(0,))
+  state = step_lib.TrainState(jnp.zeros((), jnp.int32), jax.tree_util.tree_map(jnp.array, params),
+                              tx.init(params))
+  return update, state, {k: jnp.asarray(v, jnp.int32) for k, v in batch.items()}
 
 
 def _setup(args):

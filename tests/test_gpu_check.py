@@ -41,8 +41,18 @@ def test_dry_run_measures_every_section(tmp_path):
   assert recipe["result_rows"] >= 6  # the demo STS evaluation at every pair
   assert [(r["layer"], r["dim"]) for r in encode["rates"]] == [(1, 16), (2, 32), (3, 64), (4, 128),
                                                                (5, 256), (6, 384)]
+  profile = results["sections"]["profile"]["summary"]
+  # the traced steps ran XLA's ops (the CPU client's events stand in for the GPU's kernels)
+  assert profile["kernels_per_step"] > 100 and 0 < profile["busy_ms_per_step"]
+  assert profile["top"] and sum(profile["ms_per_step_by_kind"].values()) > 0
+  # what a slot returns: at most 8 files (the step run's JSON, the trace, the summary, table, log)
+  assert sorted(os.listdir(tmp_path)) == [
+      "gpu_check.json", "gpu_check.log", "gpu_check.md", "profile_trace.json.gz",
+      "step_b4_dot_product.json"
+  ]
   table = open(tmp_path / "gpu_check.md").read()
-  assert "dry run" in table and "| nli (generated triplets) | 3 x 8 |" in table and "NOT MEASURED" not in table
+  assert "| top kernel (HLO op) |" in table and "dry run" in table
+  assert "| nli (generated triplets) | 3 x 8 |" in table and "NOT MEASURED" not in table
 
 
 def test_a_section_past_its_share_is_not_measured(tmp_path, tiny_hf_dir, monkeypatch, capsys):
@@ -70,7 +80,8 @@ def test_a_failed_step_run_is_a_row_of_its_own(tmp_path, monkeypatch):
   from conftest import load_script
   gc = load_script("benchmarks/gpu_check.py")
 
-  def fake_run(cmd, timeout, log):
+  def fake_run(cmd, timeout, log, env):
+    assert "JAX_COMPILATION_CACHE_DIR" in env
     if "cudnn" in cmd:
       raise RuntimeError("exit 1: RuntimeError: cuDNN not found. | the line before")
     json.dump(
@@ -83,7 +94,8 @@ def test_a_failed_step_run_is_a_row_of_its_own(tmp_path, monkeypatch):
 
   monkeypatch.setattr(gc, "run", fake_run)
   size = {**gc.SIZES["gpu"], "step_runs": ((1, "standard"), (1, "cudnn"))}
-  rows = gc.step_section(size, "model", 989.0, str(tmp_path), "log", gc.time.time() + 60)
+  cache = {"JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
+  rows = gc.step_section(size, "model", 989.0, str(tmp_path), "log", gc.time.time() + 60, cache)
   assert "examples_per_sec" in rows[0] and "cuDNN not found" in rows[1]["error"]
   table = gc.table({
       "dry_run": False, "date": "today", "peak_tflops": 989.0, "sections": {"step": {"rows": rows}}
@@ -93,7 +105,7 @@ def test_a_failed_step_run_is_a_row_of_its_own(tmp_path, monkeypatch):
       "|") == 11
   with pytest.raises(RuntimeError, match="every run failed"):
     gc.step_section({**size, "step_runs": ((1, "cudnn"),)}, "model", 989.0, str(tmp_path), "log",
-                    gc.time.time() + 60)
+                    gc.time.time() + 60, cache)
 
 
 def test_measuring_processes_get_the_users_environment(tmp_path, monkeypatch):
@@ -109,3 +121,40 @@ def test_measuring_processes_get_the_users_environment(tmp_path, monkeypatch):
   assert gc.run(probe, 30, str(tmp_path / "log")).strip() == "None"
   monkeypatch.setattr(gc, "_set_here", set())  # the user's own
   assert gc.run(probe, 30, str(tmp_path / "log")).strip() == "false"
+
+
+def test_profile_summary_of_a_gpu_trace():
+  """gpu_profile's summary on a hand-made trace shaped as jax's GPU ones: the stream's kernels only
+  (not the derived 'XLA Ops' line, not the host), overlapping kernels merged for busy time."""
+  from conftest import load_script
+  gp = load_script("benchmarks/gpu_profile.py")
+  meta = lambda pid, tid, kind, name: {
+      "ph": "M", "pid": pid, "tid": tid, "name": kind, "args": {"name": name}
+  }
+  span = lambda pid, tid, ts, dur, name, op=None: {
+      "ph": "X", "pid": pid, "tid": tid, "ts": ts, "dur": dur, "name": name,
+      **({"args": {"hlo_op": op}} if op else {})
+  }
+  trace = {
+      "traceEvents": [
+          meta(1, 0, "process_name", "/host:CPU"),
+          meta(2, 0, "process_name", "/device:GPU:0"),
+          meta(2, 7, "thread_name", "Stream #7(Compute)"),
+          meta(2, 9, "thread_name", "XLA Ops"),
+          span(1, 0, 0, 500, "PjitFunction(update)"),
+          span(2, 7, 0, 100, "sm90_xmma_gemm_bf16", "dot.1"),
+          span(2, 7, 50, 100, "loop_fusion", "fusion.3"),
+          span(2, 7, 300, 40, "sm90_xmma_gemm_bf16", "dot.1"),
+          span(2, 7, 400, 60, "threefry2x32"),
+          span(2, 9, 0, 460, "fusion.3"),
+      ]
+  }
+  events = gp.device_events(trace)
+  assert len(events) == 4
+  s = gp.summarise(events, steps=2, wall_ms=1.0, top=3)
+  assert s["busy_ms_per_step"] == pytest.approx((150 + 40 + 60) / 1e3 / 2)
+  assert s["kernels_per_step"] == 2
+  assert s["ms_per_step_by_kind"] == pytest.approx(
+      {"matmul": 0.07, "XLA fusions": 0.05, "random bits": 0.03})
+  assert [t["name"] for t in s["top"]] == ["dot.1", "fusion.3", "threefry2x32"]
+  assert s["top"][0]["calls_per_step"] == 1 and s["top"][0]["share"] == pytest.approx(140 / 300)
