@@ -111,13 +111,20 @@ RUNS += [
           label="amp, encoded in bf16", result="eval") for seed in range(3)),
 ]
 # shallow queries against deep passages (experiments/asymmetric_retrieval.md): every cross-depth
-# cell of SRL and of SRL with the cross-depth terms (loss.cross_depth_weight=1)
+# cell of SRL, of SRL with the cross-depth terms (loss.cross_depth_weight=1) and of full-only; 100
+# of SciFact's 809 train queries held out as the dev split that selects (SCIFACT_DEV, written first)
+SCIFACT_DEV = os.path.join(REPO, "workdirs", "data", "beir_scifact_dev100")
 RUNS += [
-    Run(f"cross_depth_scifact/{name}", "configs/retrieval.py:scifact",
-        ("--config.eval.retrieval_cross_depth=True", f"--config.loss.cross_depth_weight={weight}",
-         f"--config.seed={seed}"), label=label) for seed in range(3)
-    for name, weight, label in ((f"starbucks_seed{seed}", 0.0, "SRL"), (f"cross_depth_seed{seed}",
-                                                                        1.0, "SRL + cross-depth"))
+    Run(f"cross_depth_scifact/{name}", f"configs/retrieval.py:scifact,method={method}",
+        (f"--config.data.train=beir:{SCIFACT_DEV}@train",
+         f"--config.eval.retrieval=scifact/dev={SCIFACT_DEV},scifact/test={SCIFACT_DEV}",
+         "--config.eval.retrieval_cross_depth=True", "--config.eval.retrieval_costs=True",
+         f"--config.loss.cross_depth_weight={weight}", f"--config.seed={seed}"), label=label)
+    for seed in range(3)
+    for name, method, weight, label in ((f"starbucks_seed{seed}", "starbucks", 0.0, "SRL"),
+                                        (f"cross_depth_seed{seed}", "starbucks", 1.0,
+                                         "SRL + cross-depth"), (f"full_seed{seed}", "full", 0.0,
+                                                                "full only"))
 ]
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb",
@@ -139,9 +146,14 @@ REPORTS = [
            "STS-B dev Spearman per size, nli_cpu recipe, by precision (3 seeds)", baseline="amp"),
     Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",
            "The offline retrieval demo (pydocs test) nDCG@10 per size"),
-    Report(os.path.join(OUT, "cross_depth_scifact"), ("cross_depth_scifact/",), "scifact",
-           "nDCG@10", "SciFact test nDCG@10 per size: SRL and SRL + cross-depth terms"),
+    Report(
+        os.path.join(OUT, "cross_depth_scifact"), ("cross_depth_scifact/",), "scifact", "nDCG@10",
+        "SciFact nDCG@10 per size (dev: 100 held-out train queries; test): SRL, "
+        "SRL + cross-depth terms, full only"),
 ]
 
 if __name__ == "__main__":
+  if os.path.isdir("../shared/data/beir_scifact"):
+    from starbucks_jax.data import beir
+    beir.hold_out("../shared/data/beir_scifact", SCIFACT_DEV, queries=100, seed=0)
   main(RUNS, REPORTS, default_root="workdirs", description=__doc__.split("\n\n")[0])

@@ -67,6 +67,44 @@ def test_cells_equal_a_hand_computation_and_the_diagonal_the_sizes(tiny_hf_dir, 
   assert cross_depth.cells(PAIRS)[:3] == [(1, 1, 8), (1, 2, 8), (2, 2, 8)]
 
 
+def test_cells_carry_their_costs_and_the_front_chooses_on_dev(tiny_hf_dir, tmp_path):
+  """With eval.retrieval_costs, each cell has the query's encoder cost at n_q, the search's at d
+  (2 d N FLOPs, each size's measured ms); the Pareto tool lists the cells as `qQ@NxD` and, with
+  --select-on dev, reports on test the configuration the dev split chose."""
+  import shutil
+
+  from starbucks_jax.evaluate import pareto
+  embedder = embed.Embedder.load(tiny_hf_dir, batch_size=8)
+  folder = write_beir(tmp_path / "toy")
+  shutil.copyfile(tmp_path / "toy" / "qrels" / "test.tsv", tmp_path / "toy" / "qrels" / "dev.tsv")
+  work = str(tmp_path / "w")
+  for split in ("dev", "test"):
+    retrieval.evaluate_collection(embedder, beir.load(folder, split), PAIRS, work,
+                                  passage_max_length=32, query_max_length=16, k=10, normalize=True,
+                                  costs=True, cross_depth=True)
+  cells = json.load(open(os.path.join(work, "cross_depth", "toy_test.json")))
+  sizes = {r["configuration"]: r for r in cost.read(work)[("toy", "test")]}
+  for r in cells:
+    assert r["search_flops"] == 2.0 * r["dim"] * 23
+    q_size = next(c for c in sizes.values() if c["layers"] == r["query_layer"])
+    d_size = next(c for c in sizes.values() if c["configuration"].endswith(f"x{r['dim']}"))
+    assert r["query_ms"] == q_size["query_ms"] and r["search_ms"] == d_size["search_ms"]
+  assert "| query layers | encoder MFLOPs | encoder ms |" in open(
+      os.path.join(work, "cross_depth", "toy_test.md")).read()
+  rows = pareto.rows_of(work, "nDCG@10")[("toy", "test")]
+  names = {r["configuration"] for r in rows}
+  # 3 sizes, 3 more diagonal cells (1x16, 1x32, ...: 6 diagonal cells less the sizes), 9 shallow
+  assert len(rows) == 3 + 6 + 9 and {"q1@4x16", "q2@4x32", "1x32"} <= names
+  assert pareto.rows_of(work, "nDCG@10", 1000)[("toy", "test")][-1]["search_flops"] == \
+      2.0 * rows[-1]["index_bytes"] / 4 * 1000
+  pareto.write([work], str(tmp_path / "p"), tolerance=1.0, select_on="dev")
+  full, best = pareto.cheapest_within(pareto.rows_of(work, "nDCG@10")[("toy", "dev")], 1.0)
+  assert full["configuration"] == "4x32" and best["configuration"] == "1x8"  # any quality: cheapest
+  test_md = open(tmp_path / "p" / "toy_test.md").read()
+  assert f"chosen on dev ({best['configuration']}" in test_md
+  assert "chosen on" not in open(tmp_path / "p" / "toy_dev.md").read()
+
+
 def _log_softmax(x):
   x = x - x.max(-1, keepdims=True)
   return x - np.log(np.exp(x).sum(-1, keepdims=True))

@@ -171,6 +171,28 @@ def test_beir_loader_and_errors(tmp_path):
     beir.load(str(tmp_path / "toy"), "dev")
 
 
+def test_hold_out_splits_a_train_split_into_train_and_dev(tmp_path):
+  """The held-out queries leave the train split whole (every judgement of a query moves with it),
+  the same seed draws the same ones, the test split and the texts are as they were."""
+  import shutil
+  src = write_beir(tmp_path / "toy", n_queries=8)
+  shutil.copyfile(tmp_path / "toy" / "qrels" / "test.tsv", tmp_path / "toy" / "qrels" / "train.tsv")
+  out = beir.hold_out(src, str(tmp_path / "split"), queries=3, seed=1)
+  train, dev = beir.load(out, "train"), beir.load(out, "dev")
+  whole = beir.load(src, "train").qrels
+  assert len(dev.query_ids) == 3 and len(train.query_ids) == 5
+  assert not set(dev.query_ids) & set(train.query_ids)
+  assert {**train.qrels, **dev.qrels} == whole  # each query's two judgements together
+  assert beir.load(out, "test").qrels == beir.load(src, "test").qrels
+  assert train.docs == beir.load(src, "test").docs
+  again = beir.hold_out(src, str(tmp_path / "split"), queries=3, seed=1)
+  assert beir.load(again, "dev").query_ids == dev.query_ids
+  other = beir.hold_out(src, str(tmp_path / "other"), queries=3, seed=2)
+  assert beir.load(other, "dev").query_ids != dev.query_ids
+  with pytest.raises(ConfigError, match="hold out between 1 and 7"):
+    beir.hold_out(src, str(tmp_path / "bad"), queries=8)
+
+
 def test_scifact_loads(shared_data):
   col = beir.load(str(shared_data / "beir_scifact"), "test")
   assert len(col.doc_ids) == 5183 and len(col.query_ids) == 300

@@ -210,3 +210,53 @@ def load(folder: str, split: str = "test", name: str | None = None) -> Collectio
     queries[str(row["_id"])] = row["text"]
   return collection(name or os.path.basename(os.path.normpath(folder)), split, doc_ids, docs,
                     queries, qrels, where=f"{folder} (qrels/{split}.tsv, queries.jsonl)")
+
+
+def hold_out(folder: str, out: str, *, queries: int, split: str = "train", dev: str = "dev",
+             seed: int = 0) -> str:
+  """A BEIR folder at `out` whose qrels/<split>.tsv lacks `queries` judged queries drawn at random
+  (seeded), written to qrels/<dev>.tsv instead: a dev split for selection where a collection has
+  only train and test. The other qrels files are copied, corpus.jsonl and queries.jsonl linked. Writing
+  the same again changes nothing; `out`."""
+  import random
+  import shutil
+  folder, out = os.path.abspath(os.path.expanduser(folder)), os.path.expanduser(out)
+  qrels = read_qrels(os.path.join(folder, "qrels", f"{split}.tsv"))
+  if not 0 < queries < len(qrels):
+    raise ConfigError(f"hold_out: {queries} queries of {folder}'s {len(qrels)} in {split}: "
+                      f"hold out between 1 and {len(qrels) - 1}")
+  held = set(random.Random(seed).sample(sorted(qrels, key=lambda q: (len(q), q)), queries))
+  os.makedirs(os.path.join(out, "qrels"), exist_ok=True)
+  for name in ("corpus.jsonl", "queries.jsonl"):
+    link = os.path.join(out, name)
+    if not os.path.exists(link):
+      os.symlink(os.path.join(folder, name), link)
+  for name in os.listdir(os.path.join(folder, "qrels")):
+    if name not in (f"{split}.tsv", f"{dev}.tsv"):
+      shutil.copyfile(os.path.join(folder, "qrels", name), os.path.join(out, "qrels", name))
+  for name, keep in ((split, lambda q: q not in held), (dev, lambda q: q in held)):
+    lines = ["query-id\tcorpus-id\tscore"] + [
+        f"{q}\t{d}\t{rel}" for q, judged in qrels.items() if keep(q) for d, rel in judged.items()
+    ]
+    with open(os.path.join(out, "qrels", f"{name}.tsv"), "w") as f:
+      f.write("\n".join(lines) + "\n")
+  return out
+
+
+if __name__ == "__main__":
+  import argparse
+  p = argparse.ArgumentParser(
+      description="Hold out judged queries of a BEIR folder's split as a dev split (hold_out).")
+  p.add_argument("folder", help="a BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+  p.add_argument("--to", required=True, help="the new folder")
+  p.add_argument("--queries", type=int, required=True, help="judged queries held out")
+  p.add_argument("--split", default="train", help="the split they come from")
+  p.add_argument("--dev", default="dev", help="the held-out split's name")
+  p.add_argument("--seed", type=int, default=0)
+  a = p.parse_args()
+  try:
+    out = hold_out(a.folder, a.to, queries=a.queries, split=a.split, dev=a.dev, seed=a.seed)
+  except (ConfigError, DataError) as e:
+    p.exit(2, f"error: {e}\n")
+  print(f"{out}: train on beir:{out}@{a.split}, select on {a.dev} "
+        f"(--config.eval.retrieval=NAME/{a.dev}={out},NAME/test={out})")

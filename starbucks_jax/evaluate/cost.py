@@ -60,7 +60,9 @@ def search_flops(stages, num_docs: int) -> float:
 
 
 def search_flops_at(configuration: str, num_docs: int) -> float:
-  """search_flops of a row's configuration ('2x32' or a funnel's chain) over a corpus of `num_docs`."""
+  """search_flops of a row's configuration ('2x32', a funnel's chain, or a cross-depth cell
+  'q2@6x64': passages' vectors at 6x64) over a corpus of `num_docs`."""
+  configuration = configuration.split("@")[-1]
   stages = search.parse_funnel(configuration) if ":" in configuration else \
       ((schedule.parse_pair(configuration), num_docs),)
   return search_flops(stages, num_docs)

@@ -37,11 +37,16 @@ def cells(pairs) -> list[tuple[int, int, int]]:
 
 def evaluate(collection, query_vecs: dict[int, np.ndarray], folder: str, pairs, *, k: int,
              normalize: bool, metrics, measure, skip_self: bool = False, config=None,
-             query_lengths: list[int] | None = None) -> list[dict[str, Any]]:
-  """Records of every cell: `measure(qrels, run, metrics)` of the exact top-k of the queries' (n_q, d)
-  vectors over the passages' (n_doc, d) vectors (`skip_self`: retrieval.evaluate_collection's); with `config` and the queries' token counts, each
-  record has the query encoder's mean matmul FLOPs through n_q layers (cost.query_flops)."""
+             query_lengths: list[int] | None = None,
+             cost_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+  """Records of every cell: `measure(qrels, run, metrics)` of the exact top-k of the queries' (n_q,
+  d) vectors over the passages' (n_doc, d) vectors (`skip_self`: retrieval.evaluate_collection's).
+  With `config` and the queries' token counts, each record has the query encoder's mean matmul
+  FLOPs through n_q layers (cost.query_flops) and the search's over the collection; with the
+  schedule's cost rows (cost.measure), the measured ms per query: encoding through n_q layers and
+  searching at dim d (each size's own, the same for every n_doc)."""
   lengths = query_lengths if config is not None else None
+  encode_ms, search_ms = measured_ms(cost_rows or [])
   out = []
   for q, n, d in cells(pairs):
     scores, rows = search.exact_topk(query_vecs[q][:, :d], index_lib.shards(folder, n, d),
@@ -49,11 +54,25 @@ def evaluate(collection, query_vecs: dict[int, np.ndarray], folder: str, pairs, 
                                      normalize=normalize)
     run = search.run_dict(collection.query_ids, collection.doc_ids, scores, rows)
     run = search.without_self(run, k) if skip_self else run
-    flops = cost.query_flops(config, lengths, q) if lengths is not None else None
+    costs = {} if lengths is None else {
+        "query_flops": cost.query_flops(config, lengths, q), "search_flops": cost.search_flops(
+            (((n, d), 0),), len(collection.doc_ids))
+    }
+    if q in encode_ms and d in search_ms:
+      costs.update(query_ms=encode_ms[q], search_ms=search_ms[d])
     for metric, value in measure(collection.qrels, run, metrics).items():
       r = results.record(collection.name, collection.split, metric, n, d, value)
-      out.append({**r, "query_layer": q, **({"query_flops": flops} if flops is not None else {})})
+      out.append({**r, "query_layer": q, **costs})
   return out
+
+
+def measured_ms(cost_rows: list[dict[str, Any]]) -> tuple[dict[int, float], dict[int, float]]:
+  """({layers: encoding ms per query}, {dim: search ms per query}) of the single sizes' cost
+  rows."""
+  sizes = [r for r in cost_rows if ":" not in r["configuration"]]
+  dims = {r["configuration"]: int(r["configuration"].split("x")[1]) for r in sizes}
+  return ({r["layers"]: r["query_ms"]
+           for r in sizes}, {dims[r["configuration"]]: r["search_ms"] for r in sizes})
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -73,7 +92,24 @@ def table(records: list[dict[str, Any]]) -> str:
         cells_ = [f"{value[(q, n)]:.4f}" if value.get((q, n)) is not None else "" for n in docs]
         lines.append(f"| {q} | " + " | ".join(cells_) + " |")
       lines.append("")
+  lines += cost_lines(records)
   return "\n".join(lines)
+
+
+def cost_lines(records: list[dict[str, Any]]) -> list[str]:
+  """What a query costs per cell: the encoder's MFLOPs and ms by query layers, the search's by
+  dim."""
+  if not any("query_flops" in r for r in records):
+    return []
+  enc = {r["query_layer"]: (r["query_flops"], r.get("query_ms")) for r in records}
+  srch = {r["dim"]: (r["search_flops"], r.get("search_ms")) for r in records}
+  ms = lambda x: "-" if x is None else f"{x:.3f}"
+  return [
+      "Cost per query: the encoder's by query layers, the search's by dim (any passage layer)", "",
+      "| query layers | encoder MFLOPs | encoder ms |", "|---:|---:|---:|"
+  ] + [f"| {q} | {f / 1e6:.1f} | {ms(t)} |" for q, (f, t) in sorted(enc.items())] + [
+      "", "| dim | search MFLOPs | search ms |", "|---:|---:|---:|"
+  ] + [f"| {d} | {f / 1e6:.2f} | {ms(t)} |" for d, (f, t) in sorted(srch.items())] + [""]
 
 
 def write(workdir: str, records: list[dict[str, Any]], *, plot: bool = True) -> str:

@@ -116,17 +116,19 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
     search.write_trec(os.path.join(workdir, "runs", file), run, tag)
     for metric, value in measure(collection.qrels, run, metrics).items():
       records.append(results.record(name, split, metric, n, d, value, funnel=spec))
+  rows = None
+  if costs:
+    rows = cost.measure(embedder, collection.queries, query_vecs, folder,
+                        [stages for _, stages in configurations], num_docs=len(collection.doc_ids),
+                        max_length=query_max_length, pooling=pooling, normalize=normalize)
+    cost.write(workdir, name, split, rows)
   if cross_depth:
     path = cross_depth_lib.write(
         workdir,
         cross_depth_lib.evaluate(
             collection, query_vecs, folder, pairs, k=k, normalize=normalize, metrics=metrics,
             measure=measure, skip_self=skip_self, config=embedder.config,
-            query_lengths=cost.query_lengths(embedder, collection.queries, query_max_length)))
+            query_lengths=cost.query_lengths(embedder, collection.queries,
+                                             query_max_length), cost_rows=rows))
     log.info("cross-depth cells (query layer x passage layer x dim): %s", path)
-  if costs:
-    rows = cost.measure(embedder, collection.queries, query_vecs, folder,
-                        [stages for _, stages in configurations], num_docs=len(collection.doc_ids),
-                        max_length=query_max_length, pooling=pooling, normalize=normalize)
-    cost.write(workdir, name, split, rows)
   return records
