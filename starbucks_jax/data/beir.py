@@ -216,8 +216,8 @@ def hold_out(folder: str, out: str, *, queries: int, split: str = "train", dev: 
              seed: int = 0) -> str:
   """A BEIR folder at `out` whose qrels/<split>.tsv lacks `queries` judged queries drawn at random
   (seeded), written to qrels/<dev>.tsv instead: a dev split for selection where a collection has
-  only train and test. The other qrels files are copied, corpus.jsonl and queries.jsonl linked. Writing
-  the same again changes nothing; `out`."""
+  only train and test. The other qrels files are copied, corpus.jsonl and queries.jsonl linked.
+  Writing the same again changes nothing; `out`."""
   import random
   import shutil
   folder, out = os.path.abspath(os.path.expanduser(folder)), os.path.expanduser(out)
