@@ -12,13 +12,14 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only; 14
   funnels scored on the SRL and full-only indexes (retrieval_scifact_funnels, experiments/elastic_retrieval.md);
 - retrieval_demo: the offline demo (configs/retrieval.py:demo), SRL and full-only, with funnels and costs;
-- cross_depth_scifact: SciFact with every (query layer, passage layer, dim) cell scored, SRL and SRL
-  with the cross-depth training terms, three seeds (experiments/asymmetric_retrieval.md);
+- cross_depth_scifact, cross_depth_pydocs: SciFact (three seeds) and the demo with every (query layer,
+  passage layer, dim) cell scored and costed, quantized funnels, SRL, SRL with the cross-depth
+  training terms and full-only, selected on held-out train queries (experiments/asymmetric_retrieval.md);
 - precision_nli_cpu: configs/ft.py:nli_cpu in float32, pure bf16 and amp (bf16 matmuls, float32
   stream: the authors' PyTorch AMP), three seeds each; the amp models also encoded in bf16
   (eval.dtype) for evaluation (experiments/precision.md).
 
-    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/|cross_depth_scifact/]
+    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/|cross_depth_scifact/|cross_depth_pydocs/]
         [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
@@ -53,8 +54,9 @@ SCIFACT_FUNNELS = funnels_flag(
      "4x128:1000,6x384:10", "5x256:30,6x384:10", "5x256:100,6x384:10", "5x256:1000,6x384:10",
      "3x64:500,5x256:50,6x384:10"))
 # the demo's 448 passages take shorter shortlists than SciFact's
-DEMO_FUNNELS = (funnels_flag(("1x16:50,6x384:10", "2x32:50,6x384:10", "2x32:100,4x128:30,6x384:10",
-                              "3x64:50,4x128:10")), "--config.eval.retrieval_costs=True")
+DEMO_FUNNELS_SPECS = ("1x16:50,6x384:10", "2x32:50,6x384:10", "2x32:100,4x128:30,6x384:10",
+                      "3x64:50,4x128:10")
+DEMO_FUNNELS = (funnels_flag(DEMO_FUNNELS_SPECS), "--config.eval.retrieval_costs=True")
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results_cpu")
 
 RUNS = [
@@ -111,20 +113,30 @@ RUNS += [
           label="amp, encoded in bf16", result="eval") for seed in range(3)),
 ]
 # shallow queries against deep passages (experiments/asymmetric_retrieval.md): every cross-depth
-# cell of SRL, of SRL with the cross-depth terms (loss.cross_depth_weight=1) and of full-only; 100
-# of SciFact's 809 train queries held out as the dev split that selects (SCIFACT_DEV, written first)
+# cell of SRL, of SRL with the cross-depth terms (loss.cross_depth_weight=1) and of full-only, with
+# their costs, and quantized first stages; 100 of SciFact's 809 train queries (20 of the demo's 86)
+# held out as the dev split that selects (written by HOLD_OUTS before the runs)
 SCIFACT_DEV = os.path.join(REPO, "workdirs", "data", "beir_scifact_dev100")
+DEMO_DEV = os.path.join(REPO, "workdirs", "data", "pydocs_dev20")
+HOLD_OUTS = (("../shared/data/beir_scifact", SCIFACT_DEV, 100),
+             (os.path.join(REPO, "starbucks_jax", "data", "demo", "retrieval"), DEMO_DEV, 20))
+QUANTIZED = ("6x384b:1000,6x384:10", "6x384b:200,6x384:10", "6x384i8:100,6x384:10",
+             "3x64b:2000,6x384:10", "3x64i8:1000,6x384:10")
+ASYMMETRIC = (("scifact", "configs/retrieval.py:scifact", SCIFACT_DEV, range(3),
+               config_lib.load_config(os.path.join(REPO, "configs",
+                                                   "retrieval.py:scifact")).eval.retrieval_funnels),
+              ("pydocs", "configs/retrieval.py:demo", DEMO_DEV, range(1), DEMO_FUNNELS_SPECS))
 RUNS += [
-    Run(f"cross_depth_scifact/{name}", f"configs/retrieval.py:scifact,method={method}",
-        (f"--config.data.train=beir:{SCIFACT_DEV}@train",
-         f"--config.eval.retrieval=scifact/dev={SCIFACT_DEV},scifact/test={SCIFACT_DEV}",
+    Run(f"cross_depth_{name}/{run}_seed{seed}", f"{config},method={method}",
+        (f"--config.data.train=beir:{folder}@train",
+         f"--config.eval.retrieval={name}/dev={folder},{name}/test={folder}",
          "--config.eval.retrieval_cross_depth=True", "--config.eval.retrieval_costs=True",
-         f"--config.loss.cross_depth_weight={weight}", f"--config.seed={seed}"), label=label)
-    for seed in range(3)
-    for name, method, weight, label in ((f"starbucks_seed{seed}", "starbucks", 0.0, "SRL"),
-                                        (f"cross_depth_seed{seed}", "starbucks", 1.0,
-                                         "SRL + cross-depth"), (f"full_seed{seed}", "full", 0.0,
-                                                                "full only"))
+         funnels_flag(tuple(funnels) + QUANTIZED), f"--config.loss.cross_depth_weight={weight}",
+         f"--config.seed={seed}"), label=label)
+    for name, config, folder, seeds, funnels in ASYMMETRIC for seed in seeds
+    for run, method, weight, label in (("starbucks", "starbucks", 0.0, "SRL"),
+                                       ("cross_depth", "starbucks", 1.0,
+                                        "SRL + cross-depth"), ("full", "full", 0.0, "full only"))
 ]
 REPORTS = [
     Report(os.path.join(OUT, "sts"), ("ft_sts_cpu_e1/", "smae_cpu/ft_from_smae"), "stsb",
@@ -147,13 +159,18 @@ REPORTS = [
     Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",
            "The offline retrieval demo (pydocs test) nDCG@10 per size"),
     Report(
+        os.path.join(OUT, "cross_depth_pydocs"), ("cross_depth_pydocs/",), "pydocs", "nDCG@10",
+        "The retrieval demo's nDCG@10 per size (dev: 20 held-out train queries; test): SRL, "
+        "SRL + cross-depth terms, full only"),
+    Report(
         os.path.join(OUT, "cross_depth_scifact"), ("cross_depth_scifact/",), "scifact", "nDCG@10",
         "SciFact nDCG@10 per size (dev: 100 held-out train queries; test): SRL, "
         "SRL + cross-depth terms, full only"),
 ]
 
 if __name__ == "__main__":
-  if os.path.isdir("../shared/data/beir_scifact"):
-    from starbucks_jax.data import beir
-    beir.hold_out("../shared/data/beir_scifact", SCIFACT_DEV, queries=100, seed=0)
+  from starbucks_jax.data import beir
+  for source, folder, queries in HOLD_OUTS:
+    if os.path.isdir(source):
+      beir.hold_out(source, folder, queries=queries, seed=0)
   main(RUNS, REPORTS, default_root="workdirs", description=__doc__.split("\n\n")[0])
