@@ -12,14 +12,15 @@ all-MiniLM-L6-v2 and its schedule (1,16) (2,32) (3,64) (4,128) (5,256) (6,384) o
 - scifact: retrieval on BEIR SciFact (configs/retrieval.py:scifact): untrained, SRL, full-only; 14
   funnels scored on the SRL and full-only indexes (retrieval_scifact_funnels, experiments/elastic_retrieval.md);
 - retrieval_demo: the offline demo (configs/retrieval.py:demo), SRL and full-only, with funnels and costs;
-- cross_depth_scifact, cross_depth_pydocs: SciFact (three seeds) and the demo with every (query layer,
-  passage layer, dim) cell scored and costed, quantized funnels, SRL, SRL with the cross-depth
-  training terms and full-only, selected on held-out train queries (experiments/asymmetric_retrieval.md);
+- cross_depth_scifact, cross_depth_pydocs: SciFact (three seeds) and the demo with every (query
+  layer, passage layer, dim) cell scored and costed, quantized funnels; SRL, SRL with the
+  cross-depth training terms and full-only; selected on held-out train queries
+  (experiments/asymmetric_retrieval.md);
 - precision_nli_cpu: configs/ft.py:nli_cpu in float32, pure bf16 and amp (bf16 matmuls, float32
   stream: the authors' PyTorch AMP), three seeds each; the amp models also encoded in bf16
   (eval.dtype) for evaluation (experiments/precision.md).
 
-    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|retrieval_scifact/|retrieval_scifact_funnels/|retrieval_demo/|cross_depth_scifact/|cross_depth_pydocs/]
+    python experiments/sweep_cpu.py [--root workdirs] [--only ft_sts_cpu_e1/|ft_sts_cpu/|smae_cpu/|...]
         [--print-only] [--report-only]
 
 Runs one after another (each ~10-40 min on 2 cores; all together most of a day), skips finished
