@@ -35,8 +35,22 @@ def model_config_dir(source: str) -> str:
   return model_dirs.transformer_dir(model_dirs.resolve_model_dir(source))
 
 
+# what orbax logs on every read-only load of a checkpoint it wrote itself: nothing to act on
+READ_ONLY_NOTICES = ("Given directory is read only", "Metadata file does not exist")
+
+
+class _ReadOnlyNotices(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno == logging.WARNING and str(record.msg).startswith(READ_ONLY_NOTICES))
+
+
 def manager(workdir: str, *, max_to_keep: int | None = 3, save_interval_steps: int = 1,
             read_only: bool = False) -> ocp.CheckpointManager:
+  if read_only:  # options a reader has no use for: orbax warns when they are set
+    max_to_keep, save_interval_steps = None, 0
+    absl_log = logging.getLogger("absl")
+    if not any(isinstance(f, _ReadOnlyNotices) for f in absl_log.filters):
+      absl_log.addFilter(_ReadOnlyNotices())
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                          save_interval_steps=save_interval_steps,
                                          create=not read_only, read_only=read_only,

@@ -299,17 +299,22 @@ def slice_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
   return hf.unflatten(flat)
 
 
-def _write_sentence_modules(out_dir: str, hidden: int, d: int,
-                            sentence: SentenceSettings) -> list[dict]:
+def _write_sentence_modules(out_dir: str, hidden: int, d: int, sentence: SentenceSettings, *,
+                            pooler_absent: bool = False) -> list[dict]:
   """sentence-transformers' module folders after the Transformer: Pooling, a truncating Dense to `d`
-  when d < hidden, Normalize when the settings normalise; returns modules.json's entries."""
+  when d < hidden, Normalize when the settings normalise; returns modules.json's entries.
+  `pooler_absent`: the weights hold no HF pooler (a fine-tuning run trains the encoder alone), so
+  sentence-transformers builds the model without one (model_args) instead of a random one."""
   from safetensors.numpy import save_file
 
   modules = [{
       "idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"
   }, {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
-  _write_json(os.path.join(out_dir, "sentence_bert_config.json"),
-              {"max_seq_length": sentence.max_seq_length, "do_lower_case": False})
+  _write_json(
+      os.path.join(out_dir, "sentence_bert_config.json"), {
+          "max_seq_length": sentence.max_seq_length, "do_lower_case": False,
+          **({"model_args": {"add_pooling_layer": False}} if pooler_absent else {})
+      })
   os.makedirs(os.path.join(out_dir, "1_Pooling"), exist_ok=True)
   _write_json(
       os.path.join(out_dir, "1_Pooling", "config.json"), {
@@ -367,7 +372,11 @@ def save_pretrained(out_dir: str, config: EncoderConfig, params: dict[str, Any],
   _write_json(os.path.join(out_dir, "config.json"), hf_config.config_to_hf(sub_config, with_head))
   tokenizer.save_pretrained(out_dir)
 
-  modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence)
+  # BERT and (XLM-)RoBERTa models have a pooler in HF, unused by sentence embeddings
+  pooler_absent = (isinstance(config, encoders.BertConfig) and "pooler" not in sub_params and
+                   not with_head)
+  modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence,
+                                    pooler_absent=pooler_absent)
   _write_json(os.path.join(out_dir, "modules.json"), modules)
   _write_json(
       os.path.join(out_dir, ST_CONFIG), {

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import logging
 import os
 import pathlib
 import types
@@ -10,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import transformers
 
 from starbucks_jax import (
     checkpoint,
@@ -169,7 +171,8 @@ def test_scored_pairs_train_with_cosent(tiny_run, tmp_path):
   assert len(info["commit"]) >= 7 and info["jax"] == jax.__version__ and info["processes"] == 1
 
 
-def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path, monkeypatch):
+def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path, monkeypatch,
+                                                              caplog):
   with tiny_run.unlocked():
     tiny_run.train.max_steps = 6
     tiny_run.train.checkpoint_every = 2
@@ -222,11 +225,26 @@ def test_resume_after_interruption_gives_identical_parameters(tiny_run, tmp_path
 
   import huggingface_hub
   monkeypatch.setattr(huggingface_hub, "HfApi", Hub)
+  caplog.clear()
   export.main([
       "--model",
       str(tmp_path / "resumed"), "--output",
       str(tmp_path / "export"), "--push-to-hub", "me/starbucks-tiny", "--private"
   ])
+  # reading the run's checkpoint is quiet: none of orbax's read-only notices
+  assert not [r for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
+  # the run trained no HF pooler: sentence-transformers builds the model without one (no random
+  # pooler reported missing), and its embeddings are ours
+  from sentence_transformers import SentenceTransformer
+  st = SentenceTransformer(str(tmp_path / "export"), device="cpu")
+  assert st[0].auto_model.pooler is None
+  _, info = transformers.AutoModel.from_pretrained(
+      str(tmp_path / "export"), output_loading_info=True,
+      **json.load(open(tmp_path / "export" / "sentence_bert_config.json"))["model_args"])
+  assert not info["missing_keys"] and not info["unexpected_keys"]
+  np.testing.assert_allclose(
+      st.encode(["a short text"]),
+      embed.Embedder.load(str(tmp_path / "resumed")).encode(["a short text"]), atol=1e-5)
   card = (tmp_path / "export" / "README.md").read_text()
   assert results.table(
       final) in card and "| steps | 6 |" in card and "| method | starbucks |" in card
