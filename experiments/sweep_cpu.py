@@ -159,14 +159,14 @@ REPORTS = [
            "STS-B dev Spearman per size, nli_cpu recipe, by precision (3 seeds)", baseline="amp"),
     Report(os.path.join(OUT, "retrieval_demo"), ("retrieval_demo/",), "pydocs", "nDCG@10",
            "The offline retrieval demo (pydocs test) nDCG@10 per size"),
-    Report(
-        os.path.join(OUT, "cross_depth_pydocs"), ("cross_depth_pydocs/",), "pydocs", "nDCG@10",
-        "The retrieval demo's nDCG@10 per size (dev: 20 held-out train queries; test): SRL, "
-        "SRL + cross-depth terms, full only"),
-    Report(
-        os.path.join(OUT, "cross_depth_scifact"), ("cross_depth_scifact/",), "scifact", "nDCG@10",
-        "SciFact nDCG@10 per size (dev: 100 held-out train queries; test): SRL, "
-        "SRL + cross-depth terms, full only"),
+    *(Report(
+        os.path.join(OUT, f"cross_depth_{name}", split), (f"cross_depth_{name}/",), name, "nDCG@10",
+        f"{title} nDCG@10 per size, {split} split ({note}): SRL, SRL + cross-depth "
+        "terms, full only", split=split)
+      for name, title, note in (("pydocs", "The retrieval demo's",
+                                 "dev: 20 held-out train queries"),
+                                ("scifact", "SciFact", "dev: 100 held-out train queries"))
+      for split in ("dev", "test")),
 ]
 
 if __name__ == "__main__":
