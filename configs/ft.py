@@ -113,6 +113,7 @@ def get_config(arg=None):
     c.data.batch_size = 16
     c.train.log_every = 5
     c.eval.sts = "demo/test=demo:sts_test.jsonl"
+    c.eval.before_training = True  # the table shows what training changed
   if arg.method in ("2dmse", "2dmse_st6"):  # Matryoshka2dLoss as the authors ran it, or as today
     c.schedule.sample_embedding_output = arg.method == "2dmse_st6"
     c.loss.kl = "tempered_features"

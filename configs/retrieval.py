@@ -158,6 +158,7 @@ def get_config(arg=None):
     c.train.log_every = 5
     c.eval.retrieval = f"pydocs/test={demo}"
     c.eval.query_max_length = 16
+    c.eval.before_training = True  # the table shows what training changed
   if arg.beir or arg.beir_scifact:  # Table A2: evaluation only, lengths as the docstring says
     c.mode = "eval"
     c.eval.query_max_length = 512

@@ -253,6 +253,9 @@ class SentenceEval(Block):
   retrieval_cross_depth: bool = False
   # where corpus indexes live ('': WORKDIR/index); another run's reuses its vectors
   index_dir: str = ""
+  # also evaluate the starting model before training (results/start.json, its retrieval files in
+  # WORKDIR/start): the final table shows its value and the change beside each column
+  before_training: bool = False
 
   @property
   def sts_sets(self) -> tuple[tuple[str, str, str], ...]:

@@ -5,7 +5,9 @@ run and its per-(layer, dim) evaluation; the step itself is srl.py's.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 
 import jax
 import jax.numpy as jnp
@@ -304,9 +306,11 @@ def train(config: ml_collections.ConfigDict, workdir: str,
   return dataclasses.replace(pre, params={**pre.params, "bert": trained})
 
 
-def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name: str) -> list[dict]:
+def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name: str, *,
+             start: list[dict] | None = None, report: bool = True) -> list[dict]:
   """STS Spearman (eval.sts) and retrieval metrics (eval.retrieval) for every evaluated pair ->
-  WORKDIR/results/<name>.json."""
+  WORKDIR/results/<name>.json, printed with `start` (the starting model's records) beside;
+  `report=False`: the records alone, nothing written to the run's metrics or results."""
   c, e = run.blocks, run.blocks.eval
   config = model.config.replace(dtype=e.dtype, precision="pure")  # eval.dtype throughout
   # mode=eval: the config's prompts over the checkpoint's (after training: already the run's)
@@ -327,8 +331,24 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
         query_max_length=e.query_max_length, passage_max_length=e.passage_max_length,
         k=e.retrieval_k, funnels=e.retrieval_funnels, costs=e.retrieval_costs,
         index_dir=e.index_dir, skip_self=e.retrieval_skip_self, cross_depth=e.retrieval_cross_depth)
+  if not report:
+    return records
   metrics.write_results(workdir, records, c.log)
-  return results.report(workdir, name, records)
+  return results.report(workdir, name, records, start)
+
+
+def evaluate_start(workdir: str, run: FinetuneRun) -> list[dict]:
+  """The starting model's records (eval.before_training) -> WORKDIR/results/start.json, evaluated
+  once (a resumed run reads them); its retrieval files (index, runs) go to WORKDIR/start."""
+  path = os.path.join(workdir, workdir_lib.RESULTS, "start.json")
+  if os.path.isfile(path):
+    return json.load(open(path))
+  with timing.current().phase("eval"):
+    records = evaluate(os.path.join(workdir, "start"),
+                       checkpoint.load_model(run.blocks.model.init_from), run, "start",
+                       report=False)
+  results.write(workdir, "start", records)
+  return records
 
 
 @trainer.releases_workdir
@@ -350,11 +370,14 @@ def run(config: ml_collections.ConfigDict, workdir: str,
   for _, _, source in spec.sts_sets:
     sts.read_sts(source)
   retrieval.check_collections(spec.retrieval_sets)
+  # the primary process evaluates and writes the results
+  start = (evaluate_start(workdir, spec)
+           if spec.blocks.eval.before_training and sharding.is_primary() else None)
   model = train(config, workdir, spec)
-  if not sharding.is_primary():  # the primary process evaluates and writes the results
+  if not sharding.is_primary():
     return []
   with timing.current().phase("eval"):
-    return evaluate(workdir, model, spec, name="final")
+    return evaluate(workdir, model, spec, name="final", start=start)
 
 
 OBJECTIVE = trainer.Objective(name="finetune", modes=("train", "eval"), describe=describe, run=run,

@@ -264,9 +264,10 @@ def _compile(train_step, state_sh, batch_sh, args, timer, what: str):
 
 
 def _timing_start(timer) -> dict[str, float]:
-  """Start-up seconds (the process's first fit), and the compile and checkpoint seconds of earlier
-  fits, which this fit's train seconds leave out."""
-  timer.seconds.setdefault("startup", timer.since_start())
+  """Start-up seconds (the process's first fit; an evaluation before it, eval.before_training, is
+  eval's), and the compile and checkpoint seconds of earlier fits, which this fit's train seconds
+  leave out."""
+  timer.seconds.setdefault("startup", timer.since_start() - timer.seconds.get("eval", 0.0))
   return {k: timer.seconds.get(k, 0.0) for k in ("compile", "checkpoint")}
 
 

@@ -162,6 +162,33 @@ def _main(*args):
                         capture_output=True, text=True, timeout=300)
 
 
+def test_the_demo_run_is_quiet_and_shows_what_training_changed(tiny_hf_dir, tmp_path):
+  """configs/ft.py:demo as a user runs it with its output piped (no terminal), on a CPU machine
+  with the tpu and gpu extras (the test install), JAX_PLATFORMS unset: a progress line per
+  train.log_every steps, none of libtpu's, the CUDA plugin's or orbax's notices; the table has the
+  starting model's column and the change (eval.before_training), and the plot is beside it."""
+  env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"} | {"HF_HUB_OFFLINE": "1"}
+  done = subprocess.run([
+      sys.executable, "-m", "starbucks_jax.main", "--config=configs/ft.py:demo",
+      f"--workdir={tmp_path / 'w'}", f"--config.model.init_from={tiny_hf_dir}",
+      "--config.schedule.pairs=((1,8),(4,32))", "--config.train.max_steps=4",
+      "--config.train.log_every=2"
+  ], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "step 2/4 loss" in done.stderr and "step 4/4 loss" in done.stderr
+  for noise in ("libtpu", "hostname", "cuFFT", "Traceback", "WARNING:absl", "CheckpointManager"):
+    assert noise not in done.stdout + done.stderr, noise
+  head, *rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+  assert head.split("|")[3:6] == [" demo/test spearman_cosine ", "   start ", "  change "]
+  start = json.load(open(tmp_path / "w" / "results" / "start.json"))
+  final = json.load(open(tmp_path / "w" / "results" / "final.json"))
+  row = next(r for r in rows if r.startswith("| 4 | 32 |")).split("|")
+  now, then = (next(r["value"] for r in recs if r["layer"] == 4) for recs in (final, start))
+  assert [float(x) for x in row[3:6]] == pytest.approx([now, then, now - then], abs=1e-4)
+  assert os.path.getsize(tmp_path / "w" / "results" / "sizes.png") > 0
+  assert "(plot: " in done.stdout
+
+
 def test_main_command_line(tiny_hf_dir, tmp_path):
   ok = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
              f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))")

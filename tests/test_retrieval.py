@@ -236,6 +236,9 @@ def test_metrics_equal_hand_computed_values(tmp_path):
   # graded judgements (q1's c is 2): recall also at grade >= 2, TREC DL's convention; binary: as asked
   assert retrieval.metrics_for(qrels) == retrieval.METRICS + ("R(rel=2)@100", "R(rel=2)@1000")
   assert retrieval.metrics_for({"q": {"a": 1, "b": 0}}) == retrieval.METRICS
+  assert retrieval.metrics_for({"q": {"a": 1}},
+                               num_docs=448) == ("RR@10", "nDCG@10", "R@100", "R@10")
+  assert retrieval.metrics_for({"q": {"a": 1}}, num_docs=1001) == retrieval.METRICS
   # c (grade 2) not retrieved: q1's R@100 1/2, R(rel=2)@100 0
   without_c = {**run, "q1": {"a": 0.9, "b": 0.8}}
   got = retrieval.measure(qrels, without_c, retrieval.metrics_for(qrels, ("R@100",)))
@@ -278,7 +281,9 @@ def test_evaluate_collection_writes_runs_and_records(tiny_hf_dir, tmp_path):
   records = retrieval.evaluate_collection(embedder, col, PAIRS, str(tmp_path / "w"),
                                           passage_max_length=32, query_max_length=16, k=10)
   assert {(r["layer"], r["dim"]) for r in records} == set(PAIRS)
-  assert {r["metric"] for r in records} == set(retrieval.metrics_for(col.qrels))
+  # 23 passages: R@100 and R@1000 are 1 by construction, R@10 stands in
+  assert {r["metric"] for r in records} == set(retrieval.metrics_for(
+      col.qrels, num_docs=23)) == {"RR@10", "nDCG@10", "R@10", "R(rel=2)@10"}
   assert all(0.0 <= r["value"] <= 1.0 for r in records)
   run_file = tmp_path / "w" / "runs" / "toy_test_2_16.trec"
   assert len(open(run_file).read().splitlines()) == 5 * 10
@@ -381,8 +386,8 @@ def test_evaluate_collection_records_funnels_apart(tiny_hf_dir, tmp_path):
   # the corpus (one pass, every stored layer), then the queries
   assert asked == [(1, 2, 3, 4), (1, 2, 3, 4)]
   mine = [r for r in records if r.get("funnel") == funnel]
-  assert {(r["layer"], r["dim"])
-          for r in mine} == {(4, 32)} and len(mine) == len(retrieval.metrics_for(col.qrels))
+  assert {(r["layer"], r["dim"]) for r in mine} == {(4, 32)} and len(mine) == len(
+      retrieval.metrics_for(col.qrels, num_docs=len(col.doc_ids)))
   assert os.path.exists(tmp_path / "w" / "runs" / "toy_test_funnel_3x8-10_4x32-5.trec")
   from starbucks_jax.evaluate import results
   assert f"toy/test nDCG@10 [{funnel}]" in results.table(records)
@@ -482,9 +487,9 @@ def test_eval_mode_scores_retrieval_per_pair(tiny_hf_dir, tmp_path):
   for r in records:
     by_set.setdefault(r["dataset"],
                       {})[(r["split"], r["metric"], r["layer"], r["dim"])] = r["value"]
-  # graded: 2 more recalls
+  # graded: one more recall (R@10 only: 23 passages)
   assert by_set["tev"] == pytest.approx(by_set["toy"], abs=1e-6) and len(
-      by_set["tev"]) == 6 * len(PAIRS)
+      by_set["tev"]) == 4 * len(PAIRS)
   # another run of the same weights (from a copy elsewhere) scores a funnel on w's index, encoding no passage
   import shutil
   shards = sorted(glob.glob(str(tmp_path / "w" / "index" / "toy" / "layer_*" / "*.npy")))
@@ -616,9 +621,9 @@ def test_retrieval_config_trains_two_steps(tiny2_hf_dir, tmp_path, source):
   (costs,) = json.load(open(next((tmp_path / "w" / "costs").glob("*_test.json")))),
   assert [c["configuration"] for c in costs] == ["1x8", "2x32", "1x8:20,2x32:10"]
   if source == "demo":
-    assert {r["dataset"]
-            for r in records} == {"pydocs"} and {r["metric"]
-                                                 for r in records} == set(retrieval.METRICS)
+    assert {r["dataset"] for r in records} == {"pydocs"} and {r["metric"] for r in records} == {
+        "RR@10", "nDCG@10", "R@100", "R@10"
+    }  # 448 passages
     col = beir.load(cfg.eval.retrieval.split("=", 1)[1], "test")
     assert (len(col.docs), len(col.query_ids)) == (448, 43)
 

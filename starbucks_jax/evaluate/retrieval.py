@@ -26,9 +26,17 @@ log = logging.getLogger(__name__)
 METRICS = ("RR@10", "nDCG@10", "R@100", "R@1000")
 
 
-def metrics_for(qrels: dict[str, dict[str, int]], metrics=METRICS) -> tuple[str, ...]:
+def metrics_for(qrels: dict[str, dict[str, int]], metrics=METRICS,
+                num_docs: int | None = None) -> tuple[str, ...]:
   """`metrics`, and with graded judgements (some grade >= 2, as TREC DL's 0-3) each recall also
-  counting grade >= 2 only ('R(rel=2)@1000', TREC DL's and Pyserini's convention beside BEIR's >= 1)."""
+  counting grade >= 2 only ('R(rel=2)@1000', TREC DL's and Pyserini's convention beside BEIR's
+  >= 1). Over `num_docs` passages a recall at k >= num_docs is 1 by construction: it is left out, and R@10
+  stands in when none is left that could tell sizes apart."""
+  if num_docs is not None:
+    kept = tuple(m for m in metrics if not (m.startswith("R@") and int(m[2:]) >= num_docs))
+    if kept != tuple(metrics) and "R@10" not in kept:
+      kept += ("R@10",)
+    metrics = kept
   if not any(grade >= 2 for docs in qrels.values() for grade in docs.values()):
     return tuple(metrics)
   return tuple(metrics) + tuple(m.replace("R@", "R(rel=2)@") for m in metrics if m.startswith("R@"))
@@ -100,7 +108,7 @@ def evaluate_collection(embedder, collection: beir.Collection, pairs, workdir: s
   # a pair is a one-stage funnel; only a chain's records and run file carry its spec
   configurations = [(None, (((n, d), min(k + skip_self, len(collection.doc_ids))),))
                     for n, d in pairs] + list(chains.items())
-  metrics = metrics_for(collection.qrels, metrics)
+  metrics = metrics_for(collection.qrels, metrics, len(collection.doc_ids))
   records = []
   for spec, stages in configurations:
     scores, rows = search.funnel_topk(query_vecs, folder, stages, normalize=normalize)
