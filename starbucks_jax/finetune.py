@@ -324,17 +324,21 @@ def evaluate(workdir: str, model: model_dirs.Pretrained, run: FinetuneRun, name:
                                                        max_seq_length=c.model.max_length)
   pooling = c.model.pooling
   records = sts.evaluate_sets(embedder, run.sts_sets, run.eval_pairs, pooling=pooling)
+  notes = sts.notes(run.sts_sets)
   for dataset, split, folder in run.retrieval_sets:
+    collection = retrieval.load_collection(folder, split, name=dataset)
+    notes.append(f"{dataset}/{split}: {len(collection.query_ids)} judged queries over "
+                 f"{len(collection.doc_ids)} passages of {folder}")
     records += retrieval.evaluate_collection(
-        embedder, retrieval.load_collection(folder, split, name=dataset), run.eval_pairs, workdir,
-        pooling=pooling, normalize=e.retrieval_similarity == "cosine",
-        query_max_length=e.query_max_length, passage_max_length=e.passage_max_length,
-        k=e.retrieval_k, funnels=e.retrieval_funnels, costs=e.retrieval_costs,
-        index_dir=e.index_dir, skip_self=e.retrieval_skip_self, cross_depth=e.retrieval_cross_depth)
+        embedder, collection, run.eval_pairs, workdir, pooling=pooling,
+        normalize=e.retrieval_similarity == "cosine", query_max_length=e.query_max_length,
+        passage_max_length=e.passage_max_length, k=e.retrieval_k, funnels=e.retrieval_funnels,
+        costs=e.retrieval_costs, index_dir=e.index_dir, skip_self=e.retrieval_skip_self,
+        cross_depth=e.retrieval_cross_depth)
   if not report:
     return records
   metrics.write_results(workdir, records, c.log)
-  return results.report(workdir, name, records, start)
+  return results.report(workdir, name, records, start, notes)
 
 
 def evaluate_start(workdir: str, run: FinetuneRun) -> list[dict]:

@@ -319,7 +319,12 @@ def evaluate_mlm(model: model_dirs.Pretrained, run: PretrainRun, workdir: str,
     records.append(results.record(dataset, "eval", "mlm_accuracy", n, d, correct / count))
     records.append(results.record(dataset, "eval", "mlm_loss", n, d, loss_sum / count))
   metrics.write_results(workdir, records, c.log)
-  return results.report(workdir, name, records)
+  masked = int(next(iter(totals.values()))[2])
+  return results.report(
+      workdir, name, records, notes=[
+          f"{dataset}/eval: each (layer, dim)'s masked-token accuracy and mean loss through the MLM "
+          f"head, {masked} masked tokens in {steps} batch{'es' if steps > 1 else ''} of {e.text} ({e.text_column})"
+      ])
 
 
 @trainer.releases_workdir

@@ -187,6 +187,9 @@ def test_the_demo_run_is_quiet_and_shows_what_training_changed(tiny_hf_dir, tmp_
   assert [float(x) for x in row[3:6]] == pytest.approx([now, then, now - then], abs=1e-4)
   assert os.path.getsize(tmp_path / "w" / "results" / "sizes.png") > 0
   assert "(plot: " in done.stdout
+  # a line under the table says what the column is
+  assert ("- demo/test: Spearman of cosine similarity against the gold scores, 100 pairs of "
+          "demo:sts_test.jsonl") in done.stdout
 
 
 def test_main_command_line(tiny_hf_dir, tmp_path):

@@ -30,12 +30,15 @@ def write(workdir: str, name: str, records: list[dict[str, Any]]) -> str:
 
 
 def report(workdir: str, name: str, records: list[dict[str, Any]],
-           start: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+           start: list[dict[str, Any]] | None = None, notes=()) -> list[dict[str, Any]]:
   """Writes WORKDIR/results/<name>.json and the per-size plot beside it (sizes.png for the final
   results, else <name>_sizes.png), prints the table (with `start`, the starting model's records:
-  its column and the change) and the path; returns the records."""
+  its column and the change), a line per note (what each column's data is) and the path; returns
+  the records."""
   path = write(workdir, name, records)
   print(table(records, start))
+  for note in notes:
+    print(f"- {note}")
   picture = os.path.join(os.path.dirname(path),
                          "sizes.png" if name == "final" else f"{name}_sizes.png")
   print(f"results: {path}" + (f" (plot: {picture})" if plot_sizes(records, start, picture) else ""))

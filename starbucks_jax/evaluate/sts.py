@@ -64,3 +64,11 @@ def evaluate_sets(embedder, eval_sets: list[tuple[str, str, str]], pairs, *,
     out += evaluate_sts(embedder, s1, s2, scores, pairs, dataset=dataset, split=split,
                         pooling=pooling)
   return out
+
+
+def notes(eval_sets: list[tuple[str, str, str]]) -> list[str]:
+  """A line per set for the results table: what its column is."""
+  return [
+      f"{dataset}/{split}: Spearman of cosine similarity against the gold scores, "
+      f"{len(read_sts(spec)[2])} pairs of {spec}" for dataset, split, spec in eval_sets
+  ]
