@@ -54,7 +54,7 @@ checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 
 from starbucks_jax import config_lib
 from starbucks_jax.config_blocks import FinetuneConfig
-from starbucks_jax.schedule import STARBUCKS
+from starbucks_jax.schedule import METHODS, STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
     "stsb/test=hf:sentence-transformers/stsb@test", "sts12/test=hf:mteb/sts12-sts@test",
@@ -72,6 +72,9 @@ def get_config(arg=None):
                              eval=False, method="starbucks", layer=0, dim=0, separate_dim="full")
   # every key, its default and its meaning: starbucks_jax/config_blocks.py (FinetuneConfig); the loss
   # block's: starbucks_jax/losses.py (LossConfig). Below: the paper's nli recipe, then the variants.
+  if arg.method not in METHODS + tuple(PRESETS):
+    raise config_lib.ConfigError(
+        f"method={arg.method!r}: expected one of {', '.join(METHODS + tuple(PRESETS))}")
   c = FinetuneConfig.config()
   c.schedule.method = PRESETS.get(arg.method, arg.method)
   c.schedule.pairs = STARBUCKS["bert-base"]

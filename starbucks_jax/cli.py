@@ -89,6 +89,12 @@ def check_config_args(argv: Iterable[str]) -> None:
         f"--config.{repeated[0]} is given {overrides.count(repeated[0])} times; give it once")
   known = sorted(keys(config))
   for key in overrides:
+    if key == "method" and "method" not in known:  # presets are the config file's arguments
+      file, _, arg = spec.partition(":")
+      raise ConfigError(
+          f"--config.method: a method goes after the config file, as its argument: "
+          f"--config={file}:{arg.split(',')[0] or 'VARIANT'},method=NAME (NAME: {file}'s "
+          "docstring lists them; --config.schedule.method sets the schedule's alone)")
     if key not in known and not any(k.startswith(key + ".") for k in known):
       close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
       hint = f"; did you mean --config.{close[0]}?" if close else ""

@@ -139,7 +139,9 @@ def plan(method: str, pairs: tuple[Pair, ...], num_layers: int, hidden_size: int
           f"schedule.separate_train_dim={separate_train_dim!r}; expected 'full' or 'dim'")
     train_d = D if separate_train_dim == "full" else d
     return Plan(method, ((n, train_d),), (n, D), (n,), use_kl=False)
-  raise ValueError(f"schedule.method={method!r}; expected one of {METHODS}")
+  raise ValueError(f"schedule.method={method!r}; expected one of {METHODS} (a preset that sets "
+                   "more keys, e.g. starbucks_scores_1n, is the config file's argument: "
+                   "--config=configs/ft.py:VARIANT,method=NAME)")
 
 
 def plan_from_config(schedule_cfg, pairs: tuple[Pair, ...], num_layers: int,

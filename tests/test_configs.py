@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from starbucks_jax import config_lib, finetune, model_dirs
+from starbucks_jax import config_lib, finetune, model_dirs, schedule
 from starbucks_jax.config_blocks import SentenceEval
 
 from conftest import REPO, load_script
@@ -190,6 +190,25 @@ def test_the_demo_run_is_quiet_and_shows_what_training_changed(tiny_hf_dir, tmp_
   # a line under the table says what the column is
   assert ("- demo/test: Spearman of cosine similarity against the gold scores, 100 pairs of "
           "demo:sts_test.jsonl") in done.stdout
+
+
+def test_a_method_is_named_where_the_config_file_takes_it(tmp_path):
+  """Presets are the config file's argument: --config.method says where it goes, an unknown
+  method= lists every method and preset, and --config.schedule.method names the preset form."""
+  from starbucks_jax import cli
+  with pytest.raises(
+      config_lib.ConfigError,
+      match=r"--config.method: a method goes after the config file, as its argument: "
+      r"--config=configs/ft.py:demo,method=NAME"):
+    cli.check_config_args(["--config=configs/ft.py:demo", "--config.method=starbucks_scores_1n"])
+  with pytest.raises(
+      config_lib.ConfigError, match=r"method='foo': expected one of starbucks, .*, 2dmse_st6, "
+      r"starbucks_scores_1n"):
+    config_lib.load_config(str(REPO / "configs" / "ft.py") + ":demo,method=foo")
+  with pytest.raises(
+      ValueError, match=r"is the config file's argument: "
+      r"--config=configs/ft.py:VARIANT,method=NAME"):
+    schedule.plan("starbucks_scores_1n", ((1, 8), (2, 16)), 2, 16)
 
 
 def test_main_command_line(tiny_hf_dir, tmp_path):
