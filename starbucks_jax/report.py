@@ -61,7 +61,8 @@ def collect(roots: Iterable[str], labels: dict[str, str] | None = None) -> list[
       label = labels.get(os.path.normpath(run),
                          labels.get(os.path.basename(os.path.normpath(run)), method))
       for name in sorted(os.listdir(os.path.join(run, workdir_lib.RESULTS))):
-        if not name.endswith(".json"):
+        # start.json: the starting model's (eval.before_training), not the run's
+        if not name.endswith(".json") or name == "start.json":
           continue
         for r in _json(os.path.join(run, workdir_lib.RESULTS, name)):
           if r.get("value") is None:  # a non-finite metric: an empty cell, not a number
@@ -276,12 +277,17 @@ def write(records: list[dict[str, Any]], out: str, *, dataset: str, metric: str,
   return files
 
 
+def only(values: set, default: str) -> str:
+  """The one value of `values`, else `default` (and write() names what the runs hold)."""
+  return next(iter(values)) if len(values) == 1 else default
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("roots", nargs="+", help="workdirs or folders of workdirs")
   p.add_argument("--out", required=True)
-  p.add_argument("--dataset", default="stsb")
-  p.add_argument("--metric", default="spearman_cosine")
+  p.add_argument("--dataset", help="default: the runs' one dataset, else stsb")
+  p.add_argument("--metric", help="default: the dataset's one metric, else spearman_cosine")
   p.add_argument("--split", help="only this split of the dataset (e.g. dev or test)")
   p.add_argument("--title", default="")
   p.add_argument(
@@ -298,7 +304,10 @@ def main(argv=None):
   records = collect(args.roots, labels)
   if not records:
     raise InputError(f"{', '.join(args.roots)}: no results/*.json under them (a finished run has)")
-  files = write(records, args.out, dataset=args.dataset, metric=args.metric, title=args.title,
+  dataset = args.dataset or only({r["dataset"] for r in records}, "stsb")
+  metric = args.metric or only({r["metric"]
+                                for r in records if r["dataset"] == dataset}, "spearman_cosine")
+  files = write(records, args.out, dataset=dataset, metric=metric, title=args.title,
                 split=args.split, baseline=args.baseline)
   print(open(files["table"]).read())
   for kind, path in files.items():

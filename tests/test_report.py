@@ -65,6 +65,15 @@ def test_collect_table_and_pictures(tmp_path):
     report.collect([str(tmp_path / "nowhere")])
 
 
+def test_a_demo_run_reports_without_options_and_leaves_its_start_out(tmp_path, capsys):
+  """A run's one dataset and metric are the defaults; its results/start.json (the starting model,
+  eval.before_training) is not the run's result."""
+  fake_run(tmp_path / "demo", "starbucks", [0.5, 0.7, 0.9], dataset="demo")
+  fake_run(tmp_path / "demo", "starbucks", [0.1, 0.2, 0.3], dataset="demo", name="start")
+  report.main([str(tmp_path / "demo"), "--out", str(tmp_path / "out")])
+  assert "| starbucks | **0.5000** | **0.7000** | **0.9000** | 0.7000 |" in capsys.readouterr().out
+
+
 def test_seeds_average_with_their_spread_and_splits_stay_apart(tmp_path):
   """Runs of one label (seeds) give mean ± sample sd (runs) per pair and for the mean over pairs;
   dev and test records of one dataset are reported apart."""
