@@ -3,6 +3,9 @@
     python -m starbucks_jax.main --config=configs/ft.py:VARIANT[,method=M][,layer=N,dim=D] \
         --workdir=DIR [--config.a.b=value ...]
 
+The CPU variants read the data root: $STARBUCKS_DATA, else ~/.cache/starbucks_jax/data, where
+`python -m starbucks_jax.data.fetch NAME` writes (a missing file's error names the command).
+
 Variants:
   nli       The authors' "full" STS recipe: bert-base-uncased, AllNLI triplets (557,850,
             hf:sentence-transformers/all-nli:triplet), MNRL (cosine x 20, in-batch + hard negatives),
@@ -17,11 +20,12 @@ Variants:
             otherwise as nli. One chip: the 1,436 steps in >= 16 s on a v5e-1 (compiled; more
             chips do not pay: experiments/recipes.md).
   sts_cpu   The sts recipe at CPU scale: all-MiniLM-L6-v2 and its schedule (1,16)..(6,384), STS-B
-            train/test from ../shared/data (a developer checkout). Packed rows (data.packing,
+            train/test (`python -m starbucks_jax.data.fetch stsb` first). Packed rows (data.packing,
             eval.packing). ~4 min per 200 steps on 2 CPU cores (experiments/recipes.md); recorded by
             experiments/sweep_cpu.py.
   nli_cpu   The nli recipe at CPU scale: all-MiniLM-L6-v2 and its schedule, MNRL on the SNLI dev
-            triplets of ../shared/data (3,172; a developer checkout), batch 32, 1 epoch (99 steps),
+            triplets (3,172; `python -m starbucks_jax.data.fetch snli stsb` first), batch 32,
+            1 epoch (99 steps),
             evaluated on STS-B dev. benchmarks/recipe_vs_pytorch.py times it against the authors'
             sentence-transformers formulation.
   demo      all-MiniLM-L6-v2 (installed by the README's set-up) SRL-fine-tuned on the triplets that
@@ -54,6 +58,7 @@ checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 
 from starbucks_jax import config_lib
 from starbucks_jax.config_blocks import FinetuneConfig
+from starbucks_jax.data import fetch
 from starbucks_jax.schedule import METHODS, STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
@@ -62,7 +67,8 @@ PAPER_STS_EVAL = ",".join([
     "sts15/test=hf:mteb/sts15-sts@test", "sts16/test=hf:mteb/sts16-sts@test",
     "sickr/test=hf:mteb/sickr-sts@test"
 ])
-SHARED = "../shared/data"
+# the CPU recipes' data: $STARBUCKS_DATA, else `python -m starbucks_jax.data.fetch`'s cache
+SHARED = fetch.data_root()
 # method= presets -> schedule.method
 PRESETS = {"2dmse_st6": "2dmse", "starbucks_scores_1n": "starbucks"}
 

@@ -19,8 +19,10 @@ Paper (Table A1): SMAE + SRL STS average 0.7837 vs 0.7682 for BERT + SRL.
 
 Variants:
   cpu       The recorded CPU experiment (experiments/sweep_cpu.py, smae_cpu/): all-MiniLM-L6-v2 with a fresh MLM
-            head, its schedule (1,16)..(6,384), on ../shared/data/mlm_text/sentences.txt (86,118
-            sentences; a developer checkout), batch 32, max length 64, fp32; 400 steps (12,800 sentences, ~15% of the file).
+            head, its schedule (1,16)..(6,384), on mlm_text/sentences.txt of the data root
+            (86,118 sentences in the recorded run; `python -m starbucks_jax.data.fetch stsb snli
+            mlm_text` writes one from STS-B and SNLI), batch 32, max length 64, fp32; 400 steps
+            (12,800 sentences, ~15% of the file).
   demo      Offline on a fresh machine: all-MiniLM-L6-v2 (the README's set-up) on the anchor
             sentences that ship in the package (demo:triplets_train.jsonl), 20 steps of 16, then
             masked-token accuracy per pair on the demo STS sentences. About 2 minutes on 2 CPU cores.
@@ -35,9 +37,11 @@ metrics.jsonl (loss, mlm/n_d and mae/n_d per pair, grad norm, lr, examples/s), o
 
 from starbucks_jax import config_lib
 from starbucks_jax.config_blocks import PretrainConfig
+from starbucks_jax.data import fetch
 from starbucks_jax.schedule import STARBUCKS
 
-SHARED = "../shared/data"
+# the CPU recipes' data: $STARBUCKS_DATA, else `python -m starbucks_jax.data.fetch`'s cache
+SHARED = fetch.data_root()
 
 
 def get_config(arg=None):

@@ -38,7 +38,8 @@ Variants:
             passages, 86 train and 43 test queries; PSF License). One epoch (5 steps of 16 queries,
             group 4, random negatives), then nDCG@10, MRR@10, R@100 per size on the test queries:
             ~2.5 min on 2 CPU cores.
-  scifact   all-MiniLM-L6-v2 and its schedule on ../shared/data/beir_scifact: train on the train
+  scifact   all-MiniLM-L6-v2 and its schedule on BEIR SciFact (`python -m
+            starbucks_jax.data.fetch scifact` first): train on the train
             qrels (809 queries, random corpus negatives, group 4, batch 16, 1 epoch = 50 steps),
             evaluate on the 300 test queries (5,183 abstracts). Passages cut to 128 tokens in
             training and evaluation so that the recorded CPU run fits a session (~17 min on 2
@@ -65,7 +66,8 @@ Variants:
             MS MARCO encoding bound). `python -m starbucks_jax.paper a2 WORKDIR` lays the results
             out as Table A2, the paper's rows beside ours.
   beir_scifact  The beir evaluation cut down to the one BEIR set a developer checkout holds
-            (../shared/data/beir_scifact), with all-MiniLM-L6-v2 and its schedule, mean pooling
+            (`python -m starbucks_jax.data.fetch scifact`), with all-MiniLM-L6-v2 and its
+            schedule, mean pooling
             and cosine as that model was trained: ~40 min on 2 CPU cores (experiments/recipes.md).
 
 Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py);
@@ -75,10 +77,11 @@ beir_dir=D (beir: local BEIR folders instead of the Hub).
 import os
 
 from starbucks_jax import config_lib, paper
-from starbucks_jax.data import sources
+from starbucks_jax.data import fetch, sources
 from starbucks_jax.schedule import STARBUCKS
 
-SHARED = "../shared/data"
+# the CPU recipes' data: $STARBUCKS_DATA, else `python -m starbucks_jax.data.fetch`'s cache
+SHARED = fetch.data_root()
 
 MSMARCO_CORPUS = "hf:Tevatron/msmarco-passage-corpus/corpus.jsonl.gz"
 MSMARCO_QRELS = {

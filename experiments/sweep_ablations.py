@@ -30,6 +30,9 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the configs' CPU recipes read the developer data (fetch.data_root) unless STARBUCKS_DATA says
+if os.path.isdir("../shared/data"):
+  os.environ.setdefault("STARBUCKS_DATA", os.path.abspath("../shared/data"))
 from starbucks_jax.sweep import Report, Run, main  # noqa: E402
 
 RECIPE = "configs/ft.py:sts_cpu"

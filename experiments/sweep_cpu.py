@@ -33,6 +33,10 @@ import os
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the configs' CPU recipes read the developer data (fetch.data_root) unless STARBUCKS_DATA says
+if os.path.isdir(os.path.join(REPO, "..", "shared", "data")):
+  os.environ.setdefault("STARBUCKS_DATA",
+                        os.path.abspath(os.path.join(REPO, "..", "shared", "data")))
 sys.path.insert(0, REPO)
 from starbucks_jax import config_lib  # noqa: E402
 from starbucks_jax.sweep import Report, Run, main  # noqa: E402

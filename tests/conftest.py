@@ -42,6 +42,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+if SHARED_DATA.is_dir():  # the configs' CPU recipes read it (fetch.data_root), here and in children
+  os.environ.setdefault("STARBUCKS_DATA", str(SHARED_DATA))
 
 
 def load_script(path: str):

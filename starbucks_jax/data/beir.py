@@ -27,7 +27,7 @@ import os
 import urllib.request
 
 from starbucks_jax.config_lib import ConfigError
-from starbucks_jax.data import sources
+from starbucks_jax.data import fetch, sources
 from starbucks_jax.data.sources import DataError, jsonl_rows
 
 log = logging.getLogger(__name__)
@@ -47,9 +47,10 @@ def check_folder(key: str, folder: str, split: str, *, corpus: bool) -> None:
   has_qrels = os.path.isfile(os.path.join(path, "qrels", f"{split}.tsv"))
   if corpus and not (has_qrels and os.path.isfile(os.path.join(path, "corpus.jsonl"))):
     raise ConfigError(
-        f"{key}: {folder} is not a BEIR folder with corpus.jsonl and qrels/{split}.tsv")
+        f"{key}: {folder} is not a BEIR folder with corpus.jsonl and qrels/{split}.tsv"
+        f"{fetch.missing_hint(path)}")
   if not has_qrels:
-    raise ConfigError(f"{key}: {folder} has no qrels/{split}.tsv")
+    raise ConfigError(f"{key}: {folder} has no qrels/{split}.tsv{fetch.missing_hint(path)}")
 
 
 @dataclasses.dataclass
@@ -65,7 +66,8 @@ class Collection:
 
 def _jsonl(path: str, fields: tuple[str, ...]):
   if not os.path.isfile(path):
-    raise DataError(f"{path}: no such file (a BEIR folder has corpus.jsonl, queries.jsonl, qrels/)")
+    raise DataError(f"{path}: no such file (a BEIR folder has corpus.jsonl, queries.jsonl, "
+                    f"qrels/){fetch.missing_hint(path)}")
   for line_no, row in jsonl_rows(path):
     missing = [k for k in fields if k not in row]
     if missing:

@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from starbucks_jax.config_lib import ConfigError, InputError
+from starbucks_jax.data import fetch
 
 FORMATS = ("jsonl", "tsv", "csv", "parquet", "txt")
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
@@ -127,7 +128,7 @@ def resolve_spec(spec: str) -> tuple[str, str]:
   fmt, path = _format_of(spec)
   path = os.path.expanduser(path)
   if not os.path.isfile(path):
-    raise DataError(f"{path}: no such file")
+    raise DataError(f"{path}: no such file{fetch.missing_hint(path)}")
   return fmt, path
 
 
