@@ -48,9 +48,11 @@ def _hub_id(name: str | None) -> str | None:
 
 
 def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: int, pooling: str,
-               title: str, model_type: str = "bert", prompts: tuple[str, str] = ("", "")) -> str:
+               title: str, model_type: str = "bert", prompts: tuple[str, str] = ("", ""),
+               normalize: bool = False) -> str:
   """The card of an export of `source` (a workdir or a model directory) at (layer, dim); with
-  (query, document) `prompts`, its use shows encode_query / encode_document."""
+  (query, document) `prompts`, its use shows encode_query / encode_document; `normalize`: the
+  export ends in a Normalize module, which truncate_dim cuts after (the card says so)."""
   from starbucks_jax.models import hf  # local: the card needs no jax until here
   workdir = workdir_lib.is_workdir(source)
   config, records, steps = _run_facts(source) if workdir else ({}, [], 0)
@@ -95,6 +97,13 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
   if whole:
     n, d = num_layers, hidden
     layers = "layers" if model_type == "modernbert" else "encoder.layer"  # the HF module's list
+    if normalize:  # sentence-transformers cuts after the model's Normalize: norms below 1
+      encode = [line.replace("])", "], normalize_embeddings=True)", 1) for line in encode]
+      lines += [
+          "# truncate_dim cuts the vectors after this model's Normalize module, so they are no "
+          "longer unit length;", "# normalize_embeddings=True makes them unit length again (as "
+          "starbucks_jax's embed gives them): dot products are then cosines."
+      ]
     lines += [
         f"n, d = {n}, {d}  # any trained size: the first n layers, the first d dimensions",
         "model = SentenceTransformer(\"PATH_OR_REPO_ID\", truncate_dim=d)",

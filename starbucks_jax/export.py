@@ -99,7 +99,8 @@ def export(source: str, output: str, *, layer: int | None = None, dim: int | Non
             card.model_card(source, num_layers=cfg.num_hidden_layers, hidden=cfg.hidden_size,
                             layer=layer, dim=dim, pooling=sentence.pooling,
                             title=os.path.basename(output), model_type=cfg.model_type,
-                            prompts=(sentence.prompt("query"), sentence.prompt("document"))))
+                            prompts=(sentence.prompt("query"), sentence.prompt("document")),
+                            normalize=sentence.normalize))
     for folder, dirs, files in os.walk(tmp):
       os.chmod(folder, 0o755)
       for name in files:

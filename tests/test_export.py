@@ -101,6 +101,20 @@ def test_the_cards_loading_lines_give_the_sub_model(st, tiny_hf_dir, tmp_path):
       ours, scope["embeddings"]).min() >= 0.99999
   sub = export.export(tiny_hf_dir, str(tmp_path / "sub"), layer=2, dim=16)
   assert "The (2, 16) sub-model" in open(os.path.join(sub, "README.md")).read()
+  # a normalising export: sentence-transformers truncates after Normalize; the card's lines give
+  # unit vectors again, equal to embed's
+  out = export.export(tiny_hf_dir, str(tmp_path / "unit"), normalize=True)
+  text = open(os.path.join(out, "README.md")).read()
+  assert "truncate_dim cuts the vectors after this model's Normalize module" in text
+  code = text.split("```python\n")[1].split("```")[0]
+  code = (code.replace("n, d = 4, 32", "n, d = 2, 16").replace(
+      '"PATH_OR_REPO_ID"',
+      repr(out)).replace('model.encode(["A man is playing a guitar."], normalize_embeddings=True)',
+                         "model.encode(TEXTS, normalize_embeddings=True)"))
+  exec(code, scope)
+  unit = Embedder.load(out).encode(TEXTS, layer=2, dim=16, normalize=True)
+  np.testing.assert_allclose(scope["embeddings"], unit, atol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(scope["embeddings"], axis=1), 1.0, atol=1e-5)
 
 
 def test_push_to_hub_offline_fails_in_one_line_and_keeps_the_export(tiny_hf_dir, tmp_path, capsys):
