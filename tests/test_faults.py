@@ -1,5 +1,5 @@
 """Bad inputs and faults: each gets one line naming the file, line or key, before any compute, and
-changes nothing it should not (docs: README "Reliability")."""
+changes nothing it should not (docs/running.md, "Reliability")."""
 
 import contextlib
 import copy
