@@ -99,6 +99,35 @@ def check_config_args(argv: Iterable[str]) -> None:
       close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
       hint = f"; did you mean --config.{close[0]}?" if close else ""
       raise ConfigError(f"--config.{key}: no such key in {spec.split(':')[0]}{hint}")
+  for arg in argv:  # a value of the wrong type: absl would print a FATAL line and its help hint
+    key, eq, value = arg[len("--config."):].partition("=")
+    if arg.startswith("--config.") and eq and key in known:
+      _check_type(key, value, _get(config, key))
+
+
+def _get(config: ml_collections.ConfigDict, key: str):
+  for name in key.split("."):
+    config = config[name]
+  return config
+
+
+def _check_type(key: str, value: str, default) -> None:
+  """A ConfigError naming `--config.KEY=VALUE` when VALUE does not read as the default's type
+  (bool, int, float; other types are absl's to parse)."""
+  kind = type(default)
+  if kind is bool:
+    ok = value.lower() in ("true", "false", "1", "0")
+  elif kind in (int, float):
+    try:
+      kind(value) if kind is float else int(value)
+      ok = True
+    except ValueError:
+      ok = False
+  else:
+    return
+  if not ok:
+    raise ConfigError(f"--config.{key}={value}: expected {kind.__name__} (the config's "
+                      f"{key} is {default!r})")
 
 
 def keys(config: ml_collections.ConfigDict, prefix: str = "") -> Iterable[str]:

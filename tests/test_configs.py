@@ -211,6 +211,21 @@ def test_a_method_is_named_where_the_config_file_takes_it(tmp_path):
     schedule.plan("starbucks_scores_1n", ((1, 8), (2, 16)), 2, 16)
 
 
+def test_a_value_of_the_wrong_type_is_one_line():
+  """absl would print 'FATAL Flags parsing error' and a help hint; the check names the flag and
+  the type first."""
+  from starbucks_jax import cli
+  for flag, want in (("--config.train.lr=abc", "expected float"), ("--config.train.max_steps=1.5",
+                                                                   "expected int"),
+                     ("--config.eval.before_training=maybe", "expected bool")):
+    with pytest.raises(config_lib.ConfigError, match=f"{flag}: {want}"):
+      cli.check_config_args(["--config=configs/ft.py:demo", flag])
+  cli.check_config_args([
+      "--config=configs/ft.py:demo", "--config.train.lr=1e-4", "--config.train.max_steps=3",
+      "--config.eval.before_training=False"
+  ])
+
+
 def test_main_command_line(tiny_hf_dir, tmp_path):
   ok = _main("--config=configs/ft.py:eval", f"--workdir={tmp_path / 'w'}",
              f"--config.model.init_from={tiny_hf_dir}", "--config.schedule.pairs=((1,8),(4,32))")
