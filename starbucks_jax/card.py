@@ -86,6 +86,16 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
     lines += [""]
   if records:
     lines += ["## Results per (layer, dim)", "", results.table(records), ""]
+  lines += _use(whole=whole, num_layers=num_layers, hidden=hidden, layer=layer, dim=dim,
+                model_type=model_type, prompts=prompts, normalize=normalize)
+  return "\n".join(lines)
+
+
+def _use(*, whole: bool, num_layers: int, hidden: int, layer: int, dim: int, model_type: str,
+         prompts: tuple[str, str], normalize: bool) -> list[str]:
+  """The card's "Use" section: sentence-transformers lines that load the model (a whole export at
+  any (n, d) it was trained at)."""
+  lines: list[str] = []
   lines += ["## Use", "", "```python", "from sentence_transformers import SentenceTransformer", ""]
   encode = ["embeddings = model.encode([\"A man is playing a guitar.\"])"]
   if any(prompts):  # sentence-transformers puts the stored prompt before each text
@@ -113,4 +123,4 @@ def model_card(source: str, *, num_layers: int, hidden: int, layer: int, dim: in
     lines += ["model = SentenceTransformer(\"PATH_OR_REPO_ID\")", *encode]
     lines[-1] += f"  # {dim} dimensions from {layer} layers"
   lines += ["```", ""]
-  return "\n".join(lines)
+  return lines

@@ -286,6 +286,7 @@ def tiny_run(tiny2_hf_dir, tmp_path):
   with cfg.unlocked():
     cfg.model.init_from = tiny2_hf_dir
     cfg.model.max_length = 32
+    cfg.eval.before_training = False  # the demo's starting-model column: tests of it set it
     cfg.schedule.pairs = ((1, 8), (2, 32))
     cfg.data.train = write_triplets(tmp_path / "train.jsonl", 40)
     cfg.data.batch_size = 8
