@@ -2,9 +2,9 @@
 
 With the `tpu` or `gpu` extra installed, jax initialises libtpu and the CUDA plugin on every start;
 on a machine with neither chip they print pages of errors ("unexpected worker hostname", "Unable to
-load cuFFT") before falling back to the CPU. A machine with no accelerator device file asks for the
-CPU alone (JAX_PLATFORMS=cpu), which keeps both quiet and still lets `compile` build TPU and GPU
-programs deviceless. A JAX_PLATFORMS the user set is left as it is.
+load cuFFT") before falling back to the CPU. A Linux machine with no accelerator device file asks
+for the CPU alone (JAX_PLATFORMS=cpu), which keeps both quiet and still lets `compile` build TPU
+and GPU programs deviceless. A JAX_PLATFORMS the user set is left as it is.
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ def has_accelerator(patterns=DEVICE_FILES) -> bool:
 def choose(environ=os.environ, patterns=DEVICE_FILES) -> str | None:
   """Set JAX_PLATFORMS=cpu in `environ` where it is unset and no accelerator is present (and in
   jax's config, if jax is already imported and has started no backend); the value chosen, or None."""
-  if environ.get("JAX_PLATFORMS") or has_accelerator(patterns):
+  # Linux only: elsewhere (a Mac's Metal plugin) the device files say nothing
+  if environ.get("JAX_PLATFORMS") or not sys.platform.startswith("linux") or has_accelerator(
+      patterns):
     return None
   environ["JAX_PLATFORMS"] = "cpu"
   jax = sys.modules.get("jax")
