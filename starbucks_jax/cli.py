@@ -119,7 +119,7 @@ def _check_type(key: str, value: str, default) -> None:
     ok = value.lower() in ("true", "false", "1", "0")
   elif kind in (int, float):
     try:
-      kind(value) if kind is float else int(value)
+      kind(value)
       ok = True
     except ValueError:
       ok = False

@@ -40,8 +40,7 @@ def missing_hint(path: str) -> str:
   rel = os.path.relpath(os.path.abspath(os.path.expanduser(path)), root)
   if rel.startswith(".."):
     return ""
-  name = {"stsb": "stsb", "snli": "snli", "beir_scifact": "scifact",
-          "mlm_text": "mlm_text"}.get(rel.split(os.sep)[0], "all")
+  name = {sub: name for name, (sub, _) in DATASETS.items()}.get(rel.split(os.sep)[0], "all")
   to = "" if root == os.path.abspath(os.path.expanduser(CACHE)) else f" --to {root}"
   return f"; fetch it with `python -m starbucks_jax.data.fetch {name}{to}`"
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from starbucks_jax import schedule
 from starbucks_jax import workdir as workdir_lib
 from starbucks_jax.evaluate import cost, results, search
 from starbucks_jax.evaluate import index as index_lib
@@ -70,9 +71,8 @@ def measured_ms(cost_rows: list[dict[str, Any]]) -> tuple[dict[int, float], dict
   """({layers: encoding ms per query}, {dim: search ms per query}) of the single sizes' cost
   rows."""
   sizes = [r for r in cost_rows if ":" not in r["configuration"]]
-  dims = {r["configuration"]: int(r["configuration"].split("x")[1]) for r in sizes}
-  return ({r["layers"]: r["query_ms"]
-           for r in sizes}, {dims[r["configuration"]]: r["search_ms"] for r in sizes})
+  return ({r["layers"]: r["query_ms"] for r in sizes},
+          {schedule.parse_pair(r["configuration"])[1]: r["search_ms"] for r in sizes})
 
 
 def table(records: list[dict[str, Any]]) -> str:

@@ -72,8 +72,8 @@ def cross_depth_rows(workdir: str, key: tuple[str, str], metric: str,
     if name not in known:
       out.append({
           "configuration": name, "layers": q, "query_flops": r["query_flops"],
-          "search_flops": r["search_flops"], "index_bytes": 4 * d, "query_ms": r.get("query_ms"),
-          "search_ms": r.get("search_ms"), "value": r["value"]
+          "search_flops": r["search_flops"], "index_bytes": cost_lib.index_bytes((((n, d), 0),)),
+          "query_ms": r.get("query_ms"), "search_ms": r.get("search_ms"), "value": r["value"]
       })
   return out
 
