@@ -11,7 +11,7 @@ from typing import Callable, Iterable
 
 import ml_collections
 
-from starbucks_jax.config_lib import ConfigError, InputError, load_config
+from starbucks_jax.config_lib import ConfigError, InputError, config_file, load_config
 
 EXIT_USAGE = 2
 DEBUG_ENV = "STARBUCKS_DEBUG"
@@ -67,6 +67,18 @@ def check_output_file(path: str, flag: str, *, make_folder: bool = False) -> Non
     raise FileNotFoundError(f"{flag} {path}: the folder {existing} does not exist")
   if not os.access(existing, os.W_OK):
     raise PermissionError(f"{flag} {path}: the folder {existing} is not writable")
+
+
+def run_config_app(main: Callable) -> None:
+  """absl's app.run(main) for a command with a `--config=` flag, its file the one config_file
+  finds (a clone run from elsewhere, an installed wheel), once check_config_args passes."""
+  for i, arg in enumerate(sys.argv):
+    if i and arg.startswith("--config="):
+      path, colon, rest = arg[len("--config="):].partition(":")
+      sys.argv[i] = f"--config={config_file(path)}{colon}{rest}"
+  check_config_args(sys.argv[1:])
+  from absl import app
+  app.run(main)
 
 
 def check_config_args(argv: Iterable[str]) -> None:

@@ -312,7 +312,7 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/ft.py:nli",
@@ -330,4 +330,4 @@ if __name__ == "__main__":
   flags.DEFINE_integer("length", None,
                        "tokens per text (default: model.max_length, else max_position_embeddings)")
   flags.mark_flags_as_required(["config", "topology"])
-  cli.run(lambda: (cli.check_config_args(sys.argv[1:]), app.run(main)))
+  cli.run(lambda: cli.run_config_app(main))

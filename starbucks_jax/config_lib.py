@@ -64,11 +64,31 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def config_file(path: str) -> str:
+  """A config file's path as given, or, for a relative `configs/...` not found from here, the
+  repository's (a clone run from another folder) or the installed package's (wheels carry configs/
+  as starbucks_jax/configs); a path found nowhere comes back as given."""
+  if os.path.exists(path) or os.path.isabs(path):
+    return path
+  for root in (os.path.dirname(_PACKAGE), _PACKAGE):
+    if os.path.normpath(path).split(os.sep)[0] == "configs":
+      candidate = os.path.join(root, path)
+      if os.path.exists(candidate):
+        return candidate
+  return path
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
-  """'configs/ft.py:demo,lr=1' -> the locked ConfigDict, as `--config=` would give it."""
-  path, _, arg = spec.partition(":")
+  """'configs/ft.py:demo,lr=1' -> the locked ConfigDict, as `--config=` would give it (the file
+  found by config_file)."""
+  given, _, arg = spec.partition(":")
+  path = config_file(given)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"config file {path} not found")
+    where = "" if os.path.isabs(given) else f" from {os.getcwd()} (nor the package's configs/)"
+    raise FileNotFoundError(f"config file {given} not found{where}")
   module_spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(path))}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

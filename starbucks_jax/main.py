@@ -11,9 +11,8 @@ if __name__ == "__main__":
 
 import logging
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from starbucks_jax import config_lib, objectives, sharding, timing
@@ -62,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  cli.run(lambda: (cli.check_config_args(sys.argv[1:]), app.run(main)))
+  cli.run(lambda: cli.run_config_app(main))

@@ -39,3 +39,32 @@ def test_tpu_nli_notebook_runs_in_quick_mode(minilm_dir, tmp_path, monkeypatch):
   assert len(saved) == 1 and (saved[0] / "results" / "final.json").exists()
   assert (saved[0] / "report" / "paper_table.md").exists()
   assert not (saved[0] / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name, extra", [("quickstart.ipynb", ""), ("tpu_nli.ipynb", "[tpu]")])
+def test_install_cell_picks_git_url_then_wheel_then_says_what_to_do(name, extra, tmp_path,
+                                                                    monkeypatch):
+  """The notebooks' first code cell where starbucks_jax is missing (find_spec and pip stubbed): a
+  REPO_URL installs from git, else a wheel in the folder, else it stops naming both."""
+  import importlib.util
+  import json
+  import subprocess
+  cell = next(c for c in json.loads((REPO / "colab" / name).read_text())["cells"]
+              if c["cell_type"] == "code")
+  source = "".join(cell["source"])
+  real_find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None
+                      if n == "starbucks_jax" else real_find_spec(n, *a))
+  installs = []
+  monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: installs.append(cmd[-1]))
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit, match="set REPO_URL .* or put a starbucks_jax wheel"):
+    exec(source, {})
+  assert not installs
+  wheel = tmp_path / "starbucks_jax-0.1.0-py3-none-any.whl"
+  wheel.touch()
+  exec(source, {})
+  assert installs[0] == f"{wheel}{extra}"
+  installs.clear()
+  exec(source.replace('REPO_URL = ""', 'REPO_URL = "https://example.org/me/starbucks_jax"', 1), {})
+  assert installs[0] == f"starbucks_jax{extra} @ git+https://example.org/me/starbucks_jax"
