@@ -36,6 +36,12 @@ def fake_hub(calls):
     elif repo == "BeIR/scifact-qrels":
       rows = [{"query-id": 0 if split == "train" else 1, "corpus-id": "d1", "score": 1},
               {"query-id": 2, "corpus-id": "d3", "score": 1}]
+    elif repo.startswith("mteb/") and repo.endswith("-sts"):
+      rows = [{"sentence1": f"{repo} {i}", "sentence2": f"s {i}", "score": i * 1.5}
+              for i in range(3)]
+    elif repo == "sentence-transformers/all-nli" and name == "triplet":
+      rows = [{"anchor": f"{split} a{i}", "positive": f"p{i}", "negative": f"n{i}"}
+              for i in range(4)]
     else:
       raise ConnectionError(f"no network for {repo}")
     return datasets.Dataset.from_list(rows)
@@ -73,9 +79,41 @@ def test_fetch_writes_the_layouts_and_verifies_them(tmp_path, monkeypatch, capsy
     f.write("{}\n")
   with pytest.raises(InputError, match=r"stsb/dev.jsonl: its SHA-256 differs from .*MANIFEST.json"):
     fetch.fetch("stsb", root)
-  with pytest.raises(InputError,
-                     match="'sts': expected one of stsb, snli, scifact, mlm_text or all"):
-    fetch.fetch("sts", root)
+  with pytest.raises(
+      InputError, match="'stsx': expected one of stsb, snli, scifact, mlm_text, "
+      r"sts, allnli or all \(stsb, snli, scifact, mlm_text\)"):
+    fetch.fetch("stsx", root)
+
+
+def test_paper_sets_fetch_with_the_overrides_that_read_them(tmp_path, monkeypatch, capsys):
+  """sts and allnli (not in `all`): the six STS sets and AllNLI's triplets, and the printed
+  --config. flags make configs/ft.py:nli's blocks read them (every source checked)."""
+  import datasets
+
+  from starbucks_jax import config_blocks, config_lib
+  calls = []
+  monkeypatch.setattr(datasets, "load_dataset", fake_hub(calls))
+  root = str(tmp_path / "data")
+  fetch.main(["sts", "allnli", "--to", root])
+  assert {c[0] for c in calls} == {f"mteb/{n}-sts"
+                                   for n in fetch.STS_SUITE} | {"sentence-transformers/all-nli"}
+  out = capsys.readouterr().out
+  assert "(fetch stsb too)" in out
+  flags = dict(
+      line.split("with --config.", 1)[1].split(" ")[0].split("=", 1) for line in out.splitlines()
+      if "with --config." in line)
+  fetch.main(["stsb", "--to", root])
+  config = config_lib.load_config(f"{REPO}/configs/ft.py:nli")
+  with config.unlocked():
+    config.eval.sts, config.data.train = flags["eval.sts"], flags["data.train"]
+  sts = config_blocks.SentenceEval.from_config(config.eval)
+  sts.check()
+  assert [d for d, _, _ in sts.sts_sets] == ["stsb", *fetch.STS_SUITE]
+  rows = list(sources.read_rows(sts.sts_sets[-1][2], {"sentence1": str, "score": float}))
+  assert [r["score"] for r in rows] == [0.0, 1.5, 3.0]
+  train = list(sources.read_rows(config.data.train, {"anchor": str, "negative": str}))
+  assert train[0] == {"anchor": "train a0", "negative": "n0"}
+  assert json.load(open(f"{root}/allnli/MANIFEST.json"))["rows"]["dev_triplets.jsonl"] == 4
 
 
 def test_offline_fetch_and_mlm_text_alone_fail_in_one_line(tmp_path, monkeypatch):

@@ -6,7 +6,10 @@ NAME: stsb (STS Benchmark train/dev/test: sentence-transformers/stsb, scores put
 snli (SNLI dev/test pairs and the triplets derived from them: premise, an entailed hypothesis, a
 contradicted one; stanfordnlp/snli), scifact (BEIR SciFact: BeIR/scifact and BeIR/scifact-qrels,
 train and test qrels), mlm_text (one sentence a line, for SMAE pre-training: STS-B train's and SNLI
-dev/test's sentences; needs stsb and snli first) or all. DIR defaults to data_root(): the
+dev/test's sentences; needs stsb and snli first) or all (those: the CPU recipes' data). For the
+paper's recipes offline: sts (STS12-16 and SICK-R test, mteb/*-sts; with stsb, the seven STS sets)
+and allnli (AllNLI triplets train/dev/test, sentence-transformers/all-nli, 557,850 for training);
+each prints the `--config.` override that reads it. DIR defaults to data_root(): the
 STARBUCKS_DATA environment variable, else ~/.cache/starbucks_jax/data; the configs' CPU recipes
 read from there. Each folder gets MANIFEST.json (source, rows, SHA-256 of every file): a second
 fetch checks the files against it and downloads nothing when they match; a file that does not
@@ -149,11 +152,47 @@ def fetch_mlm_text(folder: str) -> dict[str, Any]:
   }
 
 
-# NAME -> (folder under the data root, writer)
+STS_SUITE = ("sts12", "sts13", "sts14", "sts15", "sts16", "sickr")  # beside STS-B: the paper's 7
+
+
+def fetch_sts(folder: str) -> dict[str, Any]:
+  rows = {}
+  for name in STS_SUITE:
+    rows[f"{name}_test.jsonl"] = _write_jsonl(
+        os.path.join(folder, f"{name}_test.jsonl"),
+        ({"sentence1": r["sentence1"], "sentence2": r["sentence2"], "score": float(r["score"])}
+         for r in _load(f"mteb/{name}-sts", split="test")))
+  return {"source": "hf:mteb/{sts12,sts13,sts14,sts15,sts16,sickr}-sts (test)", "rows": rows}
+
+
+def fetch_allnli(folder: str) -> dict[str, Any]:
+  rows = {}
+  for split in ("train", "dev", "test"):
+    rows[f"{split}_triplets.jsonl"] = _write_jsonl(
+        os.path.join(folder, f"{split}_triplets.jsonl"),
+        ({"anchor": r["anchor"], "positive": r["positive"], "negative": r["negative"]}
+         for r in _load("sentence-transformers/all-nli", "triplet", split=split)))
+  return {"source": "hf:sentence-transformers/all-nli (triplet)", "rows": rows}
+
+
+# NAME -> (folder under the data root, writer); `all`: the first four, the CPU recipes' data
 DATASETS: dict[str, tuple[str, Callable[[str], dict[str, Any]]]] = {
     "stsb": ("stsb", fetch_stsb), "snli": ("snli", fetch_snli),
-    "scifact": ("beir_scifact", fetch_scifact), "mlm_text": ("mlm_text", fetch_mlm_text)
+    "scifact": ("beir_scifact", fetch_scifact), "mlm_text": ("mlm_text", fetch_mlm_text),
+    "sts": ("sts", fetch_sts), "allnli": ("allnli", fetch_allnli)
 }
+CPU_RECIPES = ("stsb", "snli", "scifact", "mlm_text")
+
+
+def override(name: str, root: str) -> str:
+  """The `--config.` flag that points a paper recipe (configs/ft.py:nli, sts) at fetched data."""
+  if name == "sts":
+    sets = [f"stsb/test={root}/stsb/test.jsonl"
+           ] + [f"{n}/test={root}/sts/{n}_test.jsonl" for n in STS_SUITE]
+    return "--config.eval.sts=" + ",".join(sets)
+  if name == "allnli":
+    return f"--config.data.train={root}/allnli/train_triplets.jsonl"
+  return ""
 
 
 def sha256(path: str) -> str:
@@ -183,7 +222,8 @@ def verify(folder: str) -> bool:
 def fetch(name: str, root: str | None = None) -> str:
   """Write dataset `name` under `root` (default data_root()) unless it is there and verified."""
   if name not in DATASETS:
-    raise InputError(f"{name!r}: expected one of {', '.join(DATASETS)} or all")
+    raise InputError(f"{name!r}: expected one of {', '.join(DATASETS)} or all ("
+                     f"{', '.join(CPU_RECIPES)})")
   sub, writer = DATASETS[name]
   folder = os.path.join(os.path.abspath(os.path.expanduser(root or data_root())), sub)
   if verify(folder):
@@ -203,15 +243,21 @@ def fetch(name: str, root: str | None = None) -> str:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(prog="python -m starbucks_jax.data.fetch",
                               description=__doc__.split("\n")[0])
-  p.add_argument("names", nargs="+", help=f"{', '.join(DATASETS)} or all")
+  p.add_argument("names", nargs="+",
+                 help=f"{', '.join(DATASETS)} or all ({', '.join(CPU_RECIPES)})")
   p.add_argument(
       "--to", help="the data root (default: $STARBUCKS_DATA, else ~/.cache/starbucks_jax/"
       "data)")
   args = p.parse_args(argv)
-  names = list(DATASETS) if "all" in args.names else args.names
-  for name in names:
-    fetch(name, args.to)
+  names = [n for n in args.names if n != "all"]
+  if "all" in args.names:
+    names = [*CPU_RECIPES, *names]
   root = os.path.abspath(os.path.expanduser(args.to or data_root()))
+  for name in dict.fromkeys(names):
+    fetch(name, args.to)
+    if flag := override(name, root):
+      print(f"  the paper recipes read it with {flag}" +
+            ("" if name != "sts" or verify(os.path.join(root, "stsb")) else " (fetch stsb too)"))
   if root != data_root():
     print(f"the configs read {data_root()}: run them with STARBUCKS_DATA={root}")
 
