@@ -237,11 +237,9 @@ def hold_out(folder: str, out: str, *, queries: int, split: str = "train", dev: 
     if name not in (f"{split}.tsv", f"{dev}.tsv"):
       shutil.copyfile(os.path.join(folder, "qrels", name), os.path.join(out, "qrels", name))
   for name, keep in ((split, lambda q: q not in held), (dev, lambda q: q in held)):
-    lines = ["query-id\tcorpus-id\tscore"] + [
-        f"{q}\t{d}\t{rel}" for q, judged in qrels.items() if keep(q) for d, rel in judged.items()
-    ]
-    with open(os.path.join(out, "qrels", f"{name}.tsv"), "w") as f:
-      f.write("\n".join(lines) + "\n")
+    fetch.write_qrels(os.path.join(out, "qrels", f"{name}.tsv"),
+                      ((q, d, rel) for q, judged in qrels.items() if keep(q)
+                       for d, rel in judged.items()))
   return out
 
 

@@ -114,15 +114,20 @@ def fetch_scifact(folder: str) -> dict[str, Any]:
       "queries.jsonl": _write_jsonl(os.path.join(folder, "queries.jsonl"),
                                     ({"_id": str(r["_id"]), "text": r["text"]} for r in queries))
   }
-  os.makedirs(os.path.join(folder, "qrels"), exist_ok=True)
   for split in ("train", "test"):
-    qrels = _load("BeIR/scifact-qrels", split=split)
-    lines = ["query-id\tcorpus-id\tscore"
-            ] + [f"{r['query-id']}\t{r['corpus-id']}\t{int(r['score'])}" for r in qrels]
-    with open(os.path.join(folder, "qrels", f"{split}.tsv"), "w", encoding="utf8") as f:
-      f.write("\n".join(lines) + "\n")
-    rows[f"qrels/{split}.tsv"] = len(lines) - 1
+    rows[f"qrels/{split}.tsv"] = write_qrels(os.path.join(folder, "qrels", f"{split}.tsv"),
+                                             ((r["query-id"], r["corpus-id"], int(r["score"]))
+                                              for r in _load("BeIR/scifact-qrels", split=split)))
   return {"source": "hf:BeIR/scifact + hf:BeIR/scifact-qrels", "rows": rows}
+
+
+def write_qrels(path: str, judgements) -> int:
+  """BEIR's qrels TSV (header, then query-id, corpus-id, score a line) from (query, doc, score)."""
+  lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{score}" for q, d, score in judgements]
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w", encoding="utf8") as f:
+    f.write("\n".join(lines) + "\n")
+  return len(lines) - 1
 
 
 def fetch_mlm_text(folder: str) -> dict[str, Any]:
