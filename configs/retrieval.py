@@ -70,7 +70,9 @@ Variants:
             schedule, mean pooling
             and cosine as that model was trained: ~40 min on 2 CPU cores (experiments/recipes.md).
 
-Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate (as configs/ft.py);
+Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate|recommended
+(as configs/ft.py; recommended: the loss keys losses.RECOMMENDED over this recipe's, which already
+have the score KL);
 beir_dir=D (beir: local BEIR folders instead of the Hub).
 """
 
@@ -78,6 +80,7 @@ import os
 
 from starbucks_jax import config_lib, paper
 from starbucks_jax.data import fetch, sources
+from starbucks_jax.losses import RECOMMENDED
 from starbucks_jax.schedule import STARBUCKS
 
 # the CPU recipes' data: $STARBUCKS_DATA, else `python -m starbucks_jax.data.fetch`'s cache
@@ -123,6 +126,8 @@ def get_config(arg=None):
   c.loss.kl_detach = True  # the teacher's scores are a constant, as in the authors' retrieval code
   c.loss.kl_temperature = 1.0
   c.loss.reduction = "sum"
+  if arg.method == "recommended":
+    c.loss.update(RECOMMENDED)
   c.train.epochs = 3
   c.train.lr = 1e-4
   c.eval.sts = ""

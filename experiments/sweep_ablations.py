@@ -84,6 +84,9 @@ KEEP_FULL = {
     "scores + 1/n, tau 0.5": ("", RECOMMENDED + ("--config.loss.kl_temperature=0.5",)),
 }
 
+# the variant configs' method=recommended (losses.RECOMMENDED) rests on: tests/test_configs.py
+RECOMMENDED = "kl=scores (detached) + weights 1/n"
+
 # Switches that change how the step computes (issue 40's byte cuts), each run at every seed to show its
 # effect on results beside SRL's (not candidates for the selection below).
 SWITCHES = {

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from starbucks_jax import config_lib, finetune, model_dirs, schedule
+from starbucks_jax import config_lib, finetune, losses, model_dirs, schedule
 from starbucks_jax.config_blocks import SentenceEval
 
 from conftest import REPO, load_script
@@ -53,10 +53,13 @@ def test_2dmse_presets(method, weighting, detach, embedding_output):
   assert cfg.schedule.sample_embedding_output is embedding_output
 
 
-def test_recommended_preset_is_the_ablation_it_rests_on():
-  """method=starbucks_scores_1n sets what the ablation sweep's run of that variant overrode, and nothing else."""
-  _, overrides = load_script(
-      "experiments/sweep_ablations.py").VARIANTS["kl=scores (detached) + weights 1/n"]
+@pytest.mark.parametrize("method", ["starbucks_scores_1n", "recommended"])
+def test_recommended_preset_is_the_ablation_it_rests_on(method):
+  """method=starbucks_scores_1n sets what the ablation sweep's run of that variant overrode, and
+  nothing else; method=recommended what the sweep's RECOMMENDED variant overrode."""
+  sweep = load_script("experiments/sweep_ablations.py")
+  label = "kl=scores (detached) + weights 1/n" if method != "recommended" else sweep.RECOMMENDED
+  _, overrides = {**sweep.VARIANTS, **sweep.KEEP_FULL}[label]
   ft = str(REPO / "configs" / "ft.py")
   swept = config_lib.load_config(ft + ":sts_cpu")
   for override in overrides:
@@ -65,10 +68,19 @@ def test_recommended_preset_is_the_ablation_it_rests_on():
     with swept.unlocked():
       swept[section][field] = type(
           swept[section][field])(value == "True" if value in ("True", "False") else value)
-  preset = config_lib.load_config(ft + ":sts_cpu,method=starbucks_scores_1n")
+  preset = config_lib.load_config(ft + f":sts_cpu,method={method}")
   assert preset.to_dict() == swept.to_dict() != config_lib.load_config(ft + ":sts_cpu").to_dict()
-  assert (preset.schedule.method, preset.loss.kl, preset.loss.kl_detach, preset.loss.kl_temperature,
-          preset.loss.pair_weighting) == ("starbucks", "scores", True, 1.0, "inverse_layer")
+  assert (preset.schedule.method, preset.loss.kl, preset.loss.kl_detach) == ("starbucks", "scores",
+                                                                             True)
+
+
+def test_recommended_retrieval_is_the_recipe_with_the_recommended_loss():
+  path = str(REPO / "configs" / "retrieval.py")
+  base = config_lib.load_config(path + ":scifact").to_dict()
+  recommended = config_lib.load_config(path + ":scifact,method=recommended").to_dict()
+  assert recommended["loss"] == {**base["loss"], **losses.RECOMMENDED} != base["loss"]
+  assert {k: v for k, v in recommended.items()
+          if k != "loss"} == {k: v for k, v in base.items() if k != "loss"}
 
 
 def test_retrieval_recipe_evaluates_as_the_authors():
