@@ -184,14 +184,18 @@ def test_sweep_skips_done_runs_prints_commands_and_reports(tmp_path, capsys):
 def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   """experiments/sweep_ablations.py: seed 0 of every variant and SRL's seeds; once every seed 0 has
   finished, seeds 1 and 2 of the two variants with the best STS-B dev mean (not test). The switches
-  (SWITCHES: same function, other kernels) run at every seed from the start."""
+  (SWITCHES: same function, other kernels) and the MNRL comparison run at every seed from the
+  start; the keep-the-full-size variants (KEEP_FULL) pick their two extra seeds the same way."""
   sweep_ablations = load_script("experiments/sweep_ablations.py")
   root = str(tmp_path)
   first = sweep_ablations.runs(root, None)
   n_switches = 3 * len(sweep_ablations.SWITCHES)
-  assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches and len(
-      {r.name for r in first}) == len(first)
+  assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches + len(
+      sweep_ablations.KEEP_FULL) + 6 and len({r.name for r in first}) == len(first)
   assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
+  mnrl = [r for r in first if r.name.startswith("ablations_nli/")]
+  assert {r.label for r in mnrl} == {"SRL", sweep_ablations.RECOMMENDED}
+  assert {r.config for r in mnrl} == {"configs/ft.py:nli_cpu"}
   others = [label for label in sweep_ablations.VARIANTS if label != "SRL"]
   for i, label in enumerate(others):  # dev ranks the last two best; test ranks the first two best
     workdir = sweep_ablations.run(label, 0).workdir(root)
@@ -204,11 +208,21 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
     results.write(
         sweep_ablations.run(label, 0).workdir(root), "final",
         [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.99)])
-  extra = sweep_ablations.runs(root, None)[len(first):]
+  names = {r.name for r in first}
+  extra = [r for r in sweep_ablations.runs(root, None) if r.name not in names]
   assert [(r.label, r.overrides[1]) for r in extra] == [(others[-1], "--config.seed=1"),
                                                         (others[-1], "--config.seed=2"),
                                                         (others[-2], "--config.seed=1"),
                                                         (others[-2], "--config.seed=2")]
+  keep = list(sweep_ablations.KEEP_FULL)
+  for i, label in enumerate(keep):  # dev ranks the first two best
+    results.write(
+        sweep_ablations.run(label, 0).workdir(root), "final",
+        [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.9 - i / 100)])
+  names |= {r.name for r in extra}
+  extra = [r for r in sweep_ablations.runs(root, None) if r.name not in names]
+  assert {(r.label, r.overrides[1]) for r in extra} == {(label, f"--config.seed={s}")
+                                                        for label in keep[:2] for s in (1, 2)}
 
 
 def test_tpu_sweep_tables_advice_and_comparison(tmp_path):
