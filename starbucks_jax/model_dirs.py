@@ -372,9 +372,9 @@ def save_pretrained(out_dir: str, config: EncoderConfig, params: dict[str, Any],
   _write_json(os.path.join(out_dir, "config.json"), hf_config.config_to_hf(sub_config, with_head))
   tokenizer.save_pretrained(out_dir)
 
-  # BERT and (XLM-)RoBERTa models have a pooler in HF, unused by sentence embeddings
-  pooler_absent = (isinstance(config, encoders.BertConfig) and "pooler" not in sub_params and
-                   not with_head)
+  # BERT and (XLM-)RoBERTa models have a pooler in HF, unused by sentence embeddings (and absent
+  # from the *ForMaskedLM classes: an MLM-head export is built without one too)
+  pooler_absent = isinstance(config, encoders.BertConfig) and "pooler" not in sub_params
   modules = _write_sentence_modules(out_dir, config.hidden_size, d, sentence,
                                     pooler_absent=pooler_absent)
   _write_json(os.path.join(out_dir, "modules.json"), modules)

@@ -101,6 +101,11 @@ def test_export_round_trips_through_transformers_and_sentence_transformers(rober
   ids = torch.tensor(enc["input_ids"])
   with torch.no_grad():
     np.testing.assert_allclose(b(ids).logits.numpy(), a(ids).logits.numpy(), rtol=1e-5, atol=1e-4)
+  # as a sentence model: built without the pooler the MLM class lacks (none randomly initialised)
+  with_head = SentenceTransformer(again, device="cpu")
+  assert with_head[0].auto_model.pooler is None
+  np.testing.assert_allclose(with_head.encode(SENTENCES),
+                             embed.Embedder.load(again).encode(SENTENCES), rtol=1e-4, atol=1e-5)
 
 
 def test_the_registry_names_what_it_supports():
