@@ -43,7 +43,7 @@ as the authors, or train at d).
                and pair weights 1/n (mean 1): the recipe experiments/ablations.md recommends (the
                best STS-B dev mean of 14 variants on sts_cpu; measured on STS-B/CoSENT at CPU
                scale only; its figures: experiments/recipes.md).
-    recommended  whatever experiments/ablations.md recommends (losses.RECOMMENDED, chosen on dev
+    recommended  whatever experiments/ablations.md recommends (config_blocks.RECOMMENDED_LOSS, chosen on dev
                sets only); today starbucks_scores_1n's keys. The paper recipes keep SRL as their
                default until the evidence covers their objective (MNRL, retrieval: issue 47).
 The two 2DMSE presets are
@@ -62,9 +62,8 @@ checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 """
 
 from starbucks_jax import config_lib
-from starbucks_jax.config_blocks import FinetuneConfig
+from starbucks_jax.config_blocks import RECOMMENDED_LOSS, FinetuneConfig
 from starbucks_jax.data import fetch
-from starbucks_jax.losses import RECOMMENDED
 from starbucks_jax.schedule import METHODS, STARBUCKS
 
 PAPER_STS_EVAL = ",".join([
@@ -138,7 +137,7 @@ def get_config(arg=None):
     c.loss.kl, c.loss.kl_detach, c.loss.kl_temperature = "scores", True, 1.0
     c.loss.pair_weighting = "inverse_layer"
   if arg.method == "recommended":
-    c.loss.update(RECOMMENDED)
+    c.loss.update(RECOMMENDED_LOSS)
   if arg.eval:
     c.mode = "eval"
     c.eval.sts = "demo/test=demo:sts_test.jsonl"

@@ -71,7 +71,7 @@ Variants:
             and cosine as that model was trained: ~40 min on 2 CPU cores (experiments/recipes.md).
 
 Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate|recommended
-(as configs/ft.py; recommended: the loss keys losses.RECOMMENDED over this recipe's, which already
+(as configs/ft.py; recommended: the loss keys config_blocks.RECOMMENDED_LOSS over this recipe's, which already
 have the score KL);
 beir_dir=D (beir: local BEIR folders instead of the Hub).
 """
@@ -79,8 +79,8 @@ beir_dir=D (beir: local BEIR folders instead of the Hub).
 import os
 
 from starbucks_jax import config_lib, paper
+from starbucks_jax.config_blocks import RECOMMENDED_LOSS
 from starbucks_jax.data import fetch, sources
-from starbucks_jax.losses import RECOMMENDED
 from starbucks_jax.schedule import STARBUCKS
 
 # the CPU recipes' data: $STARBUCKS_DATA, else `python -m starbucks_jax.data.fetch`'s cache
@@ -127,7 +127,7 @@ def get_config(arg=None):
   c.loss.kl_temperature = 1.0
   c.loss.reduction = "sum"
   if arg.method == "recommended":
-    c.loss.update(RECOMMENDED)
+    c.loss.update(RECOMMENDED_LOSS)
   c.train.epochs = 3
   c.train.lr = 1e-4
   c.eval.sts = ""

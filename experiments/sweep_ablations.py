@@ -76,17 +76,17 @@ VARIANTS = {
 # (6,384) trails SRL's by 0.003 on STS-B dev: its full pair's task weight is 1/n's 0.41 (0.5 cost
 # 0.008 above), and tau (the score KL's temperature) was never swept. Seed 0 of each, then seeds 1
 # and 2 of the two best by STS-B dev mean.
-RECOMMENDED = ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
-               "--config.loss.pair_weighting=inverse_layer")
+SCORES_1N = ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
+             "--config.loss.pair_weighting=inverse_layer")
 KEEP_FULL = {
     # 1/n scaled to mean 1 gives the full pair 1 / sum(1/n) = 1/2.45 for six pairs: x2.45 = 1
     "scores + 1/n, full pair at 1":
-        ("", RECOMMENDED + ("--config.loss.kl_temperature=1.0", "--config.loss.full_weight=2.45")),
-    "scores + 1/n, tau 2": ("", RECOMMENDED + ("--config.loss.kl_temperature=2.0",)),
-    "scores + 1/n, tau 0.5": ("", RECOMMENDED + ("--config.loss.kl_temperature=0.5",)),
+        ("", SCORES_1N + ("--config.loss.kl_temperature=1.0", "--config.loss.full_weight=2.45")),
+    "scores + 1/n, tau 2": ("", SCORES_1N + ("--config.loss.kl_temperature=2.0",)),
+    "scores + 1/n, tau 0.5": ("", SCORES_1N + ("--config.loss.kl_temperature=0.5",)),
 }
 
-# the variant configs' method=recommended (losses.RECOMMENDED) rests on: tests/test_configs.py
+# the variant method=recommended (config_blocks.RECOMMENDED_LOSS) rests on (tests/test_configs.py)
 RECOMMENDED = "kl=scores (detached) + weights 1/n"
 
 # Issue 47 item 2: the recommended recipe against SRL on MNRL (configs/ft.py:nli_cpu: 3,172 SNLI

@@ -288,6 +288,13 @@ class SentenceEval(Block):
           "index there)")
 
 
+# method=recommended (configs/ft.py, configs/retrieval.py): the loss keys of the recipe the ablations
+# recommend over the paper's SRL (experiments/ablations.md has the evidence and its limits)
+RECOMMENDED_LOSS = {
+    "kl": "scores", "kl_detach": True, "kl_temperature": 1.0, "pair_weighting": "inverse_layer"
+}
+
+
 @frozen
 class FinetuneConfig(Block):
   """A fine-tuning config, typed (finetune.describe reads it)."""

@@ -45,11 +45,6 @@ KL_METHODS = ("starbucks", "grid", "starbucks_mrl")  # fixed plans with a KL to 
 LAYER_WEIGHTINGS = ("uniform", "linear", "log")  # sentence-transformers' AdaptiveLayerLoss names
 TEACHERS = ("self", "frozen")
 PAIR_WEIGHTINGS = ("uniform", "inverse_layer", "log_layer", "inverse_loss")  # see pair_task_weights
-# method=recommended (configs/ft.py, configs/retrieval.py): the loss keys of the recipe the ablations
-# recommend over the paper's SRL (experiments/ablations.md has the evidence and its limits)
-RECOMMENDED = {
-    "kl": "scores", "kl_detach": True, "kl_temperature": 1.0, "pair_weighting": "inverse_layer"
-}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from starbucks_jax import config_lib, finetune, losses, model_dirs, schedule
+from starbucks_jax import config_blocks, config_lib, finetune, model_dirs, schedule
 from starbucks_jax.config_blocks import SentenceEval
 
 from conftest import REPO, load_script
@@ -78,7 +78,7 @@ def test_recommended_retrieval_is_the_recipe_with_the_recommended_loss():
   path = str(REPO / "configs" / "retrieval.py")
   base = config_lib.load_config(path + ":scifact").to_dict()
   recommended = config_lib.load_config(path + ":scifact,method=recommended").to_dict()
-  assert recommended["loss"] == {**base["loss"], **losses.RECOMMENDED} != base["loss"]
+  assert recommended["loss"] == {**base["loss"], **config_blocks.RECOMMENDED_LOSS} != base["loss"]
   assert {k: v for k, v in recommended.items()
           if k != "loss"} == {k: v for k, v in base.items() if k != "loss"}
 
