@@ -71,8 +71,8 @@ Variants:
             and cosine as that model was trained: ~40 min on 2 CPU cores (experiments/recipes.md).
 
 Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate|recommended
-(as configs/ft.py; recommended: the loss keys config_blocks.RECOMMENDED_LOSS over this recipe's, which already
-have the score KL);
+(as configs/ft.py; recommended: the loss keys config_blocks.RECOMMENDED_LOSS over this recipe's,
+which already have the score KL);
 beir_dir=D (beir: local BEIR folders instead of the Hub).
 """
 
