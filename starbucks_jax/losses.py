@@ -15,8 +15,8 @@ sub-model's embeddings are `pooled[..., :d]`; each pair's scores are its own `q[
   there (the authors' STS code; teacher not detached).
 - KL 'tempered_features': the same over softmax(e / 0.3), times 0.3 (sentence-transformers'
   AdaptiveLayerLoss, every version; its teacher is detached since the fix of its issue #3757).
-- `kl_detach`: stop the teacher's gradient through the KL (any kind).
-- reduction R: 'sum' over pairs (the code) or 'mean' (the paper's 1/|S|).
+- `kl_detach`: stop the teacher's gradient through the KL (any kind); `kl_max_layer` > 0: the KL
+  only for pairs of at most that many layers. Reduction R: 'sum' over pairs or 'mean' (1/|S|).
 - teacher 'frozen': the KL's teacher is the starting model's (N, D) vectors, (N, D) then has a KL too.
 - w[n,d]: 1, or `pair_weights`, or a named `pair_weighting` (mean 1), times `full_weight` at (N, D).
 
@@ -61,6 +61,7 @@ class LossConfig(Block):
   # stop the teacher's gradient through the KL (the paper's retrieval code: True)
   kl_detach: bool = False
   kl_weight: float = 1.0  # beta
+  kl_max_layer: int = 0  # > 0: the KL only for pairs (n, d) with n <= this (fixed schedules)
   kl_temperature: float = 0.3  # features: multiplier on the KL; scores: softmax temperature tau
   reduction: str = "sum"  # over pairs: 'sum' (the authors' code) | 'mean' (the paper's 1/|S|)
   pair_weights: tuple[float, ...] = ()  # one weight per pair on its task loss; () = all 1
@@ -85,6 +86,7 @@ class LossConfig(Block):
     check_range("loss.scale", self.scale, 0, low_open=True)
     check_range("loss.temperature", self.temperature, 0, low_open=True)
     check_range("loss.kl_weight", self.kl_weight, 0)
+    check_range("loss.kl_max_layer", self.kl_max_layer, 0)
     check_range("loss.kl_temperature", self.kl_temperature, 0, low_open=True)
     check_choice("loss.pair_weighting", self.pair_weighting, PAIR_WEIGHTINGS)
     check_range("loss.full_weight", self.full_weight, 0)
@@ -121,9 +123,11 @@ class LossConfig(Block):
     if sampled and self.cross_depth_weight:
       raise ConfigError(f"loss.cross_depth_weight adds terms to a fixed schedule's pairs; "
                         f"schedule.method={method!r} samples its own")
-    if sampled and (self.pair_weighting != "uniform" or self.full_weight != 1.0):
-      raise ConfigError(f"loss.pair_weighting and loss.full_weight weigh a fixed schedule's pairs; "
-                        f"schedule.method={method!r} samples its own (see loss.layer_weighting)")
+    if sampled and (self.pair_weighting != "uniform" or self.full_weight != 1.0 or
+                    self.kl_max_layer):
+      raise ConfigError(
+          "loss.pair_weighting, full_weight and kl_max_layer set a fixed schedule's pairs; "
+          f"schedule.method={method!r} samples its own (see loss.layer_weighting)")
 
 
 def truncate_normalise(x, d: int | None = None, eps: float = 1e-12):
@@ -174,10 +178,6 @@ def queries_and_candidates(pooled):
   return q, pooled[1:].reshape(-1, pooled.shape[-1]), jnp.arange(pooled.shape[1])
 
 
-def pooled_dim(pooled) -> int:
-  return (pooled[0] if isinstance(pooled, tuple) else pooled).shape[-1]
-
-
 def task_logits(pooled, d: int, cfg: LossConfig):
   """Contrastive logits [B, C] of one sub-model: every query against every candidate of the batch."""
   q, cands, _ = queries_and_candidates(pooled)
@@ -206,7 +206,7 @@ def _teacher(x, cfg: LossConfig):
 
 def kl_scores(teacher_pooled, student_pooled, d: int, cfg: LossConfig):
   """KL of the score distributions of (N, D) and (n, d), both over tau."""
-  t = _teacher(pair_logits(teacher_pooled, pooled_dim(teacher_pooled), cfg), cfg)
+  t = _teacher(pair_logits(teacher_pooled, teacher_pooled[0].shape[-1], cfg), cfg)
   s = pair_logits(student_pooled, d, cfg)
   return kl_divergence(t / cfg.kl_temperature, s / cfg.kl_temperature)
 
@@ -285,7 +285,8 @@ def srl_loss(pooled_by_layer: dict[int, Any], pairs: Sequence[tuple[int, int]],
     if cfg.pair_weighting == "inverse_loss":
       metrics[f"weight/{n}_{d}"] = w
     total = total + w * task
-    if use_kl and cfg.kl != "none" and (not own or (n, d) != (n_full, d_full)):
+    if (use_kl and cfg.kl != "none" and (not own or (n, d) != (n_full, d_full)) and
+        (not cfg.kl_max_layer or n <= cfg.kl_max_layer)):
       kl = kl_term(teacher, pooled_by_layer[n], d, cfg)
       metrics[f"kl/{n}_{d}"] = kl
       total = total + cfg.kl_weight * kl
@@ -342,7 +343,7 @@ def plan_loss(plan: schedule.Plan, pooled_by_layer: dict[int, Any], cfg: LossCon
     raise ValueError(f"a frozen teacher is for fixed plans; {plan.method!r} samples")
   draw = schedule.sample(plan, rng)
   teacher = pooled_by_layer[plan.teacher[0]]
-  D = pooled_dim(teacher)
+  D = teacher[0].shape[-1]  # roles [R, B, D] or groups (queries, passages)
   student = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[draw["layer"]],
                                    *[pooled_by_layer[n] for n in plan.sample_layers])
   layer = jnp.asarray(plan.sample_layers)[draw["layer"]]

@@ -235,6 +235,29 @@ def test_a_frozen_teacher_is_the_kl_teacher_of_every_pair(pooled, kl):
   assert not np.asarray(g).any()
 
 
+@pytest.mark.parametrize("kl", ["features", "scores"])
+def test_kl_max_layer_keeps_the_kl_of_the_shallow_pairs_only(pooled, kl):
+  """kl_max_layer=2 over PAIRS (layers 1, 2, 3): L = the three task terms + beta * the KL of the
+  pairs of 1 and 2 layers, each KL by hand (kl_term of the teacher (3, 12) and the pair)."""
+  cfg = losses.LossConfig(kl=kl, kl_weight=0.5, kl_max_layer=2, kl_temperature=1.0)
+  with jax.enable_x64(True):
+    got, m = losses.srl_loss(_jax(pooled), PAIRS, FULL, cfg)
+    kls = [
+        float(losses.kl_term(jnp.asarray(pooled[3]), jnp.asarray(pooled[n]), d, cfg))
+        for n, d in PAIRS[:2]
+    ]
+  assert {k for k in m if k.startswith("kl/")} == {f"kl/{n}_{d}" for n, d in PAIRS[:2]}
+  tasks = [float(m[f"task/{n}_{d}"]) for n, d in PAIRS]
+  assert float(got) == pytest.approx(sum(tasks) + 0.5 * sum(kls), rel=1e-9)
+  with jax.enable_x64(True):
+    everything, _ = losses.srl_loss(_jax(pooled), PAIRS, FULL,
+                                    dataclasses.replace(cfg, kl_max_layer=3))
+    _, all_kls = losses.srl_loss(_jax(pooled), PAIRS, FULL,
+                                 dataclasses.replace(cfg, kl_max_layer=0))
+  assert float(everything) == pytest.approx(
+      sum(tasks) + 0.5 * sum(float(v) for k, v in all_kls.items() if k.startswith("kl/")), rel=1e-9)
+
+
 def test_inverse_loss_weights_carry_no_gradient(pooled):
   """The gradient of w_i * L_i is w_i * dL_i: the weight is a constant of the step."""
   cfg = losses.LossConfig(kl="none", pair_weighting="inverse_loss")
@@ -257,6 +280,8 @@ def test_inverse_loss_weights_carry_no_gradient(pooled):
      (dict(pair_weights=(1.0, 2.0, 3.0)), "grid", "use loss.pair_weighting"),
      (dict(pair_weighting="inverse_layer"), "2dmse", "samples its own"),
      (dict(full_weight=0.5), "2dmse_retrieval", "samples its own"),
+     (dict(kl_max_layer=2), "2dmse", "samples its own"),
+     (dict(kl_max_layer=-1), "starbucks", "loss.kl_max_layer"),
      (dict(teacher="teacher"), "starbucks", "loss.teacher='teacher'"),
      (dict(teacher="frozen"), "mrl", "this run has method='mrl'"),
      (dict(teacher="frozen", kl="none"), "starbucks", "kl='none'")])
