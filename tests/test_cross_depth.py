@@ -188,3 +188,42 @@ def test_quantized_first_stages_equal_a_numpy_search(tiny_hf_dir, tmp_path):
   assert cost.index_bytes(search.parse_funnel("2x16i8:20,2x16:5")) == 16 + 4 * 16
   with pytest.raises(InputError, match="only the first stage searches quantized"):
     search.parse_funnel("2x16:20,4x32b:5")
+
+
+def test_seed_table_of_shallow_queries_against_deep_passages(tmp_path, capsys):
+  """`python -m starbucks_jax.evaluate.cross_depth`: per label, the cells (n_q -> deepest layer, at
+  the widest dim) averaged over its runs with their sample sd, and the differences from a baseline;
+  other passage depths and dims left out."""
+  def run(name, values):
+    folder = tmp_path / name / "cross_depth"
+    folder.mkdir(parents=True)
+    rows = [{
+        "dataset": "c", "split": "test", "metric": "nDCG@10", "layer": n_doc, "dim": d,
+        "query_layer": q, "value": values[q - 1] if (n_doc, d) == (2, 8) else 0.99
+    } for q in (1, 2) for n_doc in (1, 2) for d in (4, 8) if q <= n_doc]
+    (folder / "c_test.json").write_text(json.dumps(rows))
+    return str(tmp_path / name)
+
+  a0, a1, b0 = run("a0", [0.2, 0.6]), run("a1", [0.4, 0.8]), run("b0", [0.1, 0.9])
+  out = tmp_path / "table"
+  cross_depth.main([
+      "--workdir", a0, "--label", "A", "--workdir", a1, "--label", "A", "--workdir", b0, "--label",
+      "B", "--collection", "c", "--split", "test", "--out",
+      str(out), "--baseline", "A"
+  ])
+  text = (out / "table.md").read_text()
+  sd = float(np.std([0.2, 0.4], ddof=1))
+  assert f"| A | **0.3000** ± {sd:.4f} (2) | 0.7000 ± {sd:.4f} (2) |" in text
+  assert "| B | 0.1000 | **0.9000** |" in text and "(1,8) | (2,8)" in text
+  assert "| B | -0.2000 | +0.2000 |" in text  # within 2 sd of A's: unmarked
+  assert "0.99" not in text and text in capsys.readouterr().out
+  with pytest.raises(FileNotFoundError, match="no cross-depth cells"):
+    cross_depth.main(
+        ["--workdir",
+         str(tmp_path), "--collection", "c", "--split", "test", "--out",
+         str(out)])
+  with pytest.raises(InputError, match="--baseline 'C': not one of the labels"):
+    cross_depth.main([
+        "--workdir", a0, "--collection", "c", "--split", "test", "--out",
+        str(out), "--baseline", "C"
+    ])

@@ -7,10 +7,17 @@ index (every layer of the schedule stored at the largest dim) with the queries' 
 early-exit pass. Written per collection to WORKDIR/cross_depth/ (apart from results/, whose records
 are one per size): NAME_SPLIT.json (records with `query_layer`, and the query encoder's FLOPs per
 cell), NAME_SPLIT.md (rows n_q, columns n_doc, a block per metric and dim) and a heat-map per metric.
+
+    python -m starbucks_jax.evaluate.cross_depth --workdir W [--label L] [...] --collection NAME
+        --split SPLIT --out DIR [--dim D] [--metric nDCG@10] [--baseline L]
+
+tables the cells of shallow queries against the deepest passages over runs (a label's runs are
+seeds: mean ± sd), as report.write does sizes: table.md (columns (n_q, d)), sizes.png.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -18,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from starbucks_jax import schedule
+from starbucks_jax import cli, schedule
 from starbucks_jax import workdir as workdir_lib
+from starbucks_jax.config_lib import InputError
 from starbucks_jax.evaluate import cost, results, search
 from starbucks_jax.evaluate import index as index_lib
 
@@ -131,3 +139,53 @@ def write(workdir: str, records: list[dict[str, Any]], *, plot: bool = True) -> 
       plots.plot_grids(grids, f"{base}_{re.sub(r'[^A-Za-z0-9]+', '_', metric)}.png", metric,
                        xlabel="passage layers", ylabel="query layers")
   return base + ".json"
+
+
+def deep_passage_records(workdirs, labels, collection: str, split: str,
+                         dim: int | None = None) -> list[dict[str, Any]]:
+  """Each run's cells of queries through n_q layers against its deepest passages (at `dim`, default
+  the largest), as report records whose (layer, dim) is the query's (n_q, d), with run and label."""
+  out = []
+  for workdir, label in zip(workdirs, labels):
+    path = os.path.join(workdir, workdir_lib.CROSS_DEPTH, f"{collection}_{split}.json")
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: no cross-depth cells (a run with "
+                              "eval.retrieval_cross_depth=True writes them)")
+    rows = [r for r in json.load(open(path)) if r["value"] is not None]
+    deepest, widest = max(r["layer"] for r in rows), max(r["dim"] for r in rows)
+    out += [{**r, "layer": r["query_layer"], "run": workdir, "label": label} for r in rows
+            if r["layer"] == deepest and r["dim"] == (dim or widest)]
+  return out
+
+
+def main(argv: list[str] | None = None) -> None:
+  p = argparse.ArgumentParser(
+      prog="python -m starbucks_jax.evaluate.cross_depth",
+      description="Shallow queries against the deepest passages, per run "
+      "label (seeds averaged)")
+  p.add_argument("--workdir", action="append", required=True, help="a run's workdir (repeatable)")
+  p.add_argument("--label", action="append", help="a name per --workdir (default: the folder name)")
+  p.add_argument("--collection", required=True, help="the eval.retrieval name, e.g. scifact")
+  p.add_argument("--split", required=True)
+  p.add_argument("--metric", default="nDCG@10")
+  p.add_argument("--dim", type=int, help="default: the largest")
+  p.add_argument("--baseline", help="a label: adds the differences from it")
+  p.add_argument("--out", required=True, help="folder for table.md and sizes.png")
+  args = p.parse_args(argv)
+  labels = args.label or [os.path.basename(os.path.normpath(w)) for w in args.workdir]
+  if len(labels) != len(args.workdir):
+    raise InputError(f"--label: {len(labels)} labels for {len(args.workdir)} --workdir")
+  records = deep_passage_records(args.workdir, labels, args.collection, args.split, args.dim)
+  if args.baseline and args.baseline not in labels:
+    raise InputError(f"--baseline {args.baseline!r}: not one of the labels {sorted(set(labels))}")
+  from starbucks_jax import report
+  d = records[0]["dim"]
+  files = report.write(
+      records, args.out, dataset=args.collection, metric=args.metric, split=args.split,
+      baseline=args.baseline, title=f"Queries through n_q layers against the deepest passages at "
+      f"dim {d}: {args.collection} {args.split} {args.metric} (columns: (n_q, {d}))")
+  print(open(files["table"]).read())
+
+
+if __name__ == "__main__":
+  cli.run(main)
