@@ -85,6 +85,9 @@ KEEP_FULL = {
         ("", SCORES_1N + ("--config.loss.kl_temperature=1.0", "--config.loss.full_weight=2.45")),
     "scores + 1/n, tau 2": ("", SCORES_1N + ("--config.loss.kl_temperature=2.0",)),
     "scores + 1/n, tau 0.5": ("", SCORES_1N + ("--config.loss.kl_temperature=0.5",)),
+    # after seed 0 of the above: tau 0.5 had the best mean, the full pair at 1 the best (6,384)
+    "scores + 1/n, tau 0.5, full pair at 1":
+        ("", SCORES_1N + ("--config.loss.kl_temperature=0.5", "--config.loss.full_weight=2.45")),
     # the KL gains at (1,16)..(3,64); without it at (4,128), (5,256): less pull on shared layers
     "scores + 1/n, KL to 3 layers":
         ("", SCORES_1N + ("--config.loss.kl_temperature=1.0", "--config.loss.kl_max_layer=3")),
