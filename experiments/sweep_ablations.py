@@ -23,8 +23,8 @@ session's checkout, whose workdirs are gone, skips those runs and reports from t
 - switches of how the step computes, at seeds 0, 1, 2 beside SRL: fused attention, which has no
   dropout on the attention probabilities (model.attention);
 - keeping the full size under the recommended recipe (issue 47): the full pair's weight held at 1,
-  the score KL's temperature 2 and 0.5, the KL for the pairs of 1-3 layers only; the two best by
-  dev mean at seeds 1 and 2;
+  the score KL's temperature 2 and 0.5 (and 0.5 with the full pair at 1), the KL for the pairs of
+  1-3 layers only; the two best by dev mean at seeds 1 and 2;
 - the recommended recipe against SRL on MNRL (configs/ft.py:nli_cpu), seeds 0-2 (ablations_nli/;
   retrieval's: experiments/sweep_cpu.py's cross_depth_scifact/recommended_*).
 """
