@@ -94,7 +94,7 @@ KEEP_FULL = {
 }
 
 # the variant method=recommended (config_blocks.RECOMMENDED_LOSS) rests on (tests/test_configs.py)
-RECOMMENDED = "kl=scores (detached) + weights 1/n"
+RECOMMENDED = "scores + 1/n, tau 0.5, full pair at 1"
 
 # Issue 47 item 2: the recommended recipe against SRL on MNRL (configs/ft.py:nli_cpu: 3,172 SNLI
 # triplets, batch 32, 99 steps; its feature KL replaced by the variant's keys), seeds 0-2
