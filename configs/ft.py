@@ -44,9 +44,9 @@ as the authors, or train at d).
                best STS-B dev mean of 14 variants on sts_cpu; measured on STS-B/CoSENT at CPU
                scale only; its figures: experiments/recipes.md).
     recommended  what experiments/ablations.md recommends (config_blocks.RECOMMENDED_LOSS, chosen
-               on STS-B dev only): starbucks_scores_1n at tau 0.5 with the full pair's task weight
-               held at 1, which keeps (6,384) at SRL's and the small sizes' gains (3 seeds). The
-               paper recipes keep SRL as their default until the evidence covers their objective.
+               on dev sets only): starbucks_scores_1n's keys, which beat SRL at the small sizes on
+               CoSENT (sts_cpu) and MNRL (nli_cpu), 3 seeds each, the full size within the spread.
+               The paper recipes keep SRL as their default (the evidence is CPU scale).
 The two 2DMSE presets are
 sentence-transformers' Matryoshka2dLoss in two versions (the last layer and one sampled earlier
 hidden state, one sampled dim per call; KL over softmax(e / 0.3) x 0.3):

@@ -289,12 +289,10 @@ class SentenceEval(Block):
 
 
 # method=recommended (configs/ft.py, configs/retrieval.py): the loss keys of the recipe the ablations
-# recommend over the paper's SRL (experiments/ablations.md has the evidence and its limits): the
-# score KL (detached, tau 0.5), pair weights 1/n, the full pair's weight held at 1 (x2.45 = the sum
-# of 1/n over six evenly spaced layers, which 1/n's scaling to mean 1 divides it by)
+# recommend over the paper's SRL on CoSENT and MNRL alike (experiments/ablations.md has the evidence
+# and its limits): the score KL (detached, tau 1) and pair weights 1/n, starbucks_scores_1n's
 RECOMMENDED_LOSS = {
-    "kl": "scores", "kl_detach": True, "kl_temperature": 0.5, "pair_weighting": "inverse_layer",
-    "full_weight": 2.45
+    "kl": "scores", "kl_detach": True, "kl_temperature": 1.0, "pair_weighting": "inverse_layer"
 }
 
 

@@ -191,10 +191,11 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   first = sweep_ablations.runs(root, None)
   n_switches = 3 * len(sweep_ablations.SWITCHES)
   assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches + len(
-      sweep_ablations.KEEP_FULL) + 6 and len({r.name for r in first}) == len(first)
+      sweep_ablations.KEEP_FULL) + 3 * len(sweep_ablations.MNRL_LABELS) and len(
+          {r.name for r in first}) == len(first)
   assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
   mnrl = [r for r in first if r.name.startswith("ablations_nli/")]
-  assert {r.label for r in mnrl} == {"SRL", sweep_ablations.RECOMMENDED}
+  assert {r.label for r in mnrl} >= {"SRL", sweep_ablations.RECOMMENDED}
   assert {r.config for r in mnrl} == {"configs/ft.py:nli_cpu"}
   others = [label for label in sweep_ablations.VARIANTS if label != "SRL"]
   for i, label in enumerate(others):  # dev ranks the last two best; test ranks the first two best
