@@ -14,9 +14,10 @@ Variants:
             model.precision=amp, in bf16; experiments/precision.md). Evaluated on STS-B test, STS12-16 and
             SICK-R (hf:mteb/*). Needs the Hub (model and data) or local copies (`python -m
             starbucks_jax.data.fetch stsb sts allnli` prints the flags that read them), and a TPU
-            or GPU: the epoch in >= 74 s on a v5e-8, >= 1.9 min on one H200 with model.attention=cudnn
-            (compiled bounds; memory and settings per chip: experiments/recipes.md). Paper (Table
-            A1, BERT + SRL): STS average Spearman 0.7682 over the six sizes; with SMAE 0.7837.
+            or GPU: the epoch in >= 74 s on a v5e-8, >= 1.9 min on one H200 with
+            model.attention=cudnn (compiled bounds; memory and settings per chip:
+            experiments/recipes.md). Paper (Table A1, BERT + SRL): STS average Spearman 0.7682
+            over the six sizes; with SMAE 0.7837.
   sts       The authors' "low" recipe: STS-B train (5,749 pairs), CoSENT x20, batch 16, 4 epochs,
             otherwise as nli. One chip: the 1,436 steps in >= 16 s on a v5e-1 (compiled; more
             chips do not pay: experiments/recipes.md).

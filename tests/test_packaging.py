@@ -1,5 +1,5 @@
 """The package as users install it: every subpackage in pyproject's list, a wheel that carries
-configs/ (so `--config=configs/...` works without a clone) and config files found from any folder."""
+configs/ (so `--config=configs/...` works without a clone), config files found from any folder."""
 
 import os
 import subprocess
