@@ -64,7 +64,7 @@ checkpoints under WORKDIR/checkpoints, and WORKDIR/results/<name>.json.
 """
 
 from starbucks_jax import config_lib
-from starbucks_jax.config_blocks import RECOMMENDED_LOSS, FinetuneConfig
+from starbucks_jax.config_blocks import RECOMMENDED_LOSS, SCORES_1N_LOSS, FinetuneConfig
 from starbucks_jax.data import fetch
 from starbucks_jax.schedule import METHODS, STARBUCKS
 
@@ -135,9 +135,8 @@ def get_config(arg=None):
     c.loss.kl = "tempered_features"
     c.loss.layer_weighting = "linear" if arg.method == "2dmse" else "uniform"
     c.loss.kl_detach = arg.method == "2dmse_st6"
-  if arg.method == "starbucks_scores_1n":  # the ablations' recommended recipe (docstring)
-    c.loss.kl, c.loss.kl_detach, c.loss.kl_temperature = "scores", True, 1.0
-    c.loss.pair_weighting = "inverse_layer"
+  if arg.method == "starbucks_scores_1n":  # the ablations' first recommended recipe (docstring)
+    c.loss.update(SCORES_1N_LOSS)
   if arg.method == "recommended":
     c.loss.update(RECOMMENDED_LOSS)
   if arg.eval:

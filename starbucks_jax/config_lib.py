@@ -71,13 +71,12 @@ def config_file(path: str) -> str:
   """A config file's path as given, or, for a relative `configs/...` not found from here, the
   repository's (a clone run from another folder) or the installed package's (wheels carry configs/
   as starbucks_jax/configs); a path found nowhere comes back as given."""
-  if os.path.exists(path) or os.path.isabs(path):
+  if (os.path.exists(path) or os.path.isabs(path) or
+      os.path.normpath(path).split(os.sep)[0] != "configs"):
     return path
   for root in (os.path.dirname(_PACKAGE), _PACKAGE):
-    if os.path.normpath(path).split(os.sep)[0] == "configs":
-      candidate = os.path.join(root, path)
-      if os.path.exists(candidate):
-        return candidate
+    if os.path.exists(os.path.join(root, path)):
+      return os.path.join(root, path)
   return path
 
 

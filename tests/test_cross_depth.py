@@ -222,6 +222,10 @@ def test_seed_table_of_shallow_queries_against_deep_passages(tmp_path, capsys):
         ["--workdir",
          str(tmp_path), "--collection", "c", "--split", "test", "--out",
          str(out)])
+  with pytest.raises(InputError, match="--dim 5: no cells at that dim"):
+    cross_depth.main(
+        ["--workdir", a0, "--collection", "c", "--split", "test", "--out",
+         str(out), "--dim", "5"])
   with pytest.raises(InputError, match="--baseline 'C': not one of the labels"):
     cross_depth.main([
         "--workdir", a0, "--collection", "c", "--split", "test", "--out",

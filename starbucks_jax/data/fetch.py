@@ -191,12 +191,13 @@ CPU_RECIPES = ("stsb", "snli", "scifact", "mlm_text")
 
 def override(name: str, root: str) -> str:
   """The `--config.` flag that points a paper recipe (configs/ft.py:nli, sts) at fetched data."""
+  folder = lambda n: os.path.join(root, DATASETS[n][0])
   if name == "sts":
-    sets = [f"stsb/test={root}/stsb/test.jsonl"
-           ] + [f"{n}/test={root}/sts/{n}_test.jsonl" for n in STS_SUITE]
+    sets = [f"stsb/test={folder('stsb')}/test.jsonl"
+           ] + [f"{n}/test={folder('sts')}/{n}_test.jsonl" for n in STS_SUITE]
     return "--config.eval.sts=" + ",".join(sets)
   if name == "allnli":
-    return f"--config.data.train={root}/allnli/train_triplets.jsonl"
+    return f"--config.data.train={folder('allnli')}/train_triplets.jsonl"
   return ""
 
 
@@ -262,7 +263,8 @@ def main(argv=None) -> None:
     fetch(name, args.to)
     if flag := override(name, root):
       print(f"  the paper recipes read it with {flag}" +
-            ("" if name != "sts" or verify(os.path.join(root, "stsb")) else " (fetch stsb too)"))
+            ("" if name != "sts" or verify(os.path.join(root, DATASETS["stsb"][0])) else
+             " (fetch stsb too)"))
   if root != data_root():
     print(f"the configs read {data_root()}: run them with STARBUCKS_DATA={root}")
 

@@ -176,6 +176,9 @@ def main(argv: list[str] | None = None) -> None:
   if len(labels) != len(args.workdir):
     raise InputError(f"--label: {len(labels)} labels for {len(args.workdir)} --workdir")
   records = deep_passage_records(args.workdir, labels, args.collection, args.split, args.dim)
+  if not records:
+    raise InputError(f"--dim {args.dim}: no cells at that dim in the runs' {args.collection} "
+                     f"{args.split} cells")
   if args.baseline and args.baseline not in labels:
     raise InputError(f"--baseline {args.baseline!r}: not one of the labels {sorted(set(labels))}")
   from starbucks_jax import report
