@@ -74,6 +74,20 @@ def test_recommended_preset_is_the_ablation_it_rests_on(method):
                                                                              True)
 
 
+def test_final_phases_train_the_full_size_from_a_recommended_run():
+  sweep = load_script("experiments/sweep_ablations.py")
+  start, *phases = sweep.phase_runs(1)
+  recommended = sweep.run(sweep.RECOMMENDED, 1)
+  assert (start.config, start.overrides) == (recommended.config, recommended.overrides)
+  assert start.name != recommended.name and start.label != recommended.label  # counted apart
+  assert len({p.name for p in phases}) == len(sweep.PHASES) and phases
+  for phase in phases:
+    assert phase.config == sweep.RECIPE + ",method=full" and phase.name.endswith("_seed1")
+    command = phase.command("R")
+    assert f"--config.model.init_from={start.workdir('R')}" in command
+    assert "--config.seed=1" in command and "--config.train.max_steps=144" in command
+
+
 def test_recommended_retrieval_is_the_recipe_with_the_recommended_loss():
   path = str(REPO / "configs" / "retrieval.py")
   base = config_lib.load_config(path + ":scifact").to_dict()
