@@ -41,13 +41,13 @@ ablation); for
 separate also layer=N,dim=D and separate_dim=full|dim (train at full width and truncate at evaluation,
 as the authors, or train at d).
     starbucks_scores_1n  SRL with the paper's in-batch score KL (teacher detached, temperature 1)
-               and pair weights 1/n (mean 1): the recipe experiments/ablations.md recommends (the
-               best STS-B dev mean of 14 variants on sts_cpu; measured on STS-B/CoSENT at CPU
-               scale only; its figures: experiments/recipes.md).
+               and pair weights 1/n (mean 1): the best STS-B dev mean of issue 25's 14 variants
+               on sts_cpu (its figures: experiments/recipes.md); `recommended` names it.
     recommended  what experiments/ablations.md recommends (config_blocks.RECOMMENDED_LOSS, chosen
                on dev sets only): starbucks_scores_1n's keys, which beat SRL at the small sizes on
-               CoSENT (sts_cpu) and MNRL (nli_cpu), 3 seeds each, the full size within the spread.
-               The paper recipes keep SRL as their default (the evidence is CPU scale).
+               CoSENT (sts_cpu) and MNRL (nli_cpu) and tie it on retrieval (SciFact), 3 seeds each,
+               the full size within the spread. The paper recipes keep SRL as their default (the
+               evidence is CPU scale).
 The two 2DMSE presets are
 sentence-transformers' Matryoshka2dLoss in two versions (the last layer and one sampled earlier
 hidden state, one sampled dim per call; KL over softmax(e / 0.3) x 0.3):

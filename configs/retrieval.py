@@ -72,7 +72,8 @@ Variants:
 
 Arguments: method=starbucks|full|mrl|starbucks_mrl|2dmse|2dmse_retrieval|grid|separate|recommended
 (as configs/ft.py; recommended: the loss keys config_blocks.RECOMMENDED_LOSS over this recipe's,
-which already have the score KL);
+which already have the score KL, so it adds pair weights 1/n: a tie with SRL on SciFact, 3 seeds,
+experiments/ablations.md);
 beir_dir=D (beir: local BEIR folders instead of the Hub).
 """
 
