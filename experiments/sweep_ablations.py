@@ -124,9 +124,10 @@ def phase_runs(seed: int) -> list[Run]:
 # triplets, batch 32, 99 steps; its feature KL replaced by the variant's keys), seeds 0-2
 MNRL = ("configs/ft.py:nli_cpu", "ablations_nli/")
 # SRL, STS's keep-full winner (which lost to SRL there), its parts alone (the score KL at tau 1,
-# weights 1/n) and together (starbucks_scores_1n, the recommended recipe)
+# weights 1/n) and together (starbucks_scores_1n, the recommended recipe); then the keep-full
+# winner's two parts alone (tau 0.5; the full pair at 1), to find which one costs MNRL
 MNRL_LABELS = ("SRL", "scores + 1/n, tau 0.5, full pair at 1", "kl=scores (detached)",
-               "weights 1/n", RECOMMENDED)
+               "weights 1/n", RECOMMENDED, "scores + 1/n, tau 0.5", "scores + 1/n, full pair at 1")
 
 # Switches that change how the step computes (issue 40's byte cuts), each run at every seed to show its
 # effect on results beside SRL's (not candidates for the selection below).
