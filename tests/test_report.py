@@ -185,14 +185,18 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   """experiments/sweep_ablations.py: seed 0 of every variant and SRL's seeds; once every seed 0 has
   finished, seeds 1 and 2 of the two variants with the best STS-B dev mean (not test). The switches
   (SWITCHES: same function, other kernels) and the MNRL comparison run at every seed from the
-  start; the keep-the-full-size variants (KEEP_FULL) pick their two extra seeds the same way."""
+  start; the keep-the-full-size variants (KEEP_FULL) pick their two extra seeds the same way (the
+  full pair at 1 has its seeds from the start), and the final phases chain after their start."""
   sweep_ablations = load_script("experiments/sweep_ablations.py")
   root = str(tmp_path)
   first = sweep_ablations.runs(root, None)
   n_switches = 3 * len(sweep_ablations.SWITCHES)
   assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches + len(
-      sweep_ablations.KEEP_FULL) + 3 * len(sweep_ablations.MNRL_LABELS) and len(
-          {r.name for r in first}) == len(first)
+      sweep_ablations.KEEP_FULL) + 3 * len(sweep_ablations.MNRL_LABELS) + len(
+          sweep_ablations.SEEDS) + len(sweep_ablations.PHASES) + 1 and len({r.name for r in first
+                                                                           }) == len(first)
+  full_at_1 = {(r.label, r.overrides[1]) for r in first if r.label == sweep_ablations.FULL_AT_1}
+  assert full_at_1 == {(sweep_ablations.FULL_AT_1, f"--config.seed={s}") for s in (0, 1, 2)}
   assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
   mnrl = [r for r in first if r.name.startswith("ablations_nli/")]
   assert {r.label for r in mnrl} >= {"SRL", sweep_ablations.RECOMMENDED}
@@ -222,8 +226,10 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
         [results.record("stsb", "dev", "spearman_cosine", 6, 384, 0.9 - i / 100)])
   names |= {r.name for r in extra}
   extra = [r for r in sweep_ablations.runs(root, None) if r.name not in names]
-  assert {(r.label, r.overrides[1]) for r in extra} == {(label, f"--config.seed={s}")
-                                                        for label in keep[:2] for s in (1, 2)}
+  assert keep[0] == sweep_ablations.FULL_AT_1  # its seeds were listed already, not twice
+  assert {(r.label, r.overrides[1]) for r in extra} == {(keep[1], f"--config.seed={s}")
+                                                        for s in (1, 2)}
+  assert len({r.name for r in sweep_ablations.runs(root, None)}) == len(names) + 2
 
 
 def test_tpu_sweep_tables_advice_and_comparison(tmp_path):
