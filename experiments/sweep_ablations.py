@@ -24,7 +24,7 @@ session's checkout, whose workdirs are gone, skips those runs and reports from t
   dropout on the attention probabilities (model.attention);
 - keeping the full size under the recommended recipe (issue 47): the full pair's weight held at 1,
   the score KL's temperature 2 and 0.5 (and 0.5 with the full pair at 1), the KL for the pairs of
-  1-3 layers only; the two best by dev mean at seeds 1 and 2;
+  1-3 layers only; the two best by dev mean at seeds 1 and 2 (and, after MNRL, the full pair at 1);
 - a full-size-only final phase after the recommended recipe (144 steps at lr 1e-5, 2e-5 or 5e-5,
   the recipe's peak);
 - the recommended recipe against SRL on MNRL (configs/ft.py:nli_cpu), seeds 0-2 (ablations_nli/;
@@ -100,7 +100,7 @@ KEEP_FULL = {
 RECOMMENDED = "kl=scores (detached) + weights 1/n"
 
 # Issue 47's last keep-the-full-size candidate: a short full-size-only final phase, i.e. the
-# recommended recipe's model trained on (6,384) alone for 144 steps (10% of the recipe's 1,440) from
+# recommended recipe's model trained on (6,384) alone for 144 steps (10% of the recipe's 1,436) from
 # a fresh optimizer, no warm-up, linear decay; the start is the recommended run again (seed 0's
 # record is archived without its weights), labelled apart so the report does not count it twice
 PHASE_START = "scores + 1/n (start of the final phases)"

@@ -191,12 +191,16 @@ def test_ablation_sweep_picks_its_extra_seeds_on_dev_only(tmp_path):
   root = str(tmp_path)
   first = sweep_ablations.runs(root, None)
   n_switches = 3 * len(sweep_ablations.SWITCHES)
-  assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches + len(
-      sweep_ablations.KEEP_FULL) + 3 * len(sweep_ablations.MNRL_LABELS) + len(
-          sweep_ablations.SEEDS) + len(sweep_ablations.PHASES) + 1 and len({r.name for r in first
-                                                                           }) == len(first)
-  full_at_1 = {(r.label, r.overrides[1]) for r in first if r.label == sweep_ablations.FULL_AT_1}
-  assert full_at_1 == {(sweep_ablations.FULL_AT_1, f"--config.seed={s}") for s in (0, 1, 2)}
+  keep_full = len(sweep_ablations.KEEP_FULL) + len(sweep_ablations.SEEDS)  # + full pair at 1's
+  phases = 1 + len(sweep_ablations.PHASES)  # their start, then each
+  assert len(first) == len(sweep_ablations.VARIANTS) + 2 + n_switches + keep_full + 3 * len(
+      sweep_ablations.MNRL_LABELS) + phases
+  assert len({r.name for r in first}) == len(first)
+  full_at_1 = [
+      r.overrides[1] for r in first
+      if r.label == sweep_ablations.FULL_AT_1 and r.name.startswith("ablations/")
+  ]
+  assert full_at_1 == [f"--config.seed={s}" for s in (0, 1, 2)]
   assert all("--config.eval.sts=stsb/dev=" in r.overrides[0] for r in first)
   mnrl = [r for r in first if r.name.startswith("ablations_nli/")]
   assert {r.label for r in mnrl} >= {"SRL", sweep_ablations.RECOMMENDED}
