@@ -78,15 +78,22 @@ def wait(mngr: ocp.CheckpointManager) -> None:
 
 def close(mngr: ocp.CheckpointManager) -> None:
   """wait(), then the manager closed. While another error propagates (a failed save, a signal), a
-  second failure of the same writes is not raised over it."""
+  second failure of the same writes is not raised over it. After a failed save, the partial step
+  folders are removed once more: orbax's other threads may have written into them after the first
+  removal."""
+  propagating = sys.exc_info()[1]
+  failed = isinstance(propagating, SaveFailed)
   try:
     wait(mngr)
   except SaveFailed:
-    if sys.exc_info()[0] is None:
+    failed = True
+    if propagating is None:
       raise
   finally:
     with contextlib.suppress(Exception):  # noqa: BLE001 (its saves have failed or finished)
       mngr.close()
+    if failed:
+      _remove_partial(str(mngr.directory))
 
 
 class SaveFailed(OSError):
@@ -112,11 +119,7 @@ def save_failed(mngr: ocp.CheckpointManager, e: BaseException) -> SaveFailed:
   errno = workdir_lib.errno_of(e)
   why = os.strerror(errno) if errno else (text[:300] or type(e).__name__)
   step = re.search(re.escape(folder) + r"/(\d+)", text)
-  partial = [
-      os.path.join(folder, name) for name in os.listdir(folder) if ".orbax-checkpoint-tmp" in name
-  ] if os.path.isdir(folder) else []
-  for path in partial if jax.process_index() == 0 else ():  # frees the space it took
-    shutil.rmtree(path, ignore_errors=True)
+  _remove_partial(folder)
   with contextlib.suppress(Exception):  # noqa: BLE001 (the folder may be unreadable)
     mngr.reload()
   done = [s for s in _finished_steps(folder) if not step or s != int(step[1])]
@@ -125,6 +128,15 @@ def save_failed(mngr: ocp.CheckpointManager, e: BaseException) -> SaveFailed:
             if done else "no checkpoint was written before it: a rerun starts from step 0")
   what = f"writing the checkpoint of step {step[1]}" if step else "writing a checkpoint"
   return SaveFailed(errno, f"{what} failed ({why}); {intact}", folder)
+
+
+def _remove_partial(folder: str) -> None:
+  """Removes the step folders orbax had not finished writing (they hold the space a disk lacked)."""
+  partial = [
+      os.path.join(folder, name) for name in os.listdir(folder) if ".orbax-checkpoint-tmp" in name
+  ] if os.path.isdir(folder) else []
+  for path in partial if jax.process_index() == 0 else ():  # one process (shared storage)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _finished_steps(folder: str) -> list[int]:

@@ -586,6 +586,39 @@ def test_a_full_disk_during_a_save_says_so_once_and_loses_nothing(tiny_run, tmp_
           for r in workdir_lib.read_metrics(os.path.join(work, "metrics.jsonl"))] == [1, 2, 3]
 
 
+class _FailingWrites:
+  """A checkpoint manager whose writes in flight fail with a full disk, and whose threads leave a
+  partial step folder behind (as orbax's may after the first removal)."""
+  def __init__(self, directory):
+    self.directory, self.closed = directory, False
+
+  def wait_until_finished(self):
+    os.makedirs(os.path.join(self.directory, "2.orbax-checkpoint-tmp", "params"), exist_ok=True)
+    raise OSError(27, "File too large")
+
+  def reload(self):
+    pass
+
+  def close(self):
+    self.closed = True
+    os.makedirs(os.path.join(self.directory, "2.orbax-checkpoint-tmp", "late"), exist_ok=True)
+
+
+def test_close_after_a_failed_save_raises_it_once_and_removes_the_partial_step(tmp_path):
+  os.makedirs(tmp_path / "1")
+  mngr = _FailingWrites(str(tmp_path))
+  with pytest.raises(checkpoint.SaveFailed, match="File too large"):
+    checkpoint.close(mngr)  # nothing else propagating: the failure is the error
+  assert mngr.closed and os.listdir(tmp_path) == ["1"]
+  mngr = _FailingWrites(str(tmp_path))
+  with pytest.raises(KeyboardInterrupt):  # another error propagating: not raised over it
+    try:
+      raise KeyboardInterrupt
+    finally:
+      checkpoint.close(mngr)
+  assert mngr.closed and os.listdir(tmp_path) == ["1"]
+
+
 def test_export_and_embed_on_a_full_disk_name_the_output_and_write_nothing(
     model_copy, tiny_hf_dir, tmp_path, capsys):
   out = tmp_path / "exported"
