@@ -82,9 +82,10 @@ VARIANTS = {
 # layer. Seed 0 of each, then seeds 1 and 2 of the two best by STS-B dev mean.
 SCORES_1N = ("--config.loss.kl=scores", "--config.loss.kl_detach=True",
              "--config.loss.pair_weighting=inverse_layer")
+FULL_AT_1 = "scores + 1/n, full pair at 1"
 KEEP_FULL = {
     # 1/n scaled to mean 1 gives the full pair 1 / sum(1/n) = 1/2.45 for six pairs: x2.45 = 1
-    "scores + 1/n, full pair at 1":
+    FULL_AT_1:
         ("", SCORES_1N + ("--config.loss.kl_temperature=1.0", "--config.loss.full_weight=2.45")),
     "scores + 1/n, tau 2": ("", SCORES_1N + ("--config.loss.kl_temperature=2.0",)),
     "scores + 1/n, tau 0.5": ("", SCORES_1N + ("--config.loss.kl_temperature=0.5",)),
@@ -104,18 +105,21 @@ RECOMMENDED = "kl=scores (detached) + weights 1/n"
 # a fresh optimizer, no warm-up, linear decay; the start is the recommended run again (seed 0's
 # record is archived without its weights), labelled apart so the report does not count it twice
 PHASE_START = "scores + 1/n (start of the final phases)"
-PHASES = {f"scores + 1/n, then full only 144 steps, lr {lr}": lr for lr in ("1e-5", "2e-5", "5e-5")}
+PHASE_STEPS = 144
+PHASES = {
+    f"scores + 1/n, then full only {PHASE_STEPS} steps, lr {lr}": lr
+    for lr in ("1e-5", "2e-5", "5e-5")
+}
 
 
 def phase_runs(seed: int) -> list[Run]:
   """The final phases' start (the recommended recipe at `seed`), then each phase from its model."""
-  start = dataclasses.replace(
-      run(RECOMMENDED, seed), label=PHASE_START,
-      name=f"{PREFIX}{slug(PHASE_START)}" + (f"_seed{seed}" if seed else ""))
+  start = dataclasses.replace(run(RECOMMENDED, seed), label=PHASE_START,
+                              name=run_name(PHASE_START, seed))
   return [start] + [
-      Run(f"{PREFIX}{slug(label)}" + (f"_seed{seed}" if seed else ""), RECIPE + ",method=full",
+      Run(run_name(label, seed), RECIPE + ",method=full",
           (EVAL, f"--config.seed={seed}", f"--config.model.init_from={{root}}/{start.name}",
-           "--config.train.max_steps=144", f"--config.train.lr={lr}",
+           f"--config.train.max_steps={PHASE_STEPS}", f"--config.train.lr={lr}",
            "--config.train.warmup_ratio=0.0"), label=label) for label, lr in PHASES.items()
   ]
 
@@ -126,7 +130,6 @@ MNRL = ("configs/ft.py:nli_cpu", "ablations_nli/")
 # SRL, STS's keep-full winner (which lost to SRL there), its parts alone (the score KL at tau 1,
 # weights 1/n) and together (starbucks_scores_1n, the recommended recipe); then the keep-full
 # winner's two parts alone (tau 0.5; the full pair at 1), to find which one costs MNRL
-FULL_AT_1 = "scores + 1/n, full pair at 1"
 MNRL_LABELS = ("SRL", "scores + 1/n, tau 0.5, full pair at 1", "kl=scores (detached)",
                "weights 1/n", RECOMMENDED, "scores + 1/n, tau 0.5", FULL_AT_1)
 
@@ -143,10 +146,15 @@ def slug(label: str) -> str:
   return re.sub(r"[^a-z0-9]+", "_", label.lower()).strip("_")
 
 
+def run_name(label: str, seed: int, prefix: str = PREFIX) -> str:
+  """The workdir of `label` at `seed` under the sweep's root (seed 0 has no suffix)."""
+  return f"{prefix}{slug(label)}" + (f"_seed{seed}" if seed else "")
+
+
 def run(label: str, seed: int, recipe: str = RECIPE, prefix: str = PREFIX) -> Run:
   arg, overrides = {**VARIANTS, **SWITCHES, **KEEP_FULL}[label]
-  name = f"{prefix}{slug(label)}" + (f"_seed{seed}" if seed else "")
-  return Run(name, recipe + arg, (EVAL, f"--config.seed={seed}", *overrides), label=label)
+  return Run(run_name(label, seed, prefix), recipe + arg,
+             (EVAL, f"--config.seed={seed}", *overrides), label=label)
 
 
 def dev_mean(r: Run, root: str, archive: str | None) -> float | None:
